@@ -1,0 +1,129 @@
+/**
+ * Resolve a reference to one platform's image: the original manifest (what old clients pull), its
+ * config, and — when present — the ocichunk chunked manifest next to it in the index.
+ */
+import { OcichunkError } from '../errors.js';
+import { CMT, ANN } from '../oci/chunked-media.js';
+import {
+  hostPlatform,
+  isIndexType,
+  parseJson,
+  parseManifestDoc,
+  platformMatches,
+  platformString,
+  type Descriptor,
+  type ImageConfig,
+  type ImageIndex,
+  type ImageManifest,
+  type Platform,
+} from '../oci/types.js';
+import type { ImageSource } from '../transports/types.js';
+import { decodeToc, type Toc } from './toc.js';
+
+export interface ManifestRef {
+  desc: Descriptor;
+  bytes: Buffer;
+  manifest: ImageManifest;
+}
+
+export interface ResolvedImage {
+  source: ImageSource;
+  top: Descriptor;
+  platform: Platform;
+  original?: ManifestRef;
+  chunked?: ManifestRef;
+  config: { desc: Descriptor; bytes: Buffer; parsed: ImageConfig };
+}
+
+function platformOfConfig(c: ImageConfig): Platform {
+  return { os: c.os ?? 'linux', architecture: c.architecture ?? 'amd64', ...(c.variant ? { variant: c.variant } : {}) };
+}
+
+async function loadManifest(src: ImageSource, desc: Descriptor, bytes?: Buffer): Promise<ManifestRef> {
+  const what = `${src.name} manifest ${desc.digest}`;
+  const b = bytes ?? (await src.readBlob(desc, what));
+  const parsed = parseManifestDoc(b, desc.mediaType, what);
+  if (parsed.kind !== 'manifest') throw new OcichunkError('ECORRUPT', `${what}: expected an image manifest, found an index`);
+  return { desc, bytes: b, manifest: parsed.doc };
+}
+
+export async function resolveImage(src: ImageSource, wanted?: Platform): Promise<ResolvedImage> {
+  const top = await src.getTop();
+  const parsed = parseManifestDoc(top.bytes, top.desc.mediaType, `${src.name}`);
+  let original: ManifestRef | undefined;
+  let chunked: ManifestRef | undefined;
+  let platform: Platform | undefined;
+  if (parsed.kind === 'manifest') {
+    const m = { desc: top.desc, bytes: top.bytes, manifest: parsed.doc };
+    if (parsed.doc.artifactType === CMT.artifact) chunked = m;
+    else original = m;
+  } else {
+    let index: ImageIndex = parsed.doc;
+    const want = wanted ?? hostPlatform();
+    // one level of nesting (an index of indexes) is followed for the wanted platform
+    const nested = index.manifests.find((d) => isIndexType(d.mediaType) && platformMatches(d.platform, want));
+    if (nested) {
+      const b = await src.readBlob(nested, `${src.name} index ${nested.digest}`);
+      const p = parseManifestDoc(b, nested.mediaType, `${src.name} index ${nested.digest}`);
+      if (p.kind === 'index') index = p.doc;
+    }
+    const candidates = index.manifests.filter((d) => !isIndexType(d.mediaType));
+    const matching = candidates.filter((d) => platformMatches(d.platform, want));
+    const pool = matching.length ? matching : candidates.length === 1 && !candidates[0].platform ? candidates : [];
+    const origDesc = pool.find((d) => d.artifactType !== CMT.artifact);
+    if (!origDesc && !pool.some((d) => d.artifactType === CMT.artifact)) {
+      const have = candidates.map((d) => platformString(d.platform)).join(', ');
+      throw new OcichunkError('ENOTFOUND', `${src.name}: no image for platform ${platformString(want)} (available: ${have || 'none'})`);
+    }
+    if (origDesc) original = await loadManifest(src, origDesc);
+    const chunkDesc =
+      pool.find((d) => d.artifactType === CMT.artifact && origDesc && d.annotations?.[ANN.source] === origDesc.digest) ??
+      pool.find((d) => d.artifactType === CMT.artifact);
+    if (chunkDesc) chunked = await loadManifest(src, chunkDesc);
+    platform = (origDesc ?? chunkDesc)?.platform;
+  }
+  const cfgDesc = (original ?? chunked)!.manifest.config;
+  const cfgBytes = await src.readBlob(cfgDesc, `${src.name} config ${cfgDesc.digest}`);
+  const cfg = parseJson(cfgBytes, `${src.name} config`) as ImageConfig;
+  return {
+    source: src,
+    top: top.desc,
+    platform: platform ?? platformOfConfig(cfg),
+    original,
+    chunked,
+    config: { desc: cfgDesc, bytes: cfgBytes, parsed: cfg },
+  };
+}
+
+export interface ChunkedImage {
+  image: ResolvedImage;
+  manifest: ManifestRef;
+  tocDesc: Descriptor;
+  toc: Toc;
+  tocBytes: number;
+  packs: Descriptor[];
+}
+
+/** Open the chunked manifest of a resolved image and decode its TOC. */
+export async function openChunked(img: ResolvedImage): Promise<ChunkedImage> {
+  const m = img.chunked;
+  if (!m) {
+    throw new OcichunkError('ENOTFOUND', `${img.source.name}: no ocichunk chunked manifest for ${platformString(img.platform)} (convert it first)`);
+  }
+  const tocDesc = m.manifest.layers.find((l) => l.mediaType === CMT.toc);
+  if (!tocDesc) throw new OcichunkError('ECORRUPT', `${img.source.name}: chunked manifest ${m.desc.digest} has no TOC layer`);
+  const what = `${img.source.name} TOC ${tocDesc.digest}`;
+  const blob = await img.source.readBlob(tocDesc, what, 1 << 30);
+  const toc = decodeToc(blob, what);
+  const packs = m.manifest.layers.filter((l) => l.mediaType === CMT.pack);
+  const byDigest = new Map(packs.map((p) => [p.digest, p]));
+  for (const p of toc.packs) {
+    if (!byDigest.has(p)) throw new OcichunkError('ECORRUPT', `${what}: pack ${p} is not a layer of the chunked manifest`);
+  }
+  for (const l of m.manifest.layers) {
+    if (l.mediaType !== CMT.toc && l.mediaType !== CMT.pack) {
+      throw new OcichunkError('EUNSUPPORTED', `${img.source.name}: unknown layer media type ${l.mediaType} in chunked manifest`);
+    }
+  }
+  return { image: img, manifest: m, tocDesc, toc, tocBytes: blob.length, packs: toc.packs.map((p) => byDigest.get(p)!) };
+}

@@ -1,0 +1,58 @@
+/** The CLI: parse options, call the library, print results on stdout, map error codes to exit codes. */
+import yargs, { type Argv, type CommandModule } from 'yargs';
+import { EXIT_CODES, OcichunkError } from '../errors.js';
+import * as convertCmd from './convert.js';
+import * as demoCmd from './demo.js';
+import * as inspectCmd from './inspect.js';
+import * as restoreCmd from './restore.js';
+import * as verifyCmd from './verify.js';
+
+interface Cmd {
+  command: string;
+  describe: string;
+  builder: (y: Argv) => Argv<unknown>;
+  run: (a: never) => Promise<unknown>;
+}
+
+const COMMANDS: Cmd[] = [convertCmd, restoreCmd, verifyCmd, inspectCmd, demoCmd] as unknown as Cmd[];
+
+export async function main(argv: string[]): Promise<number> {
+  let output: unknown;
+  let json = false;
+  let y = yargs(argv)
+    .scriptName('ocichunk')
+    .strict()
+    .demandCommand(1, 'name a command')
+    .recommendCommands()
+    .help()
+    .version(false)
+    .fail((msg, err) => {
+      throw err ?? new OcichunkError('EUSAGE', msg);
+    });
+  for (const c of COMMANDS) {
+    const mod: CommandModule = {
+      command: c.command,
+      describe: c.describe,
+      builder: c.builder as CommandModule['builder'],
+      handler: async (args) => {
+        json = !!(args as { json?: boolean }).json;
+        output = await c.run(args as never);
+      },
+    };
+    y = y.command(mod);
+  }
+  try {
+    await y.parseAsync();
+  } catch (e) {
+    const err =
+      e instanceof OcichunkError ? e : new OcichunkError('EINTERNAL', (e as Error)?.stack ?? String(e), { cause: e });
+    if (json) process.stdout.write(JSON.stringify({ error: { code: err.code, message: err.message } }, null, 2) + '\n');
+    process.stderr.write(`ocichunk: ${err.message}\n`);
+    if (err.code === 'EUSAGE') process.stderr.write('run "ocichunk --help" for usage\n');
+    return EXIT_CODES[err.code];
+  }
+  if (output !== undefined) {
+    process.stdout.write(typeof output === 'string' ? output + '\n' : JSON.stringify(output, null, 2) + '\n');
+  }
+  return 0;
+}

@@ -1,0 +1,62 @@
+/** Options shared by several commands, and their translation into library options. */
+import type { Argv } from 'yargs';
+import { OcichunkError } from '../errors.js';
+import type { ChunkerSpec } from '../native/index.js';
+import { parsePlatform, type Platform } from '../oci/types.js';
+
+export interface Common {
+  json: boolean;
+  quiet: boolean;
+  platform?: string;
+  threads: number;
+}
+
+export function common<T>(y: Argv<T>) {
+  return y
+    .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON on stdout' })
+    .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'no progress on stderr' })
+    .option('platform', { type: 'string', describe: 'os/arch[/variant] to pick from a multi-platform image (default: this host)' })
+    .option('threads', { type: 'number', default: 0, describe: 'worker threads for hashing/compression (0 = all cores)' });
+}
+
+export function platformOf(a: { platform?: string }): Platform | undefined {
+  return a.platform ? parsePlatform(a.platform) : undefined;
+}
+
+const SIZE_RE = /^(\d+)([kKmMgG]?)(i?[bB])?$/;
+export function parseSize(s: string | number, what: string): number {
+  if (typeof s === 'number') return s;
+  const m = SIZE_RE.exec(s.trim());
+  if (!m) throw new OcichunkError('EUSAGE', `${what}: invalid size ${JSON.stringify(s)} (e.g. 64k, 1m)`);
+  const mult = { '': 1, k: 1024, m: 1 << 20, g: 1 << 30 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g'];
+  return Number(m[1]) * mult;
+}
+
+export function chunkerOf(a: { chunker: string; 'chunk-min'?: string; 'chunk-avg'?: string; 'chunk-max'?: string; 'chunk-size'?: string }): ChunkerSpec {
+  switch (a.chunker) {
+    case 'cdc':
+      return {
+        kind: 'cdc',
+        min: parseSize(a['chunk-min'] ?? '16k', '--chunk-min'),
+        avg: parseSize(a['chunk-avg'] ?? '64k', '--chunk-avg'),
+        max: parseSize(a['chunk-max'] ?? '256k', '--chunk-max'),
+      };
+    case 'fixed':
+      return { kind: 'fixed', size: parseSize(a['chunk-size'] ?? '1m', '--chunk-size') };
+    case 'file':
+      return { kind: 'file', max: parseSize(a['chunk-max'] ?? '64m', '--chunk-max') };
+    default:
+      throw new OcichunkError('EUSAGE', `--chunker must be cdc, fixed or file (got ${JSON.stringify(a.chunker)})`);
+  }
+}
+
+export function sourceDateEpoch(a: { 'source-date-epoch'?: number }): number {
+  if (a['source-date-epoch'] !== undefined) return a['source-date-epoch'];
+  const env = process.env.SOURCE_DATE_EPOCH;
+  if (env !== undefined && env !== '') {
+    const n = Number(env);
+    if (!Number.isSafeInteger(n) || n < 0) throw new OcichunkError('EUSAGE', `SOURCE_DATE_EPOCH must be a non-negative integer (got ${JSON.stringify(env)})`);
+    return n;
+  }
+  return 0;
+}

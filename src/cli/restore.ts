@@ -1,0 +1,33 @@
+import type { Argv } from 'yargs';
+import { restore } from '../restore/restore.js';
+import { bytes, table, ProgressLine } from './format.js';
+import { common, platformOf, type Common } from './options.js';
+
+export const command = 'restore <source> <target>';
+export const describe = "Materialize a chunked image's root filesystem in a directory";
+
+export function builder(y: Argv) {
+  return common(y)
+    .positional('source', { type: 'string', demandOption: true })
+    .positional('target', { type: 'string', demandOption: true, describe: 'directory to create the root filesystem in' });
+}
+
+export async function run(a: Common & { source: string; target: string }): Promise<unknown> {
+  const line = new ProgressLine(a.quiet);
+  const r = await restore(a.source, a.target, {
+    platform: platformOf(a),
+    threads: a.threads,
+    onProgress: (p) => line.update(`layer ${p.layer + 1}/${p.layers}: ${p.entries} entries`, true),
+  }).finally(() => line.done());
+  if (a.json) return r;
+  return [
+    `restored ${r.source} -> ${r.target}`,
+    table([
+      ['layers / entries / files', `${r.layers} / ${r.entries} / ${r.files}`],
+      ['file bytes', bytes(r.fileBytes)],
+      ['pack bytes read', bytes(r.packBytesRead)],
+      ['ownership applied', r.ownership ? 'yes' : 'no (not root)'],
+      ['time', `${r.seconds.toFixed(2)} s`],
+    ]),
+  ].join('\n');
+}

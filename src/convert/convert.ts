@@ -1,0 +1,341 @@
+/**
+ * image -> chunked image. Per layer: pass 1 streams the tar, canonicalizes entries and chunks,
+ * hashes and deduplicates contents (new chunk bytes spooled); pass 2 packs new chunks in canonical
+ * order. Then the TOC, the chunked manifest and an index holding [original, chunked] are written;
+ * the tag is set last.
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { resolveImage } from '../chunked/image.js';
+import { encodeToc, toTocEntry, type ChunkRef, type FrameRef, type Toc, type TocEntry } from '../chunked/toc.js';
+import { OcichunkError, withContext } from '../errors.js';
+import { compareEntries, type Entry } from '../layer/entry.js';
+import { readLayer } from '../layer/tar.js';
+import type { ChunkerSpec } from '../native/index.js';
+import { ANN, CMT, FORMAT_VERSION } from '../oci/chunked-media.js';
+import { MT, layerCompression, platformString, type Descriptor, type ImageIndex, type ImageManifest, type Platform } from '../oci/types.js';
+import { openSink, openSource } from '../ref.js';
+import type { BlobWriter } from '../store/blobstore.js';
+import type { ImageSink, ImageSource } from '../transports/types.js';
+import { Packer } from './packer.js';
+import { ChunkRegistry } from './registry.js';
+import { LayerScanner, Spool, type ScannedEntry } from './scan.js';
+
+export const DEFAULT_CHUNKER: ChunkerSpec = { kind: 'cdc', min: 16 << 10, avg: 64 << 10, max: 256 << 10 };
+
+export interface ConvertProgress {
+  phase: 'resolve' | 'scan' | 'pack' | 'write' | 'done';
+  layer?: number;
+  layers?: number;
+  bytes?: number;
+  totalBytes?: number;
+}
+
+export interface ConvertOptions {
+  platform?: Platform;
+  chunker?: ChunkerSpec;
+  zstdLevel?: number;
+  threads?: number;
+  sourceDateEpoch?: number;
+  keepMtime?: boolean;
+  tmpDir?: string;
+  groupBelow?: number;
+  groupTarget?: number;
+  packTarget?: number;
+  batchBytes?: number;
+  onProgress?: (p: ConvertProgress) => void;
+}
+
+export interface ConvertResult {
+  source: string;
+  destination: string;
+  platform: string;
+  index: Descriptor;
+  originalManifest: Descriptor;
+  chunkedManifest: Descriptor;
+  layers: number;
+  entries: number;
+  files: number;
+  /** Uncompressed bytes of regular file contents, over all layers. */
+  fileBytes: number;
+  /** Compressed bytes of the original layers. */
+  bytesIn: number;
+  chunkRefs: number;
+  uniqueChunks: number;
+  uniqueChunkBytes: number;
+  newChunks: number;
+  reusedChunks: number;
+  newFrames: number;
+  newPacks: number;
+  /** Bytes of new pack blobs written by this conversion. */
+  bytesStored: number;
+  /** Compressed bytes of all frames this image references (shared ones included). */
+  imageFrameBytes: number;
+  tocBytes: number;
+  tocUncompressedBytes: number;
+  /** fileBytes / uniqueChunkBytes */
+  dedupRatio: number;
+  seconds: number;
+}
+
+function teeInto(writer: BlobWriter): Transform {
+  return new Transform({
+    transform(chunk: Buffer, _e, cb: TransformCallback) {
+      writer.write(chunk).then(() => cb(null, chunk), cb);
+    },
+  });
+}
+
+/** Last entry wins per path; hardlink groups hold their content at the bytewise-smallest path; sorted. */
+export function canonicalOrder(scanned: ScannedEntry[]): ScannedEntry[] {
+  const last = new Map<string, ScannedEntry>();
+  for (const s of scanned) {
+    const cls = s.entry.type === 'whiteout' ? 'w' : s.entry.type === 'opaque' ? 'o' : 'e';
+    last.set(`${cls}\0${s.entry.path}`, s);
+  }
+  const list = [...last.values()];
+  const byPath = new Map<string, ScannedEntry>();
+  for (const s of list) if (s.entry.type !== 'whiteout' && s.entry.type !== 'opaque') byPath.set(s.entry.path, s);
+  // hardlink groups
+  const groups = new Map<ScannedEntry, ScannedEntry[]>();
+  for (const s of list) {
+    if (s.entry.type !== 'hardlink') continue;
+    let t = byPath.get(s.entry.link!);
+    for (let hops = 0; t && t.entry.type === 'hardlink' && hops < 64; hops++) t = byPath.get(t.entry.link!);
+    if (!t || t.entry.type === 'hardlink' || t.entry.type === 'dir') continue; // target in a lower layer
+    let g = groups.get(t);
+    if (!g) groups.set(t, (g = []));
+    g.push(s);
+  }
+  const bytes = (p: string) => Buffer.from(p);
+  for (const [target, links] of groups) {
+    const members = [target, ...links];
+    let holder = members[0];
+    for (const m of members) if (Buffer.compare(bytes(m.entry.path), bytes(holder.entry.path)) < 0) holder = m;
+    const content = { entry: { ...target.entry }, chunks: target.chunks };
+    for (const m of members) {
+      if (m === holder) {
+        m.entry = { ...content.entry, path: holder.entry.path };
+        m.chunks = content.chunks;
+      } else {
+        m.entry = { path: m.entry.path, type: 'hardlink', link: holder.entry.path, mode: 0, uid: 0, gid: 0, size: 0, mtime: 0 };
+        m.chunks = undefined;
+      }
+    }
+  }
+  for (const s of list) {
+    if (s.entry.type === 'hardlink' && !groups.has(s)) {
+      s.entry = { path: s.entry.path, type: 'hardlink', link: s.entry.link, mode: 0, uid: 0, gid: 0, size: 0, mtime: 0 };
+    }
+  }
+  const keyed = list.map((s) => ({ s, k: Buffer.from(s.entry.path) }));
+  keyed.sort((a, b) => Buffer.compare(a.k, b.k) || compareEntries(a.s.entry, b.s.entry));
+  return keyed.map((x) => x.s);
+}
+
+export async function convert(srcRef: string, dstRef: string, opts: ConvertOptions = {}): Promise<ConvertResult> {
+  const src = await openSource(srcRef);
+  try {
+    const sink = await openSink(dstRef);
+    return await convertImage(src, sink, opts);
+  } finally {
+    await src.close();
+  }
+}
+
+export async function convertImage(src: ImageSource, sink: ImageSink, opts: ConvertOptions = {}): Promise<ConvertResult> {
+  const t0 = performance.now();
+  const chunker = opts.chunker ?? DEFAULT_CHUNKER;
+  const level = opts.zstdLevel ?? 3;
+  const threads = opts.threads ?? 0;
+  const progress = opts.onProgress ?? (() => {});
+  progress({ phase: 'resolve' });
+  const img = await resolveImage(src, opts.platform);
+  const original = img.original;
+  if (!original) {
+    // Converting a chunked image again: start from its original manifest if the index has one.
+    throw new OcichunkError('EUNSUPPORTED', `${src.name}: no original image manifest for ${platformString(img.platform)}`);
+  }
+  const manifest = original.manifest;
+  for (const [i, l] of manifest.layers.entries()) {
+    if (layerCompression(l.mediaType) === undefined) {
+      throw new OcichunkError('EUNSUPPORTED', `${src.name}: layer ${i} (${l.digest}) has unsupported media type ${l.mediaType}`);
+    }
+  }
+  const registry = new ChunkRegistry();
+  await registry.loadFromSink(sink);
+  const storedBefore = registry.storedChunks;
+  const spool = new Spool(path.join(opts.tmpDir ?? os.tmpdir(), `ocichunk-spool-${process.pid}-${randomBytes(4).toString('hex')}`));
+  const packer = new Packer(sink, registry, spool, {
+    level,
+    threads,
+    groupBelow: opts.groupBelow ?? 32 << 10,
+    groupTarget: opts.groupTarget ?? 64 << 10,
+    packTarget: opts.packTarget ?? 64 << 20,
+    batchBytes: opts.batchBytes ?? 8 << 20,
+  });
+  const layersOut: Array<{ entries: ScannedEntry[] }> = [];
+  let entries = 0;
+  let files = 0;
+  let fileBytes = 0;
+  let chunkRefs = 0;
+  const totalIn = manifest.layers.reduce((a, l) => a + l.size, 0);
+  try {
+    for (const [i, layer] of manifest.layers.entries()) {
+      const what = `${src.name} layer ${i} (${layer.digest})`;
+      progress({ phase: 'scan', layer: i, layers: manifest.layers.length, bytes: 0, totalBytes: layer.size });
+      const copy = (await sink.hasBlob(layer)) ? undefined : await sink.createBlobWriter();
+      let scanned: ScannedEntry[];
+      try {
+        let blob: Readable = await src.openBlob(layer, what);
+        if (copy) blob = blob.pipe(teeInto(copy)).on('error', () => {});
+        const scanner = new LayerScanner(
+          { chunker, threads, batchBytes: opts.batchBytes ?? 8 << 20, sourceDateEpoch: opts.sourceDateEpoch ?? 0, keepMtime: !!opts.keepMtime },
+          registry,
+          spool,
+        );
+        // the source stream verifies digest and size at its end, before scan() returns
+        scanned = await scanner.scan(readLayer(blob, what), what);
+        if (copy) await copy.commit({ digest: layer.digest, size: layer.size });
+        entries += scanner.stats.entries;
+        files += scanner.stats.files;
+        fileBytes += scanner.stats.fileBytes;
+        chunkRefs += scanner.stats.chunkRefs;
+      } catch (e) {
+        await copy?.abort();
+        throw withContext(e, `converting ${what}`, 'ECORRUPT');
+      }
+      progress({ phase: 'pack', layer: i, layers: manifest.layers.length });
+      const ordered = canonicalOrder(scanned);
+      for (const s of ordered) if (s.chunks) await packer.add(s.chunks);
+      await packer.finishLayer();
+      layersOut.push({ entries: ordered });
+    }
+  } catch (e) {
+    await packer.abort();
+    throw e;
+  } finally {
+    spool.close();
+  }
+  progress({ phase: 'write' });
+  // Build the TOC: packs, frames and chunks numbered in order of first reference.
+  const packIdx = new Map<string, number>();
+  const frameIdx = new Map<string, number>();
+  const chunkIdx = new Map<number, number>();
+  const toc: Toc = { version: FORMAT_VERSION, chunker, packs: [], frames: [], chunks: [], layers: [] };
+  const packDigest = (p: string | number) => (typeof p === 'number' ? packer.packs[p].digest : p);
+  let uniqueChunkBytes = 0;
+  let reusedChunks = 0;
+  let imageFrameBytes = 0;
+  for (const layer of layersOut) {
+    const tocEntries: TocEntry[] = [];
+    for (const s of layer.entries) {
+      let refs: number[] | undefined;
+      if (s.chunks) {
+        refs = s.chunks.map((id) => {
+          let ci = chunkIdx.get(id);
+          if (ci !== undefined) return ci;
+          const loc = registry.loc[id];
+          if (!loc || loc.pack === -1) throw new OcichunkError('EINTERNAL', `chunk ${registry.digests[id]} was never placed`);
+          const pd = packDigest(loc.pack);
+          let pi = packIdx.get(pd);
+          if (pi === undefined) {
+            pi = toc.packs.length;
+            packIdx.set(pd, pi);
+            toc.packs.push(pd);
+          }
+          const fk = `${pi}:${loc.off}`;
+          let fi = frameIdx.get(fk);
+          if (fi === undefined) {
+            fi = toc.frames.length;
+            frameIdx.set(fk, fi);
+            toc.frames.push([pi, loc.off, loc.clen, loc.ulen] as FrameRef);
+            imageFrameBytes += loc.clen;
+          }
+          ci = toc.chunks.length;
+          chunkIdx.set(id, ci);
+          toc.chunks.push([registry.digests[id], fi, loc.inner, registry.lengths[id]] as ChunkRef);
+          uniqueChunkBytes += registry.lengths[id];
+          if (id < storedBefore) reusedChunks++;
+          return ci;
+        });
+      }
+      tocEntries.push(toTocEntry(s.entry as Entry, refs));
+    }
+    toc.layers.push({ entries: tocEntries });
+  }
+  const { json, blob } = encodeToc(toc, Math.max(level, 10));
+  const tocStored = await sink.putBlob(blob);
+  const packSize = (d: string) => {
+    const mine = packer.packs.find((p) => p.digest === d);
+    const size = mine?.size ?? registry.packSizes.get(d);
+    if (size === undefined) throw new OcichunkError('EINTERNAL', `size of pack ${d} unknown`);
+    return size;
+  };
+  const chunkedManifest: ImageManifest = {
+    schemaVersion: 2,
+    mediaType: MT.ociManifest,
+    artifactType: CMT.artifact,
+    config: { mediaType: CMT.config, digest: img.config.desc.digest, size: img.config.desc.size },
+    layers: [
+      {
+        mediaType: CMT.toc,
+        digest: tocStored.digest,
+        size: tocStored.size,
+        annotations: { [ANN.tocUncompressedSize]: String(json.length) },
+      },
+      ...toc.packs.map((d) => ({ mediaType: CMT.pack, digest: d, size: packSize(d) })),
+    ],
+    annotations: { [ANN.version]: String(FORMAT_VERSION) },
+  };
+  // Original blobs first (config, manifest byte-identical), then the chunked manifest, then the index.
+  await sink.putBlob(img.config.bytes);
+  await sink.putBlob(original.bytes);
+  const chunkedBytes = Buffer.from(JSON.stringify(chunkedManifest));
+  const chunkedStored = await sink.putBlob(chunkedBytes);
+  const platform = original.desc.platform ?? img.platform;
+  const origDesc: Descriptor = { mediaType: original.desc.mediaType, digest: original.desc.digest, size: original.desc.size, platform };
+  const chunkedDesc: Descriptor = {
+    mediaType: MT.ociManifest,
+    digest: chunkedStored.digest,
+    size: chunkedStored.size,
+    platform,
+    artifactType: CMT.artifact,
+    annotations: { [ANN.source]: original.desc.digest },
+  };
+  const index: ImageIndex = { schemaVersion: 2, mediaType: MT.ociIndex, manifests: [origDesc, chunkedDesc] };
+  const indexBytes = Buffer.from(JSON.stringify(index));
+  const indexStored = await sink.putBlob(indexBytes);
+  const indexDesc: Descriptor = { mediaType: MT.ociIndex, digest: indexStored.digest, size: indexStored.size };
+  await sink.setTag(indexDesc);
+  await sink.close();
+  progress({ phase: 'done' });
+  return {
+    source: src.name,
+    destination: sink.name,
+    platform: platformString(platform),
+    index: indexDesc,
+    originalManifest: origDesc,
+    chunkedManifest: chunkedDesc,
+    layers: manifest.layers.length,
+    entries,
+    files,
+    fileBytes,
+    bytesIn: totalIn,
+    chunkRefs,
+    uniqueChunks: toc.chunks.length,
+    uniqueChunkBytes,
+    newChunks: toc.chunks.length - reusedChunks,
+    reusedChunks,
+    newFrames: packer.frameCount,
+    newPacks: packer.packs.length,
+    bytesStored: packer.storedBytes,
+    imageFrameBytes,
+    tocBytes: blob.length,
+    tocUncompressedBytes: json.length,
+    dedupRatio: uniqueChunkBytes ? fileBytes / uniqueChunkBytes : 1,
+    seconds: (performance.now() - t0) / 1000,
+  };
+}

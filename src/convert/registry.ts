@@ -1,0 +1,68 @@
+/**
+ * Every chunk a conversion knows about, by digest: chunks already stored in the sink (found through
+ * the TOCs of its chunked manifests) and chunks new in this conversion (spooled until packed).
+ */
+import { decodeToc } from '../chunked/toc.js';
+import { CMT } from '../oci/chunked-media.js';
+import { parseManifestDoc } from '../oci/types.js';
+import type { ImageSink } from '../transports/types.js';
+
+/** Where a chunk's frame lives: a pack digest (stored) or the index of a pack written by this conversion. */
+export interface Location {
+  pack: string | number;
+  off: number;
+  clen: number;
+  ulen: number;
+  inner: number;
+}
+
+export class ChunkRegistry {
+  readonly ids = new Map<string, number>();
+  readonly digests: string[] = [];
+  readonly lengths: number[] = [];
+  readonly loc: Array<Location | undefined> = [];
+  /** Offset in the spool of a new chunk's bytes (-1 for chunks that were already stored). */
+  readonly spoolOff: number[] = [];
+  /** Sizes of stored packs, by digest. */
+  readonly packSizes = new Map<string, number>();
+  storedChunks = 0;
+
+  /** Look up or add a chunk; returns its id and whether it was unknown. */
+  intern(hex: string, len: number): { id: number; fresh: boolean } {
+    const id = this.ids.get(hex);
+    if (id !== undefined) return { id, fresh: false };
+    const nid = this.digests.length;
+    this.ids.set(hex, nid);
+    this.digests.push(hex);
+    this.lengths.push(len);
+    this.loc.push(undefined);
+    this.spoolOff.push(-1);
+    return { id: nid, fresh: true };
+  }
+
+  /** Load the chunks of every chunked image already in the sink (first location wins). */
+  async loadFromSink(sink: ImageSink): Promise<number> {
+    const src = sink.asSource();
+    for (const desc of await sink.chunkedManifests()) {
+      const what = `chunked manifest ${desc.digest}`;
+      const parsed = parseManifestDoc(await src.readBlob(desc, what), desc.mediaType, what);
+      if (parsed.kind !== 'manifest') continue;
+      const tocDesc = parsed.doc.layers.find((l) => l.mediaType === CMT.toc);
+      if (!tocDesc) continue;
+      const packs = parsed.doc.layers.filter((l) => l.mediaType === CMT.pack);
+      let complete = true;
+      for (const p of packs) if (!(await sink.hasBlob(p))) complete = false;
+      if (!complete || !(await sink.hasBlob(tocDesc))) continue;
+      for (const p of packs) this.packSizes.set(p.digest, p.size);
+      const toc = decodeToc(await src.readBlob(tocDesc, `${what} TOC`, 1 << 30), `${what} TOC`);
+      for (const [hex, fi, inner, len] of toc.chunks) {
+        if (this.ids.has(hex)) continue;
+        const [pi, off, clen, ulen] = toc.frames[fi];
+        const { id } = this.intern(hex, len);
+        this.loc[id] = { pack: toc.packs[pi], off, clen, ulen, inner };
+        this.storedChunks++;
+      }
+    }
+    return this.storedChunks;
+  }
+}

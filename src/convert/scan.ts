@@ -1,0 +1,232 @@
+/**
+ * Pass 1 over a layer: canonicalize entries and cut, hash and deduplicate file contents in native
+ * batches, double-buffered so JavaScript parses the next batch while Rust chunks the previous one.
+ * New chunk bytes go to a spool file; pass 2 packs them in canonical order.
+ */
+import fs from 'node:fs';
+import { OcichunkError } from '../errors.js';
+import { canonicalize, type CanonOptions } from '../layer/canonical.js';
+import type { Entry } from '../layer/entry.js';
+import type { TarEntry } from '../layer/tar.js';
+import { native, type ChunkerSpec } from '../native/index.js';
+import type { ChunkRegistry } from './registry.js';
+
+export interface ScannedEntry {
+  entry: Entry;
+  /** Chunk ids in file order (regular files). */
+  chunks?: number[];
+}
+
+interface Seg {
+  file: ScannedEntry;
+  start: number;
+  len: number;
+  eof: boolean;
+}
+
+interface Batch {
+  buf: Buffer;
+  fill: number;
+  segs: Seg[];
+}
+
+export interface ScanOptions extends CanonOptions {
+  chunker: ChunkerSpec;
+  threads: number;
+  batchBytes: number;
+}
+
+export function maxChunkLength(c: ChunkerSpec): number {
+  if (c.kind === 'fixed') return c.size ?? 1 << 20;
+  if (c.kind === 'file') return c.max ?? 64 << 20;
+  return c.max ?? 256 << 10;
+}
+
+export class Spool {
+  private fd: number;
+  size = 0;
+  constructor(readonly file: string) {
+    this.fd = fs.openSync(file, 'w+', 0o600);
+  }
+  append(buf: Buffer, off: number, len: number): number {
+    const at = this.size;
+    let done = 0;
+    while (done < len) done += fs.writeSync(this.fd, buf, off + done, len - done, at + done);
+    this.size += len;
+    return at;
+  }
+  readInto(buf: Buffer, off: number, len: number, pos: number): void {
+    let done = 0;
+    while (done < len) {
+      const n = fs.readSync(this.fd, buf, off + done, len - done, pos + done);
+      if (n === 0) throw new OcichunkError('EIO', `spool ${this.file}: short read`);
+      done += n;
+    }
+  }
+  close(): void {
+    fs.closeSync(this.fd);
+    fs.rmSync(this.file, { force: true });
+  }
+}
+
+export interface ScanStats {
+  entries: number;
+  files: number;
+  fileBytes: number;
+  chunkRefs: number;
+  newChunks: number;
+  newChunkBytes: number;
+}
+
+export class LayerScanner {
+  private readonly headroom: number;
+  private readonly batches: [Batch, Batch];
+  private cur = 0;
+  private pending: Promise<void> = Promise.resolve();
+  readonly stats: ScanStats = { entries: 0, files: 0, fileBytes: 0, chunkRefs: 0, newChunks: 0, newChunkBytes: 0 };
+
+  constructor(
+    private readonly opts: ScanOptions,
+    private readonly registry: ChunkRegistry,
+    private readonly spool: Spool,
+    private readonly onBytes?: (n: number) => void,
+  ) {
+    this.headroom = maxChunkLength(opts.chunker);
+    const size = this.headroom + Math.max(opts.batchBytes, this.headroom);
+    this.batches = [
+      { buf: Buffer.allocUnsafe(size), fill: this.headroom, segs: [] },
+      { buf: Buffer.allocUnsafe(size), fill: this.headroom, segs: [] },
+    ];
+  }
+
+  async scan(entries: AsyncIterable<TarEntry>, layer: string): Promise<ScannedEntry[]> {
+    const out: ScannedEntry[] = [];
+    for await (const { header, stream } of entries) {
+      const entry = canonicalize(header, this.opts, layer);
+      if (!entry) {
+        stream.resume();
+        continue;
+      }
+      this.stats.entries++;
+      const rec: ScannedEntry = { entry };
+      out.push(rec);
+      if (entry.type !== 'reg') {
+        stream.resume();
+        continue;
+      }
+      rec.chunks = [];
+      this.stats.files++;
+      this.stats.fileBytes += entry.size;
+      let got = 0;
+      for await (const data of stream as AsyncIterable<Buffer>) {
+        got += data.length;
+        if (got > entry.size) {
+          throw new OcichunkError('ECORRUPT', `${layer}: entry ${JSON.stringify(entry.path)} has more data than its size`);
+        }
+        await this.append(rec, data, got === entry.size);
+        this.onBytes?.(data.length);
+      }
+      if (got !== entry.size) {
+        throw new OcichunkError('ECORRUPT', `${layer}: entry ${JSON.stringify(entry.path)} is truncated (${got} of ${entry.size} bytes)`);
+      }
+    }
+    await this.flush();
+    await this.pending;
+    return out;
+  }
+
+  private async append(file: ScannedEntry, data: Buffer, eof: boolean): Promise<void> {
+    let off = 0;
+    while (off < data.length) {
+      const b = this.batches[this.cur];
+      let seg = b.segs[b.segs.length - 1];
+      if (!seg || seg.file !== file) {
+        seg = { file, start: b.fill, len: 0, eof: false };
+        b.segs.push(seg);
+      }
+      const n = Math.min(data.length - off, b.buf.length - b.fill);
+      data.copy(b.buf, b.fill, off, off + n);
+      b.fill += n;
+      seg.len += n;
+      off += n;
+      if (off === data.length && eof) seg.eof = true;
+      if (b.fill === b.buf.length) await this.flush();
+    }
+  }
+
+  /** Submit the current batch; the previous one must be fully processed first (its tail moves here). */
+  private async flush(): Promise<void> {
+    await this.pending;
+    const b = this.batches[this.cur];
+    if (b.segs.length === 0) return;
+    const next = this.batches[1 - this.cur];
+    next.fill = this.headroom;
+    next.segs = [];
+    const last = b.segs[b.segs.length - 1];
+    if (!last.eof) next.segs.push({ file: last.file, start: this.headroom, len: 0, eof: false });
+    const segs = new Uint32Array(b.segs.length * 3);
+    b.segs.forEach((s, i) => {
+      segs[i * 3] = s.start;
+      segs[i * 3 + 1] = s.len;
+      segs[i * 3 + 2] = s.eof ? 1 : 0;
+    });
+    const work = native.chunkAndHash(b.buf, segs, this.opts.chunker, this.opts.threads);
+    this.pending = work.then((r) => this.absorb(b, next, r));
+    this.pending.catch(() => {}); // surfaced by the next await of pending
+    this.cur = 1 - this.cur;
+  }
+
+  private absorb(b: Batch, next: Batch, r: { counts: Uint32Array; lengths: Uint32Array; digests: Buffer }): void {
+    let ci = 0;
+    b.segs.forEach((s, si) => {
+      let pos = s.start;
+      let runStart = -1;
+      let runLen = 0;
+      const flushRun = () => {
+        if (runLen > 0) {
+          const at = this.spool.append(b.buf, runStart, runLen);
+          // assign spool offsets to the chunks in this run
+          let o = at;
+          for (const id of pendingIds) {
+            this.registry.spoolOff[id] = o;
+            o += this.registry.lengths[id];
+          }
+        }
+        pendingIds.length = 0;
+        runStart = -1;
+        runLen = 0;
+      };
+      const pendingIds: number[] = [];
+      for (let k = 0; k < r.counts[si]; k++, ci++) {
+        const len = r.lengths[ci];
+        const hex = r.digests.toString('hex', ci * 32, ci * 32 + 32);
+        const { id, fresh } = this.registry.intern(hex, len);
+        s.file.chunks!.push(id);
+        this.stats.chunkRefs++;
+        if (fresh) {
+          this.stats.newChunks++;
+          this.stats.newChunkBytes += len;
+          if (runStart === -1 || runStart + runLen !== pos) {
+            flushRun();
+            runStart = pos;
+          }
+          runLen += len;
+          pendingIds.push(id);
+        }
+        pos += len;
+      }
+      flushRun();
+      const tail = s.start + s.len - pos;
+      if (!s.eof) {
+        if (si !== b.segs.length - 1) throw new OcichunkError('EINTERNAL', 'unfinished segment inside a batch');
+        if (tail > this.headroom) throw new OcichunkError('EINTERNAL', `chunk tail ${tail} exceeds headroom`);
+        const cont = next.segs[0];
+        b.buf.copy(next.buf, this.headroom - tail, pos, pos + tail);
+        cont.start = this.headroom - tail;
+        cont.len += tail;
+      } else if (tail !== 0) {
+        throw new OcichunkError('EINTERNAL', `chunker left ${tail} bytes at end of file`);
+      }
+    });
+  }
+}

@@ -1,0 +1,53 @@
+/**
+ * Errors with a stable `code`. Library code throws these; only the CLI maps codes to exit codes.
+ */
+export type ErrorCode =
+  | 'EUSAGE' // bad arguments or references
+  | 'ENOTFOUND' // image, tag, blob or platform not found
+  | 'EUNSUPPORTED' // unknown media type, entry type, transport
+  | 'ECORRUPT' // corrupt/truncated compressed data or tar, bad JSON
+  | 'EDIGEST' // content does not match its digest or size
+  | 'EUNSAFE' // paths escaping the root, hostile entries
+  | 'EIO' // filesystem errors
+  | 'EINTERNAL';
+
+export class OcichunkError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = 'OcichunkError';
+  }
+}
+
+export function isOcichunkError(e: unknown): e is OcichunkError {
+  return e instanceof OcichunkError;
+}
+
+/** Wrap any error with context (blob, entry, path) keeping a stable code. */
+export function withContext(e: unknown, context: string, fallback: ErrorCode = 'EIO'): OcichunkError {
+  if (e instanceof OcichunkError) {
+    return new OcichunkError(e.code, `${context}: ${e.message}`, { cause: e.cause ?? e });
+  }
+  const err = e as NodeJS.ErrnoException;
+  const msg = err?.message ?? String(e);
+  const native = /^(E[A-Z]+): /.exec(msg);
+  let code: ErrorCode = fallback;
+  if (native) {
+    const c = native[1];
+    code = c === 'ECORRUPT' ? 'ECORRUPT' : c === 'EINVAL' ? 'EUSAGE' : 'EIO';
+  } else if (err?.code === 'ENOENT') code = fallback === 'EIO' ? 'ENOTFOUND' : fallback;
+  else if (err?.code === 'Z_DATA_ERROR' || err?.code === 'Z_BUF_ERROR') code = 'ECORRUPT';
+  return new OcichunkError(code, `${context}: ${msg}`, { cause: e });
+}
+
+export const EXIT_CODES: Record<ErrorCode, number> = {
+  EUSAGE: 2,
+  ENOTFOUND: 3,
+  EUNSUPPORTED: 4,
+  ECORRUPT: 5,
+  EDIGEST: 6,
+  EUNSAFE: 7,
+  EIO: 8,
+  EINTERNAL: 1,
+};

@@ -1,0 +1,41 @@
+/** Canonical filesystem entries: what a tar header means, without the tar implementation's noise. */
+export type EntryType = 'reg' | 'dir' | 'symlink' | 'hardlink' | 'char' | 'block' | 'fifo' | 'whiteout' | 'opaque';
+
+export interface Entry {
+  /** Normalized relative path: no leading '/' or './', no '.' or '..' components, no trailing '/'; '.' is the root. */
+  path: string;
+  type: EntryType;
+  /** Permission bits incl. setuid/setgid/sticky (mode & 0o7777). */
+  mode: number;
+  uid: number;
+  gid: number;
+  /** Content size (regular files only). */
+  size: number;
+  /** Seconds since the epoch, clamped per the conversion options. */
+  mtime: number;
+  /** Symlink target (verbatim) or hardlink target (normalized path). */
+  link?: string;
+  devMajor?: number;
+  devMinor?: number;
+  /** Extended attributes sorted by name. */
+  xattrs?: Array<[string, Buffer]>;
+}
+
+/** Order of entries that share a path: deletions first, then the entry, then an opaque marker. */
+export const TYPE_ORDER: Record<EntryType, number> = {
+  whiteout: 0,
+  reg: 1,
+  dir: 1,
+  symlink: 1,
+  hardlink: 1,
+  char: 1,
+  block: 1,
+  fifo: 1,
+  opaque: 2,
+};
+
+/** Bytewise (UTF-8) comparison of paths, then type order. */
+export function compareEntries(a: { path: string; type: EntryType }, b: { path: string; type: EntryType }): number {
+  const c = Buffer.compare(Buffer.from(a.path), Buffer.from(b.path));
+  return c !== 0 ? c : TYPE_ORDER[a.type] - TYPE_ORDER[b.type];
+}

@@ -1,0 +1,18 @@
+/** Media types and annotations of the ocichunk format (docs/format.md). Constants only. */
+export const FORMAT_VERSION = 1;
+export const CMT = {
+  /** artifactType of the chunked image manifest. */
+  artifact: 'application/vnd.ocichunk.image.v1',
+  /** Config media type of the chunked manifest: the original config's bytes under a type runtimes will not unpack. */
+  config: 'application/vnd.ocichunk.image.config.v1+json',
+  /** The table of contents: zstd-compressed JSON. */
+  toc: 'application/vnd.ocichunk.toc.v1.json+zstd',
+  /** A pack: concatenated independent zstd frames (itself a valid zstd stream). */
+  pack: 'application/vnd.ocichunk.pack.v1+zstd',
+} as const;
+
+export const ANN = {
+  version: 'org.ocichunk.version',
+  source: 'org.ocichunk.source.manifest',
+  tocUncompressedSize: 'org.ocichunk.toc.uncompressed-size',
+} as const;

@@ -1,0 +1,79 @@
+/** skopeo-style image references -> transports. */
+import { OcichunkError } from './errors.js';
+import { DockerArchiveSource, OciArchiveSource } from './transports/archive.js';
+import { OciArchiveSink } from './transports/oci-archive-sink.js';
+import { OciLayoutSink, OciLayoutSource } from './transports/oci-layout.js';
+import type { ImageSink, ImageSource } from './transports/types.js';
+
+export type Transport = 'oci' | 'oci-archive' | 'docker-archive' | 'docker';
+
+export interface ImageRef {
+  transport: Transport;
+  /** Directory or file for local transports; HOST/REPO for docker. */
+  path: string;
+  ref?: string;
+}
+
+export function parseRef(s: string): ImageRef {
+  const m = /^([a-z-]+):(.*)$/.exec(s);
+  if (!m) {
+    throw new OcichunkError(
+      'EUSAGE',
+      `invalid image reference ${JSON.stringify(s)}: expected oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:REF] or docker://HOST/REPO:TAG`,
+    );
+  }
+  const [, transport, rest] = m;
+  switch (transport) {
+    case 'oci':
+    case 'oci-archive':
+    case 'docker-archive': {
+      if (!rest) throw new OcichunkError('EUSAGE', `invalid image reference ${JSON.stringify(s)}: missing path`);
+      // Like skopeo: the path ends at the first ':'; what follows is the reference.
+      const i = rest.indexOf(':');
+      const p = i === -1 ? rest : rest.slice(0, i);
+      const ref = i === -1 ? undefined : rest.slice(i + 1);
+      if (ref !== undefined && ref === '') throw new OcichunkError('EUSAGE', `invalid image reference ${JSON.stringify(s)}: empty reference`);
+      return { transport, path: p, ref };
+    }
+    case 'docker':
+      if (!rest.startsWith('//')) throw new OcichunkError('EUSAGE', `invalid image reference ${JSON.stringify(s)}: expected docker://HOST/REPO:TAG`);
+      return { transport: 'docker', path: rest.slice(2) };
+    default:
+      throw new OcichunkError('EUNSUPPORTED', `unknown transport ${JSON.stringify(transport)} in ${JSON.stringify(s)}`);
+  }
+}
+
+export function formatRef(r: ImageRef): string {
+  return r.transport === 'docker' ? `docker://${r.path}` : `${r.transport}:${r.path}${r.ref !== undefined ? ':' + r.ref : ''}`;
+}
+
+export async function openSource(s: string | ImageRef): Promise<ImageSource> {
+  const r = typeof s === 'string' ? parseRef(s) : s;
+  switch (r.transport) {
+    case 'oci':
+      return new OciLayoutSource(r.path, r.ref);
+    case 'oci-archive':
+      return OciArchiveSource.open(r.path, r.ref);
+    case 'docker-archive':
+      return DockerArchiveSource.open(r.path, r.ref);
+    case 'docker':
+      throw new OcichunkError('EUNSUPPORTED', `${formatRef(r)}: the docker:// transport is not available in this version`);
+  }
+}
+
+export async function openSink(s: string | ImageRef): Promise<ImageSink> {
+  const r = typeof s === 'string' ? parseRef(s) : s;
+  switch (r.transport) {
+    case 'oci': {
+      const sink = new OciLayoutSink(r.path, r.ref ?? 'latest');
+      await sink.init();
+      return sink;
+    }
+    case 'oci-archive':
+      return OciArchiveSink.create(r.path, r.ref ?? 'latest');
+    case 'docker-archive':
+      throw new OcichunkError('EUNSUPPORTED', `${formatRef(r)}: docker-archive cannot hold an image index; write to oci: or oci-archive:`);
+    case 'docker':
+      throw new OcichunkError('EUNSUPPORTED', `${formatRef(r)}: the docker:// transport is not available in this version`);
+  }
+}

@@ -1,0 +1,130 @@
+/** oci:DIR[:REF] — an OCI image layout directory, as source and as sink. */
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { OcichunkError } from '../errors.js';
+import { MT, checkDescriptor, parseJson, type Descriptor, type ImageIndex } from '../oci/types.js';
+import { BlobStore, writeFileAtomic, type RangeReader } from '../store/blobstore.js';
+import type { ImageSink, ImageSource } from './types.js';
+import { isChunkedDescriptor, collectChunkedManifests } from './chunked-scan.js';
+
+export const REF_ANNOTATION = 'org.opencontainers.image.ref.name';
+
+export async function readLayoutIndex(dir: string): Promise<ImageIndex> {
+  let raw: Buffer;
+  try {
+    raw = await fsp.readFile(path.join(dir, 'index.json'));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new OcichunkError('ENOTFOUND', `${dir} is not an OCI image layout (no index.json)`);
+    }
+    throw e;
+  }
+  const idx = parseJson(raw, `${dir}/index.json`) as ImageIndex;
+  if (!idx || !Array.isArray(idx.manifests)) throw new OcichunkError('ECORRUPT', `${dir}/index.json: no manifests array`);
+  idx.manifests.forEach((m, i) => checkDescriptor(m, `${dir}/index.json manifests[${i}]`));
+  return idx;
+}
+
+/** Pick the descriptor for `ref` (or the only one when ref is absent). */
+export function pickRef(idx: ImageIndex, ref: string | undefined, where: string): Descriptor {
+  if (ref === undefined) {
+    if (idx.manifests.length === 1) return idx.manifests[0];
+    const tags = idx.manifests.map((m) => m.annotations?.[REF_ANNOTATION]).filter(Boolean);
+    throw new OcichunkError(
+      'EUSAGE',
+      `${where} holds ${idx.manifests.length} images; name one of them: ${tags.join(', ') || '(untagged)'}`,
+    );
+  }
+  const found = idx.manifests.filter((m) => m.annotations?.[REF_ANNOTATION] === ref);
+  if (found.length === 0) {
+    const tags = idx.manifests.map((m) => m.annotations?.[REF_ANNOTATION]).filter(Boolean);
+    throw new OcichunkError('ENOTFOUND', `${where}: no image tagged ${JSON.stringify(ref)} (tags: ${tags.join(', ') || 'none'})`);
+  }
+  return found[found.length - 1];
+}
+
+export class OciLayoutSource implements ImageSource {
+  readonly store: BlobStore;
+  constructor(
+    readonly dir: string,
+    readonly ref: string | undefined,
+  ) {
+    this.store = new BlobStore(dir);
+  }
+  get name(): string {
+    return `oci:${this.dir}${this.ref !== undefined ? ':' + this.ref : ''}`;
+  }
+  async getTop(): Promise<{ desc: Descriptor; bytes: Buffer }> {
+    const idx = await readLayoutIndex(this.dir);
+    const desc = pickRef(idx, this.ref, this.name);
+    return { desc, bytes: await this.readBlob(desc, `${this.name} manifest`) };
+  }
+  readBlob(desc: Descriptor, what: string, max?: number): Promise<Buffer> {
+    return this.store.readAll(desc, what, max);
+  }
+  async openBlob(desc: Descriptor, what: string): Promise<Readable> {
+    return this.store.openRead(desc, what);
+  }
+  openRanges(desc: Descriptor): Promise<RangeReader> {
+    return this.store.openRanges(desc.digest);
+  }
+  async close(): Promise<void> {}
+}
+
+export class OciLayoutSink implements ImageSink {
+  readonly store: BlobStore;
+  constructor(
+    readonly dir: string,
+    readonly ref: string,
+  ) {
+    this.store = new BlobStore(dir);
+  }
+  get name(): string {
+    return `oci:${this.dir}:${this.ref}`;
+  }
+  async init(): Promise<void> {
+    await fsp.mkdir(this.store.dir, { recursive: true });
+    const layoutFile = path.join(this.dir, 'oci-layout');
+    try {
+      const cur = parseJson(await fsp.readFile(layoutFile), layoutFile) as { imageLayoutVersion?: string };
+      if (cur.imageLayoutVersion !== '1.0.0') {
+        throw new OcichunkError('EUNSUPPORTED', `${layoutFile}: unsupported imageLayoutVersion ${cur.imageLayoutVersion}`);
+      }
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      await writeFileAtomic(layoutFile, JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+    }
+    try {
+      await fsp.access(path.join(this.dir, 'index.json'));
+    } catch {
+      await writeFileAtomic(path.join(this.dir, 'index.json'), JSON.stringify({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: [] }));
+    }
+  }
+  hasBlob(desc: Pick<Descriptor, 'digest' | 'size'>): Promise<boolean> {
+    return this.store.has(desc.digest, desc.size);
+  }
+  createBlobWriter() {
+    return this.store.createWriter();
+  }
+  putBlob(bytes: Buffer) {
+    return this.store.putBytes(bytes);
+  }
+  asSource(): ImageSource {
+    return new OciLayoutSource(this.dir, undefined);
+  }
+  async chunkedManifests(): Promise<Descriptor[]> {
+    const idx = await readLayoutIndex(this.dir);
+    return collectChunkedManifests(this.asSource(), idx.manifests);
+  }
+  async setTag(desc: Descriptor): Promise<void> {
+    const idx = await readLayoutIndex(this.dir);
+    const manifests = idx.manifests.filter((m) => m.annotations?.[REF_ANNOTATION] !== this.ref);
+    manifests.push({ ...desc, annotations: { ...(desc.annotations ?? {}), [REF_ANNOTATION]: this.ref } });
+    const out: ImageIndex = { schemaVersion: 2, mediaType: MT.ociIndex, manifests };
+    await writeFileAtomic(path.join(this.dir, 'index.json'), JSON.stringify(out));
+  }
+  async close(): Promise<void> {}
+}
+
+export { isChunkedDescriptor };

@@ -1,0 +1,36 @@
+/**
+ * One interface per role. An ImageSource reads manifests and blobs for one reference; an ImageSink
+ * receives blobs and finally a tag. oci:, oci-archive:, docker-archive: (and later docker://) implement them.
+ */
+import type { Readable } from 'node:stream';
+import type { Descriptor } from '../oci/types.js';
+import type { BlobWriter, RangeReader } from '../store/blobstore.js';
+
+export interface ImageSource {
+  /** Human-readable reference, used in messages. */
+  readonly name: string;
+  /** The descriptor and bytes the reference points to (an index or a manifest), verified. */
+  getTop(): Promise<{ desc: Descriptor; bytes: Buffer }>;
+  /** A small blob (manifest, index, config, TOC), verified against the descriptor. */
+  readBlob(desc: Descriptor, what: string, max?: number): Promise<Buffer>;
+  /** A stream of a (large) blob that errors at the end if digest or size do not match. */
+  openBlob(desc: Descriptor, what: string): Promise<Readable>;
+  /** Positional reads of a blob (pack blobs); callers verify chunk digests. */
+  openRanges(desc: Descriptor): Promise<RangeReader>;
+  close(): Promise<void>;
+}
+
+export interface ImageSink {
+  readonly name: string;
+  hasBlob(desc: Pick<Descriptor, 'digest' | 'size'>): Promise<boolean>;
+  createBlobWriter(): Promise<BlobWriter>;
+  putBlob(bytes: Buffer): Promise<{ digest: string; size: number }>;
+  /** Chunked manifests already in the sink, so their chunks can be reused; in a stable order. */
+  chunkedManifests(): Promise<Descriptor[]>;
+  /** A source view of what the sink holds (to read TOCs and packs already there). */
+  asSource(): ImageSource;
+  /** Point the sink's reference at `desc` (written last). */
+  setTag(desc: Descriptor): Promise<void>;
+  /** Flush (e.g. write an archive); called once after setTag. */
+  close(): Promise<void>;
+}
