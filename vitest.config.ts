@@ -6,6 +6,6 @@ export default defineConfig({
     testTimeout: 600_000,
     hookTimeout: 1_800_000,
     fileParallelism: false,
-    reporters: ['default'],
+    reporters: ['default', './test/summary-reporter.ts'],
   },
 });

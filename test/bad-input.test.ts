@@ -1,0 +1,250 @@
+/**
+ * Hostile and broken input: clear errors naming the blob or entry, non-zero exits, nothing written
+ * outside the target, no partial blob visible under a digest, no tag pointing at a half conversion.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import zlib from 'node:zlib';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { convert, restore, OcichunkError } from '../src/index.js';
+import { native } from '../src/native/index.js';
+import { tmpdir } from './helpers/env.js';
+import { blob, checkBlobs, gzipLayer, plainLayer, readIndex, writeLayout } from './helpers/layout.js';
+import { cli, must } from './helpers/run.js';
+import { createHash } from 'node:crypto';
+
+let work: string;
+let goodTar: Buffer;
+
+/** A tar made by Python's tarfile from a list of [name, kind, data/link] members. */
+function pyTar(members: Array<[string, 'file' | 'dir' | 'symlink' | 'hardlink', string?]>): Buffer {
+  const out = path.join(work, `py-${Math.random().toString(36).slice(2)}.tar`);
+  must('python3', [
+    '-c',
+    `import tarfile,io,json,sys
+ms=json.loads(sys.argv[2])
+with tarfile.open(sys.argv[1],'w',format=tarfile.PAX_FORMAT) as t:
+    for name,kind,arg in ms:
+        ti=tarfile.TarInfo(name); ti.mode=0o644
+        if kind=='file':
+            data=(arg or '').encode(); ti.size=len(data); t.addfile(ti,io.BytesIO(data))
+        elif kind=='dir':
+            ti.type=tarfile.DIRTYPE; ti.mode=0o755; t.addfile(ti)
+        elif kind=='symlink':
+            ti.type=tarfile.SYMTYPE; ti.linkname=arg; t.addfile(ti)
+        else:
+            ti.type=tarfile.LNKTYPE; ti.linkname=arg; t.addfile(ti)`,
+    out,
+    JSON.stringify(members.map((m) => [m[0], m[1], m[2] ?? null])),
+  ]);
+  return fs.readFileSync(out);
+}
+
+async function expectFail(p: Promise<unknown>, code: string, text: RegExp): Promise<void> {
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(e, 'expected an error').toBeInstanceOf(OcichunkError);
+  expect((e as OcichunkError).code).toBe(code);
+  expect((e as Error).message).toMatch(text);
+}
+
+function assertNothingPublished(out: string) {
+  expect(checkBlobs(out)).toEqual([]);
+  if (fs.existsSync(path.join(out, 'index.json'))) expect(readIndex(out).manifests).toEqual([]);
+}
+
+beforeAll(() => {
+  work = tmpdir('bad');
+  goodTar = pyTar([
+    ['etc', 'dir'],
+    ['etc/hostname', 'file', 'box\n'],
+    ['usr', 'dir'],
+    ['usr/big', 'file', 'x'.repeat(300_000)],
+  ]);
+});
+
+describe('corrupt layers', () => {
+  it('refuses a corrupt gzip stream, naming the layer', async () => {
+    const gz = zlib.gzipSync(goodTar);
+    for (let i = 40; i < gz.length - 40; i += 97) gz[i] ^= 0x5a;
+    const dir = path.join(work, 'corrupt-gz');
+    writeLayout(dir, 'x', [{ blob: gz, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip' }]);
+    const out = path.join(work, 'out-corrupt-gz');
+    await expectFail(convert(`oci:${dir}:x`, `oci:${out}:x`), 'ECORRUPT', /layer 0 \(sha256:[a-f0-9]{64}\).*(gzip|header|check)/);
+    assertNothingPublished(out);
+  });
+
+  it('refuses a truncated gzip stream', async () => {
+    const gz = zlib.gzipSync(goodTar);
+    const dir = path.join(work, 'trunc-gz');
+    writeLayout(dir, 'x', [{ blob: gz.subarray(0, gz.length >> 1), mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip' }]);
+    const out = path.join(work, 'out-trunc-gz');
+    await expectFail(convert(`oci:${dir}:x`, `oci:${out}:x`), 'ECORRUPT', /truncated|unexpected end/i);
+    assertNothingPublished(out);
+  });
+
+  it('refuses a truncated zstd stream', async () => {
+    const tarFile = path.join(work, 'z.tar');
+    fs.writeFileSync(tarFile, goodTar);
+    must('zstd', ['-q', '-f', '-3', tarFile, '-o', `${tarFile}.zst`]);
+    const z = fs.readFileSync(`${tarFile}.zst`);
+    const dir = path.join(work, 'trunc-zst');
+    writeLayout(dir, 'x', [{ blob: z.subarray(0, z.length - 20), mediaType: 'application/vnd.oci.image.layer.v1.tar+zstd' }]);
+    const out = path.join(work, 'out-trunc-zst');
+    await expectFail(convert(`oci:${dir}:x`, `oci:${out}:x`), 'ECORRUPT', /layer 0/);
+    assertNothingPublished(out);
+  });
+
+  it('refuses a layer whose bytes do not match its digest', async () => {
+    const dir = path.join(work, 'bad-digest');
+    writeLayout(dir, 'x', [gzipLayer(goodTar)]);
+    const m = JSON.parse(blob(dir, readIndex(dir).manifests[0].digest).toString());
+    const p = path.join(dir, 'blobs', 'sha256', m.layers[0].digest.slice(7));
+    const b = fs.readFileSync(p);
+    b[4] ^= 1; // the gzip header's mtime: decompression does not notice, the digest check does
+    fs.writeFileSync(p, b);
+    const out = path.join(work, 'out-bad-digest');
+    const r = cli(['convert', `oci:${dir}:x`, `oci:${out}:x`]);
+    expect(r.code).toBe(6);
+    expect(r.stderr).toContain(m.layers[0].digest);
+    expect(r.stderr).toMatch(/digest mismatch/);
+    assertNothingPublished(out);
+  });
+
+  it('refuses a truncated blob (shorter than its descriptor)', async () => {
+    const dir = path.join(work, 'short-blob');
+    writeLayout(dir, 'x', [plainLayer(goodTar)]);
+    const m = JSON.parse(blob(dir, readIndex(dir).manifests[0].digest).toString());
+    const p = path.join(dir, 'blobs', 'sha256', m.layers[0].digest.slice(7));
+    fs.truncateSync(p, 1024);
+    const out = path.join(work, 'out-short-blob');
+    await expectFail(convert(`oci:${dir}:x`, `oci:${out}:x`), 'EDIGEST', /truncated|digest/);
+    assertNothingPublished(out);
+  });
+
+  it('refuses an absurd header size without trying to allocate it', async () => {
+    // a header claiming an 8 GiB file, then the archive ends
+    const h = Buffer.alloc(512);
+    h.write('huge', 0);
+    h.write('0000644\0', 100);
+    h.write('0000000\0', 108);
+    h.write('0000000\0', 116);
+    h.write('77777777777\0', 124);
+    h.write('00000000000\0', 136);
+    h.write('0', 156);
+    h.write('ustar\x0000', 257);
+    h.fill(0x20, 148, 156);
+    let sum = 0;
+    for (const x of h) sum += x;
+    h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148);
+    const tar = Buffer.concat([h, Buffer.alloc(4096, 1)]);
+    const dir = path.join(work, 'absurd');
+    writeLayout(dir, 'x', [plainLayer(tar)]);
+    const out = path.join(work, 'out-absurd');
+    await expectFail(convert(`oci:${dir}:x`, `oci:${out}:x`), 'ECORRUPT', /layer 0/);
+    assertNothingPublished(out);
+  });
+
+  it('refuses unknown layer media types', async () => {
+    const dir = path.join(work, 'unknown-mt');
+    writeLayout(dir, 'x', [{ blob: goodTar, mediaType: 'application/vnd.example.layer.v1.tar+bzip2' }]);
+    const r = cli(['convert', `oci:${dir}:x`, `oci:${work}/out-unknown:x`]);
+    expect(r.code).toBe(4);
+    expect(r.stderr).toMatch(/unsupported media type application\/vnd\.example\.layer\.v1\.tar\+bzip2/);
+  });
+});
+
+describe('hostile paths', () => {
+  it.each([
+    ['../ in a path', [['../evil', 'file', 'x']] as const, /"\.\.\/evil".*escapes/],
+    ['absolute path', [['/etc/evil', 'file', 'x']] as const, /absolute path/],
+    ['hardlink outside the root', [['a', 'hardlink', '../../etc/passwd']] as const, /escapes/],
+  ])('refuses %s at conversion', async (_name, members, msg) => {
+    const dir = path.join(work, `hostile-${Math.random().toString(36).slice(2)}`);
+    writeLayout(dir, 'x', [plainLayer(pyTar(members as never))]);
+    const out = path.join(work, `out-${path.basename(dir)}`);
+    const r = cli(['convert', `oci:${dir}:x`, `oci:${out}:x`]);
+    expect(r.code).toBe(7);
+    expect(r.stderr).toMatch(msg);
+    assertNothingPublished(out);
+  });
+
+  it('does not write through a symlink that leads outside the root during restore', async () => {
+    const outside = path.join(work, 'outside');
+    fs.mkdirSync(outside);
+    const depth = '../'.repeat(12);
+    const dir = path.join(work, 'symlink-escape');
+    writeLayout(dir, 'x', [
+      plainLayer(pyTar([['link', 'symlink', `${depth}${outside.slice(1)}`]])),
+      plainLayer(pyTar([['link/pwned', 'file', 'gotcha']])),
+    ]);
+    const out = path.join(work, 'out-symlink-escape');
+    await convert(`oci:${dir}:x`, `oci:${out}:x`); // a symlink is legitimate content
+    const target = path.join(work, 'rootfs-escape');
+    const r = cli(['restore', `oci:${out}:x`, target]);
+    expect(r.code).toBe(7);
+    expect(r.stderr).toMatch(/"link\/pwned".*outside the root/);
+    expect(fs.readdirSync(outside)).toEqual([]);
+  });
+
+  it('resolves absolute symlinks inside the root, like a chroot', async () => {
+    const dir = path.join(work, 'abs-symlink');
+    writeLayout(dir, 'x', [
+      plainLayer(pyTar([['real', 'dir'], ['lib', 'symlink', '/real']])),
+      plainLayer(pyTar([['lib/file', 'file', 'inside']])),
+    ]);
+    const out = path.join(work, 'out-abs-symlink');
+    await convert(`oci:${dir}:x`, `oci:${out}:x`);
+    const target = path.join(work, 'rootfs-abs');
+    await restore(`oci:${out}:x`, target);
+    expect(fs.readFileSync(path.join(target, 'real', 'file'), 'utf8')).toBe('inside');
+  });
+
+  it('refuses a tampered TOC whose hardlink points outside the root', async () => {
+    const dir = path.join(work, 'toc-src');
+    writeLayout(dir, 'x', [plainLayer(pyTar([['a', 'file', 'data'], ['b', 'hardlink', 'a']]))]);
+    const out = path.join(work, 'out-toc');
+    await convert(`oci:${dir}:x`, `oci:${out}:x`);
+    // rewrite the TOC: b -> ../../../etc/passwd, then re-point manifest, index and tag
+    const put = (b: Buffer) => {
+      const d = createHash('sha256').update(b).digest('hex');
+      fs.writeFileSync(path.join(out, 'blobs', 'sha256', d), b);
+      return { digest: `sha256:${d}`, size: b.length };
+    };
+    const idx = readIndex(out);
+    const top = JSON.parse(blob(out, idx.manifests[0].digest).toString());
+    const cm = JSON.parse(blob(out, top.manifests[1].digest).toString());
+    const toc = JSON.parse(native.decompressSync(blob(out, cm.layers[0].digest), 1 << 20).toString());
+    toc.layers[0].entries.find((e: { path: string }) => e.path === 'b').link = '../../../etc/passwd';
+    Object.assign(cm.layers[0], put(native.compressSync(Buffer.from(JSON.stringify(toc)), 3)));
+    Object.assign(top.manifests[1], put(Buffer.from(JSON.stringify(cm))));
+    Object.assign(idx.manifests[0], put(Buffer.from(JSON.stringify(top))));
+    fs.writeFileSync(path.join(out, 'index.json'), JSON.stringify(idx));
+    const target = path.join(work, 'rootfs-toc');
+    const r = cli(['restore', `oci:${out}:x`, target]);
+    expect(r.code).toBe(7);
+    expect(r.stderr).toMatch(/"b".*hardlink.*escapes the root/);
+  });
+
+  it('refuses a pack whose chunk bytes were tampered with', async () => {
+    const dir = path.join(work, 'tamper-src');
+    writeLayout(dir, 'x', [plainLayer(goodTar)]);
+    const out = path.join(work, 'out-tamper');
+    await convert(`oci:${dir}:x`, `oci:${out}:x`);
+    const idx = readIndex(out);
+    const top = JSON.parse(blob(out, idx.manifests[0].digest).toString());
+    const cm = JSON.parse(blob(out, top.manifests[1].digest).toString());
+    const pack = path.join(out, 'blobs', 'sha256', cm.layers[1].digest.slice(7));
+    // replace a frame with another valid zstd frame of the same length is hard; flip a byte instead
+    const b = fs.readFileSync(pack);
+    b[b.length >> 1] ^= 0xff;
+    fs.writeFileSync(pack, b);
+    const v = cli(['verify', `oci:${out}:x`]);
+    expect(v.code).not.toBe(0);
+    expect(v.stderr).toMatch(/sha256:[a-f0-9]{64}/);
+    const r = cli(['restore', `oci:${out}:x`, path.join(work, 'rootfs-tamper')]);
+    expect([5, 6]).toContain(r.code);
+  });
+});

@@ -1,0 +1,112 @@
+/**
+ * Canonical form: the same files, packed by different tools, in different orders, with different
+ * timestamps and owner names, convert to identical chunked layers (same TOC, same packs).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { convert } from '../src/index.js';
+import { image, tmpdir } from './helpers/env.js';
+import { blob, gzipLayer, plainLayer, readIndex, writeLayout } from './helpers/layout.js';
+import { must } from './helpers/run.js';
+import { native } from '../src/native/index.js';
+
+let work: string;
+let src: string;
+
+function chunkedOf(layout: string) {
+  const idx = readIndex(layout);
+  const top = JSON.parse(blob(layout, idx.manifests[0].digest).toString());
+  const m = JSON.parse(blob(layout, top.manifests[1].digest).toString());
+  return { toc: m.layers[0].digest as string, packs: m.layers.slice(1).map((l: { digest: string }) => l.digest) as string[], manifest: m };
+}
+
+beforeAll(() => {
+  work = tmpdir('canon');
+  // Real files: a slice of the Debian base image's root filesystem, unpacked by umoci.
+  const bundle = path.join(work, 'bundle');
+  must('umoci', ['unpack', '--image', `${image('base')}:latest`, bundle]);
+  src = path.join(work, 'src');
+  fs.mkdirSync(src);
+  for (const d of ['etc', 'usr/bin', 'usr/share/perl5', 'usr/lib/x86_64-linux-gnu/perl-base']) {
+    const from = path.join(bundle, 'rootfs', d);
+    if (fs.existsSync(from)) must('cp', ['-a', '--parents', d, src], { cwd: path.join(bundle, 'rootfs') });
+  }
+  // and the kinds of entries a tar can hold
+  fs.mkdirSync(path.join(src, 'special'));
+  fs.writeFileSync(path.join(src, 'special', 'a.txt'), 'hello\n'.repeat(1000));
+  fs.linkSync(path.join(src, 'special', 'a.txt'), path.join(src, 'special', 'z-hardlink'));
+  fs.linkSync(path.join(src, 'special', 'a.txt'), path.join(src, 'special', '0-hardlink'));
+  fs.symlinkSync('../etc/os-release', path.join(src, 'special', 'os-release'));
+  native.mknod(path.join(src, 'special', 'fifo'), 'fifo', 0o644, 0, 0);
+  native.mknod(path.join(src, 'special', 'null'), 'char', 0o666, 1, 3);
+  fs.writeFileSync(path.join(src, 'special', 'empty'), '');
+  fs.chownSync(path.join(src, 'special', 'a.txt'), 1234, 5678);
+});
+
+describe('canonical conversion', () => {
+  it('gives the same TOC and packs for GNU tar sorted, PAX unsorted and Python tarfile inputs', async () => {
+    const tars = path.join(work, 'tars');
+    fs.mkdirSync(tars);
+    // 1. GNU tar, sorted, fixed mtime, GNU format
+    must('tar', ['--sort=name', '--mtime=@1', '--format=gnu', '--numeric-owner', '-cf', path.join(tars, 'gnu.tar'), '-C', src, '.']);
+    // 2. GNU tar, PAX format, reverse order, real mtimes, owner names, './' prefixes
+    const names = fs.readdirSync(src).sort().reverse().map((n) => `./${n}`);
+    must('tar', ['--format=pax', '-cf', path.join(tars, 'pax.tar'), '-C', src, '--no-recursion', '.', '--recursion', ...names]);
+    // 3. Python's tarfile, directory walk order, other owner names
+    must('python3', [
+      '-c',
+      `import tarfile,os,sys
+src=sys.argv[1]
+with tarfile.open(sys.argv[2],'w',format=tarfile.USTAR_FORMAT) as t:
+    for root,dirs,files in os.walk(src):
+        dirs.sort(reverse=True)
+        for n in sorted(files+[d for d in dirs if os.path.islink(os.path.join(root,d))],reverse=True)+[None]:
+            p=root if n is None else os.path.join(root,n)
+            ti=t.gettarinfo(p,arcname=os.path.relpath(p,src))
+            ti.uname='someone'; ti.gname='somegroup'; ti.mtime=1700000000
+            if ti.isreg():
+                with open(p,'rb') as f: t.addfile(ti,f)
+            else: t.addfile(ti)`,
+      src,
+      path.join(tars, 'py.tar'),
+    ]);
+    const results = [];
+    for (const [name, layer] of [
+      ['gnu', plainLayer(fs.readFileSync(path.join(tars, 'gnu.tar')))],
+      ['pax', gzipLayer(fs.readFileSync(path.join(tars, 'pax.tar')))],
+      ['py', plainLayer(fs.readFileSync(path.join(tars, 'py.tar')))],
+    ] as const) {
+      const inDir = path.join(work, `in-${name}`);
+      writeLayout(inDir, 'x', [layer]);
+      const out = path.join(work, `out-${name}`);
+      const r = await convert(`oci:${inDir}:x`, `oci:${out}:x`, {});
+      expect(r.files).toBeGreaterThan(100);
+      results.push(chunkedOf(out));
+    }
+    // the three tars really differ
+    const digests = ['gnu', 'pax', 'py'].map((n) => fs.readFileSync(path.join(tars, `${n}.tar`)).toString('base64').length);
+    expect(new Set(digests).size).toBeGreaterThan(1);
+    expect(results[1].toc).toBe(results[0].toc);
+    expect(results[2].toc).toBe(results[0].toc);
+    expect(results[1].packs).toEqual(results[0].packs);
+    expect(results[2].packs).toEqual(results[0].packs);
+  });
+
+  it('keeps mtimes with keepMtime (different TOC) while the packs stay the same', async () => {
+    const tarFile = path.join(work, 'mt.tar');
+    must('tar', ['--sort=name', '--format=pax', '-cf', tarFile, '-C', src, '.']);
+    const inDir = path.join(work, 'in-mt');
+    writeLayout(inDir, 'x', [plainLayer(fs.readFileSync(tarFile))]);
+    await convert(`oci:${inDir}:x`, `oci:${work}/out-mt-a:x`, {});
+    await convert(`oci:${inDir}:x`, `oci:${work}/out-mt-b:x`, { keepMtime: true });
+    await convert(`oci:${inDir}:x`, `oci:${work}/out-mt-c:x`, { sourceDateEpoch: 1000 });
+    const a = chunkedOf(`${work}/out-mt-a`);
+    const b = chunkedOf(`${work}/out-mt-b`);
+    const c = chunkedOf(`${work}/out-mt-c`);
+    expect(b.toc).not.toBe(a.toc);
+    expect(c.toc).not.toBe(a.toc);
+    expect(b.packs).toEqual(a.packs);
+    expect(c.packs).toEqual(a.packs);
+  });
+});

@@ -1,0 +1,34 @@
+/** Run commands (our CLI and third-party tools) and capture their output. */
+import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
+import path from 'node:path';
+import { REPO } from './env.js';
+
+export interface Ran {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function sh(cmd: string, args: string[], opts: SpawnSyncOptions = {}): Ran {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 256 << 20, ...opts });
+  if (r.error) throw r.error;
+  return { code: r.status ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
+}
+
+/** Like sh(), but throws with the tool's output when it fails. */
+export function must(cmd: string, args: string[], opts: SpawnSyncOptions = {}): Ran {
+  const r = sh(cmd, args, opts);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}\n${r.stderr}\n${r.stdout}`);
+  return r;
+}
+
+/** The real CLI, as a user runs it (bin/ocichunk.js over the built dist/). */
+export function cli(args: string[], opts: SpawnSyncOptions = {}): Ran {
+  return sh(process.execPath, [path.join(REPO, 'bin', 'ocichunk.js'), ...args], opts);
+}
+
+export function cliJson<T = Record<string, unknown>>(args: string[]): T {
+  const r = cli([...args, '--json']);
+  if (r.code !== 0) throw new Error(`ocichunk ${args.join(' ')} exited ${r.code}\n${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
+}

@@ -1,0 +1,61 @@
+/**
+ * Round trip on real images: restore of the chunked manifest gives exactly the tree umoci unpacks
+ * from the original (content, types, modes, owners, links, hardlink groups, xattrs, devices).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { convert, inspectImage, restore, verify } from '../src/index.js';
+import { image, tmpdir } from './helpers/env.js';
+import { must } from './helpers/run.js';
+import { diffTrees, snapshot, type Node } from './helpers/tree.js';
+
+let work: string;
+let reference: Map<string, Node>;
+
+beforeAll(() => {
+  work = tmpdir('roundtrip');
+  const bundle = path.join(work, 'umoci');
+  must('umoci', ['unpack', '--image', `${image('app')}:latest`, bundle]);
+  reference = snapshot(path.join(bundle, 'rootfs'));
+  reference.delete('.');
+});
+
+const SOURCES: Array<[string, () => string]> = [
+  ['oci (buildah, uncompressed)', () => `oci:${image('app')}:latest`],
+  ['oci gzip (skopeo)', () => `oci:${image('app-gzip')}:latest`],
+  ['oci zstd (skopeo)', () => `oci:${image('app-zstd')}:latest`],
+  ['docker-archive (classic docker save)', () => `docker-archive:${image('app.docker.tar')}`],
+  ['docker-archive (Docker >= 25)', () => `docker-archive:${image('app.docker25.tar')}:app:latest`],
+  ['oci layout with a Docker v2 manifest', () => `oci:${image('app-docker-v2s2')}:latest`],
+];
+
+describe('restore reproduces the original tree', () => {
+  it.each(SOURCES)('%s', async (name, ref) => {
+    const slug = name.replace(/[^a-z0-9]+/gi, '-');
+    const out = path.join(work, `out-${slug}`);
+    const r = await convert(ref(), `oci:${out}:app`);
+    expect(r.layers).toBeGreaterThanOrEqual(2);
+    const stats = await inspectImage(`oci:${out}:app`);
+    // the second layer of the app image deletes files from the base: whiteouts are kept
+    expect((stats.entries.whiteout ?? 0) + (stats.entries.opaque ?? 0)).toBeGreaterThan(0);
+    const rootfs = path.join(work, `rootfs-${slug}`);
+    const rr = await restore(`oci:${out}:app`, rootfs);
+    expect(rr.files).toBeGreaterThan(1000);
+    const got = snapshot(rootfs);
+    got.delete('.');
+    expect(diffTrees(reference, got)).toEqual([]);
+    const v = await verify(`oci:${out}:app`);
+    expect(v.chunks).toBe(stats.uniqueChunks);
+    fs.rmSync(rootfs, { recursive: true, force: true });
+  });
+
+  it('the reference tree has what the comparison must cover', () => {
+    const kinds = new Set([...reference.values()].map((n) => n.type));
+    expect(kinds).toContain('symlink');
+    expect(kinds).toContain('dir');
+    expect([...reference.values()].some((n) => n.group)).toBe(true); // hardlink groups
+    expect([...reference.values()].some((n) => n.uid !== 0 || n.gid !== 0)).toBe(true);
+    expect([...reference.values()].some((n) => n.mode & 0o6000)).toBe(true); // setuid/setgid binaries
+  });
+});
