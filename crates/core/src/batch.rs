@@ -1,0 +1,188 @@
+//! Batch entry points used by the binding: many segments, frames or ranges per call, in parallel
+//! with rayon. Output bytes never depend on the thread count.
+
+use crate::chunker::{cut, ChunkerParams};
+use crate::frame::{compress_frame, decompress_frame, check_level};
+use crate::{Error, Result};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+fn pool(threads: usize) -> Result<Option<Arc<rayon::ThreadPool>>> {
+    if threads == 0 {
+        return Ok(None);
+    }
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let mut map = POOLS.get_or_init(Default::default).lock().unwrap();
+    if let Some(p) = map.get(&threads) {
+        return Ok(Some(p.clone()));
+    }
+    let p = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::Io(format!("thread pool: {e}")))?,
+    );
+    map.insert(threads, p.clone());
+    Ok(Some(p))
+}
+
+fn run<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<T> {
+    Ok(match pool(threads)? {
+        Some(p) => p.install(f),
+        None => f(),
+    })
+}
+
+fn range<'a>(data: &'a [u8], off: usize, len: usize, what: &str) -> Result<&'a [u8]> {
+    off.checked_add(len)
+        .filter(|&end| end <= data.len())
+        .map(|end| &data[off..end])
+        .ok_or_else(|| Error::Invalid(format!("{what} {off}+{len} is outside the {}-byte buffer", data.len())))
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+pub struct Chunked {
+    pub counts: Vec<u32>,
+    pub lengths: Vec<u32>,
+    pub digests: Vec<u8>,
+}
+
+/// `segments`: (offset, len, eof) of independent file pieces in `data`.
+pub fn chunk_and_hash(data: &[u8], segments: &[(usize, usize, bool)], params: ChunkerParams, threads: usize) -> Result<Chunked> {
+    params.validate()?;
+    let slices = segments
+        .iter()
+        .map(|&(o, l, eof)| range(data, o, l, "segment").map(|s| (s, eof)))
+        .collect::<Result<Vec<_>>>()?;
+    run(threads, || {
+        let per: Vec<Vec<u32>> = slices.par_iter().map(|&(s, eof)| cut(s, params, eof)).collect();
+        let mut pieces = Vec::new();
+        for ((s, _), lens) in slices.iter().zip(&per) {
+            let mut p = 0;
+            for &l in lens {
+                pieces.push(&s[p..p + l as usize]);
+                p += l as usize;
+            }
+        }
+        let hashes: Vec<[u8; 32]> = pieces.par_iter().map(|c| sha256(c)).collect();
+        Chunked {
+            counts: per.iter().map(|v| v.len() as u32).collect(),
+            lengths: per.into_iter().flatten().collect(),
+            digests: hashes.concat(),
+        }
+    })
+}
+
+pub struct Frames {
+    pub data: Vec<u8>,
+    pub sizes: Vec<u32>,
+}
+
+/// `parts`: (offset, len) in `data`; frame i is made of the next `counts[i]` parts.
+pub fn compress_frames(data: &[u8], parts: &[(usize, usize)], counts: &[u32], level: i32, threads: usize) -> Result<Frames> {
+    check_level(level)?;
+    let total: usize = counts.iter().map(|&c| c as usize).sum();
+    if total != parts.len() {
+        return Err(Error::Invalid(format!("frame part counts add up to {total}, {} parts given", parts.len())));
+    }
+    let mut frames: Vec<Vec<&[u8]>> = Vec::with_capacity(counts.len());
+    let mut it = parts.iter();
+    for &c in counts {
+        let mut f = Vec::with_capacity(c as usize);
+        for _ in 0..c {
+            let &(o, l) = it.next().unwrap();
+            f.push(range(data, o, l, "part")?);
+        }
+        frames.push(f);
+    }
+    let out = run(threads, || frames.par_iter().map(|f| compress_frame(f, level)).collect::<Result<Vec<_>>>())??;
+    Ok(Frames { sizes: out.iter().map(|f| f.len() as u32).collect(), data: out.concat() })
+}
+
+/// `frames`: (offset, len, expected uncompressed len); output is the frames' contents concatenated.
+pub fn decompress_frames(data: &[u8], frames: &[(usize, usize, usize)], threads: usize) -> Result<Vec<u8>> {
+    let slices = frames
+        .iter()
+        .map(|&(o, l, u)| range(data, o, l, "frame").map(|s| (s, u)))
+        .collect::<Result<Vec<_>>>()?;
+    let total: usize = slices.iter().map(|s| s.1).sum();
+    if total > (4usize << 30) {
+        return Err(Error::Invalid(format!("{total} bytes of output is too much for one call")));
+    }
+    let out = run(threads, || {
+        slices
+            .par_iter()
+            .enumerate()
+            .map(|(i, &(s, u))| decompress_frame(s, u).map_err(|e| match e {
+                Error::Corrupt(m) => Error::Corrupt(format!("frame {i}: {m}")),
+                other => other,
+            }))
+            .collect::<Result<Vec<_>>>()
+    })??;
+    Ok(out.concat())
+}
+
+pub fn hash_ranges(data: &[u8], ranges: &[(usize, usize)], threads: usize) -> Result<Vec<u8>> {
+    let slices = ranges.iter().map(|&(o, l)| range(data, o, l, "range")).collect::<Result<Vec<_>>>()?;
+    run(threads, || slices.par_iter().map(|s| sha256(s)).collect::<Vec<_>>().concat())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunker::DEFAULT_CDC;
+
+    fn data(n: usize) -> Vec<u8> {
+        let mut s = 99u64;
+        (0..n)
+            .map(|i| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                if i % 3 == 0 { b'a' } else { (s >> 59) as u8 }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn same_output_for_any_thread_count() {
+        let d = data(4 << 20);
+        let segs = [(0, 1 << 20, true), (1 << 20, 2 << 20, false), (3 << 20, 1 << 20, true)];
+        let a = chunk_and_hash(&d, &segs, DEFAULT_CDC, 1).unwrap();
+        let b = chunk_and_hash(&d, &segs, DEFAULT_CDC, 4).unwrap();
+        let c = chunk_and_hash(&d, &segs, DEFAULT_CDC, 0).unwrap();
+        assert_eq!((a.counts.clone(), a.lengths.clone(), a.digests.clone()), (b.counts, b.lengths, b.digests));
+        assert_eq!(a.digests, c.digests);
+        assert_eq!(a.digests.len(), a.lengths.len() * 32);
+        // the unfinished middle segment leaves a tail
+        let mid: u32 = a.lengths[a.counts[0] as usize..(a.counts[0] + a.counts[1]) as usize].iter().sum();
+        assert!((mid as usize) < (2 << 20));
+        let parts: Vec<(usize, usize)> = (0..64).map(|i| (i * 65536, 65536)).collect();
+        let counts = vec![1u32; 64];
+        let f1 = compress_frames(&d, &parts, &counts, 3, 1).unwrap();
+        let f4 = compress_frames(&d, &parts, &counts, 3, 4).unwrap();
+        assert_eq!(f1.data, f4.data);
+        let mut off = 0;
+        let trip: Vec<(usize, usize, usize)> = f1.sizes.iter().map(|&s| { let r = (off, s as usize, 65536); off += s as usize; r }).collect();
+        assert_eq!(decompress_frames(&f1.data, &trip, 2).unwrap(), &d[..64 * 65536]);
+    }
+
+    #[test]
+    fn hashes_match_sha256() {
+        let d = b"abc".to_vec();
+        let h = hash_ranges(&d, &[(0, 3)], 0).unwrap();
+        assert_eq!(h[0..4], [0xba, 0x78, 0x16, 0xbf]);
+    }
+
+    #[test]
+    fn out_of_bounds_is_an_error_not_a_panic() {
+        let d = vec![0u8; 10];
+        assert!(matches!(hash_ranges(&d, &[(5, 10)], 0), Err(Error::Invalid(_))));
+        assert!(matches!(chunk_and_hash(&d, &[(usize::MAX, 2, true)], DEFAULT_CDC, 0), Err(Error::Invalid(_))));
+        assert!(compress_frames(&d, &[(0, 5)], &[2], 3, 0).is_err());
+        assert!(matches!(decompress_frames(&d, &[(0, 10, 5)], 0), Err(Error::Corrupt(_))));
+    }
+}
