@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Conversion speed, memory and stored size, measured in one run against references on the same bytes:
+#   - ocichunk convert (fresh layout) vs `zstd -3 -T0` over the same uncompressed layer bytes
+#   - ocichunk convert into a layout that already holds the image's chunks (re-convert)
+#   - peak RSS of each conversion (/usr/bin/time -v)
+#   - stored size vs zstd -3 and gzip -6 of the same layers
+# Usage: benchmarks/convert.sh [IMAGE_LAYOUT_DIR[:TAG]]   (default: the cached `big` test image, built
+#        by test/images/build-images.sh --big). Results: a table on stdout, JSON in $OUT/results.json.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+cache=${OCICHUNK_IMAGE_CACHE:-$HOME/.cache/ocichunk/images}
+src=${1:-$cache/layouts/big:latest}
+dir=${src%%:*}
+tag=${src#*:}; [ "$tag" = "$src" ] && tag=latest
+if [ ! -d "$dir" ]; then
+  echo "building the benchmark image (test/images/build-images.sh --big)" >&2
+  bash "$repo/test/images/build-images.sh" --big >&2
+fi
+command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
+OUT=${OUT:-$(mktemp -d /tmp/ocichunk-bench-XXXXXX)}
+mkdir -p "$OUT"
+ocichunk() { node "$repo/bin/ocichunk.js" "$@"; }
+
+# the uncompressed layer bytes, once, as zstd sees them
+manifest=$(python3 - "$dir" "$tag" <<'PY'
+import json,sys,os
+d,tag=sys.argv[1],sys.argv[2]
+idx=json.load(open(os.path.join(d,'index.json')))
+m=[x for x in idx['manifests'] if x.get('annotations',{}).get('org.opencontainers.image.ref.name')==tag][0]
+print(m['digest'].split(':')[1])
+PY
+)
+layers=$(python3 -c "import json,sys;print(' '.join(l['digest'].split(':')[1] for l in json.load(open(sys.argv[1]))['layers']))" "$dir/blobs/sha256/$manifest")
+raw="$OUT/layers.tar"; : > "$raw"
+for l in $layers; do
+  f="$dir/blobs/sha256/$l"
+  case "$(head -c2 "$f" | od -An -tx1 | tr -d ' ')" in
+    1f8b) gzip -dc "$f" >> "$raw" ;;
+    28b5) zstd -dc "$f" >> "$raw" ;;
+    *) cat "$f" >> "$raw" ;;
+  esac
+done
+rawsize=$(stat -c %s "$raw")
+# warm the page cache for everyone
+cat "$raw" "$dir"/blobs/sha256/* > /dev/null
+
+t() { local s e; s=$(date +%s.%N); "$@"; e=$(date +%s.%N); echo "$e - $s" | bc; }
+rss() { /usr/bin/time -f '%M' -o "$OUT/rss.txt" "$@" > "$OUT/last.json"; cat "$OUT/rss.txt"; }
+
+zstd_t=$(t zstd -q -3 -T0 -f "$raw" -o "$OUT/layers.tar.zst")
+gzip_t=$(t sh -c "gzip -6 -c '$raw' > '$OUT/layers.tar.gz'")
+rm -rf "$OUT/layout"
+s=$(date +%s.%N); conv_rss=$(rss node "$repo/bin/ocichunk.js" convert "oci:$dir:$tag" "oci:$OUT/layout:img" --json --tmpdir "$OUT"); e=$(date +%s.%N)
+conv_t=$(echo "$e - $s" | bc); cp "$OUT/last.json" "$OUT/convert.json"
+s=$(date +%s.%N); reconv_rss=$(rss node "$repo/bin/ocichunk.js" convert "oci:$dir:$tag" "oci:$OUT/layout:img" --json --tmpdir "$OUT"); e=$(date +%s.%N)
+reconv_t=$(echo "$e - $s" | bc); cp "$OUT/last.json" "$OUT/reconvert.json"
+zstd_t2=$(t zstd -q -3 -T0 -f "$raw" -o "$OUT/layers.tar.zst")
+
+python3 - "$OUT" "$rawsize" "$zstd_t" "$zstd_t2" "$gzip_t" "$conv_t" "$reconv_t" "$conv_rss" "$reconv_rss" <<'PY'
+import json,os,sys
+out,raw,z1,z2,g,c,rc,crss,rcrss=sys.argv[1:]
+raw=int(raw); z=min(float(z1),float(z2)); g=float(g); c=float(c); rc=float(rc)
+cj=json.load(open(os.path.join(out,'convert.json')))
+zs=os.path.getsize(os.path.join(out,'layers.tar.zst')); gs=os.path.getsize(os.path.join(out,'layers.tar.gz'))
+stored=cj['imageFrameBytes']+cj['tocBytes']
+res={'uncompressedLayerBytes':raw,'zstd3T0Seconds':z,'gzip6Seconds':g,'convertSeconds':c,'reconvertSeconds':rc,
+     'convertVsZstd':c/z,'reconvertVsConvert':rc/c,'convertPeakRssKiB':int(crss),'reconvertPeakRssKiB':int(rcrss),
+     'zstd3Bytes':zs,'gzip6Bytes':gs,'chunkedBytes':stored,'tocBytes':cj['tocBytes'],'files':cj['files'],
+     'chunkedVsZstd3':stored/zs,'chunkedVsGzip6':stored/gs,'tocBytesPer10kFiles':cj['tocBytes']*10000/max(cj['files'],1),
+     'dedupRatio':cj['dedupRatio']}
+json.dump(res,open(os.path.join(out,'results.json'),'w'),indent=2)
+mb=lambda b:f"{b/1048576:.1f} MiB"
+print(f"image: {raw/1048576:.0f} MiB uncompressed, {cj['files']} files, {cj['layers']} layer(s)")
+print(f"zstd -3 -T0            {z:7.2f} s   {mb(zs)}")
+print(f"gzip -6                {g:7.2f} s   {mb(gs)}")
+print(f"ocichunk convert       {c:7.2f} s   {mb(stored)} (frames+TOC)   = {c/z:.2f}x zstd time, peak RSS {int(crss)/1024:.0f} MiB")
+print(f"ocichunk re-convert    {rc:7.2f} s   = {rc/c:.2f}x first conversion, peak RSS {int(rcrss)/1024:.0f} MiB")
+print(f"stored size: {stored/zs:.3f}x zstd -3, {stored/gs:.3f}x gzip -6; TOC {cj['tocBytes']} B = {res['tocBytesPer10kFiles']/1024:.0f} KiB per 10k files")
+print(f"results: {os.path.join(out,'results.json')}")
+PY

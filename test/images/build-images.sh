@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Builds the real test images from Debian's packages with third-party tools (debootstrap, buildah,
+# skopeo), cached outside git. Idempotent: each artifact is built only if missing, under a temp name
+# renamed into place when complete.
+#
+#   base            debootstrap --variant=minbase, committed by buildah (1 layer, OCI, uncompressed)
+#   app             base + apt-get install (python3-minimal, procps, iputils-ping, libcap2-bin) and
+#                   deletions, committed as a second layer (whiteouts)
+#   app2            an independent rebuild of the same stack (second debootstrap, same installs)
+#   app-gzip        skopeo copy of app with gzip layers
+#   app-zstd        skopeo copy of app with zstd layers
+#   app.docker.tar  skopeo copy of app to docker-archive (classic `docker save` layout)
+#   app.docker25.tar  app as Docker >= 25 `docker save` writes it (OCI layout + manifest.json)
+#   app-docker-v2s2 an OCI layout whose index points at a Docker v2 schema 2 manifest (made by skopeo)
+#   big             (--big only) base + compilers and python: >= 400 MB, for benchmarks
+#
+# Cache: ${OCICHUNK_IMAGE_CACHE:-$HOME/.cache/ocichunk/images}. The Debian mirror and suite come from
+# this machine's apt sources.
+set -euo pipefail
+CACHE=${OCICHUNK_IMAGE_CACHE:-$HOME/.cache/ocichunk/images}
+L=$CACHE/layouts
+BIG=0
+[ "${1:-}" = "--big" ] && BIG=1
+log() { echo "[build-images] $*" >&2; }
+mkdir -p "$L" "$CACHE/debs" "$CACHE/tmp"
+
+have() { [ -e "$1" ]; }
+if have "$L/base" && have "$L/app" && have "$L/app2" && have "$L/app-gzip" && have "$L/app-zstd" \
+  && have "$CACHE/app.docker.tar" && have "$CACHE/app.docker25.tar" && have "$L/app-docker-v2s2" \
+  && { [ $BIG = 0 ] || have "$L/big"; }; then
+  log "all images present in $CACHE"
+  exit 0
+fi
+
+# --- the mirror and suite from apt's sources (deb822 first, then the classic list) ---
+mirror=""; suite=""
+for f in /etc/apt/sources.list.d/*.sources; do
+  [ -f "$f" ] || continue
+  read -r mirror suite < <(awk '
+    /^Types:/ { deb = ($0 ~ /(^|[ \t])deb([ \t]|$)/) }
+    /^URIs:/ && deb && !u { u = $2 }
+    /^Suites:/ && deb && !s { s = $2 }
+    /^$/ { if (u && s) { print u, s; exit } }
+    END { if (u && s) print u, s }' "$f")
+  [ -n "$mirror" ] && break
+done
+if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
+  read -r mirror suite < <(awk '$1 == "deb" { i = 2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ } print $i, $(i+1); exit }' /etc/apt/sources.list)
+fi
+[ -n "$mirror" ] && [ -n "$suite" ] || { log "cannot find a Debian mirror in the apt sources"; exit 1; }
+log "mirror $mirror, suite $suite"
+
+B=(buildah --root "$CACHE/storage" --runroot "$CACHE/run" --storage-driver vfs)
+PKGS="python3-minimal procps iputils-ping libcap2-bin"
+
+bootstrap() { # dir
+  rm -rf "$1"
+  log "debootstrap --variant=minbase $suite -> $1"
+  debootstrap --variant=minbase --cache-dir="$CACHE/debs" "$suite" "$1" "$mirror" > "$1.log" 2>&1 \
+    || { tail -20 "$1.log" >&2; exit 1; }
+}
+
+commit() { # container dest-layout
+  rm -rf "$2.tmp"
+  "${B[@]}" commit --quiet --format oci "$1" "oci:$2.tmp:latest" > /dev/null
+  "${B[@]}" rm "$1" > /dev/null
+  rm -rf "$2"
+  mv "$2.tmp" "$2"
+}
+
+base_image() { # rootfs dest
+  local c mnt
+  c=$("${B[@]}" from scratch)
+  mnt=$("${B[@]}" mount "$c")
+  tar -C "$1" -cf - . | tar -C "$mnt" -xpf - --numeric-owner
+  "${B[@]}" umount "$c" > /dev/null
+  "${B[@]}" config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd /bin/sh \
+    --os linux --arch amd64 "$c"
+  commit "$c" "$2"
+}
+
+app_image() { # base-layout dest
+  local c
+  c=$("${B[@]}" from --quiet "oci:$1:latest")
+  log "apt-get install $PKGS (in buildah run --isolation chroot)"
+  "${B[@]}" run --isolation chroot "$c" -- sh -c "
+    set -e
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q > /dev/null
+    apt-get install -y -q --no-install-recommends $PKGS > /dev/null
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc/*
+    rm -rf /etc/apt/apt.conf.d && mkdir /etc/apt/apt.conf.d
+    echo 'APT::Install-Recommends \"0\";' > /etc/apt/apt.conf.d/99norecommends
+    setcap cap_net_raw+ep /usr/bin/ping || true
+  " >&2
+  commit "$c" "$2"
+}
+
+if ! have "$L/base"; then
+  bootstrap "$CACHE/tmp/rootfs-a"
+  base_image "$CACHE/tmp/rootfs-a" "$L/base"
+  rm -rf "$CACHE/tmp/rootfs-a"
+fi
+if ! have "$L/app"; then app_image "$L/base" "$L/app"; fi
+if ! have "$L/app2"; then
+  bootstrap "$CACHE/tmp/rootfs-b"
+  base_image "$CACHE/tmp/rootfs-b" "$CACHE/tmp/base2"
+  rm -rf "$CACHE/tmp/rootfs-b"
+  app_image "$CACHE/tmp/base2" "$L/app2"
+  rm -rf "$CACHE/tmp/base2"
+fi
+
+copy() { # dest-name args...
+  local dest=$1; shift
+  rm -rf "$dest.tmp"
+  skopeo copy --quiet "$@" "oci:$L/app:latest" "$dest.tmp" >&2
+}
+if ! have "$L/app-gzip"; then
+  rm -rf "$L/app-gzip.tmp"
+  skopeo copy --quiet --dest-compress --dest-compress-format gzip "oci:$L/app:latest" "oci:$L/app-gzip.tmp:latest"
+  mv "$L/app-gzip.tmp" "$L/app-gzip"
+fi
+if ! have "$L/app-zstd"; then
+  rm -rf "$L/app-zstd.tmp"
+  skopeo copy --quiet --dest-compress --dest-compress-format zstd "oci:$L/app:latest" "oci:$L/app-zstd.tmp:latest"
+  mv "$L/app-zstd.tmp" "$L/app-zstd"
+fi
+if ! have "$CACHE/app.docker.tar"; then
+  rm -f "$CACHE/app.docker.tar.tmp"
+  skopeo copy --quiet "oci:$L/app:latest" "docker-archive:$CACHE/app.docker.tar.tmp:app:latest"
+  mv "$CACHE/app.docker.tar.tmp" "$CACHE/app.docker.tar"
+fi
+if ! have "$L/app-docker-v2s2"; then
+  d=$CACHE/tmp/v2s2-dir; o=$L/app-docker-v2s2.tmp
+  rm -rf "$d" "$o"
+  skopeo copy --quiet --format v2s2 --dest-compress "oci:$L/app:latest" "dir:$d"
+  mkdir -p "$o/blobs/sha256"
+  for f in "$d"/*; do
+    n=$(basename "$f")
+    case "$n" in manifest.json|version) ;; *) cp "$f" "$o/blobs/sha256/$n" ;; esac
+  done
+  md=$(sha256sum "$d/manifest.json" | cut -d' ' -f1)
+  cp "$d/manifest.json" "$o/blobs/sha256/$md"
+  size=$(stat -c %s "$d/manifest.json")
+  printf '{"imageLayoutVersion":"1.0.0"}' > "$o/oci-layout"
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"latest"}}]}' "$md" "$size" > "$o/index.json"
+  skopeo inspect --raw "oci:$o:latest" | grep -q 'application/vnd.docker.distribution.manifest.v2+json'
+  rm -rf "$d" "$L/app-docker-v2s2"
+  mv "$o" "$L/app-docker-v2s2"
+fi
+if ! have "$CACHE/app.docker25.tar"; then
+  # Docker >= 25 `docker save`: an OCI layout with uncompressed layers plus the classic manifest.json
+  t=$CACHE/tmp/docker25; rm -rf "$t"; mkdir -p "$t/blobs/sha256"
+  python3 - "$L/app" "$t" <<'PY'
+import json, os, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+idx = json.load(open(os.path.join(src, 'index.json')))
+desc = [m for m in idx['manifests'] if m.get('annotations', {}).get('org.opencontainers.image.ref.name') == 'latest'][0]
+blob = lambda d: os.path.join(src, 'blobs', 'sha256', d.split(':')[1])
+man = json.load(open(blob(desc['digest'])))
+for d in [desc['digest'], man['config']['digest']] + [l['digest'] for l in man['layers']]:
+    shutil.copy(blob(d), os.path.join(dst, 'blobs', 'sha256', d.split(':')[1]))
+d2 = dict(desc); d2['annotations'] = {'io.containerd.image.name': 'docker.io/library/app:latest', 'org.opencontainers.image.ref.name': 'latest'}
+json.dump({'schemaVersion': 2, 'mediaType': 'application/vnd.oci.image.index.v1+json', 'manifests': [d2]}, open(os.path.join(dst, 'index.json'), 'w'))
+json.dump({'imageLayoutVersion': '1.0.0'}, open(os.path.join(dst, 'oci-layout'), 'w'))
+p = lambda d: 'blobs/sha256/' + d.split(':')[1]
+json.dump([{'Config': p(man['config']['digest']), 'RepoTags': ['app:latest'], 'Layers': [p(l['digest']) for l in man['layers']]}],
+          open(os.path.join(dst, 'manifest.json'), 'w'))
+json.dump({'app': {'latest': man['config']['digest'].split(':')[1]}}, open(os.path.join(dst, 'repositories'), 'w'))
+PY
+  tar -C "$t" -cf "$CACHE/app.docker25.tar.tmp" .
+  mv "$CACHE/app.docker25.tar.tmp" "$CACHE/app.docker25.tar"
+  rm -rf "$t"
+fi
+if [ $BIG = 1 ] && ! have "$L/big"; then
+  c=$("${B[@]}" from --quiet "oci:$L/base:latest")
+  log "apt-get install compilers and python for the big benchmark image"
+  "${B[@]}" run --isolation chroot "$c" -- sh -c "
+    set -e; export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q > /dev/null
+    apt-get install -y -q --no-install-recommends gcc g++ python3 libpython3-dev perl make > /dev/null
+    rm -rf /var/lib/apt/lists/*" >&2
+  commit "$c" "$L/big"
+fi
+"${B[@]}" rm --all > /dev/null 2>&1 || true
+log "done:"
+for i in "$L"/*; do
+  log "  $(basename "$i"): $(du -sh "$i" | cut -f1)"
+done
