@@ -27,6 +27,7 @@ export function isOcichunkError(e: unknown): e is OcichunkError {
 /** Wrap any error with context (blob, entry, path) keeping a stable code. */
 export function withContext(e: unknown, context: string, fallback: ErrorCode = 'EIO'): OcichunkError {
   if (e instanceof OcichunkError) {
+    if (e.message.includes(context)) return e; // already says where
     return new OcichunkError(e.code, `${context}: ${e.message}`, { cause: e.cause ?? e });
   }
   const err = e as NodeJS.ErrnoException;

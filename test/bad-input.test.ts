@@ -22,7 +22,7 @@ function pyTar(members: Array<[string, 'file' | 'dir' | 'symlink' | 'hardlink', 
   must('python3', [
     '-c',
     `import tarfile,io,json,sys
-ms=json.loads(sys.argv[2])
+ms=json.load(sys.stdin)
 with tarfile.open(sys.argv[1],'w',format=tarfile.PAX_FORMAT) as t:
     for name,kind,arg in ms:
         ti=tarfile.TarInfo(name); ti.mode=0o644
@@ -35,8 +35,7 @@ with tarfile.open(sys.argv[1],'w',format=tarfile.PAX_FORMAT) as t:
         else:
             ti.type=tarfile.LNKTYPE; ti.linkname=arg; t.addfile(ti)`,
     out,
-    JSON.stringify(members.map((m) => [m[0], m[1], m[2] ?? null])),
-  ]);
+  ], { input: JSON.stringify(members.map((m) => [m[0], m[1], m[2] ?? null])) });
   return fs.readFileSync(out);
 }
 

@@ -49,7 +49,7 @@ describe('ocichunk CLI', () => {
 
   it('prints a readable summary without --json', () => {
     const work = tmpdir('cli-text');
-    const r = cli(['convert', `oci:${image('app-gzip')}:latest`, `oci:${work}/o:app`]);
+    const r = cli(['convert', `oci:${image('app-tar')}:latest`, `oci:${work}/o:app`]);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/dedup ratio\s+\d+\.\d\dx/);
     expect(r.stdout).toMatch(/bytes stored \(new packs\)/);

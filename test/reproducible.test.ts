@@ -8,7 +8,7 @@ import { readIndex } from './helpers/layout.js';
 describe('reproducible output', () => {
   it('gives the same index digest twice, and with 1 or all threads', async () => {
     const work = tmpdir('repro');
-    const src = `oci:${image('app-gzip')}:latest`;
+    const src = `oci:${image('app-tar')}:latest`;
     const a = await convert(src, `oci:${path.join(work, 'a')}:app`, { threads: 0 });
     const b = await convert(src, `oci:${path.join(work, 'b')}:app`, { threads: 1 });
     const c = await convert(src, `oci:${path.join(work, 'c')}:app`, { threads: 2, batchBytes: 1 << 20 });

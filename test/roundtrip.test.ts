@@ -22,8 +22,8 @@ beforeAll(() => {
 });
 
 const SOURCES: Array<[string, () => string]> = [
-  ['oci (buildah, uncompressed)', () => `oci:${image('app')}:latest`],
-  ['oci gzip (skopeo)', () => `oci:${image('app-gzip')}:latest`],
+  ['oci gzip (buildah)', () => `oci:${image('app')}:latest`],
+  ['oci uncompressed (skopeo)', () => `oci:${image('app-tar')}:latest`],
   ['oci zstd (skopeo)', () => `oci:${image('app-zstd')}:latest`],
   ['docker-archive (classic docker save)', () => `docker-archive:${image('app.docker.tar')}`],
   ['docker-archive (Docker >= 25)', () => `docker-archive:${image('app.docker25.tar')}:app:latest`],

@@ -72,7 +72,7 @@ export async function resolveImage(src: ImageSource, wanted?: Platform): Promise
     const pool = matching.length ? matching : candidates.length === 1 && !candidates[0].platform ? candidates : [];
     const origDesc = pool.find((d) => d.artifactType !== CMT.artifact);
     if (!origDesc && !pool.some((d) => d.artifactType === CMT.artifact)) {
-      const have = candidates.map((d) => platformString(d.platform)).join(', ');
+      const have = [...new Set(candidates.map((d) => platformString(d.platform)))].join(', ');
       throw new OcichunkError('ENOTFOUND', `${src.name}: no image for platform ${platformString(want)} (available: ${have || 'none'})`);
     }
     if (origDesc) original = await loadManifest(src, origDesc);

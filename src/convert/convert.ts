@@ -11,7 +11,7 @@ import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { resolveImage } from '../chunked/image.js';
 import { encodeToc, toTocEntry, type ChunkRef, type FrameRef, type Toc, type TocEntry } from '../chunked/toc.js';
 import { OcichunkError, withContext } from '../errors.js';
-import { compareEntries, type Entry } from '../layer/entry.js';
+import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
 import { readLayer } from '../layer/tar.js';
 import type { ChunkerSpec } from '../native/index.js';
 import { ANN, CMT, FORMAT_VERSION } from '../oci/chunked-media.js';
@@ -21,7 +21,7 @@ import type { BlobWriter } from '../store/blobstore.js';
 import type { ImageSink, ImageSource } from '../transports/types.js';
 import { Packer } from './packer.js';
 import { ChunkRegistry } from './registry.js';
-import { LayerScanner, Spool, type ScannedEntry } from './scan.js';
+import { LayerScanner, OutOfOrder, Spool, maxChunkLength, type ScannedEntry } from './scan.js';
 
 export const DEFAULT_CHUNKER: ChunkerSpec = { kind: 'cdc', min: 16 << 10, avg: 64 << 10, max: 256 << 10 };
 
@@ -88,7 +88,7 @@ function teeInto(writer: BlobWriter): Transform {
   });
 }
 
-/** Last entry wins per path; hardlink groups hold their content at the bytewise-smallest path; sorted. */
+/** Last entry wins per path; hardlink groups hold their content at their first path in canonical order; sorted. */
 export function canonicalOrder(scanned: ScannedEntry[]): ScannedEntry[] {
   const last = new Map<string, ScannedEntry>();
   for (const s of scanned) {
@@ -109,11 +109,10 @@ export function canonicalOrder(scanned: ScannedEntry[]): ScannedEntry[] {
     if (!g) groups.set(t, (g = []));
     g.push(s);
   }
-  const bytes = (p: string) => Buffer.from(p);
   for (const [target, links] of groups) {
     const members = [target, ...links];
     let holder = members[0];
-    for (const m of members) if (Buffer.compare(bytes(m.entry.path), bytes(holder.entry.path)) < 0) holder = m;
+    for (const m of members) if (Buffer.compare(pathKey(m.entry.path), pathKey(holder.entry.path)) < 0) holder = m;
     const content = { entry: { ...target.entry }, chunks: target.chunks };
     for (const m of members) {
       if (m === holder) {
@@ -130,9 +129,31 @@ export function canonicalOrder(scanned: ScannedEntry[]): ScannedEntry[] {
       s.entry = { path: s.entry.path, type: 'hardlink', link: s.entry.link, mode: 0, uid: 0, gid: 0, size: 0, mtime: 0 };
     }
   }
-  const keyed = list.map((s) => ({ s, k: Buffer.from(s.entry.path) }));
-  keyed.sort((a, b) => Buffer.compare(a.k, b.k) || compareEntries(a.s.entry, b.s.entry));
+  const keyed = list.map((s) => ({ s, k: pathKey(s.entry.path) }));
+  keyed.sort((a, b) => Buffer.compare(a.k, b.k) || TYPE_ORDER[a.s.entry.type] - TYPE_ORDER[b.s.entry.type]);
   return keyed.map((x) => x.s);
+}
+
+/** Read one layer through a scanner, copying the original blob into the sink when it lacks it. */
+async function scanLayer(src: ImageSource, sink: ImageSink, layer: Descriptor, what: string, scanner: LayerScanner): Promise<ScannedEntry[]> {
+  const copy = (await sink.hasBlob(layer)) ? undefined : await sink.createBlobWriter();
+  try {
+    let blob: Readable = await src.openBlob(layer, what);
+    if (copy) {
+      const verified = blob;
+      const tee = teeInto(copy);
+      verified.on('error', (e) => tee.destroy(e));
+      blob = verified.pipe(tee);
+    }
+    // the source stream verifies digest and size at its end, before scan() returns
+    const scanned = await scanner.scan(readLayer(blob, what), what);
+    if (copy) await copy.commit({ digest: layer.digest, size: layer.size });
+    return scanned;
+  } catch (e) {
+    await copy?.abort();
+    if (e instanceof OutOfOrder) throw e;
+    throw withContext(e, what, 'ECORRUPT');
+  }
 }
 
 export async function convert(srcRef: string, dstRef: string, opts: ConvertOptions = {}): Promise<ConvertResult> {
@@ -168,14 +189,17 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   await registry.loadFromSink(sink);
   const storedBefore = registry.storedChunks;
   const spool = new Spool(path.join(opts.tmpDir ?? os.tmpdir(), `ocichunk-spool-${process.pid}-${randomBytes(4).toString('hex')}`));
-  const packer = new Packer(sink, registry, spool, {
+  const batchBytes = opts.batchBytes ?? 8 << 20;
+  const packer = new Packer(sink, registry, {
     level,
     threads,
     groupBelow: opts.groupBelow ?? 32 << 10,
     groupTarget: opts.groupTarget ?? 64 << 10,
     packTarget: opts.packTarget ?? 64 << 20,
-    batchBytes: opts.batchBytes ?? 8 << 20,
+    batchBytes,
+    maxChunk: maxChunkLength(chunker),
   });
+  const scanOpts = { chunker, threads, batchBytes, sourceDateEpoch: opts.sourceDateEpoch ?? 0, keepMtime: !!opts.keepMtime };
   const layersOut: Array<{ entries: ScannedEntry[] }> = [];
   let entries = 0;
   let files = 0;
@@ -186,30 +210,27 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
     for (const [i, layer] of manifest.layers.entries()) {
       const what = `${src.name} layer ${i} (${layer.digest})`;
       progress({ phase: 'scan', layer: i, layers: manifest.layers.length, bytes: 0, totalBytes: layer.size });
-      const copy = (await sink.hasBlob(layer)) ? undefined : await sink.createBlobWriter();
-      let scanned: ScannedEntry[];
+      // Most layers arrive in canonical order (tar --sort=name, directory walks): chunks are packed
+      // as they stream by. If an entry breaks the order, the layer is read again with a spool.
+      const mark = registry.mark();
+      packer.beginLayer();
+      let scanner = new LayerScanner(scanOpts, registry, spool, packer);
+      let ordered: ScannedEntry[];
       try {
-        let blob: Readable = await src.openBlob(layer, what);
-        if (copy) blob = blob.pipe(teeInto(copy)).on('error', () => {});
-        const scanner = new LayerScanner(
-          { chunker, threads, batchBytes: opts.batchBytes ?? 8 << 20, sourceDateEpoch: opts.sourceDateEpoch ?? 0, keepMtime: !!opts.keepMtime },
-          registry,
-          spool,
-        );
-        // the source stream verifies digest and size at its end, before scan() returns
-        scanned = await scanner.scan(readLayer(blob, what), what);
-        if (copy) await copy.commit({ digest: layer.digest, size: layer.size });
-        entries += scanner.stats.entries;
-        files += scanner.stats.files;
-        fileBytes += scanner.stats.fileBytes;
-        chunkRefs += scanner.stats.chunkRefs;
+        ordered = canonicalOrder(await scanLayer(src, sink, layer, what, scanner));
       } catch (e) {
-        await copy?.abort();
-        throw withContext(e, `converting ${what}`, 'ECORRUPT');
+        if (!(e instanceof OutOfOrder)) throw e;
+        await packer.rollbackLayer();
+        registry.truncate(mark);
+        scanner = new LayerScanner(scanOpts, registry, spool);
+        ordered = canonicalOrder(await scanLayer(src, sink, layer, what, scanner));
+        progress({ phase: 'pack', layer: i, layers: manifest.layers.length });
+        for (const s of ordered) if (s.chunks) await packer.placeFromSpool(s.chunks, spool);
       }
-      progress({ phase: 'pack', layer: i, layers: manifest.layers.length });
-      const ordered = canonicalOrder(scanned);
-      for (const s of ordered) if (s.chunks) await packer.add(s.chunks);
+      entries += scanner.stats.entries;
+      files += scanner.stats.files;
+      fileBytes += scanner.stats.fileBytes;
+      chunkRefs += scanner.stats.chunkRefs;
       await packer.finishLayer();
       layersOut.push({ entries: ordered });
     }

@@ -1,9 +1,11 @@
 /**
- * Pass 2: place new chunks into zstd frames and frames into pack blobs, in canonical order.
+ * Places new chunks into zstd frames and frames into pack blobs, in canonical order.
  * Small chunks (small files, file tails) are grouped into one frame to keep compression context;
- * larger chunks get a frame each. Frames are compressed in native batches, one batch in flight
- * while the next is read from the spool.
+ * larger chunks get a frame each. Chunk bytes are copied into a staging buffer as they are placed;
+ * full stages are compressed natively (one in flight while the next fills) and appended to packs.
+ * Frame grouping depends only on the order and sizes of chunks, never on buffer sizes.
  */
+import { OcichunkError } from '../errors.js';
 import { native } from '../native/index.js';
 import type { BlobWriter } from '../store/blobstore.js';
 import type { ImageSink } from '../transports/types.js';
@@ -21,6 +23,8 @@ export interface PackOptions {
   packTarget: number;
   /** Uncompressed bytes per native compression call. */
   batchBytes: number;
+  /** Largest chunk the chunker makes. */
+  maxChunk: number;
 }
 
 export interface PackResult {
@@ -28,14 +32,25 @@ export interface PackResult {
   size: number;
 }
 
+interface Frame {
+  /** [offset, length] pairs in the stage buffer */
+  parts: number[];
+  ids: number[];
+  bytes: number;
+}
+
 export class Packer {
-  private group: number[] = [];
-  private groupBytes = 0;
-  private frames: number[][] = [];
+  private readonly stages: [Buffer, Buffer];
+  private cur = 0;
+  private fill = 0;
+  private frames: Frame[] = [];
   private framesBytes = 0;
+  private group: Frame | undefined;
   private inflight: Promise<void> = Promise.resolve();
   private writer: BlobWriter | undefined;
   private packIndex = -1;
+  private layerPackStart = 0;
+  private placedThisLayer: number[] = [];
   readonly packs: PackResult[] = [];
   storedBytes = 0;
   frameCount = 0;
@@ -43,130 +58,191 @@ export class Packer {
   constructor(
     private readonly sink: ImageSink,
     private readonly registry: ChunkRegistry,
-    private readonly spool: Spool,
     private readonly opts: PackOptions,
-  ) {}
+  ) {
+    const cap = Math.max(opts.batchBytes, opts.maxChunk) + opts.groupTarget;
+    this.stages = [Buffer.allocUnsafe(cap), Buffer.allocUnsafe(cap)];
+  }
 
-  /** Place a file's chunks (those not yet placed) in canonical order. */
-  async add(chunks: number[]): Promise<void> {
-    const reg = this.registry;
-    for (const id of chunks) {
-      if (reg.loc[id] !== undefined || reg.spoolOff[id] < 0) continue;
-      // Mark as claimed so a repeat inside the same layer is not placed twice.
-      reg.loc[id] = { pack: -1, off: 0, clen: 0, ulen: 0, inner: 0 };
-      const len = reg.lengths[id];
-      if (len >= this.opts.groupBelow) {
-        await this.pushFrame([id], len);
-      } else {
-        if (this.groupBytes + len > this.opts.groupTarget && this.group.length) await this.closeGroup();
-        this.group.push(id);
-        this.groupBytes += len;
-        if (this.groupBytes >= this.opts.groupTarget) await this.closeGroup();
-      }
+  beginLayer(): void {
+    this.layerPackStart = this.packs.length;
+    this.placedThisLayer = [];
+  }
+
+  /** Is this chunk still to be placed? */
+  needs(id: number): boolean {
+    return this.registry.loc[id] === undefined;
+  }
+
+  /** Place a chunk whose bytes are at src[off, off+len). */
+  async place(id: number, src: Buffer, off: number): Promise<void> {
+    const len = this.registry.lengths[id];
+    const at = await this.reserve(len);
+    src.copy(this.stages[this.cur], at, off, off + len);
+    this.placed(id, at, len);
+  }
+
+  /** Place the not yet placed chunks of a file from the spool (pass 2 of unsorted layers). */
+  async placeFromSpool(ids: number[], spool: Spool): Promise<void> {
+    for (const id of ids) {
+      if (!this.needs(id)) continue;
+      const so = this.registry.spoolOff[id];
+      if (so < 0) throw new OcichunkError('EINTERNAL', `chunk ${this.registry.digests[id]} has no bytes to place`);
+      const len = this.registry.lengths[id];
+      const at = await this.reserve(len);
+      spool.readInto(this.stages[this.cur], at, len, so);
+      this.placed(id, at, len);
     }
   }
 
-  /** End of a layer: close the group frame and every pack. */
+  private placed(id: number, at: number, len: number): void {
+    // claim it now, so a repeat is not placed twice; the real location is set when written
+    this.registry.loc[id] = { pack: -1, off: 0, clen: 0, ulen: 0, inner: 0 };
+    this.placedThisLayer.push(id);
+    if (len >= this.opts.groupBelow) {
+      this.closeFrame({ parts: [at, len], ids: [id], bytes: len });
+      return;
+    }
+    if (this.group && this.group.bytes + len > this.opts.groupTarget) this.closeGroup();
+    const g = (this.group ??= { parts: [], ids: [], bytes: 0 });
+    const last = g.parts.length - 2;
+    if (last >= 0 && g.parts[last] + g.parts[last + 1] === at) g.parts[last + 1] += len;
+    else g.parts.push(at, len);
+    g.ids.push(id);
+    g.bytes += len;
+    if (g.bytes >= this.opts.groupTarget) this.closeGroup();
+  }
+
+  private closeGroup(): void {
+    if (this.group) this.closeFrame(this.group);
+    this.group = undefined;
+  }
+
+  private closeFrame(f: Frame): void {
+    this.frames.push(f);
+    this.framesBytes += f.bytes;
+  }
+
+  /** Room for len bytes in the current stage; rotates stages when full. Returns the offset. */
+  private async reserve(len: number): Promise<number> {
+    const stage = this.stages[this.cur];
+    if (this.framesBytes >= this.opts.batchBytes || this.fill + len > stage.length) await this.rotate();
+    const at = this.fill;
+    this.fill += len;
+    return at;
+  }
+
+  /** Compress the closed frames of this stage; carry the open group over to the other stage. */
+  private async rotate(): Promise<void> {
+    const stage = this.stages[this.cur];
+    const frames = this.frames;
+    this.frames = [];
+    this.framesBytes = 0;
+    if (frames.length) this.submit(stage, frames);
+    // the other stage is free once the compression before this one has been written out
+    await this.waitPrevious();
+    this.cur = 1 - this.cur;
+    this.fill = 0;
+    const g = this.group;
+    if (g) {
+      const next = this.stages[this.cur];
+      const parts: number[] = [];
+      for (let i = 0; i < g.parts.length; i += 2) {
+        stage.copy(next, this.fill, g.parts[i], g.parts[i] + g.parts[i + 1]);
+        parts.push(this.fill, g.parts[i + 1]);
+        this.fill += g.parts[i + 1];
+      }
+      g.parts = parts;
+    }
+  }
+
+  private previous: Promise<void> = Promise.resolve();
+  private async waitPrevious(): Promise<void> {
+    await this.previous;
+  }
+
+  private submit(stage: Buffer, frames: Frame[]): void {
+    const nparts = frames.reduce((a, f) => a + f.parts.length / 2, 0);
+    const parts = new Uint32Array(nparts * 2);
+    const counts = new Uint32Array(frames.length);
+    let k = 0;
+    frames.forEach((f, i) => {
+      counts[i] = f.parts.length / 2;
+      for (const v of f.parts) parts[k++] = v;
+    });
+    const work = native.compressFrames(stage, parts, counts, this.opts.level, this.opts.threads);
+    const before = this.inflight;
+    // `previous` resolves when the compression of this stage has finished (so it can be refilled
+    // after the *next* rotation); `inflight` when its frames have been written, in order.
+    this.previous = this.inflight;
+    this.inflight = (async () => {
+      const [r] = await Promise.all([work, before]);
+      await this.writeFrames(frames, r.data, r.sizes);
+    })();
+    this.inflight.catch(() => {}); // surfaced by the next await of inflight
+  }
+
+  private async writeFrames(frames: Frame[], data: Buffer, sizes: Uint32Array): Promise<void> {
+    let off = 0;
+    let runStart = 0; // start in data of frames not yet written to the current pack
+    for (let i = 0; i < frames.length; i++) {
+      const clen = sizes[i];
+      if (this.writer && this.writer.size + (off - runStart) > 0 && this.writer.size + (off - runStart) + clen > this.opts.packTarget) {
+        await this.writer.write(data.subarray(runStart, off));
+        runStart = off;
+        await this.closePack();
+      }
+      if (!this.writer) {
+        this.writer = await this.sink.createBlobWriter();
+        this.packIndex = this.packs.length;
+        this.packs.push({ digest: '', size: 0 });
+      }
+      const packOff = this.writer.size + (off - runStart);
+      let inner = 0;
+      for (const id of frames[i].ids) {
+        this.registry.loc[id] = { pack: this.packIndex, off: packOff, clen, ulen: frames[i].bytes, inner };
+        inner += this.registry.lengths[id];
+      }
+      off += clen;
+      this.storedBytes += clen;
+      this.frameCount++;
+    }
+    if (off > runStart) await this.writer!.write(data.subarray(runStart, off));
+  }
+
+  /** End of a layer: close the group frame, compress what is staged, close the pack. */
   async finishLayer(): Promise<void> {
-    await this.closeGroup();
-    await this.submit();
+    this.closeGroup();
+    const frames = this.frames;
+    this.frames = [];
+    this.framesBytes = 0;
+    if (frames.length) this.submit(this.stages[this.cur], frames);
     await this.inflight;
+    this.cur = 1 - this.cur;
+    this.fill = 0;
     await this.closePack();
+  }
+
+  /** Forget everything placed in this layer (its packs stay as unreferenced blobs). */
+  async rollbackLayer(): Promise<void> {
+    await this.inflight.catch(() => {});
+    await this.writer?.abort();
+    this.writer = undefined;
+    for (const id of this.placedThisLayer) this.registry.loc[id] = undefined;
+    this.placedThisLayer = [];
+    this.packs.length = this.layerPackStart;
+    this.frames = [];
+    this.framesBytes = 0;
+    this.group = undefined;
+    this.fill = 0;
+    this.inflight = Promise.resolve();
+    this.previous = Promise.resolve();
   }
 
   async abort(): Promise<void> {
     await this.inflight.catch(() => {});
     await this.writer?.abort();
     this.writer = undefined;
-  }
-
-  private async closeGroup(): Promise<void> {
-    if (!this.group.length) return;
-    const g = this.group;
-    const bytes = this.groupBytes;
-    this.group = [];
-    this.groupBytes = 0;
-    await this.pushFrame(g, bytes);
-  }
-
-  private async pushFrame(ids: number[], bytes: number): Promise<void> {
-    this.frames.push(ids);
-    this.framesBytes += bytes;
-    if (this.framesBytes >= this.opts.batchBytes) await this.submit();
-  }
-
-  /** Read the batch's chunks from the spool, compress them natively, then append to packs in order. */
-  private async submit(): Promise<void> {
-    if (!this.frames.length) return;
-    const frames = this.frames;
-    const total = this.framesBytes;
-    this.frames = [];
-    this.framesBytes = 0;
-    const reg = this.registry;
-    const buf = Buffer.allocUnsafe(total);
-    const parts = new Uint32Array(frames.length * 2);
-    const counts = new Uint32Array(frames.length).fill(1);
-    let pos = 0;
-    // coalesce adjacent spool ranges into one read
-    let runPos = -1;
-    let runSpool = -1;
-    let runLen = 0;
-    const flushRun = () => {
-      if (runLen) this.spool.readInto(buf, runPos, runLen, runSpool);
-      runLen = 0;
-    };
-    frames.forEach((ids, fi) => {
-      parts[fi * 2] = pos;
-      for (const id of ids) {
-        const so = reg.spoolOff[id];
-        const len = reg.lengths[id];
-        if (runLen && runSpool + runLen === so) runLen += len;
-        else {
-          flushRun();
-          runPos = pos;
-          runSpool = so;
-          runLen = len;
-        }
-        pos += len;
-      }
-      parts[fi * 2 + 1] = pos - parts[fi * 2];
-    });
-    flushRun();
-    const work = native.compressFrames(buf, parts, counts, this.opts.level, this.opts.threads);
-    const prev = this.inflight;
-    this.inflight = (async () => {
-      const [r] = await Promise.all([work, prev]);
-      let off = 0;
-      for (let fi = 0; fi < frames.length; fi++) {
-        const clen = r.sizes[fi];
-        const ulen = parts[fi * 2 + 1];
-        await this.writeFrame(frames[fi], r.data.subarray(off, off + clen), ulen);
-        off += clen;
-      }
-    })();
-    this.inflight.catch(() => {}); // surfaced by the next await of inflight
-    // keep at most one batch compressing while the next is prepared
-    await prev;
-  }
-
-  private async writeFrame(ids: number[], frame: Buffer, ulen: number): Promise<void> {
-    if (this.writer && this.writer.size > 0 && this.writer.size + frame.length > this.opts.packTarget) {
-      await this.closePack();
-    }
-    if (!this.writer) {
-      this.writer = await this.sink.createBlobWriter();
-      this.packIndex = this.packs.length;
-      this.packs.push({ digest: '', size: 0 });
-    }
-    const off = this.writer.size;
-    await this.writer.write(frame);
-    this.storedBytes += frame.length;
-    this.frameCount++;
-    let inner = 0;
-    for (const id of ids) {
-      this.registry.loc[id] = { pack: this.packIndex, off, clen: frame.length, ulen, inner };
-      inner += this.registry.lengths[id];
-    }
   }
 
   private async closePack(): Promise<void> {

@@ -40,6 +40,20 @@ export class ChunkRegistry {
     return { id: nid, fresh: true };
   }
 
+  /** Current size, to roll back to with truncate(). */
+  mark(): number {
+    return this.digests.length;
+  }
+
+  /** Forget every chunk interned after `mark`. */
+  truncate(mark: number): void {
+    for (let i = mark; i < this.digests.length; i++) this.ids.delete(this.digests[i]);
+    this.digests.length = mark;
+    this.lengths.length = mark;
+    this.loc.length = mark;
+    this.spoolOff.length = mark;
+  }
+
   /** Load the chunks of every chunked image already in the sink (first location wins). */
   async loadFromSink(sink: ImageSink): Promise<number> {
     const src = sink.asSource();

@@ -6,10 +6,18 @@
 import fs from 'node:fs';
 import { OcichunkError } from '../errors.js';
 import { canonicalize, type CanonOptions } from '../layer/canonical.js';
-import type { Entry } from '../layer/entry.js';
+import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
 import type { TarEntry } from '../layer/tar.js';
 import { native, type ChunkerSpec } from '../native/index.js';
+import type { Packer } from './packer.js';
 import type { ChunkRegistry } from './registry.js';
+
+/** Thrown in sorted mode when an entry arrives out of canonical order. */
+export class OutOfOrder extends Error {
+  constructor(readonly path: string) {
+    super(`entry ${path} is out of canonical order`);
+  }
+}
 
 export interface ScannedEntry {
   entry: Entry;
@@ -85,10 +93,19 @@ export class LayerScanner {
   private pending: Promise<void> = Promise.resolve();
   readonly stats: ScanStats = { entries: 0, files: 0, fileBytes: 0, chunkRefs: 0, newChunks: 0, newChunkBytes: 0 };
 
+  private lastKey: Buffer | undefined;
+  private lastType = 0;
+
+  /**
+   * sorted mode (packer given): the layer is expected in canonical order, new chunks go straight to
+   * the packer and OutOfOrder is thrown at the first entry that breaks the order. spool mode (no
+   * packer): new chunks are spooled for a second pass in canonical order.
+   */
   constructor(
     private readonly opts: ScanOptions,
     private readonly registry: ChunkRegistry,
     private readonly spool: Spool,
+    private readonly packer?: Packer,
     private readonly onBytes?: (n: number) => void,
   ) {
     this.headroom = maxChunkLength(opts.chunker);
@@ -108,6 +125,18 @@ export class LayerScanner {
         continue;
       }
       this.stats.entries++;
+      if (this.packer) {
+        const key = pathKey(entry.path);
+        const t = TYPE_ORDER[entry.type];
+        const c = this.lastKey ? Buffer.compare(key, this.lastKey) : 1;
+        if (c < 0 || (c === 0 && t <= this.lastType)) {
+          stream.resume();
+          await this.pending.catch(() => {});
+          throw new OutOfOrder(entry.path);
+        }
+        this.lastKey = key;
+        this.lastType = t;
+      }
       const rec: ScannedEntry = { entry };
       out.push(rec);
       if (entry.type !== 'reg') {
@@ -176,7 +205,8 @@ export class LayerScanner {
     this.cur = 1 - this.cur;
   }
 
-  private absorb(b: Batch, next: Batch, r: { counts: Uint32Array; lengths: Uint32Array; digests: Buffer }): void {
+  private async absorb(b: Batch, next: Batch, r: { counts: Uint32Array; lengths: Uint32Array; digests: Buffer }): Promise<void> {
+    if (this.packer) return this.absorbSorted(b, next, r);
     let ci = 0;
     b.segs.forEach((s, si) => {
       let pos = s.start;
@@ -216,17 +246,44 @@ export class LayerScanner {
         pos += len;
       }
       flushRun();
-      const tail = s.start + s.len - pos;
-      if (!s.eof) {
-        if (si !== b.segs.length - 1) throw new OcichunkError('EINTERNAL', 'unfinished segment inside a batch');
-        if (tail > this.headroom) throw new OcichunkError('EINTERNAL', `chunk tail ${tail} exceeds headroom`);
-        const cont = next.segs[0];
-        b.buf.copy(next.buf, this.headroom - tail, pos, pos + tail);
-        cont.start = this.headroom - tail;
-        cont.len += tail;
-      } else if (tail !== 0) {
-        throw new OcichunkError('EINTERNAL', `chunker left ${tail} bytes at end of file`);
-      }
+      this.carry(b, next, s, si, pos);
     });
+  }
+
+  private async absorbSorted(b: Batch, next: Batch, r: { counts: Uint32Array; lengths: Uint32Array; digests: Buffer }): Promise<void> {
+    const packer = this.packer!;
+    let ci = 0;
+    for (let si = 0; si < b.segs.length; si++) {
+      const s = b.segs[si];
+      let pos = s.start;
+      for (let k = 0; k < r.counts[si]; k++, ci++) {
+        const len = r.lengths[ci];
+        const { id, fresh } = this.registry.intern(r.digests.toString('hex', ci * 32, ci * 32 + 32), len);
+        s.file.chunks!.push(id);
+        this.stats.chunkRefs++;
+        if (fresh) {
+          this.stats.newChunks++;
+          this.stats.newChunkBytes += len;
+        }
+        if (packer.needs(id)) await packer.place(id, b.buf, pos);
+        pos += len;
+      }
+      this.carry(b, next, s, si, pos);
+    }
+  }
+
+  /** Move the unfinished tail of a batch's last segment in front of the next batch's data. */
+  private carry(b: Batch, next: Batch, s: Seg, si: number, pos: number): void {
+    const tail = s.start + s.len - pos;
+    if (!s.eof) {
+      if (si !== b.segs.length - 1) throw new OcichunkError('EINTERNAL', 'unfinished segment inside a batch');
+      if (tail > this.headroom) throw new OcichunkError('EINTERNAL', `chunk tail ${tail} exceeds headroom`);
+      const cont = next.segs[0];
+      b.buf.copy(next.buf, this.headroom - tail, pos, pos + tail);
+      cont.start = this.headroom - tail;
+      cont.len += tail;
+    } else if (tail !== 0) {
+      throw new OcichunkError('EINTERNAL', `chunker left ${tail} bytes at end of file`);
+    }
   }
 }

@@ -3,11 +3,11 @@
 # skopeo), cached outside git. Idempotent: each artifact is built only if missing, under a temp name
 # renamed into place when complete.
 #
-#   base            debootstrap --variant=minbase, committed by buildah (1 layer, OCI, uncompressed)
+#   base            debootstrap --variant=minbase, committed and pushed by buildah (1 layer, OCI, gzip)
 #   app             base + apt-get install (python3-minimal, procps, iputils-ping, libcap2-bin) and
 #                   deletions, committed as a second layer (whiteouts)
 #   app2            an independent rebuild of the same stack (second debootstrap, same installs)
-#   app-gzip        skopeo copy of app with gzip layers
+#   app-tar         app with its layers decompressed (uncompressed tar layers)
 #   app-zstd        skopeo copy of app with zstd layers
 #   app.docker.tar  skopeo copy of app to docker-archive (classic `docker save` layout)
 #   app.docker25.tar  app as Docker >= 25 `docker save` writes it (OCI layout + manifest.json)
@@ -25,7 +25,7 @@ log() { echo "[build-images] $*" >&2; }
 mkdir -p "$L" "$CACHE/debs" "$CACHE/tmp"
 
 have() { [ -e "$1" ]; }
-if have "$L/base" && have "$L/app" && have "$L/app2" && have "$L/app-gzip" && have "$L/app-zstd" \
+if have "$L/base" && have "$L/app" && have "$L/app2" && have "$L/app-tar" && have "$L/app-zstd" \
   && have "$CACHE/app.docker.tar" && have "$CACHE/app.docker25.tar" && have "$L/app-docker-v2s2" \
   && { [ $BIG = 0 ] || have "$L/big"; }; then
   log "all images present in $CACHE"
@@ -60,10 +60,13 @@ bootstrap() { # dir
     || { tail -20 "$1.log" >&2; exit 1; }
 }
 
-commit() { # container dest-layout
+commit() { # container dest-layout: commit into the private storage (as localhost/NAME), push to an OCI layout
+  local name
+  name=localhost/ocichunk-$(basename "$2"):latest
   rm -rf "$2.tmp"
-  "${B[@]}" commit --quiet --format oci "$1" "oci:$2.tmp:latest" > /dev/null
+  "${B[@]}" commit --quiet --format oci "$1" "$name" > /dev/null
   "${B[@]}" rm "$1" > /dev/null
+  "${B[@]}" push --quiet --disable-compression "$name" "oci:$2.tmp:latest"
   rm -rf "$2"
   mv "$2.tmp" "$2"
 }
@@ -81,7 +84,7 @@ base_image() { # rootfs dest
 
 app_image() { # base-layout dest
   local c
-  c=$("${B[@]}" from --quiet "oci:$1:latest")
+  c=$("${B[@]}" from --quiet --pull-never "localhost/ocichunk-$(basename "$1"):latest")
   log "apt-get install $PKGS (in buildah run --isolation chroot)"
   "${B[@]}" run --isolation chroot "$c" -- sh -c "
     set -e
@@ -96,7 +99,8 @@ app_image() { # base-layout dest
   commit "$c" "$2"
 }
 
-if ! have "$L/base"; then
+in_storage() { "${B[@]}" inspect --type image "localhost/ocichunk-$1:latest" > /dev/null 2>&1; }
+if ! have "$L/base" || { ! have "$L/app" && ! in_storage base; } || { [ $BIG = 1 ] && ! have "$L/big" && ! in_storage base; }; then
   bootstrap "$CACHE/tmp/rootfs-a"
   base_image "$CACHE/tmp/rootfs-a" "$L/base"
   rm -rf "$CACHE/tmp/rootfs-a"
@@ -110,15 +114,32 @@ if ! have "$L/app2"; then
   rm -rf "$CACHE/tmp/base2"
 fi
 
-copy() { # dest-name args...
-  local dest=$1; shift
-  rm -rf "$dest.tmp"
-  skopeo copy --quiet "$@" "oci:$L/app:latest" "$dest.tmp" >&2
-}
-if ! have "$L/app-gzip"; then
-  rm -rf "$L/app-gzip.tmp"
-  skopeo copy --quiet --dest-compress --dest-compress-format gzip "oci:$L/app:latest" "oci:$L/app-gzip.tmp:latest"
-  mv "$L/app-gzip.tmp" "$L/app-gzip"
+if ! have "$L/app-tar"; then
+  rm -rf "$L/app-tar.tmp"
+  # skopeo 1.9 keeps compressed blobs as they are, so decompress the layers ourselves
+  python3 - "$L/app" "$L/app-tar.tmp" <<'PY'
+import gzip, hashlib, json, os, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(os.path.join(dst, 'blobs', 'sha256'))
+b = lambda root, d: os.path.join(root, 'blobs', 'sha256', d.split(':')[1])
+def put(data):
+    d = hashlib.sha256(data).hexdigest()
+    open(os.path.join(dst, 'blobs', 'sha256', d), 'wb').write(data)
+    return 'sha256:' + d
+idx = json.load(open(os.path.join(src, 'index.json')))
+desc = idx['manifests'][0]
+man = json.load(open(b(src, desc['digest'])))
+shutil.copy(b(src, man['config']['digest']), b(dst, man['config']['digest']))
+for l in man['layers']:
+    data = gzip.open(b(src, l['digest'])).read()
+    l.update(mediaType='application/vnd.oci.image.layer.v1.tar', digest=put(data), size=len(data))
+mb = json.dumps(man).encode()
+json.dump({'schemaVersion': 2, 'manifests': [{'mediaType': man['mediaType'], 'digest': put(mb), 'size': len(mb),
+           'annotations': {'org.opencontainers.image.ref.name': 'latest'}}]}, open(os.path.join(dst, 'index.json'), 'w'))
+open(os.path.join(dst, 'oci-layout'), 'w').write('{"imageLayoutVersion":"1.0.0"}')
+PY
+  skopeo inspect "oci:$L/app-tar.tmp:latest" > /dev/null
+  mv "$L/app-tar.tmp" "$L/app-tar"
 fi
 if ! have "$L/app-zstd"; then
   rm -rf "$L/app-zstd.tmp"
@@ -142,9 +163,14 @@ if ! have "$L/app-docker-v2s2"; then
   md=$(sha256sum "$d/manifest.json" | cut -d' ' -f1)
   cp "$d/manifest.json" "$o/blobs/sha256/$md"
   size=$(stat -c %s "$d/manifest.json")
+  # skopeo's oci: reader only follows OCI types from index.json, so the Docker manifest sits in an
+  # OCI image index (as `ctr images export` writes Docker images)
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"amd64","os":"linux"}}]}' "$md" "$size" > "$d/index"
+  id=$(sha256sum "$d/index" | cut -d' ' -f1)
+  cp "$d/index" "$o/blobs/sha256/$id"
   printf '{"imageLayoutVersion":"1.0.0"}' > "$o/oci-layout"
-  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"latest"}}]}' "$md" "$size" > "$o/index.json"
-  skopeo inspect --raw "oci:$o:latest" | grep -q 'application/vnd.docker.distribution.manifest.v2+json'
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"latest"}}]}' "$id" "$(stat -c %s "$d/index")" > "$o/index.json"
+  skopeo inspect "oci:$o:latest" > /dev/null
   rm -rf "$d" "$L/app-docker-v2s2"
   mv "$o" "$L/app-docker-v2s2"
 fi
@@ -173,7 +199,7 @@ PY
   rm -rf "$t"
 fi
 if [ $BIG = 1 ] && ! have "$L/big"; then
-  c=$("${B[@]}" from --quiet "oci:$L/base:latest")
+  c=$("${B[@]}" from --quiet --pull-never localhost/ocichunk-base:latest)
   log "apt-get install compilers and python for the big benchmark image"
   "${B[@]}" run --isolation chroot "$c" -- sh -c "
     set -e; export DEBIAN_FRONTEND=noninteractive
