@@ -136,7 +136,13 @@ export function canonicalOrder(scanned: ScannedEntry[]): ScannedEntry[] {
 
 /** Read one layer through a scanner, copying the original blob into the sink when it lacks it. */
 async function scanLayer(src: ImageSource, sink: ImageSink, layer: Descriptor, what: string, scanner: LayerScanner): Promise<ScannedEntry[]> {
-  const copy = (await sink.hasBlob(layer)) ? undefined : await sink.createBlobWriter();
+  const present = await sink.hasBlob(layer);
+  const file = present ? undefined : src.blobFile?.(layer);
+  // A local blob is linked or copied by the kernel while we read it; its content is verified by
+  // our own read. Other blobs are copied as they stream by.
+  const staged = file && sink.stageBlobFile ? sink.stageBlobFile(file, layer) : undefined;
+  staged?.catch(() => {});
+  const copy = present || staged ? undefined : await sink.createBlobWriter();
   try {
     let blob: Readable = await src.openBlob(layer, what);
     if (copy) {
@@ -148,9 +154,11 @@ async function scanLayer(src: ImageSource, sink: ImageSink, layer: Descriptor, w
     // the source stream verifies digest and size at its end, before scan() returns
     const scanned = await scanner.scan(readLayer(blob, what), what);
     if (copy) await copy.commit({ digest: layer.digest, size: layer.size });
+    if (staged) await (await staged).commit();
     return scanned;
   } catch (e) {
     await copy?.abort();
+    await staged?.then((s) => s.abort(), () => {});
     if (e instanceof OutOfOrder) throw e;
     throw withContext(e, what, 'ECORRUPT');
   }

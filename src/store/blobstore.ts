@@ -9,6 +9,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { OcichunkError } from '../errors.js';
+import { native } from '../native/index.js';
 import { assertDigest, type Descriptor } from '../oci/types.js';
 
 export function sha256Digest(data: Buffer | string): string {
@@ -17,14 +18,18 @@ export function sha256Digest(data: Buffer | string): string {
 
 /** A pass-through stream that fails at the end if the bytes do not match `digest`/`size`. */
 export class VerifyingStream extends Transform {
-  private hash = createHash('sha256');
+  private hash: ReturnType<typeof createHash> | undefined;
   private seen = 0;
+  /** `external`: the digest computed elsewhere from the same bytes (e.g. a native thread reading the file). */
   constructor(
     private readonly digest: string,
     private readonly size: number | undefined,
     private readonly what: string,
+    private readonly external?: Promise<string>,
   ) {
     super();
+    if (external) external.catch(() => {});
+    else this.hash = createHash('sha256');
   }
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.seen += chunk.length;
@@ -32,7 +37,7 @@ export class VerifyingStream extends Transform {
       cb(new OcichunkError('EDIGEST', `${this.what}: blob ${this.digest} is larger than its descriptor's ${this.size} bytes`));
       return;
     }
-    this.hash.update(chunk);
+    this.hash?.update(chunk);
     cb(null, chunk);
   }
   override _flush(cb: TransformCallback): void {
@@ -40,12 +45,12 @@ export class VerifyingStream extends Transform {
       cb(new OcichunkError('EDIGEST', `${this.what}: blob ${this.digest} is truncated: ${this.seen} of ${this.size} bytes`));
       return;
     }
-    const got = 'sha256:' + this.hash.digest('hex');
-    if (got !== this.digest) {
-      cb(new OcichunkError('EDIGEST', `${this.what}: digest mismatch: expected ${this.digest}, content hashes to ${got}`));
-      return;
-    }
-    cb();
+    const check = (got: string) =>
+      got === this.digest
+        ? cb()
+        : cb(new OcichunkError('EDIGEST', `${this.what}: digest mismatch: expected ${this.digest}, content hashes to ${got}`));
+    if (this.hash) check('sha256:' + this.hash.digest('hex'));
+    else this.external!.then(check, (e: unknown) => cb(e as Error));
   }
 }
 
@@ -89,7 +94,6 @@ export class BlobStore {
     await fsp.mkdir(this.dir, { recursive: true });
     const tmp = path.join(this.dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
     const fh = await fsp.open(tmp, 'wx', 0o644);
-    const hash = createHash('sha256');
     let size = 0;
     let closed = false;
     const close = async () => {
@@ -104,7 +108,6 @@ export class BlobStore {
         return size;
       },
       async write(chunk: Buffer) {
-        hash.update(chunk);
         size += chunk.length;
         let off = 0;
         while (off < chunk.length) {
@@ -114,7 +117,8 @@ export class BlobStore {
       },
       async commit(expected) {
         await close();
-        const digest = 'sha256:' + hash.digest('hex');
+        // hashed off the JS thread, from the page cache
+        const { digest } = await native.hashFile(tmp);
         if (expected && (expected.digest !== digest || (expected.size !== undefined && expected.size !== size))) {
           await fsp.rm(tmp, { force: true });
           throw new OcichunkError(
@@ -134,6 +138,31 @@ export class BlobStore {
         await close().catch(() => {});
         await fsp.rm(tmp, { force: true });
       },
+    };
+  }
+
+  /**
+   * Stage a blob from a local file by hardlink, or by a (copy-on-write where possible) kernel copy,
+   * under a temp name; commit() publishes it once the caller has verified the content.
+   */
+  async stageFile(file: string, desc: Pick<Descriptor, 'digest' | 'size'>): Promise<StagedBlob> {
+    const noop: StagedBlob = { commit: async () => {}, abort: async () => {} };
+    if (await this.has(desc.digest, desc.size)) return noop;
+    await fsp.mkdir(this.dir, { recursive: true });
+    const tmp = path.join(this.dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+    try {
+      await fsp.link(file, tmp).catch(() => fsp.copyFile(file, tmp, fs.constants.COPYFILE_FICLONE));
+      const st = await fsp.stat(tmp);
+      if (st.size !== desc.size) {
+        throw new OcichunkError('EDIGEST', `blob ${desc.digest}: ${file} has ${st.size} bytes, expected ${desc.size}`);
+      }
+    } catch (e) {
+      await fsp.rm(tmp, { force: true });
+      throw e;
+    }
+    return {
+      commit: () => fsp.rename(tmp, this.blobPath(desc.digest)),
+      abort: () => fsp.rm(tmp, { force: true }),
     };
   }
 
@@ -158,7 +187,8 @@ export class BlobStore {
   openRead(desc: Pick<Descriptor, 'digest' | 'size'>, what = 'blob'): Readable {
     const p = this.blobPath(desc.digest);
     const src = fs.createReadStream(p, { highWaterMark: 1 << 20 });
-    const v = new VerifyingStream(desc.digest, desc.size, what);
+    // the digest is computed by a native thread reading the same file; the stream only counts bytes
+    const v = new VerifyingStream(desc.digest, desc.size, what, native.hashFile(p).then((r) => r.digest));
     src.on('error', (e: NodeJS.ErrnoException) =>
       v.destroy(
         e.code === 'ENOENT'
@@ -217,6 +247,11 @@ export class BlobStore {
       close: () => fh.close(),
     };
   }
+}
+
+export interface StagedBlob {
+  commit(): Promise<void>;
+  abort(): Promise<void>;
 }
 
 export interface RangeReader {

@@ -69,6 +69,9 @@ export class OciLayoutSource implements ImageSource {
   openRanges(desc: Descriptor): Promise<RangeReader> {
     return this.store.openRanges(desc.digest);
   }
+  blobFile(desc: Descriptor): string {
+    return this.store.blobPath(desc.digest);
+  }
   async close(): Promise<void> {}
 }
 
@@ -109,6 +112,9 @@ export class OciLayoutSink implements ImageSink {
   }
   putBlob(bytes: Buffer) {
     return this.store.putBytes(bytes);
+  }
+  stageBlobFile(file: string, desc: Pick<Descriptor, 'digest' | 'size'>) {
+    return this.store.stageFile(file, desc);
   }
   asSource(): ImageSource {
     return new OciLayoutSource(this.dir, undefined);

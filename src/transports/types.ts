@@ -4,7 +4,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { Descriptor } from '../oci/types.js';
-import type { BlobWriter, RangeReader } from '../store/blobstore.js';
+import type { BlobWriter, RangeReader, StagedBlob } from '../store/blobstore.js';
 
 export interface ImageSource {
   /** Human-readable reference, used in messages. */
@@ -17,6 +17,8 @@ export interface ImageSource {
   openBlob(desc: Descriptor, what: string): Promise<Readable>;
   /** Positional reads of a blob (pack blobs); callers verify chunk digests. */
   openRanges(desc: Descriptor): Promise<RangeReader>;
+  /** The blob's file on this machine, when the transport has one (lets sinks link or copy it). */
+  blobFile?(desc: Descriptor): string | undefined;
   close(): Promise<void>;
 }
 
@@ -25,6 +27,8 @@ export interface ImageSink {
   hasBlob(desc: Pick<Descriptor, 'digest' | 'size'>): Promise<boolean>;
   createBlobWriter(): Promise<BlobWriter>;
   putBlob(bytes: Buffer): Promise<{ digest: string; size: number }>;
+  /** Stage a blob from a local file (hardlink or kernel copy); commit it once its content is verified. */
+  stageBlobFile?(file: string, desc: Pick<Descriptor, 'digest' | 'size'>): Promise<StagedBlob>;
   /** Chunked manifests already in the sink, so their chunks can be reused; in a stable order. */
   chunkedManifests(): Promise<Descriptor[]>;
   /** A source view of what the sink holds (to read TOCs and packs already there). */

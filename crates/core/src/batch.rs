@@ -132,10 +132,38 @@ pub fn hash_ranges(data: &[u8], ranges: &[(usize, usize)], threads: usize) -> Re
     run(threads, || slices.par_iter().map(|s| sha256(s)).collect::<Vec<_>>().concat())
 }
 
+/// SHA-256 and length of a whole file, read in 1 MiB pieces.
+pub fn hash_file(path: &std::path::Path) -> Result<([u8; 32], u64)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::Io(format!("open {}: {e}", path.display())))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::Io(format!("read {}: {e}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((h.finalize().into(), total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::chunker::DEFAULT_CDC;
+
+    #[test]
+    fn hash_file_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"abc").unwrap();
+        let (h, n) = hash_file(&p).unwrap();
+        assert_eq!((h, n), (sha256(b"abc"), 3));
+        assert!(hash_file(&dir.path().join("missing")).is_err());
+    }
 
     fn data(n: usize) -> Vec<u8> {
         let mut s = 99u64;

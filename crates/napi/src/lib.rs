@@ -173,6 +173,30 @@ pub fn hash_ranges(data: Buffer, ranges: Uint32Array, threads: u32) -> Result<As
     Ok(AsyncTask::new(HashTask { data, ranges: pairs(&ranges, "ranges")?, threads: threads as usize }))
 }
 
+// ---- hashFile ----
+
+pub struct HashFileTask {
+    path: String,
+}
+
+impl Task for HashFileTask {
+    type Output = ([u8; 32], u64);
+    type JsValue = String;
+    fn compute(&mut self) -> Result<Self::Output> {
+        batch::hash_file(Path::new(&self.path)).map_err(err)
+    }
+    fn resolve(&mut self, _env: Env, o: Self::Output) -> Result<Self::JsValue> {
+        let hex: String = o.0.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(format!("sha256:{hex}:{}", o.1))
+    }
+}
+
+/// Resolves to "sha256:<hex>:<size>".
+#[napi(ts_return_type = "Promise<string>")]
+pub fn hash_file(path: String) -> AsyncTask<HashFileTask> {
+    AsyncTask::new(HashFileTask { path })
+}
+
 // ---- small synchronous helpers ----
 
 #[napi]
