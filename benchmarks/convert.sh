@@ -48,6 +48,28 @@ cat "$raw" "$dir"/blobs/sha256/* > /dev/null
 t() { local s e; s=$(date +%s.%N); "$@"; e=$(date +%s.%N); echo "$e - $s" | bc; }
 rss() { /usr/bin/time -f '%M' -o "$OUT/rss.txt" "$@" > "$OUT/last.json"; cat "$OUT/rss.txt"; }
 
+# the same image with uncompressed layers (conversion then skips gunzip, as zstd does)
+python3 - "$dir" "$tag" "$OUT/plain" <<'PY'
+import gzip, hashlib, json, os, shutil, subprocess, sys
+src, tag, dst = sys.argv[1:]
+os.makedirs(os.path.join(dst, 'blobs', 'sha256'))
+b = lambda root, d: os.path.join(root, 'blobs', 'sha256', d.split(':')[1])
+def put(data):
+    d = hashlib.sha256(data).hexdigest(); open(os.path.join(dst, 'blobs', 'sha256', d), 'wb').write(data); return 'sha256:' + d
+idx = json.load(open(os.path.join(src, 'index.json')))
+desc = [m for m in idx['manifests'] if m.get('annotations', {}).get('org.opencontainers.image.ref.name') == tag][0]
+man = json.load(open(b(src, desc['digest'])))
+shutil.copy(b(src, man['config']['digest']), b(dst, man['config']['digest']))
+for l in man['layers']:
+    head = open(b(src, l['digest']), 'rb').read(4)
+    data = gzip.open(b(src, l['digest'])).read() if head[:2] == b'\x1f\x8b' else subprocess.run(['zstd', '-dcq', b(src, l['digest'])], capture_output=True).stdout if head == b'\x28\xb5\x2f\xfd' else open(b(src, l['digest']), 'rb').read()
+    l.update(mediaType='application/vnd.oci.image.layer.v1.tar', digest=put(data), size=len(data))
+mb = json.dumps(man).encode()
+json.dump({'schemaVersion': 2, 'manifests': [{'mediaType': man['mediaType'], 'digest': put(mb), 'size': len(mb), 'annotations': {'org.opencontainers.image.ref.name': 'img'}}]}, open(os.path.join(dst, 'index.json'), 'w'))
+open(os.path.join(dst, 'oci-layout'), 'w').write('{"imageLayoutVersion":"1.0.0"}')
+PY
+cat "$OUT"/plain/blobs/sha256/* > /dev/null
+
 zstd_t=$(t zstd -q -3 -T0 -f "$raw" -o "$OUT/layers.tar.zst")
 gzip_t=$(t sh -c "gzip -6 -c '$raw' > '$OUT/layers.tar.gz'")
 rm -rf "$OUT/layout"
@@ -55,12 +77,17 @@ s=$(date +%s.%N); conv_rss=$(rss node "$repo/bin/ocichunk.js" convert "oci:$dir:
 conv_t=$(echo "$e - $s" | bc); cp "$OUT/last.json" "$OUT/convert.json"
 s=$(date +%s.%N); reconv_rss=$(rss node "$repo/bin/ocichunk.js" convert "oci:$dir:$tag" "oci:$OUT/layout:img" --json --tmpdir "$OUT"); e=$(date +%s.%N)
 reconv_t=$(echo "$e - $s" | bc); cp "$OUT/last.json" "$OUT/reconvert.json"
+rm -rf "$OUT/layout-plain"
+s=$(date +%s.%N); plain_rss=$(rss node "$repo/bin/ocichunk.js" convert "oci:$OUT/plain:img" "oci:$OUT/layout-plain:img" --json --tmpdir "$OUT"); e=$(date +%s.%N)
+plain_t=$(echo "$e - $s" | bc)
+s=$(date +%s.%N); rss node "$repo/bin/ocichunk.js" convert "oci:$OUT/plain:img" "oci:$OUT/layout-plain:img" --json --tmpdir "$OUT" > /dev/null; e=$(date +%s.%N)
+plain_re_t=$(echo "$e - $s" | bc)
 zstd_t2=$(t zstd -q -3 -T0 -f "$raw" -o "$OUT/layers.tar.zst")
 
-python3 - "$OUT" "$rawsize" "$zstd_t" "$zstd_t2" "$gzip_t" "$conv_t" "$reconv_t" "$conv_rss" "$reconv_rss" <<'PY'
+python3 - "$OUT" "$rawsize" "$zstd_t" "$zstd_t2" "$gzip_t" "$conv_t" "$reconv_t" "$conv_rss" "$reconv_rss" "$plain_t" "$plain_re_t" "$plain_rss" <<'PY'
 import json,os,sys
-out,raw,z1,z2,g,c,rc,crss,rcrss=sys.argv[1:]
-raw=int(raw); z=min(float(z1),float(z2)); g=float(g); c=float(c); rc=float(rc)
+out,raw,z1,z2,g,c,rc,crss,rcrss,pt,prt,prss=sys.argv[1:]
+raw=int(raw); z=min(float(z1),float(z2)); g=float(g); c=float(c); rc=float(rc); pt=float(pt); prt=float(prt)
 cj=json.load(open(os.path.join(out,'convert.json')))
 zs=os.path.getsize(os.path.join(out,'layers.tar.zst')); gs=os.path.getsize(os.path.join(out,'layers.tar.gz'))
 stored=cj['imageFrameBytes']+cj['tocBytes']
@@ -68,14 +95,19 @@ res={'uncompressedLayerBytes':raw,'zstd3T0Seconds':z,'gzip6Seconds':g,'convertSe
      'convertVsZstd':c/z,'reconvertVsConvert':rc/c,'convertPeakRssKiB':int(crss),'reconvertPeakRssKiB':int(rcrss),
      'zstd3Bytes':zs,'gzip6Bytes':gs,'chunkedBytes':stored,'tocBytes':cj['tocBytes'],'files':cj['files'],
      'chunkedVsZstd3':stored/zs,'chunkedVsGzip6':stored/gs,'tocBytesPer10kFiles':cj['tocBytes']*10000/max(cj['files'],1),
-     'dedupRatio':cj['dedupRatio']}
+     'dedupRatio':cj['dedupRatio'],'uncompressedInputConvertSeconds':pt,'uncompressedInputConvertVsZstd':pt/z,
+     'uncompressedInputReconvertSeconds':prt,'uncompressedInputReconvertVsConvert':prt/pt,'uncompressedInputPeakRssKiB':int(prss)}
 json.dump(res,open(os.path.join(out,'results.json'),'w'),indent=2)
 mb=lambda b:f"{b/1048576:.1f} MiB"
 print(f"image: {raw/1048576:.0f} MiB uncompressed, {cj['files']} files, {cj['layers']} layer(s)")
 print(f"zstd -3 -T0            {z:7.2f} s   {mb(zs)}")
 print(f"gzip -6                {g:7.2f} s   {mb(gs)}")
+print(f"image as stored ({'gzip' if open(os.path.join(out,'convert.json')).read() else ''} layers) as input:")
 print(f"ocichunk convert       {c:7.2f} s   {mb(stored)} (frames+TOC)   = {c/z:.2f}x zstd time, peak RSS {int(crss)/1024:.0f} MiB")
 print(f"ocichunk re-convert    {rc:7.2f} s   = {rc/c:.2f}x first conversion, peak RSS {int(rcrss)/1024:.0f} MiB")
+print(f"same image, uncompressed layers as input:")
+print(f"ocichunk convert       {pt:7.2f} s   = {pt/z:.2f}x zstd time, peak RSS {int(prss)/1024:.0f} MiB")
+print(f"ocichunk re-convert    {prt:7.2f} s   = {prt/pt:.2f}x first conversion")
 print(f"stored size: {stored/zs:.3f}x zstd -3, {stored/gs:.3f}x gzip -6; TOC {cj['tocBytes']} B = {res['tocBytesPer10kFiles']/1024:.0f} KiB per 10k files")
 print(f"results: {os.path.join(out,'results.json')}")
 PY

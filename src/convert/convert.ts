@@ -75,6 +75,8 @@ export interface ConvertResult {
   imageFrameBytes: number;
   tocBytes: number;
   tocUncompressedBytes: number;
+  /** Layers that arrived in canonical order and were packed in one pass (the others were read twice, spooled). */
+  onePassLayers: number;
   /** fileBytes / uniqueChunkBytes */
   dedupRatio: number;
   seconds: number;
@@ -214,6 +216,7 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   let fileBytes = 0;
   let chunkRefs = 0;
   const totalIn = manifest.layers.reduce((a, l) => a + l.size, 0);
+  let onePass = manifest.layers.length;
   try {
     for (const [i, layer] of manifest.layers.entries()) {
       const what = `${src.name} layer ${i} (${layer.digest})`;
@@ -228,6 +231,7 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
         ordered = canonicalOrder(await scanLayer(src, sink, layer, what, scanner));
       } catch (e) {
         if (!(e instanceof OutOfOrder)) throw e;
+        onePass--;
         await packer.rollbackLayer();
         registry.truncate(mark);
         scanner = new LayerScanner(scanOpts, registry, spool);
@@ -364,6 +368,7 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
     imageFrameBytes,
     tocBytes: blob.length,
     tocUncompressedBytes: json.length,
+    onePassLayers: onePass,
     dedupRatio: uniqueChunkBytes ? fileBytes / uniqueChunkBytes : 1,
     seconds: (performance.now() - t0) / 1000,
   };
