@@ -56,12 +56,20 @@ export class Spool {
   constructor(readonly file: string) {
     this.fd = fs.openSync(file, 'w+', 0o600);
   }
-  append(buf: Buffer, off: number, len: number): number {
+  /** Reserve room at the end and write there on a libuv thread; buf must stay untouched until it resolves. */
+  append(buf: Buffer, off: number, len: number): { at: number; written: Promise<void> } {
     const at = this.size;
-    let done = 0;
-    while (done < len) done += fs.writeSync(this.fd, buf, off + done, len - done, at + done);
     this.size += len;
-    return at;
+    const written = (async () => {
+      let done = 0;
+      while (done < len) {
+        const n = await new Promise<number>((resolve, reject) =>
+          fs.write(this.fd, buf, off + done, len - done, at + done, (e, w) => (e ? reject(e) : resolve(w))),
+        );
+        done += n;
+      }
+    })();
+    return { at, written };
   }
   readInto(buf: Buffer, off: number, len: number, pos: number): void {
     let done = 0;
@@ -208,13 +216,15 @@ export class LayerScanner {
   private async absorb(b: Batch, next: Batch, r: { counts: Uint32Array; lengths: Uint32Array; digests: Buffer }): Promise<void> {
     if (this.packer) return this.absorbSorted(b, next, r);
     let ci = 0;
+    const writes: Array<Promise<void>> = [];
     b.segs.forEach((s, si) => {
       let pos = s.start;
       let runStart = -1;
       let runLen = 0;
       const flushRun = () => {
         if (runLen > 0) {
-          const at = this.spool.append(b.buf, runStart, runLen);
+          const { at, written } = this.spool.append(b.buf, runStart, runLen);
+          writes.push(written);
           // assign spool offsets to the chunks in this run
           let o = at;
           for (const id of pendingIds) {
@@ -248,6 +258,7 @@ export class LayerScanner {
       flushRun();
       this.carry(b, next, s, si, pos);
     });
+    await Promise.all(writes);
   }
 
   private async absorbSorted(b: Batch, next: Batch, r: { counts: Uint32Array; lengths: Uint32Array; digests: Buffer }): Promise<void> {
