@@ -12,7 +12,7 @@ OUT=${OUT:-$(mktemp -d /tmp/ocichunk-rss-XXXXXX)}
 umoci unpack --image "$cache/layouts/big:latest" "$OUT/bundle" > /dev/null
 for mb in "${sizes[@]}"; do
   # the first files (in sorted order) adding up to ~mb MB
-  (cd "$OUT/bundle/rootfs" && find . -type f -printf '%s %p\n' | sort -k2 | awk -v lim=$((mb * 1048576)) '{ s += $1; print $2; if (s >= lim) exit }') > "$OUT/list-$mb"
+  (cd "$OUT/bundle/rootfs" && find . -type f -printf '%s %p\n' | sort -k2 | awk -v lim=$((mb * 1048576)) 's < lim { s += $1; print $2 }') > "$OUT/list-$mb"
   tar --sort=name -C "$OUT/bundle/rootfs" -cf "$OUT/layer-$mb.tar" --no-recursion -T "$OUT/list-$mb"
   python3 - "$OUT/layer-$mb.tar" "$OUT/in-$mb" <<'PY'
 import hashlib, json, os, sys

@@ -11,6 +11,7 @@ import tar from 'tar-stream';
 import { DecompressStream } from 'zstd-napi';
 import { OcichunkError, withContext } from '../errors.js';
 import type { RawHeader } from './canonical.js';
+import { sniff, type SniffedCompression } from './compression.js';
 
 // tar-stream decodes PAX records as UTF-8, which mangles binary xattr values (security.capability,
 // ACLs). Decode them byte-preserving (latin1) instead; canonicalize() turns names back into UTF-8.
@@ -39,13 +40,6 @@ tarHeaders.decodePax = function decodePaxBinary(buf: Buffer): Record<string, str
   return result;
 };
 
-export type SniffedCompression = 'gzip' | 'zstd' | 'none';
-
-export function sniff(head: Buffer): SniffedCompression {
-  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
-  if (head.length >= 4 && head.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
-  return 'none';
-}
 
 /** Resolve with the first bytes of a stream without consuming them. */
 export function peek(stream: Readable): Promise<Buffer> {

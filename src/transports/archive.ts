@@ -10,11 +10,11 @@ import {
   parseJson,
   parseManifestDoc,
   type Descriptor,
-  type ImageIndex,
   type ImageManifest,
 } from '../oci/types.js';
 import { sha256Digest, type RangeReader } from '../store/blobstore.js';
-import { pickRef } from './oci-layout.js';
+import { sniff } from '../layer/compression.js';
+import { parseLayoutIndex, pickRef } from './oci-layout.js';
 import { TarIndex, blobMember } from './tar-index.js';
 import type { ImageSource } from './types.js';
 
@@ -23,8 +23,15 @@ abstract class ArchiveSource implements ImageSource {
   protected synthetic = new Map<string, Buffer>();
   /** digest -> member name, for blobs not stored under blobs/sha256/ (classic docker save). */
   protected memberOf = new Map<string, string>();
-  constructor(protected readonly tar: TarIndex) {}
-  abstract readonly name: string;
+  constructor(
+    protected readonly tar: TarIndex,
+    private readonly transport: string,
+    readonly file: string,
+    readonly ref: string | undefined,
+  ) {}
+  get name(): string {
+    return `${this.transport}:${this.file}${this.ref !== undefined ? ':' + this.ref : ''}`;
+  }
   abstract getTop(): Promise<{ desc: Descriptor; bytes: Buffer }>;
 
   private member(desc: Descriptor, what: string): string {
@@ -61,23 +68,11 @@ abstract class ArchiveSource implements ImageSource {
 
 export class OciArchiveSource extends ArchiveSource {
   static async open(file: string, ref: string | undefined): Promise<OciArchiveSource> {
-    return new OciArchiveSource(await TarIndex.open(file), file, ref);
-  }
-  private constructor(
-    tar: TarIndex,
-    readonly file: string,
-    readonly ref: string | undefined,
-  ) {
-    super(tar);
-  }
-  get name(): string {
-    return `oci-archive:${this.file}${this.ref !== undefined ? ':' + this.ref : ''}`;
+    return new OciArchiveSource(await TarIndex.open(file), 'oci-archive', file, ref);
   }
   async getTop(): Promise<{ desc: Descriptor; bytes: Buffer }> {
     if (!this.tar.has('index.json')) throw new OcichunkError('ENOTFOUND', `${this.file} is not an OCI archive (no index.json)`);
-    const idx = parseJson(await this.tar.read('index.json'), `${this.file}:index.json`) as ImageIndex;
-    if (!Array.isArray(idx?.manifests)) throw new OcichunkError('ECORRUPT', `${this.file}:index.json has no manifests`);
-    idx.manifests.forEach((m, i) => checkDescriptor(m, `${this.file}:index.json manifests[${i}]`));
+    const idx = parseLayoutIndex(await this.tar.read('index.json'), `${this.file}:index.json`);
     const desc = pickRef(idx, this.ref, this.name);
     return { desc, bytes: await this.readBlob(desc, `${this.name} manifest`) };
   }
@@ -89,25 +84,11 @@ interface DockerSaveEntry {
   Layers: string[];
 }
 
-function sniffLayerType(head: Buffer): string {
-  if (head[0] === 0x1f && head[1] === 0x8b) return MT.ociLayerGzip;
-  if (head.readUInt32LE(0) === 0xfd2fb528) return MT.ociLayerZstd;
-  return MT.ociLayer;
-}
+const SNIFFED_TYPE = { gzip: MT.ociLayerGzip, zstd: MT.ociLayerZstd, none: MT.ociLayer } as const;
 
 export class DockerArchiveSource extends ArchiveSource {
   static async open(file: string, ref: string | undefined): Promise<DockerArchiveSource> {
-    return new DockerArchiveSource(await TarIndex.open(file), file, ref);
-  }
-  private constructor(
-    tar: TarIndex,
-    readonly file: string,
-    readonly ref: string | undefined,
-  ) {
-    super(tar);
-  }
-  get name(): string {
-    return `docker-archive:${this.file}${this.ref !== undefined ? ':' + this.ref : ''}`;
+    return new DockerArchiveSource(await TarIndex.open(file), 'docker-archive', file, ref);
   }
 
   private pickEntry(entries: DockerSaveEntry[]): DockerSaveEntry {
@@ -151,9 +132,9 @@ export class DockerArchiveSource extends ArchiveSource {
   }
 
   private async findOciManifest(entry: DockerSaveEntry): Promise<{ desc: Descriptor; bytes: Buffer } | undefined> {
-    const idx = parseJson(await this.tar.read('index.json'), `${this.file}:index.json`) as ImageIndex;
+    const idx = parseLayoutIndex(await this.tar.read('index.json'), `${this.file}:index.json`);
     const configHex = /blobs\/sha256\/([a-f0-9]{64})$/.exec(entry.Config)?.[1];
-    if (!configHex || !Array.isArray(idx.manifests)) return undefined;
+    if (!configHex) return undefined;
     const stack = [...idx.manifests];
     while (stack.length) {
       const d = checkDescriptor(stack.shift(), `${this.file}:index.json`);
@@ -175,7 +156,7 @@ export class DockerArchiveSource extends ArchiveSource {
       const { digest, size } = await this.tar.digestOf(l);
       const head = size >= 4 ? (await this.tar.ranges(l).read(0, 4)) : Buffer.alloc(4);
       this.memberOf.set(digest, l);
-      layers.push({ mediaType: sniffLayerType(head), digest, size });
+      layers.push({ mediaType: SNIFFED_TYPE[sniff(head)], digest, size });
     }
     const manifest: ImageManifest = {
       schemaVersion: 2,

@@ -20,9 +20,14 @@ export async function readLayoutIndex(dir: string): Promise<ImageIndex> {
     }
     throw e;
   }
-  const idx = parseJson(raw, `${dir}/index.json`) as ImageIndex;
-  if (!idx || !Array.isArray(idx.manifests)) throw new OcichunkError('ECORRUPT', `${dir}/index.json: no manifests array`);
-  idx.manifests.forEach((m, i) => checkDescriptor(m, `${dir}/index.json manifests[${i}]`));
+  return parseLayoutIndex(raw, `${dir}/index.json`);
+}
+
+/** Parse and check an image layout's index.json. */
+export function parseLayoutIndex(raw: Buffer, where: string): ImageIndex {
+  const idx = parseJson(raw, where) as ImageIndex;
+  if (!idx || !Array.isArray(idx.manifests)) throw new OcichunkError('ECORRUPT', `${where}: no manifests array`);
+  idx.manifests.forEach((m, i) => checkDescriptor(m, `${where} manifests[${i}]`));
   return idx;
 }
 
