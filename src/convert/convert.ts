@@ -200,16 +200,17 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   const storedBefore = registry.storedChunks;
   const spool = new Spool(path.join(opts.tmpDir ?? os.tmpdir(), `ocichunk-spool-${process.pid}-${randomBytes(4).toString('hex')}`));
   const batchBytes = opts.batchBytes ?? 8 << 20;
+  const groupBelow = opts.groupBelow ?? 32 << 10;
   const packer = new Packer(sink, registry, {
     level,
     threads,
-    groupBelow: opts.groupBelow ?? 32 << 10,
+    groupBelow,
     groupTarget: opts.groupTarget ?? 64 << 10,
     packTarget: opts.packTarget ?? 64 << 20,
     batchBytes,
     maxChunk: maxChunkLength(chunker),
   });
-  const scanOpts = { chunker, threads, batchBytes, sourceDateEpoch: opts.sourceDateEpoch ?? 0, keepMtime: !!opts.keepMtime };
+  const scanOpts = { chunker, threads, batchBytes, level, groupBelow, sourceDateEpoch: opts.sourceDateEpoch ?? 0, keepMtime: !!opts.keepMtime };
   const layersOut: Array<{ entries: ScannedEntry[] }> = [];
   let entries = 0;
   let files = 0;

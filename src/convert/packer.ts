@@ -37,6 +37,8 @@ interface Frame {
   parts: number[];
   ids: number[];
   bytes: number;
+  /** A frame compressed already during the scan, waiting in the spool. */
+  pre?: { spool: Spool; off: number; clen: number };
 }
 
 export class Packer {
@@ -89,16 +91,28 @@ export class Packer {
       const so = this.registry.spoolOff[id];
       if (so < 0) throw new OcichunkError('EINTERNAL', `chunk ${this.registry.digests[id]} has no bytes to place`);
       const len = this.registry.lengths[id];
+      const clen = this.registry.spoolClen[id];
+      if (clen >= 0) {
+        // a large chunk, compressed into its own frame during the scan: the same bytes as here
+        if (this.framesBytes >= this.opts.batchBytes) await this.rotate();
+        this.claim(id);
+        this.closeFrame({ parts: [], ids: [id], bytes: len, pre: { spool, off: so, clen } });
+        continue;
+      }
       const at = await this.reserve(len);
       spool.readInto(this.stages[this.cur], at, len, so);
       this.placed(id, at, len);
     }
   }
 
-  private placed(id: number, at: number, len: number): void {
-    // claim it now, so a repeat is not placed twice; the real location is set when written
+  /** Claim a chunk now, so a repeat is not placed twice; the real location is set when written. */
+  private claim(id: number): void {
     this.registry.loc[id] = { pack: -1, off: 0, clen: 0, ulen: 0, inner: 0 };
     this.placedThisLayer.push(id);
+  }
+
+  private placed(id: number, at: number, len: number): void {
+    this.claim(id);
     if (len >= this.opts.groupBelow) {
       this.closeFrame({ parts: [at, len], ids: [id], bytes: len });
       return;
@@ -162,15 +176,18 @@ export class Packer {
   }
 
   private submit(stage: Buffer, frames: Frame[]): void {
-    const nparts = frames.reduce((a, f) => a + f.parts.length / 2, 0);
+    const raw = frames.filter((f) => !f.pre);
+    const nparts = raw.reduce((a, f) => a + f.parts.length / 2, 0);
     const parts = new Uint32Array(nparts * 2);
-    const counts = new Uint32Array(frames.length);
+    const counts = new Uint32Array(raw.length);
     let k = 0;
-    frames.forEach((f, i) => {
+    raw.forEach((f, i) => {
       counts[i] = f.parts.length / 2;
       for (const v of f.parts) parts[k++] = v;
     });
-    const work = native.compressFrames(stage, parts, counts, this.opts.level, this.opts.threads);
+    const work = raw.length
+      ? native.compressFrames(stage, parts, counts, this.opts.level, this.opts.threads)
+      : Promise.resolve({ data: Buffer.alloc(0), sizes: new Uint32Array(0) });
     const before = this.inflight;
     // `previous` resolves when the compression of this stage has finished (so it can be refilled
     // after the *next* rotation); `inflight` when its frames have been written, in order.
@@ -182,14 +199,30 @@ export class Packer {
     this.inflight.catch(() => {}); // surfaced by the next await of inflight
   }
 
+  /** Append frames to packs in order (compressed now, or read back from the spool). */
   private async writeFrames(frames: Frame[], data: Buffer, sizes: Uint32Array): Promise<void> {
-    let off = 0;
-    let runStart = 0; // start in data of frames not yet written to the current pack
-    for (let i = 0; i < frames.length; i++) {
-      const clen = sizes[i];
-      if (this.writer && this.writer.size + (off - runStart) > 0 && this.writer.size + (off - runStart) + clen > this.opts.packTarget) {
-        await this.writer.write(data.subarray(runStart, off));
-        runStart = off;
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    const flush = async () => {
+      if (pendingBytes) await this.writer!.write(pending.length === 1 ? pending[0] : Buffer.concat(pending, pendingBytes));
+      pending = [];
+      pendingBytes = 0;
+    };
+    let off = 0; // in data, over the frames compressed now
+    let ri = 0; // index among the frames compressed now
+    for (const f of frames) {
+      let bytes: Buffer;
+      if (f.pre) {
+        bytes = Buffer.allocUnsafe(f.pre.clen);
+        f.pre.spool.readInto(bytes, 0, f.pre.clen, f.pre.off);
+      } else {
+        bytes = data.subarray(off, off + sizes[ri++]);
+        off += bytes.length;
+      }
+      const clen = bytes.length;
+      const at = (this.writer?.size ?? 0) + pendingBytes;
+      if (this.writer && at > 0 && at + clen > this.opts.packTarget) {
+        await flush();
         await this.closePack();
       }
       if (!this.writer) {
@@ -197,17 +230,18 @@ export class Packer {
         this.packIndex = this.packs.length;
         this.packs.push({ digest: '', size: 0 });
       }
-      const packOff = this.writer.size + (off - runStart);
+      const packOff = this.writer.size + pendingBytes;
       let inner = 0;
-      for (const id of frames[i].ids) {
-        this.registry.loc[id] = { pack: this.packIndex, off: packOff, clen, ulen: frames[i].bytes, inner };
+      for (const id of f.ids) {
+        this.registry.loc[id] = { pack: this.packIndex, off: packOff, clen, ulen: f.bytes, inner };
         inner += this.registry.lengths[id];
       }
-      off += clen;
+      pending.push(bytes);
+      pendingBytes += clen;
       this.storedBytes += clen;
       this.frameCount++;
     }
-    if (off > runStart) await this.writer!.write(data.subarray(runStart, off));
+    await flush();
   }
 
   /** End of a layer: close the group frame, compress what is staged, close the pack. */

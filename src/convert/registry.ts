@@ -23,6 +23,8 @@ export class ChunkRegistry {
   readonly loc: Array<Location | undefined> = [];
   /** Offset in the spool of a new chunk's bytes (-1 for chunks that were already stored). */
   readonly spoolOff: number[] = [];
+  /** Compressed length of a new chunk spooled as a finished zstd frame, or -1 if spooled raw. */
+  readonly spoolClen: number[] = [];
   /** Sizes of stored packs, by digest. */
   readonly packSizes = new Map<string, number>();
   storedChunks = 0;
@@ -37,6 +39,7 @@ export class ChunkRegistry {
     this.lengths.push(len);
     this.loc.push(undefined);
     this.spoolOff.push(-1);
+    this.spoolClen.push(-1);
     return { id: nid, fresh: true };
   }
 
@@ -52,6 +55,7 @@ export class ChunkRegistry {
     this.lengths.length = mark;
     this.loc.length = mark;
     this.spoolOff.length = mark;
+    this.spoolClen.length = mark;
   }
 
   /** Load the chunks of every chunked image already in the sink (first location wins). */

@@ -42,6 +42,9 @@ export interface ScanOptions extends CanonOptions {
   chunker: ChunkerSpec;
   threads: number;
   batchBytes: number;
+  /** zstd level, and the size from which a chunk is its own frame (spool mode compresses those at once). */
+  level: number;
+  groupBelow: number;
 }
 
 export function maxChunkLength(c: ChunkerSpec): number {
@@ -217,6 +220,10 @@ export class LayerScanner {
     if (this.packer) return this.absorbSorted(b, next, r);
     let ci = 0;
     const writes: Array<Promise<void>> = [];
+    // large new chunks become frames of their own whatever the order: compress them now, while the
+    // scan goes on, and spool the frames; small ones are spooled raw and grouped in pass 2
+    const bigParts: number[] = [];
+    const bigIds: number[] = [];
     b.segs.forEach((s, si) => {
       let pos = s.start;
       let runStart = -1;
@@ -243,7 +250,12 @@ export class LayerScanner {
         const { id, fresh } = this.registry.intern(hex, len);
         s.file.chunks!.push(id);
         this.stats.chunkRefs++;
-        if (fresh) {
+        if (fresh && len >= this.opts.groupBelow) {
+          this.stats.newChunks++;
+          this.stats.newChunkBytes += len;
+          bigParts.push(pos, len);
+          bigIds.push(id);
+        } else if (fresh) {
           this.stats.newChunks++;
           this.stats.newChunkBytes += len;
           if (runStart === -1 || runStart + runLen !== pos) {
@@ -258,6 +270,18 @@ export class LayerScanner {
       flushRun();
       this.carry(b, next, s, si, pos);
     });
+    if (bigIds.length) {
+      const parts = new Uint32Array(bigParts);
+      const r = await native.compressFrames(b.buf, parts, new Uint32Array(bigIds.length).fill(1), this.opts.level, this.opts.threads);
+      const { at, written } = this.spool.append(r.data, 0, r.data.length);
+      writes.push(written);
+      let o = at;
+      bigIds.forEach((id, k) => {
+        this.registry.spoolOff[id] = o;
+        this.registry.spoolClen[id] = r.sizes[k];
+        o += r.sizes[k];
+      });
+    }
     await Promise.all(writes);
   }
 
