@@ -80,7 +80,8 @@ reconv_t=$(echo "$e - $s" | bc); cp "$OUT/last.json" "$OUT/reconvert.json"
 rm -rf "$OUT/layout-plain"
 s=$(date +%s.%N); plain_rss=$(rss node "$repo/bin/ocichunk.js" convert "oci:$OUT/plain:img" "oci:$OUT/layout-plain:img" --json --tmpdir "$OUT"); e=$(date +%s.%N)
 plain_t=$(echo "$e - $s" | bc)
-s=$(date +%s.%N); rss node "$repo/bin/ocichunk.js" convert "oci:$OUT/plain:img" "oci:$OUT/layout-plain:img" --json --tmpdir "$OUT" > /dev/null; e=$(date +%s.%N)
+# chunk-level reuse: the same content under other layer digests, into the layout that holds its chunks
+s=$(date +%s.%N); rss node "$repo/bin/ocichunk.js" convert "oci:$OUT/plain:img" "oci:$OUT/layout:plain" --json --tmpdir "$OUT" > /dev/null; e=$(date +%s.%N)
 plain_re_t=$(echo "$e - $s" | bc)
 zstd_t2=$(t zstd -q -3 -T0 -f "$raw" -o "$OUT/layers.tar.zst")
 
@@ -104,10 +105,10 @@ print(f"zstd -3 -T0            {z:7.2f} s   {mb(zs)}")
 print(f"gzip -6                {g:7.2f} s   {mb(gs)}")
 print(f"image as stored ({'gzip' if open(os.path.join(out,'convert.json')).read() else ''} layers) as input:")
 print(f"ocichunk convert       {c:7.2f} s   {mb(stored)} (frames+TOC)   = {c/z:.2f}x zstd time, peak RSS {int(crss)/1024:.0f} MiB")
-print(f"ocichunk re-convert    {rc:7.2f} s   = {rc/c:.2f}x first conversion, peak RSS {int(rcrss)/1024:.0f} MiB")
+print(f"ocichunk re-convert    {rc:7.2f} s   = {rc/c:.2f}x first conversion, peak RSS {int(rcrss)/1024:.0f} MiB (same layer blobs: their earlier conversion is reused)")
 print(f"same image, uncompressed layers as input:")
 print(f"ocichunk convert       {pt:7.2f} s   = {pt/z:.2f}x zstd time, peak RSS {int(prss)/1024:.0f} MiB")
-print(f"ocichunk re-convert    {prt:7.2f} s   = {prt/pt:.2f}x first conversion")
+print(f"same content, other layer digests, into the layout holding its chunks: {prt:7.2f} s = {prt/pt:.2f}x (every byte read and hashed, nothing compressed)")
 print(f"stored size: {stored/zs:.3f}x zstd -3, {stored/gs:.3f}x gzip -6; TOC {cj['tocBytes']} B = {res['tocBytesPer10kFiles']/1024:.0f} KiB per 10k files")
 print(f"results: {os.path.join(out,'results.json')}")
 PY

@@ -26,5 +26,18 @@ describe('reproducible output', () => {
     expect(again.newChunks).toBe(0);
     expect(again.bytesStored).toBe(0);
     expect(again.reusedChunks).toBe(first.uniqueChunks);
+    // the layers were converted before with the same options: not even read again
+    expect(again.reusedLayers).toBe(first.layers);
+    expect(first.reusedLayers).toBe(0);
+  });
+
+  it('the same content in other layer blobs (zstd instead of gzip) reuses every chunk', async () => {
+    const work = tmpdir('repro3');
+    const first = await convert(`oci:${image('app')}:latest`, `oci:${work}:app`);
+    const other = await convert(`oci:${image('app-zstd')}:latest`, `oci:${work}:app-zstd`);
+    expect(other.reusedLayers).toBe(0);
+    expect(other.newChunks).toBe(0);
+    expect(other.bytesStored).toBe(0);
+    expect(other.uniqueChunks).toBe(first.uniqueChunks);
   });
 });

@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { resolveImage } from '../chunked/image.js';
 import { encodeToc, toTocEntry, type ChunkRef, type FrameRef, type Toc, type TocEntry } from '../chunked/toc.js';
+import { sha256Digest } from '../store/blobstore.js';
 import { OcichunkError, withContext } from '../errors.js';
 import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
 import { readLayer } from '../layer/tar.js';
@@ -77,6 +78,8 @@ export interface ConvertResult {
   tocUncompressedBytes: number;
   /** Layers that arrived in canonical order and were packed in one pass (the others were read twice, spooled). */
   onePassLayers: number;
+  /** Layers not read at all: the sink holds a conversion of the same layer blob with the same entry options. */
+  reusedLayers: number;
   /** fileBytes / uniqueChunkBytes */
   dedupRatio: number;
   seconds: number;
@@ -134,6 +137,52 @@ export function canonicalOrder(scanned: ScannedEntry[]): ScannedEntry[] {
   const keyed = list.map((s) => ({ s, k: pathKey(s.entry.path) }));
   keyed.sort((a, b) => Buffer.compare(a.k, b.k) || TYPE_ORDER[a.s.entry.type] - TYPE_ORDER[b.s.entry.type]);
   return keyed.map((x) => x.s);
+}
+
+/** A layer's entries as a previous conversion recorded them, with chunk ids from the registry. */
+function fromToc(toc: Toc, layer: number, registry: ChunkRegistry): ScannedEntry[] {
+  return toc.layers[layer].entries.map((t) => {
+    const entry: Entry = {
+      path: t.path,
+      type: t.type,
+      mode: t.mode ?? 0,
+      uid: t.uid ?? 0,
+      gid: t.gid ?? 0,
+      size: t.size ?? 0,
+      mtime: t.mtime ?? 0,
+      ...(t.link !== undefined ? { link: t.link } : {}),
+      ...(t.devMajor !== undefined ? { devMajor: t.devMajor, devMinor: t.devMinor } : {}),
+      ...(t.xattrs ? { xattrs: Object.entries(t.xattrs).map(([k, v]) => [k, Buffer.from(v, 'base64')] as [string, Buffer]) } : {}),
+    };
+    const chunks = t.chunks?.map((c) => registry.intern(toc.chunks[c][0], toc.chunks[c][3]).id);
+    return { entry, chunks };
+  });
+}
+
+/** Copy an original layer blob into the sink as it is (when the sink lacks it), verifying it. */
+async function copyBlob(src: ImageSource, sink: ImageSink, layer: Descriptor, what: string): Promise<void> {
+  if (await sink.hasBlob(layer)) return;
+  const file = src.blobFile?.(layer);
+  if (file && sink.stageBlobFile) {
+    const staged = await sink.stageBlobFile(file, layer);
+    try {
+      const s = await src.openBlob(layer, what);
+      for await (const _ of s) void _; // verify the content we link
+      await staged.commit();
+    } catch (e) {
+      await staged.abort();
+      throw withContext(e, what, 'EDIGEST');
+    }
+    return;
+  }
+  const w = await sink.createBlobWriter();
+  try {
+    for await (const c of await src.openBlob(layer, what)) await w.write(c as Buffer);
+    await w.commit({ digest: layer.digest, size: layer.size });
+  } catch (e) {
+    await w.abort();
+    throw withContext(e, what, 'EDIGEST');
+  }
 }
 
 /** Read one layer through a scanner, copying the original blob into the sink when it lacks it. */
@@ -211,6 +260,11 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
     maxChunk: maxChunkLength(chunker),
   });
   const scanOpts = { chunker, threads, batchBytes, level, groupBelow, sourceDateEpoch: opts.sourceDateEpoch ?? 0, keepMtime: !!opts.keepMtime };
+  // what shapes TOC entries and chunk digests: a layer converted before with these is not read again
+  const entryOptions = sha256Digest(
+    JSON.stringify({ chunker, sourceDateEpoch: scanOpts.sourceDateEpoch, keepMtime: scanOpts.keepMtime, version: FORMAT_VERSION }),
+  ).slice(7, 39);
+  let reusedLayers = 0;
   const layersOut: Array<{ entries: ScannedEntry[] }> = [];
   let entries = 0;
   let files = 0;
@@ -224,6 +278,22 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
       progress({ phase: 'scan', layer: i, layers: manifest.layers.length, bytes: 0, totalBytes: layer.size });
       // Most layers arrive in canonical order (tar --sort=name, directory walks): chunks are packed
       // as they stream by. If an entry breaks the order, the layer is read again with a spool.
+      const cached = registry.layerCache.get(`${layer.digest} ${entryOptions}`);
+      if (cached) {
+        const ordered = fromToc(cached.toc, cached.layer, registry);
+        await copyBlob(src, sink, layer, what);
+        for (const s of ordered) {
+          entries++;
+          if (s.entry.type === 'reg') {
+            files++;
+            fileBytes += s.entry.size;
+          }
+          chunkRefs += s.chunks?.length ?? 0;
+        }
+        reusedLayers++;
+        layersOut.push({ entries: ordered });
+        continue;
+      }
       const mark = registry.mark();
       packer.beginLayer();
       let scanner = new LayerScanner(scanOpts, registry, spool, packer);
@@ -322,7 +392,11 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
       },
       ...toc.packs.map((d) => ({ mediaType: CMT.pack, digest: d, size: packSize(d) })),
     ],
-    annotations: { [ANN.version]: String(FORMAT_VERSION) },
+    annotations: {
+      [ANN.version]: String(FORMAT_VERSION),
+      [ANN.entryOptions]: entryOptions,
+      [ANN.sourceLayers]: JSON.stringify(manifest.layers.map((l) => l.digest)),
+    },
   };
   // Original blobs first (config, manifest byte-identical), then the chunked manifest, then the index.
   await sink.putBlob(img.config.bytes);
@@ -369,7 +443,8 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
     imageFrameBytes,
     tocBytes: blob.length,
     tocUncompressedBytes: json.length,
-    onePassLayers: onePass,
+    onePassLayers: onePass - reusedLayers,
+    reusedLayers,
     dedupRatio: uniqueChunkBytes ? fileBytes / uniqueChunkBytes : 1,
     seconds: (performance.now() - t0) / 1000,
   };

@@ -2,8 +2,8 @@
  * Every chunk a conversion knows about, by digest: chunks already stored in the sink (found through
  * the TOCs of its chunked manifests) and chunks new in this conversion (spooled until packed).
  */
-import { decodeToc } from '../chunked/toc.js';
-import { CMT } from '../oci/chunked-media.js';
+import { decodeToc, type Toc } from '../chunked/toc.js';
+import { ANN, CMT } from '../oci/chunked-media.js';
 import { parseManifestDoc } from '../oci/types.js';
 import type { ImageSink } from '../transports/types.js';
 
@@ -28,6 +28,8 @@ export class ChunkRegistry {
   /** Sizes of stored packs, by digest. */
   readonly packSizes = new Map<string, number>();
   storedChunks = 0;
+  /** Layers converted before with the same entry options: "<layer digest> <options>" -> TOC and layer index. */
+  readonly layerCache = new Map<string, { toc: Toc; layer: number }>();
 
   /** Look up or add a chunk; returns its id and whether it was unknown. */
   intern(hex: string, len: number): { id: number; fresh: boolean } {
@@ -73,6 +75,18 @@ export class ChunkRegistry {
       if (!complete || !(await sink.hasBlob(tocDesc))) continue;
       for (const p of packs) this.packSizes.set(p.digest, p.size);
       const toc = decodeToc(await src.readBlob(tocDesc, `${what} TOC`, 1 << 30), `${what} TOC`);
+      const ann = parsed.doc.annotations ?? {};
+      try {
+        const layers = JSON.parse(ann[ANN.sourceLayers] ?? '[]') as string[];
+        if (Array.isArray(layers) && layers.length === toc.layers.length && ann[ANN.entryOptions]) {
+          layers.forEach((d, j) => {
+            const key = `${d} ${ann[ANN.entryOptions]}`;
+            if (typeof d === 'string' && !this.layerCache.has(key)) this.layerCache.set(key, { toc, layer: j });
+          });
+        }
+      } catch {
+        // a manifest without a usable layer list only contributes its chunks
+      }
       for (const [hex, fi, inner, len] of toc.chunks) {
         if (this.ids.has(hex)) continue;
         const [pi, off, clen, ulen] = toc.frames[fi];

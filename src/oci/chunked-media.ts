@@ -15,4 +15,8 @@ export const ANN = {
   version: 'org.ocichunk.version',
   source: 'org.ocichunk.source.manifest',
   tocUncompressedSize: 'org.ocichunk.toc.uncompressed-size',
+  /** JSON array of the original layer digests, in TOC layer order. */
+  sourceLayers: 'org.ocichunk.source.layers',
+  /** Fingerprint of the options that shape TOC entries and chunk digests (chunker, mtime handling). */
+  entryOptions: 'org.ocichunk.entry-options',
 } as const;
