@@ -219,7 +219,12 @@ export async function convert(srcRef: string, dstRef: string, opts: ConvertOptio
   const src = await openSource(srcRef);
   try {
     const sink = await openSink(dstRef);
-    return await convertImage(src, sink, opts);
+    try {
+      return await convertImage(src, sink, opts);
+    } catch (e) {
+      await sink.abort?.();
+      throw e;
+    }
   } finally {
     await src.close();
   }

@@ -108,13 +108,11 @@ export async function restoreChunked(img: ChunkedImage, target: string, opts: Re
       const fh = await fsp.open(host, 'wx', 0o600);
       try {
         const bufs = (e.chunks ?? []).map((c) => chunks.get(c)!);
-        let off = 0;
         for (let i = 0; i < bufs.length; i += 512) {
           const part = bufs.slice(i, i + 512);
           const { bytesWritten } = await fh.writev(part);
           const want = part.reduce((a, b) => a + b.length, 0);
           if (bytesWritten !== want) throw new OcichunkError('EIO', `${what}: short write`);
-          off += bytesWritten;
         }
       } finally {
         await fh.close();

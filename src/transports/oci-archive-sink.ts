@@ -52,6 +52,10 @@ export class OciArchiveSink extends OciLayoutSink {
     return `oci-archive:${this.file}:${this.ref}`;
   }
 
+  async abort(): Promise<void> {
+    await fsp.rm(this.dir, { recursive: true, force: true });
+  }
+
   override async close(): Promise<void> {
     const names: string[] = ['oci-layout', 'index.json'];
     const blobs = (await fsp.readdir(this.store.dir)).filter((n) => /^[a-f0-9]{64}$/.test(n)).sort();

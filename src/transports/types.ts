@@ -37,4 +37,6 @@ export interface ImageSink {
   setTag(desc: Descriptor): Promise<void>;
   /** Flush (e.g. write an archive); called once after setTag. */
   close(): Promise<void>;
+  /** Give up after a failure: remove temporary state (blobs already committed stay). */
+  abort?(): Promise<void>;
 }
