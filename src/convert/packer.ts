@@ -42,7 +42,10 @@ interface Frame {
 }
 
 export class Packer {
-  private readonly stages: [Buffer, Buffer];
+  /** A ring of staging buffers: one filling, the others compressing or being written. */
+  private readonly stages: Buffer[];
+  /** Per stage: its last submitted batch has been compressed and written. */
+  private stageBusy: Array<Promise<void>>;
   private cur = 0;
   private fill = 0;
   private frames: Frame[] = [];
@@ -63,7 +66,8 @@ export class Packer {
     private readonly opts: PackOptions,
   ) {
     const cap = Math.max(opts.batchBytes, opts.maxChunk) + opts.groupTarget;
-    this.stages = [Buffer.allocUnsafe(cap), Buffer.allocUnsafe(cap)];
+    this.stages = [0, 1, 2].map(() => Buffer.allocUnsafe(cap));
+    this.stageBusy = this.stages.map(() => Promise.resolve());
   }
 
   beginLayer(): void {
@@ -153,9 +157,10 @@ export class Packer {
     this.frames = [];
     this.framesBytes = 0;
     if (frames.length) this.submit(stage, frames);
-    // the other stage is free once the compression before this one has been written out
-    await this.waitPrevious();
-    this.cur = 1 - this.cur;
+    this.stageBusy[this.cur] = this.inflight;
+    const ni = (this.cur + 1) % this.stages.length;
+    await this.stageBusy[ni].catch(() => {});
+    this.cur = ni;
     this.fill = 0;
     const g = this.group;
     if (g) {
@@ -168,11 +173,6 @@ export class Packer {
       }
       g.parts = parts;
     }
-  }
-
-  private previous: Promise<void> = Promise.resolve();
-  private async waitPrevious(): Promise<void> {
-    await this.previous;
   }
 
   private submit(stage: Buffer, frames: Frame[]): void {
@@ -189,9 +189,7 @@ export class Packer {
       ? native.compressFrames(stage, parts, counts, this.opts.level, this.opts.threads)
       : Promise.resolve({ data: Buffer.alloc(0), sizes: new Uint32Array(0) });
     const before = this.inflight;
-    // `previous` resolves when the compression of this stage has finished (so it can be refilled
-    // after the *next* rotation); `inflight` when its frames have been written, in order.
-    this.previous = this.inflight;
+    // `inflight` resolves when this batch's frames have been written, after the earlier batches'
     this.inflight = (async () => {
       const [r] = await Promise.all([work, before]);
       await this.writeFrames(frames, r.data, r.sizes);
@@ -252,7 +250,7 @@ export class Packer {
     this.framesBytes = 0;
     if (frames.length) this.submit(this.stages[this.cur], frames);
     await this.inflight;
-    this.cur = 1 - this.cur;
+    this.cur = (this.cur + 1) % this.stages.length;
     this.fill = 0;
     await this.closePack();
   }
@@ -270,7 +268,7 @@ export class Packer {
     this.group = undefined;
     this.fill = 0;
     this.inflight = Promise.resolve();
-    this.previous = Promise.resolve();
+    this.stageBusy = this.stages.map(() => Promise.resolve());
   }
 
   async abort(): Promise<void> {

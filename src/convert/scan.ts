@@ -99,9 +99,15 @@ export interface ScanStats {
 
 export class LayerScanner {
   private readonly headroom: number;
-  private readonly batches: [Batch, Batch];
+  /** A ring of batch buffers: one filling, the others being chunked/hashed or placed. */
+  private readonly batches: Batch[];
   private cur = 0;
-  private pending: Promise<void> = Promise.resolve();
+  /** The previous batch's unfinished tail has been carried into the current buffer. */
+  private cut: Promise<void> = Promise.resolve();
+  /** Every submitted batch has been absorbed (chunks interned, placed or spooled), in order. */
+  private placed: Promise<void> = Promise.resolve();
+  /** Per buffer: the batch that last used it has been absorbed. */
+  private busy: Array<Promise<void>>;
   readonly stats: ScanStats = { entries: 0, files: 0, fileBytes: 0, chunkRefs: 0, newChunks: 0, newChunkBytes: 0 };
 
   private lastKey: Buffer | undefined;
@@ -121,10 +127,8 @@ export class LayerScanner {
   ) {
     this.headroom = maxChunkLength(opts.chunker);
     const size = this.headroom + Math.max(opts.batchBytes, this.headroom);
-    this.batches = [
-      { buf: Buffer.allocUnsafe(size), fill: this.headroom, segs: [] },
-      { buf: Buffer.allocUnsafe(size), fill: this.headroom, segs: [] },
-    ];
+    this.batches = [0, 1, 2].map(() => ({ buf: Buffer.allocUnsafe(size), fill: this.headroom, segs: [] }));
+    this.busy = this.batches.map(() => Promise.resolve());
   }
 
   async scan(entries: AsyncIterable<TarEntry>, layer: string): Promise<ScannedEntry[]> {
@@ -142,7 +146,8 @@ export class LayerScanner {
         const c = this.lastKey ? Buffer.compare(key, this.lastKey) : 1;
         if (c < 0 || (c === 0 && t <= this.lastType)) {
           stream.resume();
-          await this.pending.catch(() => {});
+          await this.cut.catch(() => {});
+          await this.placed.catch(() => {});
           throw new OutOfOrder(entry.path);
         }
         this.lastKey = key;
@@ -171,7 +176,8 @@ export class LayerScanner {
       }
     }
     await this.flush();
-    await this.pending;
+    await this.cut;
+    await this.placed;
     return out;
   }
 
@@ -194,12 +200,17 @@ export class LayerScanner {
     }
   }
 
-  /** Submit the current batch; the previous one must be fully processed first (its tail moves here). */
+  /**
+   * Submit the current batch for chunking and hashing. Its unfinished tail moves into the next buffer
+   * as soon as the cut points are known; absorbing (placing or spooling chunks) follows in order.
+   */
   private async flush(): Promise<void> {
-    await this.pending;
+    await this.cut;
     const b = this.batches[this.cur];
     if (b.segs.length === 0) return;
-    const next = this.batches[1 - this.cur];
+    const ni = (this.cur + 1) % this.batches.length;
+    await this.busy[ni];
+    const next = this.batches[ni];
     next.fill = this.headroom;
     next.segs = [];
     const last = b.segs[b.segs.length - 1];
@@ -211,13 +222,37 @@ export class LayerScanner {
       segs[i * 3 + 2] = s.eof ? 1 : 0;
     });
     const work = native.chunkAndHash(b.buf, segs, this.opts.chunker, this.opts.threads);
-    this.pending = work.then((r) => this.absorb(b, next, r));
-    this.pending.catch(() => {}); // surfaced by the next await of pending
-    this.cur = 1 - this.cur;
+    this.cut = work.then((r) => this.carryTail(b, next, r));
+    this.placed = Promise.all([work, this.placed]).then(([r]) => this.absorb(b, r));
+    this.busy[this.cur] = this.placed;
+    // surfaced by the next await of cut/placed
+    this.cut.catch(() => {});
+    this.placed.catch(() => {});
+    this.cur = ni;
   }
 
-  private async absorb(b: Batch, next: Batch, r: { counts: Uint32Array; lengths: Uint32Array; digests: Buffer }): Promise<void> {
-    if (this.packer) return this.absorbSorted(b, next, r);
+  /** Move the unfinished tail of a batch's last segment in front of the next batch's data. */
+  private carryTail(b: Batch, next: Batch, r: { counts: Uint32Array; lengths: Uint32Array }): void {
+    const si = b.segs.length - 1;
+    const s = b.segs[si];
+    let ci = 0;
+    for (let k = 0; k < si; k++) ci += r.counts[k];
+    let pos = s.start;
+    for (let k = 0; k < r.counts[si]; k++) pos += r.lengths[ci + k];
+    const tail = s.start + s.len - pos;
+    if (s.eof) {
+      if (tail !== 0) throw new OcichunkError('EINTERNAL', `chunker left ${tail} bytes at end of file`);
+      return;
+    }
+    if (tail > this.headroom) throw new OcichunkError('EINTERNAL', `chunk tail ${tail} exceeds headroom`);
+    const cont = next.segs[0];
+    b.buf.copy(next.buf, this.headroom - tail, pos, pos + tail);
+    cont.start = this.headroom - tail;
+    cont.len += tail;
+  }
+
+  private async absorb(b: Batch, r: { counts: Uint32Array; lengths: Uint32Array; digests: Buffer }): Promise<void> {
+    if (this.packer) return this.absorbSorted(b, r);
     let ci = 0;
     const writes: Array<Promise<void>> = [];
     // large new chunks become frames of their own whatever the order: compress them now, while the
@@ -268,7 +303,6 @@ export class LayerScanner {
         pos += len;
       }
       flushRun();
-      this.carry(b, next, s, si, pos);
     });
     if (bigIds.length) {
       const parts = new Uint32Array(bigParts);
@@ -285,7 +319,7 @@ export class LayerScanner {
     await Promise.all(writes);
   }
 
-  private async absorbSorted(b: Batch, next: Batch, r: { counts: Uint32Array; lengths: Uint32Array; digests: Buffer }): Promise<void> {
+  private async absorbSorted(b: Batch, r: { counts: Uint32Array; lengths: Uint32Array; digests: Buffer }): Promise<void> {
     const packer = this.packer!;
     let ci = 0;
     for (let si = 0; si < b.segs.length; si++) {
@@ -303,22 +337,8 @@ export class LayerScanner {
         if (packer.needs(id)) await packer.place(id, b.buf, pos);
         pos += len;
       }
-      this.carry(b, next, s, si, pos);
     }
   }
 
-  /** Move the unfinished tail of a batch's last segment in front of the next batch's data. */
-  private carry(b: Batch, next: Batch, s: Seg, si: number, pos: number): void {
-    const tail = s.start + s.len - pos;
-    if (!s.eof) {
-      if (si !== b.segs.length - 1) throw new OcichunkError('EINTERNAL', 'unfinished segment inside a batch');
-      if (tail > this.headroom) throw new OcichunkError('EINTERNAL', `chunk tail ${tail} exceeds headroom`);
-      const cont = next.segs[0];
-      b.buf.copy(next.buf, this.headroom - tail, pos, pos + tail);
-      cont.start = this.headroom - tail;
-      cont.len += tail;
-    } else if (tail !== 0) {
-      throw new OcichunkError('EINTERNAL', `chunker left ${tail} bytes at end of file`);
-    }
-  }
+
 }
