@@ -66,7 +66,7 @@ export class Packer {
     private readonly opts: PackOptions,
   ) {
     const cap = Math.max(opts.batchBytes, opts.maxChunk) + opts.groupTarget;
-    this.stages = [0, 1, 2].map(() => Buffer.allocUnsafe(cap));
+    this.stages = [0, 1].map(() => Buffer.allocUnsafe(cap));
     this.stageBusy = this.stages.map(() => Promise.resolve());
   }
 

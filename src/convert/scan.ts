@@ -127,7 +127,7 @@ export class LayerScanner {
   ) {
     this.headroom = maxChunkLength(opts.chunker);
     const size = this.headroom + Math.max(opts.batchBytes, this.headroom);
-    this.batches = [0, 1, 2].map(() => ({ buf: Buffer.allocUnsafe(size), fill: this.headroom, segs: [] }));
+    this.batches = [0, 1].map(() => ({ buf: Buffer.allocUnsafe(size), fill: this.headroom, segs: [] }));
     this.busy = this.batches.map(() => Promise.resolve());
   }
 
