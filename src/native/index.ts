@@ -1,0 +1,98 @@
+/** The only importer of the napi binding (crates/napi). Converts native error prefixes into OcichunkError codes. */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { OcichunkError, withContext } from '../errors.js';
+
+export interface ChunkerSpec {
+  kind: 'cdc' | 'fixed' | 'file';
+  min?: number;
+  avg?: number;
+  max?: number;
+  size?: number;
+}
+
+interface Binding {
+  chunkAndHash(
+    data: Buffer,
+    segments: Uint32Array,
+    chunker: ChunkerSpec,
+    threads: number,
+  ): Promise<{ counts: Uint32Array; lengths: Uint32Array; digests: Buffer }>;
+  compressFrames(
+    data: Buffer,
+    parts: Uint32Array,
+    framePartCounts: Uint32Array,
+    level: number,
+    threads: number,
+  ): Promise<{ data: Buffer; sizes: Uint32Array }>;
+  decompressFrames(data: Buffer, frames: Uint32Array, threads: number): Promise<Buffer>;
+  hashRanges(data: Buffer, ranges: Uint32Array, threads: number): Promise<Buffer>;
+  hashFile(p: string): Promise<string>;
+  compressSync(data: Buffer, level: number): Buffer;
+  decompressSync(data: Buffer, maxLen: number): Buffer;
+  mknod(p: string, kind: 'char' | 'block' | 'fifo', mode: number, major: number, minor: number): void;
+  lsetxattr(p: string, name: string, value: Buffer): void;
+  llistxattr(p: string): string[];
+  lgetxattr(p: string, name: string): Buffer;
+  coreVersion(): string;
+}
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const bindingPath = path.resolve(here, '..', '..', 'native', 'ocichunk.node');
+
+let binding: Binding | undefined;
+function load(): Binding {
+  if (!binding) {
+    try {
+      binding = createRequire(import.meta.url)(bindingPath) as Binding;
+    } catch (e) {
+      throw new OcichunkError(
+        'EINTERNAL',
+        `native core not built (${bindingPath}): run "npm run build" (${(e as Error).message})`,
+      );
+    }
+  }
+  return binding;
+}
+
+function wrapSync<T>(what: string, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    throw withContext(e, what);
+  }
+}
+
+async function wrapAsync<T>(what: string, p: () => Promise<T>): Promise<T> {
+  try {
+    return await p();
+  } catch (e) {
+    throw withContext(e, what);
+  }
+}
+
+export const native = {
+  chunkAndHash: (data: Buffer, segments: Uint32Array, chunker: ChunkerSpec, threads: number) =>
+    wrapAsync('chunking', () => load().chunkAndHash(data, segments, chunker, threads)),
+  compressFrames: (data: Buffer, parts: Uint32Array, counts: Uint32Array, level: number, threads: number) =>
+    wrapAsync('compression', () => load().compressFrames(data, parts, counts, level, threads)),
+  decompressFrames: (data: Buffer, frames: Uint32Array, threads: number) =>
+    wrapAsync('decompression', () => load().decompressFrames(data, frames, threads)),
+  hashRanges: (data: Buffer, ranges: Uint32Array, threads: number) =>
+    wrapAsync('hashing', () => load().hashRanges(data, ranges, threads)),
+  /** SHA-256 digest and size of a file, computed off the JS thread. */
+  hashFile: async (p: string): Promise<{ digest: string; size: number }> => {
+    const r = await wrapAsync(`hashing ${p}`, () => load().hashFile(p));
+    const i = r.lastIndexOf(':');
+    return { digest: r.slice(0, i), size: Number(r.slice(i + 1)) };
+  },
+  compressSync: (data: Buffer, level: number) => wrapSync('compression', () => load().compressSync(data, level)),
+  decompressSync: (data: Buffer, maxLen: number) => wrapSync('decompression', () => load().decompressSync(data, maxLen)),
+  mknod: (p: string, kind: 'char' | 'block' | 'fifo', mode: number, major: number, minor: number) =>
+    wrapSync(`mknod ${p}`, () => load().mknod(p, kind, mode, major, minor)),
+  lsetxattr: (p: string, name: string, value: Buffer) => wrapSync(`setxattr ${p} ${name}`, () => load().lsetxattr(p, name, value)),
+  llistxattr: (p: string) => wrapSync(`listxattr ${p}`, () => load().llistxattr(p)),
+  lgetxattr: (p: string, name: string) => wrapSync(`getxattr ${p} ${name}`, () => load().lgetxattr(p, name)),
+  coreVersion: () => load().coreVersion(),
+};
