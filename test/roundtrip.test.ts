@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { convert, inspectImage, restore, verify } from '../src/index.js';
+import { convert, inspectImage, openChunked, openSource, resolveImage, restore, verify } from '../src/index.js';
 import { image, tmpdir } from './helpers/env.js';
 import { must } from './helpers/run.js';
 import { diffTrees, snapshot, type Node } from './helpers/tree.js';
@@ -47,6 +47,33 @@ describe('restore reproduces the original tree', () => {
     expect(diffTrees(reference, got)).toEqual([]);
     const v = await verify(`oci:${out}:app`);
     expect(v.chunks).toBe(stats.uniqueChunks);
+    fs.rmSync(rootfs, { recursive: true, force: true });
+  });
+
+  it.each([
+    ['fixed 256 KiB chunks', { kind: 'fixed', size: 256 << 10 }],
+    ['one chunk per file', { kind: 'file' }],
+  ] as const)('round-trips with %s', async (name, chunker) => {
+    const slug = name.replace(/[^a-z0-9]+/gi, '-');
+    const out = path.join(work, `out-${slug}`);
+    const r = await convert(`oci:${image('app')}:latest`, `oci:${out}:app`, { chunker: { ...chunker } });
+    const src = await openSource(`oci:${out}:app`);
+    const { toc } = await openChunked(await resolveImage(src));
+    await src.close();
+    for (const l of toc.layers) {
+      for (const e of l.entries) {
+        if (e.type !== 'reg') continue;
+        const lens = e.chunks!.map((c) => toc.chunks[c][3]);
+        if (chunker.kind === 'file') expect(lens.length).toBe(e.size ? 1 : 0); // files are < 64 MiB
+        else lens.forEach((len, i) => expect(len).toBe(i < lens.length - 1 ? 256 << 10 : e.size! - i * (256 << 10)));
+      }
+    }
+    expect(r.uniqueChunks).toBe(toc.chunks.length);
+    const rootfs = path.join(work, `rootfs-${slug}`);
+    await restore(`oci:${out}:app`, rootfs);
+    const got = snapshot(rootfs);
+    got.delete('.');
+    expect(diffTrees(reference, got)).toEqual([]);
     fs.rmSync(rootfs, { recursive: true, force: true });
   });
 
