@@ -9,6 +9,8 @@ export type ErrorCode =
   | 'EDIGEST' // content does not match its digest or size
   | 'EUNSAFE' // paths escaping the root, hostile entries
   | 'EIO' // filesystem errors
+  | 'ENETWORK' // a registry could not be reached, or kept failing after retries
+  | 'EAUTH' // a registry refused our credentials or denied access
   | 'EINTERNAL';
 
 export class OcichunkError extends Error {
@@ -50,5 +52,7 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   EDIGEST: 6,
   EUNSAFE: 7,
   EIO: 8,
+  ENETWORK: 9,
+  EAUTH: 10,
   EINTERNAL: 1,
 };

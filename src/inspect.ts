@@ -3,7 +3,7 @@ import { openChunked, resolveImage, type ChunkedImage } from './chunked/image.js
 import { OcichunkError } from './errors.js';
 import type { EntryType } from './layer/entry.js';
 import { platformString, type Platform } from './oci/types.js';
-import { parseRef, openSource } from './ref.js';
+import { parseRef, openSource, type TransportOptions } from './ref.js';
 import { OciLayoutSource, readLayoutIndex, REF_ANNOTATION } from './transports/oci-layout.js';
 
 export interface ImageStats {
@@ -104,8 +104,8 @@ export function imageStats(c: ChunkedImage, reference: string): ImageStats {
   };
 }
 
-export async function inspectImage(ref: string, platform?: Platform): Promise<ImageStats> {
-  const src = await openSource(ref);
+export async function inspectImage(ref: string, platform?: Platform, transport?: TransportOptions): Promise<ImageStats> {
+  const src = await openSource(ref, transport);
   try {
     return imageStats(await openChunked(await resolveImage(src, platform)), src.name);
   } finally {
@@ -170,11 +170,11 @@ export async function inspectLayout(dir: string, platform?: Platform): Promise<L
 }
 
 /** `oci:DIR` without a reference inspects the whole layout; anything else one image. */
-export async function inspect(ref: string, platform?: Platform): Promise<{ image?: ImageStats; layout?: LayoutStats }> {
+export async function inspect(ref: string, platform?: Platform, transport?: TransportOptions): Promise<{ image?: ImageStats; layout?: LayoutStats }> {
   const r = parseRef(ref);
   if (r.transport === 'oci' && r.ref === undefined) {
     const idx = await readLayoutIndex(r.path);
     if (idx.manifests.length !== 1) return { layout: await inspectLayout(r.path, platform) };
   }
-  return { image: await inspectImage(ref, platform) };
+  return { image: await inspectImage(ref, platform, transport) };
 }

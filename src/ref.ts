@@ -3,7 +3,11 @@ import { OcichunkError } from './errors.js';
 import { DockerArchiveSource, OciArchiveSource } from './transports/archive.js';
 import { OciArchiveSink } from './transports/oci-archive-sink.js';
 import { OciLayoutSink, OciLayoutSource } from './transports/oci-layout.js';
+import { RegistrySink, RegistrySource, formatDockerRef, parseDockerRef, type RegistryTransportOptions } from './transports/registry.js';
 import type { ImageSink, ImageSource } from './transports/types.js';
+
+/** Options for transports that need them (registries); local transports ignore them. */
+export type TransportOptions = RegistryTransportOptions;
 
 export type Transport = 'oci' | 'oci-archive' | 'docker-archive' | 'docker';
 
@@ -36,7 +40,8 @@ export function parseRef(s: string): ImageRef {
       return { transport, path: p, ref };
     }
     case 'docker':
-      if (!rest.startsWith('//')) throw new OcichunkError('EUSAGE', `invalid image reference ${JSON.stringify(s)}: expected docker://HOST/REPO:TAG`);
+      if (!rest.startsWith('//') || rest.length === 2) throw new OcichunkError('EUSAGE', `invalid image reference ${JSON.stringify(s)}: expected docker://HOST/REPO:TAG`);
+      parseDockerRef(rest.slice(2)); // validate now
       return { transport: 'docker', path: rest.slice(2) };
     default:
       throw new OcichunkError('EUNSUPPORTED', `unknown transport ${JSON.stringify(transport)} in ${JSON.stringify(s)}`);
@@ -44,10 +49,10 @@ export function parseRef(s: string): ImageRef {
 }
 
 export function formatRef(r: ImageRef): string {
-  return r.transport === 'docker' ? `docker://${r.path}` : `${r.transport}:${r.path}${r.ref !== undefined ? ':' + r.ref : ''}`;
+  return r.transport === 'docker' ? formatDockerRef(parseDockerRef(r.path)) : `${r.transport}:${r.path}${r.ref !== undefined ? ':' + r.ref : ''}`;
 }
 
-export async function openSource(s: string | ImageRef): Promise<ImageSource> {
+export async function openSource(s: string | ImageRef, opts: TransportOptions = {}): Promise<ImageSource> {
   const r = typeof s === 'string' ? parseRef(s) : s;
   switch (r.transport) {
     case 'oci':
@@ -57,11 +62,11 @@ export async function openSource(s: string | ImageRef): Promise<ImageSource> {
     case 'docker-archive':
       return DockerArchiveSource.open(r.path, r.ref);
     case 'docker':
-      throw new OcichunkError('EUNSUPPORTED', `${formatRef(r)}: the docker:// transport is not available in this version`);
+      return new RegistrySource(parseDockerRef(r.path), opts);
   }
 }
 
-export async function openSink(s: string | ImageRef): Promise<ImageSink> {
+export async function openSink(s: string | ImageRef, opts: TransportOptions = {}): Promise<ImageSink> {
   const r = typeof s === 'string' ? parseRef(s) : s;
   switch (r.transport) {
     case 'oci': {
@@ -74,6 +79,6 @@ export async function openSink(s: string | ImageRef): Promise<ImageSink> {
     case 'docker-archive':
       throw new OcichunkError('EUNSUPPORTED', `${formatRef(r)}: docker-archive cannot hold an image index; write to oci: or oci-archive:`);
     case 'docker':
-      throw new OcichunkError('EUNSUPPORTED', `${formatRef(r)}: the docker:// transport is not available in this version`);
+      return new RegistrySink(parseDockerRef(r.path), opts);
   }
 }

@@ -5,7 +5,7 @@ import { ChunkReader } from './chunked/content.js';
 import { openChunked, resolveImage } from './chunked/image.js';
 import { OcichunkError } from './errors.js';
 import type { Descriptor, Platform } from './oci/types.js';
-import { openSource } from './ref.js';
+import { openSource, type TransportOptions } from './ref.js';
 
 export interface VerifyResult {
   reference: string;
@@ -17,9 +17,9 @@ export interface VerifyResult {
   seconds: number;
 }
 
-export async function verify(ref: string, opts: { platform?: Platform; threads?: number } = {}): Promise<VerifyResult> {
+export async function verify(ref: string, opts: { platform?: Platform; threads?: number; transport?: TransportOptions } = {}): Promise<VerifyResult> {
   const t0 = performance.now();
-  const src = await openSource(ref);
+  const src = await openSource(ref, opts.transport);
   try {
     const img = await resolveImage(src, opts.platform);
     const c = await openChunked(img);

@@ -16,6 +16,8 @@ export class ChunkReader {
   constructor(
     private readonly img: ChunkedImage,
     private readonly threads = 0,
+    /** Positional reads in flight at once (they are HTTP requests for registry sources). */
+    private readonly concurrency = 8,
   ) {}
 
   private reader(pi: number): Promise<RangeReader> {
@@ -49,7 +51,8 @@ export class ChunkReader {
     const outOff = new Map<number, number>();
     let cpos = 0;
     let upos = 0;
-    // coalesce reads of frames adjacent in the same pack
+    // coalesce reads of frames adjacent in the same pack; run the reads concurrently (remote packs)
+    const runs: Array<{ i: number; j: number; pi: number; off: number; end: number; cpos: number }> = [];
     let i = 0;
     while (i < frames.length) {
       const [pi, off] = toc.frames[frames[i]];
@@ -64,10 +67,7 @@ export class ChunkReader {
         end = off + toc.frames[frames[i]][2];
         j = i + 1;
       }
-      const r = await this.reader(pi);
-      const data = await r.read(off, end - off);
-      data.copy(comp, cpos);
-      this.bytesRead += data.length;
+      runs.push({ i, j, pi, off, end, cpos });
       for (let k = i; k < j; k++) {
         const f = toc.frames[frames[k]];
         triplets[k * 3] = cpos + (f[1] - off);
@@ -76,9 +76,20 @@ export class ChunkReader {
         outOff.set(frames[k], upos);
         upos += f[3];
       }
-      cpos += data.length;
+      cpos += end - off;
       i = j;
     }
+    let next = 0;
+    const worker = async () => {
+      while (next < runs.length) {
+        const run = runs[next++];
+        const r = await this.reader(run.pi);
+        const data = await r.read(run.off, run.end - run.off);
+        data.copy(comp, run.cpos);
+        this.bytesRead += data.length;
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(this.concurrency, runs.length) }, worker));
     this.framesRead += frames.length;
     let out: Buffer;
     try {

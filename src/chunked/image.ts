@@ -82,6 +82,11 @@ export async function resolveImage(src: ImageSource, wanted?: Platform): Promise
     if (chunkDesc) chunked = await loadManifest(src, chunkDesc);
     platform = (origDesc ?? chunkDesc)?.platform;
   }
+  if (original && !chunked && src.referrers) {
+    // attached with `convert --attach referrer`: the chunked manifest refers to the original
+    const refs = (await src.referrers(original.desc.digest)).filter((d) => d.artifactType === CMT.artifact);
+    if (refs.length) chunked = await loadManifest(src, refs[refs.length - 1]);
+  }
   const cfgDesc = (original ?? chunked)!.manifest.config;
   const cfgBytes = await src.readBlob(cfgDesc, `${src.name} config ${cfgDesc.digest}`);
   const cfg = parseJson(cfgBytes, `${src.name} config`) as ImageConfig;

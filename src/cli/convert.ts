@@ -1,15 +1,21 @@
 import type { Argv } from 'yargs';
-import { convert, type ConvertProgress } from '../convert/convert.js';
-import { bytes, ratio, table, ProgressLine } from './format.js';
-import { chunkerOf, common, platformOf, parseSize, sourceDateEpoch, type Common } from './options.js';
+import { convert, type ConvertProgress, type ConvertResult } from '../convert/convert.js';
+import type { TransferEvent } from '../transports/types.js';
+import { bar, bytes, ratio, table, ProgressLine } from './format.js';
+import { chunkerOf, common, platformOf, parseSize, sourceDateEpoch, transportOf, type Common } from './options.js';
 
 export const command = 'convert <source> <destination>';
 export const describe = 'Convert an image into a chunked, deduplicated image next to the original manifest';
 
+const REFS = 'oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:REF], docker://HOST/REPO[:TAG]';
+
 export function builder(y: Argv) {
   return common(y)
-    .positional('source', { type: 'string', demandOption: true, describe: 'oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:REF]' })
-    .positional('destination', { type: 'string', demandOption: true, describe: 'oci:DIR[:REF] or oci-archive:FILE[:REF]' })
+    .positional('source', { type: 'string', demandOption: true, describe: REFS })
+    .positional('destination', { type: 'string', demandOption: true, describe: 'oci:DIR[:REF], oci-archive:FILE[:REF] or docker://HOST/REPO[:TAG] (may be the source itself)' })
+    .option('all-platforms', { type: 'boolean', default: false, describe: 'convert every platform of a multi-platform image into one index' })
+    .option('attach', { choices: ['index', 'referrer'], default: 'index', describe: 'index: the tag points to [original, chunked]; referrer: the tag stays, the chunked manifest refers to the original (OCI 1.1 subject)' })
+    .option('concurrency', { type: 'number', default: 4, describe: 'parallel blob uploads to a registry' })
     .option('chunker', { choices: ['cdc', 'fixed', 'file'], default: 'cdc', describe: 'how file contents are cut into chunks' })
     .option('chunk-min', { type: 'string', describe: 'cdc: minimum chunk size (default 16k)' })
     .option('chunk-avg', { type: 'string', describe: 'cdc: average chunk size (default 64k)' })
@@ -19,13 +25,16 @@ export function builder(y: Argv) {
     .option('source-date-epoch', { type: 'number', describe: 'clamp mtimes to this time (default: $SOURCE_DATE_EPOCH, else 0)' })
     .option('keep-mtime', { type: 'boolean', default: false, describe: 'keep file mtimes instead of clamping them' })
     .option('pack-size', { type: 'string', default: '64m', describe: 'target size of pack blobs' })
-    .option('tmpdir', { type: 'string', describe: 'where to spool new chunks during conversion (default: system temp)' });
+    .option('tmpdir', { type: 'string', describe: 'where to spool new chunks and stage uploads (default: system temp)' });
 }
 
 type Args = Common & {
   source: string;
   destination: string;
   chunker: string;
+  'all-platforms': boolean;
+  attach: 'index' | 'referrer';
+  concurrency: number;
   'zstd-level': number;
   'source-date-epoch'?: number;
   'keep-mtime': boolean;
@@ -34,37 +43,65 @@ type Args = Common & {
 };
 
 export async function run(a: Args): Promise<unknown> {
-  const line = new ProgressLine(a.quiet);
+  const line = new ProgressLine(a);
+  let lastPhase = '';
   const onProgress = (p: ConvertProgress) => {
-    if (p.phase === 'scan' || p.phase === 'pack') line.update(`${p.phase} layer ${p.layer! + 1}/${p.layers}`, true);
-    else line.update(p.phase, true);
+    const where = p.platform ? `${p.platform} ` : '';
+    const text = p.phase === 'scan' || p.phase === 'pack' ? `${where}${p.phase} layer ${p.layer! + 1}/${p.layers}` : `${where}${p.phase}`;
+    if (text !== lastPhase) line.event(text);
+    lastPhase = text;
   };
-  const level = a['zstd-level'];
+  const up = { started: 0, done: 0, bytes: 0, total: 0 };
+  const onTransfer = (e: TransferEvent) => {
+    if (e.kind === 'upload' && !e.done) {
+      up.started++;
+      up.total += e.size;
+      line.update(`upload ${bar(up.bytes, up.total)} ${up.done}/${up.started} blobs ${bytes(up.bytes)}/${bytes(up.total)}`);
+      return;
+    }
+    if (e.kind === 'upload') {
+      up.done++;
+      up.bytes += e.size;
+      line.event(`uploaded ${e.digest.slice(0, 19)} ${bytes(e.size)} ${bar(up.bytes, up.total)} ${up.done}/${up.started}`);
+    } else if (e.kind === 'mount') line.event(`mounted ${e.digest.slice(0, 19)} ${bytes(e.size)}`);
+  };
   const r = await convert(a.source, a.destination, {
     platform: platformOf(a),
+    allPlatforms: a['all-platforms'],
+    attach: a.attach,
     chunker: chunkerOf(a as never),
-    zstdLevel: level,
+    zstdLevel: a['zstd-level'],
     threads: a.threads,
     sourceDateEpoch: sourceDateEpoch(a),
     keepMtime: a['keep-mtime'],
     packTarget: parseSize(a['pack-size'], '--pack-size'),
     tmpDir: a.tmpdir,
+    transport: transportOf(a, { concurrency: a.concurrency, tmpDir: a.tmpdir, onTransfer }),
     onProgress,
   }).finally(() => line.done());
   if (a.json) return r;
-  return [
-    `converted ${r.source} -> ${r.destination} (${r.platform})`,
-    table([
-      ['layers / entries / files', `${r.layers} / ${r.entries} / ${r.files}`],
-      ['bytes in (original layers)', bytes(r.bytesIn)],
-      ['file bytes (uncompressed)', bytes(r.fileBytes)],
-      ['chunks (refs / unique)', `${r.chunkRefs} / ${r.uniqueChunks}`],
-      ['chunks new / reused', `${r.newChunks} / ${r.reusedChunks}`],
-      ['dedup ratio', ratio(r.dedupRatio)],
-      ['bytes stored (new packs)', `${bytes(r.bytesStored)} in ${r.newPacks} pack(s)`],
-      ['image frames + TOC', `${bytes(r.imageFrameBytes)} + ${bytes(r.tocBytes)}`],
-      ['time', `${r.seconds.toFixed(2)} s`],
-      ['index', r.index.digest],
-    ]),
-  ].join('\n');
+  return summary(r);
+}
+
+function summary(r: ConvertResult): string {
+  const rows: Array<[string, string]> = [
+    ['layers / entries / files', `${r.layers} / ${r.entries} / ${r.files}`],
+    ['bytes in (original layers)', bytes(r.bytesIn)],
+    ['file bytes (uncompressed)', bytes(r.fileBytes)],
+    ['chunks (refs / unique)', `${r.chunkRefs} / ${r.uniqueChunks}`],
+    ['chunks new / reused', `${r.newChunks} / ${r.reusedChunks}`],
+    ['dedup ratio', ratio(r.dedupRatio)],
+    ['bytes stored (new packs)', `${bytes(r.bytesStored)} in ${r.newPacks} pack(s)`],
+    ['image frames + TOC', `${bytes(r.imageFrameBytes)} + ${bytes(r.tocBytes)}`],
+  ];
+  const t = r.transfer;
+  if (t && t.blobsUploaded !== undefined) {
+    rows.push(['uploaded', `${t.blobsUploaded} blob(s), ${bytes(t.bytesUploaded ?? 0)}`]);
+    rows.push(['skipped (already there)', `${t.blobsSkipped} blob(s), ${bytes(t.bytesSkipped ?? 0)}`]);
+    if (t.blobsMounted) rows.push(['mounted from source repo', `${t.blobsMounted} blob(s), ${bytes(t.bytesMounted ?? 0)}`]);
+  }
+  if (t?.bytesDownloaded !== undefined) rows.push(['downloaded', `${bytes(t.bytesDownloaded)} in ${t.requests} request(s), ${t.retries} retried`]);
+  rows.push(['time', `${r.seconds.toFixed(2)} s`]);
+  rows.push([r.attach === 'referrer' ? `tag (unchanged), referrer via ${r.attachedVia}` : 'index', r.index.digest]);
+  return [`converted ${r.source} -> ${r.destination} (${r.platform})`, table(rows)].join('\n');
 }

@@ -16,7 +16,7 @@ export async function run(a: { out: string }): Promise<unknown> {
   const here = path.dirname(fileURLToPath(import.meta.url));
   const example = path.relative(process.cwd(), path.resolve(here, '..', '..', 'examples', 'debian-mini')) || '.';
   await fs.rm(a.out, { recursive: true, force: true });
-  const base = { json: false, quiet: false, threads: 0 };
+  const base = { json: false, quiet: false, threads: 0, 'plain-http': false, insecure: false, retries: 5 };
   const conv = await convertRun({
     ...base,
     source: `oci:${example}:latest`,
@@ -25,6 +25,9 @@ export async function run(a: { out: string }): Promise<unknown> {
     'zstd-level': 3,
     'keep-mtime': false,
     'pack-size': '64m',
+    'all-platforms': false,
+    attach: 'index',
+    concurrency: 4,
   });
   const insp = await inspectRun({ ...base, image: `oci:${a.out}:latest` });
   return `${String(conv)}\n\n${String(insp)}\n\nnext: npx ocichunk restore oci:${a.out}:latest ./rootfs`;

@@ -19,12 +19,25 @@ export function table(rows: Array<[string, string]>): string {
   return rows.map(([k, v]) => `  ${k.padEnd(w)}  ${v}`).join('\n');
 }
 
-/** Progress on stderr, only on a TTY and unless quiet: one rewritten line. */
+export type ProgressMode = 'auto' | 'tty' | 'plain' | 'none';
+
+/**
+ * Progress on stderr. 'auto': on a TTY one rewritten line, nothing otherwise; 'plain': only
+ * `event()` lines (phase changes, finished transfers), for logs; 'none' (or --quiet): nothing.
+ */
 export class ProgressLine {
   private readonly on: boolean;
+  private readonly plain: boolean;
   private last = 0;
-  constructor(quiet: boolean) {
-    this.on = !quiet && !!process.stderr.isTTY;
+  constructor(a: { quiet: boolean; progress?: ProgressMode }) {
+    const mode = a.quiet ? 'none' : (a.progress ?? 'auto');
+    this.on = mode === 'tty' || (mode === 'auto' && !!process.stderr.isTTY);
+    this.plain = mode === 'plain';
+  }
+  /** A discrete event: shown on the TTY line, or printed as a line of its own. */
+  event(text: string): void {
+    if (this.plain) process.stderr.write(text + '\n');
+    else this.update(text, true);
   }
   update(text: string, force = false): void {
     if (!this.on) return;
@@ -36,4 +49,11 @@ export class ProgressLine {
   done(): void {
     if (this.on) process.stderr.write('\r\x1b[2K');
   }
+}
+
+/** A text progress bar: [#####.....] */
+export function bar(done: number, total: number, width = 20): string {
+  const f = total > 0 ? Math.min(1, done / total) : 0;
+  const n = Math.round(f * width);
+  return `[${'#'.repeat(n)}${'.'.repeat(width - n)}]`;
 }

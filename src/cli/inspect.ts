@@ -1,7 +1,7 @@
 import type { Argv } from 'yargs';
 import { inspect, type ImageStats } from '../inspect.js';
 import { bytes, ratio, table } from './format.js';
-import { common, platformOf, type Common } from './options.js';
+import { common, platformOf, transportOf, type Common } from './options.js';
 
 export const command = 'inspect <image>';
 export const describe = 'Files, chunks, unique chunks, bytes stored and ratios of a chunked image (or of a whole layout)';
@@ -32,7 +32,7 @@ function imageText(s: ImageStats): string {
 }
 
 export async function run(a: Common & { image: string }): Promise<unknown> {
-  const r = await inspect(a.image, platformOf(a));
+  const r = await inspect(a.image, platformOf(a), transportOf(a));
   if (a.json) return r.image ?? r.layout;
   if (r.image) return imageText(r.image);
   const l = r.layout!;

@@ -3,20 +3,49 @@ import type { Argv } from 'yargs';
 import { OcichunkError } from '../errors.js';
 import type { ChunkerSpec } from '../native/index.js';
 import { parsePlatform, type Platform } from '../oci/types.js';
+import type { TransportOptions } from '../ref.js';
+import type { ProgressMode } from './format.js';
 
 export interface Common {
   json: boolean;
   quiet: boolean;
+  progress?: ProgressMode;
   platform?: string;
   threads: number;
+  creds?: string;
+  authfile?: string;
+  'plain-http': boolean;
+  insecure: boolean;
+  retries: number;
 }
 
 export function common<T>(y: Argv<T>) {
   return y
     .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON on stdout' })
-    .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'no progress on stderr' })
+    .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'no progress or retry messages on stderr' })
+    .option('progress', { choices: ['auto', 'tty', 'plain', 'none'] as const, default: 'auto' as const, describe: 'progress on stderr: auto (a live line on a TTY, else none), plain (one line per step/transfer), none' })
     .option('platform', { type: 'string', describe: 'os/arch[/variant] to pick from a multi-platform image (default: this host)' })
-    .option('threads', { type: 'number', default: 0, describe: 'worker threads for hashing/compression (0 = all cores)' });
+    .option('threads', { type: 'number', default: 0, describe: 'worker threads for hashing/compression (0 = all cores)' })
+    .option('creds', { type: 'string', describe: 'registry credentials USER:PASSWORD (default: auth file / credential helpers)' })
+    .option('authfile', { type: 'string', describe: 'auth file (default: $REGISTRY_AUTH_FILE, containers auth.json, ~/.docker/config.json)' })
+    .option('plain-http', { type: 'boolean', default: false, describe: 'talk HTTP to registries (automatic for localhost)' })
+    .option('insecure', { type: 'boolean', default: false, describe: 'do not verify registry TLS certificates' })
+    .option('retries', { type: 'number', default: 5, describe: 'retries of a failing registry request' })
+    .group(['creds', 'authfile', 'plain-http', 'insecure', 'retries'], 'Registry options (docker://):');
+}
+
+/** Registry options from the common flags; retries are reported on stderr unless quiet. */
+export function transportOf(a: Common, extra: TransportOptions = {}): TransportOptions {
+  const creds = a.creds ?? process.env.OCICHUNK_CREDS;
+  return {
+    ...(creds ? { creds } : {}),
+    ...(a.authfile ? { authfile: a.authfile } : {}),
+    plainHttp: a['plain-http'],
+    insecure: a.insecure,
+    retries: a.retries,
+    onRetry: a.quiet ? undefined : (r) => process.stderr.write(`retry ${r.attempt}: ${r.what}: ${r.reason} (waiting ${r.delayMs} ms)\n`),
+    ...extra,
+  };
 }
 
 export function platformOf(a: { platform?: string }): Platform | undefined {

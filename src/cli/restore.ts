@@ -1,7 +1,7 @@
 import type { Argv } from 'yargs';
 import { restore } from '../restore/restore.js';
 import { bytes, table, ProgressLine } from './format.js';
-import { common, platformOf, type Common } from './options.js';
+import { common, platformOf, transportOf, type Common } from './options.js';
 
 export const command = 'restore <source> <target>';
 export const describe = "Materialize a chunked image's root filesystem in a directory";
@@ -13,10 +13,11 @@ export function builder(y: Argv) {
 }
 
 export async function run(a: Common & { source: string; target: string }): Promise<unknown> {
-  const line = new ProgressLine(a.quiet);
+  const line = new ProgressLine(a);
   const r = await restore(a.source, a.target, {
     platform: platformOf(a),
     threads: a.threads,
+    transport: transportOf(a),
     onProgress: (p) => line.update(`layer ${p.layer + 1}/${p.layers}: ${p.entries} entries`, true),
   }).finally(() => line.done());
   if (a.json) return r;

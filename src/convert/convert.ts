@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
-import { resolveImage } from '../chunked/image.js';
+import { resolveImage, type ResolvedImage } from '../chunked/image.js';
 import { encodeToc, toTocEntry, type ChunkRef, type FrameRef, type Toc, type TocEntry } from '../chunked/toc.js';
 import { sha256Digest } from '../store/blobstore.js';
 import { OcichunkError, withContext } from '../errors.js';
@@ -16,10 +16,11 @@ import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
 import { readLayer } from '../layer/tar.js';
 import type { ChunkerSpec } from '../native/index.js';
 import { ANN, CMT, FORMAT_VERSION } from '../oci/chunked-media.js';
-import { MT, layerCompression, platformString, type Descriptor, type ImageIndex, type ImageManifest, type Platform } from '../oci/types.js';
+import { MT, isIndexType, layerCompression, parseManifestDoc, platformString, type Descriptor, type ImageIndex, type ImageManifest, type Platform } from '../oci/types.js';
 import { openSink, openSource } from '../ref.js';
 import type { BlobWriter } from '../store/blobstore.js';
-import type { ImageSink, ImageSource } from '../transports/types.js';
+import type { ImageSink, ImageSource, TransferReport } from '../transports/types.js';
+import type { TransportOptions } from '../ref.js';
 import { Packer } from './packer.js';
 import { ChunkRegistry } from './registry.js';
 import { LayerScanner, OutOfOrder, Spool, maxChunkLength, type ScannedEntry } from './scan.js';
@@ -27,7 +28,9 @@ import { LayerScanner, OutOfOrder, Spool, maxChunkLength, type ScannedEntry } fr
 export const DEFAULT_CHUNKER: ChunkerSpec = { kind: 'cdc', min: 16 << 10, avg: 64 << 10, max: 256 << 10 };
 
 export interface ConvertProgress {
-  phase: 'resolve' | 'scan' | 'pack' | 'write' | 'done';
+  phase: 'resolve' | 'scan' | 'pack' | 'write' | 'upload' | 'done';
+  /** the platform being converted (os/arch[/variant]) */
+  platform?: string;
   layer?: number;
   layers?: number;
   bytes?: number;
@@ -46,14 +49,22 @@ export interface ConvertOptions {
   groupTarget?: number;
   packTarget?: number;
   batchBytes?: number;
+  /** Convert every platform of a multi-platform source into one index (original, chunked per platform). */
+  allPlatforms?: boolean;
+  /**
+   * 'index' (default): the tag points to an index holding the original manifest and the chunked one.
+   * 'referrer': the tag keeps pointing to the original; the chunked manifest is attached to it as an
+   * OCI 1.1 referrer (its `subject` is the original manifest).
+   */
+  attach?: 'index' | 'referrer';
+  /** Registry options (credentials, plain HTTP, retries, upload concurrency) for docker:// references. */
+  transport?: TransportOptions;
   onProgress?: (p: ConvertProgress) => void;
 }
 
-export interface ConvertResult {
-  source: string;
-  destination: string;
+/** What one platform's conversion did. */
+export interface PlatformResult {
   platform: string;
-  index: Descriptor;
   originalManifest: Descriptor;
   chunkedManifest: Descriptor;
   layers: number;
@@ -82,6 +93,20 @@ export interface ConvertResult {
   reusedLayers: number;
   /** fileBytes / uniqueChunkBytes */
   dedupRatio: number;
+}
+
+export interface ConvertResult extends PlatformResult {
+  source: string;
+  destination: string;
+  /** What the destination tag points to: the new index, or (with attach 'referrer') the original. */
+  index: Descriptor;
+  attach: 'index' | 'referrer';
+  /** With attach 'referrer': how the referrer was recorded (referrers API, referrers tag schema, layout entry). */
+  attachedVia?: 'api' | 'tag' | 'layout';
+  /** One entry per converted platform (the top-level figures are their sums). */
+  platforms: PlatformResult[];
+  /** Registry figures: blobs/bytes uploaded, skipped because present, mounted; bytes downloaded. */
+  transfer?: TransferReport;
   seconds: number;
 }
 
@@ -162,6 +187,7 @@ function fromToc(toc: Toc, layer: number, registry: ChunkRegistry): ScannedEntry
 /** Copy an original layer blob into the sink as it is (when the sink lacks it), verifying it. */
 async function copyBlob(src: ImageSource, sink: ImageSink, layer: Descriptor, what: string): Promise<void> {
   if (await sink.hasBlob(layer)) return;
+  if (await sink.mountFrom?.(src, layer)) return;
   const file = src.blobFile?.(layer);
   if (file && sink.stageBlobFile) {
     const staged = await sink.stageBlobFile(file, layer);
@@ -187,7 +213,7 @@ async function copyBlob(src: ImageSource, sink: ImageSink, layer: Descriptor, wh
 
 /** Read one layer through a scanner, copying the original blob into the sink when it lacks it. */
 async function scanLayer(src: ImageSource, sink: ImageSink, layer: Descriptor, what: string, scanner: LayerScanner): Promise<ScannedEntry[]> {
-  const present = await sink.hasBlob(layer);
+  const present = (await sink.hasBlob(layer)) || !!(await sink.mountFrom?.(src, layer));
   const file = present ? undefined : src.blobFile?.(layer);
   // A local blob is linked or copied by the kernel while we read it; its content is verified by
   // our own read. Other blobs are copied as they stream by.
@@ -216,9 +242,9 @@ async function scanLayer(src: ImageSource, sink: ImageSink, layer: Descriptor, w
 }
 
 export async function convert(srcRef: string, dstRef: string, opts: ConvertOptions = {}): Promise<ConvertResult> {
-  const src = await openSource(srcRef);
+  const src = await openSource(srcRef, opts.transport);
   try {
-    const sink = await openSink(dstRef);
+    const sink = await openSink(dstRef, opts.transport);
     try {
       return await convertImage(src, sink, opts);
     } catch (e) {
@@ -230,28 +256,61 @@ export async function convert(srcRef: string, dstRef: string, opts: ConvertOptio
   }
 }
 
+interface Ctx {
+  src: ImageSource;
+  sink: ImageSink;
+  registry: ChunkRegistry;
+  packer: Packer;
+  spool: Spool;
+  scanOpts: ConstructorParameters<typeof LayerScanner>[0];
+  entryOptions: string;
+  chunker: ChunkerSpec;
+  level: number;
+  attach: 'index' | 'referrer';
+  progress: (p: ConvertProgress) => void;
+}
+
+/** The platforms a multi-platform conversion covers: every image manifest of the top index but chunked ones and attestations. */
+async function platformsOf(src: ImageSource): Promise<{ top: { desc: Descriptor; bytes: Buffer }; index?: ImageIndex; platforms: Platform[] }> {
+  const top = await src.getTop();
+  const parsed = parseManifestDoc(top.bytes, top.desc.mediaType, src.name);
+  if (parsed.kind === 'manifest') return { top, platforms: [] };
+  const platforms: Platform[] = [];
+  for (const d of parsed.doc.manifests) {
+    if (isIndexType(d.mediaType) || d.artifactType === CMT.artifact || !d.platform) continue;
+    if (d.platform.os === 'unknown' || d.platform.architecture === 'unknown') continue; // attestations
+    if (!platforms.some((p) => platformString(p) === platformString(d.platform))) platforms.push(d.platform);
+  }
+  return { top, index: parsed.doc, platforms };
+}
+
 export async function convertImage(src: ImageSource, sink: ImageSink, opts: ConvertOptions = {}): Promise<ConvertResult> {
   const t0 = performance.now();
   const chunker = opts.chunker ?? DEFAULT_CHUNKER;
   const level = opts.zstdLevel ?? 3;
   const threads = opts.threads ?? 0;
+  const attach = opts.attach ?? 'index';
   const progress = opts.onProgress ?? (() => {});
   progress({ phase: 'resolve' });
-  const img = await resolveImage(src, opts.platform);
-  const original = img.original;
-  if (!original) {
-    // Converting a chunked image again: start from its original manifest if the index has one.
-    throw new OcichunkError('EUNSUPPORTED', `${src.name}: no original image manifest for ${platformString(img.platform)}`);
+  const { top, index: topIndex, platforms } = await platformsOf(src);
+  const images: ResolvedImage[] = [];
+  if (opts.allPlatforms && topIndex && platforms.length > 0) {
+    for (const p of platforms) images.push(await resolveImage(src, p));
+  } else {
+    images.push(await resolveImage(src, opts.platform));
   }
-  const manifest = original.manifest;
-  for (const [i, l] of manifest.layers.entries()) {
-    if (layerCompression(l.mediaType) === undefined) {
-      throw new OcichunkError('EUNSUPPORTED', `${src.name}: layer ${i} (${l.digest}) has unsupported media type ${l.mediaType}`);
+  for (const img of images) {
+    if (!img.original) {
+      throw new OcichunkError('EUNSUPPORTED', `${src.name}: no original image manifest for ${platformString(img.platform)}`);
+    }
+    for (const [i, l] of img.original.manifest.layers.entries()) {
+      if (layerCompression(l.mediaType) === undefined) {
+        throw new OcichunkError('EUNSUPPORTED', `${src.name}: layer ${i} (${l.digest}) has unsupported media type ${l.mediaType}`);
+      }
     }
   }
   const registry = new ChunkRegistry();
   await registry.loadFromSink(sink);
-  const storedBefore = registry.storedChunks;
   const spool = new Spool(path.join(opts.tmpDir ?? os.tmpdir(), `ocichunk-spool-${process.pid}-${randomBytes(4).toString('hex')}`));
   const batchBytes = opts.batchBytes ?? 8 << 20;
   const groupBelow = opts.groupBelow ?? 32 << 10;
@@ -269,6 +328,100 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   const entryOptions = sha256Digest(
     JSON.stringify({ chunker, sourceDateEpoch: scanOpts.sourceDateEpoch, keepMtime: scanOpts.keepMtime, version: FORMAT_VERSION }),
   ).slice(7, 39);
+  const ctx: Ctx = { src, sink, registry, packer, spool, scanOpts, entryOptions, chunker, level, attach, progress };
+  const results: PlatformResult[] = [];
+  try {
+    for (const img of images) results.push(await convertPlatform(img, ctx));
+  } catch (e) {
+    await packer.abort();
+    throw e;
+  } finally {
+    spool.close();
+  }
+  progress({ phase: 'upload' });
+  let tagDesc: Descriptor;
+  let attachedVia: ConvertResult['attachedVia'];
+  if (attach === 'referrer') {
+    if (!sink.putReferrer) throw new OcichunkError('EUNSUPPORTED', `${sink.name}: cannot hold referrers`);
+    // the tag keeps (or, in another repository, gets) the original top manifest; chunked manifests refer to it
+    // (in place, the tag stays as it is; elsewhere, a partly converted index gives way to the platform's manifest)
+    const whole = !topIndex || images.length > 1 || (await (sink.hasManifest ?? sink.hasBlob).call(sink, top.desc));
+    tagDesc = whole ? top.desc : results[0].originalManifest;
+    if (whole) await sink.putManifest(top.bytes, top.desc.mediaType);
+    for (const r of results) attachedVia = (await sink.putReferrer(r.chunkedManifest, r.originalManifest)).via;
+  } else {
+    let manifests: Descriptor[];
+    let annotations: Record<string, string> | undefined;
+    if (images.length > 1 && topIndex) {
+      // every entry of the original index, in its order, each converted one followed by its chunked manifest
+      manifests = [];
+      for (const d of topIndex.manifests) {
+        if (d.artifactType === CMT.artifact) continue; // a previous conversion's, replaced below
+        manifests.push(d);
+        const r = results.find((x) => x.originalManifest.digest === d.digest);
+        if (r) manifests.push(r.chunkedManifest);
+      }
+      annotations = topIndex.annotations;
+    } else {
+      manifests = [results[0].originalManifest, results[0].chunkedManifest];
+    }
+    const index: ImageIndex = { schemaVersion: 2, mediaType: MT.ociIndex, manifests, ...(annotations ? { annotations } : {}) };
+    const stored = await sink.putManifest(Buffer.from(JSON.stringify(index)), MT.ociIndex);
+    tagDesc = { mediaType: MT.ociIndex, digest: stored.digest, size: stored.size };
+  }
+  // the tag is written last, after every blob and manifest it leads to
+  await sink.setTag(tagDesc);
+  await sink.close();
+  progress({ phase: 'done' });
+  const sum = (k: keyof PlatformResult) => results.reduce((a, r) => a + (r[k] as number), 0);
+  const first = results[0];
+  const fileBytes = sum('fileBytes');
+  const uniqueChunkBytes = sum('uniqueChunkBytes');
+  return {
+    source: src.name,
+    destination: sink.name,
+    ...first,
+    platform: results.map((r) => r.platform).join(','),
+    layers: sum('layers'),
+    entries: sum('entries'),
+    files: sum('files'),
+    fileBytes,
+    bytesIn: sum('bytesIn'),
+    chunkRefs: sum('chunkRefs'),
+    uniqueChunks: sum('uniqueChunks'),
+    uniqueChunkBytes,
+    newChunks: sum('newChunks'),
+    reusedChunks: sum('reusedChunks'),
+    newFrames: sum('newFrames'),
+    newPacks: sum('newPacks'),
+    bytesStored: sum('bytesStored'),
+    imageFrameBytes: sum('imageFrameBytes'),
+    tocBytes: sum('tocBytes'),
+    tocUncompressedBytes: sum('tocUncompressedBytes'),
+    onePassLayers: sum('onePassLayers'),
+    reusedLayers: sum('reusedLayers'),
+    dedupRatio: uniqueChunkBytes ? fileBytes / uniqueChunkBytes : 1,
+    index: tagDesc,
+    attach,
+    ...(attachedVia ? { attachedVia } : {}),
+    platforms: results,
+    ...(sink.transferReport || src.transferReport ? { transfer: { ...src.transferReport?.(), ...sink.transferReport?.() } } : {}),
+    seconds: (performance.now() - t0) / 1000,
+  };
+}
+
+/** One platform: scan and pack every layer, write the TOC, the chunked manifest and the original's blobs. */
+async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformResult> {
+  const { src, sink, registry, packer, spool, scanOpts, entryOptions, chunker } = ctx;
+  const level = ctx.level;
+  const original = img.original!;
+  const platformName = platformString(original.desc.platform ?? img.platform);
+  const progress = (p: ConvertProgress) => ctx.progress({ ...p, platform: platformName });
+  const storedBefore = registry.mark();
+  const packsBefore = packer.packs.length;
+  const framesBefore = packer.frameCount;
+  const bytesBefore = packer.storedBytes;
+  const manifest = original.manifest;
   let reusedLayers = 0;
   const layersOut: Array<{ entries: ScannedEntry[] }> = [];
   let entries = 0;
@@ -323,10 +476,7 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
       layersOut.push({ entries: ordered });
     }
   } catch (e) {
-    await packer.abort();
     throw e;
-  } finally {
-    spool.close();
   }
   progress({ phase: 'write' });
   // Build the TOC: packs, frames and chunks numbered in order of first reference.
@@ -397,19 +547,25 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
       },
       ...toc.packs.map((d) => ({ mediaType: CMT.pack, digest: d, size: packSize(d) })),
     ],
+    ...(ctx.attach === 'referrer' ? { subject: { mediaType: original.desc.mediaType, digest: original.desc.digest, size: original.desc.size } } : {}),
     annotations: {
       [ANN.version]: String(FORMAT_VERSION),
       [ANN.entryOptions]: entryOptions,
       [ANN.sourceLayers]: JSON.stringify(manifest.layers.map((l) => l.digest)),
     },
   };
-  // Original blobs first (config, manifest byte-identical), then the chunked manifest, then the index.
+  // Original blobs first (config, manifest byte-identical), then the chunked manifest.
   await sink.putBlob(img.config.bytes);
-  await sink.putBlob(original.bytes);
+  await sink.putManifest(original.bytes, original.desc.mediaType);
   const chunkedBytes = Buffer.from(JSON.stringify(chunkedManifest));
-  const chunkedStored = await sink.putBlob(chunkedBytes);
+  const chunkedStored = await sink.putManifest(chunkedBytes, MT.ociManifest);
   const platform = original.desc.platform ?? img.platform;
-  const origDesc: Descriptor = { mediaType: original.desc.mediaType, digest: original.desc.digest, size: original.desc.size, platform };
+  const origDesc: Descriptor = {
+    mediaType: original.desc.mediaType,
+    digest: original.desc.digest,
+    size: original.desc.size,
+    platform,
+  };
   const chunkedDesc: Descriptor = {
     mediaType: MT.ociManifest,
     digest: chunkedStored.digest,
@@ -418,18 +574,9 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
     artifactType: CMT.artifact,
     annotations: { [ANN.source]: original.desc.digest },
   };
-  const index: ImageIndex = { schemaVersion: 2, mediaType: MT.ociIndex, manifests: [origDesc, chunkedDesc] };
-  const indexBytes = Buffer.from(JSON.stringify(index));
-  const indexStored = await sink.putBlob(indexBytes);
-  const indexDesc: Descriptor = { mediaType: MT.ociIndex, digest: indexStored.digest, size: indexStored.size };
-  await sink.setTag(indexDesc);
-  await sink.close();
-  progress({ phase: 'done' });
+  progress({ phase: 'write' });
   return {
-    source: src.name,
-    destination: sink.name,
     platform: platformString(platform),
-    index: indexDesc,
     originalManifest: origDesc,
     chunkedManifest: chunkedDesc,
     layers: manifest.layers.length,
@@ -442,15 +589,14 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
     uniqueChunkBytes,
     newChunks: toc.chunks.length - reusedChunks,
     reusedChunks,
-    newFrames: packer.frameCount,
-    newPacks: packer.packs.length,
-    bytesStored: packer.storedBytes,
+    newFrames: packer.frameCount - framesBefore,
+    newPacks: packer.packs.length - packsBefore,
+    bytesStored: packer.storedBytes - bytesBefore,
     imageFrameBytes,
     tocBytes: blob.length,
     tocUncompressedBytes: json.length,
     onePassLayers: onePass - reusedLayers,
     reusedLayers,
     dedupRatio: uniqueChunkBytes ? fileBytes / uniqueChunkBytes : 1,
-    seconds: (performance.now() - t0) / 1000,
   };
 }

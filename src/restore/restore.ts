@@ -10,7 +10,7 @@ import type { TocEntry } from '../chunked/toc.js';
 import { OcichunkError, withContext } from '../errors.js';
 import { native } from '../native/index.js';
 import type { Platform } from '../oci/types.js';
-import { openSource } from '../ref.js';
+import { openSource, type TransportOptions } from '../ref.js';
 import { RootFs } from './rootfs.js';
 
 export interface RestoreOptions {
@@ -18,6 +18,8 @@ export interface RestoreOptions {
   threads?: number;
   /** Uncompressed bytes of file content fetched per batch. */
   batchBytes?: number;
+  /** Registry options for docker:// references. */
+  transport?: TransportOptions;
   onProgress?: (p: { layer: number; layers: number; entries: number }) => void;
 }
 
@@ -34,7 +36,7 @@ export interface RestoreResult {
 }
 
 export async function restore(srcRef: string, target: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
-  const src = await openSource(srcRef);
+  const src = await openSource(srcRef, opts.transport);
   try {
     const img = await openChunked(await resolveImage(src, opts.platform));
     return await restoreChunked(img, target, opts);

@@ -11,6 +11,11 @@ export async function collectChunkedManifests(src: ImageSource, tops: Descriptor
   const out: Descriptor[] = [];
   const seen = new Set<string>();
   for (const top of tops) {
+    if (isChunkedDescriptor(top) && !seen.has(top.digest)) {
+      seen.add(top.digest); // a referrer entry
+      out.push(top);
+      continue;
+    }
     if (!isIndexType(top.mediaType)) continue;
     let bytes: Buffer;
     try {

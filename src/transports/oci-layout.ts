@@ -9,6 +9,8 @@ import type { ImageSink, ImageSource } from './types.js';
 import { isChunkedDescriptor, collectChunkedManifests } from './chunked-scan.js';
 
 export const REF_ANNOTATION = 'org.opencontainers.image.ref.name';
+/** On an index.json entry of a referrer: the digest of the manifest it refers to. */
+export const SUBJECT_ANNOTATION = 'dev.ocichunk.subject';
 
 export async function readLayoutIndex(dir: string): Promise<ImageIndex> {
   let raw: Buffer;
@@ -77,6 +79,10 @@ export class OciLayoutSource implements ImageSource {
   blobFile(desc: Descriptor): string {
     return this.store.blobPath(desc.digest);
   }
+  async referrers(digest: string): Promise<Descriptor[]> {
+    const idx = await readLayoutIndex(this.dir);
+    return idx.manifests.filter((m) => m.annotations?.[SUBJECT_ANNOTATION] === digest);
+  }
   async close(): Promise<void> {}
 }
 
@@ -117,6 +123,18 @@ export class OciLayoutSink implements ImageSink {
   }
   putBlob(bytes: Buffer) {
     return this.store.putBytes(bytes);
+  }
+  putManifest(bytes: Buffer) {
+    return this.store.putBytes(bytes);
+  }
+  /** A referrer in a layout: an untagged entry of index.json, annotated with its subject. */
+  async putReferrer(desc: Descriptor, subject: Descriptor): Promise<{ via: 'layout' }> {
+    const idx = await readLayoutIndex(this.dir);
+    if (!idx.manifests.some((m) => m.digest === desc.digest && !m.annotations?.[REF_ANNOTATION])) {
+      idx.manifests.push({ ...desc, annotations: { ...(desc.annotations ?? {}), [SUBJECT_ANNOTATION]: subject.digest } });
+      await writeFileAtomic(path.join(this.dir, 'index.json'), JSON.stringify({ ...idx, schemaVersion: 2, mediaType: MT.ociIndex }));
+    }
+    return { via: 'layout' };
   }
   stageBlobFile(file: string, desc: Pick<Descriptor, 'digest' | 'size'>) {
     return this.store.stageFile(file, desc);
