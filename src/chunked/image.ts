@@ -9,6 +9,7 @@ import {
   isIndexType,
   parseJson,
   parseManifestDoc,
+  parsePlatform,
   platformMatches,
   platformString,
   type Descriptor,
@@ -68,19 +69,24 @@ export async function resolveImage(src: ImageSource, wanted?: Platform): Promise
       if (p.kind === 'index') index = p.doc;
     }
     const candidates = index.manifests.filter((d) => !isIndexType(d.mediaType));
-    const matching = candidates.filter((d) => platformMatches(d.platform, want));
-    const pool = matching.length ? matching : candidates.length === 1 && !candidates[0].platform ? candidates : [];
-    const origDesc = pool.find((d) => d.artifactType !== CMT.artifact);
+    // a chunked entry's platform is unknown/unknown; its own platform is in an annotation
+    const platformOf = (d: Descriptor): Platform | undefined =>
+      d.artifactType === CMT.artifact && d.annotations?.[ANN.platform] ? parsePlatform(d.annotations[ANN.platform]) : d.platform;
+    const images = candidates.filter((d) => d.artifactType === CMT.artifact || (d.platform?.os !== 'unknown' && d.platform?.architecture !== 'unknown'));
+    const matching = images.filter((d) => platformMatches(platformOf(d), want));
+    const pool = matching.length ? matching : images.length === 1 && !images[0].platform ? images : [];
+    const paired = pool.find((d) => d.artifactType === CMT.artifact)?.annotations?.[ANN.source];
+    const origDesc = pool.find((d) => d.artifactType !== CMT.artifact) ?? candidates.find((d) => d.digest === paired && d.artifactType !== CMT.artifact);
     if (!origDesc && !pool.some((d) => d.artifactType === CMT.artifact)) {
-      const have = [...new Set(candidates.map((d) => platformString(d.platform)))].join(', ');
+      const have = [...new Set(images.filter((d) => d.artifactType !== CMT.artifact).map((d) => platformString(d.platform)))].join(', ');
       throw new OcichunkError('ENOTFOUND', `${src.name}: no image for platform ${platformString(want)} (available: ${have || 'none'})`);
     }
     if (origDesc) original = await loadManifest(src, origDesc);
     const chunkDesc =
-      pool.find((d) => d.artifactType === CMT.artifact && origDesc && d.annotations?.[ANN.source] === origDesc.digest) ??
-      pool.find((d) => d.artifactType === CMT.artifact);
+      candidates.find((d) => d.artifactType === CMT.artifact && origDesc && d.annotations?.[ANN.source] === origDesc.digest) ??
+      (origDesc ? undefined : pool.find((d) => d.artifactType === CMT.artifact));
     if (chunkDesc) chunked = await loadManifest(src, chunkDesc);
-    platform = (origDesc ?? chunkDesc)?.platform;
+    platform = origDesc?.platform ?? (chunkDesc ? platformOf(chunkDesc) : undefined);
   }
   if (original && !chunked && src.referrers) {
     // attached with `convert --attach referrer`: the chunked manifest refers to the original

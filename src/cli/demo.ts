@@ -16,7 +16,7 @@ export async function run(a: { out: string }): Promise<unknown> {
   const here = path.dirname(fileURLToPath(import.meta.url));
   const example = path.relative(process.cwd(), path.resolve(here, '..', '..', 'examples', 'debian-mini')) || '.';
   await fs.rm(a.out, { recursive: true, force: true });
-  const base = { json: false, quiet: false, threads: 0, 'plain-http': false, insecure: false, retries: 5 };
+  const base = { json: false, quiet: false, threads: 0, 'plain-http': false, insecure: false, retries: 5, timeout: 60 };
   const conv = await convertRun({
     ...base,
     source: `oci:${example}:latest`,

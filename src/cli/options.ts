@@ -17,6 +17,7 @@ export interface Common {
   'plain-http': boolean;
   insecure: boolean;
   retries: number;
+  timeout: number;
 }
 
 export function common<T>(y: Argv<T>) {
@@ -31,7 +32,8 @@ export function common<T>(y: Argv<T>) {
     .option('plain-http', { type: 'boolean', default: false, describe: 'talk HTTP to registries (automatic for localhost)' })
     .option('insecure', { type: 'boolean', default: false, describe: 'do not verify registry TLS certificates' })
     .option('retries', { type: 'number', default: 5, describe: 'retries of a failing registry request' })
-    .group(['creds', 'authfile', 'plain-http', 'insecure', 'retries'], 'Registry options (docker://):');
+    .option('timeout', { type: 'number', default: 60, describe: 'seconds without data before a registry connection is given up (and retried)' })
+    .group(['creds', 'authfile', 'plain-http', 'insecure', 'retries', 'timeout'], 'Registry options (docker://):');
 }
 
 /** Registry options from the common flags; retries are reported on stderr unless quiet. */
@@ -43,6 +45,7 @@ export function transportOf(a: Common, extra: TransportOptions = {}): TransportO
     plainHttp: a['plain-http'],
     insecure: a.insecure,
     retries: a.retries,
+    timeoutMs: a.timeout * 1000,
     onRetry: a.quiet ? undefined : (r) => process.stderr.write(`retry ${r.attempt}: ${r.what}: ${r.reason} (waiting ${r.delayMs} ms)\n`),
     ...extra,
   };

@@ -15,7 +15,7 @@ import { OcichunkError, withContext } from '../errors.js';
 import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
 import { readLayer } from '../layer/tar.js';
 import type { ChunkerSpec } from '../native/index.js';
-import { ANN, CMT, FORMAT_VERSION } from '../oci/chunked-media.js';
+import { ANN, CHUNKED_PLATFORM, CMT, FORMAT_VERSION } from '../oci/chunked-media.js';
 import { MT, isIndexType, layerCompression, parseManifestDoc, platformString, type Descriptor, type ImageIndex, type ImageManifest, type Platform } from '../oci/types.js';
 import { openSink, openSource } from '../ref.js';
 import type { BlobWriter } from '../store/blobstore.js';
@@ -566,13 +566,16 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
     size: original.desc.size,
     platform,
   };
+  // Platform unknown/unknown (as BuildKit does for attestations): platform-matching clients
+  // (containerd fetches every manifest that matches) never pull packs; readers pair it with the
+  // original through the source annotation.
   const chunkedDesc: Descriptor = {
     mediaType: MT.ociManifest,
     digest: chunkedStored.digest,
     size: chunkedStored.size,
-    platform,
+    platform: { ...CHUNKED_PLATFORM },
     artifactType: CMT.artifact,
-    annotations: { [ANN.source]: original.desc.digest },
+    annotations: { [ANN.source]: original.desc.digest, [ANN.platform]: platformString(platform) },
   };
   progress({ phase: 'write' });
   return {

@@ -11,9 +11,14 @@ export const CMT = {
   pack: 'application/vnd.ocichunk.pack.v1+zstd',
 } as const;
 
+/** The platform of a chunked manifest's index entry: matches no real platform, so runtimes skip it. */
+export const CHUNKED_PLATFORM = { os: 'unknown', architecture: 'unknown' } as const;
+
 export const ANN = {
   version: 'org.ocichunk.version',
   source: 'org.ocichunk.source.manifest',
+  /** On the chunked manifest's index entry: the original's platform, os/arch[/variant]. */
+  platform: 'org.ocichunk.platform',
   tocUncompressedSize: 'org.ocichunk.toc.uncompressed-size',
   /** JSON array of the original layer digests, in TOC layer order. */
   sourceLayers: 'org.ocichunk.source.layers',

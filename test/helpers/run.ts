@@ -1,5 +1,5 @@
 /** Run commands (our CLI and third-party tools) and capture their output. */
-import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
+import { spawn, spawnSync, type SpawnSyncOptions } from 'node:child_process';
 import path from 'node:path';
 import { REPO } from './env.js';
 
@@ -31,4 +31,17 @@ export function cliJson<T = Record<string, unknown>>(args: string[]): T {
   const r = cli([...args, '--json']);
   if (r.code !== 0) throw new Error(`ocichunk ${args.join(' ')} exited ${r.code}\n${r.stderr}`);
   return JSON.parse(r.stdout) as T;
+}
+
+/** The CLI without blocking this process (needed when this process serves something the CLI talks to). */
+export function cliAsync(args: string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<Ran> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(REPO, 'bin', 'ocichunk.js'), ...args], { env: opts.env ?? process.env });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+  });
 }

@@ -1,0 +1,119 @@
+/**
+ * Debian's docker-registry (the CNCF distribution server) on 127.0.0.1, on a free port, with
+ * filesystem storage in a temp directory, optionally behind htpasswd basic auth; stopped afterwards.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { must } from './run.js';
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Bytes of every file under a directory. */
+export function dirBytes(dir: string): number {
+  let n = 0;
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.isFile()) n += fs.statSync(p).size;
+    }
+  };
+  if (fs.existsSync(dir)) walk(dir);
+  return n;
+}
+
+export class Registry {
+  host = '';
+  readonly data: string;
+  private proc?: ChildProcess;
+  private readonly logFile: string;
+  constructor(
+    readonly dir: string,
+    readonly auth?: { user: string; password: string },
+  ) {
+    this.data = path.join(dir, 'data');
+    this.logFile = path.join(dir, 'registry.log');
+  }
+
+  async start(): Promise<this> {
+    fs.mkdirSync(this.data, { recursive: true });
+    const port = await freePort();
+    this.host = `127.0.0.1:${port}`;
+    const cfg = [
+      'version: 0.1',
+      'log:',
+      '  level: warn',
+      'storage:',
+      '  filesystem:',
+      `    rootdirectory: ${this.data}`,
+      '  delete:',
+      '    enabled: true',
+      'http:',
+      `  addr: ${this.host}`,
+    ];
+    if (this.auth) {
+      const htpasswd = path.join(this.dir, 'htpasswd');
+      fs.writeFileSync(htpasswd, must('htpasswd', ['-Bbn', this.auth.user, this.auth.password]).stdout);
+      cfg.push('auth:', '  htpasswd:', '    realm: ocichunk-test', `    path: ${htpasswd}`);
+    }
+    const file = path.join(this.dir, 'config.yml');
+    fs.writeFileSync(file, cfg.join('\n') + '\n');
+    const out = fs.openSync(this.logFile, 'a');
+    this.proc = spawn('docker-registry', ['serve', file], { stdio: ['ignore', out, out] });
+    for (let i = 0; i < 100; i++) {
+      const up = await new Promise<boolean>((resolve) => {
+        const s = net.connect(port, '127.0.0.1', () => {
+          s.destroy();
+          resolve(true);
+        });
+        s.on('error', () => resolve(false));
+      });
+      if (up) return this;
+      if (this.proc.exitCode !== null) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`docker-registry did not start:\n${fs.readFileSync(this.logFile, 'utf8').slice(-3000)}`);
+  }
+
+  /** skopeo copy (a third-party client puts the test images there). */
+  push(src: string, repoTag: string): void {
+    const creds = this.auth ? ['--dest-creds', `${this.auth.user}:${this.auth.password}`] : [];
+    must('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', ...creds, src, `docker://${this.host}/${repoTag}`]);
+  }
+
+  /** The digest a tag points to, as skopeo sees it (undefined if the tag does not exist). */
+  tagDigest(repoTag: string): string | undefined {
+    const creds = this.auth ? ['--creds', `${this.auth.user}:${this.auth.password}`] : [];
+    try {
+      const raw = must('skopeo', ['inspect', '--raw', '--tls-verify=false', ...creds, `docker://${this.host}/${repoTag}`]).stdout;
+      return 'sha256:' + createHash('sha256').update(raw).digest('hex');
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Bytes of blob data the registry stores. */
+  storedBytes(): number {
+    return dirBytes(path.join(this.data, 'docker', 'registry', 'v2', 'blobs'));
+  }
+
+  async stop(): Promise<void> {
+    if (!this.proc || this.proc.exitCode !== null) return;
+    const exited = new Promise((r) => this.proc!.once('exit', r));
+    this.proc.kill('SIGTERM');
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+    if (this.proc.exitCode === null) this.proc.kill('SIGKILL');
+  }
+}

@@ -1,0 +1,338 @@
+/**
+ * docker:// against a real registry (Debian's docker-registry, started here on 127.0.0.1): in-place
+ * conversion, old clients (skopeo, containerd) unaffected, restore, second-image pushes, mounts,
+ * multi-platform indexes, referrers, htpasswd auth with every credential source, and a
+ * fault-injecting proxy.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Containerd } from './helpers/containerd.js';
+import { image, tmpdir } from './helpers/env.js';
+import { FaultProxy, type Fault } from './helpers/fault-proxy.js';
+import { Registry } from './helpers/registry.js';
+import { cli, cliAsync, cliJson, must } from './helpers/run.js';
+import { diffTrees, snapshot, type Node } from './helpers/tree.js';
+
+interface Transfer {
+  blobsUploaded: number;
+  bytesUploaded: number;
+  blobsSkipped: number;
+  blobsMounted: number;
+  bytesMounted: number;
+  retries: number;
+}
+interface Converted {
+  index: { digest: string };
+  originalManifest: { digest: string };
+  chunkedManifest: { digest: string };
+  platform: string;
+  platforms: Array<{ platform: string; originalManifest: { digest: string }; newChunks: number; reusedChunks: number }>;
+  newPacks: number;
+  newChunks: number;
+  uniqueChunks: number;
+  bytesStored: number;
+  tocBytes: number;
+  layers: number;
+  attach: string;
+  attachedVia?: string;
+  transfer: Transfer;
+}
+
+const sha256 = (b: Buffer | string) => 'sha256:' + createHash('sha256').update(b).digest('hex');
+
+let work: string;
+let reg: Registry;
+let reference: Map<string, Node>;
+
+beforeAll(async () => {
+  work = tmpdir('registry');
+  reg = await new Registry(path.join(work, 'reg')).start();
+  reg.push(`oci:${image('app')}:latest`, 'apps:app');
+  reg.push(`oci:${image('app2')}:latest`, 'apps:app2');
+  const bundle = path.join(work, 'umoci');
+  must('umoci', ['unpack', '--image', `${image('app')}:latest`, bundle]);
+  reference = snapshot(path.join(bundle, 'rootfs'));
+});
+
+afterAll(async () => {
+  await reg?.stop();
+});
+
+describe('docker:// on a registry', () => {
+  let first: Converted;
+  let originalDigest: string;
+
+  it('converts a tag in place: the tag now points to [original, chunked], uploading only packs and the TOC', () => {
+    originalDigest = reg.tagDigest('apps:app')!;
+    first = cliJson<Converted>(['convert', `docker://${reg.host}/apps:app`, `docker://${reg.host}/apps:app`]);
+    expect(first.originalManifest.digest).toBe(originalDigest);
+    expect(reg.tagDigest('apps:app')).toBe(first.index.digest);
+    // the original layers and config were already there: only the new packs and the TOC went up
+    expect(first.transfer.blobsUploaded).toBe(first.newPacks + 1);
+    expect(first.transfer.bytesUploaded).toBe(first.bytesStored + first.tocBytes);
+  });
+
+  it('skopeo copies the converted tag as the original image, manifest byte-identical', () => {
+    const dest = path.join(work, 'skopeo-dir');
+    must('skopeo', ['copy', '--quiet', '--src-tls-verify=false', `docker://${reg.host}/apps:app`, `dir:${dest}`]);
+    const m = fs.readFileSync(path.join(dest, 'manifest.json'));
+    expect(sha256(m)).toBe(originalDigest);
+    const idx = JSON.parse(fs.readFileSync(path.join(image('app'), 'index.json'), 'utf8'));
+    expect(fs.readFileSync(path.join(image('app'), 'blobs', 'sha256', idx.manifests[0].digest.slice(7))).equals(m)).toBe(true);
+  });
+
+  it('restore docker:// gives the tree umoci unpacks from the original; verify and inspect read it too', () => {
+    const rootfs = path.join(work, 'restored');
+    const r = cli(['restore', `docker://${reg.host}/apps:app`, rootfs]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(diffTrees(reference, snapshot(rootfs))).toEqual([]);
+    const v = cli(['verify', `docker://${reg.host}/apps:app`]);
+    expect(v.code, v.stderr).toBe(0);
+    const info = cliJson<{ chunkedManifest: string; uniqueChunks: number }>(['inspect', `docker://${reg.host}/apps:app`]);
+    expect(info.chunkedManifest).toBe(first.chunkedManifest.digest);
+    expect(info.uniqueChunks).toBe(first.uniqueChunks);
+  });
+
+  it('a second image in the same repository uploads only its new chunks (by our report and by the registry disk)', () => {
+    const before = reg.storedBytes();
+    const second = cliJson<Converted>(['convert', `docker://${reg.host}/apps:app2`, `docker://${reg.host}/apps:app2`]);
+    const growth = reg.storedBytes() - before;
+    expect(second.newChunks).toBeLessThan(second.uniqueChunks * 0.05);
+    expect(second.transfer.bytesUploaded).toBe(second.bytesStored + second.tocBytes);
+    expect(second.transfer.bytesUploaded).toBeLessThan(first.transfer.bytesUploaded * 0.02);
+    // what the registry stored: those uploads plus three small manifests (chunked, index; the original was there)
+    expect(growth).toBeGreaterThanOrEqual(second.transfer.bytesUploaded);
+    expect(growth - second.transfer.bytesUploaded).toBeLessThan(16 << 10);
+    // converting again changes nothing and uploads nothing
+    const again = cliJson<Converted>(['convert', `docker://${reg.host}/apps:app2`, `docker://${reg.host}/apps:app2`]);
+    expect(again.index.digest).toBe(second.index.digest);
+    expect(again.transfer.blobsUploaded).toBe(0);
+  });
+
+  it('mounts the original layers from the source repository instead of uploading them', () => {
+    const r = cliJson<Converted>(['convert', `docker://${reg.host}/apps:app`, `docker://${reg.host}/mirror/app:1`]);
+    expect(r.transfer.blobsMounted).toBe(r.layers);
+    expect(reg.tagDigest('mirror/app:1')).toBe(r.index.digest);
+    const dest = path.join(work, 'skopeo-mirror');
+    must('skopeo', ['copy', '--quiet', '--src-tls-verify=false', `docker://${reg.host}/mirror/app:1`, `dir:${dest}`]);
+    expect(sha256(fs.readFileSync(path.join(dest, 'manifest.json')))).toBe(originalDigest);
+  });
+
+  it('writes to an OCI layout from a registry, and from a layout to a registry', () => {
+    const out = path.join(work, 'from-registry');
+    const a = cliJson<Converted>(['convert', `docker://${reg.host}/apps:app`, `oci:${out}:app`]);
+    expect(a.index.digest).toBe(first.index.digest); // same bytes, whatever the transport
+    const b = cliJson<Converted>(['convert', `oci:${image('app')}:latest`, `docker://${reg.host}/from-layout:1`]);
+    expect(b.index.digest).toBe(first.index.digest);
+    expect(b.transfer.blobsUploaded).toBeGreaterThanOrEqual(b.layers + b.newPacks + 1);
+  });
+
+  it('converts every platform of a multi-platform index into one index (--all-platforms)', () => {
+    const b = path.join(work, 'buildah');
+    const bah = (args: string[]) => must('buildah', ['--root', `${b}/root`, '--runroot', `${b}/run`, '--storage-driver', 'vfs', ...args]);
+    bah(['manifest', 'create', 'multi']);
+    bah(['manifest', 'add', '--os', 'linux', '--arch', 'amd64', 'multi', `oci:${image('app')}:latest`]);
+    bah(['manifest', 'add', '--os', 'linux', '--arch', 'arm64', '--variant', 'v8', 'multi', `oci:${image('base')}:latest`]);
+    bah(['manifest', 'push', '--all', '--quiet', '--tls-verify=false', 'multi', `docker://${reg.host}/multi:latest`]);
+    const src = JSON.parse(must('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/multi:latest`]).stdout);
+    const r = cliJson<Converted>(['convert', `docker://${reg.host}/multi:latest`, `docker://${reg.host}/multi:chunked`, '--all-platforms']);
+    expect(r.platforms.map((p) => p.platform)).toEqual(['linux/amd64', 'linux/arm64/v8']);
+    const idx = JSON.parse(must('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/multi:chunked`]).stdout);
+    // per platform: the original entry, unchanged, then the chunked manifest
+    expect(idx.manifests.length).toBe(4);
+    expect(idx.manifests[0]).toEqual(src.manifests[0]);
+    expect(idx.manifests[1].artifactType).toBe('application/vnd.ocichunk.image.v1');
+    expect(idx.manifests[2]).toEqual(src.manifests[1]);
+    // chunked entries match no platform (old clients skip them); their platform is an annotation
+    expect(idx.manifests[3].platform).toEqual({ os: 'unknown', architecture: 'unknown' });
+    expect(idx.manifests[3].annotations['org.ocichunk.platform']).toBe('linux/arm64/v8');
+    expect(idx.manifests[3].annotations['org.ocichunk.source.manifest']).toBe(src.manifests[1].digest);
+    // the arm64 image is the base image: all its chunks were stored with the amd64 one
+    expect(r.platforms[1].newChunks).toBe(0);
+    // skopeo picks the original for each platform
+    const arm = path.join(work, 'skopeo-arm');
+    must('skopeo', ['copy', '--quiet', '--src-tls-verify=false', '--override-arch', 'arm64', '--override-variant', 'v8', `docker://${reg.host}/multi:chunked`, `dir:${arm}`]);
+    expect(sha256(fs.readFileSync(path.join(arm, 'manifest.json')))).toBe(src.manifests[1].digest);
+    const rootfs = path.join(work, 'restored-arm');
+    const rr = cli(['restore', `docker://${reg.host}/multi:chunked`, rootfs, '--platform', 'linux/arm64']);
+    expect(rr.code, rr.stderr).toBe(0);
+    expect(fs.existsSync(path.join(rootfs, 'etc', 'debian_version'))).toBe(true);
+  });
+
+  it('--attach referrer leaves the tag alone and attaches the chunked manifest to the original', () => {
+    reg.push(`oci:${image('base')}:latest`, 'ref:1');
+    const before = reg.tagDigest('ref:1')!;
+    const r = cliJson<Converted>(['convert', `docker://${reg.host}/ref:1`, `docker://${reg.host}/ref:1`, '--attach', 'referrer']);
+    expect(reg.tagDigest('ref:1')).toBe(before);
+    expect(r.attach).toBe('referrer');
+    // this registry has no referrers API: the referrers tag schema holds the chunked manifest
+    expect(r.attachedVia).toBe('tag');
+    const refs = JSON.parse(must('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/ref:${before.replace(':', '-')}`]).stdout);
+    expect(refs.manifests.map((m: { digest: string }) => m.digest)).toEqual([r.chunkedManifest.digest]);
+    const chunked = JSON.parse(must('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/ref@${r.chunkedManifest.digest}`]).stdout);
+    expect(chunked.subject.digest).toBe(before);
+    // and readers find it from the untouched tag
+    const info = cliJson<{ chunkedManifest: string }>(['inspect', `docker://${reg.host}/ref:1`]);
+    expect(info.chunkedManifest).toBe(r.chunkedManifest.digest);
+  });
+
+  it('containerd pulls the converted tag, unpacks only the original layers and runs a program', async () => {
+    const ctrd = new Containerd(tmpdir('containerd-reg'));
+    await ctrd.start();
+    try {
+      const ref = `${reg.host}/apps:app`;
+      const pull = ctrd.ctr(['images', 'pull', '--plain-http', '--snapshotter', 'native', ref]);
+      expect(pull.code, pull.stderr).toBe(0);
+      const run = ctrd.ctr(['run', '--rm', '--snapshotter', 'native', ref, 't-reg', '/bin/sh', '-c', 'cat /etc/debian_version; echo ran-ok']);
+      expect(run.code, run.stderr).toBe(0);
+      expect(run.stdout).toContain('ran-ok');
+      const snaps = ctrd.ctr(['snapshots', '--snapshotter', 'native', 'ls']);
+      expect(snaps.stdout.split('\n').filter((l) => /\bCommitted\b/.test(l)).length).toBe(first.layers);
+      // containerd fetched the original manifest and its blobs, never the chunked manifest or a pack
+      const content = ctrd.ctr(['content', 'ls', '-q']).stdout.trim().split('\n').sort();
+      const m = JSON.parse(must('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/apps@${originalDigest}`]).stdout);
+      expect(content).toEqual([first.index.digest, originalDigest, m.config.digest, ...m.layers.map((l: { digest: string }) => l.digest)].sort());
+    } finally {
+      await ctrd.stop();
+    }
+  });
+
+  it('says clearly what is missing', () => {
+    const noRepo = cli(['inspect', `docker://${reg.host}/nothing/here:1`]);
+    expect(noRepo.code).toBe(3);
+    expect(noRepo.stderr).toContain(`${reg.host}/nothing/here`);
+    const noTag = cli(['restore', `docker://${reg.host}/apps:no-such-tag`, path.join(work, 'x')]);
+    expect(noTag.code).toBe(3);
+    expect(noTag.stderr).toMatch(/not found/);
+    const bad = cli(['inspect', 'docker://127.0.0.1:1/apps:app', '--retries', '0']);
+    expect(bad.code).toBe(9);
+    expect(bad.stderr).toContain('127.0.0.1:1');
+    const digestDest = cli(['convert', `docker://${reg.host}/apps:app`, `docker://${reg.host}/apps@${originalDigest}`]);
+    expect(digestDest.code).toBe(2);
+  });
+});
+
+describe('registry auth (htpasswd)', () => {
+  let sec: Registry;
+  const user = 'tester';
+  const password = 'pa55:word';
+  beforeAll(async () => {
+    sec = await new Registry(path.join(work, 'secure'), { user, password }).start();
+    sec.push(`oci:${image('base')}:latest`, 'secure/base:1');
+  });
+  afterAll(async () => {
+    await sec?.stop();
+  });
+  const env = (extra: Record<string, string>) => ({ env: { ...process.env, HOME: path.join(work, 'nohome'), DOCKER_CONFIG: '', REGISTRY_AUTH_FILE: '', XDG_RUNTIME_DIR: '', ...extra } });
+
+  it('refuses clearly without credentials or with a wrong password', () => {
+    const anon = cli(['inspect', `docker://${sec.host}/secure/base:1`], env({}));
+    expect(anon.code).toBe(10);
+    expect(anon.stderr).toContain(sec.host);
+    expect(anon.stderr).toMatch(/requires a login/);
+    const wrong = cli(['inspect', `docker://${sec.host}/secure/base:1`, '--creds', `${user}:nope`], env({}));
+    expect(wrong.code).toBe(10);
+    expect(wrong.stderr).toMatch(/authentication failed for user tester/);
+  });
+
+  it('converts in place with --creds', () => {
+    const r = cli(['convert', `docker://${sec.host}/secure/base:1`, `docker://${sec.host}/secure/base:1`, '--creds', `${user}:${password}`, '--json'], env({}));
+    expect(r.code, r.stderr).toBe(0);
+    expect(sec.tagDigest('secure/base:1')).toBe((JSON.parse(r.stdout) as Converted).index.digest);
+  });
+
+  it('reads credentials from a Docker config.json, an --authfile and a credential helper', () => {
+    const auth = Buffer.from(`${user}:${password}`).toString('base64');
+    const dockerDir = path.join(work, 'docker-config');
+    fs.mkdirSync(dockerDir, { recursive: true });
+    fs.writeFileSync(path.join(dockerDir, 'config.json'), JSON.stringify({ auths: { [sec.host]: { auth } } }));
+    const viaConfig = cli(['inspect', `docker://${sec.host}/secure/base:1`, '--json'], env({ DOCKER_CONFIG: dockerDir }));
+    expect(viaConfig.code, viaConfig.stderr).toBe(0);
+
+    const authfile = path.join(work, 'auth.json');
+    fs.writeFileSync(authfile, JSON.stringify({ auths: { [`https://${sec.host}`]: { auth } } }));
+    const viaFile = cli(['inspect', `docker://${sec.host}/secure/base:1`, '--authfile', authfile], env({}));
+    expect(viaFile.code, viaFile.stderr).toBe(0);
+
+    // docker-credential-<name> get: reads the server on stdin, prints {Username, Secret}
+    const bin = path.join(work, 'bin');
+    fs.mkdirSync(bin, { recursive: true });
+    const asked = path.join(work, 'helper-asked');
+    const helper = path.join(bin, 'docker-credential-octest');
+    fs.writeFileSync(helper, `#!/bin/sh\n[ "$1" = get ] || exit 1\ncat > ${asked}\nprintf '{"ServerURL":"x","Username":"${user}","Secret":"${password}"}'\n`, { mode: 0o755 });
+    const helperCfg = path.join(work, 'helper-config');
+    fs.mkdirSync(helperCfg, { recursive: true });
+    fs.writeFileSync(path.join(helperCfg, 'config.json'), JSON.stringify({ credHelpers: { [sec.host]: 'octest' } }));
+    const viaHelper = cli(['inspect', `docker://${sec.host}/secure/base:1`], env({ DOCKER_CONFIG: helperCfg, PATH: `${bin}:${process.env.PATH}` }));
+    expect(viaHelper.code, viaHelper.stderr).toBe(0);
+    expect(fs.readFileSync(asked, 'utf8')).toBe(sec.host);
+    // credsStore works the same way, for every registry
+    fs.writeFileSync(path.join(helperCfg, 'config.json'), JSON.stringify({ credsStore: 'octest' }));
+    const viaStore = cli(['inspect', `docker://${sec.host}/secure/base:1`], env({ DOCKER_CONFIG: helperCfg, PATH: `${bin}:${process.env.PATH}` }));
+    expect(viaStore.code, viaStore.stderr).toBe(0);
+  });
+});
+
+describe('a registry behind a faulty network', () => {
+  let proxy: FaultProxy;
+  beforeAll(async () => {
+    proxy = await new FaultProxy(reg.host, () => 'pass').start();
+  });
+  afterAll(async () => {
+    await proxy?.stop();
+  });
+
+  it('completes a conversion through resets, 5xx, 429, slow answers, hangs and cut bodies', async () => {
+    const schedule: Array<[number, Fault]> = [
+      [7, 'reset'],
+      [11, '500'],
+      [13, 'truncate'],
+      [17, '503'],
+      [19, '429'],
+      [23, 'hang'],
+      [5, 'slow'],
+    ];
+    proxy.plan = (_req, n) => schedule.find(([k]) => n % k === 0)?.[1] ?? 'pass';
+    const src = `docker://${proxy.host}/apps:app2`;
+    const dst = `docker://${proxy.host}/faulty/app:1`;
+    const r = await cliAsync(['convert', src, dst, '--json', '--retries', '8', '--timeout', '2', '--quiet']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as Converted;
+    expect(out.transfer.retries).toBeGreaterThan(0);
+    for (const f of ['reset', '500', 'truncate', '503', '429', 'slow'] as Fault[]) expect(proxy.faults[f], f).toBeGreaterThan(0);
+    // what landed is complete and correct (checked directly against the registry)
+    proxy.plan = () => 'pass';
+    const v = cli(['verify', `docker://${reg.host}/faulty/app:1`]);
+    expect(v.code, v.stderr).toBe(0);
+    expect(reg.tagDigest('faulty/app:1')).toBe(out.index.digest);
+    // restore through the faulty proxy too (range reads retried)
+    proxy.plan = (_req, n) => schedule.find(([k]) => n % k === 0)?.[1] ?? 'pass';
+    const rootfs = path.join(work, 'restored-faulty');
+    const rr = await cliAsync(['restore', dst, rootfs, '--retries', '8', '--timeout', '2', '--quiet']);
+    expect(rr.code, rr.stderr).toBe(0);
+  });
+
+  it('fails with a clear error and leaves the tag untouched when the registry keeps failing', async () => {
+    reg.push(`oci:${image('base')}:latest`, 'stuck:1');
+    const before = reg.tagDigest('stuck:1');
+    proxy.plan = (req) => (req.method === 'PUT' || req.method === 'PATCH' ? '500' : 'pass');
+    const r = await cliAsync(['convert', `docker://${proxy.host}/stuck:1`, `docker://${proxy.host}/stuck:1`, '--retries', '1', '--quiet']);
+    expect(r.code).toBe(9);
+    expect(r.stderr).toContain(`${proxy.host}/stuck`);
+    expect(r.stderr).toMatch(/HTTP 500/);
+    proxy.plan = () => 'pass';
+    expect(reg.tagDigest('stuck:1')).toBe(before);
+  });
+
+  it('refuses bytes that do not match their digests', async () => {
+    proxy.plan = () => 'corrupt';
+    const r = await cliAsync(['restore', `docker://${proxy.host}/apps:app`, path.join(work, 'restored-corrupt'), '--quiet']);
+    expect(r.code).toBe(6);
+    expect(r.stderr).toMatch(/does not match|digest mismatch|hashes to/);
+    const c = await cliAsync(['convert', `docker://${proxy.host}/apps:app2`, `oci:${path.join(work, 'corrupt-out')}:x`, '--quiet']);
+    expect(c.code).toBe(6);
+    proxy.plan = () => 'pass';
+  });
+});
