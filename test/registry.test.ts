@@ -6,6 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import type { IncomingMessage } from 'node:http';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Containerd } from './helpers/containerd.js';
@@ -285,30 +286,41 @@ describe('a registry behind a faulty network', () => {
   });
 
   it('completes a conversion through resets, 5xx, 429, slow answers, hangs and cut bodies', async () => {
-    const schedule: Array<[number, Fault]> = [
-      [7, 'reset'],
-      [11, '500'],
-      [13, 'truncate'],
-      [17, '503'],
-      [19, '429'],
-      [23, 'hang'],
-      [5, 'slow'],
-    ];
-    proxy.plan = (_req, n) => schedule.find(([k]) => n % k === 0)?.[1] ?? 'pass';
+    // every kind of fault at least once, on every kind of request, plus periodic resets and slow answers
+    const faultyPlan = () => {
+      const seen = new Map<string, number>();
+      const first: Record<string, Record<number, Fault>> = {
+        'GET blob': { 1: 'truncate', 3: 'reset' },
+        'GET manifest': { 1: '503', 2: 'hang' },
+        'HEAD blob': { 1: '500' },
+        'POST upload': { 1: '429' },
+        'PUT upload': { 1: 'reset' },
+        'PATCH upload': { 1: 'reset' },
+        'PUT manifest': { 1: '500' },
+      };
+      return (req: IncomingMessage, n: number): Fault => {
+        const url = req.url ?? '';
+        const kind = `${req.method} ${/\/blobs\/uploads\//.test(url) ? 'upload' : /\/blobs\//.test(url) ? 'blob' : /\/manifests\//.test(url) ? 'manifest' : 'other'}`;
+        const c = (seen.get(kind) ?? 0) + 1;
+        seen.set(kind, c);
+        return first[kind]?.[c] ?? (n % 9 === 0 ? 'reset' : n % 5 === 0 ? 'slow' : 'pass');
+      };
+    };
+    proxy.plan = faultyPlan();
     const src = `docker://${proxy.host}/apps:app2`;
     const dst = `docker://${proxy.host}/faulty/app:1`;
     const r = await cliAsync(['convert', src, dst, '--json', '--retries', '8', '--timeout', '2', '--quiet']);
     expect(r.code, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout) as Converted;
     expect(out.transfer.retries).toBeGreaterThan(0);
-    for (const f of ['reset', '500', 'truncate', '503', '429', 'slow'] as Fault[]) expect(proxy.faults[f], f).toBeGreaterThan(0);
+    for (const f of ['reset', '500', 'truncate', '503', '429', 'slow', 'hang'] as Fault[]) expect(proxy.faults[f] ?? 0, f).toBeGreaterThan(0);
     // what landed is complete and correct (checked directly against the registry)
     proxy.plan = () => 'pass';
     const v = cli(['verify', `docker://${reg.host}/faulty/app:1`]);
     expect(v.code, v.stderr).toBe(0);
     expect(reg.tagDigest('faulty/app:1')).toBe(out.index.digest);
     // restore through the faulty proxy too (range reads retried)
-    proxy.plan = (_req, n) => schedule.find(([k]) => n % k === 0)?.[1] ?? 'pass';
+    proxy.plan = faultyPlan();
     const rootfs = path.join(work, 'restored-faulty');
     const rr = await cliAsync(['restore', dst, rootfs, '--retries', '8', '--timeout', '2', '--quiet']);
     expect(rr.code, rr.stderr).toBe(0);

@@ -18,6 +18,8 @@ export class ChunkReader {
     private readonly threads = 0,
     /** Positional reads in flight at once (they are HTTP requests for registry sources). */
     private readonly concurrency = 8,
+    /** Bytes between two wanted frames of a pack that may be read to save a request. */
+    private readonly maxGap = img.image.source.remote ? 256 << 10 : 0,
   ) {}
 
   private reader(pi: number): Promise<RangeReader> {
@@ -46,7 +48,7 @@ export class ChunkReader {
       totalC += toc.frames[f][2];
       totalU += toc.frames[f][3];
     }
-    const comp = Buffer.allocUnsafe(totalC);
+    void totalC;
     const triplets = new Uint32Array(frames.length * 3);
     const outOff = new Map<number, number>();
     let cpos = 0;
@@ -58,8 +60,12 @@ export class ChunkReader {
       const [pi, off] = toc.frames[frames[i]];
       let j = i;
       let end = off;
-      while (j < frames.length && toc.frames[frames[j]][0] === pi && toc.frames[frames[j]][1] === end) {
-        end += toc.frames[frames[j]][2];
+      // frames that follow within `maxGap` bytes join the run (the gap is read and dropped): one
+      // request instead of several for remote packs
+      while (j < frames.length && toc.frames[frames[j]][0] === pi) {
+        const [, fo, fc] = toc.frames[frames[j]];
+        if (fo < end || fo - end > (j === i ? 0 : this.maxGap)) break;
+        end = fo + fc;
         j++;
       }
       if (j === i) {
@@ -79,6 +85,7 @@ export class ChunkReader {
       cpos += end - off;
       i = j;
     }
+    const comp = Buffer.allocUnsafe(cpos);
     let next = 0;
     const worker = async () => {
       while (next < runs.length) {

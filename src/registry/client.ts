@@ -88,11 +88,12 @@ function retryAfterMs(res: IncomingMessage): number | undefined {
   return Number.isFinite(t) ? Math.max(0, t - Date.now()) : undefined;
 }
 
-export async function readBody(res: IncomingMessage, max: number, what: string): Promise<Buffer> {
+export async function readBody(res: IncomingMessage, max: number, what: string, stats?: TransferStats): Promise<Buffer> {
   const parts: Buffer[] = [];
   let n = 0;
   for await (const c of res) {
     n += (c as Buffer).length;
+    if (stats) stats.bytesDownloaded += (c as Buffer).length;
     if (n > max) {
       res.destroy();
       throw new OcichunkError('EUNSAFE', `${what}: response larger than ${max} bytes`);
@@ -170,13 +171,7 @@ export class RegistryClient {
     this.stats.requests++;
     return new Promise((resolve, reject) => {
       const mod = url.protocol === 'https:' ? https : http;
-      const req = mod.request(url, { method, headers, agent: this.agent, timeout: this.timeout }, (res) => {
-        // counted when the body ends (a 'data' listener here would start the flow before the caller reads)
-        const sock = res.socket;
-        const before = sock?.bytesRead ?? 0;
-        res.once('end', () => (this.stats.bytesDownloaded += Math.max(0, (sock?.bytesRead ?? 0) - before)));
-        resolve(res);
-      });
+      const req = mod.request(url, { method, headers, agent: this.agent, timeout: this.timeout }, (res) => resolve(res));
       req.on('timeout', () => req.destroy(Object.assign(new Error(`no data for ${this.timeout} ms`), { code: 'ETIMEDOUT' })));
       req.on('error', reject);
       if (body === undefined) req.end();
@@ -331,7 +326,7 @@ export class RegistryClient {
   async getManifest(repo: string, ref: string, what: string): Promise<{ bytes: Buffer; mediaType: string; digest: string }> {
     const res = await this.request({ method: 'GET', url: `/v2/${repo}/manifests/${ref}`, headers: { accept: MANIFEST_ACCEPT }, scopes: RegistryClient.pull(repo), what });
     if (res.statusCode !== 200) await this.fail(res, what, repo);
-    const bytes = await readBody(res, MAX_MANIFEST, what);
+    const bytes = await readBody(res, MAX_MANIFEST, what, this.stats);
     const digest = sha256Digest(bytes);
     if (ref.startsWith('sha256:') && ref !== digest) {
       throw new OcichunkError('EDIGEST', `${what}: ${this.host}/${repo}@${ref} returned content hashing to ${digest}`);
@@ -460,6 +455,7 @@ export class RegistryClient {
         try {
           for await (const c of res) {
             let b = c as Buffer;
+            client.stats.bytesDownloaded += b.length;
             if (skip > 0) {
               if (b.length <= skip) {
                 skip -= b.length;
@@ -505,7 +501,7 @@ export class RegistryClient {
         throw new OcichunkError('ENETWORK', `${what}: ${this.host} answered range ${offset}+${length} with ${res.headers['content-range']}`);
       }
       try {
-        const b = await readBody(res, length, what);
+        const b = await readBody(res, length, what, this.stats);
         if (b.length !== length) throw Object.assign(new Error(`short range: ${b.length} of ${length} bytes`), { code: 'ECONNRESET' });
         return { bytes: b };
       } catch (e) {
@@ -549,13 +545,18 @@ export class RegistryClient {
     return u;
   }
 
-  /** Where the registry says an upload stands: the next offset, or undefined if it forgot the upload. */
-  private async uploadOffset(repo: string, loc: URL, what: string): Promise<number | undefined> {
+  /**
+   * Where the registry says an upload stands: the next offset and the location to go on with, or
+   * undefined if it forgot the upload. (distribution answers "0-0" for an empty upload, so "0-0"
+   * counts as nothing received: our chunks are never one byte.)
+   */
+  private async uploadOffset(repo: string, loc: URL, what: string): Promise<{ offset: number; loc: URL } | undefined> {
     const res = await this.request({ method: 'GET', url: loc, scopes: RegistryClient.push(repo), what });
     await drain(res);
     if (res.statusCode !== 204) return undefined;
-    const m = /^(\d+)-(\d+)$/.exec(String(res.headers.range ?? ''));
-    return m ? Number(m[2]) + 1 : 0;
+    const m = /^(?:bytes=)?(\d+)-(\d+)$/.exec(String(res.headers.range ?? ''));
+    const end = m ? Number(m[2]) : 0;
+    return { offset: end === 0 ? 0 : end + 1, loc: res.headers.location ? new URL(res.headers.location, this.base) : loc };
   }
 
   /**
@@ -615,7 +616,8 @@ export class RegistryClient {
           await this.wait(stalls++, what, `chunk ${off}-${end} failed`);
           const at = await this.uploadOffset(repo, loc, what);
           if (at === undefined) throw new OcichunkError('ENETWORK', `${what}: ${this.host}/${repo} lost the upload session`);
-          off = at;
+          off = at.offset;
+          loc = at.loc;
         }
         const res = await this.request({ method: 'PUT', url: RegistryClient.withDigest(loc, desc.digest), headers: { 'content-length': 0 }, scopes: RegistryClient.push(repo), what, retry: false });
         if (res.statusCode !== 201) await this.fail(res, what, repo);

@@ -11,6 +11,7 @@ import { OcichunkError, withContext } from '../errors.js';
 import { native } from '../native/index.js';
 import type { Platform } from '../oci/types.js';
 import { openSource, type TransportOptions } from '../ref.js';
+import type { TransferReport } from '../transports/types.js';
 import { RootFs } from './rootfs.js';
 
 export interface RestoreOptions {
@@ -31,6 +32,8 @@ export interface RestoreResult {
   files: number;
   fileBytes: number;
   packBytesRead: number;
+  /** Registry figures (bytes downloaded, requests, retries) for docker:// sources. */
+  transfer?: TransferReport;
   ownership: boolean;
   seconds: number;
 }
@@ -139,7 +142,10 @@ export async function restoreChunked(img: ChunkedImage, target: string, opts: Re
           if (pendingBytes >= batchBytes) await flush();
           continue;
         }
-        await flush();
+        // File contents are written in batches. Entries sorted after a pending file never touch it
+        // (paths are unique within a layer; whiteouts and opaque markers concern lower layers and
+        // sort before the entries they precede), except a hardlink, whose target must exist.
+        if (e.type === 'hardlink' || e.path === '.') await flush();
         if (e.path === '.') {
           if (e.type === 'dir') await applyMeta(root, e, what);
           else if (e.type === 'opaque') {
@@ -224,6 +230,7 @@ export async function restoreChunked(img: ChunkedImage, target: string, opts: Re
     files,
     fileBytes,
     packBytesRead: reader.bytesRead,
+    ...(img.image.source.transferReport ? { transfer: img.image.source.transferReport() } : {}),
     ownership: asRoot,
     seconds: (performance.now() - t0) / 1000,
   };

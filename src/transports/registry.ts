@@ -87,6 +87,7 @@ function isManifestLike(mt: string): boolean {
 
 export class RegistrySource implements ImageSource {
   readonly client: RegistryClient;
+  readonly remote = true;
   constructor(
     readonly ref: DockerRef,
     readonly opts: RegistryTransportOptions = {},

@@ -9,6 +9,8 @@ import type { BlobWriter, RangeReader, StagedBlob } from '../store/blobstore.js'
 export interface ImageSource {
   /** Human-readable reference, used in messages. */
   readonly name: string;
+  /** Reads cost a network round trip (readers then coalesce more and run requests in parallel). */
+  readonly remote?: boolean;
   /** The descriptor and bytes the reference points to (an index or a manifest), verified. */
   getTop(): Promise<{ desc: Descriptor; bytes: Buffer }>;
   /** A small blob (manifest, index, config, TOC), verified against the descriptor. */
