@@ -13,6 +13,7 @@ import { Containerd } from './helpers/containerd.js';
 import { image, tmpdir } from './helpers/env.js';
 import { FaultProxy, type Fault } from './helpers/fault-proxy.js';
 import { Registry } from './helpers/registry.js';
+import { TokenServer } from './helpers/token-server.js';
 import { cli, cliAsync, cliJson, must } from './helpers/run.js';
 import { diffTrees, snapshot, type Node } from './helpers/tree.js';
 
@@ -273,6 +274,45 @@ describe('registry auth (htpasswd)', () => {
     fs.writeFileSync(path.join(helperCfg, 'config.json'), JSON.stringify({ credsStore: 'octest' }));
     const viaStore = cli(['inspect', `docker://${sec.host}/secure/base:1`], env({ DOCKER_CONFIG: helperCfg, PATH: `${bin}:${process.env.PATH}` }));
     expect(viaStore.code, viaStore.stderr).toBe(0);
+  });
+});
+
+describe('registry auth (bearer tokens from a token server)', () => {
+  let tokens: TokenServer;
+  let treg: Registry;
+  const user = 'builder';
+  const password = 't0ken-pass';
+  beforeAll(async () => {
+    tokens = await new TokenServer(path.join(work, 'tokens'), { [user]: password }).start();
+    treg = await new Registry(path.join(work, 'token-reg'), { user, password }, tokens.registryAuth()).start();
+    treg.push(`oci:${image('base')}:latest`, 'tok/base:1');
+  });
+  afterAll(async () => {
+    await treg?.stop();
+    await tokens?.stop();
+  });
+
+  it('gets pull, push and mount scopes and converts across repositories', async () => {
+    const noCreds = await cliAsync(['inspect', `docker://${treg.host}/tok/base:1`], { env: { ...process.env, HOME: path.join(work, 'nohome'), DOCKER_CONFIG: '' } });
+    expect(noCreds.code).toBe(10);
+    expect(noCreds.stderr).toContain(treg.host);
+    tokens.reset();
+    const r = await cliAsync(['convert', `docker://${treg.host}/tok/base:1`, `docker://${treg.host}/tok/chunked:1`, '--creds', `${user}:${password}`, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as Converted;
+    expect(out.transfer.blobsMounted).toBe(out.layers);
+    const asked = tokens.asked().map((a) => a.scopes.sort().join(' '));
+    expect(asked).toContain('repository:tok/base:pull');
+    expect(asked).toContain('repository:tok/chunked:pull,push');
+    expect(asked).toContain('repository:tok/base:pull repository:tok/chunked:pull,push'); // the mount
+    expect(tokens.asked().every((a) => a.user === user && a.ok)).toBe(true);
+    const wrong = await cliAsync(['inspect', `docker://${treg.host}/tok/chunked:1`, '--creds', `${user}:nope`]);
+    expect(wrong.code).toBe(10);
+    expect(wrong.stderr).toMatch(/token server refused user builder/);
+    const rootfs = path.join(work, 'restored-token');
+    const rr = await cliAsync(['restore', `docker://${treg.host}/tok/chunked:1`, rootfs, '--creds', `${user}:${password}`]);
+    expect(rr.code, rr.stderr).toBe(0);
+    expect(fs.existsSync(path.join(rootfs, 'etc', 'debian_version'))).toBe(true);
   });
 });
 

@@ -39,9 +39,11 @@ export class Registry {
   readonly data: string;
   private proc?: ChildProcess;
   private readonly logFile: string;
+  /** `auth`: credentials (htpasswd is written for them unless `authConfig` configures another scheme). */
   constructor(
     readonly dir: string,
     readonly auth?: { user: string; password: string },
+    readonly authConfig?: string[],
   ) {
     this.data = path.join(dir, 'data');
     this.logFile = path.join(dir, 'registry.log');
@@ -63,7 +65,8 @@ export class Registry {
       'http:',
       `  addr: ${this.host}`,
     ];
-    if (this.auth) {
+    if (this.authConfig) cfg.push(...this.authConfig);
+    else if (this.auth) {
       const htpasswd = path.join(this.dir, 'htpasswd');
       fs.writeFileSync(htpasswd, must('htpasswd', ['-Bbn', this.auth.user, this.auth.password]).stdout);
       cfg.push('auth:', '  htpasswd:', '    realm: ocichunk-test', `    path: ${htpasswd}`);

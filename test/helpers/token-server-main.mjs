@@ -1,0 +1,46 @@
+// The token server process (see token-server.ts): node token-server-main.mjs KEY.pem CERT.pem USERS.json LOG.jsonl
+// Prints its port on stdout once listening. Checks basic credentials; issues RS256 JWTs with the
+// certificate in the x5c header granting users what they ask for (anonymous callers: nothing);
+// appends {user, scopes} of every request to LOG.jsonl.
+import { createPrivateKey, randomBytes, sign, X509Certificate } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+
+const [keyFile, certFile, usersFile, logFile] = process.argv.slice(2);
+const key = createPrivateKey(fs.readFileSync(keyFile));
+const der = new X509Certificate(fs.readFileSync(certFile)).raw.toString('base64');
+const users = JSON.parse(fs.readFileSync(usersFile, 'utf8'));
+const b64url = (b) => Buffer.from(b).toString('base64url');
+
+const server = http.createServer((req, res) => {
+  const u = new URL(req.url ?? '/', 'http://x');
+  const scopes = u.searchParams.getAll('scope');
+  let user;
+  const auth = req.headers.authorization;
+  if (auth?.startsWith('Basic ')) {
+    const [name, ...rest] = Buffer.from(auth.slice(6), 'base64').toString().split(':');
+    fs.appendFileSync(logFile, JSON.stringify({ user: name, scopes, ok: users[name] === rest.join(':') }) + '\n');
+    if (users[name] !== rest.join(':')) {
+      res.writeHead(401, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ details: 'wrong password' }));
+      return;
+    }
+    user = name;
+  } else fs.appendFileSync(logFile, JSON.stringify({ scopes, ok: true }) + '\n');
+  const access = user
+    ? scopes.map((s) => {
+        const [type, name, actions] = s.split(':');
+        return { type, name, actions: actions.split(',') };
+      })
+    : [];
+  const now = Math.floor(Date.now() / 1000);
+  const header = b64url(JSON.stringify({ alg: 'RS256', typ: 'JWT', x5c: [der] }));
+  const claims = b64url(
+    JSON.stringify({ iss: 'ocichunk-test-issuer', sub: user ?? '', aud: u.searchParams.get('service'), exp: now + 600, nbf: now - 30, iat: now, jti: randomBytes(8).toString('hex'), access }),
+  );
+  const sig = b64url(sign('RSA-SHA256', Buffer.from(`${header}.${claims}`), key));
+  res.writeHead(200, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ token: `${header}.${claims}.${sig}`, expires_in: 600 }));
+});
+server.listen(0, '127.0.0.1', () => process.stdout.write(`${server.address().port}\n`));
+process.on('SIGTERM', () => server.close(() => process.exit(0)));
