@@ -405,9 +405,17 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
     attach,
     ...(attachedVia ? { attachedVia } : {}),
     platforms: results,
-    ...(sink.transferReport || src.transferReport ? { transfer: { ...src.transferReport?.(), ...sink.transferReport?.() } } : {}),
+    ...(sink.transferReport || src.transferReport ? { transfer: mergeReports(src.transferReport?.(), sink.transferReport?.()) } : {}),
     seconds: (performance.now() - t0) / 1000,
   };
+}
+
+/** Source and sink figures; network counters are added up unless both talk to one registry (one client). */
+function mergeReports(a: TransferReport | undefined, b: TransferReport | undefined): TransferReport {
+  if (!a || !b) return { ...a, ...b };
+  const same = a.endpoint !== undefined && a.endpoint === b.endpoint;
+  const add = (k: 'bytesDownloaded' | 'requests' | 'retries') => (same ? (b[k] ?? 0) : (a[k] ?? 0) + (b[k] ?? 0));
+  return { ...b, bytesDownloaded: add('bytesDownloaded'), requests: add('requests'), retries: add('retries') };
 }
 
 /** One platform: scan and pack every layer, write the TOC, the chunked manifest and the original's blobs. */

@@ -136,7 +136,7 @@ export class RegistrySource implements ImageSource {
     }
   }
   transferReport(): TransferReport {
-    return { bytesDownloaded: this.client.stats.bytesDownloaded, requests: this.client.stats.requests, retries: this.client.stats.retries };
+    return { endpoint: this.client.host, bytesDownloaded: this.client.stats.bytesDownloaded, requests: this.client.stats.requests, retries: this.client.stats.retries };
   }
   async close(): Promise<void> {}
 }
@@ -465,6 +465,7 @@ export class RegistrySink implements ImageSink {
 
   transferReport(): TransferReport {
     return {
+      endpoint: this.client.host,
       ...this.report,
       bytesDownloaded: this.client.stats.bytesDownloaded,
       requests: this.client.stats.requests,

@@ -38,6 +38,8 @@ export interface TransferEvent {
 }
 
 export interface TransferReport {
+  /** The registry (host) the figures are about. */
+  endpoint?: string;
   blobsUploaded?: number;
   bytesUploaded?: number;
   /** blobs the destination already had */
