@@ -378,6 +378,23 @@ describe('a registry behind a faulty network', () => {
     expect(reg.tagDigest('stuck:1')).toBe(before);
   });
 
+  it('reads from a registry that ignores Range requests (whole blobs, fetched once)', async () => {
+    const conv = cli(['convert', `oci:${image('app')}:latest`, `docker://${reg.host}/norange/app:1`, '--quiet']);
+    expect(conv.code, conv.stderr).toBe(0);
+    proxy.plan = () => 'norange';
+    const rootfs = path.join(work, 'restored-norange');
+    const r = await cliAsync(['restore', `docker://${proxy.host}/norange/app:1`, rootfs, '--json', '--quiet']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(proxy.faults.norange ?? 0).toBeGreaterThan(0);
+    expect(diffTrees(reference, snapshot(rootfs))).toEqual([]);
+    const out = JSON.parse(r.stdout) as { transfer: { bytesDownloaded: number } };
+    const info = cliJson<{ packBytes: number; tocBytes: number }>(['inspect', `docker://${reg.host}/norange/app:1`]);
+    // each pack came whole, once (plus the small documents), not once per range
+    expect(out.transfer.bytesDownloaded).toBeGreaterThanOrEqual(info.packBytes);
+    expect(out.transfer.bytesDownloaded).toBeLessThan(info.packBytes * 1.05 + info.tocBytes + (64 << 10));
+    proxy.plan = () => 'pass';
+  });
+
   it('refuses bytes that do not match their digests', async () => {
     proxy.plan = () => 'corrupt';
     const r = await cliAsync(['restore', `docker://${proxy.host}/apps:app`, path.join(work, 'restored-corrupt'), '--quiet']);
@@ -386,5 +403,44 @@ describe('a registry behind a faulty network', () => {
     const c = await cliAsync(['convert', `docker://${proxy.host}/apps:app2`, `oci:${path.join(work, 'corrupt-out')}:x`, '--quiet']);
     expect(c.code).toBe(6);
     proxy.plan = () => 'pass';
+  });
+});
+
+describe('registries off localhost: TLS and plain HTTP', () => {
+  // 127.0.0.2 is loopback too, but not "localhost": ocichunk speaks HTTPS to it unless told otherwise
+  let tls: Registry;
+  let plain: Registry;
+  beforeAll(async () => {
+    const dir = path.join(work, 'tls');
+    fs.mkdirSync(dir, { recursive: true });
+    const cert = path.join(dir, 'cert.pem');
+    const key = path.join(dir, 'key.pem');
+    must('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=127.0.0.2', '-addext', 'subjectAltName=IP:127.0.0.2']);
+    tls = await new Registry(path.join(dir, 'reg'), undefined, undefined, { address: '127.0.0.2', tls: { cert, key } }).start();
+    plain = await new Registry(path.join(work, 'plain-reg'), undefined, undefined, { address: '127.0.0.2' }).start();
+    tls.push(`oci:${image('base')}:latest`, 'base:1');
+    plain.push(`oci:${image('base')}:latest`, 'base:1');
+  });
+  afterAll(async () => {
+    await tls?.stop();
+    await plain?.stop();
+  });
+
+  it('verifies certificates unless --insecure, and says so', () => {
+    const refused = cli(['inspect', `docker://${tls.host}/base:1`, '--retries', '0']);
+    expect(refused.code).toBe(9);
+    expect(refused.stderr).toContain(tls.host);
+    expect(refused.stderr).toMatch(/--insecure/);
+    const r = cli(['convert', `docker://${tls.host}/base:1`, `docker://${tls.host}/base:1`, '--insecure', '--json', '--quiet']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(tls.tagDigest('base:1')).toBe((JSON.parse(r.stdout) as Converted).index.digest);
+  });
+
+  it('speaks plain HTTP to other hosts only with --plain-http', () => {
+    const refused = cli(['inspect', `docker://${plain.host}/base:1`, '--retries', '0']);
+    expect(refused.code).toBe(9);
+    expect(refused.stderr).toMatch(/--plain-http/);
+    const r = cli(['convert', `docker://${plain.host}/base:1`, `oci:${path.join(work, 'from-plain')}:base`, '--plain-http', '--quiet']);
+    expect(r.code, r.stderr).toBe(0);
   });
 });

@@ -65,9 +65,18 @@ function isRetriableError(e: unknown): boolean {
   return RETRY_ERRNO.has(err?.code ?? '') || /socket hang up|aborted|premature/i.test(err?.message ?? '');
 }
 
+/** Hosts spoken to in plain HTTP without being asked (as crane and oras do). */
 export function isLocalHost(host: string): boolean {
   const h = host.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
-  return h === 'localhost' || h === '127.0.0.1' || h === '::1' || h.endsWith('.localhost') || /^127\./.test(h);
+  return h === 'localhost' || h === '127.0.0.1' || h === '::1';
+}
+
+/** What to try when TLS goes wrong. */
+function tlsHint(e: NodeJS.ErrnoException): string {
+  const code = e?.code ?? '';
+  if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS_CERT/.test(code)) return ' (to skip certificate verification, use --insecure)';
+  if (code === 'EPROTO' || /wrong version number|packet length too long/.test(e?.message ?? '')) return ' (the registry may speak plain HTTP: use --plain-http)';
+  return '';
 }
 
 function parseChallenge(h: string | undefined): { scheme: string; params: Record<string, string> } | undefined {
@@ -269,7 +278,7 @@ export class RegistryClient {
           await this.wait(attempt++, r.what, (e as Error).message);
           continue;
         }
-        throw new OcichunkError('ENETWORK', `${r.what}: ${this.host}: ${(e as Error).message}`, { cause: e });
+        throw new OcichunkError('ENETWORK', `${r.what}: ${this.host}: ${(e as Error).message}${tlsHint(e as NodeJS.ErrnoException)}`, { cause: e });
       }
       const st = res.statusCode ?? 0;
       if (st === 401 && sameHost && !authRetried) {

@@ -436,17 +436,22 @@ export class RegistrySink implements ImageSink {
 
   async chunkedManifests(): Promise<Descriptor[]> {
     const tags = (await this.client.listTags(this.repo, `${this.name} tags`)).sort().slice(0, 500);
-    const tops: Descriptor[] = [];
-    const src = this.asSource();
-    for (const t of tags) {
-      try {
-        const m = await this.client.getManifest(this.repo, t, `${this.name}:${t}`);
-        if (isIndexType(m.mediaType)) tops.push({ mediaType: m.mediaType, digest: m.digest, size: m.bytes.length });
-      } catch (e) {
-        if (!(e instanceof OcichunkError && e.code === 'ENOTFOUND')) throw e;
+    const found: Array<Descriptor | undefined> = new Array(tags.length);
+    let next = 0;
+    // a few requests at a time; results kept in tag order so the outcome does not depend on timing
+    const worker = async () => {
+      while (next < tags.length) {
+        const i = next++;
+        try {
+          const m = await this.client.getManifest(this.repo, tags[i], `${this.name}:${tags[i]}`);
+          if (isIndexType(m.mediaType)) found[i] = { mediaType: m.mediaType, digest: m.digest, size: m.bytes.length };
+        } catch (e) {
+          if (!(e instanceof OcichunkError && e.code === 'ENOTFOUND')) throw e;
+        }
       }
-    }
-    return collectChunkedManifests(src, tops);
+    };
+    await Promise.all(Array.from({ length: Math.min(8, tags.length) }, worker));
+    return collectChunkedManifests(this.asSource(), found.filter((d): d is Descriptor => !!d));
   }
 
   asSource(): ImageSource {

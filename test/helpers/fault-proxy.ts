@@ -5,7 +5,7 @@
 import http, { type IncomingMessage } from 'node:http';
 import type net from 'node:net';
 
-export type Fault = 'pass' | 'reset' | '500' | '503' | '429' | 'slow' | 'hang' | 'truncate' | 'corrupt';
+export type Fault = 'pass' | 'reset' | '500' | '503' | '429' | 'slow' | 'hang' | 'truncate' | 'corrupt' | 'norange';
 
 export class FaultProxy {
   host = '';
@@ -26,6 +26,9 @@ export class FaultProxy {
       let fault = this.plan(req, n);
       const bodyish = req.method === 'GET' && /\/blobs\/sha256:/.test(req.url ?? '');
       if ((fault === 'truncate' || fault === 'corrupt') && !bodyish) fault = 'pass';
+      if (fault === 'norange' && !req.headers.range) fault = 'pass';
+      // a registry that ignores Range: the header never reaches it, it answers with the whole blob
+      if (fault === 'norange') delete req.headers.range;
       if (fault !== 'pass') this.faults[fault] = (this.faults[fault] ?? 0) + 1;
       if (fault === 'reset') {
         req.socket.destroy();

@@ -9,11 +9,11 @@ import net from 'node:net';
 import path from 'node:path';
 import { must } from './run.js';
 
-export function freePort(): Promise<number> {
+export function freePort(address = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
     s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
+    s.listen(0, address, () => {
       const port = (s.address() as net.AddressInfo).port;
       s.close(() => resolve(port));
     });
@@ -44,6 +44,8 @@ export class Registry {
     readonly dir: string,
     readonly auth?: { user: string; password: string },
     readonly authConfig?: string[],
+    /** Listen on this loopback address (default 127.0.0.1), with TLS when a certificate is given. */
+    readonly listen: { address?: string; tls?: { cert: string; key: string } } = {},
   ) {
     this.data = path.join(dir, 'data');
     this.logFile = path.join(dir, 'registry.log');
@@ -51,8 +53,9 @@ export class Registry {
 
   async start(): Promise<this> {
     fs.mkdirSync(this.data, { recursive: true });
-    const port = await freePort();
-    this.host = `127.0.0.1:${port}`;
+    const address = this.listen.address ?? '127.0.0.1';
+    const port = await freePort(address);
+    this.host = `${address}:${port}`;
     const cfg = [
       'version: 0.1',
       'log:',
@@ -64,6 +67,7 @@ export class Registry {
       '    enabled: true',
       'http:',
       `  addr: ${this.host}`,
+      ...(this.listen.tls ? ['  tls:', `    certificate: ${this.listen.tls.cert}`, `    key: ${this.listen.tls.key}`] : []),
     ];
     if (this.authConfig) cfg.push(...this.authConfig);
     else if (this.auth) {
@@ -77,7 +81,7 @@ export class Registry {
     this.proc = spawn('docker-registry', ['serve', file], { stdio: ['ignore', out, out] });
     for (let i = 0; i < 100; i++) {
       const up = await new Promise<boolean>((resolve) => {
-        const s = net.connect(port, '127.0.0.1', () => {
+        const s = net.connect(port, address, () => {
           s.destroy();
           resolve(true);
         });
