@@ -6,17 +6,7 @@
 #   - stored size vs zstd -3 and gzip -6 of the same layers
 # Usage: benchmarks/convert.sh [IMAGE_LAYOUT_DIR[:TAG]]   (default: the cached `big` test image, built
 #        by test/images/build-images.sh --big). Results: a table on stdout, JSON in $OUT/results.json.
-set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
-cache=${OCICHUNK_IMAGE_CACHE:-$HOME/.cache/ocichunk/images}
-src=${1:-$cache/layouts/big:latest}
-dir=${src%%:*}
-tag=${src#*:}; [ "$tag" = "$src" ] && tag=latest
-if [ ! -d "$dir" ]; then
-  echo "building the benchmark image (test/images/build-images.sh --big)" >&2
-  bash "$repo/test/images/build-images.sh" --big >&2
-fi
+source "$(dirname "$0")/common.sh"
 command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
 OUT=${OUT:-$(mktemp -d /tmp/ocichunk-bench-XXXXXX)}
 mkdir -p "$OUT"
@@ -34,12 +24,7 @@ PY
 layers=$(python3 -c "import json,sys;print(' '.join(l['digest'].split(':')[1] for l in json.load(open(sys.argv[1]))['layers']))" "$dir/blobs/sha256/$manifest")
 raw="$OUT/layers.tar"; : > "$raw"
 for l in $layers; do
-  f="$dir/blobs/sha256/$l"
-  case "$(head -c2 "$f" | od -An -tx1 | tr -d ' ')" in
-    1f8b) gzip -dc "$f" >> "$raw" ;;
-    28b5) zstd -dc "$f" >> "$raw" ;;
-    *) cat "$f" >> "$raw" ;;
-  esac
+  append_uncompressed "$dir/blobs/sha256/$l" "$raw"
 done
 rawsize=$(stat -c %s "$raw")
 # warm the page cache for everyone

@@ -14,17 +14,7 @@
 # gzip blobs instead of recompressing them.)
 # Usage: benchmarks/registry.sh [IMAGE_LAYOUT_DIR[:TAG]]   (default: the cached `big` test image,
 #        built by test/images/build-images.sh --big). Results: a table on stdout, JSON in $OUT/results.json.
-set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
-cache=${OCICHUNK_IMAGE_CACHE:-$HOME/.cache/ocichunk/images}
-src=${1:-$cache/layouts/big:latest}
-dir=${src%%:*}
-tag=${src#*:}; [ "$tag" = "$src" ] && tag=latest
-if [ ! -d "$dir" ]; then
-  echo "building the benchmark image (test/images/build-images.sh --big)" >&2
-  bash "$repo/test/images/build-images.sh" --big >&2
-fi
+source "$(dirname "$0")/common.sh"
 for c in docker-registry skopeo zstd bc python3 curl; do command -v "$c" > /dev/null || { echo "needs $c (npm test's pretest installs it)" >&2; exit 1; }; done
 OUT=${OUT:-$(mktemp -d /tmp/ocichunk-registry-bench-XXXXXX)}
 mkdir -p "$OUT"
@@ -86,12 +76,7 @@ rm -rf "$OUT/rebuild"
 raw="$OUT/layers.tar"; : > "$raw"
 manifest=$(skopeo inspect --raw --tls-verify=false "docker://$src_reg/big:1")
 for l in $(echo "$manifest" | python3 -c 'import json,sys;print(" ".join(l["digest"].split(":")[1] for l in json.load(sys.stdin)["layers"]))'); do
-  f=$(find "$OUT/source" -path "*/blobs/sha256/*/$l/data")
-  case "$(head -c2 "$f" | od -An -tx1 | tr -d ' ')" in
-    1f8b) gzip -dc "$f" >> "$raw" ;;
-    28b5) zstd -dc "$f" >> "$raw" ;;
-    *) cat "$f" >> "$raw" ;;
-  esac
+  append_uncompressed "$(find "$OUT/source" -path "*/blobs/sha256/*/$l/data")" "$raw"
 done
 rawsize=$(stat -c %s "$raw")
 zstd_t=$(t zstd -q -3 -T0 -f "$raw" -o "$OUT/layers.tar.zst")

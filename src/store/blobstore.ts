@@ -92,52 +92,19 @@ export class BlobStore {
 
   async createWriter(): Promise<BlobWriter> {
     await fsp.mkdir(this.dir, { recursive: true });
-    const tmp = path.join(this.dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
-    const fh = await fsp.open(tmp, 'wx', 0o644);
-    let size = 0;
-    let closed = false;
-    const close = async () => {
-      if (!closed) {
-        closed = true;
-        await fh.close();
-      }
-    };
-    const store = this;
+    const t = await createTempBlob(path.join(this.dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`), 0o644);
     return {
       get size() {
-        return size;
+        return t.size;
       },
-      async write(chunk: Buffer) {
-        size += chunk.length;
-        let off = 0;
-        while (off < chunk.length) {
-          const { bytesWritten } = await fh.write(chunk, off, chunk.length - off);
-          off += bytesWritten;
-        }
+      write: (chunk: Buffer) => t.write(chunk),
+      commit: async (expected) => {
+        const got = await t.finish(expected);
+        if (await this.has(got.digest, got.size)) await t.discard();
+        else await fsp.rename(t.path, this.blobPath(got.digest));
+        return got;
       },
-      async commit(expected) {
-        await close();
-        // hashed off the JS thread, from the page cache
-        const { digest } = await native.hashFile(tmp);
-        if (expected && (expected.digest !== digest || (expected.size !== undefined && expected.size !== size))) {
-          await fsp.rm(tmp, { force: true });
-          throw new OcichunkError(
-            'EDIGEST',
-            `blob ${expected.digest}: content hashes to ${digest} (${size} bytes, expected ${expected.size ?? '?'})`,
-          );
-        }
-        const dest = store.blobPath(digest);
-        if (await store.has(digest, size)) {
-          await fsp.rm(tmp, { force: true });
-        } else {
-          await fsp.rename(tmp, dest);
-        }
-        return { digest, size };
-      },
-      async abort() {
-        await close().catch(() => {});
-        await fsp.rm(tmp, { force: true });
-      },
+      abort: () => t.discard(),
     };
   }
 
@@ -258,6 +225,54 @@ export interface RangeReader {
   readonly size: number;
   read(offset: number, length: number): Promise<Buffer>;
   close(): Promise<void>;
+}
+
+/** A temp file written by appends; `finish` closes it, hashes it (natively) and checks it. */
+export interface TempBlob {
+  readonly path: string;
+  readonly size: number;
+  write(chunk: Buffer): Promise<void>;
+  /** Close and hash; on a mismatch with `expected` the file is removed and EDIGEST thrown. */
+  finish(expected?: { digest: string; size?: number }): Promise<{ digest: string; size: number }>;
+  /** Close and remove. */
+  discard(): Promise<void>;
+}
+
+export async function createTempBlob(file: string, mode: number): Promise<TempBlob> {
+  const fh = await fsp.open(file, 'wx', mode);
+  let size = 0;
+  let closed = false;
+  const close = async () => {
+    if (!closed) {
+      closed = true;
+      await fh.close();
+    }
+  };
+  return {
+    path: file,
+    get size() {
+      return size;
+    },
+    async write(chunk: Buffer) {
+      size += chunk.length;
+      let off = 0;
+      while (off < chunk.length) off += (await fh.write(chunk, off, chunk.length - off)).bytesWritten;
+    },
+    async finish(expected) {
+      await close();
+      // hashed off the JS thread, from the page cache
+      const { digest } = await native.hashFile(file);
+      if (expected && (expected.digest !== digest || (expected.size !== undefined && expected.size !== size))) {
+        await fsp.rm(file, { force: true });
+        throw new OcichunkError('EDIGEST', `blob ${expected.digest}: content hashes to ${digest} (${size} bytes, expected ${expected.size ?? '?'})`);
+      }
+      return { digest, size };
+    },
+    async discard() {
+      await close().catch(() => {});
+      await fsp.rm(file, { force: true });
+    },
+  };
 }
 
 /** Atomically replace a small file (temp + rename). */

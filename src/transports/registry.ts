@@ -13,10 +13,9 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { OcichunkError } from '../errors.js';
-import { native } from '../native/index.js';
 import { MT, isIndexType, isManifestType, parseManifestDoc, type Descriptor, type ImageIndex } from '../oci/types.js';
 import { clientFor, type RegistryClient, type RegistryOptions } from '../registry/client.js';
-import { sha256Digest, type BlobWriter, type RangeReader, type StagedBlob } from '../store/blobstore.js';
+import { createTempBlob, sha256Digest, type BlobWriter, type RangeReader, type StagedBlob } from '../store/blobstore.js';
 import { collectChunkedManifests } from './chunked-scan.js';
 import type { ImageSink, ImageSource, TransferEvent, TransferReport } from './types.js';
 
@@ -309,48 +308,33 @@ export class RegistrySink implements ImageSink {
 
   async createBlobWriter(): Promise<BlobWriter> {
     await fsp.mkdir(this.tmpDir, { recursive: true });
-    const tmp = path.join(this.tmpDir, `ocichunk-upload-${process.pid}-${randomBytes(6).toString('hex')}`);
-    this.temps.add(tmp);
-    const fh = await fsp.open(tmp, 'wx', 0o600);
-    let size = 0;
-    let closed = false;
-    const close = async () => {
-      if (!closed) {
-        closed = true;
-        await fh.close();
-      }
-    };
+    const t = await createTempBlob(path.join(this.tmpDir, `ocichunk-upload-${process.pid}-${randomBytes(6).toString('hex')}`), 0o600);
+    this.temps.add(t.path);
     const remove = async () => {
-      this.temps.delete(tmp);
-      await fsp.rm(tmp, { force: true });
+      this.temps.delete(t.path);
+      await t.discard();
     };
     return {
       get size() {
-        return size;
+        return t.size;
       },
-      write: async (chunk: Buffer) => {
-        size += chunk.length;
-        let off = 0;
-        while (off < chunk.length) off += (await fh.write(chunk, off, chunk.length - off)).bytesWritten;
-      },
+      write: (chunk: Buffer) => t.write(chunk),
       commit: async (expected) => {
-        await close();
-        const { digest } = await native.hashFile(tmp);
-        if (expected && (expected.digest !== digest || (expected.size !== undefined && expected.size !== size))) {
-          await remove();
-          throw new OcichunkError('EDIGEST', `blob ${expected.digest}: content hashes to ${digest} (${size} bytes, expected ${expected.size ?? '?'})`);
+        let got: { digest: string; size: number };
+        try {
+          got = await t.finish(expected);
+        } catch (e) {
+          this.temps.delete(t.path);
+          throw e;
         }
         this.rethrow();
-        if (this.known.has(digest) || this.uploads.has(digest)) {
-          this.count('skip', { digest, size });
+        if (this.known.has(got.digest) || this.uploads.has(got.digest)) {
+          this.count('skip', got);
           await remove();
-        } else this.enqueue(tmp, { digest, size }, remove);
-        return { digest, size };
+        } else this.enqueue(t.path, got, remove);
+        return got;
       },
-      abort: async () => {
-        await close().catch(() => {});
-        await remove();
-      },
+      abort: remove,
     };
   }
 

@@ -2,7 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { sh } from './run.js';
+import { sh, stopProcess } from './run.js';
 
 export class Containerd {
   readonly sock: string;
@@ -45,11 +45,7 @@ export class Containerd {
   }
 
   async stop(): Promise<void> {
-    if (!this.proc || this.proc.exitCode !== null) return;
-    const exited = new Promise((r) => this.proc!.once('exit', r));
-    this.proc.kill('SIGTERM');
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
-    if (this.proc.exitCode === null) this.proc.kill('SIGKILL');
+    await stopProcess(this.proc);
     // leave no mounts behind
     sh('sh', ['-c', `grep -o '${this.dir}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l`]);
   }

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { must } from './run.js';
+import { must, stopProcess } from './run.js';
 
 export function freePort(address = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -117,10 +117,6 @@ export class Registry {
   }
 
   async stop(): Promise<void> {
-    if (!this.proc || this.proc.exitCode !== null) return;
-    const exited = new Promise((r) => this.proc!.once('exit', r));
-    this.proc.kill('SIGTERM');
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
-    if (this.proc.exitCode === null) this.proc.kill('SIGKILL');
+    await stopProcess(this.proc);
   }
 }

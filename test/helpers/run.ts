@@ -1,5 +1,5 @@
 /** Run commands (our CLI and third-party tools) and capture their output. */
-import { spawn, spawnSync, type SpawnSyncOptions } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess, type SpawnSyncOptions } from 'node:child_process';
 import path from 'node:path';
 import { REPO } from './env.js';
 
@@ -44,4 +44,13 @@ export function cliAsync(args: string[], opts: { env?: NodeJS.ProcessEnv } = {})
     child.on('error', reject);
     child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
   });
+}
+
+/** SIGTERM a helper daemon, SIGKILL it if it is still there after 5 s. */
+export async function stopProcess(proc: ChildProcess | undefined): Promise<void> {
+  if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+  const exited = new Promise((r) => proc.once('exit', r));
+  proc.kill('SIGTERM');
+  await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+  if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
 }

@@ -1,0 +1,23 @@
+# Sourced by the benchmark scripts: resolves the image argument (default: the cached `big` test
+# image, built on demand) into $repo, $dir (layout directory) and $tag, and sets `t` (seconds a
+# command takes, its stdout dropped).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[1]}")" && pwd)
+repo=$(dirname "$here")
+cache=${OCICHUNK_IMAGE_CACHE:-$HOME/.cache/ocichunk/images}
+src=${1:-$cache/layouts/big:latest}
+dir=${src%%:*}
+tag=${src#*:}; [ "$tag" = "$src" ] && tag=latest
+if [ ! -d "$dir" ]; then
+  echo "building the benchmark image (test/images/build-images.sh --big)" >&2
+  bash "$repo/test/images/build-images.sh" --big >&2
+fi
+
+# append_uncompressed BLOB OUT: the layer's tar bytes (gunzipped or unzstd'ed as needed) appended to OUT
+append_uncompressed() {
+  case "$(head -c2 "$1" | od -An -tx1 | tr -d ' ')" in
+    1f8b) gzip -dc "$1" >> "$2" ;;
+    28b5) zstd -dc "$1" >> "$2" ;;
+    *) cat "$1" >> "$2" ;;
+  esac
+}
