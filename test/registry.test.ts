@@ -137,13 +137,16 @@ describe('docker:// on a registry', () => {
     bah(['manifest', 'create', 'multi']);
     bah(['manifest', 'add', '--os', 'linux', '--arch', 'amd64', 'multi', `oci:${image('app')}:latest`]);
     bah(['manifest', 'add', '--os', 'linux', '--arch', 'arm64', '--variant', 'v8', 'multi', `oci:${image('base')}:latest`]);
+    // an entry no platform matches, as BuildKit's attestation manifests: kept, not converted
+    bah(['manifest', 'add', '--os', 'unknown', '--arch', 'unknown', 'multi', `oci:${image('app2')}:latest`]);
     bah(['manifest', 'push', '--all', '--quiet', '--tls-verify=false', 'multi', `docker://${reg.host}/multi:latest`]);
     const src = JSON.parse(must('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/multi:latest`]).stdout);
     const r = cliJson<Converted>(['convert', `docker://${reg.host}/multi:latest`, `docker://${reg.host}/multi:chunked`, '--all-platforms']);
     expect(r.platforms.map((p) => p.platform)).toEqual(['linux/amd64', 'linux/arm64/v8']);
     const idx = JSON.parse(must('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/multi:chunked`]).stdout);
-    // per platform: the original entry, unchanged, then the chunked manifest
-    expect(idx.manifests.length).toBe(4);
+    // per platform: the original entry, unchanged, then the chunked manifest; other entries kept
+    expect(idx.manifests.length).toBe(5);
+    expect(idx.manifests[4]).toEqual(src.manifests[2]);
     expect(idx.manifests[0]).toEqual(src.manifests[0]);
     expect(idx.manifests[1].artifactType).toBe('application/vnd.ocichunk.image.v1');
     expect(idx.manifests[2]).toEqual(src.manifests[1]);
@@ -161,6 +164,12 @@ describe('docker:// on a registry', () => {
     const rr = cli(['restore', `docker://${reg.host}/multi:chunked`, rootfs, '--platform', 'linux/arm64']);
     expect(rr.code, rr.stderr).toBe(0);
     expect(fs.existsSync(path.join(rootfs, 'etc', 'debian_version'))).toBe(true);
+    // into another repository, the entries that were not converted come along with their blobs
+    const other = cliJson<Converted>(['convert', `docker://${reg.host}/multi:latest`, `docker://${reg.host}/multi-copy:1`, '--all-platforms']);
+    expect(other.index.digest).toBe(r.index.digest);
+    const copied = path.join(work, 'skopeo-unknown');
+    must('skopeo', ['copy', '--quiet', '--src-tls-verify=false', `docker://${reg.host}/multi-copy@${src.manifests[2].digest}`, `dir:${copied}`]);
+    expect(sha256(fs.readFileSync(path.join(copied, 'manifest.json')))).toBe(src.manifests[2].digest);
   });
 
   it('--attach referrer leaves the tag alone and attaches the chunked manifest to the original', () => {
@@ -213,6 +222,15 @@ describe('docker:// on a registry', () => {
     expect(bad.stderr).toContain('127.0.0.1:1');
     const digestDest = cli(['convert', `docker://${reg.host}/apps:app`, `docker://${reg.host}/apps@${originalDigest}`]);
     expect(digestDest.code).toBe(2);
+    // a layer blob the registry lost: a clear error naming it (no hang, no crash)
+    reg.push(`oci:${image('base')}:latest`, 'broken:1');
+    const m = JSON.parse(must('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/broken:1`]).stdout);
+    const layer = m.layers[0].digest as string;
+    must('curl', ['-fsS', '-X', 'DELETE', `http://${reg.host}/v2/broken/blobs/${layer}`]);
+    const lost = cli(['convert', `docker://${reg.host}/broken:1`, `oci:${path.join(work, 'broken-out')}:x`]);
+    expect(lost.code).toBe(3);
+    expect(lost.stderr).toContain(layer);
+    expect(lost.stderr).toContain(`${reg.host}/broken`);
   });
 });
 
@@ -283,7 +301,7 @@ describe('registry auth (bearer tokens from a token server)', () => {
   const user = 'builder';
   const password = 't0ken-pass';
   beforeAll(async () => {
-    tokens = await new TokenServer(path.join(work, 'tokens'), { [user]: password }).start();
+    tokens = await new TokenServer(path.join(work, 'tokens'), { [user]: password }, { 'rt-4711': user }).start();
     treg = await new Registry(path.join(work, 'token-reg'), { user, password }, tokens.registryAuth()).start();
     treg.push(`oci:${image('base')}:latest`, 'tok/base:1');
   });
@@ -313,6 +331,21 @@ describe('registry auth (bearer tokens from a token server)', () => {
     const rr = await cliAsync(['restore', `docker://${treg.host}/tok/chunked:1`, rootfs, '--creds', `${user}:${password}`]);
     expect(rr.code, rr.stderr).toBe(0);
     expect(fs.existsSync(path.join(rootfs, 'etc', 'debian_version'))).toBe(true);
+  });
+
+  it('trades an identity token from the auth file for access tokens (OAuth2 refresh grant)', async () => {
+    const cfg = path.join(work, 'identity-config');
+    fs.mkdirSync(cfg, { recursive: true });
+    const entry = { auth: Buffer.from(`${user}:`).toString('base64'), identitytoken: 'rt-4711' };
+    fs.writeFileSync(path.join(cfg, 'config.json'), JSON.stringify({ auths: { [treg.host]: entry } }));
+    tokens.reset();
+    const r = await cliAsync(['inspect', `docker://${treg.host}/tok/chunked:1`, '--json'], { env: { ...process.env, DOCKER_CONFIG: cfg } });
+    expect(r.code, r.stderr).toBe(0);
+    expect(tokens.asked().some((a) => a.grant === 'refresh_token' && a.user === user && a.ok)).toBe(true);
+    fs.writeFileSync(path.join(cfg, 'config.json'), JSON.stringify({ auths: { [treg.host]: { ...entry, identitytoken: 'rt-wrong' } } }));
+    const bad = await cliAsync(['inspect', `docker://${treg.host}/tok/chunked:1`], { env: { ...process.env, DOCKER_CONFIG: cfg } });
+    expect(bad.code).toBe(10);
+    expect(bad.stderr).toMatch(/refused the identity token/);
   });
 });
 

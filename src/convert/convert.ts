@@ -16,7 +16,7 @@ import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
 import { readLayer } from '../layer/tar.js';
 import type { ChunkerSpec } from '../native/index.js';
 import { ANN, CHUNKED_PLATFORM, CMT, FORMAT_VERSION } from '../oci/chunked-media.js';
-import { MT, isIndexType, layerCompression, parseManifestDoc, platformString, type Descriptor, type ImageIndex, type ImageManifest, type Platform } from '../oci/types.js';
+import { MT, isIndexType, isManifestType, layerCompression, parseManifestDoc, platformString, type Descriptor, type ImageIndex, type ImageManifest, type Platform } from '../oci/types.js';
 import { openSink, openSource } from '../ref.js';
 import type { BlobWriter } from '../store/blobstore.js';
 import type { ImageSink, ImageSource, TransferReport } from '../transports/types.js';
@@ -211,6 +211,22 @@ async function copyBlob(src: ImageSource, sink: ImageSink, layer: Descriptor, wh
   }
 }
 
+/** Copy a manifest or index with everything it references into the sink (when it lacks it). */
+async function copyManifestTree(src: ImageSource, sink: ImageSink, desc: Descriptor, depth = 0): Promise<void> {
+  const what = `${src.name} ${desc.mediaType} ${desc.digest}`;
+  if (!isIndexType(desc.mediaType) && !isManifestType(desc.mediaType)) {
+    await copyBlob(src, sink, desc, what);
+    return;
+  }
+  if (await (sink.hasManifest ?? sink.hasBlob).call(sink, desc)) return;
+  if (depth > 4) throw new OcichunkError('EUNSUPPORTED', `${what}: indexes nested too deep`);
+  const bytes = await src.readBlob(desc, what);
+  const p = parseManifestDoc(bytes, desc.mediaType, what);
+  if (p.kind === 'index') for (const c of p.doc.manifests) await copyManifestTree(src, sink, c, depth + 1);
+  else for (const d of [p.doc.config, ...p.doc.layers]) await copyBlob(src, sink, d, `${what} blob ${d.digest}`);
+  await sink.putManifest(bytes, desc.mediaType);
+}
+
 /** Read one layer through a scanner, copying the original blob into the sink when it lacks it. */
 async function scanLayer(src: ImageSource, sink: ImageSink, layer: Descriptor, what: string, scanner: LayerScanner): Promise<ScannedEntry[]> {
   const present = (await sink.hasBlob(layer)) || !!(await sink.mountFrom?.(src, layer));
@@ -339,6 +355,13 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
     spool.close();
   }
   progress({ phase: 'upload' });
+  // what the new (or kept) top index lists but was not converted (attestations, other entries) comes along
+  // (single-platform conversions write their own index, or keep a top index the sink already holds)
+  const keepTop = topIndex && images.length > 1;
+  if (keepTop) {
+    const converted = new Set(results.map((r) => r.originalManifest.digest));
+    for (const d of topIndex.manifests) if (!converted.has(d.digest) && d.artifactType !== CMT.artifact) await copyManifestTree(src, sink, d);
+  }
   let tagDesc: Descriptor;
   let attachedVia: ConvertResult['attachedVia'];
   if (attach === 'referrer') {

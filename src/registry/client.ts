@@ -59,9 +59,14 @@ interface Req {
 const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 const RETRY_ERRNO = new Set(['ECONNRESET', 'ECONNREFUSED', 'ETIMEDOUT', 'EPIPE', 'ECONNABORTED', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH', 'ERR_STREAM_PREMATURE_CLOSE', 'UND_ERR_SOCKET']);
 
+/** A network error; `transient` ones (resets, timeouts, 408/429/5xx) may succeed when tried again. */
+function netError(message: string, transient: boolean, cause?: unknown): OcichunkError {
+  return Object.assign(new OcichunkError('ENETWORK', message, { cause }), { transient });
+}
+
 function isRetriableError(e: unknown): boolean {
   const err = e as NodeJS.ErrnoException;
-  if (e instanceof OcichunkError) return e.code === 'ENETWORK';
+  if (e instanceof OcichunkError) return (e as { transient?: boolean }).transient === true;
   return RETRY_ERRNO.has(err?.code ?? '') || /socket hang up|aborted|premature/i.test(err?.message ?? '');
 }
 
@@ -142,7 +147,8 @@ export class RegistryClient {
   readonly host: string;
   readonly base: string;
   readonly stats: TransferStats = { requests: 0, retries: 0, bytesDownloaded: 0, bytesUploaded: 0 };
-  private readonly agent: http.Agent;
+  private readonly httpAgent: http.Agent;
+  private readonly httpsAgent: https.Agent;
   private creds: Promise<Credentials | undefined> | undefined;
   private challenge: { scheme: string; params: Record<string, string> } | undefined;
   private readonly tokens = new Map<string, { header: string; expires: number }>();
@@ -158,9 +164,9 @@ export class RegistryClient {
     this.host = host;
     const plain = opts.plainHttp || isLocalHost(host);
     this.base = `${plain ? 'http' : 'https'}://${host}`;
-    this.agent = plain
-      ? new http.Agent({ keepAlive: true, maxSockets: 16 })
-      : new https.Agent({ keepAlive: true, maxSockets: 16, rejectUnauthorized: !opts.insecure });
+    // one agent per scheme: redirects (to blob storage, say) may change it
+    this.httpAgent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+    this.httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 16, rejectUnauthorized: !opts.insecure });
     this.retries = opts.retries ?? 5;
     this.backoff = opts.backoffMs ?? 250;
     this.timeout = opts.timeoutMs ?? 60_000;
@@ -168,7 +174,8 @@ export class RegistryClient {
   }
 
   close(): void {
-    this.agent.destroy();
+    this.httpAgent.destroy();
+    this.httpsAgent.destroy();
   }
 
   private credentials(): Promise<Credentials | undefined> {
@@ -179,8 +186,8 @@ export class RegistryClient {
   private send(method: string, url: URL, headers: OutgoingHttpHeaders, body: Buffer | Readable | undefined): Promise<IncomingMessage> {
     this.stats.requests++;
     return new Promise((resolve, reject) => {
-      const mod = url.protocol === 'https:' ? https : http;
-      const req = mod.request(url, { method, headers, agent: this.agent, timeout: this.timeout }, (res) => resolve(res));
+      const tls = url.protocol === 'https:';
+      const req = (tls ? https : http).request(url, { method, headers, agent: tls ? this.httpsAgent : this.httpAgent, timeout: this.timeout }, (res) => resolve(res));
       req.on('timeout', () => req.destroy(Object.assign(new Error(`no data for ${this.timeout} ms`), { code: 'ETIMEDOUT' })));
       req.on('error', reject);
       if (body === undefined) req.end();
@@ -200,7 +207,7 @@ export class RegistryClient {
     if (!ch) return undefined;
     const creds = await this.credentials();
     if (ch.scheme === 'basic') {
-      return creds ? 'Basic ' + Buffer.from(`${creds.username}:${creds.password}`).toString('base64') : undefined;
+      return creds && !creds.identityToken ? 'Basic ' + Buffer.from(`${creds.username}:${creds.password}`).toString('base64') : undefined;
     }
     if (ch.scheme !== 'bearer') return undefined;
     const key = [...scopes].sort().join(' ');
@@ -209,14 +216,24 @@ export class RegistryClient {
     const realm = ch.params.realm;
     if (!realm) throw new OcichunkError('EAUTH', `${this.host}: bearer challenge without a realm`);
     const u = new URL(realm);
-    if (ch.params.service) u.searchParams.set('service', ch.params.service);
-    for (const s of scopes) u.searchParams.append('scope', s);
     const headers: OutgoingHttpHeaders = {};
-    if (creds) headers.authorization = 'Basic ' + Buffer.from(`${creds.username}:${creds.password}`).toString('base64');
+    let form: Buffer | undefined;
+    if (creds?.identityToken) {
+      // an identity (refresh) token: the OAuth2 form POST, as docker does
+      const f = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: creds.identityToken, client_id: 'ocichunk', scope: scopes.join(' ') });
+      if (ch.params.service) f.set('service', ch.params.service);
+      form = Buffer.from(f.toString());
+      headers['content-type'] = 'application/x-www-form-urlencoded';
+      headers['content-length'] = form.length;
+    } else {
+      if (ch.params.service) u.searchParams.set('service', ch.params.service);
+      for (const s of scopes) u.searchParams.append('scope', s);
+      if (creds) headers.authorization = 'Basic ' + Buffer.from(`${creds.username}:${creds.password}`).toString('base64');
+    }
     let res: IncomingMessage | undefined;
     for (let attempt = 0; ; attempt++) {
       try {
-        res = await this.send('GET', u, headers, undefined);
+        res = await this.send(form ? 'POST' : 'GET', u, headers, form);
       } catch (e) {
         if (attempt < this.retries && isRetriableError(e)) {
           await this.wait(attempt, `token from ${u.host}`, (e as Error).message);
@@ -233,7 +250,8 @@ export class RegistryClient {
     }
     if (res.statusCode !== 200) {
       const t = await errorText(res);
-      throw new OcichunkError('EAUTH', `${this.host}: token server refused ${creds ? `user ${creds.username}` : 'anonymous access'} for ${scopes.join(' ')} (HTTP ${res.statusCode}${t ? ': ' + t : ''})`);
+      const who = creds?.identityToken ? `the identity token${creds.username ? ` of ${creds.username}` : ''}` : creds ? `user ${creds.username}` : 'anonymous access';
+      throw new OcichunkError('EAUTH', `${this.host}: token server refused ${who} for ${scopes.join(' ')} (HTTP ${res.statusCode}${t ? ': ' + t : ''})`);
     }
     const j = JSON.parse((await readBody(res, 1 << 20, 'token')).toString()) as { token?: string; access_token?: string; expires_in?: number };
     const token = j.token ?? j.access_token;
@@ -278,7 +296,7 @@ export class RegistryClient {
           await this.wait(attempt++, r.what, (e as Error).message);
           continue;
         }
-        throw new OcichunkError('ENETWORK', `${r.what}: ${this.host}: ${(e as Error).message}${tlsHint(e as NodeJS.ErrnoException)}`, { cause: e });
+        throw netError(`${r.what}: ${this.host}: ${(e as Error).message}${tlsHint(e as NodeJS.ErrnoException)}`, isRetriableError(e), e);
       }
       const st = res.statusCode ?? 0;
       if (st === 401 && sameHost && !authRetried) {
@@ -320,7 +338,7 @@ export class RegistryClient {
     }
     if (st === 403) throw new OcichunkError('EAUTH', `${what}: ${this.host}/${repo}: access denied${detail}`);
     if (st === 404) throw new OcichunkError('ENOTFOUND', `${what}: ${this.host}/${repo}: not found${detail}`);
-    throw new OcichunkError('ENETWORK', `${what}: ${this.host}/${repo}: HTTP ${st}${detail}`);
+    throw netError(`${what}: ${this.host}/${repo}: HTTP ${st}${detail}`, RETRY_STATUS.has(st));
   }
 
   static pull(repo: string): string[] {
@@ -480,13 +498,18 @@ export class RegistryClient {
           return;
         } catch (e) {
           if (e instanceof OcichunkError || !isRetriableError(e) || cuts >= client.retries) {
-            throw e instanceof OcichunkError ? e : new OcichunkError('ENETWORK', `${what}: ${client.host}/${repo}: ${(e as Error).message} after ${off} bytes`);
+            throw e instanceof OcichunkError ? e : netError(`${what}: ${client.host}/${repo}: ${(e as Error).message} after ${off} bytes`, false, e);
           }
           await client.wait(cuts++, what, `${(e as Error).message} after ${off} bytes`);
         }
       }
     }
-    return Readable.from(body(), { objectMode: false }).pipe(new VerifyingStream(desc.digest, desc.size, what));
+    // errors of the source reach the reader; a reader that stops early releases the connection
+    const src = Readable.from(body(), { objectMode: false });
+    const verified = new VerifyingStream(desc.digest, desc.size, what);
+    src.on('error', (e) => verified.destroy(e));
+    verified.on('close', () => src.destroy());
+    return src.pipe(verified);
   }
 
   /**
@@ -514,7 +537,7 @@ export class RegistryClient {
         if (b.length !== length) throw Object.assign(new Error(`short range: ${b.length} of ${length} bytes`), { code: 'ECONNRESET' });
         return { bytes: b };
       } catch (e) {
-        if (e instanceof OcichunkError || !isRetriableError(e) || cuts >= this.retries) throw e instanceof OcichunkError ? e : new OcichunkError('ENETWORK', `${what}: ${(e as Error).message}`);
+        if (e instanceof OcichunkError || !isRetriableError(e) || cuts >= this.retries) throw e instanceof OcichunkError ? e : netError(`${what}: ${(e as Error).message}`, false, e);
         await this.wait(cuts, what, (e as Error).message);
       }
     }
@@ -523,7 +546,14 @@ export class RegistryClient {
   /** Try a cross-repository mount; true when the registry mounted the blob. */
   async mountBlob(repo: string, from: string, digest: string, what: string): Promise<boolean> {
     const u = `/v2/${repo}/blobs/uploads/?mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(from)}`;
-    const res = await this.request({ method: 'POST', url: u, headers: { 'content-length': 0 }, scopes: [...RegistryClient.push(repo), ...RegistryClient.pull(from)], what });
+    let res: IncomingMessage;
+    try {
+      res = await this.request({ method: 'POST', url: u, headers: { 'content-length': 0 }, scopes: [...RegistryClient.push(repo), ...RegistryClient.pull(from)], what });
+    } catch (e) {
+      // a mount is an optimisation: refused scopes or a failing endpoint mean a normal upload
+      if (e instanceof OcichunkError && (e.code === 'EAUTH' || e.code === 'ENETWORK')) return false;
+      throw e;
+    }
     await drain(res);
     if (res.statusCode === 201) return true;
     if (res.statusCode === 202) {
@@ -564,7 +594,8 @@ export class RegistryClient {
     await drain(res);
     if (res.statusCode !== 204) return undefined;
     const m = /^(?:bytes=)?(\d+)-(\d+)$/.exec(String(res.headers.range ?? ''));
-    const end = m ? Number(m[2]) : 0;
+    if (!m) return undefined; // no usable offset: start the upload again
+    const end = Number(m[2]);
     return { offset: end === 0 ? 0 : end + 1, loc: res.headers.location ? new URL(res.headers.location, this.base) : loc };
   }
 
@@ -621,10 +652,10 @@ export class RegistryClient {
           if (res && !RETRY_STATUS.has(res.statusCode ?? 0) && res.statusCode !== 416) await this.fail(res, what, repo);
           if (res) await drain(res);
           // ask the registry where the upload stands and go on from there
-          if (stalls >= this.retries) throw new OcichunkError('ENETWORK', `${what}: ${this.host}/${repo}: upload stalled at ${off} of ${size} bytes`);
+          if (stalls >= this.retries) throw netError(`${what}: ${this.host}/${repo}: upload stalled at ${off} of ${size} bytes`, true);
           await this.wait(stalls++, what, `chunk ${off}-${end} failed`);
           const at = await this.uploadOffset(repo, loc, what);
-          if (at === undefined) throw new OcichunkError('ENETWORK', `${what}: ${this.host}/${repo} lost the upload session`);
+          if (at === undefined) throw netError(`${what}: ${this.host}/${repo} lost the upload session`, true);
           off = at.offset;
           loc = at.loc;
         }
@@ -634,8 +665,7 @@ export class RegistryClient {
         this.checkStored(res, desc.digest, what, repo);
         return;
       } catch (e) {
-        const retriable = isRetriableError(e) || (e instanceof OcichunkError && e.code === 'ENETWORK');
-        if (!retriable || restarts >= this.retries) throw e;
+        if (!isRetriableError(e) || restarts >= this.retries) throw e;
         // maybe the upload went through and only its answer was lost
         if ((await this.headBlob(repo, desc.digest, what).catch(() => undefined)) === size) return;
         await this.wait(restarts, what, `restarting the upload: ${(e as Error).message}`);
@@ -661,8 +691,7 @@ export class RegistryClient {
         this.checkStored(res, digest, what, repo);
         return;
       } catch (e) {
-        const retriable = isRetriableError(e) || (e instanceof OcichunkError && e.code === 'ENETWORK');
-        if (!retriable || restarts >= this.retries) throw e;
+        if (!isRetriableError(e) || restarts >= this.retries) throw e;
         if ((await this.headBlob(repo, digest, what).catch(() => undefined)) === bytes.length) return;
         await this.wait(restarts, what, `restarting the upload: ${(e as Error).message}`);
       }

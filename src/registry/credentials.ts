@@ -12,6 +12,8 @@ import { OcichunkError } from '../errors.js';
 export interface Credentials {
   username: string;
   password: string;
+  /** An OAuth2 refresh token (`identitytoken` in auth files): traded at the token server instead of a password. */
+  identityToken?: string;
 }
 
 export interface CredentialOptions {
@@ -59,19 +61,37 @@ async function readAuthFile(file: string, explicit: boolean): Promise<AuthFile |
   }
 }
 
+const HUB_KEY = 'https://index.docker.io/v1/';
+function isHub(host: string): boolean {
+  return host === 'docker.io' || host === 'registry-1.docker.io' || host === 'index.docker.io';
+}
+
 /** The keys an auth file may use for `host` (Docker Hub has its historical one). */
 function keysFor(host: string): string[] {
-  const hub = host === 'docker.io' || host === 'registry-1.docker.io' || host === 'index.docker.io';
   const keys = [host, `https://${host}`, `http://${host}`, `https://${host}/v1/`, `https://${host}/v2/`];
-  if (hub) keys.push('https://index.docker.io/v1/', 'docker.io', 'index.docker.io', 'registry-1.docker.io');
+  if (isHub(host)) keys.push(HUB_KEY, 'docker.io', 'index.docker.io', 'registry-1.docker.io');
   return keys;
 }
 
-/** Run `docker-credential-<helper> get` with the server on stdin. */
+function authUser(auth: string | undefined): string | undefined {
+  if (!auth) return undefined;
+  const dec = Buffer.from(auth, 'base64').toString('utf8');
+  const i = dec.indexOf(':');
+  return i > 0 ? dec.slice(0, i) : undefined;
+}
+
+const HELPER_TIMEOUT_MS = 30_000;
+
+/** Run `docker-credential-<helper> get` with the server on stdin (killed after 30 s). */
 export function runCredentialHelper(helper: string, server: string): Promise<Credentials | undefined> {
   const prog = `docker-credential-${helper}`;
   return new Promise((resolve, reject) => {
     const child = spawn(prog, ['get'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new OcichunkError('EAUTH', `credential helper ${prog} for ${server} did not answer within ${HELPER_TIMEOUT_MS / 1000} s`));
+    }, HELPER_TIMEOUT_MS);
+    child.on('close', () => clearTimeout(timer));
     let out = '';
     let err = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -89,6 +109,8 @@ export function runCredentialHelper(helper: string, server: string): Promise<Cre
       try {
         const j = JSON.parse(out) as { Username?: string; Secret?: string };
         if (!j.Secret) return resolve(undefined);
+        // helpers store identity tokens with the username "<token>" (docker's convention)
+        if (j.Username === '<token>') return resolve({ username: '', password: '', identityToken: j.Secret });
         resolve({ username: j.Username ?? '', password: j.Secret });
       } catch {
         reject(new OcichunkError('EAUTH', `credential helper ${prog} for ${server} printed something that is not JSON`));
@@ -110,12 +132,14 @@ export async function lookupCredentials(host: string, opts: CredentialOptions = 
       if (helper) return runCredentialHelper(helper, k);
     }
     if (cfg.credsStore) {
-      const c = await runCredentialHelper(cfg.credsStore, host);
+      // docker's key for a host: the host itself, or the historical one for Docker Hub
+      const c = await runCredentialHelper(cfg.credsStore, isHub(host) ? HUB_KEY : host);
       if (c) return c;
     }
     for (const k of keys) {
       const a = cfg.auths?.[k];
       if (!a) continue;
+      if (a.identitytoken) return { username: authUser(a.auth) ?? a.username ?? '', password: '', identityToken: a.identitytoken };
       if (a.username && a.password) return { username: a.username, password: a.password };
       if (a.auth) {
         const dec = Buffer.from(a.auth, 'base64').toString('utf8');
@@ -124,7 +148,8 @@ export async function lookupCredentials(host: string, opts: CredentialOptions = 
         throw new OcichunkError('EUSAGE', `auth file ${file}: the "auth" entry for ${k} is not base64 of USER:PASSWORD`);
       }
     }
-    return undefined; // the first auth file found decides, as with docker and skopeo
+    if (opts.authfile) return undefined; // an explicit file is the only one consulted
+    // nothing for this registry here: the next file may have it (as containers/image does)
   }
   return undefined;
 }

@@ -200,7 +200,8 @@ export class RegistrySink implements ImageSink {
   private readonly known = new Set<string>();
   private readonly uploads = new Map<string, Promise<void>>();
   private readonly manifests = new Map<string, PendingManifest>();
-  private readonly pushedManifests = new Set<string>();
+  /** digest -> whether the registry said it processed the manifest's subject (OCI-Subject) */
+  private readonly pushedManifests = new Map<string, boolean>();
   private readonly waiting: Array<() => void> = [];
   private running = 0;
   private failure: unknown;
@@ -384,9 +385,10 @@ export class RegistrySink implements ImageSink {
   private async pushManifest(digest: string, ref = digest): Promise<{ subjectAccepted: boolean }> {
     const m = this.manifests.get(digest);
     if (!m) throw new OcichunkError('EINTERNAL', `${this.name}: manifest ${digest} was never given to the sink`);
-    if (ref === digest && this.pushedManifests.has(digest)) return { subjectAccepted: false };
+    const done = this.pushedManifests.get(digest);
+    if (ref === digest && done !== undefined) return { subjectAccepted: done };
     const r = await this.client.putManifest(this.repo, ref, m.bytes, m.mediaType, `${this.name} manifest ${ref}`);
-    if (ref === digest) this.pushedManifests.add(digest);
+    if (ref === digest) this.pushedManifests.set(digest, r.subjectAccepted);
     return r;
   }
 
@@ -426,11 +428,15 @@ export class RegistrySink implements ImageSink {
     const worker = async () => {
       while (next < tags.length) {
         const i = next++;
+        // only a way to find chunks to reuse: a tag that cannot be read is skipped, and only
+        // indexes are fetched (HEAD first: registries do not count it as a pull)
         try {
+          const head = await this.client.headManifest(this.repo, tags[i], `${this.name}:${tags[i]}`);
+          if (head && head.mediaType && !isIndexType(head.mediaType)) continue;
           const m = await this.client.getManifest(this.repo, tags[i], `${this.name}:${tags[i]}`);
           if (isIndexType(m.mediaType)) found[i] = { mediaType: m.mediaType, digest: m.digest, size: m.bytes.length };
         } catch (e) {
-          if (!(e instanceof OcichunkError && e.code === 'ENOTFOUND')) throw e;
+          if (!(e instanceof OcichunkError)) throw e;
         }
       }
     };

@@ -16,9 +16,11 @@ export class TokenServer {
   private readonly log: string;
   private proc?: ChildProcess;
 
+  /** `users`: user -> password; `refreshTokens`: identity token -> user. */
   constructor(
     readonly dir: string,
     readonly users: Record<string, string>,
+    readonly refreshTokens: Record<string, string> = {},
   ) {
     this.cert = path.join(dir, 'token-cert.pem');
     this.log = path.join(dir, 'asked.jsonl');
@@ -29,7 +31,7 @@ export class TokenServer {
     const keyFile = path.join(this.dir, 'token-key.pem');
     must('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', keyFile, '-out', this.cert, '-days', '2', '-subj', '/CN=ocichunk-test-token']);
     const usersFile = path.join(this.dir, 'users.json');
-    fs.writeFileSync(usersFile, JSON.stringify(this.users));
+    fs.writeFileSync(usersFile, JSON.stringify({ ...this.users, __refresh: this.refreshTokens }));
     fs.writeFileSync(this.log, '');
     const main = path.join(path.dirname(fileURLToPath(import.meta.url)), 'token-server-main.mjs');
     this.proc = spawn(process.execPath, [main, keyFile, this.cert, usersFile, this.log], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -42,7 +44,7 @@ export class TokenServer {
   }
 
   /** Every token request so far: who asked and for which scopes. */
-  asked(): Array<{ user?: string; scopes: string[]; ok: boolean }> {
+  asked(): Array<{ user?: string; scopes: string[]; ok: boolean; grant?: string }> {
     return fs.readFileSync(this.log, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
   }
 
