@@ -1,6 +1,7 @@
 /** The CLI: parse options, call the library, print results on stdout, map error codes to exit codes. */
 import yargs, { type Argv, type CommandModule } from 'yargs';
 import { EXIT_CODES, OcichunkError } from '../errors.js';
+import * as analyzeCmd from './analyze.js';
 import * as convertCmd from './convert.js';
 import * as demoCmd from './demo.js';
 import * as inspectCmd from './inspect.js';
@@ -14,7 +15,7 @@ interface Cmd {
   run: (a: never) => Promise<unknown>;
 }
 
-const COMMANDS: Cmd[] = [convertCmd, restoreCmd, verifyCmd, inspectCmd, demoCmd] as unknown as Cmd[];
+const COMMANDS: Cmd[] = [convertCmd, restoreCmd, verifyCmd, inspectCmd, analyzeCmd, demoCmd] as unknown as Cmd[];
 
 export async function main(argv: string[]): Promise<number> {
   let output: unknown;

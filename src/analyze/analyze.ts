@@ -1,0 +1,259 @@
+/**
+ * What each level of dedup would store for a set of images, side by side: layer (a registry's
+ * blob dedup), file, fixed-size chunks, content-defined chunks at several sizes — measured, not
+ * estimated: every chunking strategy runs the real conversion pipeline into a CountingSink, which
+ * keeps only manifests and TOCs, so "stored" is exactly what `convert` would store (packs of
+ * per-chunk zstd frames + TOCs). Per image: the marginal bytes it adds (in the order given), and how
+ * many bytes it shares with each other image. Duplicated files are ranked by bytes saved.
+ */
+import { decodeToc, type Toc } from '../chunked/toc.js';
+import { resolveImage } from '../chunked/image.js';
+import { convertImage, type ConvertOptions, type ConvertResult } from '../convert/convert.js';
+import { OcichunkError } from '../errors.js';
+import type { ChunkerSpec } from '../native/index.js';
+import { CMT } from '../oci/chunked-media.js';
+import { parseManifestDoc, type Platform } from '../oci/types.js';
+import { openSource, type TransportOptions } from '../ref.js';
+import { CountingSink } from '../transports/counting-sink.js';
+
+export type Strategy = { name: string; kind: 'layer' } | { name: string; kind: 'chunks'; chunker: ChunkerSpec };
+
+const SIZE = /^(\d+)([kmg]?)$/i;
+function size(s: string, what: string): number {
+  const m = SIZE.exec(s.trim());
+  if (!m) throw new OcichunkError('EUSAGE', `${what}: invalid size ${JSON.stringify(s)} (e.g. 64k, 1m)`);
+  return Number(m[1]) * { '': 1, k: 1024, m: 1 << 20, g: 1 << 30 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g'];
+}
+
+/** Parse `layer`, `file`, `fixed:1M`, `cdc:16k/64k/256k` (comma-separated lists allowed). */
+export function parseStrategies(list: string[]): Strategy[] {
+  const out: Strategy[] = [];
+  for (const raw of list.flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean)) {
+    const [kind, arg] = raw.split(':', 2);
+    const name = raw.toLowerCase();
+    if (out.some((s) => s.name === name)) continue;
+    if (kind === 'layer' && arg === undefined) out.push({ name, kind: 'layer' });
+    else if (kind === 'file' && arg === undefined) out.push({ name, kind: 'chunks', chunker: { kind: 'file', max: 64 << 20 } });
+    else if (kind === 'fixed' && arg) out.push({ name, kind: 'chunks', chunker: { kind: 'fixed', size: size(arg, raw) } });
+    else if (kind === 'cdc' && arg) {
+      const p = arg.split('/');
+      if (p.length !== 3) throw new OcichunkError('EUSAGE', `${raw}: expected cdc:MIN/AVG/MAX, e.g. cdc:16k/64k/256k`);
+      const [min, avg, max] = p.map((x) => size(x, raw));
+      if (!(min <= avg && avg <= max)) throw new OcichunkError('EUSAGE', `${raw}: expected MIN <= AVG <= MAX`);
+      out.push({ name, kind: 'chunks', chunker: { kind: 'cdc', min, avg, max } });
+    } else throw new OcichunkError('EUSAGE', `unknown strategy ${JSON.stringify(raw)}: use layer, file, fixed:SIZE or cdc:MIN/AVG/MAX`);
+  }
+  if (!out.length) throw new OcichunkError('EUSAGE', 'no strategy given');
+  return out;
+}
+
+export const DEFAULT_STRATEGIES = ['layer', 'file', 'fixed:1m', 'cdc:16k/64k/256k', 'cdc:4k/16k/64k'];
+
+export interface StrategyResult {
+  strategy: string;
+  chunker?: ChunkerSpec;
+  /** What users pull today: the compressed layers of every image, summed. */
+  logicalBytes: number;
+  /** Uncompressed file contents of every image, summed. */
+  logicalFileBytes: number;
+  /** Uncompressed bytes after dedup at this granularity (layer: the distinct layers' compressed bytes). */
+  uniqueBytes: number;
+  /** What would be stored: distinct layers (layer), or packs of per-chunk zstd frames + TOCs. */
+  storedBytes: number;
+  packBytes: number;
+  tocBytes: number;
+  /** Distinct units (layers or chunks) and references to them. */
+  units: number;
+  unitRefs: number;
+  /** logicalBytes / storedBytes */
+  ratioVsLogical: number;
+  /** layer-level stored bytes / storedBytes */
+  ratioVsLayer: number;
+  seconds: number;
+  perImage: Array<{ image: string; marginalStoredBytes: number; marginalUniqueBytes: number }>;
+}
+
+export interface AnalyzeResult {
+  images: string[];
+  zstdLevel: number;
+  strategies: StrategyResult[];
+  /** shared[i][j]: uncompressed bytes of image i's distinct chunks that image j also has (strategy `sharingStrategy`). */
+  sharing: { strategy: string; bytes: number[][] };
+  /** The files whose duplicates save most bytes (file-level, over every layer of every image). */
+  topDuplicates: Array<{ path: string; size: number; copies: number; savedBytes: number; images: number }>;
+  seconds: number;
+}
+
+export interface AnalyzeOptions {
+  strategies?: string[];
+  zstdLevel?: number;
+  platform?: Platform;
+  threads?: number;
+  transport?: TransportOptions;
+  tmpDir?: string;
+  /** How many duplicated files to list (default 20). */
+  top?: number;
+  onProgress?: (p: { strategy: string; image: string; index: number; images: number }) => void;
+}
+
+interface PerImageChunks {
+  /** chunk hex -> length, the image's distinct chunks */
+  chunks: Map<string, number>;
+}
+
+function tocOf(sink: CountingSink, r: ConvertResult, what: string): Toc {
+  const m = sink.get(r.chunkedManifest.digest);
+  if (!m) throw new OcichunkError('EINTERNAL', `${what}: chunked manifest not kept`);
+  const p = parseManifestDoc(m, r.chunkedManifest.mediaType, what);
+  if (p.kind !== 'manifest') throw new OcichunkError('EINTERNAL', `${what}: not a manifest`);
+  const tocDesc = p.doc.layers.find((l) => l.mediaType === CMT.toc)!;
+  return decodeToc(sink.get(tocDesc.digest)!, what);
+}
+
+export async function analyze(refs: string[], opts: AnalyzeOptions = {}): Promise<AnalyzeResult> {
+  const t0 = performance.now();
+  if (!refs.length) throw new OcichunkError('EUSAGE', 'name at least one image');
+  const strategies = parseStrategies(opts.strategies ?? DEFAULT_STRATEGIES);
+  const level = opts.zstdLevel ?? 3;
+  // layer level, from the manifests: what a registry stores
+  const layerSizes = new Map<string, number>();
+  const names: string[] = [];
+  const perImageLayers: Array<Array<{ digest: string; size: number }>> = [];
+  for (const ref of refs) {
+    const src = await openSource(ref, opts.transport);
+    try {
+      const img = await resolveImage(src, opts.platform);
+      if (!img.original) throw new OcichunkError('EUNSUPPORTED', `${src.name}: no original image manifest to analyze`);
+      names.push(src.name);
+      perImageLayers.push(img.original.manifest.layers.map((l) => ({ digest: l.digest, size: l.size })));
+    } finally {
+      await src.close();
+    }
+  }
+  for (const ls of perImageLayers) for (const l of ls) layerSizes.set(l.digest, l.size);
+  const logicalBytes = perImageLayers.flat().reduce((a, l) => a + l.size, 0);
+  const layerStored = [...layerSizes.values()].reduce((a, b) => a + b, 0);
+
+  const results: StrategyResult[] = [];
+  let logicalFileBytes = 0;
+  let sharing: AnalyzeResult['sharing'] | undefined;
+  let topDuplicates: AnalyzeResult['topDuplicates'] = [];
+  for (const s of strategies) {
+    const ts = performance.now();
+    if (s.kind === 'layer') {
+      const seen = new Set<string>();
+      results.push({
+        strategy: s.name,
+        logicalBytes,
+        logicalFileBytes: 0,
+        uniqueBytes: layerStored,
+        storedBytes: layerStored,
+        packBytes: layerStored,
+        tocBytes: 0,
+        units: layerSizes.size,
+        unitRefs: perImageLayers.flat().length,
+        ratioVsLogical: logicalBytes / Math.max(1, layerStored),
+        ratioVsLayer: 1,
+        seconds: 0,
+        perImage: perImageLayers.map((ls, i) => {
+          let m = 0;
+          for (const l of ls) if (!seen.has(l.digest)) (seen.add(l.digest), (m += l.size));
+          return { image: names[i], marginalStoredBytes: m, marginalUniqueBytes: m };
+        }),
+      });
+      continue;
+    }
+    const sink = new CountingSink(`memory:${s.name}`);
+    const per: PerImageChunks[] = [];
+    const perImage: StrategyResult['perImage'] = [];
+    const all = new Map<string, number>();
+    let packBytes = 0;
+    let tocBytes = 0;
+    let unitRefs = 0;
+    let fileBytes = 0;
+    const fileCopies = new Map<string, { path: string; size: number; copies: number; images: Set<number> }>();
+    for (const [i, ref] of refs.entries()) {
+      opts.onProgress?.({ strategy: s.name, image: names[i], index: i, images: refs.length });
+      const src = await openSource(ref, opts.transport);
+      let r: ConvertResult;
+      try {
+        const co: ConvertOptions = { chunker: s.chunker, zstdLevel: level, threads: opts.threads, tmpDir: opts.tmpDir, platform: opts.platform };
+        r = await convertImage(src, sink, co);
+      } finally {
+        await src.close();
+      }
+      const toc = tocOf(sink, r, `${names[i]} (${s.name})`);
+      const mine = new Map<string, number>();
+      for (const [hex, , , len] of toc.chunks) mine.set(hex, len);
+      let marginalUnique = 0;
+      for (const [hex, len] of mine) if (!all.has(hex)) (all.set(hex, len), (marginalUnique += len));
+      per.push({ chunks: mine });
+      packBytes += r.bytesStored;
+      tocBytes += r.tocBytes;
+      unitRefs += r.chunkRefs;
+      fileBytes += r.fileBytes;
+      perImage.push({ image: names[i], marginalStoredBytes: r.bytesStored + r.tocBytes, marginalUniqueBytes: marginalUnique });
+      if (s.chunker.kind === 'file') {
+        for (const layer of toc.layers) {
+          for (const e of layer.entries) {
+            if (e.type !== 'reg' || !e.size || !e.chunks?.length) continue;
+            const key = e.chunks.map((c) => toc.chunks[c][0]).join(',');
+            const f = fileCopies.get(key);
+            if (f) {
+              f.copies++;
+              f.images.add(i);
+            } else fileCopies.set(key, { path: e.path, size: e.size, copies: 1, images: new Set([i]) });
+          }
+        }
+      }
+    }
+    logicalFileBytes = fileBytes;
+    const uniqueBytes = [...all.values()].reduce((a, b) => a + b, 0);
+    const stored = packBytes + tocBytes;
+    results.push({
+      strategy: s.name,
+      chunker: s.chunker,
+      logicalBytes,
+      logicalFileBytes: fileBytes,
+      uniqueBytes,
+      storedBytes: stored,
+      packBytes,
+      tocBytes,
+      units: all.size,
+      unitRefs,
+      ratioVsLogical: logicalBytes / Math.max(1, stored),
+      ratioVsLayer: layerStored / Math.max(1, stored),
+      seconds: (performance.now() - ts) / 1000,
+      perImage,
+    });
+    // sharing from the first content-defined strategy (else the first chunk strategy)
+    if (!sharing || (s.chunker.kind === 'cdc' && !sharing.strategy.startsWith('cdc'))) {
+      sharing = {
+        strategy: s.name,
+        bytes: per.map((a) =>
+          per.map((b) => {
+            let n = 0;
+            for (const [hex, len] of a.chunks) if (b.chunks.has(hex)) n += len;
+            return n;
+          }),
+        ),
+      };
+    }
+    if (s.chunker.kind === 'file') {
+      topDuplicates = [...fileCopies.values()]
+        .filter((f) => f.copies > 1)
+        .map((f) => ({ path: f.path, size: f.size, copies: f.copies, savedBytes: (f.copies - 1) * f.size, images: f.images.size }))
+        .sort((a, b) => b.savedBytes - a.savedBytes || (a.path < b.path ? -1 : a.path > b.path ? 1 : 0))
+        .slice(0, opts.top ?? 20);
+    }
+  }
+  for (const r of results) if (r.strategy === 'layer') r.logicalFileBytes = logicalFileBytes;
+  return {
+    images: names,
+    zstdLevel: level,
+    strategies: results,
+    sharing: sharing ?? { strategy: 'layer', bytes: [] },
+    topDuplicates,
+    seconds: (performance.now() - t0) / 1000,
+  };
+}
