@@ -56,7 +56,7 @@ const layouts = () => [image('app'), image('app2')];
 
 beforeAll(() => {
   work = tmpdir('analyze');
-  a = cliJson<Analysis>(['analyze', ...layouts().map((l) => `oci:${l}:latest`), '--chunker', 'layer,file,cdc:16k/64k/256k,fixed:1m', '--csv', path.join(work, 'out', 'a.csv')]);
+  a = cliJson<Analysis>(['analyze', ...layouts().map((l) => `oci:${l}:latest`), '--chunker', 'layer,file,cdc:16k/64k/256k,fixed:1m', '--csv', path.join(work, 'out', 'a.csv'), '--html', path.join(work, 'out', 'report.html')]);
 });
 
 const strat = (name: string) => a.strategies.find((s) => s.strategy === name)!;
@@ -127,6 +127,27 @@ describe('ocichunk analyze', () => {
     const rows = fs.readFileSync(path.join(work, 'out', 'a.csv'), 'utf8').trim().split('\n');
     expect(rows[0].split(',')[0]).toBe('strategy');
     expect(rows.slice(1).map((r) => r.split(',')[0])).toEqual(a.strategies.map((s) => s.strategy));
+  });
+
+  it('writes an HTML report whose charts render in headless Chromium, offline', () => {
+    const file = path.join(work, 'out', 'report.html');
+    const html = fs.readFileSync(file, 'utf8');
+    // nothing to fetch: no external scripts, styles, images or fonts
+    expect(html).not.toMatch(/\b(src|href)\s*=\s*["']?(https?:|\/\/)/i);
+    expect(html).not.toMatch(/@import|url\(/);
+    const dom = must('chromium', [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', `--user-data-dir=${path.join(work, 'chromium-profile')}`, '--dump-dom', `file://${file}`,
+    ]).stdout;
+    // the drawing code ran: each chart marked itself and drew its marks
+    for (const id of ['chart-stored', 'chart-marginal', 'chart-sharing']) expect(dom).toMatch(new RegExp(`id="${id}"[^>]*data-rendered="true"`));
+    const n = a.images.length;
+    const s = a.strategies.length;
+    const bars = (dom.match(/<rect[^>]*class="bar"/g) ?? []).length;
+    const cells = (dom.match(/<rect[^>]*class="cell"/g) ?? []).length;
+    expect(bars).toBe(s + s * n);
+    expect(cells).toBe(n * n);
+    for (const st of a.strategies) expect(dom).toContain(st.strategy);
   });
 
   it('prints a readable table and refuses unknown strategies', () => {

@@ -2,6 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Argv } from 'yargs';
 import { analyze, DEFAULT_STRATEGIES, type AnalyzeResult } from '../analyze/analyze.js';
+import { renderHtml } from '../analyze/html.js';
 import { writeFileAtomic } from '../store/blobstore.js';
 import { bytes, ratio, ProgressLine } from './format.js';
 import { common, platformOf, transportOf, type Common } from './options.js';
@@ -15,11 +16,12 @@ export function builder(y: Argv) {
     .option('chunker', { type: 'string', array: true, default: DEFAULT_STRATEGIES, describe: 'strategies: layer, file, fixed:SIZE, cdc:MIN/AVG/MAX (comma-separated or repeated)' })
     .option('zstd-level', { type: 'number', default: 3, describe: 'zstd level of chunk frames' })
     .option('csv', { type: 'string', describe: 'also write one row per strategy to this CSV file' })
+    .option('html', { type: 'string', describe: 'also write a self-contained HTML report with charts (opens offline)' })
     .option('top', { type: 'number', default: 20, describe: 'how many duplicated files to list' })
     .option('tmpdir', { type: 'string', describe: 'where conversions spool chunks (default: system temp)' });
 }
 
-type Args = Common & { images: string[]; chunker: string[]; 'zstd-level': number; csv?: string; top: number; tmpdir?: string };
+type Args = Common & { images: string[]; chunker: string[]; 'zstd-level': number; csv?: string; html?: string; top: number; tmpdir?: string };
 
 export function csv(r: AnalyzeResult): string {
   const cols = ['strategy', 'logicalBytes', 'logicalFileBytes', 'uniqueBytes', 'storedBytes', 'packBytes', 'tocBytes', 'units', 'unitRefs', 'ratioVsLogical', 'ratioVsLayer', 'seconds'] as const;
@@ -39,9 +41,13 @@ export async function run(a: Args): Promise<unknown> {
     top: a.top,
     onProgress: (p) => line.event(`${p.strategy}: ${p.image} (${p.index + 1}/${p.images})`),
   }).finally(() => line.done());
-  if (a.csv) {
-    await fs.mkdir(path.dirname(path.resolve(a.csv)), { recursive: true });
-    await writeFileAtomic(a.csv, csv(r));
+  for (const [file, content] of [
+    [a.csv, () => csv(r)],
+    [a.html, () => renderHtml(r)],
+  ] as const) {
+    if (!file) continue;
+    await fs.mkdir(path.dirname(path.resolve(file)), { recursive: true });
+    await writeFileAtomic(file, content());
   }
   if (a.json) return r;
   return text(r);
