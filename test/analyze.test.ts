@@ -20,6 +20,12 @@ interface StrategyResult {
   perImage: Array<{ marginalStoredBytes: number; marginalUniqueBytes: number }>;
 }
 interface Analysis {
+  duckdb: {
+    strategies: Array<{ strategy: string; logicalFileBytes: number; unitRefs: number; units: number; uniqueBytes: number; uniqueCompressedBytes: number }>;
+    marginalUniqueBytes: Record<string, number[]>;
+    sharing: { strategy: string; bytes: number[][] };
+    rows: number;
+  };
   images: string[];
   strategies: StrategyResult[];
   sharing: { strategy: string; bytes: number[][] };
@@ -56,7 +62,7 @@ const layouts = () => [image('app'), image('app2')];
 
 beforeAll(() => {
   work = tmpdir('analyze');
-  a = cliJson<Analysis>(['analyze', ...layouts().map((l) => `oci:${l}:latest`), '--chunker', 'layer,file,cdc:16k/64k/256k,fixed:1m', '--csv', path.join(work, 'out', 'a.csv'), '--html', path.join(work, 'out', 'report.html')]);
+  a = cliJson<Analysis>(['analyze', ...layouts().map((l) => `oci:${l}:latest`), '--chunker', 'layer,file,cdc:16k/64k/256k,fixed:1m', '--csv', path.join(work, 'out', 'a.csv'), '--html', path.join(work, 'out', 'report.html'), '--parquet', path.join(work, 'out', 'chunks.parquet')]);
 });
 
 const strat = (name: string) => a.strategies.find((s) => s.strategy === name)!;
@@ -148,6 +154,32 @@ describe('ocichunk analyze', () => {
     expect(bars).toBe(s + s * n);
     expect(cells).toBe(n * n);
     for (const st of a.strategies) expect(dom).toContain(st.strategy);
+  });
+
+  it('writes every chunk occurrence to Parquet, and DuckDB over that table gives the same figures', async () => {
+    const { DuckDBInstance } = await import('@duckdb/node-api');
+    const db = await DuckDBInstance.create(':memory:');
+    const c = await db.connect();
+    const file = path.join(work, 'out', 'chunks.parquet').replace(/'/g, "''");
+    const rows = (await c.runAndReadAll(`select strategy, count(*) as n, count(distinct digest) as u, sum(length) as l from read_parquet('${file}') group by strategy order by strategy`)).getRowObjects();
+    const cols = (await c.runAndReadAll(`describe select * from read_parquet('${file}')`)).getRowObjects().map((r) => String(r.column_name));
+    c.closeSync();
+    db.closeSync();
+    expect(cols).toEqual(['image', 'layer_index', 'layer', 'path', 'strategy', 'digest', 'offset', 'length', 'compressed_length']);
+    const chunkStrategies = a.strategies.filter((s) => s.strategy !== 'layer');
+    expect(rows.map((r) => String(r.strategy))).toEqual(chunkStrategies.map((s) => s.strategy).sort());
+    for (const r of rows) {
+      const s = strat(String(r.strategy));
+      const sql = a.duckdb.strategies.find((x) => x.strategy === s.strategy)!;
+      expect(Number(r.u)).toBe(s.units);
+      expect(sql.units).toBe(s.units);
+      expect(sql.uniqueBytes).toBe(s.uniqueBytes);
+      expect(Number(r.n)).toBe(sql.unitRefs);
+      expect(a.duckdb.marginalUniqueBytes[s.strategy]).toEqual(s.perImage.map((p) => p.marginalUniqueBytes));
+      // a chunk's share of its frame, summed over distinct chunks, is the packs' size give or take rounding
+      expect(Math.abs(sql.uniqueCompressedBytes - s.packBytes) / s.packBytes).toBeLessThan(0.001);
+    }
+    expect(a.duckdb.sharing).toEqual(a.sharing);
   });
 
   it('prints a readable table and refuses unknown strategies', () => {

@@ -6,6 +6,9 @@
  * per-chunk zstd frames + TOCs). Per image: the marginal bytes it adds (in the order given), and how
  * many bytes it shares with each other image. Duplicated files are ranked by bytes saved.
  */
+import { randomBytes } from 'node:crypto';
+import os from 'node:os';
+import path from 'node:path';
 import { decodeToc, type Toc } from '../chunked/toc.js';
 import { resolveImage } from '../chunked/image.js';
 import { convertImage, type ConvertOptions, type ConvertResult } from '../convert/convert.js';
@@ -15,6 +18,7 @@ import { CMT } from '../oci/chunked-media.js';
 import { parseManifestDoc, type Platform } from '../oci/types.js';
 import { openSource, type TransportOptions } from '../ref.js';
 import { CountingSink } from '../transports/counting-sink.js';
+import { ChunkTable, type SqlSummary } from './chunk-table.js';
 
 export type Strategy = { name: string; kind: 'layer' } | { name: string; kind: 'chunks'; chunker: ChunkerSpec };
 
@@ -81,6 +85,8 @@ export interface AnalyzeResult {
   sharing: { strategy: string; bytes: number[][] };
   /** The files whose duplicates save most bytes (file-level, over every layer of every image). */
   topDuplicates: Array<{ path: string; size: number; copies: number; savedBytes: number; images: number }>;
+  /** With `parquet`: the same figures computed by DuckDB over the chunk-occurrence table, and where it went. */
+  duckdb?: SqlSummary & { parquet: string };
   seconds: number;
 }
 
@@ -93,6 +99,8 @@ export interface AnalyzeOptions {
   tmpDir?: string;
   /** How many duplicated files to list (default 20). */
   top?: number;
+  /** Write one row per chunk occurrence to this Parquet file (through an embedded DuckDB). */
+  parquet?: string;
   onProgress?: (p: { strategy: string; image: string; index: number; images: number }) => void;
 }
 
@@ -134,126 +142,138 @@ export async function analyze(refs: string[], opts: AnalyzeOptions = {}): Promis
   const logicalBytes = perImageLayers.flat().reduce((a, l) => a + l.size, 0);
   const layerStored = [...layerSizes.values()].reduce((a, b) => a + b, 0);
 
-  const results: StrategyResult[] = [];
-  let logicalFileBytes = 0;
-  let sharing: AnalyzeResult['sharing'] | undefined;
-  let topDuplicates: AnalyzeResult['topDuplicates'] = [];
-  for (const s of strategies) {
-    const ts = performance.now();
-    if (s.kind === 'layer') {
-      const seen = new Set<string>();
-      results.push({
-        strategy: s.name,
-        logicalBytes,
-        logicalFileBytes: 0,
-        uniqueBytes: layerStored,
-        storedBytes: layerStored,
-        packBytes: layerStored,
-        tocBytes: 0,
-        units: layerSizes.size,
-        unitRefs: perImageLayers.flat().length,
-        ratioVsLogical: logicalBytes / Math.max(1, layerStored),
-        ratioVsLayer: 1,
-        seconds: 0,
-        perImage: perImageLayers.map((ls, i) => {
-          let m = 0;
-          for (const l of ls) if (!seen.has(l.digest)) (seen.add(l.digest), (m += l.size));
-          return { image: names[i], marginalStoredBytes: m, marginalUniqueBytes: m };
-        }),
-      });
-      continue;
-    }
-    const sink = new CountingSink(`memory:${s.name}`);
-    const per: PerImageChunks[] = [];
-    const perImage: StrategyResult['perImage'] = [];
-    const all = new Map<string, number>();
-    let packBytes = 0;
-    let tocBytes = 0;
-    let unitRefs = 0;
-    let fileBytes = 0;
-    const fileCopies = new Map<string, { path: string; size: number; copies: number; images: Set<number> }>();
-    for (const [i, ref] of refs.entries()) {
-      opts.onProgress?.({ strategy: s.name, image: names[i], index: i, images: refs.length });
-      const src = await openSource(ref, opts.transport);
-      let r: ConvertResult;
-      try {
-        const co: ConvertOptions = { chunker: s.chunker, zstdLevel: level, threads: opts.threads, tmpDir: opts.tmpDir, platform: opts.platform };
-        r = await convertImage(src, sink, co);
-      } finally {
-        await src.close();
+  const table = opts.parquet ? await ChunkTable.open(path.join(opts.tmpDir ?? os.tmpdir(), `ocichunk-analyze-${process.pid}-${randomBytes(4).toString('hex')}`)) : undefined;
+  try {
+    const results: StrategyResult[] = [];
+    let logicalFileBytes = 0;
+    let sharing: AnalyzeResult['sharing'] | undefined;
+    let topDuplicates: AnalyzeResult['topDuplicates'] = [];
+    for (const s of strategies) {
+      const ts = performance.now();
+      if (s.kind === 'layer') {
+        const seen = new Set<string>();
+        results.push({
+          strategy: s.name,
+          logicalBytes,
+          logicalFileBytes: 0,
+          uniqueBytes: layerStored,
+          storedBytes: layerStored,
+          packBytes: layerStored,
+          tocBytes: 0,
+          units: layerSizes.size,
+          unitRefs: perImageLayers.flat().length,
+          ratioVsLogical: logicalBytes / Math.max(1, layerStored),
+          ratioVsLayer: 1,
+          seconds: 0,
+          perImage: perImageLayers.map((ls, i) => {
+            let m = 0;
+            for (const l of ls) if (!seen.has(l.digest)) (seen.add(l.digest), (m += l.size));
+            return { image: names[i], marginalStoredBytes: m, marginalUniqueBytes: m };
+          }),
+        });
+        continue;
       }
-      const toc = tocOf(sink, r, `${names[i]} (${s.name})`);
-      const mine = new Map<string, number>();
-      for (const [hex, , , len] of toc.chunks) mine.set(hex, len);
-      let marginalUnique = 0;
-      for (const [hex, len] of mine) if (!all.has(hex)) (all.set(hex, len), (marginalUnique += len));
-      per.push({ chunks: mine });
-      packBytes += r.bytesStored;
-      tocBytes += r.tocBytes;
-      unitRefs += r.chunkRefs;
-      fileBytes += r.fileBytes;
-      perImage.push({ image: names[i], marginalStoredBytes: r.bytesStored + r.tocBytes, marginalUniqueBytes: marginalUnique });
-      if (s.chunker.kind === 'file') {
-        for (const layer of toc.layers) {
-          for (const e of layer.entries) {
-            if (e.type !== 'reg' || !e.size || !e.chunks?.length) continue;
-            const key = e.chunks.map((c) => toc.chunks[c][0]).join(',');
-            const f = fileCopies.get(key);
-            if (f) {
-              f.copies++;
-              f.images.add(i);
-            } else fileCopies.set(key, { path: e.path, size: e.size, copies: 1, images: new Set([i]) });
+      const sink = new CountingSink(`memory:${s.name}`);
+      const per: PerImageChunks[] = [];
+      const perImage: StrategyResult['perImage'] = [];
+      const all = new Map<string, number>();
+      let packBytes = 0;
+      let tocBytes = 0;
+      let unitRefs = 0;
+      let fileBytes = 0;
+      const fileCopies = new Map<string, { path: string; size: number; copies: number; images: Set<number> }>();
+      for (const [i, ref] of refs.entries()) {
+        opts.onProgress?.({ strategy: s.name, image: names[i], index: i, images: refs.length });
+        const src = await openSource(ref, opts.transport);
+        let r: ConvertResult;
+        try {
+          const co: ConvertOptions = { chunker: s.chunker, zstdLevel: level, threads: opts.threads, tmpDir: opts.tmpDir, platform: opts.platform };
+          r = await convertImage(src, sink, co);
+        } finally {
+          await src.close();
+        }
+        const toc = tocOf(sink, r, `${names[i]} (${s.name})`);
+        table?.appendToc(s.name, i, names[i], perImageLayers[i].map((l) => l.digest), toc);
+        const mine = new Map<string, number>();
+        for (const [hex, , , len] of toc.chunks) mine.set(hex, len);
+        let marginalUnique = 0;
+        for (const [hex, len] of mine) if (!all.has(hex)) (all.set(hex, len), (marginalUnique += len));
+        per.push({ chunks: mine });
+        packBytes += r.bytesStored;
+        tocBytes += r.tocBytes;
+        unitRefs += r.chunkRefs;
+        fileBytes += r.fileBytes;
+        perImage.push({ image: names[i], marginalStoredBytes: r.bytesStored + r.tocBytes, marginalUniqueBytes: marginalUnique });
+        if (s.chunker.kind === 'file') {
+          for (const layer of toc.layers) {
+            for (const e of layer.entries) {
+              if (e.type !== 'reg' || !e.size || !e.chunks?.length) continue;
+              const key = e.chunks.map((c) => toc.chunks[c][0]).join(',');
+              const f = fileCopies.get(key);
+              if (f) {
+                f.copies++;
+                f.images.add(i);
+              } else fileCopies.set(key, { path: e.path, size: e.size, copies: 1, images: new Set([i]) });
+            }
           }
         }
       }
-    }
-    logicalFileBytes = fileBytes;
-    const uniqueBytes = [...all.values()].reduce((a, b) => a + b, 0);
-    const stored = packBytes + tocBytes;
-    results.push({
-      strategy: s.name,
-      chunker: s.chunker,
-      logicalBytes,
-      logicalFileBytes: fileBytes,
-      uniqueBytes,
-      storedBytes: stored,
-      packBytes,
-      tocBytes,
-      units: all.size,
-      unitRefs,
-      ratioVsLogical: logicalBytes / Math.max(1, stored),
-      ratioVsLayer: layerStored / Math.max(1, stored),
-      seconds: (performance.now() - ts) / 1000,
-      perImage,
-    });
-    // sharing from the first content-defined strategy (else the first chunk strategy)
-    if (!sharing || (s.chunker.kind === 'cdc' && !sharing.strategy.startsWith('cdc'))) {
-      sharing = {
+      logicalFileBytes = fileBytes;
+      const uniqueBytes = [...all.values()].reduce((a, b) => a + b, 0);
+      const stored = packBytes + tocBytes;
+      results.push({
         strategy: s.name,
-        bytes: per.map((a) =>
-          per.map((b) => {
-            let n = 0;
-            for (const [hex, len] of a.chunks) if (b.chunks.has(hex)) n += len;
-            return n;
-          }),
-        ),
-      };
+        chunker: s.chunker,
+        logicalBytes,
+        logicalFileBytes: fileBytes,
+        uniqueBytes,
+        storedBytes: stored,
+        packBytes,
+        tocBytes,
+        units: all.size,
+        unitRefs,
+        ratioVsLogical: logicalBytes / Math.max(1, stored),
+        ratioVsLayer: layerStored / Math.max(1, stored),
+        seconds: (performance.now() - ts) / 1000,
+        perImage,
+      });
+      // sharing from the first content-defined strategy (else the first chunk strategy)
+      if (!sharing || (s.chunker.kind === 'cdc' && !sharing.strategy.startsWith('cdc'))) {
+        sharing = {
+          strategy: s.name,
+          bytes: per.map((a) =>
+            per.map((b) => {
+              let n = 0;
+              for (const [hex, len] of a.chunks) if (b.chunks.has(hex)) n += len;
+              return n;
+            }),
+          ),
+        };
+      }
+      if (s.chunker.kind === 'file') {
+        topDuplicates = [...fileCopies.values()]
+          .filter((f) => f.copies > 1)
+          .map((f) => ({ path: f.path, size: f.size, copies: f.copies, savedBytes: (f.copies - 1) * f.size, images: f.images.size }))
+          .sort((a, b) => b.savedBytes - a.savedBytes || (a.path < b.path ? -1 : a.path > b.path ? 1 : 0))
+          .slice(0, opts.top ?? 20);
+      }
     }
-    if (s.chunker.kind === 'file') {
-      topDuplicates = [...fileCopies.values()]
-        .filter((f) => f.copies > 1)
-        .map((f) => ({ path: f.path, size: f.size, copies: f.copies, savedBytes: (f.copies - 1) * f.size, images: f.images.size }))
-        .sort((a, b) => b.savedBytes - a.savedBytes || (a.path < b.path ? -1 : a.path > b.path ? 1 : 0))
-        .slice(0, opts.top ?? 20);
+    for (const r of results) if (r.strategy === 'layer') r.logicalFileBytes = logicalFileBytes;
+    let duckdb: AnalyzeResult['duckdb'];
+    if (table && opts.parquet) {
+      duckdb = { ...(await table.summarize(names.length, sharing?.strategy)), parquet: opts.parquet };
+      await table.writeParquet(opts.parquet);
     }
+    return {
+      images: names,
+      zstdLevel: level,
+      strategies: results,
+      sharing: sharing ?? { strategy: 'layer', bytes: [] },
+      topDuplicates,
+      ...(duckdb ? { duckdb } : {}),
+      seconds: (performance.now() - t0) / 1000,
+    };
+  } finally {
+    await table?.close();
   }
-  for (const r of results) if (r.strategy === 'layer') r.logicalFileBytes = logicalFileBytes;
-  return {
-    images: names,
-    zstdLevel: level,
-    strategies: results,
-    sharing: sharing ?? { strategy: 'layer', bytes: [] },
-    topDuplicates,
-    seconds: (performance.now() - t0) / 1000,
-  };
 }

@@ -16,12 +16,13 @@ export function builder(y: Argv) {
     .option('chunker', { type: 'string', array: true, default: DEFAULT_STRATEGIES, describe: 'strategies: layer, file, fixed:SIZE, cdc:MIN/AVG/MAX (comma-separated or repeated)' })
     .option('zstd-level', { type: 'number', default: 3, describe: 'zstd level of chunk frames' })
     .option('csv', { type: 'string', describe: 'also write one row per strategy to this CSV file' })
+    .option('parquet', { type: 'string', describe: 'also write one row per chunk occurrence to this Parquet file (via embedded DuckDB)' })
     .option('html', { type: 'string', describe: 'also write a self-contained HTML report with charts (opens offline)' })
     .option('top', { type: 'number', default: 20, describe: 'how many duplicated files to list' })
     .option('tmpdir', { type: 'string', describe: 'where conversions spool chunks (default: system temp)' });
 }
 
-type Args = Common & { images: string[]; chunker: string[]; 'zstd-level': number; csv?: string; html?: string; top: number; tmpdir?: string };
+type Args = Common & { images: string[]; chunker: string[]; 'zstd-level': number; csv?: string; html?: string; parquet?: string; top: number; tmpdir?: string };
 
 export function csv(r: AnalyzeResult): string {
   const cols = ['strategy', 'logicalBytes', 'logicalFileBytes', 'uniqueBytes', 'storedBytes', 'packBytes', 'tocBytes', 'units', 'unitRefs', 'ratioVsLogical', 'ratioVsLayer', 'seconds'] as const;
@@ -39,6 +40,7 @@ export async function run(a: Args): Promise<unknown> {
     transport: transportOf(a),
     tmpDir: a.tmpdir,
     top: a.top,
+    parquet: a.parquet,
     onProgress: (p) => line.event(`${p.strategy}: ${p.image} (${p.index + 1}/${p.images})`),
   }).finally(() => line.done());
   for (const [file, content] of [
