@@ -32,55 +32,8 @@ if have "$L/base" && have "$L/app" && have "$L/app2" && have "$L/app-tar" && hav
   exit 0
 fi
 
-# --- the mirror and suite from apt's sources (deb822 first, then the classic list) ---
-mirror=""; suite=""
-for f in /etc/apt/sources.list.d/*.sources; do
-  [ -f "$f" ] || continue
-  read -r mirror suite < <(awk '
-    /^Types:/ { deb = ($0 ~ /(^|[ \t])deb([ \t]|$)/) }
-    /^URIs:/ && deb && !u { u = $2 }
-    /^Suites:/ && deb && !s { s = $2 }
-    /^$/ { if (u && s) { print u, s; exit } }
-    END { if (u && s) print u, s }' "$f")
-  [ -n "$mirror" ] && break
-done
-if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
-  read -r mirror suite < <(awk '$1 == "deb" { i = 2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ } print $i, $(i+1); exit }' /etc/apt/sources.list)
-fi
-[ -n "$mirror" ] && [ -n "$suite" ] || { log "cannot find a Debian mirror in the apt sources"; exit 1; }
-log "mirror $mirror, suite $suite"
-
-B=(buildah --root "$CACHE/storage" --runroot "$CACHE/run" --storage-driver vfs)
+source "$(dirname "$0")/lib.sh"
 PKGS="python3-minimal procps iputils-ping libcap2-bin"
-
-bootstrap() { # dir
-  rm -rf "$1"
-  log "debootstrap --variant=minbase $suite -> $1"
-  debootstrap --variant=minbase --cache-dir="$CACHE/debs" "$suite" "$1" "$mirror" > "$1.log" 2>&1 \
-    || { tail -20 "$1.log" >&2; exit 1; }
-}
-
-commit() { # container dest-layout: commit into the private storage (as localhost/NAME), push to an OCI layout
-  local name
-  name=localhost/ocichunk-$(basename "$2"):latest
-  rm -rf "$2.tmp"
-  "${B[@]}" commit --quiet --format oci "$1" "$name" > /dev/null
-  "${B[@]}" rm "$1" > /dev/null
-  "${B[@]}" push --quiet --disable-compression "$name" "oci:$2.tmp:latest"
-  rm -rf "$2"
-  mv "$2.tmp" "$2"
-}
-
-base_image() { # rootfs dest
-  local c mnt
-  c=$("${B[@]}" from scratch)
-  mnt=$("${B[@]}" mount "$c")
-  tar -C "$1" -cf - . | tar -C "$mnt" -xpf - --numeric-owner
-  "${B[@]}" umount "$c" > /dev/null
-  "${B[@]}" config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd /bin/sh \
-    --os linux --arch amd64 "$c"
-  commit "$c" "$2"
-}
 
 app_image() { # base-layout dest
   local c
