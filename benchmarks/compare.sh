@@ -32,12 +32,16 @@ for l in layouts:
     for x in m['layers']: seen.setdefault(x['digest'], b(x['digest']))
 open(out, 'w').write('\n'.join(seen.values()) + '\n')
 PY
-gz=0; zs=0; raw=0
+gz=0; zs=0; raw=0; served=0
+tarof() { case "$(head -c2 "$1" | od -An -tx1 | tr -d ' ')" in 1f8b) gzip -dc "$1" ;; 28b5) zstd -dcq "$1" ;; *) cat "$1" ;; esac; }
 while read -r f; do
-  raw=$((raw + $(stat -c %s "$f")))
-  gz=$((gz + $(gzip -6 -c "$f" | wc -c)))
-  zs=$((zs + $(zstd -q -3 -c "$f" | wc -c)))
+  served=$((served + $(stat -c %s "$f")))
+  tarof "$f" > "$OUT/layer.tar"
+  raw=$((raw + $(stat -c %s "$OUT/layer.tar")))
+  gz=$((gz + $(gzip -6 -c "$OUT/layer.tar" | wc -c)))
+  zs=$((zs + $(zstd -q -3 -c "$OUT/layer.tar" | wc -c)))
 done < "$OUT/layers.txt"
+rm -f "$OUT/layer.tar"
 
 # 2. ocichunk, at the default level and at the highest
 for lvl in 3 19; do
@@ -102,10 +106,10 @@ floor19=$(zstd -q -19 --long=27 -T0 -c "$OUT/distinct.bin" | wc -c)
 distinct=$(stat -c %s "$OUT/distinct.bin")
 rm -f "$OUT/distinct.bin"
 
-python3 - "$OUT" "$raw" "$gz" "$zs" "$floor3" "$floor19" "$distinct" "$casync_t" "$zc_t" "${#refs[@]}" <<'PY'
+python3 - "$OUT" "$raw" "$gz" "$zs" "$floor3" "$floor19" "$distinct" "$casync_t" "$zc_t" "${#refs[@]}" "$served" <<'PY'
 import glob, json, os, sys
-out, raw, gz, zs, f3, f19, distinct, cat, zct, n = sys.argv[1:]
-raw, gz, zs, f3, f19, distinct, n = map(int, (raw, gz, zs, f3, f19, distinct, n)); cat, zct = float(cat), float(zct)
+out, raw, gz, zs, f3, f19, distinct, cat, zct, n, served = sys.argv[1:]
+raw, gz, zs, f3, f19, distinct, n, served = map(int, (raw, gz, zs, f3, f19, distinct, n, served)); cat, zct = float(cat), float(zct)
 def du(p):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(p) for f in fs)
 oc = {}
@@ -120,13 +124,13 @@ casync = du(os.path.join(out, 'casync'))
 castore = du(os.path.join(out, 'casync', 'store.castr'))
 # zstd:chunked layout: its blobs (layers, configs, manifests), each stored once
 zc = du(os.path.join(out, 'zstd-chunked', 'blobs'))
-res = {'images': n, 'uniqueLayerBytes': raw, 'registryGzip6': gz, 'registryZstd3': zs,
+res = {'images': n, 'uniqueLayerBytes': raw, 'uniqueLayerBytesAsServed': served, 'registryGzip6': gz, 'registryZstd3': zs,
        'ocichunk3': oc[3], 'ocichunk19': oc[19], 'analyzePredicted3': pred, 'analyzeVsConvert': pred / oc[3]['stored'],
        'casync': {'bytes': casync, 'storeBytes': castore, 'seconds': cat}, 'zstdChunked': {'bytes': zc, 'seconds': zct},
        'distinctFileBytes': distinct, 'floorZstd3': f3, 'floorZstd19Long': f19, 'fileLevelUniqueBytes': filelvl['uniqueBytes']}
 json.dump(res, open(os.path.join(out, 'results.json'), 'w'), indent=2)
 mb = lambda b: f"{b / 1048576:8.1f} MiB"
-print(f"{n} images; unique layers {mb(raw).strip()} uncompressed; distinct file contents {mb(distinct).strip()}")
+print(f"{n} images; unique layers {mb(raw).strip()} uncompressed ({mb(served).strip()} as served); distinct file contents {mb(distinct).strip()}")
 print(f"{'':44s} {'stored':>12s}  vs registry")
 def row(name, b, extra=''):
     print(f"{name:44s} {mb(b)}  {b / gz:6.3f}x  {extra}")
