@@ -4,6 +4,7 @@
  * image, and the sharing heat map — plus the tables. Each chart marks itself `data-rendered` once
  * drawn, so a headless browser can check it.
  */
+import { bytes } from '../format.js';
 import type { AnalyzeResult } from './analyze.js';
 
 const esc = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -98,16 +99,7 @@ const SCRIPT = String.raw`
 `;
 
 export function renderHtml(r: AnalyzeResult): string {
-  const fmt = (n: number) => {
-    const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-    let i = 0;
-    let v = n;
-    while (v >= 1024 && i < u.length - 1) {
-      v /= 1024;
-      i++;
-    }
-    return `${i ? v.toFixed(v >= 100 ? 0 : 1) : v} ${u[i]}`;
-  };
+  const fmt = bytes;
   const rows = r.strategies
     .map(
       (s) =>

@@ -1,14 +1,5 @@
 /** Human-readable output helpers for the CLI. */
-export function bytes(n: number): string {
-  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  let v = n;
-  while (v >= 1024 && i < u.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${i === 0 ? v : v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${u[i]}`;
-}
+export { bytes } from '../format.js';
 
 export function ratio(r: number): string {
   return `${r.toFixed(2)}x`;
