@@ -210,6 +210,17 @@ describe('docker:// on a registry', () => {
     }
   });
 
+  it('analyze reads images from the registry and gives the figures it gives for the layouts', () => {
+    // apps:app2 was pushed from the app2 layout; compare with the layout directly
+    const strategies = ['--chunker', 'layer,file,cdc:16k/64k/256k'];
+    type A = { strategies: Array<{ strategy: string; storedBytes: number; uniqueBytes: number; units: number }> };
+    const remote = cliJson<A>(['analyze', `docker://${reg.host}/apps:app2`, ...strategies]);
+    const local = cliJson<A>(['analyze', `oci:${image('app2')}:latest`, ...strategies]);
+    const figures = (x: A) => x.strategies.map(({ strategy, storedBytes, uniqueBytes, units }) => ({ strategy, storedBytes, uniqueBytes, units }));
+    expect(figures(remote)).toEqual(figures(local));
+    expect(figures(remote).length).toBe(3);
+  });
+
   it('says clearly what is missing', () => {
     const noRepo = cli(['inspect', `docker://${reg.host}/nothing/here:1`]);
     expect(noRepo.code).toBe(3);
