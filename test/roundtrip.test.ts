@@ -77,6 +77,24 @@ describe('restore reproduces the original tree', () => {
     fs.rmSync(rootfs, { recursive: true, force: true });
   });
 
+  it('round-trips with every chunk grouped into 1 MiB frames (--group-below 256k --frame-size 1m)', async () => {
+    const out = path.join(work, 'out-big-frames');
+    const r = await convert(`oci:${image('app')}:latest`, `oci:${out}:app`, { groupBelow: 256 << 10, groupTarget: 1 << 20 });
+    const src = await openSource(`oci:${out}:app`);
+    const { toc } = await openChunked(await resolveImage(src));
+    await src.close();
+    // frames hold many chunks now: far fewer frames than chunks, none much over the target
+    expect(toc.frames.length).toBeLessThan(toc.chunks.length / 8);
+    expect(Math.max(...toc.frames.map((f) => f[3]))).toBeLessThan((1 << 20) + (256 << 10));
+    expect(r.uniqueChunks).toBe(toc.chunks.length);
+    const rootfs = path.join(work, 'rootfs-big-frames');
+    await restore(`oci:${out}:app`, rootfs);
+    const got = snapshot(rootfs);
+    got.delete('.');
+    expect(diffTrees(reference, got)).toEqual([]);
+    fs.rmSync(rootfs, { recursive: true, force: true });
+  });
+
   it('the reference tree has what the comparison must cover', () => {
     const kinds = new Set([...reference.values()].map((n) => n.type));
     expect(kinds).toContain('symlink');

@@ -101,6 +101,9 @@ export interface AnalyzeOptions {
   top?: number;
   /** Write one row per chunk occurrence to this Parquet file (through an embedded DuckDB). */
   parquet?: string;
+  /** Frame grouping, as `convert` takes it. */
+  groupBelow?: number;
+  groupTarget?: number;
   onProgress?: (p: { strategy: string; image: string; index: number; images: number }) => void;
 }
 
@@ -187,7 +190,15 @@ export async function analyze(refs: string[], opts: AnalyzeOptions = {}): Promis
         const src = await openSource(ref, opts.transport);
         let r: ConvertResult;
         try {
-          const co: ConvertOptions = { chunker: s.chunker, zstdLevel: level, threads: opts.threads, tmpDir: opts.tmpDir, platform: opts.platform };
+          const co: ConvertOptions = {
+          chunker: s.chunker,
+          zstdLevel: level,
+          threads: opts.threads,
+          tmpDir: opts.tmpDir,
+          platform: opts.platform,
+          groupBelow: opts.groupBelow,
+          groupTarget: opts.groupTarget,
+        };
           r = await convertImage(src, sink, co);
         } finally {
           await src.close();

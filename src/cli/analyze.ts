@@ -5,7 +5,7 @@ import { analyze, DEFAULT_STRATEGIES, type AnalyzeResult } from '../analyze/anal
 import { renderHtml } from '../analyze/html.js';
 import { writeFileAtomic } from '../store/blobstore.js';
 import { bytes, ratio, ProgressLine } from './format.js';
-import { common, platformOf, transportOf, type Common } from './options.js';
+import { common, parseSize, platformOf, transportOf, type Common } from './options.js';
 
 export const command = 'analyze <images..>';
 export const describe = 'What each level of dedup (layer, file, fixed, content-defined chunks) would store for a set of images';
@@ -15,6 +15,8 @@ export function builder(y: Argv) {
     .positional('images', { type: 'string', array: true, demandOption: true, describe: 'image references, any transport, in order' })
     .option('chunker', { type: 'string', array: true, default: DEFAULT_STRATEGIES, describe: 'strategies: layer, file, fixed:SIZE, cdc:MIN/AVG/MAX (comma-separated or repeated)' })
     .option('zstd-level', { type: 'number', default: 3, describe: 'zstd level of chunk frames' })
+    .option('frame-size', { type: 'string', default: '64k', describe: 'as for convert: size of shared frames' })
+    .option('group-below', { type: 'string', default: '32k', describe: 'as for convert: chunks below this share frames' })
     .option('csv', { type: 'string', describe: 'also write one row per strategy to this CSV file' })
     .option('parquet', { type: 'string', describe: 'also write one row per chunk occurrence to this Parquet file (via embedded DuckDB)' })
     .option('html', { type: 'string', describe: 'also write a self-contained HTML report with charts (opens offline)' })
@@ -22,7 +24,7 @@ export function builder(y: Argv) {
     .option('tmpdir', { type: 'string', describe: 'where conversions spool chunks (default: system temp)' });
 }
 
-type Args = Common & { images: string[]; chunker: string[]; 'zstd-level': number; csv?: string; html?: string; parquet?: string; top: number; tmpdir?: string };
+type Args = Common & { images: string[]; chunker: string[]; 'zstd-level': number; 'frame-size': string; 'group-below': string; csv?: string; html?: string; parquet?: string; top: number; tmpdir?: string };
 
 export function csv(r: AnalyzeResult): string {
   const cols = ['strategy', 'logicalBytes', 'logicalFileBytes', 'uniqueBytes', 'storedBytes', 'packBytes', 'tocBytes', 'units', 'unitRefs', 'ratioVsLogical', 'ratioVsLayer', 'seconds'] as const;
@@ -41,6 +43,8 @@ export async function run(a: Args): Promise<unknown> {
     tmpDir: a.tmpdir,
     top: a.top,
     parquet: a.parquet,
+    groupTarget: parseSize(a['frame-size'], '--frame-size'),
+    groupBelow: parseSize(a['group-below'], '--group-below'),
     onProgress: (p) => line.event(`${p.strategy}: ${p.image} (${p.index + 1}/${p.images})`),
   }).finally(() => line.done());
   for (const [file, content] of [

@@ -25,6 +25,8 @@ export function builder(y: Argv) {
     .option('source-date-epoch', { type: 'number', describe: 'clamp mtimes to this time (default: $SOURCE_DATE_EPOCH, else 0)' })
     .option('keep-mtime', { type: 'boolean', default: false, describe: 'keep file mtimes instead of clamping them' })
     .option('pack-size', { type: 'string', default: '64m', describe: 'target size of pack blobs' })
+    .option('frame-size', { type: 'string', default: '64k', describe: 'chunks below --group-below share zstd frames of about this size (larger: smaller storage, more bytes per lazy read)' })
+    .option('group-below', { type: 'string', default: '32k', describe: 'chunks smaller than this are grouped into shared frames; larger ones get a frame each' })
     .option('tmpdir', { type: 'string', describe: 'where to spool new chunks and stage uploads (default: system temp)' });
 }
 
@@ -39,6 +41,8 @@ type Args = Common & {
   'source-date-epoch'?: number;
   'keep-mtime': boolean;
   'pack-size': string;
+  'frame-size': string;
+  'group-below': string;
   tmpdir?: string;
 };
 
@@ -75,6 +79,8 @@ export async function run(a: Args): Promise<unknown> {
     sourceDateEpoch: sourceDateEpoch(a),
     keepMtime: a['keep-mtime'],
     packTarget: parseSize(a['pack-size'], '--pack-size'),
+    groupTarget: parseSize(a['frame-size'], '--frame-size'),
+    groupBelow: parseSize(a['group-below'], '--group-below'),
     tmpDir: a.tmpdir,
     transport: transportOf(a, { concurrency: a.concurrency, tmpDir: a.tmpdir, onTransfer }),
     onProgress,

@@ -25,6 +25,8 @@ export async function run(a: { out: string }): Promise<unknown> {
     'zstd-level': 3,
     'keep-mtime': false,
     'pack-size': '64m',
+    'frame-size': '64k',
+    'group-below': '32k',
     'all-platforms': false,
     attach: 'index',
     concurrency: 4,
