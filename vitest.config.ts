@@ -7,5 +7,6 @@ export default defineConfig({
     hookTimeout: 1_800_000,
     fileParallelism: false,
     reporters: ['default', './test/summary-reporter.ts'],
+    setupFiles: ['./test/helpers/cleanup.ts'],
   },
 });

@@ -56,26 +56,7 @@ PY
 cat "$OUT"/plain/blobs/sha256/* > /dev/null
 # ... and with every layer re-tarred by `tar --sort=name` (the entry order of BuildKit/Docker and of
 # GNU tar --sort=name, which is ocichunk's canonical order: such layers are packed in one pass)
-mkdir -p "$OUT/sorted/blobs/sha256"
-python3 - "$OUT/plain" "$OUT/sorted" <<'PY'
-import hashlib, json, os, shutil, subprocess, sys, tempfile
-src, dst = sys.argv[1:]
-b = lambda root, d: os.path.join(root, 'blobs', 'sha256', d.split(':')[1])
-man = json.load(open(b(src, json.load(open(os.path.join(src, 'index.json')))['manifests'][0]['digest'])))
-shutil.copy(b(src, man['config']['digest']), b(dst, man['config']['digest']))
-for l in man['layers']:
-    d = tempfile.mkdtemp(dir=dst)
-    subprocess.run(['tar', '-xpf', b(src, l['digest']), '-C', d, '--xattrs', "--xattrs-include=*", '--numeric-owner'], check=True)
-    tmp = os.path.join(dst, 'layer.tar')
-    subprocess.run(['tar', '--sort=name', '--xattrs', '--numeric-owner', '--format=pax', '-C', d, '-cf', tmp, '.'], check=True)
-    shutil.rmtree(d)
-    data = open(tmp, 'rb').read(); os.remove(tmp)
-    h = hashlib.sha256(data).hexdigest(); open(os.path.join(dst, 'blobs', 'sha256', h), 'wb').write(data)
-    l.update(digest='sha256:' + h, size=len(data))
-mb = json.dumps(man).encode(); h = hashlib.sha256(mb).hexdigest(); open(os.path.join(dst, 'blobs', 'sha256', h), 'wb').write(mb)
-json.dump({'schemaVersion': 2, 'manifests': [{'mediaType': man['mediaType'], 'digest': 'sha256:' + h, 'size': len(mb), 'annotations': {'org.opencontainers.image.ref.name': 'img'}}]}, open(os.path.join(dst, 'index.json'), 'w'))
-open(os.path.join(dst, 'oci-layout'), 'w').write('{"imageLayoutVersion":"1.0.0"}')
-PY
+python3 "$here/retar.py" "$OUT/plain" img "$OUT/sorted" img
 cat "$OUT"/sorted/blobs/sha256/* > /dev/null
 
 zstd_t=$(t zstd -q -3 -T0 -f "$raw" -o "$OUT/layers.tar.zst")

@@ -41,34 +41,7 @@ sk() { skopeo copy --quiet --src-tls-verify=false --dest-tls-verify=false "$@"; 
 # the source image as a registry serves it (its layers as they are in the layout: gzip for `big`)
 sk "oci:$dir:$tag" "docker://$src_reg/big:1"
 # a rebuild: the same files re-tarred by another tool, so that every layer digest differs
-python3 - "$dir" "$tag" "$OUT/rebuild" <<'PY'
-import hashlib, json, os, shutil, subprocess, sys, tempfile
-src, tag, dst = sys.argv[1:]
-b = lambda root, d: os.path.join(root, 'blobs', 'sha256', d.split(':')[1])
-os.makedirs(os.path.join(dst, 'blobs', 'sha256'))
-idx = json.load(open(os.path.join(src, 'index.json')))
-desc = [m for m in idx['manifests'] if m.get('annotations', {}).get('org.opencontainers.image.ref.name') == tag][0]
-man = json.load(open(b(src, desc['digest'])))
-cfg = json.load(open(b(src, man['config']['digest'])))
-diffs = []
-for l in man['layers']:
-    d = tempfile.mkdtemp(dir=dst)
-    subprocess.run(['tar', '-xpf', b(src, l['digest']), '-C', d, '--xattrs', '--xattrs-include=*', '--numeric-owner'], check=True)
-    tmp = os.path.join(dst, 'layer.tar')
-    subprocess.run(['tar', '--sort=name', '--xattrs', '--numeric-owner', '--format=pax', '-C', d, '-cf', tmp, '.'], check=True)
-    shutil.rmtree(d)
-    h = hashlib.sha256(open(tmp, 'rb').read()).hexdigest()
-    os.rename(tmp, os.path.join(dst, 'blobs', 'sha256', h))
-    l.update(mediaType='application/vnd.oci.image.layer.v1.tar', digest='sha256:' + h, size=os.path.getsize(os.path.join(dst, 'blobs', 'sha256', h)))
-    l.pop('annotations', None)
-    diffs.append('sha256:' + h)
-cfg['rootfs']['diff_ids'] = diffs
-cb = json.dumps(cfg).encode(); ch = hashlib.sha256(cb).hexdigest(); open(os.path.join(dst, 'blobs', 'sha256', ch), 'wb').write(cb)
-man['config'].update(digest='sha256:' + ch, size=len(cb))
-mb = json.dumps(man).encode(); mh = hashlib.sha256(mb).hexdigest(); open(os.path.join(dst, 'blobs', 'sha256', mh), 'wb').write(mb)
-json.dump({'schemaVersion': 2, 'manifests': [{'mediaType': man['mediaType'], 'digest': 'sha256:' + mh, 'size': len(mb), 'annotations': {'org.opencontainers.image.ref.name': 'latest'}}]}, open(os.path.join(dst, 'index.json'), 'w'))
-open(os.path.join(dst, 'oci-layout'), 'w').write('{"imageLayoutVersion":"1.0.0"}')
-PY
+python3 "$here/retar.py" "$dir" "$tag" "$OUT/rebuild" latest
 sk --dest-compress "oci:$OUT/rebuild:latest" "docker://$src_reg/rebuild:1"
 rm -rf "$OUT/rebuild"
 

@@ -42,13 +42,8 @@ export class ChunkReader {
       const fb = toc.frames[b];
       return fa[0] - fb[0] || fa[1] - fb[1];
     });
-    let totalC = 0;
     let totalU = 0;
-    for (const f of frames) {
-      totalC += toc.frames[f][2];
-      totalU += toc.frames[f][3];
-    }
-    void totalC;
+    for (const f of frames) totalU += toc.frames[f][3];
     const triplets = new Uint32Array(frames.length * 3);
     const outOff = new Map<number, number>();
     let cpos = 0;

@@ -48,8 +48,9 @@ async function loadManifest(src: ImageSource, desc: Descriptor, bytes?: Buffer):
   return { desc, bytes: b, manifest: parsed.doc };
 }
 
-export async function resolveImage(src: ImageSource, wanted?: Platform): Promise<ResolvedImage> {
-  const top = await src.getTop();
+/** `top`: the source's top document when the caller has it already (saves fetching it again). */
+export async function resolveImage(src: ImageSource, wanted?: Platform, known?: { desc: Descriptor; bytes: Buffer }): Promise<ResolvedImage> {
+  const top = known ?? (await src.getTop());
   const parsed = parseManifestDoc(top.bytes, top.desc.mediaType, `${src.name}`);
   let original: ManifestRef | undefined;
   let chunked: ManifestRef | undefined;

@@ -184,10 +184,19 @@ function fromToc(toc: Toc, layer: number, registry: ChunkRegistry): ScannedEntry
   });
 }
 
+/** Whether the sink holds the blob, or got it from the source without a copy (a registry mount). */
+async function sinkHasOrMounts(src: ImageSource, sink: ImageSink, desc: Descriptor): Promise<boolean> {
+  return (await sink.hasBlob(desc)) || !!(await sink.mountFrom?.(src, desc));
+}
+
+/** Whether the sink holds a manifest (registries keep manifests apart from blobs). */
+function sinkHasManifest(sink: ImageSink, desc: Descriptor): Promise<boolean> {
+  return sink.hasManifest ? sink.hasManifest(desc) : sink.hasBlob(desc);
+}
+
 /** Copy an original layer blob into the sink as it is (when the sink lacks it), verifying it. */
 async function copyBlob(src: ImageSource, sink: ImageSink, layer: Descriptor, what: string): Promise<void> {
-  if (await sink.hasBlob(layer)) return;
-  if (await sink.mountFrom?.(src, layer)) return;
+  if (await sinkHasOrMounts(src, sink, layer)) return;
   const file = src.blobFile?.(layer);
   if (file && sink.stageBlobFile) {
     const staged = await sink.stageBlobFile(file, layer);
@@ -218,7 +227,7 @@ async function copyManifestTree(src: ImageSource, sink: ImageSink, desc: Descrip
     await copyBlob(src, sink, desc, what);
     return;
   }
-  if (await (sink.hasManifest ?? sink.hasBlob).call(sink, desc)) return;
+  if (await sinkHasManifest(sink, desc)) return;
   if (depth > 4) throw new OcichunkError('EUNSUPPORTED', `${what}: indexes nested too deep`);
   const bytes = await src.readBlob(desc, what);
   const p = parseManifestDoc(bytes, desc.mediaType, what);
@@ -229,7 +238,7 @@ async function copyManifestTree(src: ImageSource, sink: ImageSink, desc: Descrip
 
 /** Read one layer through a scanner, copying the original blob into the sink when it lacks it. */
 async function scanLayer(src: ImageSource, sink: ImageSink, layer: Descriptor, what: string, scanner: LayerScanner): Promise<ScannedEntry[]> {
-  const present = (await sink.hasBlob(layer)) || !!(await sink.mountFrom?.(src, layer));
+  const present = await sinkHasOrMounts(src, sink, layer);
   const file = present ? undefined : src.blobFile?.(layer);
   // A local blob is linked or copied by the kernel while we read it; its content is verified by
   // our own read. Other blobs are copied as they stream by.
@@ -311,9 +320,9 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   const { top, index: topIndex, platforms } = await platformsOf(src);
   const images: ResolvedImage[] = [];
   if (opts.allPlatforms && topIndex && platforms.length > 0) {
-    for (const p of platforms) images.push(await resolveImage(src, p));
+    for (const p of platforms) images.push(await resolveImage(src, p, top));
   } else {
-    images.push(await resolveImage(src, opts.platform));
+    images.push(await resolveImage(src, opts.platform, top));
   }
   for (const img of images) {
     if (!img.original) {
@@ -368,7 +377,7 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
     if (!sink.putReferrer) throw new OcichunkError('EUNSUPPORTED', `${sink.name}: cannot hold referrers`);
     // the tag keeps (or, in another repository, gets) the original top manifest; chunked manifests refer to it
     // (in place, the tag stays as it is; elsewhere, a partly converted index gives way to the platform's manifest)
-    const whole = !topIndex || images.length > 1 || (await (sink.hasManifest ?? sink.hasBlob).call(sink, top.desc));
+    const whole = !topIndex || images.length > 1 || (await sinkHasManifest(sink, top.desc));
     tagDesc = whole ? top.desc : results[0].originalManifest;
     if (whole) await sink.putManifest(top.bytes, top.desc.mediaType);
     for (const r of results) attachedVia = (await sink.putReferrer(r.chunkedManifest, r.originalManifest)).via;

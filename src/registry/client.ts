@@ -560,7 +560,7 @@ export class RegistryClient {
       // the registry opened an upload instead; cancel it
       const loc = res.headers.location;
       if (loc) {
-        const del = await this.request({ method: 'DELETE', url: this.resolve(new URL(loc, this.base).toString()), scopes: RegistryClient.push(repo), what, retry: false }).catch(() => undefined);
+        const del = await this.request({ method: 'DELETE', url: new URL(loc, this.base), scopes: RegistryClient.push(repo), what, retry: false }).catch(() => undefined);
         if (del) await drain(del);
       }
       return false;
@@ -717,9 +717,4 @@ export function clientFor(host: string, opts: RegistryOptions = {}): RegistryCli
     clients.set(key, c);
   }
   return c;
-}
-
-export function closeClients(): void {
-  for (const c of clients.values()) c.close();
-  clients.clear();
 }

@@ -17,7 +17,12 @@ export function image(name: string): string {
   return p;
 }
 
+/** Temp dirs made by this test file; test/helpers/cleanup.ts removes them after the file. */
+export const madeDirs: string[] = [];
+
 export function tmpdir(prefix: string): string {
   const base = process.env.OCICHUNK_TEST_TMP ?? os.tmpdir();
-  return fs.mkdtempSync(path.join(base, `ocichunk-${prefix}-`));
+  const d = fs.mkdtempSync(path.join(base, `ocichunk-${prefix}-`));
+  madeDirs.push(d);
+  return d;
 }
