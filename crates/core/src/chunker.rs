@@ -76,6 +76,42 @@ fn mask(bits: u32) -> u64 {
     !0u64 << (64 - bits)
 }
 
+/// Roll the gear hash over `bytes`; the index of the first byte after which `h & mask == 0`.
+#[inline(always)]
+fn scan(bytes: &[u8], h: &mut u64, mask: u64) -> Option<usize> {
+    let mut x = *h;
+    let mut chunks = bytes.chunks_exact(4);
+    let mut base = 0;
+    for c in &mut chunks {
+        x = (x << 1).wrapping_add(GEAR[c[0] as usize]);
+        if x & mask == 0 {
+            return Some(base);
+        }
+        x = (x << 1).wrapping_add(GEAR[c[1] as usize]);
+        if x & mask == 0 {
+            return Some(base + 1);
+        }
+        x = (x << 1).wrapping_add(GEAR[c[2] as usize]);
+        if x & mask == 0 {
+            return Some(base + 2);
+        }
+        x = (x << 1).wrapping_add(GEAR[c[3] as usize]);
+        if x & mask == 0 {
+            return Some(base + 3);
+        }
+        base += 4;
+    }
+    for &b in chunks.remainder() {
+        x = (x << 1).wrapping_add(GEAR[b as usize]);
+        if x & mask == 0 {
+            return Some(base);
+        }
+        base += 1;
+    }
+    *h = x;
+    None
+}
+
 /// Length of the first chunk of `data`, or None if it is not complete yet (only when !eof).
 fn cdc_first(data: &[u8], min: usize, avg: usize, max: usize, eof: bool) -> Option<usize> {
     let n = data.len();
@@ -90,21 +126,14 @@ fn cdc_first(data: &[u8], min: usize, avg: usize, max: usize, eof: bool) -> Opti
     let mask_l = mask(bits.saturating_sub(1));
     let end = n.min(max);
     let normal = avg.min(end);
+    // The hot loop: iterators (no bounds checks), the hash update kept to one dependent add.
     let mut h: u64 = 0;
-    let mut i = min;
-    while i < normal {
-        h = (h << 1).wrapping_add(GEAR[data[i] as usize]);
-        if h & mask_s == 0 {
-            return Some(i + 1);
-        }
-        i += 1;
+    if let Some(at) = scan(&data[min..normal], &mut h, mask_s) {
+        return Some(min + at + 1);
     }
-    while i < end {
-        h = (h << 1).wrapping_add(GEAR[data[i] as usize]);
-        if h & mask_l == 0 {
-            return Some(i + 1);
-        }
-        i += 1;
+    let from = normal.max(min);
+    if let Some(at) = scan(&data[from..end], &mut h, mask_l) {
+        return Some(from + at + 1);
     }
     if end == max || eof {
         Some(end)
@@ -205,6 +234,50 @@ mod tests {
         let tail_a: Vec<_> = a.iter().rev().take(a.len() - 3).collect();
         let tail_b: Vec<_> = b.iter().rev().take(a.len() - 3).collect();
         assert_eq!(tail_a, tail_b);
+    }
+
+    /// The plain byte-at-a-time loop the format was defined with.
+    fn cdc_first_reference(data: &[u8], min: usize, avg: usize, max: usize, eof: bool) -> Option<usize> {
+        let n = data.len();
+        if n == 0 {
+            return None;
+        }
+        if n <= min {
+            return if eof || n == max { Some(n) } else { None };
+        }
+        let bits = avg.next_power_of_two().trailing_zeros();
+        let (mask_s, mask_l) = (mask(bits + 1), mask(bits.saturating_sub(1)));
+        let end = n.min(max);
+        let normal = avg.min(end);
+        let mut h: u64 = 0;
+        for i in min..end {
+            h = (h << 1).wrapping_add(GEAR[data[i] as usize]);
+            if h & (if i < normal { mask_s } else { mask_l }) == 0 {
+                return Some(i + 1);
+            }
+        }
+        if end == max || eof { Some(end) } else { None }
+    }
+
+    #[test]
+    fn unrolled_loop_equals_reference() {
+        // low-entropy data too, so that cuts fall in every position of the unrolled loop
+        let mut d = data(3 << 20, 5);
+        for (i, b) in d.iter_mut().enumerate().skip(1 << 20).take(1 << 20) {
+            *b = if i % 7 == 0 { *b } else { b'a' };
+        }
+        for (min, avg, max) in [(16 << 10, 64 << 10, 256 << 10), (64, 256, 1024), (100, 300, 301), (4096, 4096, 4096), (2048, 8192, 65536)] {
+            let mut pos = 0;
+            while pos < d.len() {
+                let a = cdc_first(&d[pos..], min, avg, max, true);
+                let b = cdc_first_reference(&d[pos..], min, avg, max, true);
+                assert_eq!(a, b, "{min}/{avg}/{max} at {pos}");
+                // also an unfinished prefix
+                let cut_short = &d[pos..(pos + max / 2 + 3).min(d.len())];
+                assert_eq!(cdc_first(cut_short, min, avg, max, false), cdc_first_reference(cut_short, min, avg, max, false));
+                pos += a.unwrap();
+            }
+        }
     }
 
     #[test]
