@@ -18,7 +18,8 @@ import { CMT } from '../oci/chunked-media.js';
 import { parseManifestDoc, type Platform } from '../oci/types.js';
 import { openSource, type TransportOptions } from '../ref.js';
 import { CountingSink } from '../transports/counting-sink.js';
-import { ChunkTable, type SqlSummary } from './chunk-table.js';
+import { ChunkTable } from './chunk-table.js';
+import { ChunkRegistry } from '../convert/registry.js';
 
 export type Strategy = { name: string; kind: 'layer' } | { name: string; kind: 'chunks'; chunker: ChunkerSpec };
 
@@ -85,8 +86,10 @@ export interface AnalyzeResult {
   sharing: { strategy: string; bytes: number[][] };
   /** The files whose duplicates save most bytes (file-level, over every layer of every image). */
   topDuplicates: Array<{ path: string; size: number; copies: number; savedBytes: number; images: number }>;
-  /** With `parquet`: the same figures computed by DuckDB over the chunk-occurrence table, and where it went. */
-  duckdb?: SqlSummary & { parquet: string };
+  /** Rows of the chunk-occurrence table the set figures were computed from (by DuckDB). */
+  rows: number;
+  /** Where that table was written with `parquet`. */
+  parquet?: string;
   seconds: number;
 }
 
@@ -101,24 +104,22 @@ export interface AnalyzeOptions {
   top?: number;
   /** Write one row per chunk occurrence to this Parquet file (through an embedded DuckDB). */
   parquet?: string;
+  /** DuckDB's memory limit for the chunk table (e.g. "1GB"); beyond it, it spills to tmpDir. */
+  memoryLimit?: string;
   /** Frame grouping, as `convert` takes it. */
   groupBelow?: number;
   groupTarget?: number;
   onProgress?: (p: { strategy: string; image: string; index: number; images: number }) => void;
 }
 
-interface PerImageChunks {
-  /** chunk hex -> length, the image's distinct chunks */
-  chunks: Map<string, number>;
-}
-
-function tocOf(sink: CountingSink, r: ConvertResult, what: string): Toc {
+/** The converted image's TOC, dropped from the sink once read. */
+function takeToc(sink: CountingSink, r: ConvertResult, what: string): Toc {
   const m = sink.get(r.chunkedManifest.digest);
   if (!m) throw new OcichunkError('EINTERNAL', `${what}: chunked manifest not kept`);
   const p = parseManifestDoc(m, r.chunkedManifest.mediaType, what);
   if (p.kind !== 'manifest') throw new OcichunkError('EINTERNAL', `${what}: not a manifest`);
   const tocDesc = p.doc.layers.find((l) => l.mediaType === CMT.toc)!;
-  return decodeToc(sink.get(tocDesc.digest)!, what);
+  return decodeToc(sink.take(tocDesc.digest)!, what);
 }
 
 export async function analyze(refs: string[], opts: AnalyzeOptions = {}): Promise<AnalyzeResult> {
@@ -145,12 +146,12 @@ export async function analyze(refs: string[], opts: AnalyzeOptions = {}): Promis
   const logicalBytes = perImageLayers.flat().reduce((a, l) => a + l.size, 0);
   const layerStored = [...layerSizes.values()].reduce((a, b) => a + b, 0);
 
-  const table = opts.parquet ? await ChunkTable.open(path.join(opts.tmpDir ?? os.tmpdir(), `ocichunk-analyze-${process.pid}-${randomBytes(4).toString('hex')}`)) : undefined;
+  const table = await ChunkTable.open(path.join(opts.tmpDir ?? os.tmpdir(), `ocichunk-analyze-${process.pid}-${randomBytes(4).toString('hex')}`), opts.memoryLimit);
   try {
     const results: StrategyResult[] = [];
     let logicalFileBytes = 0;
-    let sharing: AnalyzeResult['sharing'] | undefined;
-    let topDuplicates: AnalyzeResult['topDuplicates'] = [];
+    let sharingStrategy: string | undefined;
+    let fileStrategy: string | undefined;
     for (const s of strategies) {
       const ts = performance.now();
       if (s.kind === 'layer') {
@@ -176,72 +177,53 @@ export async function analyze(refs: string[], opts: AnalyzeOptions = {}): Promis
         });
         continue;
       }
+      // One registry per strategy across the images (the sink's TOCs are never re-read); chunk
+      // occurrences go to the on-disk DuckDB table as each TOC comes, and the TOC is dropped.
       const sink = new CountingSink(`memory:${s.name}`);
-      const per: PerImageChunks[] = [];
+      const registry = new ChunkRegistry();
       const perImage: StrategyResult['perImage'] = [];
-      const all = new Map<string, number>();
       let packBytes = 0;
       let tocBytes = 0;
       let unitRefs = 0;
       let fileBytes = 0;
-      const fileCopies = new Map<string, { path: string; size: number; copies: number; images: Set<number> }>();
       for (const [i, ref] of refs.entries()) {
         opts.onProgress?.({ strategy: s.name, image: names[i], index: i, images: refs.length });
         const src = await openSource(ref, opts.transport);
         let r: ConvertResult;
         try {
           const co: ConvertOptions = {
-          chunker: s.chunker,
-          zstdLevel: level,
-          threads: opts.threads,
-          tmpDir: opts.tmpDir,
-          platform: opts.platform,
-          groupBelow: opts.groupBelow,
-          groupTarget: opts.groupTarget,
-        };
+            chunker: s.chunker,
+            zstdLevel: level,
+            threads: opts.threads,
+            tmpDir: opts.tmpDir,
+            platform: opts.platform,
+            groupBelow: opts.groupBelow,
+            groupTarget: opts.groupTarget,
+            registry,
+          };
           r = await convertImage(src, sink, co);
         } finally {
           await src.close();
         }
-        const toc = tocOf(sink, r, `${names[i]} (${s.name})`);
-        table?.appendToc(s.name, i, names[i], perImageLayers[i].map((l) => l.digest), toc);
-        const mine = new Map<string, number>();
-        for (const [hex, , , len] of toc.chunks) mine.set(hex, len);
-        let marginalUnique = 0;
-        for (const [hex, len] of mine) if (!all.has(hex)) (all.set(hex, len), (marginalUnique += len));
-        per.push({ chunks: mine });
+        table.appendToc(s.name, i, names[i], perImageLayers[i].map((l) => l.digest), takeToc(sink, r, `${names[i]} (${s.name})`));
         packBytes += r.bytesStored;
         tocBytes += r.tocBytes;
         unitRefs += r.chunkRefs;
         fileBytes += r.fileBytes;
-        perImage.push({ image: names[i], marginalStoredBytes: r.bytesStored + r.tocBytes, marginalUniqueBytes: marginalUnique });
-        if (s.chunker.kind === 'file') {
-          for (const layer of toc.layers) {
-            for (const e of layer.entries) {
-              if (e.type !== 'reg' || !e.size || !e.chunks?.length) continue;
-              const key = e.chunks.map((c) => toc.chunks[c][0]).join(',');
-              const f = fileCopies.get(key);
-              if (f) {
-                f.copies++;
-                f.images.add(i);
-              } else fileCopies.set(key, { path: e.path, size: e.size, copies: 1, images: new Set([i]) });
-            }
-          }
-        }
+        perImage.push({ image: names[i], marginalStoredBytes: r.bytesStored + r.tocBytes, marginalUniqueBytes: 0 });
       }
       logicalFileBytes = fileBytes;
-      const uniqueBytes = [...all.values()].reduce((a, b) => a + b, 0);
       const stored = packBytes + tocBytes;
       results.push({
         strategy: s.name,
         chunker: s.chunker,
         logicalBytes,
         logicalFileBytes: fileBytes,
-        uniqueBytes,
+        uniqueBytes: 0,
         storedBytes: stored,
         packBytes,
         tocBytes,
-        units: all.size,
+        units: 0,
         unitRefs,
         ratioVsLogical: logicalBytes / Math.max(1, stored),
         ratioVsLayer: layerStored / Math.max(1, stored),
@@ -249,42 +231,32 @@ export async function analyze(refs: string[], opts: AnalyzeOptions = {}): Promis
         perImage,
       });
       // sharing from the first content-defined strategy (else the first chunk strategy)
-      if (!sharing || (s.chunker.kind === 'cdc' && !sharing.strategy.startsWith('cdc'))) {
-        sharing = {
-          strategy: s.name,
-          bytes: per.map((a) =>
-            per.map((b) => {
-              let n = 0;
-              for (const [hex, len] of a.chunks) if (b.chunks.has(hex)) n += len;
-              return n;
-            }),
-          ),
-        };
-      }
-      if (s.chunker.kind === 'file') {
-        topDuplicates = [...fileCopies.values()]
-          .filter((f) => f.copies > 1)
-          .map((f) => ({ path: f.path, size: f.size, copies: f.copies, savedBytes: (f.copies - 1) * f.size, images: f.images.size }))
-          .sort((a, b) => b.savedBytes - a.savedBytes || (a.path < b.path ? -1 : a.path > b.path ? 1 : 0))
-          .slice(0, opts.top ?? 20);
-      }
+      if (!sharingStrategy || (s.chunker.kind === 'cdc' && !sharingStrategy.startsWith('cdc'))) sharingStrategy = s.name;
+      if (s.chunker.kind === 'file' && !fileStrategy) fileStrategy = s.name;
+    }
+    // the set figures, by SQL over the chunk table (DuckDB spills to disk beyond its memory limit)
+    const sql = await table.summarize(names.length, sharingStrategy, fileStrategy, opts.top ?? 20);
+    for (const r of results) {
+      const q = sql.strategies.find((x) => x.strategy === r.strategy);
+      if (!q) continue;
+      r.uniqueBytes = q.uniqueBytes;
+      r.units = q.units;
+      if (q.unitRefs !== r.unitRefs) throw new OcichunkError('EINTERNAL', `${r.strategy}: ${q.unitRefs} chunk rows for ${r.unitRefs} chunk references`);
+      sql.marginalUniqueBytes[r.strategy]?.forEach((b, i) => (r.perImage[i].marginalUniqueBytes = b));
     }
     for (const r of results) if (r.strategy === 'layer') r.logicalFileBytes = logicalFileBytes;
-    let duckdb: AnalyzeResult['duckdb'];
-    if (table && opts.parquet) {
-      duckdb = { ...(await table.summarize(names.length, sharing?.strategy)), parquet: opts.parquet };
-      await table.writeParquet(opts.parquet);
-    }
+    if (opts.parquet) await table.writeParquet(opts.parquet);
     return {
       images: names,
       zstdLevel: level,
       strategies: results,
-      sharing: sharing ?? { strategy: 'layer', bytes: [] },
-      topDuplicates,
-      ...(duckdb ? { duckdb } : {}),
+      sharing: sharingStrategy ? sql.sharing : { strategy: 'layer', bytes: [] },
+      topDuplicates: sql.topDuplicates,
+      rows: sql.rows,
+      ...(opts.parquet ? { parquet: opts.parquet } : {}),
       seconds: (performance.now() - t0) / 1000,
     };
   } finally {
-    await table?.close();
+    await table.close();
   }
 }

@@ -1,8 +1,10 @@
 /**
- * `analyze --parquet`: one row per chunk occurrence (image, layer, path, strategy, chunk digest,
- * offset, length, compressed length) appended to an on-disk embedded DuckDB database (it spills to
- * disk, so the table may exceed memory), summarized with SQL, and exported as Parquet so the same
- * questions can be asked of a corpus too large for one machine (DuckDB, Spark, Trino).
+ * The chunk-occurrence table behind `analyze`: one row per chunk occurrence (image, layer, path,
+ * strategy, chunk digest, offset, length, compressed length) appended to an on-disk embedded DuckDB
+ * database (it spills to disk beyond its memory limit, so the table may exceed memory). Every set
+ * figure (unique bytes, marginal bytes per image, sharing, top duplicates) is SQL over it; with
+ * `--parquet` it is exported so the same questions can be asked of a corpus too large for one
+ * machine (DuckDB, Spark, Trino).
  * Compressed length: a chunk's share of its zstd frame (frames may group small chunks).
  */
 import fs from 'node:fs/promises';
@@ -16,6 +18,7 @@ export interface SqlSummary {
   /** per strategy, per image (in order): uncompressed bytes of chunks first seen in that image */
   marginalUniqueBytes: Record<string, number[]>;
   sharing: { strategy: string; bytes: number[][] };
+  topDuplicates: Array<{ path: string; size: number; copies: number; savedBytes: number; images: number }>;
   rows: number;
 }
 
@@ -28,19 +31,31 @@ export class ChunkTable {
     private readonly dir: string,
     private readonly instance: DuckDBInstance,
     private readonly conn: DuckDBConnection,
+    private readonly memoryLimit?: string,
   ) {}
 
-  static async open(dir: string): Promise<ChunkTable> {
+  static async open(dir: string, memoryLimit?: string): Promise<ChunkTable> {
     await fs.mkdir(dir, { recursive: true });
     const file = path.join(dir, 'chunks.duckdb');
     await fs.rm(file, { force: true });
-    const instance = await DuckDBInstance.create(file, { temp_directory: path.join(dir, 'spill') });
+    let instance: DuckDBInstance;
+    try {
+      instance = await DuckDBInstance.create(file, {
+        temp_directory: path.join(dir, 'spill'),
+        // rows are ordered explicitly where order matters (the Parquet export): less to keep in memory
+        preserve_insertion_order: 'false',
+        ...(memoryLimit ? { memory_limit: memoryLimit } : {}),
+      });
+    } catch (e) {
+      await fs.rm(dir, { recursive: true, force: true });
+      throw new OcichunkError('EUSAGE', `chunk table (DuckDB${memoryLimit ? `, memory limit ${JSON.stringify(memoryLimit)}` : ''}): ${(e as Error).message}`, { cause: e });
+    }
     const conn = await instance.connect();
     await conn.run(
       `create table chunks (image_index integer, image varchar, layer_index integer, layer varchar, path varchar, strategy varchar,
         digest varchar, "offset" bigint, length integer, compressed_length integer)`,
     );
-    const t = new ChunkTable(dir, instance, conn);
+    const t = new ChunkTable(dir, instance, conn, memoryLimit);
     t.appender = await conn.createAppender('chunks');
     return t;
   }
@@ -67,17 +82,45 @@ export class ChunkTable {
           a.appendInteger(ulen ? Math.round((clen * len) / ulen) : 0);
           a.endRow();
           off += len;
-          this.rows++;
+          // commit in bounded batches: rows waiting in the appender are held in memory
+          if (++this.rows % 50_000 === 0) this.guard(() => a.flushSync());
         }
       }
     }
-    a.flushSync();
+    this.guard(() => a.flushSync());
   }
 
-  async summarize(images: number, sharingStrategy: string | undefined): Promise<SqlSummary> {
-    this.appender?.closeSync();
+  /** DuckDB's errors (out of memory above all) as ours, with what to do about them. */
+  private guard<T>(f: () => T): T {
+    try {
+      return f();
+    } catch (e) {
+      throw this.wrap(e);
+    }
+  }
+
+  private wrap(e: unknown): OcichunkError {
+    const m = (e as Error).message ?? String(e);
+    const oom = /out of memory|could not allocate|failed to allocate|failed to pin/i.test(m);
+    return new OcichunkError(
+      'EIO',
+      oom
+        ? `the chunk table ran out of memory${this.memoryLimit ? ` (--memory-limit ${this.memoryLimit})` : ''}: give it more (64MB is about the least that works) — ${m.split('\n')[0]}`
+        : `chunk table (DuckDB): ${m.split('\n')[0]}`,
+      { cause: e },
+    );
+  }
+
+  async summarize(images: number, sharingStrategy: string | undefined, fileStrategy: string | undefined, top: number): Promise<SqlSummary> {
+    this.guard(() => this.appender?.closeSync());
     this.appender = undefined;
-    const q = async (sql: string) => (await this.conn.runAndReadAll(sql)).getRowObjects();
+    const q = async (sql: string) => {
+      try {
+        return (await this.conn.runAndReadAll(sql)).getRowObjects();
+      } catch (e) {
+        throw this.wrap(e);
+      }
+    };
     const strategies = (
       await q(`with d as (select strategy, digest, any_value(length) as len, any_value(compressed_length) as clen from chunks group by strategy, digest),
         u as (select strategy, count(*) as units, sum(len) as unique_bytes, sum(clen) as unique_c from d group by strategy),
@@ -106,7 +149,26 @@ export class ChunkTable {
         bytes[num(r.i)][num(r.j)] = num(r.bytes);
       }
     }
-    return { strategies, marginalUniqueBytes, sharing: { strategy: sharingStrategy ?? '', bytes }, rows: this.rows };
+    // files (whole-file chunks) by content: copies, and the path of the first occurrence
+    let topDuplicates: SqlSummary['topDuplicates'] = [];
+    if (fileStrategy && top > 0) {
+      const s = fileStrategy.replace(/'/g, "''");
+      topDuplicates = (
+        await q(`with f as (select image_index, layer_index, path, string_agg(digest, ',' order by "offset") as content, sum(length) as size
+              from chunks where strategy = '${s}' group by image_index, layer_index, path)
+            select any_value(size) as size, count(*) as copies, count(distinct image_index) as images,
+              min({'i': image_index, 'l': layer_index, 'p': path}).p as path
+            from f group by content having count(*) > 1
+            order by (count(*) - 1) * any_value(size) desc, path limit ${Math.floor(top)}`)
+      ).map((r) => ({
+        path: String(r.path),
+        size: num(r.size),
+        copies: num(r.copies),
+        savedBytes: (num(r.copies) - 1) * num(r.size),
+        images: num(r.images),
+      }));
+    }
+    return { strategies, marginalUniqueBytes, sharing: { strategy: sharingStrategy ?? '', bytes }, topDuplicates, rows: this.rows };
   }
 
   async writeParquet(file: string): Promise<void> {

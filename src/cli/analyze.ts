@@ -21,10 +21,11 @@ export function builder(y: Argv) {
     .option('parquet', { type: 'string', describe: 'also write one row per chunk occurrence to this Parquet file (via embedded DuckDB)' })
     .option('html', { type: 'string', describe: 'also write a self-contained HTML report with charts (opens offline)' })
     .option('top', { type: 'number', default: 20, describe: 'how many duplicated files to list' })
-    .option('tmpdir', { type: 'string', describe: 'where conversions spool chunks (default: system temp)' });
+    .option('memory-limit', { type: 'string', describe: "DuckDB's memory for the chunk table (e.g. 2GB; default 80% of RAM); beyond it the table spills to --tmpdir" })
+    .option('tmpdir', { type: 'string', describe: 'where conversions spool chunks and the chunk table lives (default: system temp)' });
 }
 
-type Args = Common & { images: string[]; chunker: string[]; 'zstd-level': number; 'frame-size': string; 'group-below': string; csv?: string; html?: string; parquet?: string; top: number; tmpdir?: string };
+type Args = Common & { images: string[]; chunker: string[]; 'zstd-level': number; 'frame-size': string; 'group-below': string; csv?: string; html?: string; parquet?: string; top: number; tmpdir?: string; 'memory-limit'?: string };
 
 export function csv(r: AnalyzeResult): string {
   const cols = ['strategy', 'logicalBytes', 'logicalFileBytes', 'uniqueBytes', 'storedBytes', 'packBytes', 'tocBytes', 'units', 'unitRefs', 'ratioVsLogical', 'ratioVsLayer', 'seconds'] as const;
@@ -43,6 +44,7 @@ export async function run(a: Args): Promise<unknown> {
     tmpDir: a.tmpdir,
     top: a.top,
     parquet: a.parquet,
+    memoryLimit: a['memory-limit'],
     groupTarget: parseSize(a['frame-size'], '--frame-size'),
     groupBelow: parseSize(a['group-below'], '--group-below'),
     onProgress: (p) => line.event(`${p.strategy}: ${p.image} (${p.index + 1}/${p.images})`),

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { resolveImage, type ResolvedImage } from '../chunked/image.js';
-import { encodeToc, toTocEntry, type ChunkRef, type FrameRef, type Toc, type TocEntry } from '../chunked/toc.js';
+import { decodeToc, encodeToc, toTocEntry, type ChunkRef, type FrameRef, type Toc, type TocEntry } from '../chunked/toc.js';
 import { sha256Digest } from '../store/blobstore.js';
 import { OcichunkError, withContext } from '../errors.js';
 import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
@@ -47,6 +47,11 @@ export interface ConvertOptions {
   tmpDir?: string;
   groupBelow?: number;
   groupTarget?: number;
+  /**
+   * The chunk registry of `sink`, kept by a caller that converts many images into one sink (e.g.
+   * analyze): the sink's TOCs are then not read again. It must describe everything the sink stores.
+   */
+  registry?: ChunkRegistry;
   packTarget?: number;
   batchBytes?: number;
   /** Convert every platform of a multi-platform source into one index (original, chunked per platform). */
@@ -334,8 +339,9 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
       }
     }
   }
-  const registry = new ChunkRegistry();
-  await registry.loadFromSink(sink);
+  // a caller converting many images into one sink (analyze) keeps the registry between calls
+  const registry = opts.registry ?? new ChunkRegistry();
+  if (!opts.registry) await registry.loadFromSink(sink);
   const spool = new Spool(path.join(opts.tmpDir ?? os.tmpdir(), `ocichunk-spool-${process.pid}-${randomBytes(4).toString('hex')}`));
   const batchBytes = opts.batchBytes ?? 8 << 20;
   const groupBelow = opts.groupBelow ?? 32 << 10;
@@ -363,6 +369,7 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   } finally {
     spool.close();
   }
+  registry.resolvePacks(packer.packs);
   progress({ phase: 'upload' });
   // what the new (or kept) top index lists but was not converted (attestations, other entries) comes along
   // (single-platform conversions write their own index, or keep a top index the sink already holds)
@@ -478,7 +485,7 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
       // as they stream by. If an entry breaks the order, the layer is read again with a spool.
       const cached = registry.layerCache.get(`${layer.digest} ${entryOptions}`);
       if (cached) {
-        const ordered = fromToc(cached.toc, cached.layer, registry);
+        const ordered = fromToc(decodeToc(cached.tocBlob, cached.what), cached.layer, registry);
         await copyBlob(src, sink, layer, what);
         for (const s of ordered) {
           entries++;
@@ -536,8 +543,8 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
         refs = s.chunks.map((id) => {
           let ci = chunkIdx.get(id);
           if (ci !== undefined) return ci;
-          const loc = registry.loc[id];
-          if (!loc || loc.pack === -1) throw new OcichunkError('EINTERNAL', `chunk ${registry.digests[id]} was never placed`);
+          const loc = registry.loc(id);
+          if (!loc) throw new OcichunkError('EINTERNAL', `chunk ${registry.hex(id)} was never placed`);
           const pd = packDigest(loc.pack);
           let pi = packIdx.get(pd);
           if (pi === undefined) {
@@ -555,8 +562,8 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
           }
           ci = toc.chunks.length;
           chunkIdx.set(id, ci);
-          toc.chunks.push([registry.digests[id], fi, loc.inner, registry.lengths[id]] as ChunkRef);
-          uniqueChunkBytes += registry.lengths[id];
+          toc.chunks.push([registry.hex(id), fi, loc.inner, registry.length(id)] as ChunkRef);
+          uniqueChunkBytes += registry.length(id);
           if (id < storedBefore) reusedChunks++;
           return ci;
         });
@@ -567,6 +574,12 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
   }
   const { json, blob } = encodeToc(toc, Math.max(level, 10));
   const tocStored = await sink.putBlob(blob);
+  registry.rememberLayers(
+    manifest.layers.map((l) => l.digest),
+    entryOptions,
+    blob,
+    `${src.name} chunked TOC ${tocStored.digest}`,
+  );
   const packSize = (d: string) => {
     const mine = packer.packs.find((p) => p.digest === d);
     const size = mine?.size ?? registry.packSizes.get(d);

@@ -77,12 +77,12 @@ export class Packer {
 
   /** Is this chunk still to be placed? */
   needs(id: number): boolean {
-    return this.registry.loc[id] === undefined;
+    return this.registry.unplaced(id);
   }
 
   /** Place a chunk whose bytes are at src[off, off+len). */
   async place(id: number, src: Buffer, off: number): Promise<void> {
-    const len = this.registry.lengths[id];
+    const len = this.registry.length(id);
     const at = await this.reserve(len);
     src.copy(this.stages[this.cur], at, off, off + len);
     this.placed(id, at, len);
@@ -92,10 +92,10 @@ export class Packer {
   async placeFromSpool(ids: number[], spool: Spool): Promise<void> {
     for (const id of ids) {
       if (!this.needs(id)) continue;
-      const so = this.registry.spoolOff[id];
-      if (so < 0) throw new OcichunkError('EINTERNAL', `chunk ${this.registry.digests[id]} has no bytes to place`);
-      const len = this.registry.lengths[id];
-      const clen = this.registry.spoolClen[id];
+      const so = this.registry.spoolOff(id);
+      if (so < 0) throw new OcichunkError('EINTERNAL', `chunk ${this.registry.hex(id)} has no bytes to place`);
+      const len = this.registry.length(id);
+      const clen = this.registry.spoolClen(id);
       if (clen >= 0) {
         // a large chunk, compressed into its own frame during the scan: the same bytes as here
         if (this.framesBytes >= this.opts.batchBytes) await this.rotate();
@@ -111,7 +111,7 @@ export class Packer {
 
   /** Claim a chunk now, so a repeat is not placed twice; the real location is set when written. */
   private claim(id: number): void {
-    this.registry.loc[id] = { pack: -1, off: 0, clen: 0, ulen: 0, inner: 0 };
+    this.registry.claim(id);
     this.placedThisLayer.push(id);
   }
 
@@ -231,8 +231,8 @@ export class Packer {
       const packOff = this.writer.size + pendingBytes;
       let inner = 0;
       for (const id of f.ids) {
-        this.registry.loc[id] = { pack: this.packIndex, off: packOff, clen, ulen: f.bytes, inner };
-        inner += this.registry.lengths[id];
+        this.registry.setLoc(id, { pack: this.packIndex, off: packOff, clen, ulen: f.bytes, inner });
+        inner += this.registry.length(id);
       }
       pending.push(bytes);
       pendingBytes += clen;
@@ -260,7 +260,7 @@ export class Packer {
     await this.inflight.catch(() => {});
     await this.writer?.abort();
     this.writer = undefined;
-    for (const id of this.placedThisLayer) this.registry.loc[id] = undefined;
+    for (const id of this.placedThisLayer) this.registry.unclaim(id);
     this.placedThisLayer = [];
     this.packs.length = this.layerPackStart;
     this.frames = [];

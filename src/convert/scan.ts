@@ -270,8 +270,8 @@ export class LayerScanner {
           // assign spool offsets to the chunks in this run
           let o = at;
           for (const id of pendingIds) {
-            this.registry.spoolOff[id] = o;
-            o += this.registry.lengths[id];
+            this.registry.setSpool(id, o);
+            o += this.registry.length(id);
           }
         }
         pendingIds.length = 0;
@@ -281,8 +281,7 @@ export class LayerScanner {
       const pendingIds: number[] = [];
       for (let k = 0; k < r.counts[si]; k++, ci++) {
         const len = r.lengths[ci];
-        const hex = r.digests.toString('hex', ci * 32, ci * 32 + 32);
-        const { id, fresh } = this.registry.intern(hex, len);
+        const { id, fresh } = this.registry.internRaw(r.digests, ci * 32, len);
         s.file.chunks!.push(id);
         this.stats.chunkRefs++;
         if (fresh && len >= this.opts.groupBelow) {
@@ -311,8 +310,7 @@ export class LayerScanner {
       writes.push(written);
       let o = at;
       bigIds.forEach((id, k) => {
-        this.registry.spoolOff[id] = o;
-        this.registry.spoolClen[id] = r.sizes[k];
+        this.registry.setSpool(id, o, r.sizes[k]);
         o += r.sizes[k];
       });
     }
@@ -327,7 +325,7 @@ export class LayerScanner {
       let pos = s.start;
       for (let k = 0; k < r.counts[si]; k++, ci++) {
         const len = r.lengths[ci];
-        const { id, fresh } = this.registry.intern(r.digests.toString('hex', ci * 32, ci * 32 + 32), len);
+        const { id, fresh } = this.registry.internRaw(r.digests, ci * 32, len);
         s.file.chunks!.push(id);
         this.stats.chunkRefs++;
         if (fresh) {

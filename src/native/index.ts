@@ -36,6 +36,7 @@ interface Binding {
   llistxattr(p: string): string[];
   lgetxattr(p: string, name: string): Buffer;
   coreVersion(): string;
+  tuneAllocator(): void;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -46,6 +47,7 @@ function load(): Binding {
   if (!binding) {
     try {
       binding = createRequire(import.meta.url)(bindingPath) as Binding;
+      binding.tuneAllocator();
     } catch (e) {
       throw new OcichunkError(
         'EINTERNAL',

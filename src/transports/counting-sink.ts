@@ -100,4 +100,11 @@ export class CountingSink implements ImageSink {
   get(digest: string): Buffer | undefined {
     return this.kept.get(digest);
   }
+
+  /** A kept blob, no longer kept. */
+  take(digest: string): Buffer | undefined {
+    const b = this.kept.get(digest);
+    this.kept.delete(digest);
+    return b;
+  }
 }

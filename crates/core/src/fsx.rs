@@ -102,6 +102,17 @@ pub fn lgetxattr(path: &Path, name: &str) -> Result<Vec<u8>> {
     }
 }
 
+/// Make glibc return large buffers to the system when they are freed. By default its mmap threshold
+/// grows with every large free, after which multi-MiB batch buffers come from per-thread arenas
+/// and stay mapped: a process converting image after image (analyze) grew by ~25 MiB per image.
+/// With a fixed 1 MiB threshold peak RSS of analyzing 9 images fell from 485 to 326 MiB.
+pub fn return_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

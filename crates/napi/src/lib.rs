@@ -235,6 +235,12 @@ pub fn lgetxattr(path: String, name: String) -> Result<Buffer> {
     fsx::lgetxattr(Path::new(&path), &name).map(Into::into).map_err(err)
 }
 
+/// Called once when the binding is loaded.
+#[napi]
+pub fn tune_allocator() {
+    ocichunk_core::fsx::return_large_buffers();
+}
+
 #[napi]
 pub fn core_version() -> String {
     ocichunk_core::VERSION.to_string()
