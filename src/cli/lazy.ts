@@ -1,0 +1,90 @@
+/** `ls` and `cat`: read a chunked image without pulling it (only the TOC and the chunks read are fetched). */
+import type { Argv } from 'yargs';
+import { LazyImage, type LazyStat } from '../lazy/reader.js';
+import { bytes } from './format.js';
+import { common, parseSize, platformOf, transportOf, type Common } from './options.js';
+
+export type CacheArgs = { cache?: string; 'cache-max': string; 'no-cache'?: boolean };
+
+export function cacheOptions<T>(y: Argv<T>) {
+  return y
+    .option('cache', { type: 'string', describe: 'chunk cache directory, shared by images and processes (default ~/.cache/ocichunk/chunks)' })
+    .option('cache-max', { type: 'string', default: '2g', describe: 'evict least recently used chunks beyond this size' })
+    .option('no-cache', { type: 'boolean', describe: 'fetch every chunk, keep nothing' });
+}
+
+export async function openLazy(a: Common & CacheArgs & { image: string }): Promise<LazyImage> {
+  return LazyImage.open(a.image, {
+    platform: platformOf(a),
+    transport: transportOf(a),
+    cacheDir: a['no-cache'] ? false : a.cache,
+    cacheMaxBytes: parseSize(a['cache-max'], '--cache-max'),
+  });
+}
+
+const TYPE_CHAR: Record<LazyStat['type'], string> = { reg: '-', dir: 'd', symlink: 'l', char: 'c', block: 'b', fifo: 'p' };
+
+function modeString(s: LazyStat): string {
+  const m = s.mode;
+  const rwx = (v: number, sp: number, spc: string) =>
+    (v & 4 ? 'r' : '-') + (v & 2 ? 'w' : '-') + (sp ? (v & 1 ? spc : spc.toUpperCase()) : v & 1 ? 'x' : '-');
+  return TYPE_CHAR[s.type] + rwx(m >> 6, m & 0o4000, 's') + rwx(m >> 3, m & 0o2000, 's') + rwx(m, m & 0o1000, 't');
+}
+
+export const ls = {
+  command: 'ls <image> [path]',
+  describe: 'List a directory of a chunked image (fetches only the TOC)',
+  builder: (y: Argv) =>
+    cacheOptions(common(y))
+      .positional('image', { type: 'string', demandOption: true })
+      .positional('path', { type: 'string', default: '/' }),
+  run: async (a: Common & CacheArgs & { image: string; path: string }): Promise<unknown> => {
+    const img = await openLazy(a);
+    try {
+      const st = img.stat(a.path, { follow: true });
+      const names = st.type === 'dir' ? img.readdir(a.path) : [a.path.split('/').filter(Boolean).pop() ?? '/'];
+      const base = a.path.replace(/\/+$/, '');
+      const rows = names.map((n) => ({ name: n, ...(st.type === 'dir' ? img.stat(`${base}/${n}`) : img.stat(a.path)) }));
+      if (a.json) return { image: img.name, path: a.path, entries: rows, stats: img.stats() };
+      return rows
+        .map((r) => {
+          const size = r.type === 'char' || r.type === 'block' ? `${r.devMajor}, ${r.devMinor}` : String(r.size);
+          const date = new Date(r.mtime * 1000).toISOString().slice(0, 16).replace('T', ' ');
+          return `${modeString(r)} ${String(r.nlink).padStart(3)} ${String(r.uid).padStart(5)} ${String(r.gid).padStart(5)} ${size.padStart(10)} ${date} ${r.name}${r.link !== undefined ? ` -> ${r.link}` : ''}`;
+        })
+        .join('\n');
+    } finally {
+      await img.close();
+    }
+  },
+};
+
+export const cat = {
+  command: 'cat <image> <path>',
+  describe: 'Write a file of a chunked image to stdout, fetching only its chunks',
+  builder: (y: Argv) =>
+    cacheOptions(common(y))
+      .positional('image', { type: 'string', demandOption: true })
+      .positional('path', { type: 'string', demandOption: true })
+      .option('stats', { type: 'boolean', default: false, describe: 'print what was fetched on stderr (with --json: as JSON on stdout, no content)' }),
+  run: async (a: Common & CacheArgs & { image: string; path: string; stats: boolean }): Promise<unknown> => {
+    const img = await openLazy(a);
+    try {
+      const st = img.stat(a.path, { follow: true });
+      const piece = 8 << 20;
+      for (let off = 0; off < st.size || off === 0; off += piece) {
+        const b = await img.read(a.path, off, piece);
+        if (!a.json && b.length && !process.stdout.write(b)) await new Promise((r) => process.stdout.once('drain', r));
+        if (off + piece >= st.size) break;
+      }
+      const s = img.stats();
+      if (a.json) return { image: img.name, path: a.path, size: st.size, ...s };
+      if (a.stats) {
+        process.stderr.write(`${a.path}: ${bytes(st.size)}; fetched ${bytes(s.packBytesFetched)} of packs (${s.chunksFetched} chunks) + TOC ${bytes(s.tocBytes)}; ${s.cacheHits} chunks from the cache\n`);
+      }
+      return undefined;
+    } finally {
+      await img.close();
+    }
+  },
+};

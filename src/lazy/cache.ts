@@ -1,0 +1,133 @@
+/**
+ * A local chunk cache, content-addressed and shared by every image and process: `<dir>/sha256/ab/<hex>`
+ * holds a chunk's uncompressed bytes. Entries are written to a temp file and renamed (two processes
+ * writing the same chunk write the same bytes), checked against their digest when read (a bad entry
+ * is dropped and fetched again), and evicted oldest-used first when the cache outgrows its bound.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { OcichunkError } from '../errors.js';
+
+export const DEFAULT_CACHE_DIR = path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'ocichunk', 'chunks');
+export const DEFAULT_CACHE_MAX = 2 * 1024 ** 3;
+
+export interface CacheStats {
+  hits: number;
+  misses: number;
+  stored: number;
+  storedBytes: number;
+  evicted: number;
+  corrupt: number;
+}
+
+export class ChunkCache {
+  readonly stats: CacheStats = { hits: 0, misses: 0, stored: 0, storedBytes: 0, evicted: 0, corrupt: 0 };
+  /** bytes in the cache, as last counted plus what this process added since */
+  private approxBytes = -1;
+
+  constructor(
+    readonly dir: string = DEFAULT_CACHE_DIR,
+    readonly maxBytes: number = DEFAULT_CACHE_MAX,
+  ) {}
+
+  static async open(dir = DEFAULT_CACHE_DIR, maxBytes = DEFAULT_CACHE_MAX): Promise<ChunkCache> {
+    try {
+      await fsp.mkdir(path.join(dir, 'sha256'), { recursive: true });
+      await fsp.mkdir(path.join(dir, 'tmp'), { recursive: true });
+    } catch (e) {
+      throw new OcichunkError('EIO', `chunk cache ${dir}: ${(e as Error).message}`, { cause: e });
+    }
+    return new ChunkCache(dir, maxBytes);
+  }
+
+  pathOf(hex: string): string {
+    return path.join(this.dir, 'sha256', hex.slice(0, 2), hex);
+  }
+
+  /** The chunk's bytes if cached and intact. */
+  async get(hex: string): Promise<Buffer | undefined> {
+    let b: Buffer;
+    try {
+      b = await fsp.readFile(this.pathOf(hex));
+    } catch {
+      this.stats.misses++;
+      return undefined;
+    }
+    if (createHash('sha256').update(b).digest('hex') !== hex) {
+      this.stats.corrupt++;
+      this.stats.misses++;
+      await fsp.rm(this.pathOf(hex), { force: true });
+      return undefined;
+    }
+    this.stats.hits++;
+    // most recently used: eviction goes by mtime
+    const now = new Date();
+    fsp.utimes(this.pathOf(hex), now, now).catch(() => {});
+    return b;
+  }
+
+  /** Store verified chunk bytes (the caller checked the digest). */
+  async put(hex: string, bytes: Buffer): Promise<void> {
+    const final = this.pathOf(hex);
+    if (fs.existsSync(final)) return;
+    const tmp = path.join(this.dir, 'tmp', `${hex}.${process.pid}.${randomBytes(4).toString('hex')}`);
+    try {
+      await fsp.mkdir(path.dirname(final), { recursive: true });
+      await fsp.writeFile(tmp, bytes, { mode: 0o644 });
+      await fsp.rename(tmp, final);
+    } catch (e) {
+      await fsp.rm(tmp, { force: true });
+      throw new OcichunkError('EIO', `chunk cache ${this.dir}: ${(e as Error).message}`, { cause: e });
+    }
+    this.stats.stored++;
+    this.stats.storedBytes += bytes.length;
+    if (this.approxBytes >= 0) this.approxBytes += bytes.length;
+    await this.maybeEvict();
+  }
+
+  private async maybeEvict(): Promise<void> {
+    if (this.approxBytes < 0) this.approxBytes = (await this.list()).reduce((a, f) => a + f.size, 0);
+    if (this.approxBytes <= this.maxBytes) return;
+    await this.evict(Math.floor(this.maxBytes * 0.9));
+  }
+
+  private async list(): Promise<Array<{ file: string; size: number; mtime: number }>> {
+    const out: Array<{ file: string; size: number; mtime: number }> = [];
+    const top = path.join(this.dir, 'sha256');
+    for (const sub of await fsp.readdir(top).catch(() => [] as string[])) {
+      for (const f of await fsp.readdir(path.join(top, sub)).catch(() => [] as string[])) {
+        const file = path.join(top, sub, f);
+        const st = await fsp.stat(file).catch(() => undefined);
+        if (st) out.push({ file, size: st.size, mtime: st.mtimeMs });
+      }
+    }
+    return out;
+  }
+
+  /** Remove least recently used chunks until the cache holds at most `target` bytes. */
+  async evict(target: number): Promise<number> {
+    const files = await this.list();
+    let total = files.reduce((a, f) => a + f.size, 0);
+    files.sort((a, b) => a.mtime - b.mtime || (a.file < b.file ? -1 : 1));
+    let n = 0;
+    for (const f of files) {
+      if (total <= target) break;
+      // another process may have removed it already
+      await fsp.rm(f.file, { force: true });
+      total -= f.size;
+      n++;
+    }
+    this.stats.evicted += n;
+    this.approxBytes = total;
+    return n;
+  }
+
+  /** Bytes and entries in the cache now. */
+  async usage(): Promise<{ bytes: number; chunks: number }> {
+    const files = await this.list();
+    return { bytes: files.reduce((a, f) => a + f.size, 0), chunks: files.length };
+  }
+}

@@ -1,0 +1,221 @@
+/**
+ * Read a chunked image without pulling it: open any transport, fetch the TOC once, then serve
+ * readdir/stat/readlink/getxattr/read on the merged view of its layers, fetching only the chunks a
+ * read needs (ranges of pack blobs, adjacent frames coalesced, digests verified) through a local
+ * chunk cache shared by every image.
+ */
+import { ChunkReader } from '../chunked/content.js';
+import { openChunked, resolveImage, type ChunkedImage } from '../chunked/image.js';
+import { OcichunkError } from '../errors.js';
+import type { Platform } from '../oci/types.js';
+import { openSource, type TransportOptions } from '../ref.js';
+import type { ImageSource, TransferReport } from '../transports/types.js';
+import { ChunkCache, DEFAULT_CACHE_DIR, DEFAULT_CACHE_MAX } from './cache.js';
+import { MergedTree, type Inode, type NodeType } from './tree.js';
+
+export interface LazyOpenOptions {
+  platform?: Platform;
+  transport?: TransportOptions;
+  /** Chunk cache directory (default ~/.cache/ocichunk/chunks); `false`: no cache. */
+  cacheDir?: string | false;
+  cacheMaxBytes?: number;
+  /** HTTP range requests in flight at once. */
+  concurrency?: number;
+}
+
+export interface LazyStat {
+  ino: number;
+  type: NodeType;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  mtime: number;
+  nlink: number;
+  link?: string;
+  devMajor?: number;
+  devMinor?: number;
+}
+
+export interface LazyStats {
+  /** compressed bytes fetched from pack blobs, and the TOC's size */
+  packBytesFetched: number;
+  tocBytes: number;
+  chunksFetched: number;
+  /** file bytes returned by read() */
+  bytesRead: number;
+  cacheHits: number;
+  transfer?: TransferReport;
+}
+
+const MAX_LINKS = 40;
+
+export class LazyImage {
+  readonly tree: MergedTree;
+  private readonly chunks: ChunkReader;
+  private readonly inflight = new Map<number, Promise<Buffer>>();
+  private bytesRead = 0;
+  private chunksFetched = 0;
+
+  private constructor(
+    readonly image: ChunkedImage,
+    private readonly src: ImageSource,
+    readonly cache: ChunkCache | undefined,
+    concurrency: number,
+  ) {
+    this.tree = new MergedTree(image.toc);
+    this.chunks = new ChunkReader(image, 0, concurrency);
+  }
+
+  static async open(ref: string, opts: LazyOpenOptions = {}): Promise<LazyImage> {
+    const src = await openSource(ref, opts.transport);
+    try {
+      const img = await openChunked(await resolveImage(src, opts.platform));
+      const cache = opts.cacheDir === false ? undefined : await ChunkCache.open(opts.cacheDir ?? DEFAULT_CACHE_DIR, opts.cacheMaxBytes ?? DEFAULT_CACHE_MAX);
+      return new LazyImage(img, src, cache, opts.concurrency ?? 8);
+    } catch (e) {
+      await src.close();
+      throw e;
+    }
+  }
+
+  get name(): string {
+    return this.src.name;
+  }
+
+  private node(p: string, follow: boolean): Inode {
+    let n = this.tree.lookup(p);
+    let cur = p;
+    for (let i = 0; follow && n?.type === 'symlink'; i++) {
+      if (i >= MAX_LINKS) throw new OcichunkError('EUNSUPPORTED', `${this.name}: ${p}: too many levels of symbolic links`);
+      const base = cur.split('/').filter(Boolean).slice(0, -1);
+      const link = n.link!;
+      // resolved inside the image, never above its root (as in a chroot)
+      const parts = link.startsWith('/') ? [] : base;
+      for (const c of link.split('/')) {
+        if (c === '' || c === '.') continue;
+        if (c === '..') parts.pop();
+        else parts.push(c);
+      }
+      cur = parts.join('/');
+      n = this.tree.lookup(cur);
+    }
+    if (!n) throw new OcichunkError('ENOTFOUND', `${this.name}: ${p}: no such file or directory`);
+    return n;
+  }
+
+  stat(p: string, opts: { follow?: boolean } = {}): LazyStat {
+    const n = this.node(p, !!opts.follow);
+    const s: LazyStat = { ino: n.ino, type: n.type, mode: n.mode, uid: n.uid, gid: n.gid, size: n.size, mtime: n.mtime, nlink: n.nlink };
+    if (n.link !== undefined) s.link = n.link;
+    if (n.devMajor !== undefined) (s.devMajor = n.devMajor), (s.devMinor = n.devMinor);
+    return s;
+  }
+
+  readdir(p: string): string[] {
+    const n = this.node(p, true);
+    if (n.type !== 'dir') throw new OcichunkError('EUSAGE', `${this.name}: ${p}: not a directory`);
+    return [...n.children!.keys()].sort();
+  }
+
+  readlink(p: string): string {
+    const n = this.node(p, false);
+    if (n.type !== 'symlink') throw new OcichunkError('EUSAGE', `${this.name}: ${p}: not a symbolic link`);
+    return n.link!;
+  }
+
+  listxattr(p: string): string[] {
+    return Object.keys(this.node(p, false).xattrs ?? {}).sort();
+  }
+
+  getxattr(p: string, name: string): Buffer | undefined {
+    const v = this.node(p, false).xattrs?.[name];
+    return v === undefined ? undefined : Buffer.from(v, 'base64');
+  }
+
+  /** Bytes [offset, offset+length) of a regular file (symlinks followed); short at end of file. */
+  async read(p: string, offset = 0, length = Infinity): Promise<Buffer> {
+    const n = this.node(p, true);
+    if (n.type !== 'reg') throw new OcichunkError('EUSAGE', `${this.name}: ${p}: not a regular file`);
+    return this.readInode(n, offset, length);
+  }
+
+  async readInode(n: Inode, offset: number, length: number): Promise<Buffer> {
+    const end = Math.min(n.size, offset + length);
+    if (offset >= end) return Buffer.alloc(0);
+    const starts = this.tree.starts(n);
+    // first chunk whose end is past offset
+    let lo = 0;
+    let hi = n.chunks!.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (starts[mid + 1] <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    const want: number[] = [];
+    for (let i = lo; i < n.chunks!.length && starts[i] < end; i++) want.push(i);
+    const bufs = await this.chunkBytes(want.map((i) => n.chunks![i]));
+    const out = Buffer.allocUnsafe(end - offset);
+    want.forEach((i, k) => {
+      const s = starts[i];
+      const from = Math.max(offset, s);
+      const to = Math.min(end, starts[i + 1]);
+      bufs[k].copy(out, from - offset, from - s, to - s);
+    });
+    this.bytesRead += out.length;
+    return out;
+  }
+
+  /** Bytes of TOC chunks, from the cache or fetched together (one batch of range requests). */
+  async chunkBytes(idxs: number[]): Promise<Buffer[]> {
+    const toc = this.image.toc;
+    const result: Array<Buffer | Promise<Buffer>> = [];
+    const missing: number[] = [];
+    for (const c of idxs) {
+      const pending = this.inflight.get(c);
+      if (pending) {
+        result.push(pending);
+        continue;
+      }
+      const cached = await this.cache?.get(toc.chunks[c][0]);
+      if (cached) result.push(cached);
+      else {
+        missing.push(c);
+        result.push(undefined as unknown as Buffer);
+      }
+    }
+    if (missing.length) {
+      const batch = this.chunks.fetch(missing).then(async (got) => {
+        this.chunksFetched += got.size;
+        for (const [c, b] of got) await this.cache?.put(toc.chunks[c][0], b);
+        return got;
+      });
+      const uniq = [...new Set(missing)];
+      for (const c of uniq) {
+        const p = batch.then((got) => got.get(c)!);
+        this.inflight.set(c, p);
+        p.catch(() => {}).finally(() => this.inflight.delete(c));
+      }
+      idxs.forEach((c, k) => {
+        if (result[k] === undefined) result[k] = this.inflight.get(c) ?? batch.then((got) => got.get(c)!);
+      });
+    }
+    return Promise.all(result);
+  }
+
+  stats(): LazyStats {
+    return {
+      packBytesFetched: this.chunks.bytesRead,
+      tocBytes: this.image.tocBytes,
+      chunksFetched: this.chunksFetched,
+      bytesRead: this.bytesRead,
+      cacheHits: this.cache?.stats.hits ?? 0,
+      ...(this.src.transferReport ? { transfer: this.src.transferReport() } : {}),
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.chunks.close();
+    await this.src.close();
+  }
+}
