@@ -1,5 +1,6 @@
 /** `ls` and `cat`: read a chunked image without pulling it (only the TOC and the chunks read are fetched). */
 import type { Argv } from 'yargs';
+import { MountedImage } from '../lazy/mount.js';
 import { LazyImage, type LazyStat } from '../lazy/reader.js';
 import { bytes } from './format.js';
 import { common, parseSize, platformOf, transportOf, type Common } from './options.js';
@@ -86,5 +87,35 @@ export const cat = {
     } finally {
       await img.close();
     }
+  },
+};
+
+export const mount = {
+  command: 'mount <image> <mountpoint>',
+  describe: 'Mount a chunked image read-only (FUSE), fetching chunks as they are read; unmounts on SIGINT/SIGTERM',
+  builder: (y: Argv) =>
+    cacheOptions(common(y))
+      .positional('image', { type: 'string', demandOption: true })
+      .positional('mountpoint', { type: 'string', demandOption: true })
+      .option('record-trace', { type: 'string', describe: 'write the files (and ranges) read to this file at unmount' })
+      .option('prefetch', { type: 'string', describe: 'fetch the chunks of a recorded trace in the background' }),
+  run: async (a: Common & CacheArgs & { image: string; mountpoint: string; 'record-trace'?: string; prefetch?: string }): Promise<unknown> => {
+    const img = await MountedImage.mount(a.image, a.mountpoint, {
+      platform: platformOf(a),
+      transport: transportOf(a),
+      cacheDir: a['no-cache'] ? false : a.cache,
+      cacheMaxBytes: parseSize(a['cache-max'], '--cache-max'),
+      recordTrace: a['record-trace'],
+      prefetch: a.prefetch,
+      onWarning: a.quiet ? undefined : (m) => process.stderr.write(`ocichunk mount: ${m}\n`),
+    });
+    if (!a.quiet) process.stderr.write(`mounted ${img.image.name} at ${a.mountpoint} (TOC ${bytes(img.image.image.tocBytes)}); SIGINT or SIGTERM unmounts\n`);
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+    });
+    const s = await img.unmount();
+    if (a.json) return { image: img.image.name, mountpoint: a.mountpoint, ...s };
+    return `unmounted ${a.mountpoint}: ${s.reads} reads, ${bytes(s.fileBytesServed)} served; fetched ${bytes(s.packBytesFetched)} of packs (${s.chunksFetched} chunks) + TOC ${bytes(s.tocBytes)}${s.prefetchedChunks ? `, ${s.prefetchedChunks} chunks prefetched` : ''}`;
   },
 };

@@ -12,6 +12,13 @@ export interface ChunkerSpec {
   size?: number;
 }
 
+export interface NativeLazyMount {
+  complete(id: number, error?: string): void;
+  stats(): { reads: number; bytesRead: number; fetchRequests: number; chunksRequested: number; cacheReads: number; errors: number };
+  takeTrace(): number[];
+  unmount(): void;
+}
+
 interface Binding {
   chunkAndHash(
     data: Buffer,
@@ -37,6 +44,7 @@ interface Binding {
   lgetxattr(p: string, name: string): Buffer;
   coreVersion(): string;
   tuneAllocator(): void;
+  mountLazy(spec: Buffer, mountpoint: string, cacheDir: string, record: boolean, fetch: (msg: number[]) => void): NativeLazyMount;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -97,4 +105,7 @@ export const native = {
   llistxattr: (p: string) => wrapSync(`listxattr ${p}`, () => load().llistxattr(p)),
   lgetxattr: (p: string, name: string) => wrapSync(`getxattr ${p} ${name}`, () => load().lgetxattr(p, name)),
   coreVersion: () => load().coreVersion(),
+  /** Mount a tree read-only with FUSE; `fetch([id, ...chunks])` is called for chunks missing from the cache. */
+  mountLazy: (spec: Buffer, mountpoint: string, cacheDir: string, record: boolean, fetch: (msg: number[]) => void): NativeLazyMount =>
+    wrapSync(`mount ${mountpoint}`, () => load().mountLazy(spec, mountpoint, cacheDir, record, fetch)),
 };

@@ -12,6 +12,7 @@
 #   app.docker.tar  skopeo copy of app to docker-archive (classic `docker save` layout)
 #   app.docker25.tar  app as Docker >= 25 `docker save` writes it (OCI layout + manifest.json)
 #   app-docker-v2s2 an OCI layout whose index points at a Docker v2 schema 2 manifest (made by skopeo)
+#   py              base + apt-get install python3 (the whole standard library), for lazy-pull tests
 #   big             (--big only) base + compilers and python: >= 400 MB, for benchmarks
 #
 # Cache: ${OCICHUNK_IMAGE_CACHE:-$HOME/.cache/ocichunk/images}. The Debian mirror and suite come from
@@ -26,7 +27,7 @@ mkdir -p "$L" "$CACHE/debs" "$CACHE/tmp"
 
 have() { [ -e "$1" ]; }
 if have "$L/base" && have "$L/app" && have "$L/app2" && have "$L/app-tar" && have "$L/app-zstd" \
-  && have "$CACHE/app.docker.tar" && have "$CACHE/app.docker25.tar" && have "$L/app-docker-v2s2" \
+  && have "$CACHE/app.docker.tar" && have "$CACHE/app.docker25.tar" && have "$L/app-docker-v2s2" && have "$L/py" \
   && { [ $BIG = 0 ] || have "$L/big"; }; then
   log "all images present in $CACHE"
   exit 0
@@ -53,7 +54,7 @@ app_image() { # base-layout dest
 }
 
 in_storage() { "${B[@]}" inspect --type image "localhost/ocichunk-$1:latest" > /dev/null 2>&1; }
-if ! have "$L/base" || { ! have "$L/app" && ! in_storage base; } || { [ $BIG = 1 ] && ! have "$L/big" && ! in_storage base; }; then
+if ! have "$L/base" || { ! have "$L/app" && ! in_storage base; } || { ! have "$L/py" && ! in_storage base; } || { [ $BIG = 1 ] && ! have "$L/big" && ! in_storage base; }; then
   bootstrap "$CACHE/tmp/rootfs-a"
   base_image "$CACHE/tmp/rootfs-a" "$L/base"
   rm -rf "$CACHE/tmp/rootfs-a"
@@ -150,6 +151,16 @@ PY
   tar -C "$t" -cf "$CACHE/app.docker25.tar.tmp" .
   mv "$CACHE/app.docker25.tar.tmp" "$CACHE/app.docker25.tar"
   rm -rf "$t"
+fi
+if ! have "$L/py"; then
+  c=$("${B[@]}" from --quiet --pull-never localhost/ocichunk-base:latest)
+  log "apt-get install python3 for the lazy-pull test image"
+  "${B[@]}" run --isolation chroot "$c" -- sh -c "
+    set -e; export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q > /dev/null
+    apt-get install -y -q --no-install-recommends python3 > /dev/null
+    rm -rf /var/lib/apt/lists/*" >&2
+  commit "$c" "$L/py"
 fi
 if [ $BIG = 1 ] && ! have "$L/big"; then
   c=$("${B[@]}" from --quiet --pull-never localhost/ocichunk-base:latest)

@@ -6,6 +6,7 @@ pub mod chunker;
 pub mod error;
 pub mod frame;
 pub mod fsx;
+pub mod lazyfs;
 
 pub use error::{Error, Result};
 

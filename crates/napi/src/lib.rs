@@ -245,3 +245,127 @@ pub fn tune_allocator() {
 pub fn core_version() -> String {
     ocichunk_core::VERSION.to_string()
 }
+
+// ---- lazy mount (FUSE) ----
+
+use napi::threadsafe_function::{ErrorStrategy, ThreadSafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use ocichunk_core::lazyfs;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+type Done = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+
+#[derive(Default)]
+struct Pending {
+    next: u32,
+    waiting: HashMap<u32, Done>,
+}
+
+/// Chunk requests from FUSE threads to JavaScript: `fetch([requestId, ...chunkIndexes])`, answered
+/// with `LazyMount.complete(requestId, error?)`.
+struct JsFetcher {
+    tsfn: ThreadsafeFunction<Vec<u32>, ErrorStrategy::Fatal>,
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl lazyfs::Fetcher for JsFetcher {
+    fn fetch(&self, chunks: Vec<u32>, done: Done) {
+        let id = {
+            let mut p = self.pending.lock().unwrap();
+            p.next = p.next.wrapping_add(1);
+            let id = p.next;
+            p.waiting.insert(id, done);
+            id
+        };
+        let mut msg = Vec::with_capacity(chunks.len() + 1);
+        msg.push(id);
+        msg.extend(chunks);
+        if self.tsfn.call(msg, ThreadsafeFunctionCallMode::NonBlocking) != Status::Ok {
+            if let Some(d) = self.pending.lock().unwrap().waiting.remove(&id) {
+                d(Err("the fetcher is gone (unmounting)".into()));
+            }
+        }
+    }
+}
+
+#[napi(object)]
+pub struct MountStats {
+    pub reads: f64,
+    pub bytes_read: f64,
+    pub fetch_requests: f64,
+    pub chunks_requested: f64,
+    pub cache_reads: f64,
+    pub errors: f64,
+}
+
+#[napi]
+pub struct LazyMount {
+    mount: Option<lazyfs::Mount>,
+    pending: Arc<Mutex<Pending>>,
+    tsfn: Option<ThreadsafeFunction<Vec<u32>, ErrorStrategy::Fatal>>,
+}
+
+#[napi]
+impl LazyMount {
+    /// Answer fetch request `id`: its chunks are in the cache now (or could not be fetched).
+    #[napi]
+    pub fn complete(&self, id: u32, error: Option<String>) {
+        if let Some(d) = self.pending.lock().unwrap().waiting.remove(&id) {
+            d(match error {
+                Some(e) => Err(e),
+                None => Ok(()),
+            });
+        }
+    }
+
+    #[napi]
+    pub fn stats(&self) -> MountStats {
+        let s = self.mount.as_ref().map(|m| &m.shared.stats);
+        let g = |f: fn(&lazyfs::FsStats) -> &std::sync::atomic::AtomicU64| s.map(|s| f(s).load(Ordering::Relaxed) as f64).unwrap_or(0.0);
+        MountStats {
+            reads: g(|s| &s.reads),
+            bytes_read: g(|s| &s.bytes_read),
+            fetch_requests: g(|s| &s.fetch_requests),
+            chunks_requested: g(|s| &s.chunks_requested),
+            cache_reads: g(|s| &s.cache_reads),
+            errors: g(|s| &s.errors),
+        }
+    }
+
+    /// The reads recorded since the last call, as [ino, offset, length, ...].
+    #[napi]
+    pub fn take_trace(&self) -> Vec<f64> {
+        let Some(t) = self.mount.as_ref().and_then(|m| m.shared.trace.as_ref()) else { return Vec::new() };
+        let v = std::mem::take(&mut *t.lock().unwrap());
+        v.into_iter().flat_map(|(i, o, l)| [i as f64, o as f64, l as f64]).collect()
+    }
+
+    /// Unmount (waits for the kernel to let go), fail pending fetches and release the callback.
+    #[napi]
+    pub fn unmount(&mut self) {
+        if let Some(mut m) = self.mount.take() {
+            m.unmount();
+        }
+        for (_, d) in self.pending.lock().unwrap().waiting.drain() {
+            d(Err("unmounted".into()));
+        }
+        if let Some(t) = self.tsfn.take() {
+            let _ = t.abort();
+        }
+    }
+}
+
+/// Mount a chunked image's tree (JSON spec) read-only at `mountpoint`, reading chunks from
+/// `cache_dir` and asking `fetch` for missing ones.
+#[napi]
+pub fn mount_lazy(spec: Buffer, mountpoint: String, cache_dir: String, record: bool, fetch: JsFunction) -> Result<LazyMount> {
+    let spec = lazyfs::parse_spec(&spec).map_err(err)?;
+    let tsfn: ThreadsafeFunction<Vec<u32>, ErrorStrategy::Fatal> =
+        fetch.create_threadsafe_function(0, |ctx: ThreadSafeCallContext<Vec<u32>>| Ok(vec![ctx.value]))?;
+    let pending = Arc::new(Mutex::new(Pending::default()));
+    let fetcher = JsFetcher { tsfn: tsfn.clone(), pending: pending.clone() };
+    let shared = Arc::new(lazyfs::Shared::new(spec, cache_dir.into(), Box::new(fetcher), record).map_err(err)?);
+    let mount = lazyfs::mount(shared, Path::new(&mountpoint)).map_err(err)?;
+    Ok(LazyMount { mount: Some(mount), pending, tsfn: Some(tsfn) })
+}

@@ -1,0 +1,399 @@
+//! A read-only FUSE filesystem over a chunked image's merged tree (`ocichunk mount`).
+//!
+//! Metadata (inodes, directories, symlinks, xattrs, sizes) is all in memory, built from the TOC by
+//! the caller. File bytes come from the content-addressed chunk cache (`<cache>/sha256/ab/<hex>`),
+//! verified by SHA-256 on every read; chunks missing from it are asked for through a [`Fetcher`]
+//! (the caller fetches them from the registry into the cache) from a worker thread, so metadata
+//! and cached reads never wait for the fetcher, and a slow fetch blocks only its own read.
+
+use crate::batch::sha256;
+use crate::{Error, Result};
+use fuser::{FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+#[derive(Deserialize)]
+pub struct InodeSpec {
+    pub ino: u64,
+    pub kind: String,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub nlink: u32,
+    #[serde(default)]
+    pub rdev: u32,
+    #[serde(default)]
+    pub link: Option<String>,
+    /// (name, value bytes)
+    #[serde(default)]
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    /// chunk table indexes, in file order
+    #[serde(default)]
+    pub chunks: Vec<u32>,
+    /// (name, ino), sorted by name
+    #[serde(default)]
+    pub children: Vec<(String, u64)>,
+}
+
+#[derive(Deserialize)]
+pub struct TreeSpec {
+    /// (sha256 hex, length)
+    pub chunks: Vec<(String, u32)>,
+    pub inodes: Vec<InodeSpec>,
+}
+
+struct Node {
+    attr: FileAttr,
+    link: Option<Vec<u8>>,
+    xattrs: Vec<(String, Vec<u8>)>,
+    chunks: Vec<u32>,
+    /// file offset where each chunk starts, plus the size at the end
+    starts: Vec<u64>,
+    children: Vec<(Vec<u8>, u64)>,
+    index: HashMap<Vec<u8>, u64>,
+}
+
+/// Asks for chunks to be put into the cache; `done` must be called once, from any thread.
+pub trait Fetcher: Send + Sync {
+    fn fetch(&self, chunks: Vec<u32>, done: Box<dyn FnOnce(std::result::Result<(), String>) + Send>);
+}
+
+#[derive(Default)]
+pub struct FsStats {
+    pub reads: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub fetch_requests: AtomicU64,
+    pub chunks_requested: AtomicU64,
+    pub cache_reads: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+pub struct Shared {
+    nodes: HashMap<u64, Node>,
+    chunk_hex: Vec<String>,
+    chunk_len: Vec<u32>,
+    cache: PathBuf,
+    fetcher: Box<dyn Fetcher>,
+    pub stats: FsStats,
+    /// (ino, offset, length) of every read, when recording
+    pub trace: Option<Mutex<Vec<(u64, u64, u32)>>>,
+}
+
+pub struct LazyFs {
+    shared: Arc<Shared>,
+}
+
+const TTL: Duration = Duration::from_secs(3600);
+
+fn kind_of(s: &str) -> Result<FileType> {
+    Ok(match s {
+        "reg" => FileType::RegularFile,
+        "dir" => FileType::Directory,
+        "symlink" => FileType::Symlink,
+        "char" => FileType::CharDevice,
+        "block" => FileType::BlockDevice,
+        "fifo" => FileType::NamedPipe,
+        other => return Err(Error::Invalid(format!("unknown inode kind {other:?}"))),
+    })
+}
+
+impl Shared {
+    pub fn new(spec: TreeSpec, cache: PathBuf, fetcher: Box<dyn Fetcher>, record: bool) -> Result<Shared> {
+        let mut chunk_hex = Vec::with_capacity(spec.chunks.len());
+        let mut chunk_len = Vec::with_capacity(spec.chunks.len());
+        for (h, l) in spec.chunks {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::Invalid(format!("bad chunk digest {h:?}")));
+            }
+            chunk_hex.push(h);
+            chunk_len.push(l);
+        }
+        let mut nodes = HashMap::with_capacity(spec.inodes.len());
+        for i in spec.inodes {
+            let kind = kind_of(&i.kind)?;
+            let mut starts = Vec::with_capacity(i.chunks.len() + 1);
+            let mut at = 0u64;
+            starts.push(0);
+            for &c in &i.chunks {
+                let l = *chunk_len.get(c as usize).ok_or_else(|| Error::Invalid(format!("inode {}: chunk {c} out of range", i.ino)))?;
+                at += l as u64;
+                starts.push(at);
+            }
+            if kind == FileType::RegularFile && at != i.size {
+                return Err(Error::Invalid(format!("inode {}: chunks hold {at} bytes, size is {}", i.ino, i.size)));
+            }
+            let t = if i.mtime >= 0 { UNIX_EPOCH + Duration::from_secs(i.mtime as u64) } else { UNIX_EPOCH };
+            let attr = FileAttr {
+                ino: i.ino,
+                size: i.size,
+                blocks: i.size.div_ceil(512),
+                atime: t,
+                mtime: t,
+                ctime: t,
+                crtime: t,
+                kind,
+                perm: (i.mode & 0o7777) as u16,
+                nlink: i.nlink.max(1),
+                uid: i.uid,
+                gid: i.gid,
+                rdev: i.rdev,
+                blksize: 4096,
+                flags: 0,
+            };
+            let children: Vec<(Vec<u8>, u64)> = i.children.into_iter().map(|(n, c)| (n.into_bytes(), c)).collect();
+            let index = children.iter().cloned().collect();
+            nodes.insert(
+                i.ino,
+                Node { attr, link: i.link.map(|l| l.into_bytes()), xattrs: i.xattrs, chunks: i.chunks, starts, children, index },
+            );
+        }
+        if !nodes.get(&1).map(|n| n.attr.kind == FileType::Directory).unwrap_or(false) {
+            return Err(Error::Invalid("inode 1 must be the root directory".into()));
+        }
+        Ok(Shared {
+            nodes,
+            chunk_hex,
+            chunk_len,
+            cache,
+            fetcher,
+            stats: FsStats::default(),
+            trace: if record { Some(Mutex::new(Vec::new())) } else { None },
+        })
+    }
+
+    fn chunk_path(&self, c: u32) -> PathBuf {
+        let h = &self.chunk_hex[c as usize];
+        self.cache.join("sha256").join(&h[..2]).join(h)
+    }
+
+    /// A chunk from the cache if present and intact (a damaged entry is removed).
+    fn cached(&self, c: u32) -> Option<Vec<u8>> {
+        let p = self.chunk_path(c);
+        let b = std::fs::read(&p).ok()?;
+        let mut want = [0u8; 32];
+        for (k, w) in want.iter_mut().enumerate() {
+            *w = u8::from_str_radix(&self.chunk_hex[c as usize][k * 2..k * 2 + 2], 16).ok()?;
+        }
+        if b.len() != self.chunk_len[c as usize] as usize || sha256(&b) != want {
+            let _ = std::fs::remove_file(&p);
+            return None;
+        }
+        self.stats.cache_reads.fetch_add(1, Ordering::Relaxed);
+        Some(b)
+    }
+
+    fn fetch_blocking(&self, chunks: Vec<u32>) -> std::result::Result<(), String> {
+        let (tx, rx) = mpsc::channel();
+        self.stats.fetch_requests.fetch_add(1, Ordering::Relaxed);
+        self.stats.chunks_requested.fetch_add(chunks.len() as u64, Ordering::Relaxed);
+        self.fetcher.fetch(chunks, Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        match rx.recv_timeout(Duration::from_secs(600)) {
+            Ok(r) => r,
+            Err(_) => Err("no answer from the fetcher in 600 s".into()),
+        }
+    }
+
+    /// Bytes [off, off+size) of a regular file.
+    pub fn read(&self, ino: u64, off: u64, size: u32) -> std::result::Result<Vec<u8>, (i32, String)> {
+        let n = self.nodes.get(&ino).ok_or((libc::ENOENT, format!("inode {ino}")))?;
+        if n.attr.kind != FileType::RegularFile {
+            return Err((libc::EISDIR, format!("inode {ino} is not a file")));
+        }
+        if let Some(t) = &self.trace {
+            t.lock().unwrap().push((ino, off, size));
+        }
+        let end = n.attr.size.min(off.saturating_add(size as u64));
+        if off >= end {
+            return Ok(Vec::new());
+        }
+        let first = n.starts.partition_point(|&s| s <= off).saturating_sub(1);
+        let mut idx = Vec::new();
+        let mut i = first;
+        while i < n.chunks.len() && n.starts[i] < end {
+            idx.push(i);
+            i += 1;
+        }
+        let mut got: Vec<Option<Vec<u8>>> = idx.iter().map(|&i| self.cached(n.chunks[i])).collect();
+        for attempt in 0..3 {
+            let missing: Vec<u32> = idx.iter().zip(&got).filter(|(_, g)| g.is_none()).map(|(&i, _)| n.chunks[i]).collect();
+            if missing.is_empty() {
+                break;
+            }
+            if attempt == 2 {
+                return Err((libc::EIO, format!("{} chunks still missing from the cache after fetching", missing.len())));
+            }
+            self.fetch_blocking(missing).map_err(|m| (libc::EIO, m))?;
+            for (k, &i) in idx.iter().enumerate() {
+                if got[k].is_none() {
+                    got[k] = self.cached(n.chunks[i]);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity((end - off) as usize);
+        for (k, &i) in idx.iter().enumerate() {
+            let b = got[k].as_ref().unwrap();
+            let s = n.starts[i];
+            let from = off.max(s) - s;
+            let to = end.min(n.starts[i + 1]) - s;
+            out.extend_from_slice(&b[from as usize..to as usize]);
+        }
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_read.fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+}
+
+impl LazyFs {
+    pub fn new(shared: Arc<Shared>) -> LazyFs {
+        LazyFs { shared }
+    }
+}
+
+fn xattr_reply(data: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() <= size as usize {
+        reply.data(data);
+    } else {
+        reply.error(libc::ERANGE);
+    }
+}
+
+impl Filesystem for LazyFs {
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let s = &self.shared;
+        match s.nodes.get(&parent).and_then(|p| p.index.get(name.as_bytes())).and_then(|c| s.nodes.get(c)) {
+            Some(n) => reply.entry(&TTL, &n.attr, 0),
+            None => reply.error(libc::ENOENT),
+        }
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        match self.shared.nodes.get(&ino) {
+            Some(n) => reply.attr(&TTL, &n.attr),
+            None => reply.error(libc::ENOENT),
+        }
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        match self.shared.nodes.get(&ino).and_then(|n| n.link.as_ref()) {
+            Some(l) => reply.data(l),
+            None => reply.error(libc::EINVAL),
+        }
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            reply.error(libc::EROFS);
+        } else if self.shared.nodes.contains_key(&ino) {
+            // contents never change: the kernel may keep its page cache across opens
+            reply.opened(0, fuser::consts::FOPEN_KEEP_CACHE);
+        } else {
+            reply.error(libc::ENOENT);
+        }
+    }
+
+    fn read(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, size: u32, _flags: i32, _lock: Option<u64>, reply: ReplyData) {
+        let s = self.shared.clone();
+        // off the session thread: a read that waits for the network holds up no other request
+        std::thread::spawn(move || match s.read(ino, offset.max(0) as u64, size) {
+            Ok(b) => reply.data(&b),
+            Err((errno, msg)) => {
+                s.stats.errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!("ocichunk mount: read of inode {ino} failed: {msg}");
+                reply.error(errno);
+            }
+        });
+    }
+
+    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
+        let s = &self.shared;
+        let Some(n) = s.nodes.get(&ino) else { return reply.error(libc::ENOENT) };
+        if n.attr.kind != FileType::Directory {
+            return reply.error(libc::ENOTDIR);
+        }
+        // offsets: 1 = ".", 2 = "..", 3.. = children
+        let mut k = offset.max(0) as usize;
+        loop {
+            let full = match k {
+                0 => reply.add(ino, 1, FileType::Directory, "."),
+                1 => reply.add(ino, 2, FileType::Directory, ".."),
+                _ => match n.children.get(k - 2) {
+                    Some((name, c)) => {
+                        let kind = s.nodes.get(c).map(|x| x.attr.kind).unwrap_or(FileType::RegularFile);
+                        reply.add(*c, (k + 1) as i64, kind, OsStr::from_bytes(name))
+                    }
+                    None => break,
+                },
+            };
+            if full {
+                break;
+            }
+            k += 1;
+        }
+        reply.ok();
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        reply.statfs(0, 0, 0, self.shared.nodes.len() as u64, 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(n) = self.shared.nodes.get(&ino) else { return reply.error(libc::ENOENT) };
+        match n.xattrs.iter().find(|(k, _)| k.as_bytes() == name.as_bytes()) {
+            Some((_, v)) => xattr_reply(v, size, reply),
+            None => reply.error(libc::ENODATA),
+        }
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        let Some(n) = self.shared.nodes.get(&ino) else { return reply.error(libc::ENOENT) };
+        let mut names = Vec::new();
+        for (k, _) in &n.xattrs {
+            names.extend_from_slice(k.as_bytes());
+            names.push(0);
+        }
+        xattr_reply(&names, size, reply);
+    }
+}
+
+/// A mounted filesystem; dropping it unmounts.
+pub struct Mount {
+    session: Option<fuser::BackgroundSession>,
+    pub shared: Arc<Shared>,
+}
+
+impl Mount {
+    pub fn unmount(&mut self) {
+        if let Some(s) = self.session.take() {
+            s.join();
+        }
+    }
+}
+
+pub fn mount(shared: Arc<Shared>, mountpoint: &std::path::Path) -> Result<Mount> {
+    let mut opts = vec![MountOption::RO, MountOption::FSName("ocichunk".into()), MountOption::Subtype("ocichunk".into()), MountOption::DefaultPermissions];
+    if unsafe { libc::geteuid() } == 0 {
+        // as root, a container root filesystem: other users, device nodes and setuid programs work
+        opts.extend([MountOption::AllowOther, MountOption::Dev, MountOption::Suid]);
+    }
+    let session = fuser::spawn_mount2(LazyFs::new(shared.clone()), mountpoint, &opts)
+        .map_err(|e| Error::Io(format!("mount {}: {e} (needs /dev/fuse and fusermount3, from Debian's fuse3)", mountpoint.display())))?;
+    Ok(Mount { session: Some(session), shared })
+}
+
+pub fn parse_spec(json: &[u8]) -> Result<TreeSpec> {
+    serde_json::from_slice(json).map_err(|e| Error::Invalid(format!("tree spec: {e}")))
+}
+

@@ -1,0 +1,204 @@
+/**
+ * `ocichunk mount`: a read-only FUSE filesystem (in the native addon) over a chunked image's merged
+ * tree. The addon answers metadata and cached reads itself; for chunks missing from the cache it
+ * calls back here, and the reader fetches them (ranges of pack blobs, verified) into the cache.
+ * Reads can be recorded as a trace (path, offset, length) and a trace prefetched at mount time.
+ */
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { OcichunkError } from '../errors.js';
+import { native, type NativeLazyMount } from '../native/index.js';
+import { LazyImage, type LazyOpenOptions, type LazyStats } from './reader.js';
+import type { Inode } from './tree.js';
+
+export interface MountOptions extends LazyOpenOptions {
+  /** Write the reads made through the mount to this file when it is unmounted. */
+  recordTrace?: string;
+  /** Fetch the chunks of the reads listed in this trace file in the background. */
+  prefetch?: string;
+  /** Reports a failed background fetch (the read that needs it fetches again). */
+  onWarning?: (msg: string) => void;
+}
+
+export interface MountStats extends LazyStats {
+  reads: number;
+  fileBytesServed: number;
+  fetchRequests: number;
+  chunksRequested: number;
+  prefetchedChunks: number;
+}
+
+function rdev(major = 0, minor = 0): number {
+  return ((major & 0xfff) << 8) | (minor & 0xff) | ((minor & 0xfff00) << 12);
+}
+
+export interface TraceRead {
+  path: string;
+  offset: number;
+  length: number;
+}
+
+export async function readTrace(file: string): Promise<TraceRead[]> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (e) {
+    throw new OcichunkError('ENOTFOUND', `trace ${file}: ${(e as Error).message}`);
+  }
+  const out: TraceRead[] = [];
+  for (const [i, line] of text.split('\n').entries()) {
+    if (!line.trim() || line.startsWith('#')) continue;
+    const parts = line.split('\t');
+    const [offset, length] = [Number(parts[1] ?? 0), Number(parts[2] ?? Infinity)];
+    if (parts.length > 3 || !Number.isFinite(offset) || offset < 0 || !(length >= 0)) {
+      throw new OcichunkError('EUSAGE', `trace ${file} line ${i + 1}: expected PATH<TAB>OFFSET<TAB>LENGTH`);
+    }
+    out.push({ path: parts[0], offset, length });
+  }
+  return out;
+}
+
+export class MountedImage {
+  private readonly paths = new Map<number, string>();
+  private trace: TraceRead[] = [];
+  private prefetched = 0;
+  private handle: NativeLazyMount | undefined;
+  private tmpCache: string | undefined;
+  /** Resolves when the background prefetch is done. */
+  prefetchDone: Promise<void> = Promise.resolve();
+
+  private constructor(
+    readonly image: LazyImage,
+    readonly mountpoint: string,
+    private readonly opts: MountOptions,
+  ) {}
+
+  static async mount(ref: string, mountpoint: string, opts: MountOptions = {}): Promise<MountedImage> {
+    let tmpCache: string | undefined;
+    if (opts.cacheDir === false) tmpCache = await fs.mkdtemp(path.join(os.tmpdir(), 'ocichunk-mount-cache-'));
+    const image = await LazyImage.open(ref, { ...opts, cacheDir: tmpCache ?? opts.cacheDir });
+    const m = new MountedImage(image, mountpoint, opts);
+    m.tmpCache = tmpCache;
+    try {
+      const st = await fs.stat(mountpoint).catch(() => undefined);
+      if (!st?.isDirectory()) throw new OcichunkError('EUSAGE', `mount point ${mountpoint} is not a directory`);
+      const spec = Buffer.from(JSON.stringify(m.spec()));
+      m.handle = native.mountLazy(spec, path.resolve(mountpoint), image.cache!.dir, !!opts.recordTrace, (msg) => m.onFetch(msg));
+    } catch (e) {
+      await image.close();
+      if (tmpCache) await fs.rm(tmpCache, { recursive: true, force: true });
+      throw e;
+    }
+    if (opts.prefetch) {
+      const reads = await readTrace(opts.prefetch);
+      m.prefetchDone = m.prefetchReads(reads).catch((e) => opts.onWarning?.(`prefetch: ${(e as Error).message}`));
+    }
+    return m;
+  }
+
+  /** The tree as the addon takes it: reachable inodes only, hardlinks once. */
+  private spec(): { chunks: Array<[string, number]>; inodes: unknown[] } {
+    const tree = this.image.tree;
+    const inodes: unknown[] = [];
+    const seen = new Set<number>();
+    const visit = (n: Inode, p: string) => {
+      if (seen.has(n.ino)) return;
+      seen.add(n.ino);
+      this.paths.set(n.ino, p);
+      const children = n.children ? [...n.children.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1)) : [];
+      inodes.push({
+        ino: n.ino,
+        kind: n.type,
+        mode: n.mode,
+        uid: n.uid,
+        gid: n.gid,
+        size: n.size,
+        mtime: n.mtime,
+        nlink: n.type === 'dir' ? 2 + children.filter(([, c]) => c.type === 'dir').length : n.nlink,
+        rdev: rdev(n.devMajor, n.devMinor),
+        ...(n.link !== undefined ? { link: n.link } : {}),
+        ...(n.xattrs ? { xattrs: Object.entries(n.xattrs).map(([k, v]) => [k, [...Buffer.from(v, 'base64')]]) } : {}),
+        ...(n.chunks ? { chunks: n.chunks } : {}),
+        ...(children.length ? { children: children.map(([name, c]) => [name, c.ino]) } : {}),
+      });
+      for (const [name, c] of children) visit(c, p === '/' ? `/${name}` : `${p}/${name}`);
+    };
+    visit(tree.root, '/');
+    return { chunks: tree.toc.chunks.map((c) => [c[0], c[3]] as [string, number]), inodes };
+  }
+
+  private onFetch(msg: number[]): void {
+    const [id, ...chunks] = msg;
+    this.image.chunkBytes(chunks).then(
+      () => this.handle?.complete(id),
+      (e: Error) => this.handle?.complete(id, e.message),
+    );
+  }
+
+  private async prefetchReads(reads: TraceRead[]): Promise<void> {
+    const tree = this.image.tree;
+    const want = new Set<number>();
+    for (const r of reads) {
+      const n = tree.lookup(r.path);
+      if (n?.type !== 'reg' || !n.chunks!.length) continue;
+      const starts = tree.starts(n);
+      const end = Math.min(n.size, r.offset + r.length);
+      n.chunks!.forEach((c, i) => {
+        if (starts[i + 1] > r.offset && starts[i] < end) want.add(c);
+      });
+    }
+    const list = [...want];
+    // in batches, so that reads arriving meanwhile are not queued behind one huge fetch
+    for (let i = 0; i < list.length; i += 256) {
+      await this.image.chunkBytes(list.slice(i, i + 256));
+      this.prefetched += Math.min(256, list.length - i);
+    }
+  }
+
+  /** Reads made through the mount so far (recording on). */
+  private collectTrace(): void {
+    const t = this.handle?.takeTrace() ?? [];
+    for (let i = 0; i < t.length; i += 3) {
+      const p = this.paths.get(t[i]);
+      if (p) this.trace.push({ path: p, offset: t[i + 1], length: t[i + 2] });
+    }
+  }
+
+  stats(): MountStats {
+    const n = this.handle?.stats();
+    return {
+      ...this.image.stats(),
+      reads: n?.reads ?? 0,
+      fileBytesServed: n?.bytesRead ?? 0,
+      fetchRequests: n?.fetchRequests ?? 0,
+      chunksRequested: n?.chunksRequested ?? 0,
+      prefetchedChunks: this.prefetched,
+    };
+  }
+
+  /** Unmount, write the trace, close the image. Returns the final figures. */
+  async unmount(): Promise<MountStats> {
+    const h = this.handle;
+    if (!h) return this.stats();
+    this.collectTrace();
+    const stats = this.stats();
+    h.unmount();
+    this.handle = undefined;
+    await this.prefetchDone;
+    if (this.opts.recordTrace) {
+      // merged per path: the first offset and the furthest end read
+      const byPath = new Map<string, { offset: number; end: number }>();
+      for (const r of this.trace) {
+        const e = byPath.get(r.path);
+        if (!e) byPath.set(r.path, { offset: r.offset, end: r.offset + r.length });
+        else (e.offset = Math.min(e.offset, r.offset)), (e.end = Math.max(e.end, r.offset + r.length));
+      }
+      const lines = [...byPath].map(([p, r]) => `${p}\t${r.offset}\t${r.end - r.offset}`);
+      await fs.writeFile(this.opts.recordTrace, `# ocichunk read trace of ${this.image.name}: path, offset, length\n${lines.join('\n')}\n`);
+    }
+    await this.image.close();
+    if (this.tmpCache) await fs.rm(this.tmpCache, { recursive: true, force: true });
+    return stats;
+  }
+}
