@@ -187,14 +187,25 @@ export class MountedImage {
     this.handle = undefined;
     await this.prefetchDone;
     if (this.opts.recordTrace) {
-      // merged per path: the first offset and the furthest end read
-      const byPath = new Map<string, { offset: number; end: number }>();
+      // per path, overlapping and adjacent reads merged; paths in the order first read
+      const byPath = new Map<string, Array<[number, number]>>();
       for (const r of this.trace) {
-        const e = byPath.get(r.path);
-        if (!e) byPath.set(r.path, { offset: r.offset, end: r.offset + r.length });
-        else (e.offset = Math.min(e.offset, r.offset)), (e.end = Math.max(e.end, r.offset + r.length));
+        const list = byPath.get(r.path) ?? byPath.set(r.path, []).get(r.path)!;
+        list.push([r.offset, r.offset + r.length]);
       }
-      const lines = [...byPath].map(([p, r]) => `${p}\t${r.offset}\t${r.end - r.offset}`);
+      const lines: string[] = [];
+      for (const [p, list] of byPath) {
+        list.sort((a, b) => a[0] - b[0]);
+        let [s, e] = list[0];
+        for (const [a, b] of list.slice(1)) {
+          if (a <= e) e = Math.max(e, b);
+          else {
+            lines.push(`${p}\t${s}\t${e - s}`);
+            [s, e] = [a, b];
+          }
+        }
+        lines.push(`${p}\t${s}\t${e - s}`);
+      }
       await fs.writeFile(this.opts.recordTrace, `# ocichunk read trace of ${this.image.name}: path, offset, length\n${lines.join('\n')}\n`);
     }
     await this.image.close();

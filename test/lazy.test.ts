@@ -1,0 +1,235 @@
+/**
+ * Lazy pull from a real registry (Debian's docker-registry on 127.0.0.1): ls and cat fetch only the
+ * TOC and the chunks they read; `mount` (FUSE) runs python3 in a chroot of the mount, fetching a
+ * small share of the image; a second image sharing the base fetches only what the cache lacks;
+ * tampered chunks are refused; a registry ignoring Range still works.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { image, REPO, tmpdir } from './helpers/env.js';
+import { FaultProxy } from './helpers/fault-proxy.js';
+import { Registry } from './helpers/registry.js';
+import { cli, cliAsync, cliJson, must } from './helpers/run.js';
+import { LazyImage } from '../src/lazy/reader.js';
+
+interface MountStats {
+  packBytesFetched: number;
+  tocBytes: number;
+  chunksFetched: number;
+  reads: number;
+  fileBytesServed: number;
+  chunksRequested: number;
+  prefetchedChunks: number;
+  transfer?: { bytesDownloaded: number; requests: number };
+}
+
+let work: string;
+let reg: Registry;
+let py: string;
+let app: string;
+
+/** Bytes of a file in the original image, from its layer tars (Python, last layer wins). */
+function originalFile(layout: string, p: string): Buffer {
+  const out = path.join(work, 'orig-' + p.replace(/\//g, '_'));
+  must('python3', [
+    '-c',
+    `
+import json, os, sys, tarfile
+layout, want, out = sys.argv[1:]
+b = lambda d: os.path.join(layout, 'blobs', 'sha256', d.split(':')[1])
+idx = json.load(open(os.path.join(layout, 'index.json')))
+man = json.load(open(b(idx['manifests'][0]['digest'])))
+data = None
+for l in man['layers']:
+    with tarfile.open(b(l['digest']), 'r:*') as t:
+        for m in t:
+            if m.name.lstrip('./') == want and m.isreg():
+                data = t.extractfile(m).read()
+open(out, 'wb').write(data)
+`,
+    layout,
+    p,
+    out,
+  ]);
+  return fs.readFileSync(out);
+}
+
+async function mounted(ref: string, mnt: string, extra: string[], run: () => void): Promise<MountStats> {
+  fs.mkdirSync(mnt, { recursive: true });
+  const proc: ChildProcess = spawn(process.execPath, [path.join(REPO, 'bin', 'ocichunk.js'), 'mount', ref, mnt, '--json', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  proc.stdout!.on('data', (d: Buffer) => (out += d));
+  const ready = new Promise<void>((resolve, reject) => {
+    proc.stderr!.on('data', (d: Buffer) => {
+      err += d;
+      if (err.includes('mounted ')) resolve();
+    });
+    proc.on('exit', (code) => reject(new Error(`mount exited ${code}: ${err}`)));
+  });
+  const exited = new Promise<number>((resolve) => proc.on('exit', (code) => resolve(code ?? -1)));
+  await ready;
+  try {
+    expect(fs.readFileSync('/proc/mounts', 'utf8')).toContain(` ${mnt} fuse`);
+    run();
+  } finally {
+    proc.kill('SIGTERM');
+  }
+  expect(await exited, err).toBe(0);
+  expect(fs.readFileSync('/proc/mounts', 'utf8')).not.toContain(` ${mnt} `);
+  return JSON.parse(out) as MountStats;
+}
+
+beforeAll(async () => {
+  work = tmpdir('lazy');
+  reg = await new Registry(path.join(work, 'reg')).start();
+  reg.push(`oci:${image('py')}:latest`, 'lazy/py:1');
+  reg.push(`oci:${image('app')}:latest`, 'lazy/app:1');
+  py = `docker://${reg.host}/lazy/py:1`;
+  app = `docker://${reg.host}/lazy/app:1`;
+  cliJson(['convert', py, py]);
+  cliJson(['convert', app, app]);
+});
+
+afterAll(async () => {
+  await reg?.stop();
+});
+
+describe('lazy pull from a registry', () => {
+  it('ls lists a directory and cat reads a file, fetching the TOC and only the chunks read', () => {
+    const ls = cliJson<{ entries: Array<{ name: string; type: string; size: number }>; stats: MountStats }>(['ls', py, '/usr/lib/python3.11/json', '--no-cache']);
+    expect(ls.entries.map((e) => e.name)).toContain('decoder.py');
+    expect(ls.stats.packBytesFetched).toBe(0);
+    const text = cli(['ls', py, '/usr/bin', '--no-cache']);
+    expect(text.stdout).toMatch(/^lrwxrwxrwx .* python3 -> python3\.11$/m);
+
+    const want = originalFile(image('py'), 'usr/lib/python3.11/json/decoder.py');
+    const cat = cli(['cat', py, '/usr/lib/python3.11/json/decoder.py', '--no-cache', '--stats']);
+    expect(cat.code, cat.stderr).toBe(0);
+    expect(Buffer.from(cat.stdout, 'latin1').equals(want) || cat.stdout === want.toString()).toBe(true);
+    const stats = cliJson<MountStats & { size: number }>(['cat', py, '/usr/lib/python3.11/json/decoder.py', '--no-cache', '--json']);
+    expect(stats.size).toBe(want.length);
+    // one frame at most 64 KiB uncompressed: a few tens of KiB, not the image
+    expect(stats.packBytesFetched).toBeGreaterThan(0);
+    expect(stats.packBytesFetched).toBeLessThan(64 << 10);
+    // a symlink followed inside the image (/etc/os-release -> ../usr/lib/os-release)
+    expect(cli(['cat', py, '/etc/os-release', '--no-cache']).stdout).toBe(originalFile(image('py'), 'usr/lib/os-release').toString());
+    const missing = cli(['cat', py, '/no/such/file', '--no-cache']);
+    expect(missing.code).toBe(3);
+    expect(missing.stderr).toMatch(/no such file or directory/);
+  });
+
+  it('mounts the image: python3 runs in a chroot of the mount, fetching a small share of the image', async () => {
+    const cache = path.join(work, 'cache');
+    const trace = path.join(work, 'trace.txt');
+    let output = '';
+    const s = await mounted(py, path.join(work, 'mnt-py'), ['--cache', cache, '--record-trace', trace], () => {
+      output = must('chroot', [path.join(work, 'mnt-py'), '/usr/bin/python3', '-c', 'import json; print(json.dumps([1]))']).stdout;
+    });
+    expect(output).toBe('[1]\n');
+    // what was read: the files of the trace, each up to its size
+    const img = await LazyImage.open(py, { cacheDir: false });
+    let readBytes = 0;
+    try {
+      const lines = fs.readFileSync(trace, 'utf8').split('\n').filter((l) => l && !l.startsWith('#'));
+      expect(lines.some((l) => l.startsWith('/usr/bin/python3.11\t'))).toBe(true);
+      expect(lines.some((l) => l.startsWith('/usr/lib/python3.11/json/'))).toBe(true);
+      for (const l of lines) {
+        const [p, off, len] = l.split('\t');
+        const st = img.stat(p);
+        readBytes += Math.max(0, Math.min(st.size, Number(off) + Number(len)) - Number(off));
+      }
+    } finally {
+      await img.close();
+    }
+    const fetched = s.packBytesFetched + s.tocBytes;
+    const imageBytes = cliJson<{ packBytes: number }>(['inspect', py]).packBytes;
+    const original = JSON.parse(must('skopeo', ['inspect', '--tls-verify=false', '--raw', py]).stdout) as { manifests: Array<{ digest: string }> };
+    const origManifest = JSON.parse(must('skopeo', ['inspect', '--tls-verify=false', '--raw', `docker://${reg.host}/lazy/py@${original.manifests[0].digest}`]).stdout) as { layers: Array<{ size: number }> };
+    const compressed = Math.min(imageBytes, origManifest.layers.reduce((a, l) => a + l.size, 0));
+    console.log(`lazy: python3 -c 'import json' read ${readBytes} B of files; fetched ${s.packBytesFetched} B of packs + ${s.tocBytes} B TOC = ${((fetched / compressed) * 100).toFixed(1)}% of the image (${compressed} B compressed)`);
+    expect(fetched).toBeLessThanOrEqual(1.3 * (readBytes + s.tocBytes));
+    expect(fetched).toBeLessThanOrEqual(0.15 * compressed);
+    // the registry saw the same: manifests, config, TOC and those pack ranges, nothing more
+    expect(s.transfer!.bytesDownloaded).toBeLessThan(fetched + (64 << 10));
+  });
+
+  it('a second image sharing the base fetches only the chunks the cache lacks', async () => {
+    const cache = path.join(work, 'cache');
+    const files = (d: string) => (fs.existsSync(d) ? fs.readdirSync(d, { recursive: true }).filter((f) => String(f).length > 64).map((f) => path.basename(String(f))) : []);
+    const before = new Set(files(path.join(cache, 'sha256')));
+    const trace = path.join(work, 'trace-app.txt');
+    const s = await mounted(app, path.join(work, 'mnt-app'), ['--cache', cache, '--record-trace', trace], () => {
+      expect(must('chroot', [path.join(work, 'mnt-app'), '/usr/bin/python3', '-c', 'import sys; print(sys.version_info[0])']).stdout).toBe('3\n');
+    });
+    // the chunks the reads needed, from the TOC
+    const img = await LazyImage.open(app, { cacheDir: false });
+    const needed = new Set<string>();
+    try {
+      for (const l of fs.readFileSync(trace, 'utf8').split('\n').filter((x) => x && !x.startsWith('#'))) {
+        const [p, off, len] = l.split('\t');
+        const n = img.tree.lookup(p)!;
+        const starts = img.tree.starts(n);
+        n.chunks!.forEach((c, i) => {
+          if (starts[i + 1] > Number(off) && starts[i] < Number(off) + Number(len)) needed.add(img.image.toc.chunks[c][0]);
+        });
+      }
+    } finally {
+      await img.close();
+    }
+    const lacking = [...needed].filter((h) => !before.has(h));
+    expect(needed.size - lacking.length).toBeGreaterThan(10); // python3.11 and libc come from the cache
+    expect(s.chunksFetched).toBe(lacking.length);
+    const after = new Set(files(path.join(cache, 'sha256')));
+    for (const h of lacking) expect(after.has(h)).toBe(true);
+  });
+
+  it('works with a registry that ignores Range (whole packs, verified)', async () => {
+    const proxy = await new FaultProxy(reg.host, () => 'norange').start();
+    try {
+      const ref = `docker://${proxy.host}/lazy/py:1`;
+      // async: the proxy runs in this process
+      const r = await cliAsync(['cat', ref, '/usr/lib/python3.11/json/decoder.py', '--no-cache', '--quiet']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toBe(originalFile(image('py'), 'usr/lib/python3.11/json/decoder.py').toString());
+      expect(proxy.faults.norange ?? 0).toBeGreaterThan(0);
+    } finally {
+      await proxy.stop();
+    }
+  });
+  // last: same image, same packs, and the registry stores a blob once for all repositories
+  it('refuses a chunk whose bytes were tampered with in the registry', () => {
+    const work2 = path.join(work, 'tamper');
+    fs.mkdirSync(work2);
+    reg.push(`oci:${image('py')}:latest`, 'tamper/py:1');
+    const ref = `docker://${reg.host}/tamper/py:1`;
+    cliJson(['convert', ref, ref]);
+    const target = '/usr/lib/python3.11/json/decoder.py';
+    // the pack and frame holding the file
+    const code = `
+      import { LazyImage } from ${JSON.stringify(path.join(REPO, 'dist', 'lazy', 'reader.js'))};
+      const img = await LazyImage.open(${JSON.stringify(ref)}, { cacheDir: false });
+      const n = img.tree.lookup(${JSON.stringify(target)});
+      const [, fi] = img.image.toc.chunks[n.chunks[0]];
+      const [pi, off, clen] = img.image.toc.frames[fi];
+      console.log(JSON.stringify({ pack: img.image.toc.packs[pi], off, clen }));
+      await img.close();`;
+    const where = JSON.parse(must(process.execPath, ['--input-type=module', '-e', code]).stdout) as { pack: string; off: number; clen: number };
+    const hex = where.pack.split(':')[1];
+    const blob = path.join(work, 'reg', 'data', 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data');
+    const fd = fs.openSync(blob, 'r+');
+    // flip bytes in the middle of the frame's compressed data
+    const b = Buffer.alloc(8);
+    fs.readSync(fd, b, 0, 8, where.off + Math.floor(where.clen / 2));
+    for (let i = 0; i < 8; i++) b[i] ^= 0x5a;
+    fs.writeSync(fd, b, 0, 8, where.off + Math.floor(where.clen / 2));
+    fs.closeSync(fd);
+    const r = cli(['cat', ref, target, '--no-cache']);
+    expect([5, 6]).toContain(r.code);
+    expect(r.stderr).toMatch(new RegExp(`${where.pack}|does not match its digest|zstd`));
+    expect(r.stdout).toBe('');
+  });
+
+});
