@@ -36,6 +36,11 @@ export interface Toc {
   frames: FrameRef[];
   chunks: ChunkRef[];
   layers: Array<{ entries: TocEntry[] }>;
+  /**
+   * Optional: what a lazy reader should fetch first (`convert --prefetch-list`), in order:
+   * [path in the merged view, offset, length].
+   */
+  prefetch?: Array<[string, number, number]>;
 }
 
 export const TOC_MAX_UNCOMPRESSED = 1 << 30;
@@ -115,5 +120,11 @@ export function decodeToc(blob: Buffer, what: string): Toc {
       if ((e.type === 'symlink' || e.type === 'hardlink') && typeof e.link !== 'string') bad(`entry ${e.path}: link`);
     }
   });
+  if (toc.prefetch !== undefined) {
+    if (!Array.isArray(toc.prefetch)) bad('prefetch list');
+    toc.prefetch.forEach((r, i) => {
+      if (!Array.isArray(r) || r.length !== 3 || typeof r[0] !== 'string' || !isInt(r[1]) || !isInt(r[2])) bad(`prefetch entry ${i}`);
+    });
+  }
   return toc;
 }

@@ -1,4 +1,5 @@
 import type { Argv } from 'yargs';
+import { readTrace } from '../lazy/mount.js';
 import { convert, type ConvertProgress, type ConvertResult } from '../convert/convert.js';
 import type { TransferEvent } from '../transports/types.js';
 import { bar, bytes, ratio, table, ProgressLine } from './format.js';
@@ -27,7 +28,8 @@ export function builder(y: Argv) {
     .option('pack-size', { type: 'string', default: '64m', describe: 'target size of pack blobs' })
     .option('frame-size', { type: 'string', default: '64k', describe: 'chunks below --group-below share zstd frames of about this size (larger: smaller storage, more bytes per lazy read)' })
     .option('group-below', { type: 'string', default: '32k', describe: 'chunks smaller than this are grouped into shared frames; larger ones get a frame each' })
-    .option('tmpdir', { type: 'string', describe: 'where to spool new chunks and stage uploads (default: system temp)' });
+    .option('tmpdir', { type: 'string', describe: 'where to spool new chunks and stage uploads (default: system temp)' })
+    .option('prefetch-list', { type: 'string', describe: 'a read trace (ocichunk mount --record-trace) stored in the TOC: mounts fetch it first' });
 }
 
 type Args = Common & {
@@ -43,6 +45,7 @@ type Args = Common & {
   'pack-size': string;
   'frame-size': string;
   'group-below': string;
+  'prefetch-list'?: string;
   tmpdir?: string;
 };
 
@@ -81,6 +84,7 @@ export async function run(a: Args): Promise<unknown> {
     packTarget: parseSize(a['pack-size'], '--pack-size'),
     groupTarget: parseSize(a['frame-size'], '--frame-size'),
     groupBelow: parseSize(a['group-below'], '--group-below'),
+    ...(a['prefetch-list'] ? { prefetch: (await readTrace(a['prefetch-list'])).map((r) => [r.path, r.offset, Number.isFinite(r.length) ? r.length : 2 ** 53 - 1] as [string, number, number]) } : {}),
     tmpDir: a.tmpdir,
     transport: transportOf(a, { concurrency: a.concurrency, tmpDir: a.tmpdir, onTransfer }),
     onProgress,

@@ -2,7 +2,9 @@
 import type { Argv } from 'yargs';
 import { MountedImage } from '../lazy/mount.js';
 import { LazyImage, type LazyStat } from '../lazy/reader.js';
-import { bytes } from './format.js';
+import { lazyBench } from '../lazy/bench.js';
+import { parseLink } from '../lazy/link.js';
+import { bytes, ProgressLine } from './format.js';
 import { common, parseSize, platformOf, transportOf, type Common } from './options.js';
 
 export type CacheArgs = { cache?: string; 'cache-max': string; 'no-cache'?: boolean };
@@ -98,15 +100,16 @@ export const mount = {
       .positional('image', { type: 'string', demandOption: true })
       .positional('mountpoint', { type: 'string', demandOption: true })
       .option('record-trace', { type: 'string', describe: 'write the files (and ranges) read to this file at unmount' })
-      .option('prefetch', { type: 'string', describe: 'fetch the chunks of a recorded trace in the background' }),
-  run: async (a: Common & CacheArgs & { image: string; mountpoint: string; 'record-trace'?: string; prefetch?: string }): Promise<unknown> => {
+      .option('prefetch', { type: 'string', describe: "fetch the chunks of a recorded trace in the background (default: the image's prefetch list, if any)" })
+      .option('no-prefetch', { type: 'boolean', describe: "do not prefetch the image's prefetch list" }),
+  run: async (a: Common & CacheArgs & { image: string; mountpoint: string; 'record-trace'?: string; prefetch?: string; 'no-prefetch'?: boolean }): Promise<unknown> => {
     const img = await MountedImage.mount(a.image, a.mountpoint, {
       platform: platformOf(a),
       transport: transportOf(a),
       cacheDir: a['no-cache'] ? false : a.cache,
       cacheMaxBytes: parseSize(a['cache-max'], '--cache-max'),
       recordTrace: a['record-trace'],
-      prefetch: a.prefetch,
+      prefetch: a['no-prefetch'] ? false : a.prefetch,
       onWarning: a.quiet ? undefined : (m) => process.stderr.write(`ocichunk mount: ${m}\n`),
     });
     if (!a.quiet) process.stderr.write(`mounted ${img.image.name} at ${a.mountpoint} (TOC ${bytes(img.image.image.tocBytes)}); SIGINT or SIGTERM unmounts\n`);
@@ -117,5 +120,34 @@ export const mount = {
     const s = await img.unmount();
     if (a.json) return { image: img.image.name, mountpoint: a.mountpoint, ...s };
     return `unmounted ${a.mountpoint}: ${s.reads} reads, ${bytes(s.fileBytesServed)} served; fetched ${bytes(s.packBytesFetched)} of packs (${s.chunksFetched} chunks) + TOC ${bytes(s.tocBytes)}${s.prefetchedChunks ? `, ${s.prefetchedChunks} chunks prefetched` : ''}`;
+  },
+};
+
+export const lazyBenchCmd = {
+  command: 'lazy-bench <image>',
+  describe: 'Time a command after a full pull, and on mounts with a cold, prefetched and warm cache, through a simulated WAN link (root: uses chroot)',
+  builder: (y: Argv) =>
+    common(y)
+      .positional('image', { type: 'string', demandOption: true, describe: 'a converted image, docker://HOST/REPO:TAG' })
+      .option('run', { type: 'string', demandOption: true, describe: 'the command, run with /bin/sh -c in a chroot of the image' })
+      .option('link', { type: 'string', default: '50ms,100mbit', describe: 'round-trip time and bandwidth of the simulated link' })
+      .option('tmpdir', { type: 'string', describe: 'where to unpack, mount and cache (default: system temp)' }),
+  run: async (a: Common & { image: string; run: string; link: string; tmpdir?: string }): Promise<unknown> => {
+    const line = new ProgressLine(a);
+    const r = await lazyBench(a.image, {
+      run: a.run,
+      link: parseLink(a.link),
+      platform: platformOf(a),
+      transport: transportOf(a),
+      tmpDir: a.tmpdir,
+      onProgress: (s) => line.event(s),
+    }).finally(() => line.done());
+    if (a.json) return r;
+    const rows = [['scenario', 'time', 'fetched', 'requests', 'of image', 'exit'], ...r.results.map((x) => [x.scenario, `${x.seconds.toFixed(2)} s`, bytes(x.bytesFetched), String(x.requests), `${(x.shareOfImage * 100).toFixed(1)}%`, String(x.exitCode)])];
+    const w = rows[0].map((_, i) => Math.max(...rows.map((row) => row[i].length)));
+    return [
+      `${r.image}: ${JSON.stringify(r.command)} over ${a.link} (image: ${bytes(r.imageBytes)} compressed)`,
+      ...rows.map((row) => row.map((c, i) => (i === 0 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ')),
+    ].join('\n');
   },
 };

@@ -52,6 +52,8 @@ export interface ConvertOptions {
    * analyze): the sink's TOCs are then not read again. It must describe everything the sink stores.
    */
   registry?: ChunkRegistry;
+  /** Reads to store in the TOC for lazy readers to fetch first: [path, offset, length] (a mount's --record-trace). */
+  prefetch?: Array<[string, number, number]>;
   packTarget?: number;
   batchBytes?: number;
   /** Convert every platform of a multi-platform source into one index (original, chunked per platform). */
@@ -298,6 +300,7 @@ interface Ctx {
   level: number;
   attach: 'index' | 'referrer';
   progress: (p: ConvertProgress) => void;
+  prefetch?: Array<[string, number, number]>;
 }
 
 /** The platforms a multi-platform conversion covers: every image manifest of the top index but chunked ones and attestations. */
@@ -359,7 +362,7 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   const entryOptions = sha256Digest(
     JSON.stringify({ chunker, sourceDateEpoch: scanOpts.sourceDateEpoch, keepMtime: scanOpts.keepMtime, version: FORMAT_VERSION }),
   ).slice(7, 39);
-  const ctx: Ctx = { src, sink, registry, packer, spool, scanOpts, entryOptions, chunker, level, attach, progress };
+  const ctx: Ctx = { src, sink, registry, packer, spool, scanOpts, entryOptions, chunker, level, attach, progress, prefetch: opts.prefetch };
   const results: PlatformResult[] = [];
   try {
     for (const img of images) results.push(await convertPlatform(img, ctx));
@@ -531,6 +534,7 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
   const frameIdx = new Map<string, number>();
   const chunkIdx = new Map<number, number>();
   const toc: Toc = { version: FORMAT_VERSION, chunker, packs: [], frames: [], chunks: [], layers: [] };
+  if (ctx.prefetch?.length) toc.prefetch = ctx.prefetch;
   const packDigest = (p: string | number) => (typeof p === 'number' ? packer.packs[p].digest : p);
   let uniqueChunkBytes = 0;
   let reusedChunks = 0;

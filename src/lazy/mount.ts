@@ -15,8 +15,11 @@ import type { Inode } from './tree.js';
 export interface MountOptions extends LazyOpenOptions {
   /** Write the reads made through the mount to this file when it is unmounted. */
   recordTrace?: string;
-  /** Fetch the chunks of the reads listed in this trace file in the background. */
-  prefetch?: string;
+  /**
+   * Fetch the chunks of the reads listed in this trace file in the background; by default the
+   * image's own prefetch list (convert --prefetch-list), if it has one; false: none.
+   */
+  prefetch?: string | false;
   /** Reports a failed background fetch (the read that needs it fetches again). */
   onWarning?: (msg: string) => void;
 }
@@ -90,10 +93,13 @@ export class MountedImage {
       if (tmpCache) await fs.rm(tmpCache, { recursive: true, force: true });
       throw e;
     }
-    if (opts.prefetch) {
-      const reads = await readTrace(opts.prefetch);
-      m.prefetchDone = m.prefetchReads(reads).catch((e) => opts.onWarning?.(`prefetch: ${(e as Error).message}`));
-    }
+    const reads =
+      typeof opts.prefetch === 'string'
+        ? await readTrace(opts.prefetch)
+        : opts.prefetch === false
+          ? []
+          : (image.image.toc.prefetch ?? []).map(([p, offset, length]) => ({ path: p, offset, length }));
+    if (reads.length) m.prefetchDone = m.prefetchReads(reads).catch((e) => opts.onWarning?.(`prefetch: ${(e as Error).message}`));
     return m;
   }
 
