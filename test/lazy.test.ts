@@ -56,7 +56,7 @@ open(out, 'wb').write(data)
   return fs.readFileSync(out);
 }
 
-async function mounted(ref: string, mnt: string, extra: string[], run: () => void): Promise<MountStats> {
+async function mounted(ref: string, mnt: string, extra: string[], run: () => void, signal: NodeJS.Signals = 'SIGTERM'): Promise<MountStats & { detached?: boolean }> {
   fs.mkdirSync(mnt, { recursive: true });
   const proc: ChildProcess = spawn(process.execPath, [path.join(REPO, 'bin', 'ocichunk.js'), 'mount', ref, mnt, '--json', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
@@ -75,7 +75,7 @@ async function mounted(ref: string, mnt: string, extra: string[], run: () => voi
     expect(fs.readFileSync('/proc/mounts', 'utf8')).toContain(` ${mnt} fuse`);
     run();
   } finally {
-    proc.kill('SIGTERM');
+    proc.kill(signal);
   }
   expect(await exited, err).toBe(0);
   expect(fs.readFileSync('/proc/mounts', 'utf8')).not.toContain(` ${mnt} `);
@@ -225,6 +225,18 @@ describe('lazy pull from a registry', () => {
     expect(cold.shareOfImage).toBeLessThan(0.15);
     expect(pre.requests).toBeLessThan(cold.requests);
     expect(warm.bytesFetched).toBeLessThan(cold.bytesFetched / 5);
+  });
+
+  it('unmounts on SIGINT even while a program is using the mount (detached, not hung)', async () => {
+    const mnt = path.join(work, 'mnt-busy');
+    let inside: ChildProcess | undefined;
+    const s = await mounted(py, mnt, ['--cache', path.join(work, 'cache')], () => {
+      inside = spawn('chroot', [mnt, '/bin/sleep', '5'], { stdio: 'ignore' });
+      // it has the mount busy once sleep has started
+      must('sh', ['-c', `for i in $(seq 50); do grep -qs '/bin/sleep' /proc/${inside!.pid}/cmdline 2>/dev/null && ls -l /proc/*/root 2>/dev/null | grep -q '${mnt}' && exit 0; sleep 0.1; done; exit 1`]);
+    }, 'SIGINT');
+    expect(s.detached).toBe(true);
+    inside?.kill('SIGKILL');
   });
 
   it('works with a registry that ignores Range (whole packs, verified)', async () => {

@@ -118,6 +118,7 @@ export const mount = {
       process.once('SIGTERM', resolve);
     });
     const s = await img.unmount();
+    if (s.detached && !a.quiet) process.stderr.write(`ocichunk mount: ${a.mountpoint} was busy: detached (programs still using it lose it now)\n`);
     if (a.json) return { image: img.image.name, mountpoint: a.mountpoint, ...s };
     return `unmounted ${a.mountpoint}: ${s.reads} reads, ${bytes(s.fileBytesServed)} served; fetched ${bytes(s.packBytesFetched)} of packs (${s.chunksFetched} chunks) + TOC ${bytes(s.tocBytes)}${s.prefetchedChunks ? `, ${s.prefetchedChunks} chunks prefetched` : ''}`;
   },

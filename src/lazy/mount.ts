@@ -25,6 +25,8 @@ export interface MountOptions extends LazyOpenOptions {
 }
 
 export interface MountStats extends LazyStats {
+  /** the mount point was busy at unmount and was detached (programs still in it lose it when we exit) */
+  detached?: boolean;
   reads: number;
   fileBytesServed: number;
   fetchRequests: number;
@@ -189,7 +191,7 @@ export class MountedImage {
     if (!h) return this.stats();
     this.collectTrace();
     const stats = this.stats();
-    h.unmount();
+    if (h.unmount()) stats.detached = true;
     this.handle = undefined;
     await this.prefetchDone;
     if (this.opts.recordTrace) {

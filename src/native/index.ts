@@ -16,7 +16,8 @@ export interface NativeLazyMount {
   complete(id: number, error?: string): void;
   stats(): { reads: number; bytesRead: number; fetchRequests: number; chunksRequested: number; cacheReads: number; errors: number };
   takeTrace(): number[];
-  unmount(): void;
+  /** true when the mount was busy and was detached (lazy unmount) */
+  unmount(): boolean;
 }
 
 interface Binding {

@@ -385,14 +385,37 @@ impl Filesystem for LazyFs {
 /// A mounted filesystem; dropping it unmounts.
 pub struct Mount {
     session: Option<fuser::BackgroundSession>,
+    mountpoint: PathBuf,
     pub shared: Arc<Shared>,
 }
 
 impl Mount {
-    pub fn unmount(&mut self) {
-        if let Some(s) = self.session.take() {
-            s.join();
+    /// Unmount without blocking: when the mount is busy (a process works in it) it is detached
+    /// (`umount -l`): gone from the namespace now, released by the kernel when its last user
+    /// leaves. Returns true if it had to be detached.
+    pub fn unmount(&mut self) -> bool {
+        let Some(session) = self.session.take() else { return false };
+        let mut detached = false;
+        if let Ok(p) = std::ffi::CString::new(self.mountpoint.as_os_str().as_bytes()) {
+            let r = unsafe { libc::umount2(p.as_ptr(), 0) };
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            if r != 0 && errno == Some(libc::EBUSY) {
+                detached = true;
+                unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+            } else if r != 0 && errno == Some(libc::EPERM) {
+                // not root: the setuid helper can unmount (lazily)
+                let _ = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg("--").arg(&self.mountpoint).output();
+            }
         }
+        // the session thread ends when the kernel lets go of the connection
+        std::thread::spawn(move || session.join());
+        detached
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.unmount();
     }
 }
 
@@ -404,7 +427,7 @@ pub fn mount(shared: Arc<Shared>, mountpoint: &std::path::Path) -> Result<Mount>
     }
     let session = fuser::spawn_mount2(LazyFs::new(shared.clone()), mountpoint, &opts)
         .map_err(|e| Error::Io(format!("mount {}: {e} (needs /dev/fuse and fusermount3, from Debian's fuse3)", mountpoint.display())))?;
-    Ok(Mount { session: Some(session), shared })
+    Ok(Mount { session: Some(session), mountpoint: mountpoint.to_path_buf(), shared })
 }
 
 pub fn parse_spec(json: &[u8]) -> Result<TreeSpec> {

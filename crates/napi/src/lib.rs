@@ -342,17 +342,17 @@ impl LazyMount {
     }
 
     /// Unmount (waits for the kernel to let go), fail pending fetches and release the callback.
+    /// Returns true when the mount was busy and had to be detached (lazy unmount).
     #[napi]
-    pub fn unmount(&mut self) {
-        if let Some(mut m) = self.mount.take() {
-            m.unmount();
-        }
+    pub fn unmount(&mut self) -> bool {
+        let detached = self.mount.take().map(|mut m| m.unmount()).unwrap_or(false);
         for (_, d) in self.pending.lock().unwrap().waiting.drain() {
             d(Err("unmounted".into()));
         }
         if let Some(t) = self.tsfn.take() {
             let _ = t.abort();
         }
+        detached
     }
 }
 
