@@ -4,7 +4,7 @@
  * small share of the image; a second image sharing the base fetches only what the cache lacks;
  * tampered chunks are refused; a registry ignoring Range still works.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -237,6 +237,21 @@ describe('lazy pull from a registry', () => {
     }, 'SIGINT');
     expect(s.detached).toBe(true);
     inside?.kill('SIGKILL');
+  });
+
+  it('serves reads while the thread that mounted is blocked (fetches run in the mount worker)', async () => {
+    const { MountedImage } = (await import(path.join(REPO, 'dist', 'lazy', 'mounted.js'))) as typeof import('../src/lazy/mounted.js');
+    const mnt = path.join(work, 'mnt-blocked');
+    fs.mkdirSync(mnt);
+    const m = await MountedImage.mount(py, mnt, { cacheDir: path.join(work, 'cache-blocked') });
+    try {
+      // synchronous: this thread's event loop is stopped while python reads (cold cache: every chunk fetched)
+      const out = execFileSync('chroot', [mnt, '/usr/bin/python3', '-c', 'import json; print(json.dumps([1]))'], { timeout: 60_000 }).toString();
+      expect(out).toBe('[1]\n');
+      expect((await m.stats()).chunksFetched).toBeGreaterThan(20);
+    } finally {
+      await m.unmount();
+    }
   });
 
   it('works with a registry that ignores Range (whole packs, verified)', async () => {

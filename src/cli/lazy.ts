@@ -1,6 +1,6 @@
 /** `ls` and `cat`: read a chunked image without pulling it (only the TOC and the chunks read are fetched). */
 import type { Argv } from 'yargs';
-import { MountedImage } from '../lazy/mount.js';
+import { MountedImage } from '../lazy/mounted.js';
 import { LazyImage, type LazyStat } from '../lazy/reader.js';
 import { lazyBench } from '../lazy/bench.js';
 import { parseLink } from '../lazy/link.js';
@@ -112,14 +112,14 @@ export const mount = {
       prefetch: a['no-prefetch'] ? false : a.prefetch,
       onWarning: a.quiet ? undefined : (m) => process.stderr.write(`ocichunk mount: ${m}\n`),
     });
-    if (!a.quiet) process.stderr.write(`mounted ${img.image.name} at ${a.mountpoint} (TOC ${bytes(img.image.image.tocBytes)}); SIGINT or SIGTERM unmounts\n`);
+    if (!a.quiet) process.stderr.write(`mounted ${img.name} at ${a.mountpoint} (TOC ${bytes(img.tocBytes)}); SIGINT or SIGTERM unmounts\n`);
     await new Promise<void>((resolve) => {
       process.once('SIGINT', resolve);
       process.once('SIGTERM', resolve);
     });
     const s = await img.unmount();
     if (s.detached && !a.quiet) process.stderr.write(`ocichunk mount: ${a.mountpoint} was busy: detached (programs still using it lose it now)\n`);
-    if (a.json) return { image: img.image.name, mountpoint: a.mountpoint, ...s };
+    if (a.json) return { image: img.name, mountpoint: a.mountpoint, ...s };
     return `unmounted ${a.mountpoint}: ${s.reads} reads, ${bytes(s.fileBytesServed)} served; fetched ${bytes(s.packBytesFetched)} of packs (${s.chunksFetched} chunks) + TOC ${bytes(s.tocBytes)}${s.prefetchedChunks ? `, ${s.prefetchedChunks} chunks prefetched` : ''}`;
   },
 };

@@ -15,7 +15,7 @@ import type { Platform } from '../oci/types.js';
 import { openSource, parseRef, type TransportOptions } from '../ref.js';
 import { formatDockerRef, parseDockerRef } from '../transports/registry.js';
 import { LinkProxy, type LinkSpec } from './link.js';
-import { MountedImage } from './mount.js';
+import { MountedImage } from './mounted.js';
 
 export type Scenario = 'pull+unpack' | 'mount-cold' | 'mount-prefetch' | 'mount-warm';
 

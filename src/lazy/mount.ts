@@ -1,8 +1,9 @@
 /**
- * `ocichunk mount`: a read-only FUSE filesystem (in the native addon) over a chunked image's merged
- * tree. The addon answers metadata and cached reads itself; for chunks missing from the cache it
- * calls back here, and the reader fetches them (ranges of pack blobs, verified) into the cache.
- * Reads can be recorded as a trace (path, offset, length) and a trace prefetched at mount time.
+ * The mount itself, as it runs inside the mount worker (mount-worker.ts): a read-only FUSE filesystem
+ * (in the native addon) over a chunked image's merged tree. The addon answers metadata and cached
+ * reads itself; for chunks missing from the cache it calls back here, and the reader fetches them
+ * (ranges of pack blobs, verified) into the cache. Reads can be recorded as a trace (path, offset,
+ * length) and a trace prefetched at mount time. Use MountedImage (mounted.ts) from other code.
  */
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -64,7 +65,7 @@ export async function readTrace(file: string): Promise<TraceRead[]> {
   return out;
 }
 
-export class MountedImage {
+export class MountCore {
   private readonly paths = new Map<number, string>();
   private trace: TraceRead[] = [];
   private prefetched = 0;
@@ -79,11 +80,11 @@ export class MountedImage {
     private readonly opts: MountOptions,
   ) {}
 
-  static async mount(ref: string, mountpoint: string, opts: MountOptions = {}): Promise<MountedImage> {
+  static async mount(ref: string, mountpoint: string, opts: MountOptions = {}): Promise<MountCore> {
     let tmpCache: string | undefined;
     if (opts.cacheDir === false) tmpCache = await fs.mkdtemp(path.join(os.tmpdir(), 'ocichunk-mount-cache-'));
     const image = await LazyImage.open(ref, { ...opts, cacheDir: tmpCache ?? opts.cacheDir });
-    const m = new MountedImage(image, mountpoint, opts);
+    const m = new MountCore(image, mountpoint, opts);
     m.tmpCache = tmpCache;
     try {
       const st = await fs.stat(mountpoint).catch(() => undefined);

@@ -1,0 +1,47 @@
+/**
+ * The worker thread a mount runs in: it opens the image, mounts it and fetches missing chunks on
+ * its own event loop, so that reads never wait for (or deadlock with) the thread that asked for the
+ * mount, however busy or blocked that one is. Talks to MountedImage (mounted.ts) by messages.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { OcichunkError } from '../errors.js';
+import { MountCore, type MountOptions } from './mount.js';
+
+export type ToWorker = { type: 'stats' } | { type: 'unmount' };
+export type FromWorker =
+  | { type: 'ready'; name: string; tocBytes: number }
+  | { type: 'error'; code: string; message: string }
+  | { type: 'warning'; message: string }
+  | { type: 'retry'; message: string }
+  | { type: 'stats' | 'unmounted'; stats: unknown };
+
+const { ref, mountpoint, opts, retries } = workerData as { ref: string; mountpoint: string; opts: MountOptions; retries: boolean };
+const port = parentPort!;
+const send = (m: FromWorker) => port.postMessage(m);
+
+try {
+  const m = await MountCore.mount(ref, mountpoint, {
+    ...opts,
+    transport: {
+      ...opts.transport,
+      onRetry: retries ? (r) => send({ type: 'retry', message: `retry ${r.attempt}: ${r.what}: ${r.reason} (waiting ${r.delayMs} ms)` }) : undefined,
+    },
+    onWarning: (message) => send({ type: 'warning', message }),
+  });
+  send({ type: 'ready', name: m.image.name, tocBytes: m.image.image.tocBytes });
+  port.on('message', async (msg: ToWorker) => {
+    try {
+      if (msg.type === 'stats') send({ type: 'stats', stats: m.stats() });
+      else {
+        const stats = await m.unmount();
+        send({ type: 'unmounted', stats });
+        port.close();
+      }
+    } catch (e) {
+      send({ type: 'error', code: e instanceof OcichunkError ? e.code : 'EINTERNAL', message: (e as Error).message });
+    }
+  });
+} catch (e) {
+  send({ type: 'error', code: e instanceof OcichunkError ? e.code : 'EINTERNAL', message: (e as Error).message });
+  port.close();
+}

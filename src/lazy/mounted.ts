@@ -1,0 +1,75 @@
+/**
+ * A mounted chunked image (`ocichunk mount`, `mountImage()`): the mount and its fetches run in a
+ * worker thread (mount-worker.ts), so reads through the mount never depend on this thread's event
+ * loop: it may be busy, or blocked in a synchronous call that itself reads from the mount.
+ */
+import { Worker } from 'node:worker_threads';
+import { OcichunkError, type ErrorCode } from '../errors.js';
+import type { MountOptions, MountStats } from './mount.js';
+import type { FromWorker } from './mount-worker.js';
+
+export type { MountOptions, MountStats } from './mount.js';
+
+export class MountedImage {
+  private waiting: Array<{ type: string; resolve: (v: unknown) => void; reject: (e: Error) => void }> = [];
+  private exited = false;
+
+  private constructor(
+    private readonly worker: Worker,
+    readonly name: string,
+    readonly mountpoint: string,
+    readonly tocBytes: number,
+  ) {
+    worker.on('message', (m: FromWorker) => {
+      if (m.type === 'stats' || m.type === 'unmounted') this.waiting.shift()?.resolve(m.stats);
+      else if (m.type === 'error') this.waiting.shift()?.reject(new OcichunkError(m.code as ErrorCode, m.message));
+    });
+    worker.on('exit', () => {
+      this.exited = true;
+      for (const w of this.waiting.splice(0)) w.reject(new OcichunkError('EINTERNAL', 'the mount worker stopped'));
+    });
+  }
+
+  static async mount(ref: string, mountpoint: string, opts: MountOptions = {}): Promise<MountedImage> {
+    const { onWarning, transport, ...rest } = opts;
+    const retries = !!transport?.onRetry;
+    // functions stay here: the worker reports retries and warnings by message
+    const { onRetry: _r, onTransfer: _t, ...plainTransport } = transport ?? {};
+    const worker = new Worker(new URL('./mount-worker.js', import.meta.url), {
+      workerData: { ref, mountpoint, opts: { ...rest, transport: plainTransport }, retries },
+    });
+    return new Promise<MountedImage>((resolve, reject) => {
+      const onMessage = (m: FromWorker) => {
+        if (m.type === 'warning') onWarning?.(m.message);
+        else if (m.type === 'retry') onWarning?.(m.message);
+        else if (m.type === 'ready') resolve(new MountedImage(worker, m.name, mountpoint, m.tocBytes));
+        else if (m.type === 'error') {
+          worker.off('message', onMessage);
+          reject(new OcichunkError(m.code as ErrorCode, m.message));
+        }
+      };
+      worker.on('message', onMessage);
+      worker.once('error', (e) => reject(new OcichunkError('EINTERNAL', `mount worker: ${e.message}`, { cause: e })));
+      worker.once('exit', (code) => reject(new OcichunkError('EINTERNAL', `mount worker exited (${code}) before mounting`)));
+    });
+  }
+
+  private ask<T>(type: 'stats' | 'unmount'): Promise<T> {
+    if (this.exited) return Promise.reject(new OcichunkError('EUSAGE', `${this.mountpoint} is not mounted`));
+    return new Promise<T>((resolve, reject) => {
+      this.waiting.push({ type, resolve: resolve as (v: unknown) => void, reject });
+      this.worker.postMessage({ type });
+    });
+  }
+
+  stats(): Promise<MountStats> {
+    return this.ask<MountStats>('stats');
+  }
+
+  /** Unmount (a busy mount point is detached), write the trace; the final figures. */
+  async unmount(): Promise<MountStats> {
+    const s = await this.ask<MountStats>('unmount');
+    await this.worker.terminate().catch(() => {});
+    return s;
+  }
+}
