@@ -1,0 +1,83 @@
+/**
+ * The local chunk cache: verified reads (a damaged entry is dropped), atomic writes by several
+ * processes at once, and a size bound kept by evicting the least recently used chunks.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ChunkCache } from '../src/lazy/cache.js';
+import { REPO, tmpdir } from './helpers/env.js';
+
+const chunk = (i: number, size = 10_000) => {
+  const b = Buffer.alloc(size);
+  for (let k = 0; k < size; k += 32) createHash('sha256').update(`${i}/${k}`).digest().copy(b, k);
+  return { hex: createHash('sha256').update(b).digest('hex'), bytes: b };
+};
+
+describe('ChunkCache', () => {
+  it('returns what was put, and drops an entry whose bytes no longer match its digest', async () => {
+    const c = await ChunkCache.open(tmpdir('cache'), 1 << 30);
+    const a = chunk(1);
+    expect(await c.get(a.hex)).toBeUndefined();
+    await c.put(a.hex, a.bytes);
+    expect((await c.get(a.hex))!.equals(a.bytes)).toBe(true);
+    const f = c.pathOf(a.hex);
+    const b = fs.readFileSync(f);
+    b[100] ^= 1;
+    fs.writeFileSync(f, b);
+    expect(await c.get(a.hex)).toBeUndefined();
+    expect(fs.existsSync(f)).toBe(false);
+    expect(c.stats.corrupt).toBe(1);
+    // nothing half-written is left in the temp area
+    expect(fs.readdirSync(path.join(c.dir, 'tmp'))).toEqual([]);
+  });
+
+  it('stays under its bound, evicting the least recently used chunks first', async () => {
+    const c = await ChunkCache.open(tmpdir('cache'), 100_000);
+    const all = Array.from({ length: 20 }, (_, i) => chunk(i));
+    for (const [i, x] of all.entries()) {
+      await c.put(x.hex, x.bytes);
+      // keep chunk 0 in use: it must survive
+      if (i % 3 === 0) {
+        await new Promise((r) => setTimeout(r, 5));
+        expect(await c.get(all[0].hex)).toBeDefined();
+      }
+    }
+    const u = await c.usage();
+    expect(u.bytes).toBeLessThanOrEqual(100_000);
+    expect(c.stats.evicted).toBeGreaterThan(0);
+    expect(await c.get(all[0].hex)).toBeDefined();
+    expect(await c.get(all[1].hex)).toBeUndefined();
+    expect(await c.get(all[19].hex)).toBeDefined();
+  });
+
+  it('is safe with several processes writing the same chunks at once', async () => {
+    const dir = tmpdir('cache');
+    const script = `
+      import { ChunkCache } from ${JSON.stringify(path.join(REPO, 'dist', 'lazy', 'cache.js'))};
+      import { createHash } from 'node:crypto';
+      const c = await ChunkCache.open(${JSON.stringify(dir)}, 1 << 30);
+      for (let i = 0; i < 200; i++) {
+        const b = Buffer.alloc(50_000, i);
+        const hex = createHash('sha256').update(b).digest('hex');
+        await c.put(hex, b);
+        const back = await c.get(hex);
+        if (!back || !back.equals(b)) { console.error('bad read of', hex); process.exit(1); }
+      }`;
+    const codes = await Promise.all(
+      [0, 1, 2, 3].map(
+        () =>
+          new Promise<number>((resolve) => {
+            const p = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: 'inherit' });
+            p.on('exit', (code) => resolve(code ?? -1));
+          }),
+      ),
+    );
+    expect(codes).toEqual([0, 0, 0, 0]);
+    const c = new ChunkCache(dir);
+    expect((await c.usage()).chunks).toBe(200);
+    expect(fs.readdirSync(path.join(dir, 'tmp'))).toEqual([]);
+  });
+});
