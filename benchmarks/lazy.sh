@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Lazy pull: `ocichunk lazy-bench` for python3 in the `py` test image (Debian bookworm + python3),
+# served by a local docker-registry (started here) behind a simulated WAN link: a full pull +
+# unpack of the original vs ocichunk mounts with a cold, prefetched and warm chunk cache.
+# Needs root (chroot, FUSE). Usage: benchmarks/lazy.sh [LINK] [COMMAND]
+#   LINK default 50ms,100mbit; COMMAND default: python3 -c 'import json; print(json.dumps([1]))'
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+cache=${OCICHUNK_IMAGE_CACHE:-$HOME/.cache/ocichunk/images}
+link=${1:-50ms,100mbit}
+cmd=${2:-"/usr/bin/python3 -c 'import json; print(json.dumps([1]))'"}
+[ -d "$cache/layouts/py" ] || bash "$repo/test/images/build-images.sh" >&2
+OUT=${OUT:-$(mktemp -d /tmp/ocichunk-lazy-XXXXXX)}
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat > "$OUT/config.yml" <<YML
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $OUT/data
+http:
+  addr: 127.0.0.1:$port
+YML
+docker-registry serve "$OUT/config.yml" > "$OUT/registry.log" 2>&1 &
+reg=$!
+trap 'kill $reg 2>/dev/null; rm -rf "$OUT"' EXIT
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/v2/" > /dev/null && break; sleep 0.1; done
+ref=docker://127.0.0.1:$port/bench/py:1
+skopeo copy --quiet --dest-tls-verify=false "oci:$cache/layouts/py:latest" "$ref"
+node "$repo/bin/ocichunk.js" convert "$ref" "$ref" --quiet > /dev/null
+node "$repo/bin/ocichunk.js" lazy-bench "$ref" --run "$cmd" --link "$link" --quiet
