@@ -12,6 +12,7 @@ import { image, REPO, tmpdir } from './helpers/env.js';
 import { FaultProxy } from './helpers/fault-proxy.js';
 import { Registry } from './helpers/registry.js';
 import { cli, cliAsync, cliJson, must } from './helpers/run.js';
+import { diffTrees, snapshot, type Node } from './helpers/tree.js';
 import { LazyImage } from '../src/lazy/reader.js';
 
 interface MountStats {
@@ -154,6 +155,23 @@ describe('lazy pull from a registry', () => {
     expect(fetched).toBeLessThanOrEqual(0.15 * compressed);
     // the registry saw the same: manifests, config, TOC and those pack ranges, nothing more
     expect(s.transfer!.bytesDownloaded).toBeLessThan(fetched + (64 << 10));
+  });
+
+  it('the mounted tree is the one umoci unpacks from the original: types, modes, owners, contents, links, hardlinks, xattrs, devices', async () => {
+    const bundle = path.join(work, 'umoci-app');
+    must('umoci', ['unpack', '--image', `${image('app')}:latest`, bundle]);
+    const reference = snapshot(path.join(bundle, 'rootfs'));
+    const mnt = path.join(work, 'mnt-tree');
+    let got = new Map<string, Node>();
+    await mounted(app, mnt, ['--cache', path.join(work, 'cache-tree')], () => {
+      got = snapshot(mnt);
+    });
+    expect(diffTrees(reference, got)).toEqual([]);
+    // the image has what makes this comparison meaningful
+    const nodes = [...got.values()];
+    expect(nodes.some((n) => n.group)).toBe(true);
+    expect(nodes.some((n) => n.xattrs && Object.keys(n.xattrs).length)).toBe(true);
+    expect(nodes.some((n) => n.type === 'symlink')).toBe(true);
   });
 
   it('a second image sharing the base fetches only the chunks the cache lacks', async () => {

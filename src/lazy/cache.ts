@@ -69,10 +69,10 @@ export class ChunkCache {
     return b;
   }
 
-  /** Store verified chunk bytes (the caller checked the digest). */
-  async put(hex: string, bytes: Buffer): Promise<void> {
+  /** Store verified chunk bytes (the caller checked the digest); false if it was there already. */
+  async put(hex: string, bytes: Buffer): Promise<boolean> {
     const final = this.pathOf(hex);
-    if (fs.existsSync(final)) return;
+    if (fs.existsSync(final)) return false;
     const tmp = path.join(this.dir, 'tmp', `${hex}.${process.pid}.${randomBytes(4).toString('hex')}`);
     try {
       await fsp.mkdir(path.dirname(final), { recursive: true });
@@ -86,6 +86,7 @@ export class ChunkCache {
     this.stats.storedBytes += bytes.length;
     if (this.approxBytes >= 0) this.approxBytes += bytes.length;
     await this.maybeEvict();
+    return true;
   }
 
   private async maybeEvict(): Promise<void> {

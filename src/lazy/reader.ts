@@ -185,9 +185,14 @@ export class LazyImage {
       }
     }
     if (missing.length) {
-      const batch = this.chunks.fetch(missing).then(async (got) => {
-        this.chunksFetched += got.size;
-        for (const [c, b] of got) await this.cache?.put(toc.chunks[c][0], b);
+      // the other chunks of the frames fetched come along (same bytes over the wire): small files
+      // share frames with their neighbours in the directory, which are likely read next
+      const withSiblings = new Set(missing);
+      if (this.cache) for (const c of missing) for (const s of this.frameChunks(toc.chunks[c][1])) if (!this.inflight.has(s)) withSiblings.add(s);
+      const batch = this.chunks.fetch(withSiblings).then(async (got) => {
+        // counted: chunks that were fetched and were not cached before
+        if (!this.cache) this.chunksFetched += missing.length;
+        else for (const [c, b] of got) if (await this.cache.put(toc.chunks[c][0], b)) this.chunksFetched++;
         return got;
       });
       const uniq = [...new Set(missing)];
@@ -201,6 +206,21 @@ export class LazyImage {
       });
     }
     return Promise.all(result);
+  }
+
+  private byFrame: Map<number, number[]> | undefined;
+
+  /** TOC chunk indexes held by a frame. */
+  private frameChunks(frame: number): number[] {
+    if (!this.byFrame) {
+      this.byFrame = new Map();
+      this.image.toc.chunks.forEach((c, i) => {
+        const l = this.byFrame!.get(c[1]);
+        if (l) l.push(i);
+        else this.byFrame!.set(c[1], [i]);
+      });
+    }
+    return this.byFrame.get(frame) ?? [];
   }
 
   stats(): LazyStats {
