@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { image, tmpdir } from './helpers/env.js';
-import { cli, cliJson, must } from './helpers/run.js';
+import { cli, cliJson, cliJsonAsync, must } from './helpers/run.js';
 
 interface StrategyResult {
   strategy: string;
@@ -58,9 +58,9 @@ let work: string;
 let a: Analysis;
 const layouts = () => [image('app'), image('app2')];
 
-beforeAll(() => {
+beforeAll(async () => {
   work = tmpdir('analyze');
-  a = cliJson<Analysis>(['analyze', ...layouts().map((l) => `oci:${l}:latest`), '--chunker', 'layer,file,cdc:16k/64k/256k,fixed:1m', '--csv', path.join(work, 'out', 'a.csv'), '--html', path.join(work, 'out', 'report.html'), '--parquet', path.join(work, 'out', 'chunks.parquet')]);
+  a = await cliJsonAsync<Analysis>(['analyze', ...layouts().map((l) => `oci:${l}:latest`), '--chunker', 'layer,file,cdc:16k/64k/256k,fixed:1m', '--csv', path.join(work, 'out', 'a.csv'), '--html', path.join(work, 'out', 'report.html'), '--parquet', path.join(work, 'out', 'chunks.parquet')]);
 });
 
 const strat = (name: string) => a.strategies.find((s) => s.strategy === name)!;
@@ -194,12 +194,12 @@ describe('ocichunk analyze', () => {
     expect(marginal.map((m) => String(m.strategy)).sort()).toEqual(chunkStrategies.map((s) => s.strategy).sort());
   });
 
-  it('streams: fine chunks under a tight memory limit for the chunk table give the same figures (DuckDB spills)', () => {
+  it('streams: fine chunks under a tight memory limit for the chunk table give the same figures (DuckDB spills)', async () => {
     const refs = layouts().map((l) => `oci:${l}:latest`);
     const args = ['analyze', ...refs, '--chunker', 'cdc:512/2k/8k', '--tmpdir', tmpdir('analyze-spill')];
     const strip = (r: Analysis & { seconds?: number }) => ({ ...r, seconds: 0, strategies: r.strategies.map((s) => ({ ...s, seconds: 0 })) });
-    const free = strip(cliJson<Analysis>(args));
-    const tight = strip(cliJson<Analysis>([...args, '--memory-limit', '64MB']));
+    const free = strip(await cliJsonAsync<Analysis>(args));
+    const tight = strip(await cliJsonAsync<Analysis>([...args, '--memory-limit', '64MB']));
     expect(free.rows).toBeGreaterThan(150_000);
     expect(tight).toEqual(free);
     const starved = cli([...args, '--memory-limit', '16MB']);

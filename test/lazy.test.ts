@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { image, REPO, tmpdir } from './helpers/env.js';
 import { FaultProxy } from './helpers/fault-proxy.js';
 import { Registry } from './helpers/registry.js';
-import { cli, cliAsync, cliJson, must } from './helpers/run.js';
+import { cli, cliAsync, cliJson, cliJsonAsync, must } from './helpers/run.js';
 import { diffTrees, snapshot, type Node } from './helpers/tree.js';
 import { LazyImage } from '../src/lazy/reader.js';
 
@@ -90,8 +90,8 @@ beforeAll(async () => {
   reg.push(`oci:${image('app')}:latest`, 'lazy/app:1');
   py = `docker://${reg.host}/lazy/py:1`;
   app = `docker://${reg.host}/lazy/app:1`;
-  cliJson(['convert', py, py]);
-  cliJson(['convert', app, app]);
+  await cliJsonAsync(['convert', py, py]);
+  await cliJsonAsync(['convert', app, app]);
 });
 
 afterAll(async () => {
@@ -229,8 +229,8 @@ describe('lazy pull from a registry', () => {
     expect(n.packBytesFetched).toBe(0);
   });
 
-  it('lazy-bench runs the command after a full pull and on cold, prefetched and warm mounts, through a simulated link', () => {
-    const r = cliJson<{ imageBytes: number; results: Array<{ scenario: string; seconds: number; bytesFetched: number; requests: number; shareOfImage: number; exitCode: number; output: string }> }>([
+  it('lazy-bench runs the command after a full pull and on cold, prefetched and warm mounts, through a simulated link', async () => {
+    const r = await cliJsonAsync<{ imageBytes: number; results: Array<{ scenario: string; seconds: number; bytesFetched: number; requests: number; shareOfImage: number; exitCode: number; output: string }> }>([
       'lazy-bench', py, '--run', "/usr/bin/python3 -c 'import json; print(json.dumps([1]))'", '--link', '5ms,1gbit', '--tmpdir', work,
     ]);
     expect(r.results.map((x) => x.scenario)).toEqual(['pull+unpack', 'mount-cold', 'mount-prefetch', 'mount-warm']);

@@ -46,6 +46,13 @@ export function cliAsync(args: string[], opts: { env?: NodeJS.ProcessEnv } = {})
   });
 }
 
+/** cliJson without blocking this process: long runs must not stall vitest's worker (its RPC times out after 60 s). */
+export async function cliJsonAsync<T = Record<string, unknown>>(args: string[]): Promise<T> {
+  const r = await cliAsync([...args, '--json']);
+  if (r.code !== 0) throw new Error(`ocichunk ${args.join(' ')} exited ${r.code}\n${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
+}
+
 /** SIGTERM a helper daemon, SIGKILL it if it is still there after 5 s. */
 export async function stopProcess(proc: ChildProcess | undefined): Promise<void> {
   if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
