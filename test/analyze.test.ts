@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { image, tmpdir } from './helpers/env.js';
-import { cli, cliJsonAsync, must } from './helpers/run.js';
+import { cli, cliJson, cliJsonAsync, must } from './helpers/run.js';
 
 interface StrategyResult {
   strategy: string;
