@@ -69,9 +69,14 @@ export class ChunkRegistry {
     return this.n;
   }
 
+  /** Home slot of a digest: its first 4 bytes (uniformly random) masked to the table size. */
+  private home(d: Uint8Array, off: number): number {
+    return (d[off] | (d[off + 1] << 8) | (d[off + 2] << 16) | (d[off + 3] << 24)) & (this.slots.length - 1);
+  }
+
   private find(d: Uint8Array, off: number): number {
     const mask = this.slots.length - 1;
-    let s = (d[off] | (d[off + 1] << 8) | (d[off + 2] << 16) | (d[off + 3] << 24)) & mask;
+    let s = this.home(d, off);
     for (;;) {
       const id = this.slots[s];
       if (id === EMPTY) return -1 - s;
@@ -222,8 +227,7 @@ export class ChunkRegistry {
 
   private slotOf(id: number): number {
     const mask = this.slots.length - 1;
-    const o = id * 32;
-    let s = (this.dig[o] | (this.dig[o + 1] << 8) | (this.dig[o + 2] << 16) | (this.dig[o + 3] << 24)) & mask;
+    let s = this.home(this.dig, id * 32);
     while (this.slots[s] !== id) s = (s + 1) & mask;
     return s;
   }

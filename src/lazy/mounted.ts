@@ -11,7 +11,8 @@ import type { FromWorker } from './mount-worker.js';
 export type { MountOptions, MountStats } from './mount.js';
 
 export class MountedImage {
-  private waiting: Array<{ type: string; resolve: (v: unknown) => void; reject: (e: Error) => void }> = [];
+  /** answers come in the order questions were asked */
+  private waiting: Array<{ resolve: (v: unknown) => void; reject: (e: Error) => void }> = [];
   private exited = false;
 
   private constructor(
@@ -57,7 +58,7 @@ export class MountedImage {
   private ask<T>(type: 'stats' | 'unmount'): Promise<T> {
     if (this.exited) return Promise.reject(new OcichunkError('EUSAGE', `${this.mountpoint} is not mounted`));
     return new Promise<T>((resolve, reject) => {
-      this.waiting.push({ type, resolve: resolve as (v: unknown) => void, reject });
+      this.waiting.push({ resolve: resolve as (v: unknown) => void, reject });
       this.worker.postMessage({ type });
     });
   }

@@ -169,43 +169,32 @@ export class LazyImage {
   /** Bytes of TOC chunks, from the cache or fetched together (one batch of range requests). */
   async chunkBytes(idxs: number[]): Promise<Buffer[]> {
     const toc = this.image.toc;
-    const result: Array<Buffer | Promise<Buffer>> = [];
-    const missing: number[] = [];
-    for (const c of idxs) {
-      const pending = this.inflight.get(c);
-      if (pending) {
-        result.push(pending);
-        continue;
-      }
-      const cached = await this.cache?.get(toc.chunks[c][0]);
-      if (cached) result.push(cached);
-      else {
-        missing.push(c);
-        result.push(undefined as unknown as Buffer);
-      }
+    const result = new Array<Buffer | Promise<Buffer> | undefined>(idxs.length);
+    const missing = new Set<number>();
+    for (const [k, c] of idxs.entries()) {
+      const cached = this.inflight.get(c) ?? (missing.has(c) ? undefined : await this.cache?.get(toc.chunks[c][0]));
+      if (cached) result[k] = cached;
+      else missing.add(c);
     }
-    if (missing.length) {
+    if (missing.size) {
       // the other chunks of the frames fetched come along (same bytes over the wire): small files
       // share frames with their neighbours in the directory, which are likely read next
-      const withSiblings = new Set(missing);
-      if (this.cache) for (const c of missing) for (const s of this.frameChunks(toc.chunks[c][1])) if (!this.inflight.has(s)) withSiblings.add(s);
-      const batch = this.chunks.fetch(withSiblings).then(async (got) => {
+      const want = new Set(missing);
+      if (this.cache) for (const c of missing) for (const s of this.frameChunks(toc.chunks[c][1])) if (!this.inflight.has(s)) want.add(s);
+      const batch = this.chunks.fetch(want).then(async (got) => {
         // counted: chunks that were fetched and were not cached before
-        if (!this.cache) this.chunksFetched += missing.length;
+        if (!this.cache) this.chunksFetched += missing.size;
         else for (const [c, b] of got) if (await this.cache.put(toc.chunks[c][0], b)) this.chunksFetched++;
         return got;
       });
-      const uniq = [...new Set(missing)];
-      for (const c of uniq) {
+      for (const c of missing) {
         const p = batch.then((got) => got.get(c)!);
         this.inflight.set(c, p);
         p.catch(() => {}).finally(() => this.inflight.delete(c));
       }
-      idxs.forEach((c, k) => {
-        if (result[k] === undefined) result[k] = this.inflight.get(c) ?? batch.then((got) => got.get(c)!);
-      });
+      idxs.forEach((c, k) => (result[k] ??= this.inflight.get(c)));
     }
-    return Promise.all(result);
+    return Promise.all(result as Array<Buffer | Promise<Buffer>>);
   }
 
   private byFrame: Map<number, number[]> | undefined;

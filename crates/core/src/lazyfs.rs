@@ -80,6 +80,7 @@ pub struct FsStats {
 pub struct Shared {
     nodes: HashMap<u64, Node>,
     chunk_hex: Vec<String>,
+    chunk_digest: Vec<[u8; 32]>,
     chunk_len: Vec<u32>,
     cache: PathBuf,
     fetcher: Box<dyn Fetcher>,
@@ -111,12 +112,19 @@ fn kind_of(s: &str) -> Result<FileType> {
 impl Shared {
     pub fn new(spec: TreeSpec, cache: PathBuf, fetcher: Box<dyn Fetcher>, record: bool) -> Result<Shared> {
         let mut chunk_hex = Vec::with_capacity(spec.chunks.len());
+        let mut chunk_digest = Vec::with_capacity(spec.chunks.len());
         let mut chunk_len = Vec::with_capacity(spec.chunks.len());
         for (h, l) in spec.chunks {
-            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(Error::Invalid(format!("bad chunk digest {h:?}")));
+            let bad = || Error::Invalid(format!("bad chunk digest {h:?}"));
+            if h.len() != 64 || !h.is_ascii() {
+                return Err(bad());
+            }
+            let mut d = [0u8; 32];
+            for (k, w) in d.iter_mut().enumerate() {
+                *w = u8::from_str_radix(&h[k * 2..k * 2 + 2], 16).map_err(|_| bad())?;
             }
             chunk_hex.push(h);
+            chunk_digest.push(d);
             chunk_len.push(l);
         }
         let mut nodes = HashMap::with_capacity(spec.inodes.len());
@@ -164,6 +172,7 @@ impl Shared {
         Ok(Shared {
             nodes,
             chunk_hex,
+            chunk_digest,
             chunk_len,
             cache,
             fetcher,
@@ -181,11 +190,7 @@ impl Shared {
     fn cached(&self, c: u32) -> Option<Vec<u8>> {
         let p = self.chunk_path(c);
         let b = std::fs::read(&p).ok()?;
-        let mut want = [0u8; 32];
-        for (k, w) in want.iter_mut().enumerate() {
-            *w = u8::from_str_radix(&self.chunk_hex[c as usize][k * 2..k * 2 + 2], 16).ok()?;
-        }
-        if b.len() != self.chunk_len[c as usize] as usize || sha256(&b) != want {
+        if b.len() != self.chunk_len[c as usize] as usize || sha256(&b) != self.chunk_digest[c as usize] {
             let _ = std::fs::remove_file(&p);
             return None;
         }
