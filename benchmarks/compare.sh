@@ -43,16 +43,17 @@ while read -r f; do
 done < "$OUT/layers.txt"
 rm -f "$OUT/layer.tar"
 
-# 2. ocichunk, at the default level and at the highest; with the default 64 KiB frames (lazy-pull
-#    friendly) and with every chunk grouped into 1 MiB frames (storage friendly)
-for cfg in 3:64k 19:64k 3:1m 19:1m; do
-  lvl=${cfg%%:*}; frame=${cfg#*:}; below=32k; [ "$frame" = 64k ] || below=256k
+# 2. ocichunk with its defaults (zstd -3, chunks grouped into 512 KiB frames), at the highest level,
+#    with small frames (64 KiB; chunks >= 32 KiB alone: the finest lazy reads) and with 1 MiB frames
+for cfg in 3:default 19:default 3:64k:32k 3:1m:256k 19:1m:256k; do
+  IFS=: read -r lvl frame below <<< "$cfg"
+  flags=(--zstd-level "$lvl"); [ "$frame" = default ] || flags+=(--frame-size "$frame" --group-below "$below")
   log "ocichunk convert, zstd $lvl, frames $frame"
   rm -rf "$OUT/ocichunk-$lvl-$frame"; : > "$OUT/ocichunk-$lvl-$frame.jsonl"
   s=$(date +%s.%N)
   i=0
   for r in "${refs[@]}"; do
-    ocichunk convert "$r" "oci:$OUT/ocichunk-$lvl-$frame:img$i" --zstd-level "$lvl" --frame-size "$frame" --group-below "$below" --json --quiet --tmpdir "$OUT" \
+    ocichunk convert "$r" "oci:$OUT/ocichunk-$lvl-$frame:img$i" "${flags[@]}" --json --quiet --tmpdir "$OUT" \
       | python3 -c 'import json,sys;print(json.dumps(json.load(sys.stdin)))' >> "$OUT/ocichunk-$lvl-$frame.jsonl"
     i=$((i + 1))
   done
@@ -67,7 +68,7 @@ rm -rf "$OUT/casync" "$OUT/rootfs"; mkdir -p "$OUT/casync"
 s=$(date +%s.%N)
 i=0
 for r in "${refs[@]}"; do
-  ocichunk restore "oci:$OUT/ocichunk-3-64k:img$i" "$OUT/rootfs" --quiet > /dev/null
+  ocichunk restore "oci:$OUT/ocichunk-3-default:img$i" "$OUT/rootfs" --quiet > /dev/null
   casync make --compression=zstd --store="$OUT/casync/store.castr" "$OUT/casync/img$i.caidx" "$OUT/rootfs" > /dev/null
   rm -rf "$OUT/rootfs"
   i=$((i + 1))
@@ -116,7 +117,7 @@ raw, gz, zs, f3, f19, distinct, n, served = map(int, (raw, gz, zs, f3, f19, dist
 def du(p):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(p) for f in fs)
 oc = {}
-for cfg in ('3-64k', '19-64k', '3-1m', '19-1m'):
+for cfg in ('3-default', '19-default', '3-64k', '3-1m', '19-1m'):
     rs = [json.loads(l) for l in open(os.path.join(out, f'ocichunk-{cfg}.jsonl'))]
     oc[cfg] = {'stored': sum(r['bytesStored'] + r['tocBytes'] for r in rs), 'toc': sum(r['tocBytes'] for r in rs),
                'seconds': float(open(os.path.join(out, f'ocichunk-{cfg}.seconds')).read())}
@@ -128,7 +129,7 @@ castore = du(os.path.join(out, 'casync', 'store.castr'))
 # zstd:chunked layout: its blobs (layers, configs, manifests), each stored once
 zc = du(os.path.join(out, 'zstd-chunked', 'blobs'))
 res = {'images': n, 'uniqueLayerBytes': raw, 'uniqueLayerBytesAsServed': served, 'registryGzip6': gz, 'registryZstd3': zs,
-       'ocichunk': oc, 'analyzePredicted3': pred, 'analyzeVsConvert': pred / oc['3-64k']['stored'],
+       'ocichunk': oc, 'analyzePredicted3': pred, 'analyzeVsConvert': pred / oc['3-default']['stored'],
        'casync': {'bytes': casync, 'storeBytes': castore, 'seconds': cat}, 'zstdChunked': {'bytes': zc, 'seconds': zct},
        'distinctFileBytes': distinct, 'floorZstd3': f3, 'floorZstd19Long': f19, 'fileLevelUniqueBytes': filelvl['uniqueBytes']}
 json.dump(res, open(os.path.join(out, 'results.json'), 'w'), indent=2)
@@ -139,12 +140,14 @@ def row(name, b, extra=''):
     print(f"{name:44s} {mb(b)}  {b / gz:6.3f}x  {extra}")
 row('registry: gzip -6 of unique layers', gz)
 row('registry: zstd -3 of unique layers', zs)
-row('ocichunk convert, zstd -3 (packs + TOCs)', oc['3-64k']['stored'], f"{oc['3-64k']['seconds']:.1f} s, TOCs {oc['3-64k']['toc'] / 1048576:.1f} MiB")
-row('  analyze prediction for it', pred, f"{pred / oc['3-64k']['stored']:.4f}x of actual")
-row('ocichunk convert, zstd -19', oc['19-64k']['stored'], f"{oc['19-64k']['seconds']:.1f} s")
+d = oc['3-default']
+row('ocichunk convert, defaults: zstd -3, 512 KiB frames', d['stored'], f"{d['seconds']:.1f} s, TOCs {d['toc'] / 1048576:.1f} MiB")
+row('  analyze prediction for it', pred, f"{pred / d['stored']:.4f}x of actual")
+row('ocichunk convert, zstd -19', oc['19-default']['stored'], f"{oc['19-default']['seconds']:.1f} s")
+row('ocichunk -3, 64 KiB frames (finest lazy reads)', oc['3-64k']['stored'], f"{oc['3-64k']['seconds']:.1f} s")
 row('ocichunk -3, 1 MiB frames', oc['3-1m']['stored'], f"{oc['3-1m']['seconds']:.1f} s")
 row('ocichunk -19, 1 MiB frames', oc['19-1m']['stored'], f"{oc['19-1m']['seconds']:.1f} s")
-row('casync make, shared store (+ indexes)', casync, f"{cat:.1f} s; ocichunk -3 = {oc['3-64k']['stored'] / casync:.3f}x, with 1 MiB frames {oc['3-1m']['stored'] / casync:.3f}x casync")
+row('casync make, shared store (+ indexes)', casync, f"{cat:.1f} s; ocichunk default = {d['stored'] / casync:.3f}x, -3 1 MiB frames {oc['3-1m']['stored'] / casync:.3f}x casync")
 row('skopeo zstd:chunked, one layout', zc, f"{zct:.1f} s")
 row('floor: distinct files, one zstd -3 stream', f3)
 row('floor: distinct files, zstd -19 --long', f19)

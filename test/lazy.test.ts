@@ -14,6 +14,7 @@ import { Registry } from './helpers/registry.js';
 import { cli, cliAsync, cliJson, cliJsonAsync, must } from './helpers/run.js';
 import { diffTrees, snapshot, type Node } from './helpers/tree.js';
 import { LazyImage } from '../src/lazy/reader.js';
+import { DEFAULT_FRAME_SIZE } from '../src/convert/convert.js';
 
 interface MountStats {
   packBytesFetched: number;
@@ -99,7 +100,7 @@ afterAll(async () => {
 });
 
 describe('lazy pull from a registry', () => {
-  it('ls lists a directory and cat reads a file, fetching the TOC and only the chunks read', () => {
+  it('ls lists a directory and cat reads a file, fetching the TOC and only the frame holding it', async () => {
     const ls = cliJson<{ entries: Array<{ name: string; type: string; size: number }>; stats: MountStats }>(['ls', py, '/usr/lib/python3.11/json', '--no-cache']);
     expect(ls.entries.map((e) => e.name)).toContain('decoder.py');
     expect(ls.stats.packBytesFetched).toBe(0);
@@ -112,9 +113,18 @@ describe('lazy pull from a registry', () => {
     expect(Buffer.from(cat.stdout, 'latin1').equals(want) || cat.stdout === want.toString()).toBe(true);
     const stats = cliJson<MountStats & { size: number }>(['cat', py, '/usr/lib/python3.11/json/decoder.py', '--no-cache', '--json']);
     expect(stats.size).toBe(want.length);
-    // one frame at most 64 KiB uncompressed: a few tens of KiB, not the image
-    expect(stats.packBytesFetched).toBeGreaterThan(0);
-    expect(stats.packBytesFetched).toBeLessThan(64 << 10);
+    // exactly the compressed frame(s) holding the file's chunks, as the TOC lists them
+    const img = await LazyImage.open(py, { cacheDir: false });
+    let frameBytes = 0;
+    try {
+      const n = img.tree.lookup('/usr/lib/python3.11/json/decoder.py')!;
+      for (const f of new Set(n.chunks!.map((c) => img.image.toc.chunks[c][1]))) frameBytes += img.image.toc.frames[f][2];
+    } finally {
+      await img.close();
+    }
+    expect(frameBytes).toBeGreaterThan(0);
+    expect(stats.packBytesFetched).toBe(frameBytes);
+    expect(stats.packBytesFetched).toBeLessThan(DEFAULT_FRAME_SIZE);
     // a symlink followed inside the image (/etc/os-release -> ../usr/lib/os-release)
     expect(cli(['cat', py, '/etc/os-release', '--no-cache']).stdout).toBe(originalFile(image('py'), 'usr/lib/os-release').toString());
     const missing = cli(['cat', py, '/no/such/file', '--no-cache']);

@@ -77,17 +77,26 @@ describe('restore reproduces the original tree', () => {
     fs.rmSync(rootfs, { recursive: true, force: true });
   });
 
-  it('round-trips with every chunk grouped into 1 MiB frames (--group-below 256k --frame-size 1m)', async () => {
-    const out = path.join(work, 'out-big-frames');
-    const r = await convert(`oci:${image('app')}:latest`, `oci:${out}:app`, { groupBelow: 256 << 10, groupTarget: 1 << 20 });
+  it.each([
+    { name: 'every chunk grouped into 1 MiB frames (--group-below 256k --frame-size 1m)', slug: 'big-frames', groupBelow: 256 << 10, groupTarget: 1 << 20 },
+    { name: 'small frames, chunks >= 32 KiB alone in theirs (--group-below 32k --frame-size 64k)', slug: 'small-frames', groupBelow: 32 << 10, groupTarget: 64 << 10 },
+  ])('round-trips with $name', async ({ slug, groupBelow, groupTarget }) => {
+    const out = path.join(work, `out-${slug}`);
+    const r = await convert(`oci:${image('app')}:latest`, `oci:${out}:app`, { groupBelow, groupTarget });
     const src = await openSource(`oci:${out}:app`);
     const { toc } = await openChunked(await resolveImage(src));
     await src.close();
-    // frames hold many chunks now: far fewer frames than chunks, none much over the target
-    expect(toc.frames.length).toBeLessThan(toc.chunks.length / 8);
-    expect(Math.max(...toc.frames.map((f) => f[3]))).toBeLessThan((1 << 20) + (256 << 10));
+    // a frame holds either one chunk >= groupBelow, or chunks below it up to about groupTarget
+    const members = new Map<number, number[]>();
+    for (const [, fi, , len] of toc.chunks) members.set(fi, [...(members.get(fi) ?? []), len]);
+    for (const [fi, lens] of members) {
+      if (lens.some((l) => l >= groupBelow)) expect(lens).toHaveLength(1);
+      else expect(toc.frames[fi][3]).toBeLessThan(groupTarget + groupBelow);
+    }
+    if (groupTarget >= 1 << 20) expect(toc.frames.length).toBeLessThan(toc.chunks.length / 8);
+    else expect([...members.values()].filter((l) => l.length === 1 && l[0] >= groupBelow).length).toBeGreaterThan(100);
     expect(r.uniqueChunks).toBe(toc.chunks.length);
-    const rootfs = path.join(work, 'rootfs-big-frames');
+    const rootfs = path.join(work, `rootfs-${slug}`);
     await restore(`oci:${out}:app`, rootfs);
     const got = snapshot(rootfs);
     got.delete('.');

@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { Argv } from 'yargs';
 import { analyze, DEFAULT_STRATEGIES, type AnalyzeResult } from '../analyze/analyze.js';
 import { renderHtml } from '../analyze/html.js';
+import { DEFAULT_FRAME_SIZE, DEFAULT_GROUP_BELOW } from '../convert/convert.js';
 import { writeFileAtomic } from '../store/blobstore.js';
 import { bytes, ratio, ProgressLine } from './format.js';
 import { common, parseSize, platformOf, transportOf, type Common } from './options.js';
@@ -15,8 +16,8 @@ export function builder(y: Argv) {
     .positional('images', { type: 'string', array: true, demandOption: true, describe: 'image references, any transport, in order' })
     .option('chunker', { type: 'string', array: true, default: DEFAULT_STRATEGIES, describe: 'strategies: layer, file, fixed:SIZE, cdc:MIN/AVG/MAX (comma-separated or repeated)' })
     .option('zstd-level', { type: 'number', default: 3, describe: 'zstd level of chunk frames' })
-    .option('frame-size', { type: 'string', default: '64k', describe: 'as for convert: size of shared frames' })
-    .option('group-below', { type: 'string', default: '32k', describe: 'as for convert: chunks below this share frames' })
+    .option('frame-size', { type: 'string', default: `${DEFAULT_FRAME_SIZE >> 10}k`, describe: 'as for convert: size of shared frames' })
+    .option('group-below', { type: 'string', default: `${DEFAULT_GROUP_BELOW >> 10}k`, describe: 'as for convert: chunks below this share frames' })
     .option('csv', { type: 'string', describe: 'also write one row per strategy to this CSV file' })
     .option('parquet', { type: 'string', describe: 'also write one row per chunk occurrence to this Parquet file (via embedded DuckDB)' })
     .option('html', { type: 'string', describe: 'also write a self-contained HTML report with charts (opens offline)' })

@@ -1,6 +1,6 @@
 import type { Argv } from 'yargs';
 import { readTrace } from '../lazy/mount.js';
-import { convert, type ConvertProgress, type ConvertResult } from '../convert/convert.js';
+import { DEFAULT_FRAME_SIZE, DEFAULT_GROUP_BELOW, convert, type ConvertProgress, type ConvertResult } from '../convert/convert.js';
 import type { TransferEvent } from '../transports/types.js';
 import { bar, bytes, ratio, table, ProgressLine } from './format.js';
 import { chunkerOf, common, platformOf, parseSize, sourceDateEpoch, transportOf, type Common } from './options.js';
@@ -26,8 +26,8 @@ export function builder(y: Argv) {
     .option('source-date-epoch', { type: 'number', describe: 'clamp mtimes to this time (default: $SOURCE_DATE_EPOCH, else 0)' })
     .option('keep-mtime', { type: 'boolean', default: false, describe: 'keep file mtimes instead of clamping them' })
     .option('pack-size', { type: 'string', default: '64m', describe: 'target size of pack blobs' })
-    .option('frame-size', { type: 'string', default: '64k', describe: 'chunks below --group-below share zstd frames of about this size (larger: smaller storage, more bytes per lazy read)' })
-    .option('group-below', { type: 'string', default: '32k', describe: 'chunks smaller than this are grouped into shared frames; larger ones get a frame each' })
+    .option('frame-size', { type: 'string', default: `${DEFAULT_FRAME_SIZE >> 10}k`, describe: 'chunks below --group-below share zstd frames of about this size (larger: smaller storage, more bytes per lazy read)' })
+    .option('group-below', { type: 'string', default: `${DEFAULT_GROUP_BELOW >> 10}k`, describe: 'chunks smaller than this are grouped into shared frames; larger ones get a frame each' })
     .option('tmpdir', { type: 'string', describe: 'where to spool new chunks and stage uploads (default: system temp)' })
     .option('prefetch-list', { type: 'string', describe: 'a read trace (ocichunk mount --record-trace) stored in the TOC: mounts fetch it first' });
 }

@@ -25,6 +25,13 @@ import { Packer } from './packer.js';
 import { ChunkRegistry } from './registry.js';
 import { LayerScanner, OutOfOrder, Spool, maxChunkLength, type ScannedEntry } from './scan.js';
 
+/**
+ * Chunks below DEFAULT_GROUP_BELOW share zstd frames of about DEFAULT_FRAME_SIZE bytes (with the
+ * default chunker that is every chunk: a big file's chunks share frames too). Chosen by
+ * benchmarks/frames.sh: storage against the bytes a lazy reader fetches per read.
+ */
+export const DEFAULT_FRAME_SIZE = 512 << 10;
+export const DEFAULT_GROUP_BELOW = 256 << 10;
 export const DEFAULT_CHUNKER: ChunkerSpec = { kind: 'cdc', min: 16 << 10, avg: 64 << 10, max: 256 << 10 };
 
 export interface ConvertProgress {
@@ -347,12 +354,12 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   if (!opts.registry) await registry.loadFromSink(sink);
   const spool = new Spool(path.join(opts.tmpDir ?? os.tmpdir(), `ocichunk-spool-${process.pid}-${randomBytes(4).toString('hex')}`));
   const batchBytes = opts.batchBytes ?? 8 << 20;
-  const groupBelow = opts.groupBelow ?? 32 << 10;
+  const groupBelow = opts.groupBelow ?? DEFAULT_GROUP_BELOW;
   const packer = new Packer(sink, registry, {
     level,
     threads,
     groupBelow,
-    groupTarget: opts.groupTarget ?? 64 << 10,
+    groupTarget: opts.groupTarget ?? DEFAULT_FRAME_SIZE,
     packTarget: opts.packTarget ?? 64 << 20,
     batchBytes,
     maxChunk: maxChunkLength(chunker),

@@ -199,12 +199,20 @@ export class Packer {
 
   /** Append frames to packs in order (compressed now, or read back from the spool). */
   private async writeFrames(frames: Frame[], data: Buffer, sizes: Uint32Array): Promise<void> {
+    // frames compressed together lie back to back in `data`: written as one view, never copied
     let pending: Buffer[] = [];
     let pendingBytes = 0;
     const flush = async () => {
-      if (pendingBytes) await this.writer!.write(pending.length === 1 ? pending[0] : Buffer.concat(pending, pendingBytes));
+      for (const b of pending) await this.writer!.write(b);
       pending = [];
       pendingBytes = 0;
+    };
+    const push = (b: Buffer) => {
+      const last = pending[pending.length - 1];
+      if (last && last.buffer === b.buffer && last.byteOffset + last.length === b.byteOffset) {
+        pending[pending.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + b.length);
+      } else pending.push(b);
+      pendingBytes += b.length;
     };
     let off = 0; // in data, over the frames compressed now
     let ri = 0; // index among the frames compressed now
@@ -234,8 +242,7 @@ export class Packer {
         this.registry.setLoc(id, { pack: this.packIndex, off: packOff, clen, ulen: f.bytes, inner });
         inner += this.registry.length(id);
       }
-      pending.push(bytes);
-      pendingBytes += clen;
+      push(bytes);
       this.storedBytes += clen;
       this.frameCount++;
     }

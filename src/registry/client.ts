@@ -13,7 +13,7 @@ import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { OcichunkError } from '../errors.js';
 import { MT, assertDigest, type Descriptor, type ImageIndex } from '../oci/types.js';
-import { VerifyingStream, sha256Digest } from '../store/blobstore.js';
+import { READ_SIZE, VerifyingStream, sha256Digest } from '../store/blobstore.js';
 import { lookupCredentials, type CredentialOptions, type Credentials } from './credentials.js';
 
 export interface RegistryOptions extends CredentialOptions {
@@ -140,7 +140,7 @@ async function errorText(res: IncomingMessage): Promise<string> {
 
 /** A file (or a part of it) as a fresh stream each time, for request bodies that may be re-sent. */
 export function fileBody(file: string, start = 0, end?: number): () => Readable {
-  return () => fs.createReadStream(file, { start, end, highWaterMark: 1 << 20 });
+  return () => fs.createReadStream(file, { start, end, highWaterMark: READ_SIZE });
 }
 
 export class RegistryClient {

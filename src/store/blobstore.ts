@@ -12,6 +12,13 @@ import { OcichunkError } from '../errors.js';
 import { native } from '../native/index.js';
 import { assertDigest, type Descriptor } from '../oci/types.js';
 
+/**
+ * Read size of blob streams: just under glibc's 1 MiB mmap threshold (fsx::return_large_buffers),
+ * so read buffers come from the heap and are reused, where 1 MiB ones were fresh mappings faulted
+ * in page by page (convert of a 727 MiB image: 315k -> 173k page faults, 2.5 -> 0.8 s of system time).
+ */
+export const READ_SIZE = (1 << 20) - (64 << 10);
+
 export function sha256Digest(data: Buffer | string): string {
   return 'sha256:' + createHash('sha256').update(data).digest('hex');
 }
@@ -153,7 +160,7 @@ export class BlobStore {
   /** A stream of the blob's bytes that errors if they don't match the descriptor. */
   openRead(desc: Pick<Descriptor, 'digest' | 'size'>, what = 'blob'): Readable {
     const p = this.blobPath(desc.digest);
-    const src = fs.createReadStream(p, { highWaterMark: 1 << 20 });
+    const src = fs.createReadStream(p, { highWaterMark: READ_SIZE });
     // the digest is computed by a native thread reading the same file; the stream only counts bytes
     const v = new VerifyingStream(desc.digest, desc.size, what, native.hashFile(p).then((r) => r.digest));
     src.on('error', (e: NodeJS.ErrnoException) =>

@@ -7,7 +7,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { OcichunkError } from '../errors.js';
-import { VerifyingStream, sha256Digest, type RangeReader } from '../store/blobstore.js';
+import { READ_SIZE, VerifyingStream, sha256Digest, type RangeReader } from '../store/blobstore.js';
 
 export interface TarMember {
   offset: number;
@@ -121,7 +121,7 @@ export class TarIndex {
   stream(name: string): Readable {
     const m = this.member(name);
     if (m.size === 0) return fs.createReadStream('/dev/null');
-    return fs.createReadStream(this.file, { start: m.offset, end: m.offset + m.size - 1, highWaterMark: 1 << 20 });
+    return fs.createReadStream(this.file, { start: m.offset, end: m.offset + m.size - 1, highWaterMark: READ_SIZE });
   }
 
   verifiedStream(name: string, digest: string, size: number, what: string): Readable {
