@@ -135,9 +135,9 @@ res = {'images': n, 'uniqueLayerBytes': raw, 'uniqueLayerBytesAsServed': served,
 json.dump(res, open(os.path.join(out, 'results.json'), 'w'), indent=2)
 mb = lambda b: f"{b / 1048576:8.1f} MiB"
 print(f"{n} images; unique layers {mb(raw).strip()} uncompressed ({mb(served).strip()} as served); distinct file contents {mb(distinct).strip()}")
-print(f"{'':44s} {'stored':>12s}  vs registry")
+print(f"{'':52s} {'stored':>12s}  vs registry")
 def row(name, b, extra=''):
-    print(f"{name:44s} {mb(b)}  {b / gz:6.3f}x  {extra}")
+    print(f"{name:52s} {mb(b)}  {b / gz:6.3f}x  {extra}")
 row('registry: gzip -6 of unique layers', gz)
 row('registry: zstd -3 of unique layers', zs)
 d = oc['3-default']

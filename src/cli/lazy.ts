@@ -103,6 +103,14 @@ export const mount = {
       .option('prefetch', { type: 'string', describe: "fetch the chunks of a recorded trace in the background (default: the image's prefetch list, if any)" })
       .option('no-prefetch', { type: 'boolean', describe: "do not prefetch the image's prefetch list" }),
   run: async (a: Common & CacheArgs & { image: string; mountpoint: string; 'record-trace'?: string; prefetch?: string; 'no-prefetch'?: boolean }): Promise<unknown> => {
+    // handlers first, so that whoever waits for the message below may signal at once; a signal
+    // before the mount is up ends the process as it would have without handlers
+    let up = false;
+    const stop = new Promise<void>((resolve) => {
+      const on = (sig: NodeJS.Signals) => () => (up ? resolve() : process.exit(sig === 'SIGINT' ? 130 : 143));
+      process.once('SIGINT', on('SIGINT'));
+      process.once('SIGTERM', on('SIGTERM'));
+    });
     const img = await MountedImage.mount(a.image, a.mountpoint, {
       platform: platformOf(a),
       transport: transportOf(a),
@@ -112,11 +120,9 @@ export const mount = {
       prefetch: a['no-prefetch'] ? false : a.prefetch,
       onWarning: a.quiet ? undefined : (m) => process.stderr.write(`ocichunk mount: ${m}\n`),
     });
+    up = true;
     if (!a.quiet) process.stderr.write(`mounted ${img.name} at ${a.mountpoint} (TOC ${bytes(img.tocBytes)}); SIGINT or SIGTERM unmounts\n`);
-    await new Promise<void>((resolve) => {
-      process.once('SIGINT', resolve);
-      process.once('SIGTERM', resolve);
-    });
+    await stop;
     const s = await img.unmount();
     if (s.detached && !a.quiet) process.stderr.write(`ocichunk mount: ${a.mountpoint} was busy: detached (programs still using it lose it now)\n`);
     if (a.json) return { image: img.name, mountpoint: a.mountpoint, ...s };
