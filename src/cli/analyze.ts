@@ -3,21 +3,18 @@ import path from 'node:path';
 import type { Argv } from 'yargs';
 import { analyze, DEFAULT_STRATEGIES, type AnalyzeResult } from '../analyze/analyze.js';
 import { renderHtml } from '../analyze/html.js';
-import { DEFAULT_FRAME_SIZE, DEFAULT_GROUP_BELOW } from '../convert/convert.js';
 import { writeFileAtomic } from '../store/blobstore.js';
 import { bytes, ratio, ProgressLine } from './format.js';
-import { common, parseSize, platformOf, transportOf, type Common } from './options.js';
+import { common, frameOptions, framesOf, type FrameArgs, platformOf, transportOf, type Common } from './options.js';
 
 export const command = 'analyze <images..>';
 export const describe = 'What each level of dedup (layer, file, fixed, content-defined chunks) would store for a set of images';
 
 export function builder(y: Argv) {
-  return common(y)
+  return frameOptions(common(y))
     .positional('images', { type: 'string', array: true, demandOption: true, describe: 'image references, any transport, in order' })
     .option('chunker', { type: 'string', array: true, default: DEFAULT_STRATEGIES, describe: 'strategies: layer, file, fixed:SIZE, cdc:MIN/AVG/MAX (comma-separated or repeated)' })
     .option('zstd-level', { type: 'number', default: 3, describe: 'zstd level of chunk frames' })
-    .option('frame-size', { type: 'string', default: `${DEFAULT_FRAME_SIZE >> 10}k`, describe: 'as for convert: size of shared frames' })
-    .option('group-below', { type: 'string', default: `${DEFAULT_GROUP_BELOW >> 10}k`, describe: 'as for convert: chunks below this share frames' })
     .option('csv', { type: 'string', describe: 'also write one row per strategy to this CSV file' })
     .option('parquet', { type: 'string', describe: 'also write one row per chunk occurrence to this Parquet file (via embedded DuckDB)' })
     .option('html', { type: 'string', describe: 'also write a self-contained HTML report with charts (opens offline)' })
@@ -26,7 +23,7 @@ export function builder(y: Argv) {
     .option('tmpdir', { type: 'string', describe: 'where conversions spool chunks and the chunk table lives (default: system temp)' });
 }
 
-type Args = Common & { images: string[]; chunker: string[]; 'zstd-level': number; 'frame-size': string; 'group-below': string; csv?: string; html?: string; parquet?: string; top: number; tmpdir?: string; 'memory-limit'?: string };
+type Args = Common & FrameArgs & { images: string[]; chunker: string[]; 'zstd-level': number; csv?: string; html?: string; parquet?: string; top: number; tmpdir?: string; 'memory-limit'?: string };
 
 export function csv(r: AnalyzeResult): string {
   const cols = ['strategy', 'logicalBytes', 'logicalFileBytes', 'uniqueBytes', 'storedBytes', 'packBytes', 'tocBytes', 'units', 'unitRefs', 'ratioVsLogical', 'ratioVsLayer', 'seconds'] as const;
@@ -46,8 +43,7 @@ export async function run(a: Args): Promise<unknown> {
     top: a.top,
     parquet: a.parquet,
     memoryLimit: a['memory-limit'],
-    groupTarget: parseSize(a['frame-size'], '--frame-size'),
-    groupBelow: parseSize(a['group-below'], '--group-below'),
+    ...framesOf(a),
     onProgress: (p) => line.event(`${p.strategy}: ${p.image} (${p.index + 1}/${p.images})`),
   }).finally(() => line.done());
   for (const [file, content] of [

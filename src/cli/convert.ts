@@ -1,9 +1,9 @@
 import type { Argv } from 'yargs';
 import { readTrace } from '../lazy/mount.js';
-import { DEFAULT_FRAME_SIZE, DEFAULT_GROUP_BELOW, convert, type ConvertProgress, type ConvertResult } from '../convert/convert.js';
+import { convert, type ConvertProgress, type ConvertResult } from '../convert/convert.js';
 import type { TransferEvent } from '../transports/types.js';
 import { bar, bytes, ratio, table, ProgressLine } from './format.js';
-import { chunkerOf, common, platformOf, parseSize, sourceDateEpoch, transportOf, type Common } from './options.js';
+import { chunkerOf, common, frameOptions, framesOf, type FrameArgs, platformOf, parseSize, sourceDateEpoch, transportOf, type Common } from './options.js';
 
 export const command = 'convert <source> <destination>';
 export const describe = 'Convert an image into a chunked, deduplicated image next to the original manifest';
@@ -11,7 +11,7 @@ export const describe = 'Convert an image into a chunked, deduplicated image nex
 const REFS = 'oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:REF], docker://HOST/REPO[:TAG]';
 
 export function builder(y: Argv) {
-  return common(y)
+  return frameOptions(common(y))
     .positional('source', { type: 'string', demandOption: true, describe: REFS })
     .positional('destination', { type: 'string', demandOption: true, describe: 'oci:DIR[:REF], oci-archive:FILE[:REF] or docker://HOST/REPO[:TAG] (may be the source itself)' })
     .option('all-platforms', { type: 'boolean', default: false, describe: 'convert every platform of a multi-platform image into one index' })
@@ -26,13 +26,11 @@ export function builder(y: Argv) {
     .option('source-date-epoch', { type: 'number', describe: 'clamp mtimes to this time (default: $SOURCE_DATE_EPOCH, else 0)' })
     .option('keep-mtime', { type: 'boolean', default: false, describe: 'keep file mtimes instead of clamping them' })
     .option('pack-size', { type: 'string', default: '64m', describe: 'target size of pack blobs' })
-    .option('frame-size', { type: 'string', default: `${DEFAULT_FRAME_SIZE >> 10}k`, describe: 'chunks below --group-below share zstd frames of about this size (larger: smaller storage, more bytes per lazy read)' })
-    .option('group-below', { type: 'string', default: `${DEFAULT_GROUP_BELOW >> 10}k`, describe: 'chunks smaller than this are grouped into shared frames; larger ones get a frame each' })
     .option('tmpdir', { type: 'string', describe: 'where to spool new chunks and stage uploads (default: system temp)' })
     .option('prefetch-list', { type: 'string', describe: 'a read trace (ocichunk mount --record-trace) stored in the TOC: mounts fetch it first' });
 }
 
-type Args = Common & {
+type Args = Common & FrameArgs & {
   source: string;
   destination: string;
   chunker: string;
@@ -43,8 +41,6 @@ type Args = Common & {
   'source-date-epoch'?: number;
   'keep-mtime': boolean;
   'pack-size': string;
-  'frame-size': string;
-  'group-below': string;
   'prefetch-list'?: string;
   tmpdir?: string;
 };
@@ -82,8 +78,7 @@ export async function run(a: Args): Promise<unknown> {
     sourceDateEpoch: sourceDateEpoch(a),
     keepMtime: a['keep-mtime'],
     packTarget: parseSize(a['pack-size'], '--pack-size'),
-    groupTarget: parseSize(a['frame-size'], '--frame-size'),
-    groupBelow: parseSize(a['group-below'], '--group-below'),
+    ...framesOf(a),
     ...(a['prefetch-list'] ? { prefetch: (await readTrace(a['prefetch-list'])).map((r) => [r.path, r.offset, Number.isFinite(r.length) ? r.length : 2 ** 53 - 1] as [string, number, number]) } : {}),
     tmpDir: a.tmpdir,
     transport: transportOf(a, { concurrency: a.concurrency, tmpDir: a.tmpdir, onTransfer }),

@@ -2,7 +2,6 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Argv } from 'yargs';
-import { DEFAULT_FRAME_SIZE, DEFAULT_GROUP_BELOW } from '../convert/convert.js';
 import { run as convertRun } from './convert.js';
 import { run as inspectRun } from './inspect.js';
 
@@ -26,8 +25,6 @@ export async function run(a: { out: string }): Promise<unknown> {
     'zstd-level': 3,
     'keep-mtime': false,
     'pack-size': '64m',
-    'frame-size': `${DEFAULT_FRAME_SIZE >> 10}k`,
-    'group-below': `${DEFAULT_GROUP_BELOW >> 10}k`,
     'all-platforms': false,
     attach: 'index',
     concurrency: 4,

@@ -1,6 +1,7 @@
 /** Options shared by several commands, and their translation into library options. */
 import type { Argv } from 'yargs';
 import { OcichunkError } from '../errors.js';
+import { DEFAULT_FRAME_SIZE, DEFAULT_GROUP_BELOW } from '../convert/convert.js';
 import type { ChunkerSpec } from '../native/index.js';
 import { parsePlatform, type Platform } from '../oci/types.js';
 import type { TransportOptions } from '../ref.js';
@@ -91,4 +92,24 @@ export function sourceDateEpoch(a: { 'source-date-epoch'?: number }): number {
     return n;
   }
   return 0;
+}
+
+export interface FrameArgs {
+  'frame-size'?: string;
+  'group-below'?: string;
+}
+
+/** --frame-size / --group-below, for convert and for analyze (which predicts what convert stores). */
+export function frameOptions<T>(y: Argv<T>) {
+  return y
+    .option('frame-size', { type: 'string', default: `${DEFAULT_FRAME_SIZE >> 10}k`, describe: 'chunks below --group-below share zstd frames of about this size (larger: smaller storage, more bytes per lazy read)' })
+    .option('group-below', { type: 'string', default: `${DEFAULT_GROUP_BELOW >> 10}k`, describe: 'chunks smaller than this are grouped into shared frames; larger ones get a frame each' });
+}
+
+/** The library's frame options; absent flags leave the library defaults. */
+export function framesOf(a: FrameArgs): { groupTarget?: number; groupBelow?: number } {
+  return {
+    ...(a['frame-size'] !== undefined ? { groupTarget: parseSize(a['frame-size'], '--frame-size') } : {}),
+    ...(a['group-below'] !== undefined ? { groupBelow: parseSize(a['group-below'], '--group-below') } : {}),
+  };
 }
