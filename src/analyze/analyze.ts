@@ -18,7 +18,6 @@ import { CMT } from '../oci/chunked-media.js';
 import { parseManifestDoc, type Platform } from '../oci/types.js';
 import { openSource, type TransportOptions } from '../ref.js';
 import { CountingSink } from '../transports/counting-sink.js';
-import { ChunkTable } from './chunk-table.js';
 import { ChunkRegistry } from '../convert/registry.js';
 
 export type Strategy = { name: string; kind: 'layer' } | { name: string; kind: 'chunks'; chunker: ChunkerSpec };
@@ -146,6 +145,8 @@ export async function analyze(refs: string[], opts: AnalyzeOptions = {}): Promis
   const logicalBytes = perImageLayers.flat().reduce((a, l) => a + l.size, 0);
   const layerStored = [...layerSizes.values()].reduce((a, b) => a + b, 0);
 
+  // DuckDB loads only when an analysis runs (its import alone costs ~150 ms of every CLI start)
+  const { ChunkTable } = await import('./chunk-table.js');
   const table = await ChunkTable.open(path.join(opts.tmpDir ?? os.tmpdir(), `ocichunk-analyze-${process.pid}-${randomBytes(4).toString('hex')}`), opts.memoryLimit);
   try {
     const results: StrategyResult[] = [];

@@ -13,7 +13,6 @@ import { decodeToc, encodeToc, toTocEntry, type ChunkRef, type FrameRef, type To
 import { sha256Digest } from '../store/blobstore.js';
 import { OcichunkError, withContext } from '../errors.js';
 import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
-import { readLayer } from '../layer/tar.js';
 import type { ChunkerSpec } from '../native/index.js';
 import { ANN, CHUNKED_PLATFORM, CMT, FORMAT_VERSION } from '../oci/chunked-media.js';
 import { MT, isIndexType, isManifestType, layerCompression, parseManifestDoc, platformString, type Descriptor, type ImageIndex, type ImageManifest, type Platform } from '../oci/types.js';
@@ -23,7 +22,7 @@ import type { ImageSink, ImageSource, TransferReport } from '../transports/types
 import type { TransportOptions } from '../ref.js';
 import { Packer } from './packer.js';
 import { ChunkRegistry } from './registry.js';
-import { LayerScanner, OutOfOrder, Spool, maxChunkLength, type ScannedEntry } from './scan.js';
+import { LayerScanner, OutOfOrder, Spool, maxChunkLength, type LayerInput, type ScannedEntry } from './scan.js';
 
 /**
  * Chunks below DEFAULT_GROUP_BELOW share zstd frames of about DEFAULT_FRAME_SIZE bytes (with the
@@ -253,22 +252,28 @@ async function copyManifestTree(src: ImageSource, sink: ImageSink, desc: Descrip
 /** Read one layer through a scanner, copying the original blob into the sink when it lacks it. */
 async function scanLayer(src: ImageSource, sink: ImageSink, layer: Descriptor, what: string, scanner: LayerScanner): Promise<ScannedEntry[]> {
   const present = await sinkHasOrMounts(src, sink, layer);
-  const file = present ? undefined : src.blobFile?.(layer);
+  const file = src.blobFile?.(layer);
   // A local blob is linked or copied by the kernel while we read it; its content is verified by
   // our own read. Other blobs are copied as they stream by.
-  const staged = file && sink.stageBlobFile ? sink.stageBlobFile(file, layer) : undefined;
+  const staged = !present && file && sink.stageBlobFile ? sink.stageBlobFile(file, layer) : undefined;
   staged?.catch(() => {});
   const copy = present || staged ? undefined : await sink.createBlobWriter();
   try {
-    let blob: Readable = await src.openBlob(layer, what);
-    if (copy) {
-      const verified = blob;
-      const tee = teeInto(copy);
-      verified.on('error', (e) => tee.destroy(e));
-      blob = verified.pipe(tee);
+    let input: LayerInput;
+    if (file && !copy) {
+      input = { file, digest: layer.digest, size: layer.size };
+    } else {
+      let blob: Readable = await src.openBlob(layer, what);
+      if (copy) {
+        const verified = blob;
+        const tee = teeInto(copy);
+        verified.on('error', (e) => tee.destroy(e));
+        blob = verified.pipe(tee);
+      }
+      input = { stream: blob };
     }
-    // the source stream verifies digest and size at its end, before scan() returns
-    const scanned = await scanner.scan(readLayer(blob, what), what);
+    // digest and size are verified by the end of the read, before scan() returns
+    const scanned = await scanner.scan(input, what);
     if (copy) await copy.commit({ digest: layer.digest, size: layer.size });
     if (staged) await (await staged).commit();
     return scanned;

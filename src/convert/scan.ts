@@ -1,14 +1,16 @@
 /**
- * Pass 1 over a layer: canonicalize entries and cut, hash and deduplicate file contents in native
- * batches, double-buffered so JavaScript parses the next batch while Rust chunks the previous one.
- * New chunk bytes go to a spool file; pass 2 packs them in canonical order.
+ * Pass 1 over a layer: the native scan (crates/core/src/tarscan.rs) undoes compression, parses the
+ * tar and cuts and hashes file contents in batches; here entries are canonicalized and chunks
+ * deduplicated. In sorted mode new chunks go straight to the packer; otherwise they go to a spool
+ * file and pass 2 packs them in canonical order.
  */
 import fs from 'node:fs';
 import { OcichunkError } from '../errors.js';
-import { canonicalize, type CanonOptions } from '../layer/canonical.js';
+import type { Readable } from 'node:stream';
+import { canonicalize, type CanonOptions, type RawHeader } from '../layer/canonical.js';
 import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
-import type { TarEntry } from '../layer/tar.js';
-import { native, type ChunkerSpec } from '../native/index.js';
+import { decodeHeaders } from '../layer/tar.js';
+import { native, type ChunkerSpec, type ScanBatch } from '../native/index.js';
 import type { Packer } from './packer.js';
 import type { ChunkRegistry } from './registry.js';
 
@@ -18,6 +20,12 @@ export class OutOfOrder extends Error {
     super(`entry ${path} is out of canonical order`);
   }
 }
+
+/** A layer blob as a stream, or as a local file the native scan reads (and verifies) itself. */
+export type LayerInput = { stream: Readable } | { file: string; digest: string; size: number };
+
+/** Bytes of a local blob read per native call. */
+const PULL_BYTES = 4 << 20;
 
 export interface ScannedEntry {
   entry: Entry;
@@ -98,16 +106,8 @@ export interface ScanStats {
 }
 
 export class LayerScanner {
-  private readonly headroom: number;
-  /** A ring of batch buffers: one filling, the others being chunked/hashed or placed. */
-  private readonly batches: Batch[];
-  private cur = 0;
-  /** The previous batch's unfinished tail has been carried into the current buffer. */
-  private cut: Promise<void> = Promise.resolve();
-  /** Every submitted batch has been absorbed (chunks interned, placed or spooled), in order. */
+  /** Every batch taken so far has been absorbed (chunks interned, placed or spooled), in order. */
   private placed: Promise<void> = Promise.resolve();
-  /** Per buffer: the batch that last used it has been absorbed. */
-  private busy: Array<Promise<void>>;
   readonly stats: ScanStats = { entries: 0, files: 0, fileBytes: 0, chunkRefs: 0, newChunks: 0, newChunkBytes: 0 };
 
   private lastKey: Buffer | undefined;
@@ -124,131 +124,105 @@ export class LayerScanner {
     private readonly spool: Spool,
     private readonly packer?: Packer,
     private readonly onBytes?: (n: number) => void,
-  ) {
-    this.headroom = maxChunkLength(opts.chunker);
-    const size = this.headroom + Math.max(opts.batchBytes, this.headroom);
-    this.batches = [0, 1].map(() => ({ buf: Buffer.allocUnsafe(size), fill: this.headroom, segs: [] }));
-    this.busy = this.batches.map(() => Promise.resolve());
+  ) {}
+
+  /**
+   * Read a layer blob (tar, gzip'd or zstd'd). The native scan undoes compression, parses the tar,
+   * cuts and hashes file contents off the JS thread; batches come back in order and are absorbed
+   * here while the next ones are read.
+   */
+  async scan(input: LayerInput, layer: string): Promise<ScannedEntry[]> {
+    const out: ScannedEntry[] = [];
+    /** per tar header (in layer order): its scanned entry, or a sink for contents nobody keeps */
+    const byHeader: ScannedEntry[] = [];
+    const discard = (): ScannedEntry => ({ entry: { path: '', type: 'reg', mode: 0, uid: 0, gid: 0, size: 0, mtime: 0 }, chunks: [] });
+    const inFlight: Array<Promise<void>> = [];
+    let scanner: ReturnType<typeof native.layerScanner> | undefined;
+    const take = (b: ScanBatch) => {
+      decodeHeaders(b.headers, b.entries).forEach((h, i) => {
+        byHeader[b.firstEntry + i] = this.entry(h, layer, out) ?? discard();
+      });
+      const segs: Seg[] = [];
+      for (let i = 0; i < b.segs.length; i += 4) {
+        const file = byHeader[b.segs[i]];
+        segs.push({ file: file.chunks ? file : discard(), start: b.segs[i + 1], len: b.segs[i + 2], eof: b.segs[i + 3] === 1 });
+      }
+      const buf = scanner!.bytes(b);
+      const batch: Batch = { buf, fill: buf.length, segs };
+      const done = this.placed.then(() => this.absorb(batch, b)).then(() => scanner!.done(b));
+      done.catch(() => {}); // surfaced by the awaits below
+      this.placed = done;
+      inFlight.push(done);
+    };
+    const pace = async (batches: ScanBatch[], bytes: number) => {
+      for (const b of batches) take(b);
+      this.onBytes?.(bytes);
+      while (inFlight.length > 2) await inFlight.shift();
+    };
+    try {
+      scanner = native.layerScanner('auto', this.opts.chunker, this.opts.batchBytes, this.opts.threads);
+      if ('file' in input) {
+        // the native scan reads and hashes the file itself: no JavaScript buffers on the way
+        try {
+          scanner.openFile(input.file);
+        } catch (e) {
+          if (/ENOENT/.test((e as Error).message)) throw new OcichunkError('ENOTFOUND', `${layer}: blob ${input.digest} is missing (${input.file})`);
+          throw e;
+        }
+        for (let eof = false; !eof; ) {
+          const r = await scanner.pull(PULL_BYTES);
+          await pace(r.batches, PULL_BYTES);
+          eof = r.eof;
+        }
+        const got = scanner.fileDigest()!;
+        if (got.size !== input.size) {
+          throw new OcichunkError('EDIGEST', `${layer}: blob ${input.digest} ${got.size < input.size ? 'is truncated' : 'is larger than its descriptor'}: ${got.size} of ${input.size} bytes`);
+        }
+        if (got.digest !== input.digest) {
+          throw new OcichunkError('EDIGEST', `${layer}: digest mismatch: expected ${input.digest}, content hashes to ${got.digest}`);
+        }
+      } else {
+        for await (const piece of input.stream as AsyncIterable<Buffer>) await pace((await scanner.push(piece)).batches, piece.length);
+      }
+      for (const b of (await scanner.finish()).batches) take(b);
+      await this.placed;
+      return out;
+    } catch (e) {
+      await this.placed.catch(() => {});
+      // content that does not parse may simply not be the blob the descriptor names: say so
+      if ('file' in input && !(e instanceof OcichunkError && e.code === 'EDIGEST') && !(e instanceof OutOfOrder)) {
+        const h = await native.hashFile(input.file).catch(() => undefined);
+        if (h && (h.digest !== input.digest || h.size !== input.size)) {
+          throw new OcichunkError('EDIGEST', `${layer}: digest mismatch: expected ${input.digest} (${input.size} bytes), content hashes to ${h.digest} (${h.size} bytes)`);
+        }
+      }
+      throw e;
+    } finally {
+      if ('stream' in input && !input.stream.destroyed) input.stream.destroy();
+    }
   }
 
-  async scan(entries: AsyncIterable<TarEntry>, layer: string): Promise<ScannedEntry[]> {
-    const out: ScannedEntry[] = [];
-    for await (const { header, stream } of entries) {
-      const entry = canonicalize(header, this.opts, layer);
-      if (!entry) {
-        stream.resume();
-        continue;
-      }
-      this.stats.entries++;
-      if (this.packer) {
-        const key = pathKey(entry.path);
-        const t = TYPE_ORDER[entry.type];
-        const c = this.lastKey ? Buffer.compare(key, this.lastKey) : 1;
-        if (c < 0 || (c === 0 && t <= this.lastType)) {
-          stream.resume();
-          await this.cut.catch(() => {});
-          await this.placed.catch(() => {});
-          throw new OutOfOrder(entry.path);
-        }
-        this.lastKey = key;
-        this.lastType = t;
-      }
-      const rec: ScannedEntry = { entry };
-      out.push(rec);
-      if (entry.type !== 'reg') {
-        stream.resume();
-        continue;
-      }
+  /** A tar header as a scanned entry (undefined for entries without meaning); checks the order in sorted mode. */
+  private entry(h: RawHeader, layer: string, out: ScannedEntry[]): ScannedEntry | undefined {
+    const entry = canonicalize(h, this.opts, layer);
+    if (!entry) return undefined;
+    this.stats.entries++;
+    if (this.packer) {
+      const key = pathKey(entry.path);
+      const t = TYPE_ORDER[entry.type];
+      const c = this.lastKey ? Buffer.compare(key, this.lastKey) : 1;
+      if (c < 0 || (c === 0 && t <= this.lastType)) throw new OutOfOrder(entry.path);
+      this.lastKey = key;
+      this.lastType = t;
+    }
+    const rec: ScannedEntry = { entry };
+    out.push(rec);
+    if (entry.type === 'reg') {
       rec.chunks = [];
       this.stats.files++;
       this.stats.fileBytes += entry.size;
-      let got = 0;
-      for await (const data of stream as AsyncIterable<Buffer>) {
-        got += data.length;
-        if (got > entry.size) {
-          throw new OcichunkError('ECORRUPT', `${layer}: entry ${JSON.stringify(entry.path)} has more data than its size`);
-        }
-        await this.append(rec, data, got === entry.size);
-        this.onBytes?.(data.length);
-      }
-      if (got !== entry.size) {
-        throw new OcichunkError('ECORRUPT', `${layer}: entry ${JSON.stringify(entry.path)} is truncated (${got} of ${entry.size} bytes)`);
-      }
     }
-    await this.flush();
-    await this.cut;
-    await this.placed;
-    return out;
-  }
-
-  private async append(file: ScannedEntry, data: Buffer, eof: boolean): Promise<void> {
-    let off = 0;
-    while (off < data.length) {
-      const b = this.batches[this.cur];
-      let seg = b.segs[b.segs.length - 1];
-      if (!seg || seg.file !== file) {
-        seg = { file, start: b.fill, len: 0, eof: false };
-        b.segs.push(seg);
-      }
-      const n = Math.min(data.length - off, b.buf.length - b.fill);
-      data.copy(b.buf, b.fill, off, off + n);
-      b.fill += n;
-      seg.len += n;
-      off += n;
-      if (off === data.length && eof) seg.eof = true;
-      if (b.fill === b.buf.length) await this.flush();
-    }
-  }
-
-  /**
-   * Submit the current batch for chunking and hashing. Its unfinished tail moves into the next buffer
-   * as soon as the cut points are known; absorbing (placing or spooling chunks) follows in order.
-   */
-  private async flush(): Promise<void> {
-    await this.cut;
-    const b = this.batches[this.cur];
-    if (b.segs.length === 0) return;
-    const ni = (this.cur + 1) % this.batches.length;
-    await this.busy[ni];
-    const next = this.batches[ni];
-    next.fill = this.headroom;
-    next.segs = [];
-    const last = b.segs[b.segs.length - 1];
-    if (!last.eof) next.segs.push({ file: last.file, start: this.headroom, len: 0, eof: false });
-    const segs = new Uint32Array(b.segs.length * 3);
-    b.segs.forEach((s, i) => {
-      segs[i * 3] = s.start;
-      segs[i * 3 + 1] = s.len;
-      segs[i * 3 + 2] = s.eof ? 1 : 0;
-    });
-    const work = native.chunkAndHash(b.buf, segs, this.opts.chunker, this.opts.threads);
-    this.cut = work.then((r) => this.carryTail(b, next, r));
-    this.placed = Promise.all([work, this.placed]).then(([r]) => this.absorb(b, r));
-    this.busy[this.cur] = this.placed;
-    // surfaced by the next await of cut/placed
-    this.cut.catch(() => {});
-    this.placed.catch(() => {});
-    this.cur = ni;
-  }
-
-  /** Move the unfinished tail of a batch's last segment in front of the next batch's data. */
-  private carryTail(b: Batch, next: Batch, r: { counts: Uint32Array; lengths: Uint32Array }): void {
-    const si = b.segs.length - 1;
-    const s = b.segs[si];
-    let ci = 0;
-    for (let k = 0; k < si; k++) ci += r.counts[k];
-    let pos = s.start;
-    for (let k = 0; k < r.counts[si]; k++) pos += r.lengths[ci + k];
-    const tail = s.start + s.len - pos;
-    if (s.eof) {
-      if (tail !== 0) throw new OcichunkError('EINTERNAL', `chunker left ${tail} bytes at end of file`);
-      return;
-    }
-    if (tail > this.headroom) throw new OcichunkError('EINTERNAL', `chunk tail ${tail} exceeds headroom`);
-    const cont = next.segs[0];
-    b.buf.copy(next.buf, this.headroom - tail, pos, pos + tail);
-    cont.start = this.headroom - tail;
-    cont.len += tail;
+    return rec;
   }
 
   private async absorb(b: Batch, r: { counts: Uint32Array; lengths: Uint32Array; digests: Buffer }): Promise<void> {

@@ -20,13 +20,42 @@ export interface NativeLazyMount {
   unmount(): boolean;
 }
 
+/** One batch of a layer scan: the headers parsed while it filled, file data and chunk digests. */
+export interface ScanBatch {
+  /** the batch's own bytes, when it is not in a pool buffer */
+  data?: Buffer | null;
+  /** index of the pool buffer holding the batch (-1: see data); release it when done */
+  buffer: number;
+  length: number;
+  /** encoded headers (crates/core/src/tarscan.rs encode_header) */
+  headers: Buffer;
+  firstEntry: number;
+  entries: number;
+  /** (entry, start, len, eof) per file segment in data */
+  segs: Uint32Array;
+  counts: Uint32Array;
+  lengths: Uint32Array;
+  digests: Buffer;
+}
+
+export interface ScanPull {
+  batches: ScanBatch[];
+  /** the file is read to its end */
+  eof: boolean;
+}
+
+interface NativeScanner {
+  push(data: Buffer): Promise<ScanPull>;
+  finish(): Promise<ScanPull>;
+  openFile(path: string): void;
+  pull(max: number): Promise<ScanPull>;
+  fileDigest(): { digest: string; size: number } | null;
+  buffers(): Buffer[];
+  release(index: number): void;
+}
+
 interface Binding {
-  chunkAndHash(
-    data: Buffer,
-    segments: Uint32Array,
-    chunker: ChunkerSpec,
-    threads: number,
-  ): Promise<{ counts: Uint32Array; lengths: Uint32Array; digests: Buffer }>;
+  LayerScanner: new (compression: string, chunker: ChunkerSpec, batchBytes: number, threads: number, buffers: number) => NativeScanner;
   compressFrames(
     data: Buffer,
     parts: Uint32Array,
@@ -84,8 +113,26 @@ async function wrapAsync<T>(what: string, p: () => Promise<T>): Promise<T> {
 }
 
 export const native = {
-  chunkAndHash: (data: Buffer, segments: Uint32Array, chunker: ChunkerSpec, threads: number) =>
-    wrapAsync('chunking', () => load().chunkAndHash(data, segments, chunker, threads)),
+  /**
+   * A layer scan: push the blob's bytes (compressed as `compression` says, 'auto': sniffed), or
+   * let it read a file, and get batches back in order. Batch bytes live in `buffers` reused from batch to batch: `bytes(b)` until `done(b)`.
+   */
+  layerScanner: (compression: 'auto' | 'none' | 'gzip' | 'zstd', chunker: ChunkerSpec, batchBytes: number, threads: number, buffers = 6) => {
+    const s = wrapSync('layer scan', () => new (load().LayerScanner)(compression, chunker, batchBytes, threads, buffers));
+    const pool = s.buffers();
+    return {
+      push: (data: Buffer) => wrapAsync('layer scan', () => s.push(data)),
+      finish: () => wrapAsync('layer scan', () => s.finish()),
+      /** read the blob from a file: pull() until eof, then finish(); fileDigest() says what was read */
+      openFile: (p: string) => wrapSync('layer scan', () => s.openFile(p)),
+      pull: (max: number) => wrapAsync('layer scan', () => s.pull(max)),
+      fileDigest: () => s.fileDigest(),
+      bytes: (b: ScanBatch): Buffer => (b.buffer >= 0 ? pool[b.buffer].subarray(0, b.length) : b.data!),
+      done: (b: ScanBatch): void => {
+        if (b.buffer >= 0) s.release(b.buffer);
+      },
+    };
+  },
   compressFrames: (data: Buffer, parts: Uint32Array, counts: Uint32Array, level: number, threads: number) =>
     wrapAsync('compression', () => load().compressFrames(data, parts, counts, level, threads)),
   decompressFrames: (data: Buffer, frames: Uint32Array, threads: number) =>

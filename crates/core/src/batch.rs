@@ -1,7 +1,6 @@
 //! Batch entry points used by the binding: many segments, frames or ranges per call, in parallel
 //! with rayon. Output bytes never depend on the thread count.
 
-use crate::chunker::{cut, ChunkerParams};
 use crate::frame::{compress_frame, decompress_frame, check_level};
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -9,7 +8,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-fn pool(threads: usize) -> Result<Option<Arc<rayon::ThreadPool>>> {
+pub(crate) fn pool(threads: usize) -> Result<Option<Arc<rayon::ThreadPool>>> {
     if threads == 0 {
         return Ok(None);
     }
@@ -44,38 +43,6 @@ fn range<'a>(data: &'a [u8], off: usize, len: usize, what: &str) -> Result<&'a [
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
-}
-
-pub struct Chunked {
-    pub counts: Vec<u32>,
-    pub lengths: Vec<u32>,
-    pub digests: Vec<u8>,
-}
-
-/// `segments`: (offset, len, eof) of independent file pieces in `data`.
-pub fn chunk_and_hash(data: &[u8], segments: &[(usize, usize, bool)], params: ChunkerParams, threads: usize) -> Result<Chunked> {
-    params.validate()?;
-    let slices = segments
-        .iter()
-        .map(|&(o, l, eof)| range(data, o, l, "segment").map(|s| (s, eof)))
-        .collect::<Result<Vec<_>>>()?;
-    run(threads, || {
-        let per: Vec<Vec<u32>> = slices.par_iter().map(|&(s, eof)| cut(s, params, eof)).collect();
-        let mut pieces = Vec::new();
-        for ((s, _), lens) in slices.iter().zip(&per) {
-            let mut p = 0;
-            for &l in lens {
-                pieces.push(&s[p..p + l as usize]);
-                p += l as usize;
-            }
-        }
-        let hashes: Vec<[u8; 32]> = pieces.par_iter().map(|c| sha256(c)).collect();
-        Chunked {
-            counts: per.iter().map(|v| v.len() as u32).collect(),
-            lengths: per.into_iter().flatten().collect(),
-            digests: hashes.concat(),
-        }
-    })
 }
 
 pub struct Frames {
@@ -153,7 +120,6 @@ pub fn hash_file(path: &std::path::Path) -> Result<([u8; 32], u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunker::DEFAULT_CDC;
 
     #[test]
     fn hash_file_matches() {
@@ -178,16 +144,6 @@ mod tests {
     #[test]
     fn same_output_for_any_thread_count() {
         let d = data(4 << 20);
-        let segs = [(0, 1 << 20, true), (1 << 20, 2 << 20, false), (3 << 20, 1 << 20, true)];
-        let a = chunk_and_hash(&d, &segs, DEFAULT_CDC, 1).unwrap();
-        let b = chunk_and_hash(&d, &segs, DEFAULT_CDC, 4).unwrap();
-        let c = chunk_and_hash(&d, &segs, DEFAULT_CDC, 0).unwrap();
-        assert_eq!((a.counts.clone(), a.lengths.clone(), a.digests.clone()), (b.counts, b.lengths, b.digests));
-        assert_eq!(a.digests, c.digests);
-        assert_eq!(a.digests.len(), a.lengths.len() * 32);
-        // the unfinished middle segment leaves a tail
-        let mid: u32 = a.lengths[a.counts[0] as usize..(a.counts[0] + a.counts[1]) as usize].iter().sum();
-        assert!((mid as usize) < (2 << 20));
         let parts: Vec<(usize, usize)> = (0..64).map(|i| (i * 65536, 65536)).collect();
         let counts = vec![1u32; 64];
         let f1 = compress_frames(&d, &parts, &counts, 3, 1).unwrap();
@@ -209,7 +165,6 @@ mod tests {
     fn out_of_bounds_is_an_error_not_a_panic() {
         let d = vec![0u8; 10];
         assert!(matches!(hash_ranges(&d, &[(5, 10)], 0), Err(Error::Invalid(_))));
-        assert!(matches!(chunk_and_hash(&d, &[(usize::MAX, 2, true)], DEFAULT_CDC, 0), Err(Error::Invalid(_))));
         assert!(compress_frames(&d, &[(0, 5)], &[2], 3, 0).is_err());
         assert!(matches!(decompress_frames(&d, &[(0, 10, 5)], 0), Err(Error::Corrupt(_))));
     }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod frame;
 pub mod fsx;
 pub mod lazyfs;
+pub mod tarscan;
 
 pub use error::{Error, Result};
 

@@ -5,7 +5,7 @@
 use napi::bindgen_prelude::*;
 use napi::{Env, Task};
 use napi_derive::napi;
-use ocichunk_core::{batch, chunker::ChunkerParams, frame, fsx, Error as CoreError};
+use ocichunk_core::{batch, chunker::ChunkerParams, frame, fsx, tarscan, Error as CoreError};
 use std::path::Path;
 
 fn err(e: CoreError) -> napi::Error {
@@ -52,39 +52,6 @@ fn params(c: &ChunkerSpec) -> Result<ChunkerParams> {
     };
     p.validate().map_err(err)?;
     Ok(p)
-}
-
-// ---- chunkAndHash ----
-
-pub struct ChunkTask {
-    data: Buffer,
-    segments: Vec<(usize, usize, bool)>,
-    params: ChunkerParams,
-    threads: usize,
-}
-
-#[napi(object)]
-pub struct ChunkResult {
-    pub counts: Uint32Array,
-    pub lengths: Uint32Array,
-    pub digests: Buffer,
-}
-
-impl Task for ChunkTask {
-    type Output = batch::Chunked;
-    type JsValue = ChunkResult;
-    fn compute(&mut self) -> Result<Self::Output> {
-        batch::chunk_and_hash(&self.data, &self.segments, self.params, self.threads).map_err(err)
-    }
-    fn resolve(&mut self, _env: Env, o: Self::Output) -> Result<Self::JsValue> {
-        Ok(ChunkResult { counts: o.counts.into(), lengths: o.lengths.into(), digests: o.digests.into() })
-    }
-}
-
-#[napi(ts_return_type = "Promise<ChunkResult>")]
-pub fn chunk_and_hash(data: Buffer, segments: Uint32Array, chunker: ChunkerSpec, threads: u32) -> Result<AsyncTask<ChunkTask>> {
-    let segments = triplets(&segments, "segments")?.into_iter().map(|(o, l, e)| (o, l, e != 0)).collect();
-    Ok(AsyncTask::new(ChunkTask { data, segments, params: params(&chunker)?, threads: threads as usize }))
 }
 
 // ---- compressFrames ----
@@ -195,6 +162,169 @@ impl Task for HashFileTask {
 #[napi(ts_return_type = "Promise<string>")]
 pub fn hash_file(path: String) -> AsyncTask<HashFileTask> {
     AsyncTask::new(HashFileTask { path })
+}
+
+// ---- LayerScanner: a layer's bytes in, batches of headers, file data and chunk digests out ----
+
+#[napi(object)]
+pub struct ScanBatch {
+    /// the batch's own bytes, when it is not in a pool buffer
+    pub data: Option<Buffer>,
+    /// index of the pool buffer holding the batch (-1: see data); release it when done
+    pub buffer: i32,
+    pub length: u32,
+    pub headers: Buffer,
+    pub first_entry: u32,
+    pub entries: u32,
+    /// (entry, start, len, eof) per segment
+    pub segs: Uint32Array,
+    pub counts: Uint32Array,
+    pub lengths: Uint32Array,
+    pub digests: Buffer,
+}
+
+#[napi]
+pub struct LayerScanner {
+    inner: tarscan::SharedScan,
+    pool: std::sync::Arc<tarscan::BufferPool>,
+}
+
+pub enum ScanStep {
+    Push(Buffer),
+    Pull(usize),
+    Finish,
+}
+
+pub struct ScanTask {
+    inner: tarscan::SharedScan,
+    step: ScanStep,
+}
+
+#[napi(object)]
+pub struct ScanPull {
+    pub batches: Vec<ScanBatch>,
+    /// the file is read to its end (then call finish)
+    pub eof: bool,
+}
+
+#[napi(object)]
+pub struct ScanFileDigest {
+    pub digest: String,
+    pub size: f64,
+}
+
+fn scan_batches(o: Vec<tarscan::Batch>) -> Vec<ScanBatch> {
+        o
+            .into_iter()
+            .map(|b| ScanBatch {
+                segs: b.segs.iter().flat_map(|s| [s.entry, s.start, s.len, s.eof as u32]).collect::<Vec<u32>>().into(),
+                buffer: match b.data {
+                    tarscan::BatchData::Pooled { index, .. } => index as i32,
+                    tarscan::BatchData::Owned(_) => -1,
+                },
+                length: match &b.data {
+                    tarscan::BatchData::Pooled { len, .. } => *len as u32,
+                    tarscan::BatchData::Owned(v) => v.len() as u32,
+                },
+                data: match b.data {
+                    tarscan::BatchData::Pooled { .. } => None,
+                    tarscan::BatchData::Owned(v) => Some(v.into()),
+                },
+                headers: b.headers.into(),
+                first_entry: b.first_entry,
+                entries: b.entries,
+                counts: b.counts.into(),
+                lengths: b.lengths.into(),
+                digests: b.digests.into(),
+            })
+            .collect()
+}
+
+impl Task for ScanTask {
+    type Output = (Vec<tarscan::Batch>, bool);
+    type JsValue = ScanPull;
+    fn compute(&mut self) -> Result<Self::Output> {
+        let mut s = self.inner.lock().map_err(|_| napi::Error::from_reason("EIO: layer scanner poisoned"))?;
+        match &self.step {
+            ScanStep::Push(d) => s.push(d).map(|b| (b, false)),
+            ScanStep::Pull(max) => s.pull(*max),
+            ScanStep::Finish => s.finish().map(|b| (b, true)),
+        }
+        .map_err(err)
+    }
+    fn resolve(&mut self, _env: Env, o: Self::Output) -> Result<Self::JsValue> {
+        Ok(ScanPull { batches: scan_batches(o.0), eof: o.1 })
+    }
+}
+
+#[napi]
+impl LayerScanner {
+    /// `compression`: "none" | "gzip" | "zstd".
+    /// `buffers`: how many batch buffers to allocate once and share with JavaScript (see `buffers()`).
+    #[napi(constructor)]
+    pub fn new(compression: String, chunker: ChunkerSpec, batch_bytes: u32, threads: u32, buffers: u32) -> Result<Self> {
+        let c = match compression.as_str() {
+            "none" => tarscan::Compression::None,
+            "gzip" => tarscan::Compression::Gzip,
+            "zstd" => tarscan::Compression::Zstd,
+            "auto" => tarscan::Compression::Sniff,
+            k => return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: unknown compression {k:?}"))),
+        };
+        let p = params(&chunker)?;
+        let pool = tarscan::BufferPool::new(buffers.min(64) as usize, tarscan::batch_size(p, batch_bytes as usize));
+        let s = tarscan::LayerScan::new(c, p, batch_bytes as usize, threads as usize, pool.clone()).map_err(err)?;
+        Ok(LayerScanner { inner: std::sync::Arc::new(std::sync::Mutex::new(s)), pool })
+    }
+
+    /// The pool buffers, as Buffers over the same memory (no copy); batches name them by index.
+    #[napi(ts_return_type = "Buffer[]")]
+    pub fn buffers(&self, env: Env) -> Result<Vec<napi::JsBuffer>> {
+        (0..self.pool.len())
+            .map(|i| {
+                let (p, n) = self.pool.raw(i);
+                // SAFETY: the memory lives until the last Arc is dropped; the finalizer holds one
+                unsafe { env.create_buffer_with_borrowed_data(p, n, self.pool.clone(), |keep, _env| drop(keep)) }.map(|b| b.into_raw())
+            })
+            .collect()
+    }
+
+    /// JavaScript is done with pool buffer `index` (from a batch): the scan may fill it again.
+    #[napi]
+    pub fn release(&self, index: u32) -> Result<()> {
+        self.pool.release(index).map_err(err)
+    }
+
+    /// Feed the next bytes of the layer blob; resolves to the batches finished so far.
+    #[napi(ts_return_type = "Promise<ScanPull>")]
+    pub fn push(&self, data: Buffer) -> AsyncTask<ScanTask> {
+        AsyncTask::new(ScanTask { inner: self.inner.clone(), step: ScanStep::Push(data) })
+    }
+
+    /// Read the blob from a file instead of pushes (see pull and fileDigest).
+    #[napi]
+    pub fn open_file(&self, path: String) -> Result<()> {
+        let mut s = self.inner.lock().map_err(|_| napi::Error::from_reason("EIO: layer scanner poisoned"))?;
+        s.open_file(Path::new(&path)).map_err(err)
+    }
+
+    /// Read, hash and scan about `max` more bytes of the file.
+    #[napi(ts_return_type = "Promise<ScanPull>")]
+    pub fn pull(&self, max: u32) -> AsyncTask<ScanTask> {
+        AsyncTask::new(ScanTask { inner: self.inner.clone(), step: ScanStep::Pull(max as usize) })
+    }
+
+    /// Digest and size of the file read so far.
+    #[napi]
+    pub fn file_digest(&self) -> Result<Option<ScanFileDigest>> {
+        let s = self.inner.lock().map_err(|_| napi::Error::from_reason("EIO: layer scanner poisoned"))?;
+        Ok(s.file_digest().map(|d| ScanFileDigest { digest: d.digest, size: d.size as f64 }))
+    }
+
+    /// Every byte is in: resolves to the remaining batches, or rejects if the stream is incomplete.
+    #[napi(ts_return_type = "Promise<ScanPull>")]
+    pub fn finish(&self) -> AsyncTask<ScanTask> {
+        AsyncTask::new(ScanTask { inner: self.inner.clone(), step: ScanStep::Finish })
+    }
 }
 
 // ---- small synchronous helpers ----
