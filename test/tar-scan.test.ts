@@ -124,7 +124,7 @@ async function scanned(file: string, piece?: number): Promise<{ seen: Seen[]; ch
   } else {
     s.openFile(file);
     for (let eof = false; !eof; ) {
-      const r = await s.pull(3 << 20);
+      const r = await s.pull();
       r.batches.forEach(take);
       eof = r.eof;
     }

@@ -24,9 +24,6 @@ export class OutOfOrder extends Error {
 /** A layer blob as a stream, or as a local file the native scan reads (and verifies) itself. */
 export type LayerInput = { stream: Readable } | { file: string; digest: string; size: number };
 
-/** Bytes of a local blob read per native call. */
-const PULL_BYTES = 4 << 20;
-
 export interface ScannedEntry {
   entry: Entry;
   /** Chunk ids in file order (regular files). */
@@ -170,8 +167,8 @@ export class LayerScanner {
           throw e;
         }
         for (let eof = false; !eof; ) {
-          const r = await scanner.pull(PULL_BYTES);
-          await pace(r.batches, PULL_BYTES);
+          const r = await scanner.pull();
+          await pace(r.batches, r.batches.reduce((a, b) => a + b.length, 0));
           eof = r.eof;
         }
         const got = scanner.fileDigest()!;
@@ -198,6 +195,7 @@ export class LayerScanner {
       }
       throw e;
     } finally {
+      scanner?.close();
       if ('stream' in input && !input.stream.destroyed) input.stream.destroy();
     }
   }

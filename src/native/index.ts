@@ -48,8 +48,9 @@ interface NativeScanner {
   push(data: Buffer): Promise<ScanPull>;
   finish(): Promise<ScanPull>;
   openFile(path: string): void;
-  pull(max: number): Promise<ScanPull>;
+  pull(): Promise<ScanPull>;
   fileDigest(): { digest: string; size: number } | null;
+  close(): void;
   buffers(): Buffer[];
   release(index: number): void;
 }
@@ -123,10 +124,12 @@ export const native = {
     return {
       push: (data: Buffer) => wrapAsync('layer scan', () => s.push(data)),
       finish: () => wrapAsync('layer scan', () => s.finish()),
-      /** read the blob from a file: pull() until eof, then finish(); fileDigest() says what was read */
+      /** read the blob from a file (on a native thread): pull() until eof, then finish(); fileDigest() says what was read */
       openFile: (p: string) => wrapSync('layer scan', () => s.openFile(p)),
-      pull: (max: number) => wrapAsync('layer scan', () => s.pull(max)),
+      pull: () => wrapAsync('layer scan', () => s.pull()),
       fileDigest: () => s.fileDigest(),
+      /** stop the scan: its thread ends, batches not taken are dropped */
+      close: () => s.close(),
       bytes: (b: ScanBatch): Buffer => (b.buffer >= 0 ? pool[b.buffer].subarray(0, b.length) : b.data!),
       done: (b: ScanBatch): void => {
         if (b.buffer >= 0) s.release(b.buffer);

@@ -12,10 +12,24 @@ pub(crate) fn pool(threads: usize) -> Result<Option<Arc<rayon::ThreadPool>>> {
     if threads == 0 {
         return Ok(None);
     }
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    named_pool("work", threads).map(Some)
+}
+
+/// The pool for scanning layers (cutting and hashing chunks), apart from the one compressing, so
+/// that a layer's scan is never queued behind frames waiting for compression (measured on a gzip'd
+/// 727 MiB image: the scan's waits for its cuts fell from 0.72 to 0.46 s).
+pub(crate) fn scan_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
+    let n = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) } else { threads };
+    named_pool("scan", n)
+}
+
+/// A pool of `threads` threads, built once per role and size.
+fn named_pool(role: &'static str, threads: usize) -> Result<Arc<rayon::ThreadPool>> {
+    let key = (role, threads);
+    static POOLS: OnceLock<Mutex<HashMap<(&'static str, usize), Arc<rayon::ThreadPool>>>> = OnceLock::new();
     let mut map = POOLS.get_or_init(Default::default).lock().unwrap();
-    if let Some(p) = map.get(&threads) {
-        return Ok(Some(p.clone()));
+    if let Some(p) = map.get(&key) {
+        return Ok(p.clone());
     }
     let p = Arc::new(
         rayon::ThreadPoolBuilder::new()
@@ -23,8 +37,8 @@ pub(crate) fn pool(threads: usize) -> Result<Option<Arc<rayon::ThreadPool>>> {
             .build()
             .map_err(|e| Error::Io(format!("thread pool: {e}")))?,
     );
-    map.insert(threads, p.clone());
-    Ok(Some(p))
+    map.insert(key, p.clone());
+    Ok(p)
 }
 
 fn run<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<T> {

@@ -7,7 +7,7 @@
 //! segment's chunk lengths and SHA-256 digests. A file's unfinished last chunk moves to the next
 //! batch, so chunk boundaries depend only on file contents, never on piece or batch sizes.
 
-use crate::batch::{pool, sha256};
+use crate::batch::{scan_pool, sha256};
 use crate::chunker::{cut, ChunkerParams};
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -567,10 +567,8 @@ impl Parser {
         let data = fill.bytes();
         let params = self.params;
         let slices: Vec<(&[u8], bool)> = segs.iter().map(|s| (&data[s.start as usize..(s.start + s.len) as usize], s.eof)).collect();
-        let cuts: Vec<Vec<u32>> = match pool(self.threads)? {
-            Some(p) => p.install(|| slices.par_iter().map(|&(s, eof)| cut(s, params, eof)).collect()),
-            None => slices.par_iter().map(|&(s, eof)| cut(s, params, eof)).collect(),
-        };
+        let pool = scan_pool(self.threads)?;
+        let cuts: Vec<Vec<u32>> = pool.install(|| slices.par_iter().map(|&(s, eof)| cut(s, params, eof)).collect());
         drop(slices);
         if let Some(last) = segs.last().filter(|s| !s.eof) {
             let done: u32 = cuts.last().unwrap().iter().sum();
@@ -598,10 +596,7 @@ impl Parser {
             let _ = tx.send((out, digests.concat()));
             drop(keep);
         };
-        match pool(self.threads)? {
-            Some(p) => p.spawn(job),
-            None => rayon::spawn(job),
-        }
+        pool.spawn(job);
         let entries = self.next_entry - self.first_entry;
         self.pending.push_back(Pending {
             headers: std::mem::take(&mut self.headers),
@@ -694,16 +689,58 @@ enum Decoder {
 pub struct LayerScan {
     dec: Decoder,
     ended: bool,
-    file: Option<FileSource>,
 }
 
-/// A blob read from a file by the scan itself, hashed as it is read.
-struct FileSource {
-    f: std::fs::File,
-    hash: sha2::Sha256,
-    read: u64,
-    piece: Vec<u8>,
-    eof: bool,
+enum Msg {
+    Batches(Vec<Batch>),
+    Failed(Error),
+    /// The file is read: what it hashed to, and the end of the scan.
+    End(FileDigest, Result<Vec<Batch>>),
+}
+
+/// A file being scanned on its own thread (see [`LayerScan::spawn_file`]); dropping it stops the thread.
+pub struct FileScan {
+    rx: mpsc::Receiver<Msg>,
+    digest: Option<FileDigest>,
+    last: Option<Result<Vec<Batch>>>,
+}
+
+impl FileScan {
+    /// The next finished batches (waiting for at least one message); `true` once the file is read
+    /// to its end: then [`FileScan::digest`] tells what it hashed to and [`FileScan::finish`] ends the scan.
+    pub fn next(&mut self) -> Result<(Vec<Batch>, bool)> {
+        if self.digest.is_some() {
+            return Ok((Vec::new(), true));
+        }
+        let mut out = Vec::new();
+        let mut msg = Some(self.rx.recv().map_err(|_| Error::Io("the scan thread stopped".into()))?);
+        while let Some(m) = msg.take() {
+            match m {
+                Msg::Batches(b) => out.extend(b),
+                Msg::Failed(e) => return Err(e),
+                Msg::End(d, r) => {
+                    self.digest = Some(d);
+                    self.last = Some(r);
+                    return Ok((out, true));
+                }
+            }
+            msg = self.rx.try_recv().ok();
+        }
+        Ok((out, false))
+    }
+
+    pub fn digest(&self) -> Option<&FileDigest> {
+        self.digest.as_ref()
+    }
+
+    /// The last batches, or why the layer's stream is incomplete.
+    pub fn finish(&mut self) -> Result<Vec<Batch>> {
+        match self.last.take() {
+            Some(r) => r,
+            None if self.digest.is_some() => Ok(Vec::new()),
+            None => Err(Error::Invalid("finish before the file was read".into())),
+        }
+    }
 }
 
 /// What a file-backed scan read: the blob's digest ("sha256:<hex>") and size.
@@ -746,56 +783,56 @@ impl LayerScan {
     pub fn new(compression: Compression, params: ChunkerParams, batch_bytes: usize, threads: usize, pool: Arc<BufferPool>) -> Result<LayerScan> {
         params.validate()?;
         let parser = Parser::new(params, batch_bytes, threads, pool);
-        Ok(LayerScan { dec: decoder(compression, parser)?, ended: false, file: None })
+        Ok(LayerScan { dec: decoder(compression, parser)?, ended: false })
     }
 
-    /// Read the blob from this file (instead of pushes): `pull` reads it, `file_digest` tells what was read.
-    pub fn open_file(&mut self, path: &std::path::Path) -> Result<()> {
-        let f = std::fs::File::open(path).map_err(|e| match e.kind() {
+    /// Scan a file on a thread of its own, which reads, hashes (SHA-256) and parses it as fast as
+    /// the batches are taken from the returned [`FileScan`] (a few batches ahead).
+    pub fn spawn_file(mut self, path: &std::path::Path) -> Result<FileScan> {
+        let mut f = std::fs::File::open(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::Io(format!("ENOENT: {} is missing", path.display())),
             _ => Error::Io(format!("open {}: {e}", path.display())),
         })?;
-        use sha2::Digest;
-        self.file = Some(FileSource { f, hash: sha2::Sha256::new(), read: 0, piece: vec![0; (1 << 20) - (64 << 10)], eof: false });
-        Ok(())
-    }
-
-    /// Read, hash and scan about `max` more bytes of the file; returns the finished batches and
-    /// whether the file is at its end.
-    pub fn pull(&mut self, max: usize) -> Result<(Vec<Batch>, bool)> {
-        use sha2::Digest;
-        use std::io::Read;
-        let mut src = self.file.take().ok_or_else(|| Error::Invalid("pull without open_file".into()))?;
-        let mut got = 0;
-        let mut out = Vec::new();
-        let r = (|| {
-            while got < max && !src.eof {
-                let n = match src.f.read(&mut src.piece) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::Io(format!("read: {e}"))),
-                };
-                if n == 0 {
-                    src.eof = true;
-                    break;
+        let (tx, rx) = mpsc::sync_channel::<Msg>(2);
+        std::thread::Builder::new()
+            .name("ocichunk-scan".into())
+            .spawn(move || {
+                use sha2::Digest;
+                use std::io::Read;
+                let mut hash = sha2::Sha256::new();
+                let mut size = 0u64;
+                let mut piece = vec![0u8; (1 << 20) - (64 << 10)];
+                loop {
+                    let n = match f.read(&mut piece) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            let _ = tx.send(Msg::Failed(Error::Io(format!("read: {e}"))));
+                            return;
+                        }
+                    };
+                    hash.update(&piece[..n]);
+                    size += n as u64;
+                    match self.push(&piece[..n]) {
+                        Ok(b) if b.is_empty() => {}
+                        Ok(b) => {
+                            if tx.send(Msg::Batches(b)).is_err() {
+                                return; // the caller is gone
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Msg::Failed(e));
+                            return;
+                        }
+                    }
                 }
-                src.hash.update(&src.piece[..n]);
-                src.read += n as u64;
-                got += n;
-                out.extend(self.push(&src.piece[..n])?);
-            }
-            Ok(src.eof)
-        })();
-        self.file = Some(src);
-        Ok((out, r?))
-    }
-
-    /// Digest and size of what `pull` read.
-    pub fn file_digest(&self) -> Option<FileDigest> {
-        use sha2::Digest;
-        let f = self.file.as_ref()?;
-        let hex: String = f.hash.clone().finalize().iter().map(|b| format!("{b:02x}")).collect();
-        Some(FileDigest { digest: format!("sha256:{hex}"), size: f.read })
+                let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                let digest = FileDigest { digest: format!("sha256:{hex}"), size };
+                let _ = tx.send(Msg::End(digest, self.finish()));
+            })
+            .map_err(|e| Error::Io(format!("scan thread: {e}")))?;
+        Ok(FileScan { rx, digest: None, last: None })
     }
 
     fn parser(&mut self) -> &mut Parser {
@@ -899,8 +936,6 @@ impl LayerScan {
     }
 }
 
-/// Shared across threads by the binding; each call holds it for its duration.
-pub type SharedScan = Arc<std::sync::Mutex<LayerScan>>;
 
 #[cfg(test)]
 mod tests {
@@ -1107,11 +1142,11 @@ mod tests {
         let f = dir.path().join("blob");
         std::fs::write(&f, &z).unwrap();
         let pool = BufferPool::new(4, batch_size(DEFAULT_CDC, 1 << 20));
-        let mut s = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 20, 2, pool.clone()).unwrap();
-        s.open_file(&f).unwrap();
+        let s = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 20, 2, pool.clone()).unwrap();
+        let mut s = s.spawn_file(&f).unwrap();
         let mut n = 0;
         loop {
-            let (b, eof) = s.pull(1 << 16).unwrap();
+            let (b, eof) = s.next().unwrap();
             for x in &b {
                 n += x.counts.iter().sum::<u32>() as usize;
                 if let BatchData::Pooled { index, .. } = x.data {
@@ -1124,11 +1159,11 @@ mod tests {
         }
         n += s.finish().unwrap().iter().map(|x| x.counts.iter().sum::<u32>() as usize).sum::<usize>();
         assert_eq!(n, a.chunks.len());
-        let d = s.file_digest().unwrap();
+        let d = s.digest().unwrap();
         let hex: String = sha256(&z).iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!((d.digest, d.size), (format!("sha256:{hex}"), z.len() as u64));
-        let mut s = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 20, 2, pool).unwrap();
-        assert!(s.open_file(&dir.path().join("missing")).unwrap_err().to_string().contains("ENOENT"));
+        assert_eq!((d.digest.clone(), d.size), (format!("sha256:{hex}"), z.len() as u64));
+        let s = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 20, 2, pool).unwrap();
+        assert!(s.spawn_file(&dir.path().join("missing")).err().unwrap().to_string().contains("ENOENT"));
     }
 
     #[test]

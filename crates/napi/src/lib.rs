@@ -185,18 +185,35 @@ pub struct ScanBatch {
 
 #[napi]
 pub struct LayerScanner {
-    inner: tarscan::SharedScan,
+    inner: Shared,
     pool: std::sync::Arc<tarscan::BufferPool>,
+}
+
+/// A scan fed by pushes, or reading a file on its own thread; Closed once stopped.
+pub enum ScanState {
+    Push(tarscan::LayerScan),
+    File(tarscan::FileScan),
+    Closed,
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<ScanState>>;
+
+fn locked(s: &Shared) -> Result<std::sync::MutexGuard<'_, ScanState>> {
+    s.lock().map_err(|_| napi::Error::from_reason("EIO: layer scanner poisoned"))
+}
+
+fn wrong(what: &str) -> napi::Error {
+    napi::Error::new(Status::InvalidArg, format!("EINVAL: {what} does not fit this scan's state"))
 }
 
 pub enum ScanStep {
     Push(Buffer),
-    Pull(usize),
+    Pull,
     Finish,
 }
 
 pub struct ScanTask {
-    inner: tarscan::SharedScan,
+    inner: Shared,
     step: ScanStep,
 }
 
@@ -244,11 +261,13 @@ impl Task for ScanTask {
     type Output = (Vec<tarscan::Batch>, bool);
     type JsValue = ScanPull;
     fn compute(&mut self) -> Result<Self::Output> {
-        let mut s = self.inner.lock().map_err(|_| napi::Error::from_reason("EIO: layer scanner poisoned"))?;
-        match &self.step {
-            ScanStep::Push(d) => s.push(d).map(|b| (b, false)),
-            ScanStep::Pull(max) => s.pull(*max),
-            ScanStep::Finish => s.finish().map(|b| (b, true)),
+        let mut s = locked(&self.inner)?;
+        match (&self.step, &mut *s) {
+            (ScanStep::Push(d), ScanState::Push(p)) => p.push(d).map(|b| (b, false)),
+            (ScanStep::Pull, ScanState::File(f)) => f.next(),
+            (ScanStep::Finish, ScanState::Push(p)) => p.finish().map(|b| (b, true)),
+            (ScanStep::Finish, ScanState::File(f)) => f.finish().map(|b| (b, true)),
+            _ => return Err(wrong("this call")),
         }
         .map_err(err)
     }
@@ -273,7 +292,7 @@ impl LayerScanner {
         let p = params(&chunker)?;
         let pool = tarscan::BufferPool::new(buffers.min(64) as usize, tarscan::batch_size(p, batch_bytes as usize));
         let s = tarscan::LayerScan::new(c, p, batch_bytes as usize, threads as usize, pool.clone()).map_err(err)?;
-        Ok(LayerScanner { inner: std::sync::Arc::new(std::sync::Mutex::new(s)), pool })
+        Ok(LayerScanner { inner: std::sync::Arc::new(std::sync::Mutex::new(ScanState::Push(s))), pool })
     }
 
     /// The pool buffers, as Buffers over the same memory (no copy); batches name them by index.
@@ -300,24 +319,36 @@ impl LayerScanner {
         AsyncTask::new(ScanTask { inner: self.inner.clone(), step: ScanStep::Push(data) })
     }
 
-    /// Read the blob from a file instead of pushes (see pull and fileDigest).
+    /// Read the blob from a file, on a thread of its own, instead of pushes (see pull and fileDigest).
     #[napi]
     pub fn open_file(&self, path: String) -> Result<()> {
-        let mut s = self.inner.lock().map_err(|_| napi::Error::from_reason("EIO: layer scanner poisoned"))?;
-        s.open_file(Path::new(&path)).map_err(err)
+        let mut s = locked(&self.inner)?;
+        let ScanState::Push(scan) = std::mem::replace(&mut *s, ScanState::Closed) else { return Err(wrong("openFile")) };
+        *s = ScanState::File(scan.spawn_file(Path::new(&path)).map_err(err)?);
+        Ok(())
     }
 
-    /// Read, hash and scan about `max` more bytes of the file.
+    /// The next batches the file's scan has finished (eof: the file is read to its end).
     #[napi(ts_return_type = "Promise<ScanPull>")]
-    pub fn pull(&self, max: u32) -> AsyncTask<ScanTask> {
-        AsyncTask::new(ScanTask { inner: self.inner.clone(), step: ScanStep::Pull(max as usize) })
+    pub fn pull(&self) -> AsyncTask<ScanTask> {
+        AsyncTask::new(ScanTask { inner: self.inner.clone(), step: ScanStep::Pull })
     }
 
-    /// Digest and size of the file read so far.
+    /// Digest and size of the file, once it is read to its end.
     #[napi]
     pub fn file_digest(&self) -> Result<Option<ScanFileDigest>> {
-        let s = self.inner.lock().map_err(|_| napi::Error::from_reason("EIO: layer scanner poisoned"))?;
-        Ok(s.file_digest().map(|d| ScanFileDigest { digest: d.digest, size: d.size as f64 }))
+        let s = locked(&self.inner)?;
+        Ok(match &*s {
+            ScanState::File(f) => f.digest().map(|d| ScanFileDigest { digest: d.digest.clone(), size: d.size as f64 }),
+            _ => None,
+        })
+    }
+
+    /// Stop the scan (its thread ends; batches not taken are dropped).
+    #[napi]
+    pub fn close(&self) -> Result<()> {
+        *locked(&self.inner)? = ScanState::Closed;
+        Ok(())
     }
 
     /// Every byte is in: resolves to the remaining batches, or rejects if the stream is incomplete.
