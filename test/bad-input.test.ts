@@ -112,6 +112,21 @@ describe('corrupt layers', () => {
     assertNothingPublished(out);
   });
 
+  it('names a digest mismatch, not the corruption it causes, when a blob was damaged after it was written', async () => {
+    const dir = path.join(work, 'damaged-blob');
+    writeLayout(dir, 'x', [gzipLayer(goodTar)]);
+    const m = JSON.parse(blob(dir, readIndex(dir).manifests[0].digest).toString());
+    const p = path.join(dir, 'blobs', 'sha256', m.layers[0].digest.slice(7));
+    const b = fs.readFileSync(p);
+    for (let i = 30; i < b.length - 30; i += 7) b[i] ^= 0xa5; // the deflate stream no longer inflates
+    fs.writeFileSync(p, b);
+    const out = path.join(work, 'out-damaged-blob');
+    const r = cli(['convert', `oci:${dir}:x`, `oci:${out}:x`]);
+    expect(r.code).toBe(6);
+    expect(r.stderr).toMatch(/digest mismatch/);
+    assertNothingPublished(out);
+  });
+
   it('refuses a truncated blob (shorter than its descriptor)', async () => {
     const dir = path.join(work, 'short-blob');
     writeLayout(dir, 'x', [plainLayer(goodTar)]);

@@ -12,6 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import tar from 'tar-stream';
 import { beforeAll, describe, expect, it } from 'vitest';
+import type { RawHeader } from '../src/layer/canonical.js';
 import { decodeHeaders } from '../src/layer/tar.js';
 import { native, type ScanBatch } from '../src/native/index.js';
 import { image, tmpdir } from './helpers/env.js';
@@ -49,6 +50,24 @@ interface Seen {
   content?: string;
 }
 
+/** What both readers must agree on (PAX path/linkpath applied; size only for regular files). */
+function seenOf(h: RawHeader): Seen {
+  const pax = h.pax ?? {};
+  const isFile = h.type === 'file' || h.type === 'contiguous-file';
+  return {
+    name: pax.path ?? h.name,
+    type: h.type ?? '',
+    mode: h.mode ?? 0,
+    uid: h.uid ?? 0,
+    gid: h.gid ?? 0,
+    size: isFile ? (h.size ?? 0) : 0,
+    mtime: Math.floor((h.mtime?.getTime() ?? 0) / 1000),
+    linkname: pax.linkpath ?? h.linkname ?? null,
+    dev: `${h.devmajor ?? 0},${h.devminor ?? 0}`,
+    pax,
+  };
+}
+
 /** The reference: tar-stream over node:zlib (gzip) or the plain tar, byte-preserving names. */
 async function reference(file: string): Promise<Seen[]> {
   const out: Seen[] = [];
@@ -60,21 +79,8 @@ async function reference(file: string): Promise<Seen[]> {
     const h = entry.header;
     const hash = createHash('sha256');
     for await (const d of entry) hash.update(d as Buffer);
-    const pax = (h.pax ?? {}) as Record<string, string>;
-    const isFile = h.type === 'file' || h.type === 'contiguous-file';
-    out.push({
-      name: pax.path ?? h.name,
-      type: h.type ?? '',
-      mode: h.mode ?? 0,
-      uid: h.uid ?? 0,
-      gid: h.gid ?? 0,
-      size: isFile ? (h.size ?? 0) : 0,
-      mtime: Math.floor((h.mtime?.getTime() ?? 0) / 1000),
-      linkname: pax.linkpath ?? h.linkname ?? null,
-      dev: `${h.devmajor ?? 0},${h.devminor ?? 0}`,
-      pax,
-      ...(isFile && h.size ? { content: hash.digest('hex') } : {}),
-    });
+    const e = seenOf(h as RawHeader);
+    out.push(e.size ? { ...e, content: hash.digest('hex') } : e);
   }
   await done;
   return out;
@@ -87,21 +93,7 @@ async function scanned(file: string, piece?: number): Promise<{ seen: Seen[]; ch
   const content = new Map<number, ReturnType<typeof createHash>>();
   let chunks = 0;
   const take = (b: ScanBatch) => {
-    decodeHeaders(b.headers, b.entries).forEach((h) => {
-      const isFile = h.type === 'file' || h.type === 'contiguous-file';
-      seen.push({
-        name: h.pax?.path ?? h.name,
-        type: h.type ?? '',
-        mode: h.mode ?? 0,
-        uid: h.uid ?? 0,
-        gid: h.gid ?? 0,
-        size: isFile ? (h.size ?? 0) : 0,
-        mtime: Math.floor((h.mtime?.getTime() ?? 0) / 1000),
-        linkname: h.pax?.linkpath ?? h.linkname ?? null,
-        dev: `${h.devmajor ?? 0},${h.devminor ?? 0}`,
-        pax: h.pax ?? {},
-      });
-    });
+    for (const h of decodeHeaders(b.headers, b.entries)) seen.push(seenOf(h));
     const data = s.bytes(b);
     let ci = 0;
     for (let i = 0; i < b.segs.length; i += 4) {
