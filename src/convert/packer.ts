@@ -44,6 +44,7 @@ interface Frame {
 export class Packer {
   /** A ring of staging buffers: one filling, the others compressing or being written. */
   private readonly stages: Buffer[];
+  private readonly outs: Buffer[];
   /** Per stage: its last submitted batch has been compressed and written. */
   private stageBusy: Array<Promise<void>>;
   private cur = 0;
@@ -67,6 +68,9 @@ export class Packer {
   ) {
     const cap = Math.max(opts.batchBytes, opts.maxChunk) + opts.groupTarget;
     this.stages = [0, 1].map(() => Buffer.allocUnsafe(cap));
+    // compressed frames land in a buffer per stage, reused with it (fresh buffers per batch made the
+    // garbage collector run every few batches)
+    this.outs = [0, 1].map(() => Buffer.allocUnsafe(cap + (cap >>> 8) + (64 << 10)));
     this.stageBusy = this.stages.map(() => Promise.resolve());
   }
 
@@ -185,8 +189,11 @@ export class Packer {
       counts[i] = f.parts.length / 2;
       for (const v of f.parts) parts[k++] = v;
     });
+    // zstd's bound on each frame's size: the output buffer is used when they surely fit
+    const bound = raw.reduce((a, f) => a + f.bytes + (f.bytes >>> 8) + (f.bytes < 131072 ? (131072 - f.bytes) >>> 11 : 0), 0);
+    const out = this.outs[this.stages.indexOf(stage)];
     const work = raw.length
-      ? native.compressFrames(stage, parts, counts, this.opts.level, this.opts.threads)
+      ? native.compressFrames(stage, parts, counts, this.opts.level, this.opts.threads, bound <= out.length ? out : undefined)
       : Promise.resolve({ data: Buffer.alloc(0), sizes: new Uint32Array(0) });
     const before = this.inflight;
     // `inflight` resolves when this batch's frames have been written, after the earlier batches'

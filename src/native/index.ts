@@ -63,7 +63,8 @@ interface Binding {
     framePartCounts: Uint32Array,
     level: number,
     threads: number,
-  ): Promise<{ data: Buffer; sizes: Uint32Array }>;
+    out?: Buffer,
+  ): Promise<{ data?: Buffer | null; sizes: Uint32Array }>;
   decompressFrames(data: Buffer, frames: Uint32Array, threads: number): Promise<Buffer>;
   hashRanges(data: Buffer, ranges: Uint32Array, threads: number): Promise<Buffer>;
   hashFile(p: string): Promise<string>;
@@ -136,8 +137,11 @@ export const native = {
       },
     };
   },
-  compressFrames: (data: Buffer, parts: Uint32Array, counts: Uint32Array, level: number, threads: number) =>
-    wrapAsync('compression', () => load().compressFrames(data, parts, counts, level, threads)),
+  /** Frames back to back in `data`; with `out` (untouched until this resolves), a view of it: no new memory. */
+  compressFrames: async (data: Buffer, parts: Uint32Array, counts: Uint32Array, level: number, threads: number, out?: Buffer) => {
+    const r = await wrapAsync('compression', () => load().compressFrames(data, parts, counts, level, threads, out));
+    return { data: r.data ?? out!.subarray(0, r.sizes.reduce((a, b) => a + b, 0)), sizes: r.sizes };
+  },
   decompressFrames: (data: Buffer, frames: Uint32Array, threads: number) =>
     wrapAsync('decompression', () => load().decompressFrames(data, frames, threads)),
   hashRanges: (data: Buffer, ranges: Uint32Array, threads: number) =>

@@ -65,7 +65,7 @@ pub struct Frames {
 }
 
 /// `parts`: (offset, len) in `data`; frame i is made of the next `counts[i]` parts.
-pub fn compress_frames(data: &[u8], parts: &[(usize, usize)], counts: &[u32], level: i32, threads: usize) -> Result<Frames> {
+fn compress_each(data: &[u8], parts: &[(usize, usize)], counts: &[u32], level: i32, threads: usize) -> Result<Vec<Vec<u8>>> {
     check_level(level)?;
     let total: usize = counts.iter().map(|&c| c as usize).sum();
     if total != parts.len() {
@@ -81,8 +81,28 @@ pub fn compress_frames(data: &[u8], parts: &[(usize, usize)], counts: &[u32], le
         }
         frames.push(f);
     }
-    let out = run(threads, || frames.par_iter().map(|f| compress_frame(f, level)).collect::<Result<Vec<_>>>())??;
+    run(threads, || frames.par_iter().map(|f| compress_frame(f, level)).collect::<Result<Vec<_>>>())?
+}
+
+pub fn compress_frames(data: &[u8], parts: &[(usize, usize)], counts: &[u32], level: i32, threads: usize) -> Result<Frames> {
+    let out = compress_each(data, parts, counts, level, threads)?;
     Ok(Frames { sizes: out.iter().map(|f| f.len() as u32).collect(), data: out.concat() })
+}
+
+/// [`compress_frames`] into a caller's buffer (reused from call to call: no new memory for the
+/// output); returns the frame sizes, or an error if `out` is too small.
+pub fn compress_frames_into(data: &[u8], parts: &[(usize, usize)], counts: &[u32], level: i32, threads: usize, out: &mut [u8]) -> Result<Vec<u32>> {
+    let frames = compress_each(data, parts, counts, level, threads)?;
+    let total: usize = frames.iter().map(|f| f.len()).sum();
+    if total > out.len() {
+        return Err(Error::Invalid(format!("{total} bytes of frames do not fit the {}-byte output buffer", out.len())));
+    }
+    let mut at = 0;
+    for f in &frames {
+        out[at..at + f.len()].copy_from_slice(f);
+        at += f.len();
+    }
+    Ok(frames.iter().map(|f| f.len() as u32).collect())
 }
 
 /// `frames`: (offset, len, expected uncompressed len); output is the frames' contents concatenated.
@@ -163,6 +183,10 @@ mod tests {
         let f1 = compress_frames(&d, &parts, &counts, 3, 1).unwrap();
         let f4 = compress_frames(&d, &parts, &counts, 3, 4).unwrap();
         assert_eq!(f1.data, f4.data);
+        let mut out = vec![0u8; f1.data.len() + 10];
+        assert_eq!(compress_frames_into(&d, &parts, &counts, 3, 2, &mut out).unwrap(), f1.sizes);
+        assert_eq!(&out[..f1.data.len()], &f1.data[..]);
+        assert!(compress_frames_into(&d, &parts, &counts, 3, 2, &mut out[..100]).is_err());
         let mut off = 0;
         let trip: Vec<(usize, usize, usize)> = f1.sizes.iter().map(|&s| { let r = (off, s as usize, 65536); off += s as usize; r }).collect();
         assert_eq!(decompress_frames(&f1.data, &trip, 2).unwrap(), &d[..64 * 65536]);

@@ -62,33 +62,41 @@ pub struct CompressTask {
     counts: Vec<u32>,
     level: i32,
     threads: usize,
+    out: Option<Buffer>,
 }
 
 #[napi(object)]
 pub struct FramesResult {
-    pub data: Buffer,
+    /// the frames back to back (absent when they were written into `out`)
+    pub data: Option<Buffer>,
     pub sizes: Uint32Array,
 }
 
 impl Task for CompressTask {
-    type Output = batch::Frames;
+    type Output = (Option<Vec<u8>>, Vec<u32>);
     type JsValue = FramesResult;
     fn compute(&mut self) -> Result<Self::Output> {
-        batch::compress_frames(&self.data, &self.parts, &self.counts, self.level, self.threads).map_err(err)
+        match &mut self.out {
+            Some(out) => batch::compress_frames_into(&self.data, &self.parts, &self.counts, self.level, self.threads, out.as_mut()).map(|s| (None, s)),
+            None => batch::compress_frames(&self.data, &self.parts, &self.counts, self.level, self.threads).map(|f| (Some(f.data), f.sizes)),
+        }
+        .map_err(err)
     }
     fn resolve(&mut self, _env: Env, o: Self::Output) -> Result<Self::JsValue> {
-        Ok(FramesResult { data: o.data.into(), sizes: o.sizes.into() })
+        Ok(FramesResult { data: o.0.map(Into::into), sizes: o.1.into() })
     }
 }
 
+/// Compress frames made of `parts` of `data`; with `out`, into it (it must not be touched until this resolves).
 #[napi(ts_return_type = "Promise<FramesResult>")]
-pub fn compress_frames(data: Buffer, parts: Uint32Array, frame_part_counts: Uint32Array, level: i32, threads: u32) -> Result<AsyncTask<CompressTask>> {
+pub fn compress_frames(data: Buffer, parts: Uint32Array, frame_part_counts: Uint32Array, level: i32, threads: u32, out: Option<Buffer>) -> Result<AsyncTask<CompressTask>> {
     Ok(AsyncTask::new(CompressTask {
         data,
         parts: pairs(&parts, "parts")?,
         counts: frame_part_counts.to_vec(),
         level,
         threads: threads as usize,
+        out,
     }))
 }
 
