@@ -50,8 +50,9 @@ interface Seen {
   content?: string;
 }
 
-/** What both readers must agree on (PAX path/linkpath applied; size only for regular files). */
+/** What both readers must agree on (PAX path/linkpath applied to the names; size only for regular files). */
 function seenOf(h: RawHeader): Seen {
+  const { path: _path, linkpath: _linkpath, ...rest } = h.pax ?? {};
   const pax = h.pax ?? {};
   const isFile = h.type === 'file' || h.type === 'contiguous-file';
   return {
@@ -64,7 +65,7 @@ function seenOf(h: RawHeader): Seen {
     mtime: Math.floor((h.mtime?.getTime() ?? 0) / 1000),
     linkname: pax.linkpath ?? h.linkname ?? null,
     dev: `${h.devmajor ?? 0},${h.devminor ?? 0}`,
-    pax,
+    pax: { ...rest },
   };
 }
 
@@ -111,15 +112,23 @@ async function scanned(file: string, piece?: number): Promise<{ seen: Seen[]; ch
     s.done(b);
   };
   if (piece) {
+    s.openStream();
     const all = fs.readFileSync(file);
-    for (let o = 0; o < all.length; o += piece) (await s.push(all.subarray(o, o + piece))).batches.forEach(take);
-  } else {
-    s.openFile(file);
-    for (let eof = false; !eof; ) {
-      const r = await s.pull();
-      r.batches.forEach(take);
-      eof = r.eof;
-    }
+    const offer = async (f: () => ReturnType<typeof s.end>) => {
+      for (let r = await f(); ; r = await f()) {
+        r.batches.forEach(take);
+        if (r.accepted) return;
+      }
+    };
+    for (let o = 0; o < all.length; o += piece) await offer(() => s.push(all.subarray(o, o + piece)));
+    await offer(() => s.end());
+  } else s.openFile(file);
+  for (let eof = false; !eof; ) {
+    const r = await s.pull();
+    r.batches.forEach(take);
+    eof = r.eof;
+  }
+  if (!piece) {
     const d = s.fileDigest()!;
     expect(d.digest).toBe(`sha256:${createHash('sha256').update(fs.readFileSync(file)).digest('hex')}`);
   }

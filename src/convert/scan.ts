@@ -10,7 +10,7 @@ import type { Readable } from 'node:stream';
 import { canonicalize, type CanonOptions, type RawHeader } from '../layer/canonical.js';
 import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
 import { decodeHeaders } from '../layer/tar.js';
-import { native, type ChunkerSpec, type ScanBatch } from '../native/index.js';
+import { native, type ChunkerSpec, type ScanBatch, type ScanStep } from '../native/index.js';
 import type { Packer } from './packer.js';
 import type { ChunkRegistry } from './registry.js';
 
@@ -158,28 +158,40 @@ export class LayerScanner {
     };
     try {
       scanner = native.layerScanner('auto', this.opts.chunker, this.opts.batchBytes, this.opts.threads);
+      const sc = scanner;
       if ('file' in input) {
-        // the native scan reads and hashes the file itself: no JavaScript buffers on the way
+        // the native scan reads and hashes the file itself, on its own thread
         try {
-          scanner.openFile(input.file);
+          sc.openFile(input.file);
         } catch (e) {
           if (/ENOENT/.test((e as Error).message)) throw new OcichunkError('ENOTFOUND', `${layer}: blob ${input.digest} is missing (${input.file})`);
           throw e;
         }
-        for (let eof = false; !eof; ) {
-          const r = await scanner.pull();
-          await pace(r.batches, r.batches.reduce((a, b) => a + b.length, 0));
-          eof = r.eof;
-        }
-        const got = scanner.fileDigest()!;
+      } else {
+        sc.openStream();
+        // a piece not accepted waits for the batches returned with it to be released
+        const offer = async (f: () => Promise<ScanStep>, bytes: number) => {
+          for (let r = await f(); ; r = await f()) {
+            await pace(r.batches, bytes);
+            if (r.accepted) return;
+          }
+        };
+        for await (const piece of input.stream as AsyncIterable<Buffer>) await offer(() => sc.push(piece), piece.length);
+        await offer(() => sc.end(), 0);
+      }
+      for (let eof = false; !eof; ) {
+        const r = await sc.pull();
+        await pace(r.batches, 'file' in input ? r.batches.reduce((a, b) => a + b.length, 0) : 0);
+        eof = r.eof;
+      }
+      if ('file' in input) {
+        const got = sc.fileDigest()!;
         if (got.size !== input.size) {
           throw new OcichunkError('EDIGEST', `${layer}: blob ${input.digest} ${got.size < input.size ? 'is truncated' : 'is larger than its descriptor'}: ${got.size} of ${input.size} bytes`);
         }
         if (got.digest !== input.digest) {
           throw new OcichunkError('EDIGEST', `${layer}: digest mismatch: expected ${input.digest}, content hashes to ${got.digest}`);
         }
-      } else {
-        for await (const piece of input.stream as AsyncIterable<Buffer>) await pace((await scanner.push(piece)).batches, piece.length);
       }
       for (const b of (await scanner.finish()).batches) take(b);
       await this.placed;

@@ -55,7 +55,7 @@ export function decodeHeaders(buf: Buffer, count: number): RawHeader[] {
     const np = buf.readUInt32LE(o);
     o += 4;
     if (np > 0) {
-      const pax: Record<string, string> = {};
+      const pax: Record<string, string> = Object.create(null) as Record<string, string>;
       for (let k = 0; k < np; k++) {
         const key = bytes();
         pax[key] = bytes();

@@ -22,37 +22,39 @@ export interface NativeLazyMount {
 
 /** One batch of a layer scan: the headers parsed while it filled, file data and chunk digests. */
 export interface ScanBatch {
-  /** the batch's own bytes, when it is not in a pool buffer */
-  data?: Buffer | null;
-  /** index of the pool buffer holding the batch (-1: see data); release it when done */
+  /** index of the pool buffer holding the batch's bytes; release it (done()) when finished with it */
   buffer: number;
   length: number;
   /** encoded headers (crates/core/src/tarscan.rs encode_header) */
   headers: Buffer;
   firstEntry: number;
   entries: number;
-  /** (entry, start, len, eof) per file segment in data */
+  /** (entry, start, len, eof) per file segment in the buffer */
   segs: Uint32Array;
   counts: Uint32Array;
   lengths: Uint32Array;
   digests: Buffer;
 }
 
-export interface ScanPull {
+export interface ScanStep {
   batches: ScanBatch[];
-  /** the file is read to its end */
+  /** the input is all read (then finish()) */
   eof: boolean;
+  /** push/end: the piece was taken; if not, offer it again after taking the batches */
+  accepted: boolean;
 }
 
 interface NativeScanner {
-  push(data: Buffer): Promise<ScanPull>;
-  finish(): Promise<ScanPull>;
-  openFile(path: string): void;
-  pull(): Promise<ScanPull>;
-  fileDigest(): { digest: string; size: number } | null;
-  close(): void;
   buffers(): Buffer[];
+  openFile(path: string): void;
+  openStream(): void;
+  push(data: Buffer): Promise<ScanStep>;
+  end(): Promise<ScanStep>;
+  pull(): Promise<ScanStep>;
+  finish(): Promise<ScanStep>;
+  fileDigest(): { digest: string; size: number } | null;
   release(index: number): void;
+  close(): void;
 }
 
 interface Binding {
@@ -116,28 +118,28 @@ async function wrapAsync<T>(what: string, p: () => Promise<T>): Promise<T> {
 
 export const native = {
   /**
-   * A layer scan: push the blob's bytes (compressed as `compression` says, 'auto': sniffed), or
-   * let it read a file, and get batches back in order. Batch bytes live in `buffers` reused from batch to batch: `bytes(b)` until `done(b)`.
+   * A layer scan on a native thread of its own: it reads a file itself (openFile, then pull until
+   * eof) or takes pushed pieces (openStream, push... end, then pull until eof); finish() gives the
+   * last batches or the error that ends the stream. Batch bytes live in `buffers` reused from batch
+   * to batch: bytes(b) until done(b); the scan waits when none is free.
    */
   layerScanner: (compression: 'auto' | 'none' | 'gzip' | 'zstd', chunker: ChunkerSpec, batchBytes: number, threads: number, buffers = 6) => {
     const s = wrapSync('layer scan', () => new (load().LayerScanner)(compression, chunker, batchBytes, threads, buffers));
     const pool = s.buffers();
+    const step = (f: () => Promise<ScanStep>) => wrapAsync('layer scan', f);
     return {
-      push: (data: Buffer) => wrapAsync('layer scan', () => s.push(data)),
-      finish: () => wrapAsync('layer scan', () => s.finish()),
-      /** read the blob from a file (on a native thread): pull() until eof, then finish(); fileDigest() says what was read */
       openFile: (p: string) => wrapSync('layer scan', () => s.openFile(p)),
-      pull: () => wrapAsync('layer scan', () => s.pull()),
+      openStream: () => wrapSync('layer scan', () => s.openStream()),
+      push: (data: Buffer) => step(() => s.push(data)),
+      end: () => step(() => s.end()),
+      pull: () => step(() => s.pull()),
+      finish: () => step(() => s.finish()),
       fileDigest: () => s.fileDigest(),
-      /** stop the scan: its thread ends, batches not taken are dropped */
+      bytes: (b: ScanBatch): Buffer => pool[b.buffer].subarray(0, b.length),
+      done: (b: ScanBatch): void => s.release(b.buffer),
       close: () => s.close(),
-      bytes: (b: ScanBatch): Buffer => (b.buffer >= 0 ? pool[b.buffer].subarray(0, b.length) : b.data!),
-      done: (b: ScanBatch): void => {
-        if (b.buffer >= 0) s.release(b.buffer);
-      },
     };
   },
-  /** Frames back to back in `data`; with `out` (untouched until this resolves), a view of it: no new memory. */
   compressFrames: async (data: Buffer, parts: Uint32Array, counts: Uint32Array, level: number, threads: number, out?: Buffer) => {
     const r = await wrapAsync('compression', () => load().compressFrames(data, parts, counts, level, threads, out));
     return { data: r.data ?? out!.subarray(0, r.sizes.reduce((a, b) => a + b, 0)), sizes: r.sizes };

@@ -23,10 +23,12 @@ pub(crate) fn scan_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
     named_pool("scan", n)
 }
 
+type Pools = Mutex<HashMap<(&'static str, usize), Arc<rayon::ThreadPool>>>;
+
 /// A pool of `threads` threads, built once per role and size.
 fn named_pool(role: &'static str, threads: usize) -> Result<Arc<rayon::ThreadPool>> {
     let key = (role, threads);
-    static POOLS: OnceLock<Mutex<HashMap<(&'static str, usize), Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    static POOLS: OnceLock<Pools> = OnceLock::new();
     let mut map = POOLS.get_or_init(Default::default).lock().unwrap();
     if let Some(p) = map.get(&key) {
         return Ok(p.clone());

@@ -1,20 +1,26 @@
 //! Streaming layer scan: undoes gzip or zstd, parses tar headers (ustar, GNU long names and base-256
 //! numbers, PAX records), gathers regular files' contents into batches, cuts them into chunks and
-//! hashes the chunks on the rayon pool while the next batch fills.
+//! hashes the chunks on a rayon pool while the next batch fills.
 //!
-//! Bytes are pushed in pieces of any size; batches come out in order. A batch carries the headers
-//! parsed while it filled (encoded, see [`encode_header`]), the file segments it holds, and each
-//! segment's chunk lengths and SHA-256 digests. A file's unfinished last chunk moves to the next
-//! batch, so chunk boundaries depend only on file contents, never on piece or batch sizes.
+//! A batch carries the headers parsed while it filled (encoded, see [`encode_header`]), the file
+//! segments it holds, and each segment's chunk lengths and SHA-256 digests. A file's unfinished last
+//! chunk moves to the next batch, so chunk boundaries depend only on file contents, never on piece
+//! or batch sizes. Batches live in a fixed [`BufferPool`]: when every buffer is in use the scan
+//! waits for one to be released, so memory stays bounded whatever the input inflates to.
+//!
+//! Tar is read as Go's archive/tar (what containerd and Docker extract with) reads it: the archive
+//! ends at two zero blocks, link/symlink/device/directory/fifo entries carry no data whatever their
+//! size field says, a GNU long name wins over a PAX path, global PAX records are ignored, and a
+//! `'\0'` type flag on a name ending in '/' is a directory.
 
 use crate::batch::{scan_pool, sha256};
 use crate::chunker::{cut, ChunkerParams};
 use crate::{Error, Result};
 use rayon::prelude::*;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -36,23 +42,36 @@ pub struct Seg {
     pub eof: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Free,
+    Filling,
+    HandedOut,
+}
+
+struct PoolState {
+    slots: Vec<Slot>,
+    closed: bool,
+}
+
 /// Batch buffers allocated once per scan and shared with the caller (the binding hands them to
-/// JavaScript once), so that batches need no fresh memory: the scan writes a buffer only between
-/// its [`BufferPool::release`] and the batch that hands it out. Memory lives until every holder
+/// JavaScript once). A buffer is Free, being Filled by the scan, or HandedOut in a batch until the
+/// caller releases it; the scan writes only the buffer it fills. Memory lives until every holder
 /// drops its `Arc`.
 pub struct BufferPool {
     bufs: Vec<(*mut u8, usize)>,
-    free: std::sync::Mutex<Vec<u32>>,
+    state: Mutex<PoolState>,
+    freed: Condvar,
 }
 
-// SAFETY: the raw buffers are only reached through the ownership protocol above.
+// SAFETY: the raw buffers are only reached through the slot states above.
 unsafe impl Send for BufferPool {}
 unsafe impl Sync for BufferPool {}
 
 impl BufferPool {
     pub fn new(count: usize, size: usize) -> Arc<BufferPool> {
         let bufs = (0..count).map(|_| (Box::into_raw(vec![0u8; size].into_boxed_slice()) as *mut u8, size)).collect();
-        Arc::new(BufferPool { bufs, free: std::sync::Mutex::new((0..count as u32).rev().collect()) })
+        Arc::new(BufferPool { bufs, state: Mutex::new(PoolState { slots: vec![Slot::Free; count], closed: false }), freed: Condvar::new() })
     }
     /// Pointer and length of buffer `i`, for a caller that exposes it (without copying) elsewhere.
     pub fn raw(&self, i: usize) -> (*mut u8, usize) {
@@ -64,24 +83,68 @@ impl BufferPool {
     pub fn is_empty(&self) -> bool {
         self.bufs.is_empty()
     }
-    /// The caller is done with buffer `i` (it came out in a batch).
+    /// The caller is done with buffer `i`, which a batch handed out.
     pub fn release(&self, i: u32) -> Result<()> {
-        let mut f = self.free.lock().unwrap();
-        if i as usize >= self.bufs.len() || f.contains(&i) {
-            return Err(Error::Invalid(format!("buffer {i} is not held")));
+        let mut st = self.state.lock().unwrap();
+        match st.slots.get(i as usize) {
+            Some(Slot::HandedOut) => {
+                st.slots[i as usize] = Slot::Free;
+                self.freed.notify_all();
+                Ok(())
+            }
+            _ => Err(Error::Invalid(format!("buffer {i} is not handed out"))),
         }
-        f.push(i);
-        Ok(())
+    }
+    /// Nobody will release buffers any more: a scan waiting for one gives up.
+    pub fn close(&self) {
+        self.state.lock().unwrap().closed = true;
+        self.freed.notify_all();
+    }
+    /// A free buffer of at least `size` bytes, waiting for one to be released if need be.
+    fn take(&self, size: usize) -> Result<(u32, *mut u8)> {
+        loop {
+            if let Some(t) = self.take_or_wait(size, true)? {
+                return Ok(t);
+            }
+        }
+    }
+    /// A free buffer if there is one now.
+    fn try_take(&self, size: usize) -> Result<Option<(u32, *mut u8)>> {
+        self.take_or_wait(size, false)
+    }
+    fn take_or_wait(&self, size: usize, wait: bool) -> Result<Option<(u32, *mut u8)>> {
+        if self.bufs.iter().any(|b| b.1 < size) || self.bufs.is_empty() {
+            return Err(Error::Invalid(format!("batch buffers must hold {size} bytes")));
+        }
+        let mut st = self.state.lock().unwrap();
+        if st.closed {
+            return Err(Error::Io("the layer scan was stopped".into()));
+        }
+        if let Some(i) = st.slots.iter().position(|&s| s == Slot::Free) {
+            st.slots[i] = Slot::Filling;
+            return Ok(Some((i as u32, self.bufs[i].0)));
+        }
+        if wait {
+            drop(self.freed.wait(st).unwrap());
+        }
+        Ok(None)
+    }
+    /// A buffer being filled by a scan that ends without handing it out.
+    fn put_back(&self, i: u32) {
+        let mut st = self.state.lock().unwrap();
+        if st.slots.get(i as usize) == Some(&Slot::Filling) {
+            st.slots[i as usize] = Slot::Free;
+            self.freed.notify_all();
+        }
+    }
+    fn hand_out(&self, i: u32) {
+        let mut st = self.state.lock().unwrap();
+        debug_assert_eq!(st.slots[i as usize], Slot::Filling);
+        st.slots[i as usize] = Slot::HandedOut;
     }
     #[cfg(test)]
-    fn bytes<'a>(&'a self, d: &'a BatchData) -> &'a [u8] {
-        match d {
-            BatchData::Pooled { index, len } => unsafe { std::slice::from_raw_parts(self.bufs[*index as usize].0, *len) },
-            BatchData::Owned(v) => v,
-        }
-    }
-    fn take(&self) -> Option<u32> {
-        self.free.lock().unwrap().pop()
+    fn bytes(&self, b: &Batch) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.bufs[b.buffer as usize].0, b.len) }
     }
 }
 
@@ -94,52 +157,36 @@ impl Drop for BufferPool {
     }
 }
 
-/// A batch's bytes: a pool buffer (to release when done) or, when the pool was all in use, its own.
-pub enum BatchData {
-    Pooled { index: u32, len: usize },
-    Owned(Vec<u8>),
-}
-
-/// The batch being filled.
+/// The pool buffer being filled.
 struct Fill {
-    pooled: Option<(u32, *mut u8)>,
-    owned: Vec<u8>,
+    index: u32,
+    ptr: *mut u8,
     len: usize,
 }
 
+// SAFETY: a Fill's buffer belongs to the scan (slot Filling) until handed out
+unsafe impl Send for Fill {}
+
 impl Fill {
-    fn new(pool: &BufferPool, cap: usize) -> Fill {
-        match pool.take() {
-            Some(i) if pool.raw(i as usize).1 >= cap => Fill { pooled: Some((i, pool.raw(i as usize).0)), owned: Vec::new(), len: 0 },
-            Some(i) => {
-                let _ = pool.release(i);
-                Fill { pooled: None, owned: Vec::with_capacity(cap), len: 0 }
-            }
-            None => Fill { pooled: None, owned: Vec::with_capacity(cap), len: 0 },
-        }
+    fn new(pool: &BufferPool, cap: usize) -> Result<Fill> {
+        let (index, ptr) = pool.take(cap)?;
+        Ok(Fill { index, ptr, len: 0 })
     }
     fn extend(&mut self, d: &[u8]) {
-        match self.pooled {
-            // SAFETY: the pool buffer is ours until handed out, and callers never exceed its size (cap)
-            Some((_, p)) => unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), p.add(self.len), d.len()) },
-            None => self.owned.extend_from_slice(d),
-        }
+        // SAFETY: the buffer is ours (Filling) and callers never exceed its size (cap)
+        unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), self.ptr.add(self.len), d.len()) };
         self.len += d.len();
     }
     fn bytes(&self) -> &[u8] {
-        match self.pooled {
-            // SAFETY: as in extend
-            Some((_, p)) => unsafe { std::slice::from_raw_parts(p, self.len) },
-            None => &self.owned,
-        }
+        // SAFETY: as in extend
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
 
-// SAFETY: a Fill's pool buffer belongs to the scan until handed out
-unsafe impl Send for Fill {}
-
 pub struct Batch {
-    pub data: BatchData,
+    /// The pool buffer holding the batch's bytes (release it when done) and how many it holds.
+    pub buffer: u32,
+    pub len: usize,
     /// Headers parsed while this batch filled, encoded back to back.
     pub headers: Vec<u8>,
     pub first_entry: u32,
@@ -152,29 +199,41 @@ pub struct Batch {
 }
 
 struct Pending {
+    buffer: u32,
+    len: usize,
     headers: Vec<u8>,
     first_entry: u32,
     entries: u32,
     segs: Vec<Seg>,
     counts: Vec<u32>,
     lengths: Vec<u32>,
-    rx: mpsc::Receiver<(BatchData, Vec<u8>)>,
+    rx: mpsc::Receiver<Vec<u8>>,
 }
 
-/// Metadata records may be this large (a PAX header with big xattrs); more is refused.
-const META_LIMIT: u64 = 16 << 20;
+/// PAX and GNU long-name records may be this large (Go's archive/tar limit); more is refused.
+const META_LIMIT: u64 = 1 << 20;
 /// No sane layer holds a file this large; a header claiming more is refused before any data.
 const SIZE_LIMIT: u64 = 1 << 50;
-/// Batches waiting for their digests before a push blocks.
+/// Batches waiting for their digests before the scan waits for the oldest.
 const MAX_PENDING: usize = 2;
+/// A batch is closed once its encoded headers reach this size, data or not.
+const HEADERS_LIMIT: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy)]
 enum State {
     Header,
     File { remaining: u64 },
     Meta { flag: u8, remaining: u64 },
+    /// Data of an entry that is not kept: it must be complete.
     Skip { remaining: u64 },
+    /// Padding to the next block: a writer may cut the very last one short.
+    Pad { remaining: u64 },
+    /// After the two zero blocks that end the archive: the rest is ignored.
+    End,
 }
+
+/// Finished batches go to the sink as they are ready (a thread's channel), else to `Parser::out`.
+type Sink = Box<dyn FnMut(Vec<Batch>) -> Result<()> + Send>;
 
 struct Parser {
     params: ChunkerParams,
@@ -183,15 +242,16 @@ struct Parser {
     hdr: [u8; 512],
     hfill: usize,
     state: State,
-    /// Padding to skip after the current data.
+    /// Padding after the current data.
     pad: u64,
     offset: u64,
+    /// One zero block seen: the next must be zero too (the end of the archive).
+    zero: bool,
     meta: Vec<u8>,
-    pax_local: Vec<(Vec<u8>, Vec<u8>)>,
-    pax_global: Vec<(Vec<u8>, Vec<u8>)>,
+    pax_local: Option<BTreeMap<Vec<u8>, Vec<u8>>>,
     long_name: Option<Vec<u8>>,
     long_link: Option<Vec<u8>>,
-    /// The current file's name and size, for errors.
+    /// The current entry's name and size, for errors.
     cur_name: Vec<u8>,
     cur_size: u64,
     pool: Arc<BufferPool>,
@@ -201,7 +261,11 @@ struct Parser {
     first_entry: u32,
     next_entry: u32,
     pending: VecDeque<Pending>,
+    out: Vec<Batch>,
+    sink: Option<Sink>,
     err: Option<Error>,
+    /// A batch change failed half way: nothing more can be done.
+    broken: bool,
 }
 
 fn corrupt(m: String) -> Error {
@@ -251,23 +315,26 @@ fn number(f: &[u8]) -> Option<i64> {
     Some(v)
 }
 
-fn parse_pax(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut out = Vec::new();
+/// PAX records ("<len> <key>=<value>\n"); a later record of a key replaces an earlier one.
+fn parse_pax(data: &[u8]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+    let mut out = BTreeMap::new();
     let mut rest = data;
+    let bad = || corrupt("malformed PAX extended header".into());
     while !rest.is_empty() {
         if rest.iter().all(|&b| b == 0) {
             break;
         }
-        let sp = rest.iter().position(|&b| b == b' ').filter(|&p| p > 0);
-        let bad = || corrupt("malformed PAX extended header".into());
-        let sp = sp.ok_or_else(bad)?;
+        let sp = rest.iter().position(|&b| b == b' ').filter(|&p| p > 0 && p <= 20).ok_or_else(bad)?;
+        if !rest[..sp].iter().all(u8::is_ascii_digit) {
+            return Err(bad());
+        }
         let len: usize = std::str::from_utf8(&rest[..sp]).ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-        if len <= sp + 1 || len > rest.len() {
+        if len <= sp + 1 || len > rest.len() || rest[len - 1] != b'\n' {
             return Err(bad());
         }
         let rec = &rest[sp + 1..len - 1];
         let eq = rec.iter().position(|&b| b == b'=').ok_or_else(|| corrupt("malformed PAX record (no \"=\")".into()))?;
-        out.push((rec[..eq].to_vec(), rec[eq + 1..].to_vec()));
+        out.insert(rec[..eq].to_vec(), rec[eq + 1..].to_vec());
         rest = &rest[len..];
     }
     Ok(out)
@@ -300,8 +367,8 @@ pub struct Header<'a> {
 }
 
 /// Little endian: u8 type flag, u32 mode, f64 uid, gid, size, mtime (seconds), u32 devmajor,
-/// devminor, then length-prefixed (u32) name and link, a u32 count of PAX records and each
-/// record's key and value, length-prefixed.
+/// devminor, then length-prefixed (u32) name and link (final: long names and PAX path/linkpath
+/// applied), a u32 count of PAX records and each record's key and value, length-prefixed.
 pub fn encode_header(o: &mut Vec<u8>, h: &Header) {
     o.push(h.flag);
     put_u32(o, h.mode);
@@ -320,10 +387,14 @@ pub fn encode_header(o: &mut Vec<u8>, h: &Header) {
 }
 
 impl Parser {
-    fn new(params: ChunkerParams, batch_bytes: usize, threads: usize, pool: Arc<BufferPool>) -> Parser {
+    fn new(params: ChunkerParams, batch_bytes: usize, threads: usize, pool: Arc<BufferPool>) -> Result<Parser> {
         let cap = batch_size(params, batch_bytes);
-        Parser {
-            buf: Fill::new(&pool, cap),
+        if cap > u32::MAX as usize {
+            return Err(Error::Invalid(format!("batches of {cap} bytes are too large")));
+        }
+        let (index, ptr) = pool.try_take(cap)?.ok_or_else(|| Error::Invalid("no free batch buffer to start a scan".into()))?;
+        Ok(Parser {
+            buf: Fill { index, ptr, len: 0 },
             pool,
             params,
             threads,
@@ -333,9 +404,9 @@ impl Parser {
             state: State::Header,
             pad: 0,
             offset: 0,
+            zero: false,
             meta: Vec::new(),
-            pax_local: Vec::new(),
-            pax_global: Vec::new(),
+            pax_local: None,
             long_name: None,
             long_link: None,
             cur_name: Vec::new(),
@@ -345,13 +416,20 @@ impl Parser {
             first_entry: 0,
             next_entry: 0,
             pending: VecDeque::new(),
+            out: Vec::new(),
+            sink: None,
             err: None,
-        }
+            broken: false,
+        })
     }
 
     fn feed(&mut self, mut data: &[u8]) -> Result<()> {
+        if self.broken {
+            return Err(Error::Io("the layer scan failed earlier".into()));
+        }
         while !data.is_empty() {
             match self.state {
+                State::End => return Ok(()),
                 State::Header => {
                     let n = (512 - self.hfill).min(data.len());
                     self.hdr[self.hfill..self.hfill + n].copy_from_slice(&data[..n]);
@@ -364,46 +442,65 @@ impl Parser {
                     }
                 }
                 State::File { remaining } => {
-                    let n = (remaining.min(data.len() as u64)) as usize;
-                    self.file_data(&data[..n], remaining - n as u64 == 0)?;
+                    let n = remaining.min(data.len() as u64) as usize;
+                    self.file_data(&data[..n], remaining == n as u64)?;
                     data = &data[n..];
-                    self.advance(remaining - n as u64, |r| State::File { remaining: r });
+                    self.after(remaining - n as u64, |r| State::File { remaining: r });
                 }
                 State::Meta { flag, remaining } => {
-                    let n = (remaining.min(data.len() as u64)) as usize;
+                    let n = remaining.min(data.len() as u64) as usize;
                     self.meta.extend_from_slice(&data[..n]);
                     data = &data[n..];
                     if remaining == n as u64 {
                         self.meta_done(flag)?;
                     }
-                    self.advance(remaining - n as u64, |r| State::Meta { flag, remaining: r });
+                    self.after(remaining - n as u64, |r| State::Meta { flag, remaining: r });
                 }
                 State::Skip { remaining } => {
-                    let n = (remaining.min(data.len() as u64)) as usize;
+                    let n = remaining.min(data.len() as u64) as usize;
                     data = &data[n..];
                     self.offset += n as u64;
-                    self.state = if remaining == n as u64 { State::Header } else { State::Skip { remaining: remaining - n as u64 } };
+                    self.after(remaining - n as u64, |r| State::Skip { remaining: r });
+                }
+                State::Pad { remaining } => {
+                    let n = remaining.min(data.len() as u64) as usize;
+                    data = &data[n..];
+                    self.offset += n as u64;
+                    self.state = if remaining == n as u64 { State::Header } else { State::Pad { remaining: remaining - n as u64 } };
                 }
             }
         }
         Ok(())
     }
 
-    /// After consuming data of an entry: stay, or go on to its padding.
-    fn advance(&mut self, remaining: u64, stay: impl Fn(u64) -> State) {
+    /// After consuming an entry's data: stay, or go on to its padding.
+    fn after(&mut self, remaining: u64, stay: impl Fn(u64) -> State) {
         if remaining > 0 {
             self.state = stay(remaining);
             return;
         }
-        self.state = if self.pad > 0 { State::Skip { remaining: self.pad } } else { State::Header };
+        self.state = if self.pad > 0 { State::Pad { remaining: self.pad } } else { State::Header };
+    }
+
+    /// Enter an entry's data (or its padding, or the next header).
+    fn data(&mut self, size: u64, state: State) {
+        self.pad = (512 - size % 512) % 512;
+        self.state = if size > 0 { state } else { State::Header };
     }
 
     fn header(&mut self) -> Result<()> {
         let h = self.hdr;
-        if h.iter().all(|&b| b == 0) {
-            return Ok(()); // end-of-archive blocks (and the zero padding after them)
-        }
         let at = self.offset;
+        if h.iter().all(|&b| b == 0) {
+            if self.zero {
+                self.state = State::End;
+            }
+            self.zero = true;
+            return Ok(());
+        }
+        if self.zero {
+            return Err(corrupt(format!("tar header at byte {at} follows a zero block: corrupt, or two archives run together")));
+        }
         let stored = number(&h[148..156]);
         let (mut unsigned, mut signed) = (0i64, 0i64);
         for (i, &b) in h.iter().enumerate() {
@@ -418,7 +515,7 @@ impl Parser {
             number(&h[r]).ok_or_else(|| corrupt(format!("tar header at byte {at}: invalid {what} field")))
         };
         let mut flag = h[156];
-        let mut size = field(124..136, "size")?;
+        let raw_size = field(124..136, "size")?;
         let ustar = &h[257..263] == b"ustar\0";
         let mut name = cstr(&h[0..100]).to_vec();
         if ustar && h[345] != 0 {
@@ -427,53 +524,56 @@ impl Parser {
             p.extend_from_slice(&name);
             name = p;
         }
-        if flag == 0 && name.last() == Some(&b'/') {
-            flag = b'5'; // old tars mark directories by a trailing slash
-        }
-        if size < 0 || size as u64 > SIZE_LIMIT {
-            return Err(corrupt(format!("entry {} claims an absurd size ({size} bytes)", show(&name))));
+        if raw_size < 0 || raw_size as u64 > SIZE_LIMIT {
+            return Err(corrupt(format!("entry {} claims an absurd size ({raw_size} bytes)", show(&name))));
         }
         if matches!(flag, b'x' | b'g' | b'L' | b'K') {
-            if size as u64 > META_LIMIT {
-                return Err(corrupt(format!("tar metadata record of {size} bytes at byte {at} is too large")));
+            if raw_size as u64 > META_LIMIT {
+                return Err(corrupt(format!("tar metadata record of {raw_size} bytes at byte {at} is too large")));
             }
             self.meta.clear();
-            self.pad = (512 - size as u64 % 512) % 512;
-            self.state = if size == 0 { State::Header } else { State::Meta { flag, remaining: size as u64 } };
-            if size == 0 {
+            if flag == b'g' {
+                // global records: ignored, as containerd and Docker ignore them
+                self.data(raw_size as u64, State::Skip { remaining: raw_size as u64 });
+            } else if raw_size == 0 {
                 self.meta_done(flag)?;
+            } else {
+                self.data(raw_size as u64, State::Meta { flag, remaining: raw_size as u64 });
             }
             return Ok(());
         }
-        // PAX and GNU records apply to this entry
+        // this entry's PAX records, minus empty values (which leave the header's own fields)
+        let mut pax = self.pax_local.take().unwrap_or_default();
+        pax.retain(|k, v| !v.is_empty() || k.starts_with(b"SCHILY.xattr."));
+        let mut link = cstr(&h[157..257]).to_vec();
+        // Go's archive/tar order: PAX path/linkpath, then GNU long names over them
+        if let Some(p) = pax.remove(b"path".as_slice()) {
+            name = p;
+        }
+        if let Some(l) = pax.remove(b"linkpath".as_slice()) {
+            link = l;
+        }
         if let Some(n) = self.long_name.take() {
             name = n;
         }
-        let mut link = cstr(&h[157..257]).to_vec();
         if let Some(l) = self.long_link.take() {
             link = l;
         }
-        let mut pax: Vec<(Vec<u8>, Vec<u8>)> = self.pax_global.clone();
-        for (k, v) in std::mem::take(&mut self.pax_local) {
-            if let Some(e) = pax.iter_mut().find(|e| e.0 == k) {
-                e.1 = v;
-            } else {
-                pax.push((k, v));
-            }
+        if flag == 0 && name.last() == Some(&b'/') {
+            flag = b'5'; // old tars mark directories by a trailing slash
         }
-        let mut shown = name.clone();
-        for (k, v) in &pax {
-            match k.as_slice() {
-                b"path" => shown = v.clone(),
-                b"size" => {
-                    size = std::str::from_utf8(v)
-                        .ok()
-                        .and_then(|s| s.parse::<i64>().ok())
-                        .filter(|&s| s >= 0 && s as u64 <= SIZE_LIMIT)
-                        .ok_or_else(|| corrupt(format!("entry {}: invalid PAX size", show(&shown))))?;
-                }
-                _ => {}
-            }
+        let mut size = raw_size as u64;
+        if let Some(v) = pax.get(b"size".as_slice()) {
+            size = std::str::from_utf8(v)
+                .ok()
+                .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .filter(|&s| s <= SIZE_LIMIT)
+                .ok_or_else(|| corrupt(format!("entry {}: invalid PAX size", show(&name))))?;
+        }
+        // entries of these types hold no data, whatever their size field says (as Go reads them)
+        if matches!(flag, b'1'..=b'6') {
+            size = 0;
         }
         let mode = field(100..108, "mode")?;
         let uid = field(108..116, "uid")?;
@@ -503,19 +603,18 @@ impl Parser {
         );
         let entry = self.next_entry;
         self.next_entry = self.next_entry.checked_add(1).ok_or_else(|| corrupt("too many tar entries".into()))?;
-        let size = size as u64;
-        self.pad = (512 - size % 512) % 512;
-        let is_file = matches!(flag, b'0' | 0 | b'7');
-        if size == 0 {
-            self.state = State::Header;
-        } else if is_file {
-            self.cur_name = shown;
-            self.cur_size = size;
-            self.segs.push(Seg { entry, start: self.buf.len as u32, len: 0, eof: false });
-            self.state = State::File { remaining: size };
+        self.cur_name = name;
+        self.cur_size = size;
+        if matches!(flag, b'0' | 0 | b'7') {
+            if size > 0 {
+                self.segs.push(Seg { entry, start: self.buf.len as u32, len: 0, eof: false });
+            }
+            self.data(size, State::File { remaining: size });
         } else {
-            self.state = State::Skip { remaining: size + self.pad };
-            self.pad = 0;
+            self.data(size, State::Skip { remaining: size });
+        }
+        if self.headers.len() >= HEADERS_LIMIT {
+            self.close_batch()?;
         }
         Ok(())
     }
@@ -523,16 +622,7 @@ impl Parser {
     fn meta_done(&mut self, flag: u8) -> Result<()> {
         let data = std::mem::take(&mut self.meta);
         match flag {
-            b'x' => self.pax_local = parse_pax(&data)?,
-            b'g' => {
-                for (k, v) in parse_pax(&data)? {
-                    if let Some(e) = self.pax_global.iter_mut().find(|e| e.0 == k) {
-                        e.1 = v;
-                    } else {
-                        self.pax_global.push((k, v));
-                    }
-                }
-            }
+            b'x' => self.pax_local = Some(parse_pax(&data)?),
             b'L' => self.long_name = Some(cstr(&data).to_vec()),
             _ => self.long_link = Some(cstr(&data).to_vec()),
         }
@@ -550,32 +640,33 @@ impl Parser {
             }
             let n = room.min(data.len());
             self.buf.extend(&data[..n]);
-            self.segs.last_mut().unwrap().len += n as u32;
+            self.segs.last_mut().expect("a file's data has its segment").len += n as u32;
             data = &data[n..];
         }
         if ends {
-            self.segs.last_mut().unwrap().eof = true;
+            self.segs.last_mut().expect("a file's data has its segment").eof = true;
         }
         Ok(())
     }
 
-    /// Cut the batch's segments, move an unfinished file's last chunk into a new batch and hash the
-    /// chunks in the background.
+    /// Cut the batch's segments, hash the chunks in the background, hand over the batches that are
+    /// ready, and start the next batch with an unfinished file's last chunk.
     fn close_batch(&mut self) -> Result<()> {
+        if self.broken {
+            return Err(Error::Io("the layer scan failed earlier".into()));
+        }
         let segs = std::mem::take(&mut self.segs);
-        let fill = std::mem::replace(&mut self.buf, Fill::new(&self.pool, self.cap));
-        let data = fill.bytes();
         let params = self.params;
-        let slices: Vec<(&[u8], bool)> = segs.iter().map(|s| (&data[s.start as usize..(s.start + s.len) as usize], s.eof)).collect();
         let pool = scan_pool(self.threads)?;
+        let data = self.buf.bytes();
+        let slices: Vec<(&[u8], bool)> = segs.iter().map(|s| (&data[s.start as usize..(s.start + s.len) as usize], s.eof)).collect();
         let cuts: Vec<Vec<u32>> = pool.install(|| slices.par_iter().map(|&(s, eof)| cut(s, params, eof)).collect());
         drop(slices);
-        if let Some(last) = segs.last().filter(|s| !s.eof) {
+        // the unfinished file's last chunk (shorter than the largest chunk) starts the next batch
+        let tail = segs.last().filter(|s| !s.eof).map(|last| {
             let done: u32 = cuts.last().unwrap().iter().sum();
-            let tail = &data[(last.start + done) as usize..(last.start + last.len) as usize];
-            self.buf.extend(tail);
-            self.segs.push(Seg { entry: last.entry, start: 0, len: tail.len() as u32, eof: false });
-        }
+            (last.entry, data[(last.start + done) as usize..(last.start + last.len) as usize].to_vec())
+        });
         let mut ranges = Vec::new();
         for (s, c) in segs.iter().zip(&cuts) {
             let mut p = s.start as usize;
@@ -584,21 +675,21 @@ impl Parser {
                 p += l as usize;
             }
         }
+        let fill = std::mem::replace(&mut self.buf, Fill { index: u32::MAX, ptr: std::ptr::null_mut(), len: 0 });
+        self.broken = true; // until the next buffer is in place
         let (tx, rx) = mpsc::sync_channel(1);
         let keep = self.pool.clone();
-        let job = move || {
+        let (buffer, len) = (fill.index, fill.len);
+        pool.spawn(move || {
             let data = fill.bytes();
             let digests: Vec<[u8; 32]> = ranges.par_iter().map(|&(o, l)| sha256(&data[o..o + l])).collect();
-            let out = match fill.pooled {
-                Some((index, _)) => BatchData::Pooled { index, len: fill.len },
-                None => BatchData::Owned(fill.owned),
-            };
-            let _ = tx.send((out, digests.concat()));
+            let _ = tx.send(digests.concat());
             drop(keep);
-        };
-        pool.spawn(job);
+        });
         let entries = self.next_entry - self.first_entry;
         self.pending.push_back(Pending {
+            buffer,
+            len,
             headers: std::mem::take(&mut self.headers),
             first_entry: self.first_entry,
             entries,
@@ -608,7 +699,59 @@ impl Parser {
             rx,
         });
         self.first_entry = self.next_entry;
+        let ready = self.ready(false)?;
+        self.deliver(ready)?;
+        // the next buffer: a free one, else hand over the batches still hashing so that their
+        // buffers come back, else wait for the caller to release one
+        self.buf = loop {
+            if let Some((index, ptr)) = self.pool.try_take(self.cap)? {
+                break Fill { index, ptr, len: 0 };
+            }
+            if let Some(p) = self.pending.pop_front() {
+                let digests = p.rx.recv().map_err(|_| Error::Io("chunk hashing stopped".into()))?;
+                let b = self.hand_over(p, digests);
+                self.deliver(vec![b])?;
+                continue;
+            }
+            if self.sink.is_none() {
+                return Err(Error::Invalid("every batch buffer is held: release some before pushing more".into()));
+            }
+            break Fill::new(&self.pool, self.cap)?;
+        };
+        self.broken = false;
+        if let Some((entry, t)) = tail {
+            self.buf.extend(&t);
+            self.segs.push(Seg { entry, start: 0, len: t.len() as u32, eof: false });
+        }
         Ok(())
+    }
+
+    fn hand_over(&mut self, p: Pending, digests: Vec<u8>) -> Batch {
+        self.pool.hand_out(p.buffer);
+        Batch {
+            buffer: p.buffer,
+            len: p.len,
+            headers: p.headers,
+            first_entry: p.first_entry,
+            entries: p.entries,
+            segs: p.segs,
+            counts: p.counts,
+            lengths: p.lengths,
+            digests,
+        }
+    }
+
+    fn deliver(&mut self, batches: Vec<Batch>) -> Result<()> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        match &mut self.sink {
+            Some(s) => s(batches),
+            None => {
+                self.out.extend(batches);
+                Ok(())
+            }
+        }
     }
 
     /// Batches whose digests are ready, in order; with `all`, wait for every one.
@@ -616,7 +759,7 @@ impl Parser {
         let mut out = Vec::new();
         while let Some(p) = self.pending.front() {
             let must = all || self.pending.len() > MAX_PENDING;
-            let got = if must {
+            let digests = if must {
                 p.rx.recv().map_err(|_| Error::Io("chunk hashing stopped".into()))?
             } else {
                 match p.rx.try_recv() {
@@ -626,25 +769,25 @@ impl Parser {
                 }
             };
             let p = self.pending.pop_front().unwrap();
-            out.push(Batch {
-                data: got.0,
-                headers: p.headers,
-                first_entry: p.first_entry,
-                entries: p.entries,
-                segs: p.segs,
-                counts: p.counts,
-                lengths: p.lengths,
-                digests: got.1,
-            });
+            out.push(self.hand_over(p, digests));
         }
         Ok(out)
     }
 
-    fn end(&mut self) -> Result<()> {
+    fn end(&mut self) -> Result<Vec<Batch>> {
+        if self.broken {
+            return Err(Error::Io("the layer scan failed earlier".into()));
+        }
+        let dangling = self.pax_local.is_some() || self.long_name.is_some() || self.long_link.is_some();
         match self.state {
-            State::Header if self.hfill == 0 => {}
-            State::Header => return Err(corrupt(format!("tar stream ends inside a header (truncated at byte {})", self.offset + self.hfill as u64))),
-            State::File { remaining } => {
+            State::Header | State::End if self.hfill == 0 && !dangling => {}
+            State::Header | State::End if self.hfill == 0 => {
+                return Err(corrupt("tar stream ends after a PAX or long-name record, before its entry".into()))
+            }
+            State::Header | State::End => {
+                return Err(corrupt(format!("tar stream ends inside a header (truncated at byte {})", self.offset + self.hfill as u64)))
+            }
+            State::File { remaining } | State::Skip { remaining } => {
                 return Err(corrupt(format!(
                     "entry {} is truncated ({} of {} bytes)",
                     show(&self.cur_name),
@@ -653,13 +796,24 @@ impl Parser {
                 )))
             }
             State::Meta { .. } => return Err(corrupt("tar stream truncated inside a metadata record".into())),
-            // the padding of the last entry may be cut short by tar writers; its bytes carry nothing
-            State::Skip { .. } => {}
+            // the padding after the last entry may be cut short by tar writers; its bytes carry nothing
+            State::Pad { .. } => {}
         }
         if !self.segs.is_empty() || !self.headers.is_empty() {
             self.close_batch()?;
         }
-        Ok(())
+        let rest = self.ready(true)?;
+        let mut out = std::mem::take(&mut self.out);
+        out.extend(rest);
+        Ok(out)
+    }
+}
+
+impl Drop for Parser {
+    fn drop(&mut self) {
+        if self.buf.index != u32::MAX {
+            self.pool.put_back(self.buf.index);
+        }
     }
 }
 
@@ -679,10 +833,12 @@ impl Write for Parser {
 }
 
 enum Decoder {
-    Sniff(Parser, Vec<u8>),
-    None(Parser),
+    Sniff(Box<Parser>, Vec<u8>),
+    None(Box<Parser>),
     Gzip(Box<flate2::write::MultiGzDecoder<Parser>>),
-    Zstd { parser: Parser, ctx: Box<zstd::stream::raw::Decoder<'static>>, out: Vec<u8>, in_frame: bool },
+    Zstd { parser: Box<Parser>, ctx: Box<zstd::stream::raw::Decoder<'static>>, out: Vec<u8>, in_frame: bool },
+    /// Between decoders (only while one is being chosen).
+    Gone,
 }
 
 /// A layer being scanned: push its (compressed) bytes, take finished batches.
@@ -691,56 +847,12 @@ pub struct LayerScan {
     ended: bool,
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Batches(Vec<Batch>),
     Failed(Error),
-    /// The file is read: what it hashed to, and the end of the scan.
-    End(FileDigest, Result<Vec<Batch>>),
-}
-
-/// A file being scanned on its own thread (see [`LayerScan::spawn_file`]); dropping it stops the thread.
-pub struct FileScan {
-    rx: mpsc::Receiver<Msg>,
-    digest: Option<FileDigest>,
-    last: Option<Result<Vec<Batch>>>,
-}
-
-impl FileScan {
-    /// The next finished batches (waiting for at least one message); `true` once the file is read
-    /// to its end: then [`FileScan::digest`] tells what it hashed to and [`FileScan::finish`] ends the scan.
-    pub fn next(&mut self) -> Result<(Vec<Batch>, bool)> {
-        if self.digest.is_some() {
-            return Ok((Vec::new(), true));
-        }
-        let mut out = Vec::new();
-        let mut msg = Some(self.rx.recv().map_err(|_| Error::Io("the scan thread stopped".into()))?);
-        while let Some(m) = msg.take() {
-            match m {
-                Msg::Batches(b) => out.extend(b),
-                Msg::Failed(e) => return Err(e),
-                Msg::End(d, r) => {
-                    self.digest = Some(d);
-                    self.last = Some(r);
-                    return Ok((out, true));
-                }
-            }
-            msg = self.rx.try_recv().ok();
-        }
-        Ok((out, false))
-    }
-
-    pub fn digest(&self) -> Option<&FileDigest> {
-        self.digest.as_ref()
-    }
-
-    /// The last batches, or why the layer's stream is incomplete.
-    pub fn finish(&mut self) -> Result<Vec<Batch>> {
-        match self.last.take() {
-            Some(r) => r,
-            None if self.digest.is_some() => Ok(Vec::new()),
-            None => Err(Error::Invalid("finish before the file was read".into())),
-        }
-    }
+    /// The input is all read: the file's digest (file mode) and the end of the scan.
+    End(Option<FileDigest>, Result<Vec<Batch>>),
 }
 
 /// What a file-backed scan read: the blob's digest ("sha256:<hex>") and size.
@@ -749,18 +861,18 @@ pub struct FileDigest {
     pub size: u64,
 }
 
-fn decoder(c: Compression, parser: Parser) -> Result<Decoder> {
-    Ok(match c {
-        Compression::None => Decoder::None(parser),
-        Compression::Gzip => Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(parser))),
-        Compression::Zstd => Decoder::Zstd {
-            parser,
-            ctx: Box::new(zstd::stream::raw::Decoder::new().map_err(|e| Error::Io(format!("zstd init: {e}")))?),
-            out: vec![0; 256 << 10],
-            in_frame: false,
-        },
-        Compression::Sniff => Decoder::Sniff(parser, Vec::new()),
-    })
+fn zstd_ctx() -> Result<Box<zstd::stream::raw::Decoder<'static>>> {
+    Ok(Box::new(zstd::stream::raw::Decoder::new().map_err(|e| Error::Io(format!("zstd init: {e}")))?))
+}
+
+/// The decoder for `c` (`ctx`: made beforehand for zstd, so that this cannot fail).
+fn decoder(c: Compression, parser: Box<Parser>, ctx: Option<Box<zstd::stream::raw::Decoder<'static>>>) -> Decoder {
+    match (c, ctx) {
+        (Compression::Zstd, Some(ctx)) => Decoder::Zstd { parser, ctx, out: vec![0; 256 << 10], in_frame: false },
+        (Compression::Gzip, _) => Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(*parser))),
+        (Compression::Sniff, _) => Decoder::Sniff(parser, Vec::new()),
+        _ => Decoder::None(parser),
+    }
 }
 
 fn sniff(head: &[u8]) -> Compression {
@@ -778,61 +890,201 @@ pub fn batch_size(params: ChunkerParams, batch_bytes: usize) -> usize {
     batch_bytes.max(1 << 16).max(params.max_len()) + params.max_len()
 }
 
-impl LayerScan {
-    /// `pool`: batch buffers of at least [`batch_size`] bytes (when it runs dry, batches get their own memory).
-    pub fn new(compression: Compression, params: ChunkerParams, batch_bytes: usize, threads: usize, pool: Arc<BufferPool>) -> Result<LayerScan> {
-        params.validate()?;
-        let parser = Parser::new(params, batch_bytes, threads, pool);
-        Ok(LayerScan { dec: decoder(compression, parser)?, ended: false })
+/// What a scan thread and its caller share: pieces in, messages out. Memory stays bounded by the
+/// batch pool (every batch holds a pool buffer), so messages queue freely; pieces queue two deep.
+struct Link {
+    st: Mutex<LinkState>,
+    moved: Condvar,
+}
+
+struct LinkState {
+    pieces: VecDeque<Option<Vec<u8>>>,
+    msgs: VecDeque<Msg>,
+    /// The caller is gone.
+    closed: bool,
+}
+
+const PIECES_AHEAD: usize = 2;
+
+impl Link {
+    fn send(&self, m: Msg) -> Result<()> {
+        let mut st = self.st.lock().unwrap();
+        if st.closed {
+            return Err(Error::Io("the layer scan was stopped".into()));
+        }
+        st.msgs.push_back(m);
+        self.moved.notify_all();
+        Ok(())
+    }
+    fn piece(&self) -> Result<Option<Vec<u8>>> {
+        let mut st = self.st.lock().unwrap();
+        loop {
+            if st.closed {
+                return Err(Error::Io("the layer scan was stopped".into()));
+            }
+            if let Some(p) = st.pieces.pop_front() {
+                self.moved.notify_all();
+                return Ok(p);
+            }
+            st = self.moved.wait(st).unwrap();
+        }
+    }
+}
+
+/// A scan running on a thread of its own (see [`LayerScan::spawn_file`] and
+/// [`LayerScan::spawn_stream`]). Dropping it stops the thread.
+pub struct Threaded {
+    link: Arc<Link>,
+    stream: bool,
+    pool: Arc<BufferPool>,
+    eof: bool,
+    digest: Option<FileDigest>,
+    last: Option<Result<Vec<Batch>>>,
+}
+
+impl Drop for Threaded {
+    fn drop(&mut self) {
+        self.link.st.lock().unwrap().closed = true;
+        self.link.moved.notify_all();
+        self.pool.close();
+    }
+}
+
+impl Threaded {
+    /// Take the queued messages: batches into `out`; false if there were none.
+    fn drain(&mut self, st: &mut LinkState, out: &mut Vec<Batch>) -> Result<bool> {
+        let any = !st.msgs.is_empty();
+        while let Some(m) = st.msgs.pop_front() {
+            match m {
+                Msg::Batches(b) => out.extend(b),
+                Msg::Failed(e) => return Err(e),
+                Msg::End(d, r) => {
+                    self.eof = true;
+                    self.digest = d;
+                    self.last = Some(r);
+                }
+            }
+        }
+        Ok(any)
     }
 
-    /// Scan a file on a thread of its own, which reads, hashes (SHA-256) and parses it as fast as
-    /// the batches are taken from the returned [`FileScan`] (a few batches ahead).
-    pub fn spawn_file(mut self, path: &std::path::Path) -> Result<FileScan> {
+    /// The next finished batches, waiting for at least one message; `true` once the input is all
+    /// read: then [`Threaded::digest`] tells what a file hashed to and [`Threaded::finish`] ends the scan.
+    pub fn next_batches(&mut self) -> Result<(Vec<Batch>, bool)> {
+        let mut out = Vec::new();
+        let link = self.link.clone();
+        let mut st = link.st.lock().unwrap();
+        while !self.eof && !self.drain(&mut st, &mut out)? {
+            st = link.moved.wait(st).unwrap();
+        }
+        Ok((out, self.eof))
+    }
+
+    /// Stream mode: hand over the next piece (None: the end of the input). Returns the batches
+    /// finished meanwhile and whether the piece was taken; when it was not (the scan waits for
+    /// the batches returned to be released), offer it again.
+    pub fn offer(&mut self, piece: Option<Vec<u8>>) -> Result<(Vec<Batch>, bool)> {
+        if !self.stream {
+            return Err(Error::Invalid("this scan reads a file".into()));
+        }
+        let mut out = Vec::new();
+        let mut piece = Some(piece);
+        let link = self.link.clone();
+        let mut st = link.st.lock().unwrap();
+        loop {
+            if st.pieces.len() < PIECES_AHEAD {
+                if let Some(p) = piece.take() {
+                    st.pieces.push_back(p);
+                    link.moved.notify_all();
+                }
+            }
+            self.drain(&mut st, &mut out)?;
+            if piece.is_none() || !out.is_empty() || self.eof {
+                return Ok((out, piece.is_none()));
+            }
+            st = link.moved.wait(st).unwrap();
+        }
+    }
+
+    pub fn digest(&self) -> Option<&FileDigest> {
+        self.digest.as_ref()
+    }
+
+    /// The last batches, or why the layer's stream is incomplete.
+    pub fn finish(&mut self) -> Result<Vec<Batch>> {
+        match self.last.take() {
+            Some(r) => r,
+            None if self.eof => Ok(Vec::new()),
+            None => Err(Error::Invalid("finish before the input was read".into())),
+        }
+    }
+}
+
+impl LayerScan {
+    /// `pool`: batch buffers of at least [`batch_size`] bytes; the scan waits for a free one.
+    pub fn new(compression: Compression, params: ChunkerParams, batch_bytes: usize, threads: usize, pool: Arc<BufferPool>) -> Result<LayerScan> {
+        params.validate()?;
+        let ctx = if compression == Compression::Zstd { Some(zstd_ctx()?) } else { None };
+        let parser = Box::new(Parser::new(params, batch_bytes, threads, pool)?);
+        Ok(LayerScan { dec: decoder(compression, parser, ctx), ended: false })
+    }
+
+    fn spawn(mut self, stream: bool, run: impl FnOnce(&mut LayerScan, &Link) -> Result<Option<FileDigest>> + Send + 'static) -> Result<Threaded> {
+        let link = Arc::new(Link { st: Mutex::new(LinkState { pieces: VecDeque::new(), msgs: VecDeque::new(), closed: false }), moved: Condvar::new() });
+        let pool = self.parser().pool.clone();
+        let sink = link.clone();
+        self.parser().sink = Some(Box::new(move |b| sink.send(Msg::Batches(b))));
+        let mine = link.clone();
+        std::thread::Builder::new()
+            .name("ocichunk-scan".into())
+            .spawn(move || {
+                let msg = match run(&mut self, &mine) {
+                    Ok(d) => Msg::End(d, self.finish()),
+                    Err(e) => Msg::Failed(e),
+                };
+                let _ = mine.send(msg);
+            })
+            .map_err(|e| Error::Io(format!("scan thread: {e}")))?;
+        Ok(Threaded { link, stream, pool, eof: false, digest: None, last: None })
+    }
+
+    /// Scan a file on a thread of its own, which reads, hashes (SHA-256) and parses it a few
+    /// batches ahead of the caller.
+    pub fn spawn_file(self, path: &std::path::Path) -> Result<Threaded> {
         let mut f = std::fs::File::open(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::Io(format!("ENOENT: {} is missing", path.display())),
             _ => Error::Io(format!("open {}: {e}", path.display())),
         })?;
-        let (tx, rx) = mpsc::sync_channel::<Msg>(2);
-        std::thread::Builder::new()
-            .name("ocichunk-scan".into())
-            .spawn(move || {
-                use sha2::Digest;
-                use std::io::Read;
-                let mut hash = sha2::Sha256::new();
-                let mut size = 0u64;
-                let mut piece = vec![0u8; (1 << 20) - (64 << 10)];
-                loop {
-                    let n = match f.read(&mut piece) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            let _ = tx.send(Msg::Failed(Error::Io(format!("read: {e}"))));
-                            return;
-                        }
-                    };
-                    hash.update(&piece[..n]);
-                    size += n as u64;
-                    match self.push(&piece[..n]) {
-                        Ok(b) if b.is_empty() => {}
-                        Ok(b) => {
-                            if tx.send(Msg::Batches(b)).is_err() {
-                                return; // the caller is gone
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Msg::Failed(e));
-                            return;
-                        }
-                    }
-                }
-                let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-                let digest = FileDigest { digest: format!("sha256:{hex}"), size };
-                let _ = tx.send(Msg::End(digest, self.finish()));
-            })
-            .map_err(|e| Error::Io(format!("scan thread: {e}")))?;
-        Ok(FileScan { rx, digest: None, last: None })
+        self.spawn(false, move |scan, _| {
+            use sha2::Digest;
+            use std::io::Read;
+            let mut hash = sha2::Sha256::new();
+            let mut size = 0u64;
+            let mut piece = vec![0u8; (1 << 20) - (64 << 10)];
+            loop {
+                let n = match f.read(&mut piece) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::Io(format!("read: {e}"))),
+                };
+                hash.update(&piece[..n]);
+                size += n as u64;
+                scan.push(&piece[..n])?;
+            }
+            let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            Ok(Some(FileDigest { digest: format!("sha256:{hex}"), size }))
+        })
+    }
+
+    /// Scan pieces the caller offers ([`Threaded::offer`]) on a thread of its own.
+    pub fn spawn_stream(self) -> Result<Threaded> {
+        self.spawn(true, move |scan, link| {
+            while let Some(p) = link.piece()? {
+                scan.push(&p)?;
+            }
+            Ok(None)
+        })
     }
 
     fn parser(&mut self) -> &mut Parser {
@@ -841,10 +1093,12 @@ impl LayerScan {
             Decoder::None(p) => p,
             Decoder::Gzip(g) => g.get_mut(),
             Decoder::Zstd { parser, .. } => parser,
+            Decoder::Gone => unreachable!("a decoder is always chosen"),
         }
     }
 
-    /// Feed the next bytes of the layer blob; returns the batches finished so far.
+    /// Feed the next bytes of the layer blob; returns the batches finished so far (none when a
+    /// thread's sink takes them).
     pub fn push(&mut self, data: &[u8]) -> Result<Vec<Batch>> {
         if self.ended {
             return Err(Error::Invalid("push after finish".into()));
@@ -860,20 +1114,20 @@ impl LayerScan {
             self.feed(&early)?;
         }
         self.feed(data)?;
-        self.parser().ready(false)
+        Ok(std::mem::take(&mut self.parser().out))
     }
 
     /// Replace the sniffing state by the decoder for `c`; returns the bytes held while sniffing.
     fn decide(&mut self, c: Compression) -> Result<Vec<u8>> {
-        let placeholder = Decoder::Sniff(Parser::new(ChunkerParams::Fixed { size: 1 }, 0, 0, BufferPool::new(0, 0)), Vec::new());
-        let Decoder::Sniff(parser, head) = std::mem::replace(&mut self.dec, placeholder) else { unreachable!() };
-        self.dec = decoder(c, parser)?;
+        let ctx = if c == Compression::Zstd { Some(zstd_ctx()?) } else { None };
+        let Decoder::Sniff(parser, head) = std::mem::replace(&mut self.dec, Decoder::Gone) else { unreachable!() };
+        self.dec = decoder(c, parser, ctx);
         Ok(head)
     }
 
     fn feed(&mut self, data: &[u8]) -> Result<()> {
         match &mut self.dec {
-            Decoder::Sniff(..) => unreachable!("decided before feeding"),
+            Decoder::Sniff(..) | Decoder::Gone => unreachable!("decided before feeding"),
             Decoder::None(p) => p.feed(data)?,
             Decoder::Gzip(g) => {
                 if let Err(e) = g.write_all(data) {
@@ -918,24 +1172,17 @@ impl LayerScan {
         }
         self.ended = true;
         match &mut self.dec {
-            Decoder::Sniff(..) | Decoder::None(_) => {}
             Decoder::Gzip(g) => {
                 if let Err(e) = g.try_finish() {
                     return Err(g.get_mut().err.take().unwrap_or_else(|| corrupt(format!("gzip stream truncated or corrupt: {e}"))));
                 }
             }
-            Decoder::Zstd { in_frame, .. } => {
-                if *in_frame {
-                    return Err(corrupt("zstd stream truncated (unexpected end of a frame)".into()));
-                }
-            }
+            Decoder::Zstd { in_frame: true, .. } => return Err(corrupt("zstd stream truncated (unexpected end of a frame)".into())),
+            _ => {}
         }
-        let p = self.parser();
-        p.end()?;
-        p.ready(true)
+        self.parser().end()
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1008,69 +1255,87 @@ mod tests {
         run_threads(t, compression, piece, batch, 2)
     }
 
+    fn absorb(b: &Batch, pool: &BufferPool, d: &mut Decoded) {
+        assert_eq!(b.first_entry as usize, d.names.len());
+        let mut r = &b.headers[..];
+        let take = |r: &mut &[u8], n: usize| {
+            let (a, rest) = r.split_at(n);
+            *r = rest;
+            a.to_vec()
+        };
+        let u32_ = |r: &mut &[u8]| u32::from_le_bytes(take(r, 4).try_into().unwrap());
+        for _ in 0..b.entries {
+            take(&mut r, 1 + 4 + 32 + 8);
+            let n = u32_(&mut r) as usize;
+            d.names.push(String::from_utf8(take(&mut r, n)).unwrap());
+            let n = u32_(&mut r) as usize;
+            d.links.push(String::from_utf8(take(&mut r, n)).unwrap());
+            let mut pp = None;
+            for _ in 0..u32_(&mut r) {
+                let n = u32_(&mut r) as usize;
+                let k = take(&mut r, n);
+                let n = u32_(&mut r) as usize;
+                let v = take(&mut r, n);
+                if k == b"path" {
+                    pp = Some(String::from_utf8(v).unwrap());
+                }
+            }
+            d.pax_path.push(pp);
+        }
+        assert!(r.is_empty());
+        let mut ci = 0;
+        for (si, s) in b.segs.iter().enumerate() {
+            let mut p = s.start as usize;
+            for _ in 0..b.counts[si] {
+                let l = b.lengths[ci] as usize;
+                let bytes = &pool.bytes(b)[p..p + l];
+                let dg: [u8; 32] = b.digests[ci * 32..ci * 32 + 32].try_into().unwrap();
+                assert_eq!(sha256(bytes), dg);
+                match d.files.last_mut() {
+                    Some((e, v)) if *e == s.entry => v.extend_from_slice(bytes),
+                    _ => d.files.push((s.entry, bytes.to_vec())),
+                }
+                d.chunks.push((s.entry, l as u32, dg));
+                p += l;
+                ci += 1;
+            }
+        }
+    }
+
+    /// The scan as the binding runs it: a thread fed with pieces, batches released as they come.
     fn run_threads(t: &[u8], compression: Compression, piece: usize, batch: usize, threads: usize) -> Result<Decoded> {
-        let pool = BufferPool::new(2, batch_size(DEFAULT_CDC, batch));
-        let mut s = LayerScan::new(compression, DEFAULT_CDC, batch, threads, pool.clone())?;
-        let mut batches = Vec::new();
-        for p in t.chunks(piece) {
-            batches.extend(s.push(p)?);
-        }
-        batches.extend(s.finish()?);
+        let pool = BufferPool::new(3, batch_size(DEFAULT_CDC, batch));
+        let mut th = LayerScan::new(compression, DEFAULT_CDC, batch, threads, pool.clone())?.spawn_stream()?;
         let mut d = Decoded { names: vec![], links: vec![], pax_path: vec![], files: vec![], chunks: vec![] };
-        let mut next = 0;
-        for b in &batches {
-            assert_eq!(b.first_entry, next);
-            next += b.entries;
-            let mut r = &b.headers[..];
-            let take = |r: &mut &[u8], n: usize| {
-                let (a, rest) = r.split_at(n);
-                *r = rest;
-                a.to_vec()
-            };
-            let u32_ = |r: &mut &[u8]| u32::from_le_bytes(take(r, 4).try_into().unwrap());
-            for _ in 0..b.entries {
-                take(&mut r, 1 + 4 + 32 + 8);
-                let n = u32_(&mut r) as usize;
-                d.names.push(String::from_utf8(take(&mut r, n)).unwrap());
-                let n = u32_(&mut r) as usize;
-                d.links.push(String::from_utf8(take(&mut r, n)).unwrap());
-                let mut pp = None;
-                for _ in 0..u32_(&mut r) {
-                    let n = u32_(&mut r) as usize;
-                    let k = take(&mut r, n);
-                    let n = u32_(&mut r) as usize;
-                    let v = take(&mut r, n);
-                    if k == b"path" {
-                        pp = Some(String::from_utf8(v).unwrap());
-                    }
-                }
-                d.pax_path.push(pp);
+        let take = |bs: Vec<Batch>, d: &mut Decoded| {
+            for b in bs {
+                absorb(&b, &pool, d);
+                pool.release(b.buffer).unwrap();
+                assert!(pool.release(b.buffer).is_err(), "a buffer is released once");
             }
-            assert!(r.is_empty());
-            let mut ci = 0;
-            for (si, s) in b.segs.iter().enumerate() {
-                let mut p = s.start as usize;
-                for _ in 0..b.counts[si] {
-                    let l = b.lengths[ci] as usize;
-                    let bytes = &pool.bytes(&b.data)[p..p + l];
-                    let dg: [u8; 32] = b.digests[ci * 32..ci * 32 + 32].try_into().unwrap();
-                    assert_eq!(sha256(bytes), dg);
-                    match d.files.last_mut() {
-                        Some((e, v)) if *e == s.entry => v.extend_from_slice(bytes),
-                        _ => d.files.push((s.entry, bytes.to_vec())),
-                    }
-                    d.chunks.push((s.entry, l as u32, dg));
-                    p += l;
-                    ci += 1;
+        };
+        // tiny pieces (a byte or two) cut only the first 64 bytes: what they test happens there, and
+        // a thread hand-off per byte of a whole layer would take minutes
+        let (head, rest) = if piece < 16 { t.split_at(t.len().min(64)) } else { (t, &t[t.len()..]) };
+        let pieces: Vec<Option<Vec<u8>>> =
+            head.chunks(piece).chain(rest.chunks(1 << 20)).map(|p| Some(p.to_vec())).chain([None]).collect();
+        for p in pieces {
+            loop {
+                let (bs, taken) = th.offer(p.clone())?;
+                take(bs, &mut d);
+                if taken {
+                    break;
                 }
             }
         }
-        for b in &batches {
-            if let BatchData::Pooled { index, .. } = b.data {
-                pool.release(index).unwrap();
-                assert!(pool.release(index).is_err());
+        loop {
+            let (bs, eof) = th.next_batches()?;
+            take(bs, &mut d);
+            if eof {
+                break;
             }
         }
+        take(th.finish()?, &mut d);
         Ok(d)
     }
 
@@ -1078,8 +1343,9 @@ mod tests {
     fn parses_and_chunks_independent_of_piece_and_batch_sizes() {
         let (t, files) = sample();
         let a = run(&t, Compression::None, 1 << 20, 1 << 20).unwrap();
-        assert_eq!(a.names, ["dir/", "dir/f0", "dir/f1", "dir/f2", "dir/f3", "dir/f4", "short", "l"]);
-        assert_eq!(a.pax_path[6].as_deref(), Some("dir/a-much-longer-name"));
+        // the PAX path is the entry's name (and no longer among its records)
+        assert_eq!(a.names, ["dir/", "dir/f0", "dir/f1", "dir/f2", "dir/f3", "dir/f4", "dir/a-much-longer-name", "l"]);
+        assert_eq!(a.pax_path[6], None);
         assert_eq!(a.links[7], "target/of/a/link");
         let nonempty: Vec<&Vec<u8>> = files.iter().filter(|f| !f.is_empty()).collect();
         assert_eq!(a.files.iter().map(|f| &f.1).collect::<Vec<_>>(), nonempty);
@@ -1141,29 +1407,126 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("blob");
         std::fs::write(&f, &z).unwrap();
-        let pool = BufferPool::new(4, batch_size(DEFAULT_CDC, 1 << 20));
+        let pool = BufferPool::new(2, batch_size(DEFAULT_CDC, 1 << 20));
         let s = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 20, 2, pool.clone()).unwrap();
         let mut s = s.spawn_file(&f).unwrap();
         let mut n = 0;
         loop {
-            let (b, eof) = s.next().unwrap();
+            let (b, eof) = s.next_batches().unwrap();
             for x in &b {
                 n += x.counts.iter().sum::<u32>() as usize;
-                if let BatchData::Pooled { index, .. } = x.data {
-                    pool.release(index).unwrap();
-                }
+                pool.release(x.buffer).unwrap();
             }
             if eof {
                 break;
             }
         }
-        n += s.finish().unwrap().iter().map(|x| x.counts.iter().sum::<u32>() as usize).sum::<usize>();
+        for x in s.finish().unwrap() {
+            n += x.counts.iter().sum::<u32>() as usize;
+            pool.release(x.buffer).unwrap();
+        }
         assert_eq!(n, a.chunks.len());
         let d = s.digest().unwrap();
         let hex: String = sha256(&z).iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!((d.digest.clone(), d.size), (format!("sha256:{hex}"), z.len() as u64));
         let s = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 20, 2, pool).unwrap();
         assert!(s.spawn_file(&dir.path().join("missing")).err().unwrap().to_string().contains("ENOENT"));
+    }
+
+    fn blocks(n: usize) -> Vec<u8> {
+        vec![0u8; 512 * n]
+    }
+
+    #[test]
+    fn memory_stays_bounded_whatever_the_input_inflates_to() {
+        // 64 MiB of zeros in a few KiB of zstd, pushed at once: 3 batch buffers suffice
+        let mut t = Vec::new();
+        entry(&mut t, "zeros", b'0', &vec![0u8; 64 << 20]);
+        t.extend(blocks(2));
+        let z = zstd::bulk::compress(&t, 19).unwrap();
+        assert!(z.len() < 64 << 10);
+        let d = run(&z, Compression::Zstd, z.len(), 1 << 20).unwrap();
+        assert_eq!(d.files[0].1.len(), 64 << 20);
+        // 50,000 entries without data: batches close on their headers' size
+        let mut t = Vec::new();
+        for i in 0..50_000 {
+            entry(&mut t, &format!("d/{i:06}"), b'0', b"");
+        }
+        t.extend(blocks(2));
+        let pool = BufferPool::new(3, batch_size(DEFAULT_CDC, 1 << 20));
+        let mut th = LayerScan::new(Compression::None, DEFAULT_CDC, 1 << 20, 2, pool.clone()).unwrap().spawn_stream().unwrap();
+        let mut sizes = Vec::new();
+        for p in [Some(t), None] {
+            loop {
+                let (bs, ok) = th.offer(p.clone()).unwrap();
+                for b in bs {
+                    sizes.push(b.headers.len());
+                    pool.release(b.buffer).unwrap();
+                }
+                if ok {
+                    break;
+                }
+            }
+        }
+        loop {
+            let (bs, eof) = th.next_batches().unwrap();
+            sizes.extend(bs.iter().map(|b| b.headers.len()));
+            bs.iter().for_each(|b| pool.release(b.buffer).unwrap());
+            if eof {
+                break;
+            }
+        }
+        sizes.extend(th.finish().unwrap().iter().map(|b| b.headers.len()));
+        assert!(sizes.len() > 1 && sizes.iter().all(|&s| s <= HEADERS_LIMIT + 4096), "{sizes:?}");
+        // a buffer that was not handed out cannot be released
+        let pool = BufferPool::new(2, 1 << 16);
+        assert!(pool.release(0).is_err() && pool.release(7).is_err());
+    }
+
+    #[test]
+    fn reads_tar_as_go_does() {
+        // a symlink whose size field claims data: none follows, the next block is a header
+        let mut t = header("l", b'2', 1024, false);
+        entry(&mut t, "hidden", b'0', b"x");
+        entry(&mut t, "visible", b'0', b"y");
+        t.extend(blocks(2));
+        // after the two zero blocks that end the archive, nothing counts
+        entry(&mut t, "after-end", b'0', b"z");
+        let d = run(&t, Compression::None, 4096, 1 << 20).unwrap();
+        assert_eq!(d.names, ["l", "hidden", "visible"]);
+        // one zero block, then a header: corrupt
+        let mut t = Vec::new();
+        entry(&mut t, "a", b'0', b"1");
+        t.extend(blocks(1));
+        entry(&mut t, "b", b'0', b"2");
+        assert!(run(&t, Compression::None, 4096, 1 << 20).err().unwrap().to_string().contains("zero block"));
+        // global PAX records are ignored; a GNU long name wins over a PAX path; '\0' + '/' is a directory
+        let mut t = Vec::new();
+        entry(&mut t, "g", b'g', b"12 size=512\n");
+        entry(&mut t, "a", b'0', b"");
+        entry(&mut t, "x", b'x', b"15 path=pax-nm\n");
+        entry(&mut t, "././@LongLink", b'L', b"gnu-name\0");
+        entry(&mut t, "short", b'0', b"abc");
+        entry(&mut t, "olddir/", 0, b"");
+        t.extend(blocks(2));
+        let d = run(&t, Compression::None, 4096, 1 << 20).unwrap();
+        assert_eq!(d.names, ["a", "gnu-name", "olddir/"]);
+        assert_eq!(d.files, [(1, b"abc".to_vec())]);
+        // truncated data of an entry that is not kept is still truncation
+        let mut t = header("dev", b'V', 4096, false);
+        t.extend(vec![1u8; 1000]);
+        assert!(run(&t, Compression::None, 4096, 1 << 20).err().unwrap().to_string().contains("truncated"));
+        // a PAX record with no entry after it
+        let mut t = Vec::new();
+        entry(&mut t, "x", b'x', b"15 path=pax-nm\n");
+        assert!(run(&t, Compression::None, 4096, 1 << 20).err().unwrap().to_string().contains("before its entry"));
+        // PAX lengths must be plain digits and records end in a newline
+        for bad in [&b"+15 path=pax-nm\n"[..], b"15 path=pax-nmX"] {
+            let mut t = Vec::new();
+            entry(&mut t, "x", b'x', bad);
+            entry(&mut t, "a", b'0', b"");
+            assert!(run(&t, Compression::None, 4096, 1 << 20).err().unwrap().to_string().contains("PAX"));
+        }
     }
 
     #[test]

@@ -176,10 +176,8 @@ pub fn hash_file(path: String) -> AsyncTask<HashFileTask> {
 
 #[napi(object)]
 pub struct ScanBatch {
-    /// the batch's own bytes, when it is not in a pool buffer
-    pub data: Option<Buffer>,
-    /// index of the pool buffer holding the batch (-1: see data); release it when done
-    pub buffer: i32,
+    /// index of the pool buffer holding the batch's bytes; release it when done
+    pub buffer: u32,
     pub length: u32,
     pub headers: Buffer,
     pub first_entry: u32,
@@ -191,16 +189,25 @@ pub struct ScanBatch {
     pub digests: Buffer,
 }
 
-#[napi]
-pub struct LayerScanner {
-    inner: Shared,
-    pool: std::sync::Arc<tarscan::BufferPool>,
+#[napi(object)]
+pub struct ScanStep {
+    pub batches: Vec<ScanBatch>,
+    /// the input is all read (then call finish)
+    pub eof: bool,
+    /// push/end: the piece was taken (else offer it again once the batches are released)
+    pub accepted: bool,
 }
 
-/// A scan fed by pushes, or reading a file on its own thread; Closed once stopped.
+#[napi(object)]
+pub struct ScanFileDigest {
+    pub digest: String,
+    pub size: f64,
+}
+
+/// A scan not started yet, running on its thread, or closed.
 pub enum ScanState {
-    Push(tarscan::LayerScan),
-    File(tarscan::FileScan),
+    Idle(tarscan::LayerScan),
+    Running(tarscan::Threaded),
     Closed,
 }
 
@@ -214,80 +221,69 @@ fn wrong(what: &str) -> napi::Error {
     napi::Error::new(Status::InvalidArg, format!("EINVAL: {what} does not fit this scan's state"))
 }
 
-pub enum ScanStep {
-    Push(Buffer),
+#[napi]
+pub struct LayerScanner {
+    inner: Shared,
+    pool: std::sync::Arc<tarscan::BufferPool>,
+}
+
+impl Drop for LayerScanner {
+    fn drop(&mut self) {
+        self.pool.close();
+    }
+}
+
+pub enum Op {
+    Push(Vec<u8>),
+    End,
     Pull,
     Finish,
 }
 
 pub struct ScanTask {
     inner: Shared,
-    step: ScanStep,
-}
-
-#[napi(object)]
-pub struct ScanPull {
-    pub batches: Vec<ScanBatch>,
-    /// the file is read to its end (then call finish)
-    pub eof: bool,
-}
-
-#[napi(object)]
-pub struct ScanFileDigest {
-    pub digest: String,
-    pub size: f64,
+    op: Option<Op>,
 }
 
 fn scan_batches(o: Vec<tarscan::Batch>) -> Vec<ScanBatch> {
-        o
-            .into_iter()
-            .map(|b| ScanBatch {
-                segs: b.segs.iter().flat_map(|s| [s.entry, s.start, s.len, s.eof as u32]).collect::<Vec<u32>>().into(),
-                buffer: match b.data {
-                    tarscan::BatchData::Pooled { index, .. } => index as i32,
-                    tarscan::BatchData::Owned(_) => -1,
-                },
-                length: match &b.data {
-                    tarscan::BatchData::Pooled { len, .. } => *len as u32,
-                    tarscan::BatchData::Owned(v) => v.len() as u32,
-                },
-                data: match b.data {
-                    tarscan::BatchData::Pooled { .. } => None,
-                    tarscan::BatchData::Owned(v) => Some(v.into()),
-                },
-                headers: b.headers.into(),
-                first_entry: b.first_entry,
-                entries: b.entries,
-                counts: b.counts.into(),
-                lengths: b.lengths.into(),
-                digests: b.digests.into(),
-            })
-            .collect()
+    o.into_iter()
+        .map(|b| ScanBatch {
+            segs: b.segs.iter().flat_map(|s| [s.entry, s.start, s.len, s.eof as u32]).collect::<Vec<u32>>().into(),
+            buffer: b.buffer,
+            length: b.len as u32,
+            headers: b.headers.into(),
+            first_entry: b.first_entry,
+            entries: b.entries,
+            counts: b.counts.into(),
+            lengths: b.lengths.into(),
+            digests: b.digests.into(),
+        })
+        .collect()
 }
 
 impl Task for ScanTask {
-    type Output = (Vec<tarscan::Batch>, bool);
-    type JsValue = ScanPull;
+    type Output = (Vec<tarscan::Batch>, bool, bool);
+    type JsValue = ScanStep;
     fn compute(&mut self) -> Result<Self::Output> {
         let mut s = locked(&self.inner)?;
-        match (&self.step, &mut *s) {
-            (ScanStep::Push(d), ScanState::Push(p)) => p.push(d).map(|b| (b, false)),
-            (ScanStep::Pull, ScanState::File(f)) => f.next(),
-            (ScanStep::Finish, ScanState::Push(p)) => p.finish().map(|b| (b, true)),
-            (ScanStep::Finish, ScanState::File(f)) => f.finish().map(|b| (b, true)),
-            _ => return Err(wrong("this call")),
+        let ScanState::Running(t) = &mut *s else { return Err(wrong("this call")) };
+        match self.op.take().ok_or_else(|| wrong("a repeated call"))? {
+            Op::Push(p) => t.offer(Some(p)).map(|(b, ok)| (b, false, ok)),
+            Op::End => t.offer(None).map(|(b, ok)| (b, false, ok)),
+            Op::Pull => t.next_batches().map(|(b, eof)| (b, eof, true)),
+            Op::Finish => t.finish().map(|b| (b, true, true)),
         }
         .map_err(err)
     }
     fn resolve(&mut self, _env: Env, o: Self::Output) -> Result<Self::JsValue> {
-        Ok(ScanPull { batches: scan_batches(o.0), eof: o.1 })
+        Ok(ScanStep { batches: scan_batches(o.0), eof: o.1, accepted: o.2 })
     }
 }
 
 #[napi]
 impl LayerScanner {
-    /// `compression`: "none" | "gzip" | "zstd".
-    /// `buffers`: how many batch buffers to allocate once and share with JavaScript (see `buffers()`).
+    /// `compression`: "auto" | "none" | "gzip" | "zstd"; `buffers`: how many batch buffers to
+    /// allocate once and share with JavaScript (see `buffers()`): the scan waits for a free one.
     #[napi(constructor)]
     pub fn new(compression: String, chunker: ChunkerSpec, batch_bytes: u32, threads: u32, buffers: u32) -> Result<Self> {
         let c = match compression.as_str() {
@@ -298,9 +294,9 @@ impl LayerScanner {
             k => return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: unknown compression {k:?}"))),
         };
         let p = params(&chunker)?;
-        let pool = tarscan::BufferPool::new(buffers.min(64) as usize, tarscan::batch_size(p, batch_bytes as usize));
+        let pool = tarscan::BufferPool::new(buffers.clamp(2, 64) as usize, tarscan::batch_size(p, batch_bytes as usize));
         let s = tarscan::LayerScan::new(c, p, batch_bytes as usize, threads as usize, pool.clone()).map_err(err)?;
-        Ok(LayerScanner { inner: std::sync::Arc::new(std::sync::Mutex::new(ScanState::Push(s))), pool })
+        Ok(LayerScanner { inner: std::sync::Arc::new(std::sync::Mutex::new(ScanState::Idle(s))), pool })
     }
 
     /// The pool buffers, as Buffers over the same memory (no copy); batches name them by index.
@@ -315,31 +311,47 @@ impl LayerScanner {
             .collect()
     }
 
-    /// JavaScript is done with pool buffer `index` (from a batch): the scan may fill it again.
-    #[napi]
-    pub fn release(&self, index: u32) -> Result<()> {
-        self.pool.release(index).map_err(err)
-    }
-
-    /// Feed the next bytes of the layer blob; resolves to the batches finished so far.
-    #[napi(ts_return_type = "Promise<ScanPull>")]
-    pub fn push(&self, data: Buffer) -> AsyncTask<ScanTask> {
-        AsyncTask::new(ScanTask { inner: self.inner.clone(), step: ScanStep::Push(data) })
-    }
-
-    /// Read the blob from a file, on a thread of its own, instead of pushes (see pull and fileDigest).
-    #[napi]
-    pub fn open_file(&self, path: String) -> Result<()> {
+    fn start(&self, f: impl FnOnce(tarscan::LayerScan) -> ocichunk_core::Result<tarscan::Threaded>) -> Result<()> {
         let mut s = locked(&self.inner)?;
-        let ScanState::Push(scan) = std::mem::replace(&mut *s, ScanState::Closed) else { return Err(wrong("openFile")) };
-        *s = ScanState::File(scan.spawn_file(Path::new(&path)).map_err(err)?);
+        let ScanState::Idle(scan) = std::mem::replace(&mut *s, ScanState::Closed) else { return Err(wrong("starting")) };
+        *s = ScanState::Running(f(scan).map_err(err)?);
         Ok(())
     }
 
-    /// The next batches the file's scan has finished (eof: the file is read to its end).
-    #[napi(ts_return_type = "Promise<ScanPull>")]
+    /// Read the blob from a file, on a thread of its own (then pull until eof, and finish).
+    #[napi]
+    pub fn open_file(&self, path: String) -> Result<()> {
+        self.start(|s| s.spawn_file(Path::new(&path)))
+    }
+
+    /// Take the blob from pushes, parsed on a thread of its own (push... end, pull until eof, finish).
+    #[napi]
+    pub fn open_stream(&self) -> Result<()> {
+        self.start(|s| s.spawn_stream())
+    }
+
+    /// Offer the next bytes of the blob (copied); `accepted` false: offer them again.
+    #[napi(ts_return_type = "Promise<ScanStep>")]
+    pub fn push(&self, data: Buffer) -> AsyncTask<ScanTask> {
+        AsyncTask::new(ScanTask { inner: self.inner.clone(), op: Some(Op::Push(data.to_vec())) })
+    }
+
+    /// The blob's bytes are all pushed; `accepted` false: call again.
+    #[napi(ts_return_type = "Promise<ScanStep>")]
+    pub fn end(&self) -> AsyncTask<ScanTask> {
+        AsyncTask::new(ScanTask { inner: self.inner.clone(), op: Some(Op::End) })
+    }
+
+    /// The next batches the scan has finished (waits for some; eof: the input is all read).
+    #[napi(ts_return_type = "Promise<ScanStep>")]
     pub fn pull(&self) -> AsyncTask<ScanTask> {
-        AsyncTask::new(ScanTask { inner: self.inner.clone(), step: ScanStep::Pull })
+        AsyncTask::new(ScanTask { inner: self.inner.clone(), op: Some(Op::Pull) })
+    }
+
+    /// After eof: the last batches, or why the layer's stream is incomplete.
+    #[napi(ts_return_type = "Promise<ScanStep>")]
+    pub fn finish(&self) -> AsyncTask<ScanTask> {
+        AsyncTask::new(ScanTask { inner: self.inner.clone(), op: Some(Op::Finish) })
     }
 
     /// Digest and size of the file, once it is read to its end.
@@ -347,22 +359,25 @@ impl LayerScanner {
     pub fn file_digest(&self) -> Result<Option<ScanFileDigest>> {
         let s = locked(&self.inner)?;
         Ok(match &*s {
-            ScanState::File(f) => f.digest().map(|d| ScanFileDigest { digest: d.digest.clone(), size: d.size as f64 }),
+            ScanState::Running(t) => t.digest().map(|d| ScanFileDigest { digest: d.digest.clone(), size: d.size as f64 }),
             _ => None,
         })
     }
 
-    /// Stop the scan (its thread ends; batches not taken are dropped).
+    /// JavaScript is done with pool buffer `index` (from a batch): the scan may fill it again.
     #[napi]
-    pub fn close(&self) -> Result<()> {
-        *locked(&self.inner)? = ScanState::Closed;
-        Ok(())
+    pub fn release(&self, index: u32) -> Result<()> {
+        self.pool.release(index).map_err(err)
     }
 
-    /// Every byte is in: resolves to the remaining batches, or rejects if the stream is incomplete.
-    #[napi(ts_return_type = "Promise<ScanPull>")]
-    pub fn finish(&self) -> AsyncTask<ScanTask> {
-        AsyncTask::new(ScanTask { inner: self.inner.clone(), step: ScanStep::Finish })
+    /// Stop the scan: its thread ends, batches not taken are dropped. (A call still running keeps
+    /// the scan until it returns; the scan then ends when this object is collected.)
+    #[napi]
+    pub fn close(&self) {
+        self.pool.close();
+        if let Ok(mut s) = self.inner.try_lock() {
+            *s = ScanState::Closed;
+        }
     }
 }
 
