@@ -39,7 +39,6 @@ interface Seg {
 
 interface Batch {
   buf: Buffer;
-  fill: number;
   segs: Seg[];
 }
 
@@ -145,7 +144,7 @@ export class LayerScanner {
         segs.push({ file: file.chunks ? file : discard(), start: b.segs[i + 1], len: b.segs[i + 2], eof: b.segs[i + 3] === 1 });
       }
       const buf = scanner!.bytes(b);
-      const batch: Batch = { buf, fill: buf.length, segs };
+      const batch: Batch = { buf, segs };
       const done = this.placed.then(() => this.absorb(batch, b)).then(() => scanner!.done(b));
       done.catch(() => {}); // surfaced by the awaits below
       this.placed = done;
