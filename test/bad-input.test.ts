@@ -96,30 +96,35 @@ describe('corrupt layers', () => {
     assertNothingPublished(out);
   });
 
-  it('refuses a layer whose bytes do not match its digest', async () => {
-    const dir = path.join(work, 'bad-digest');
+  /** A layout of goodTar as one gzip layer whose blob `damage` alters after it was written; its layer digest. */
+  function damagedLayout(dir: string, damage: (b: Buffer) => void): string {
     writeLayout(dir, 'x', [gzipLayer(goodTar)]);
     const m = JSON.parse(blob(dir, readIndex(dir).manifests[0].digest).toString());
     const p = path.join(dir, 'blobs', 'sha256', m.layers[0].digest.slice(7));
     const b = fs.readFileSync(p);
-    b[4] ^= 1; // the gzip header's mtime: decompression does not notice, the digest check does
+    damage(b);
     fs.writeFileSync(p, b);
+    return m.layers[0].digest;
+  }
+
+  it('refuses a layer whose bytes do not match its digest', async () => {
+    const dir = path.join(work, 'bad-digest');
+    // the gzip header's mtime: decompression does not notice, the digest check does
+    const digest = damagedLayout(dir, (b) => void (b[4] ^= 1));
     const out = path.join(work, 'out-bad-digest');
     const r = cli(['convert', `oci:${dir}:x`, `oci:${out}:x`]);
     expect(r.code).toBe(6);
-    expect(r.stderr).toContain(m.layers[0].digest);
+    expect(r.stderr).toContain(digest);
     expect(r.stderr).toMatch(/digest mismatch/);
     assertNothingPublished(out);
   });
 
   it('names a digest mismatch, not the corruption it causes, when a blob was damaged after it was written', async () => {
     const dir = path.join(work, 'damaged-blob');
-    writeLayout(dir, 'x', [gzipLayer(goodTar)]);
-    const m = JSON.parse(blob(dir, readIndex(dir).manifests[0].digest).toString());
-    const p = path.join(dir, 'blobs', 'sha256', m.layers[0].digest.slice(7));
-    const b = fs.readFileSync(p);
-    for (let i = 30; i < b.length - 30; i += 7) b[i] ^= 0xa5; // the deflate stream no longer inflates
-    fs.writeFileSync(p, b);
+    // the deflate stream no longer inflates
+    damagedLayout(dir, (b) => {
+      for (let i = 30; i < b.length - 30; i += 7) b[i] ^= 0xa5;
+    });
     const out = path.join(work, 'out-damaged-blob');
     const r = cli(['convert', `oci:${dir}:x`, `oci:${out}:x`]);
     expect(r.code).toBe(6);

@@ -119,7 +119,6 @@ export class LayerScanner {
     private readonly registry: ChunkRegistry,
     private readonly spool: Spool,
     private readonly packer?: Packer,
-    private readonly onBytes?: (n: number) => void,
   ) {}
 
   /**
@@ -133,7 +132,7 @@ export class LayerScanner {
     const byHeader: ScannedEntry[] = [];
     const discard = (): ScannedEntry => ({ entry: { path: '', type: 'reg', mode: 0, uid: 0, gid: 0, size: 0, mtime: 0 }, chunks: [] });
     const inFlight: Array<Promise<void>> = [];
-    let scanner: ReturnType<typeof native.layerScanner> | undefined;
+    const scanner = native.layerScanner('auto', this.opts.chunker, this.opts.batchBytes, this.opts.threads);
     const take = (b: ScanBatch) => {
       decodeHeaders(b.headers, b.entries).forEach((h, i) => {
         byHeader[b.firstEntry + i] = this.entry(h, layer, out) ?? discard();
@@ -143,54 +142,52 @@ export class LayerScanner {
         const file = byHeader[b.segs[i]];
         segs.push({ file: file.chunks ? file : discard(), start: b.segs[i + 1], len: b.segs[i + 2], eof: b.segs[i + 3] === 1 });
       }
-      const buf = scanner!.bytes(b);
+      const buf = scanner.bytes(b);
       const batch: Batch = { buf, segs };
-      const done = this.placed.then(() => this.absorb(batch, b)).then(() => scanner!.done(b));
+      const done = this.placed.then(() => this.absorb(batch, b)).then(() => scanner.done(b));
       done.catch(() => {}); // surfaced by the awaits below
       this.placed = done;
       inFlight.push(done);
     };
-    const pace = async (batches: ScanBatch[], bytes: number) => {
+    type Sized = { digest: string; size: number };
+    const mismatch = (want: Sized, got: Sized) =>
+      new OcichunkError('EDIGEST', `${layer}: digest mismatch: expected ${want.digest} (${want.size} bytes), content hashes to ${got.digest} (${got.size} bytes)`);
+    const pace = async (batches: ScanBatch[]) => {
       for (const b of batches) take(b);
-      this.onBytes?.(bytes);
       while (inFlight.length > 2) await inFlight.shift();
     };
     try {
-      scanner = native.layerScanner('auto', this.opts.chunker, this.opts.batchBytes, this.opts.threads);
-      const sc = scanner;
       if ('file' in input) {
         // the native scan reads and hashes the file itself, on its own thread
         try {
-          sc.openFile(input.file);
+          scanner.openFile(input.file);
         } catch (e) {
           if (/ENOENT/.test((e as Error).message)) throw new OcichunkError('ENOTFOUND', `${layer}: blob ${input.digest} is missing (${input.file})`);
           throw e;
         }
       } else {
-        sc.openStream();
+        scanner.openStream();
         // a piece not accepted waits for the batches returned with it to be released
-        const offer = async (f: () => Promise<ScanStep>, bytes: number) => {
+        const offer = async (f: () => Promise<ScanStep>) => {
           for (let r = await f(); ; r = await f()) {
-            await pace(r.batches, bytes);
+            await pace(r.batches);
             if (r.accepted) return;
           }
         };
-        for await (const piece of input.stream as AsyncIterable<Buffer>) await offer(() => sc.push(piece), piece.length);
-        await offer(() => sc.end(), 0);
+        for await (const piece of input.stream as AsyncIterable<Buffer>) await offer(() => scanner.push(piece));
+        await offer(() => scanner.end());
       }
       for (let eof = false; !eof; ) {
-        const r = await sc.pull();
-        await pace(r.batches, 'file' in input ? r.batches.reduce((a, b) => a + b.length, 0) : 0);
+        const r = await scanner.pull();
+        await pace(r.batches);
         eof = r.eof;
       }
       if ('file' in input) {
-        const got = sc.fileDigest()!;
+        const got = scanner.fileDigest()!;
         if (got.size !== input.size) {
           throw new OcichunkError('EDIGEST', `${layer}: blob ${input.digest} ${got.size < input.size ? 'is truncated' : 'is larger than its descriptor'}: ${got.size} of ${input.size} bytes`);
         }
-        if (got.digest !== input.digest) {
-          throw new OcichunkError('EDIGEST', `${layer}: digest mismatch: expected ${input.digest}, content hashes to ${got.digest}`);
-        }
+        if (got.digest !== input.digest) throw mismatch(input, got);
       }
       for (const b of (await scanner.finish()).batches) take(b);
       await this.placed;
@@ -200,13 +197,11 @@ export class LayerScanner {
       // content that does not parse may simply not be the blob the descriptor names: say so
       if ('file' in input && !(e instanceof OcichunkError && e.code === 'EDIGEST') && !(e instanceof OutOfOrder)) {
         const h = await native.hashFile(input.file).catch(() => undefined);
-        if (h && (h.digest !== input.digest || h.size !== input.size)) {
-          throw new OcichunkError('EDIGEST', `${layer}: digest mismatch: expected ${input.digest} (${input.size} bytes), content hashes to ${h.digest} (${h.size} bytes)`);
-        }
+        if (h && (h.digest !== input.digest || h.size !== input.size)) throw mismatch(input, h);
       }
       throw e;
     } finally {
-      scanner?.close();
+      scanner.close();
       if ('stream' in input && !input.stream.destroyed) input.stream.destroy();
     }
   }
