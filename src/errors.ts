@@ -38,10 +38,11 @@ export function withContext(e: unknown, context: string, fallback: ErrorCode = '
   let code: ErrorCode = fallback;
   if (native) {
     const c = native[1];
-    code = c === 'ECORRUPT' ? 'ECORRUPT' : c === 'EINVAL' ? 'EUSAGE' : 'EIO';
+    const passed: ErrorCode[] = ['ECORRUPT', 'EUNSAFE', 'EUNSUPPORTED', 'EDIGEST', 'ENOTFOUND'];
+    code = passed.includes(c as ErrorCode) ? (c as ErrorCode) : c === 'EINVAL' ? 'EUSAGE' : 'EIO';
   } else if (err?.code === 'ENOENT') code = fallback === 'EIO' ? 'ENOTFOUND' : fallback;
   else if (err?.code === 'Z_DATA_ERROR' || err?.code === 'Z_BUF_ERROR') code = 'ECORRUPT';
-  return new OcichunkError(code, `${context}: ${msg}`, { cause: e });
+  return new OcichunkError(code, `${context}: ${native ? msg.slice(native[0].length) : msg}`, { cause: e });
 }
 
 export const EXIT_CODES: Record<ErrorCode, number> = {

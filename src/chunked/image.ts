@@ -19,7 +19,7 @@ import {
   type Platform,
 } from '../oci/types.js';
 import type { ImageSource } from '../transports/types.js';
-import { decodeToc, type Toc } from './toc.js';
+import { decodeToc, TOC_MAX_BLOB, type Toc } from './toc.js';
 
 export interface ManifestRef {
   desc: Descriptor;
@@ -111,6 +111,8 @@ export interface ChunkedImage {
   image: ResolvedImage;
   manifest: ManifestRef;
   tocDesc: Descriptor;
+  /** the TOC as stored (checked) */
+  tocBlob: Buffer;
   toc: Toc;
   tocBytes: number;
   packs: Descriptor[];
@@ -125,7 +127,8 @@ export async function openChunked(img: ResolvedImage): Promise<ChunkedImage> {
   const tocDesc = m.manifest.layers.find((l) => l.mediaType === CMT.toc);
   if (!tocDesc) throw new OcichunkError('ECORRUPT', `${img.source.name}: chunked manifest ${m.desc.digest} has no TOC layer`);
   const what = `${img.source.name} TOC ${tocDesc.digest}`;
-  const blob = await img.source.readBlob(tocDesc, what, 1 << 30);
+  if (tocDesc.size > TOC_MAX_BLOB) throw new OcichunkError('ECORRUPT', `${what}: TOC blob of ${tocDesc.size} bytes is over the format's limit (${TOC_MAX_BLOB})`);
+  const blob = await img.source.readBlob(tocDesc, what, TOC_MAX_BLOB);
   const toc = decodeToc(blob, what);
   const packs = m.manifest.layers.filter((l) => l.mediaType === CMT.pack);
   const byDigest = new Map(packs.map((p) => [p.digest, p]));
@@ -137,5 +140,5 @@ export async function openChunked(img: ResolvedImage): Promise<ChunkedImage> {
       throw new OcichunkError('EUNSUPPORTED', `${img.source.name}: unknown layer media type ${l.mediaType} in chunked manifest`);
     }
   }
-  return { image: img, manifest: m, tocDesc, toc, tocBytes: blob.length, packs: toc.packs.map((p) => byDigest.get(p)!) };
+  return { image: img, manifest: m, tocDesc, tocBlob: blob, toc, tocBytes: blob.length, packs: toc.packs.map((p) => byDigest.get(p)!) };
 }

@@ -5,7 +5,6 @@
 import { OcichunkError } from '../errors.js';
 import type { Entry, EntryType } from '../layer/entry.js';
 import { native, type ChunkerSpec } from '../native/index.js';
-import { FORMAT_VERSION } from '../oci/chunked-media.js';
 
 /** [packIndex, compressedOffset, compressedLength, uncompressedLength] */
 export type FrameRef = [number, number, number, number];
@@ -43,7 +42,6 @@ export interface Toc {
   prefetch?: Array<[string, number, number]>;
 }
 
-export const TOC_MAX_UNCOMPRESSED = 1 << 30;
 
 export function toTocEntry(e: Entry, chunks: number[] | undefined): TocEntry {
   const t: TocEntry = { path: e.path, type: e.type };
@@ -74,57 +72,39 @@ export function encodeToc(toc: Toc, level: number): { json: Buffer; blob: Buffer
   return { json, blob: native.compressSync(json, level) };
 }
 
-const TYPES = new Set<EntryType>(['reg', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo', 'whiteout', 'opaque']);
+/** Largest TOC blob a reader fetches (its JSON is limited to 128 MiB: crates/core/src/format). */
+export const TOC_MAX_BLOB = 128 << 20;
+/** Uncompressed bytes of one frame (and so of one chunk) a reader accepts (crates/core/src/format limits::FRAME). */
+export const FRAME_MAX = 64 << 20;
 
-/** Decode and validate a TOC: every index in range, every number sane. */
+export interface TocViolation {
+  code: 'ECORRUPT' | 'EUNSAFE' | 'EUNSUPPORTED';
+  layer?: number;
+  path?: string;
+  /** names the layer and entry; names from the image are escaped */
+  message: string;
+}
+
+/**
+ * Decode a TOC blob under the format's limits and check every rule of docs/format.md (schema,
+ * types, ranges, path rules, the merged tree): crates/core/src/format. Either the JSON of a TOC
+ * every reader can trust, or every violation found (up to 1000, then only counted).
+ */
+export function checkToc(blob: Buffer): { json?: Buffer; violations: TocViolation[]; more: number } {
+  const r = native.checkToc(blob);
+  return { ...(r.json ? { json: r.json } : {}), violations: r.violations as TocViolation[], more: r.more };
+}
+
+/** The error for a failed check: the first violation's code, every violation counted. */
+export function violationError(what: string, violations: TocViolation[], more: number): OcichunkError {
+  const [first] = violations;
+  const rest = violations.length - 1 + more;
+  return new OcichunkError(first.code, `${what}: ${first.message}${rest > 0 ? ` (and ${rest} more violation(s); run verify to list them)` : ''}`);
+}
+
+/** Decode and validate a TOC (every command runs this before anything else). */
 export function decodeToc(blob: Buffer, what: string): Toc {
-  const json = native.decompressSync(blob, TOC_MAX_UNCOMPRESSED);
-  let toc: Toc;
-  try {
-    toc = JSON.parse(json.toString('utf8')) as Toc;
-  } catch (e) {
-    throw new OcichunkError('ECORRUPT', `${what}: TOC is not valid JSON (${(e as Error).message})`);
-  }
-  const bad = (m: string): never => {
-    throw new OcichunkError('ECORRUPT', `${what}: invalid TOC: ${m}`);
-  };
-  if (toc?.version !== FORMAT_VERSION) {
-    throw new OcichunkError('EUNSUPPORTED', `${what}: TOC version ${String(toc?.version)} is not supported (this reader: ${FORMAT_VERSION})`);
-  }
-  if (!Array.isArray(toc.packs) || !Array.isArray(toc.frames) || !Array.isArray(toc.chunks) || !Array.isArray(toc.layers)) {
-    bad('missing tables');
-  }
-  const isInt = (n: unknown) => Number.isSafeInteger(n) && (n as number) >= 0;
-  toc.packs.forEach((p) => typeof p === 'string' && /^sha256:[a-f0-9]{64}$/.test(p) || bad(`pack ${String(p)}`));
-  toc.frames.forEach((f, i) => {
-    if (!Array.isArray(f) || f.length !== 4 || !f.every(isInt) || f[0] >= toc.packs.length || f[3] > 1 << 30) bad(`frame ${i}`);
-  });
-  toc.chunks.forEach((c, i) => {
-    if (!Array.isArray(c) || c.length !== 4 || typeof c[0] !== 'string' || !/^[a-f0-9]{64}$/.test(c[0])) bad(`chunk ${i}`);
-    if (!isInt(c[1]) || c[1] >= toc.frames.length || !isInt(c[2]) || !isInt(c[3])) bad(`chunk ${i}`);
-    if (c[2] + c[3] > toc.frames[c[1]][3]) bad(`chunk ${i} lies outside its frame`);
-  });
-  toc.layers.forEach((l, li) => {
-    if (!Array.isArray(l?.entries)) bad(`layer ${li}`);
-    for (const e of l.entries) {
-      if (typeof e?.path !== 'string' || !TYPES.has(e.type)) bad(`layer ${li} entry ${JSON.stringify(e?.path)}`);
-      if (e.type === 'reg') {
-        if (!isInt(e.size) || !Array.isArray(e.chunks)) bad(`entry ${e.path}: size/chunks`);
-        let sum = 0;
-        for (const c of e.chunks!) {
-          if (!isInt(c) || c >= toc.chunks.length) bad(`entry ${e.path}: chunk index ${c}`);
-          sum += toc.chunks[c][3];
-        }
-        if (sum !== e.size) bad(`entry ${e.path}: chunks add up to ${sum} bytes, size is ${e.size}`);
-      }
-      if ((e.type === 'symlink' || e.type === 'hardlink') && typeof e.link !== 'string') bad(`entry ${e.path}: link`);
-    }
-  });
-  if (toc.prefetch !== undefined) {
-    if (!Array.isArray(toc.prefetch)) bad('prefetch list');
-    toc.prefetch.forEach((r, i) => {
-      if (!Array.isArray(r) || r.length !== 3 || typeof r[0] !== 'string' || !isInt(r[1]) || !isInt(r[2])) bad(`prefetch entry ${i}`);
-    });
-  }
-  return toc;
+  const { json, violations, more } = checkToc(blob);
+  if (!json) throw violationError(what, violations, more);
+  return JSON.parse(json.toString('utf8')) as Toc;
 }

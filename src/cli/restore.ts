@@ -9,7 +9,7 @@ export const describe = "Materialize a chunked image's root filesystem in a dire
 export function builder(y: Argv) {
   return common(y)
     .positional('source', { type: 'string', demandOption: true })
-    .positional('target', { type: 'string', demandOption: true, describe: 'directory to create the root filesystem in' });
+    .positional('target', { type: 'string', demandOption: true, describe: 'directory to create the root filesystem in (absent or empty)' });
 }
 
 export async function run(a: Common & { source: string; target: string }): Promise<unknown> {
@@ -18,7 +18,7 @@ export async function run(a: Common & { source: string; target: string }): Promi
     platform: platformOf(a),
     threads: a.threads,
     transport: transportOf(a),
-    onProgress: (p) => line.update(`layer ${p.layer + 1}/${p.layers}: ${p.entries} entries`, true),
+    onProgress: (p) => line.update(`file content: ${p.done}/${p.chunks} chunks`, true),
   }).finally(() => line.done());
   if (a.json) return r;
   return [

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { resolveImage, type ResolvedImage } from '../chunked/image.js';
-import { decodeToc, encodeToc, toTocEntry, type ChunkRef, type FrameRef, type Toc, type TocEntry } from '../chunked/toc.js';
+import { decodeToc, encodeToc, FRAME_MAX, toTocEntry, type ChunkRef, type FrameRef, type Toc, type TocEntry } from '../chunked/toc.js';
 import { sha256Digest } from '../store/blobstore.js';
 import { OcichunkError, withContext } from '../errors.js';
 import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
@@ -22,6 +22,7 @@ import type { ImageSink, ImageSource, TransferReport } from '../transports/types
 import type { TransportOptions } from '../ref.js';
 import { Packer } from './packer.js';
 import { ChunkRegistry } from './registry.js';
+import { LayerTrust, layerContentDigest } from './layer-trust.js';
 import { LayerScanner, OutOfOrder, Spool, maxChunkLength, type LayerInput, type ScannedEntry } from './scan.js';
 
 /**
@@ -73,6 +74,12 @@ export interface ConvertOptions {
   /** Registry options (credentials, plain HTTP, retries, upload concurrency) for docker:// references. */
   transport?: TransportOptions;
   onProgress?: (p: ConvertProgress) => void;
+  /**
+   * Where this user's conversions record the content of each converted layer (default
+   * ~/.cache/ocichunk/layers): a TOC layer found in the destination is reused only if it matches
+   * (src/convert/layer-trust.ts).
+   */
+  trustDir?: string;
 }
 
 /** What one platform's conversion did. */
@@ -198,6 +205,20 @@ function fromToc(toc: Toc, layer: number, registry: ChunkRegistry): ScannedEntry
 }
 
 /** Whether the sink holds the blob, or got it from the source without a copy (a registry mount). */
+/**
+ * A converted layer that may stand in for reading `layerDigest` again: one this process derived, or
+ * one found in the destination whose content this user's own earlier conversion recorded.
+ */
+async function trustedLayer(ctx: Ctx, layerDigest: string): Promise<{ toc: Toc; layer: number } | undefined> {
+  const cached = ctx.registry.layerCache.get(`${layerDigest} ${ctx.entryOptions}`);
+  if (!cached) return undefined;
+  const toc = decodeToc(cached.tocBlob, cached.what);
+  if (cached.trusted || (await ctx.trust.trusts(layerDigest, ctx.entryOptions, layerContentDigest(toc, cached.layer)))) {
+    return { toc, layer: cached.layer };
+  }
+  return undefined;
+}
+
 async function sinkHasOrMounts(src: ImageSource, sink: ImageSink, desc: Descriptor): Promise<boolean> {
   return (await sink.hasBlob(desc)) || !!(await sink.mountFrom?.(src, desc));
 }
@@ -314,6 +335,7 @@ interface Ctx {
   progress: (p: ConvertProgress) => void;
   prefetch?: Array<[string, number, number]>;
 }
+  trust: LayerTrust;
 
 /** The platforms a multi-platform conversion covers: every image manifest of the top index but chunked ones and attestations. */
 async function platformsOf(src: ImageSource): Promise<{ top: { desc: Descriptor; bytes: Buffer }; index?: ImageIndex; platforms: Platform[] }> {
@@ -362,6 +384,7 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   const groupBelow = opts.groupBelow ?? DEFAULT_GROUP_BELOW;
   const packer = new Packer(sink, registry, {
     level,
+  if ((opts.groupTarget ?? 0) > FRAME_MAX) throw new OcichunkError('EUSAGE', `frame size ${opts.groupTarget} is over the format's limit of ${FRAME_MAX} bytes`);
     threads,
     groupBelow,
     groupTarget: opts.groupTarget ?? DEFAULT_FRAME_SIZE,
@@ -374,7 +397,8 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   const entryOptions = sha256Digest(
     JSON.stringify({ chunker, sourceDateEpoch: scanOpts.sourceDateEpoch, keepMtime: scanOpts.keepMtime, version: FORMAT_VERSION }),
   ).slice(7, 39);
-  const ctx: Ctx = { src, sink, registry, packer, spool, scanOpts, entryOptions, chunker, level, attach, progress, prefetch: opts.prefetch };
+  const trust = new LayerTrust(opts.trustDir);
+  const ctx: Ctx = { src, sink, registry, packer, spool, scanOpts, entryOptions, chunker, level, attach, progress, prefetch: opts.prefetch, trust };
   const results: PlatformResult[] = [];
   try {
     for (const img of images) results.push(await convertPlatform(img, ctx));
@@ -487,6 +511,7 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
   let reusedLayers = 0;
   const layersOut: Array<{ entries: ScannedEntry[] }> = [];
   let entries = 0;
+  const reused = new Set<number>();
   let files = 0;
   let fileBytes = 0;
   let chunkRefs = 0;
@@ -498,9 +523,10 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
       progress({ phase: 'scan', layer: i, layers: manifest.layers.length, bytes: 0, totalBytes: layer.size });
       // Most layers arrive in canonical order (tar --sort=name, directory walks): chunks are packed
       // as they stream by. If an entry breaks the order, the layer is read again with a spool.
-      const cached = registry.layerCache.get(`${layer.digest} ${entryOptions}`);
-      if (cached) {
-        const ordered = fromToc(decodeToc(cached.tocBlob, cached.what), cached.layer, registry);
+      const reuse = await trustedLayer(ctx, layer.digest);
+      if (reuse) {
+        reused.add(i);
+        const ordered = fromToc(reuse.toc, reuse.layer, registry);
         await copyBlob(src, sink, layer, what);
         for (const s of ordered) {
           entries++;
@@ -597,7 +623,11 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
     `${src.name} chunked TOC ${tocStored.digest}`,
   );
   const packSize = (d: string) => {
+    true,
     const mine = packer.packs.find((p) => p.digest === d);
+  for (const [i, l] of manifest.layers.entries()) {
+    if (!reused.has(i)) await ctx.trust.record(l.digest, entryOptions, layerContentDigest(toc, i));
+  }
     const size = mine?.size ?? registry.packSizes.get(d);
     if (size === undefined) throw new OcichunkError('EINTERNAL', `size of pack ${d} unknown`);
     return size;

@@ -6,7 +6,7 @@
  * location, spool offsets and an open-addressing hash slot), so that millions of chunks, which
  * `analyze` meets on large corpora, cost neither a Map entry and a hex string each nor GC time.
  */
-import { decodeToc } from '../chunked/toc.js';
+import { decodeToc, TOC_MAX_BLOB, type Toc } from '../chunked/toc.js';
 import { OcichunkError } from '../errors.js';
 import { ANN, CMT } from '../oci/chunked-media.js';
 import { parseManifestDoc } from '../oci/types.js';
@@ -63,7 +63,7 @@ export class ChunkRegistry {
    * Layers converted before with the same entry options: "<layer digest> <options>" -> the TOC blob
    * (compressed; decoded only when the layer comes again) and the layer's index in it.
    */
-  readonly layerCache = new Map<string, { tocBlob: Buffer; layer: number; what: string }>();
+  readonly layerCache = new Map<string, { tocBlob: Buffer; layer: number; what: string; trusted: boolean }>();
 
   get size(): number {
     return this.n;
@@ -232,11 +232,14 @@ export class ChunkRegistry {
     return s;
   }
 
-  /** Remember a converted layer, so that the same layer digest is not read again. */
-  rememberLayers(layerDigests: string[], entryOptions: string, tocBlob: Buffer, what: string): void {
+  /**
+   * Remember a converted layer, so that the same layer digest need not be read again. `trusted`:
+   * this process derived it from the layer (else a converter checks it first: layer-trust.ts).
+   */
+  rememberLayers(layerDigests: string[], entryOptions: string, tocBlob: Buffer, what: string, trusted: boolean): void {
     layerDigests.forEach((d, j) => {
       const key = `${d} ${entryOptions}`;
-      if (!this.layerCache.has(key)) this.layerCache.set(key, { tocBlob, layer: j, what });
+      if (trusted || !this.layerCache.has(key)) this.layerCache.set(key, { tocBlob, layer: j, what, trusted });
     });
   }
 
@@ -254,13 +257,19 @@ export class ChunkRegistry {
       for (const p of packs) if (!(await sink.hasBlob(p))) complete = false;
       if (!complete || !(await sink.hasBlob(tocDesc))) continue;
       for (const p of packs) this.packSizes.set(p.digest, p.size);
-      const tocBlob = await src.readBlob(tocDesc, `${what} TOC`, 1 << 30);
-      const toc = decodeToc(tocBlob, `${what} TOC`);
+      if (tocDesc.size > TOC_MAX_BLOB) continue;
+      const tocBlob = await src.readBlob(tocDesc, `${what} TOC`, TOC_MAX_BLOB);
+      let toc: Toc;
+      try {
+        toc = decodeToc(tocBlob, `${what} TOC`);
+      } catch {
+        continue; // a TOC that breaks the format's rules contributes nothing
+      }
       const ann = parsed.doc.annotations ?? {};
       try {
         const layers = JSON.parse(ann[ANN.sourceLayers] ?? '[]') as string[];
         if (Array.isArray(layers) && layers.length === toc.layers.length && ann[ANN.entryOptions] && layers.every((d) => typeof d === 'string')) {
-          this.rememberLayers(layers, ann[ANN.entryOptions], tocBlob, `${what} TOC`);
+          this.rememberLayers(layers, ann[ANN.entryOptions], tocBlob, `${what} TOC`, false);
         }
       } catch {
         // a manifest without a usable layer list only contributes its chunks

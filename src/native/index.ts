@@ -57,7 +57,15 @@ interface NativeScanner {
   close(): void;
 }
 
+export interface NativeRestoreWriter {
+  chunkSequence(): Uint32Array;
+  write(chunks: Buffer[]): Promise<void>;
+  finish(): { entries: number; files: number; fileBytes: number; dirs: number; hardlinks: number };
+}
+
 interface Binding {
+  checkToc(blob: Buffer): { json?: Buffer | null; violations: Array<{ code: string; layer?: number | null; path?: string | null; message: string }>; more: number };
+  RestoreWriter: new (target: string, tocBlob: Buffer) => NativeRestoreWriter;
   LayerScanner: new (compression: string, chunker: ChunkerSpec, batchBytes: number, threads: number, buffers: number) => NativeScanner;
   compressFrames(
     data: Buffer,
@@ -162,6 +170,24 @@ export const native = {
   llistxattr: (p: string) => wrapSync(`listxattr ${p}`, () => load().llistxattr(p)),
   lgetxattr: (p: string, name: string) => wrapSync(`getxattr ${p} ${name}`, () => load().lgetxattr(p, name)),
   coreVersion: () => load().coreVersion(),
+  /** Decode a TOC under the format's limits and check every rule (crates/core/src/format). */
+  checkToc: (blob: Buffer) => {
+    const r = wrapSync('TOC check', () => load().checkToc(blob));
+    return {
+      json: r.json ?? undefined,
+      violations: r.violations.map((v) => ({ code: v.code, message: v.message, ...(v.layer != null ? { layer: v.layer } : {}), ...(v.path != null ? { path: v.path } : {}) })),
+      more: r.more,
+    };
+  },
+  /** Check a TOC, merge it and create its tree (but file contents) in an empty or absent `target`. */
+  restoreWriter: (target: string, tocBlob: Buffer): NativeRestoreWriter => {
+    const w = wrapSync(`restore into ${target}`, () => new (load().RestoreWriter)(target, tocBlob));
+    return {
+      chunkSequence: () => wrapSync('restore', () => w.chunkSequence()),
+      write: (chunks: Buffer[]) => wrapAsync('restore', () => w.write(chunks)),
+      finish: () => wrapSync('restore', () => w.finish()),
+    };
+  },
   /** Mount a tree read-only with FUSE; `fetch([id, ...chunks])` is called for chunks missing from the cache. */
   mountLazy: (spec: Buffer, mountpoint: string, cacheDir: string, record: boolean, fetch: (msg: number[]) => void): NativeLazyMount =>
     wrapSync(`mount ${mountpoint}`, () => load().mountLazy(spec, mountpoint, cacheDir, record, fetch)),

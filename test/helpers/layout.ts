@@ -90,3 +90,29 @@ export function readIndex(dir: string): any {
 export function blob(dir: string, digest: string): Buffer {
   return fs.readFileSync(path.join(dir, 'blobs', 'sha256', digest.replace('sha256:', '')));
 }
+
+/** Store a blob in a layout under its digest; its descriptor fields. */
+export function putRaw(dir: string, b: Buffer): { digest: string; size: number } {
+  return { digest: putBlob(dir, b), size: b.length };
+}
+
+/**
+ * Forge the chunked image tagged `tag` in a converted layout as an attacker would: rewrite its TOC
+ * (an object edit, or the JSON text itself), then re-point the chunked manifest, the index and the
+ * tag at the new blobs, so every digest is valid. `compress`: zstd of the JSON (the test's own).
+ */
+export function forgeToc(dir: string, tag: string, edit: (toc: any, text: string) => unknown, compress: (json: Buffer) => Buffer, decompress: (b: Buffer) => Buffer): void {
+  const idx = readIndex(dir);
+  const slot = idx.manifests.findIndex((m: any) => m.annotations?.['org.opencontainers.image.ref.name'] === tag);
+  const top = JSON.parse(blob(dir, idx.manifests[slot].digest).toString());
+  const ci = top.manifests.findIndex((m: any) => m.artifactType === 'application/vnd.ocichunk.image.v1');
+  const cm = JSON.parse(blob(dir, top.manifests[ci].digest).toString());
+  const text = decompress(blob(dir, cm.layers[0].digest)).toString();
+  const toc = JSON.parse(text);
+  const out = edit(toc, text);
+  const json = typeof out === 'string' ? out : JSON.stringify(out ?? toc);
+  Object.assign(cm.layers[0], putRaw(dir, compress(Buffer.from(json))));
+  Object.assign(top.manifests[ci], putRaw(dir, Buffer.from(JSON.stringify(cm))));
+  Object.assign(idx.manifests[slot], putRaw(dir, Buffer.from(JSON.stringify(top))));
+  fs.writeFileSync(path.join(dir, 'index.json'), JSON.stringify(idx));
+}

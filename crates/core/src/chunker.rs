@@ -32,12 +32,13 @@ impl ChunkerParams {
     }
 
     pub fn validate(&self) -> Result<()> {
-        const LIMIT: usize = 1 << 30;
+        // the format's limit on one chunk (crates/core/src/format, docs/format.md §8)
+        const LIMIT: usize = crate::format::limits::CHUNK as usize;
         match *self {
             ChunkerParams::Cdc { min, avg, max } => {
                 if !(64..=LIMIT).contains(&min) || !(256..=LIMIT).contains(&avg) || max > LIMIT {
                     return Err(Error::Invalid(format!(
-                        "cdc chunker sizes out of range (min {min} >= 64, avg {avg} >= 256, max {max} <= 1 GiB)"
+                        "cdc chunker sizes out of range (min {min} >= 64, avg {avg} >= 256, max {max} <= 64 MiB)"
                     )));
                 }
                 if !(min <= avg && avg <= max) {
@@ -47,7 +48,7 @@ impl ChunkerParams {
             }
             ChunkerParams::Fixed { size } | ChunkerParams::File { max: size } => {
                 if size == 0 || size > LIMIT {
-                    return Err(Error::Invalid(format!("chunk size {size} must be between 1 and 1 GiB")));
+                    return Err(Error::Invalid(format!("chunk size {size} must be between 1 byte and 64 MiB")));
                 }
                 Ok(())
             }

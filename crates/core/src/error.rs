@@ -9,6 +9,10 @@ pub enum Error {
     Corrupt(String),
     /// An operating-system call failed.
     Io(String),
+    /// Hostile input: a path escaping the root, a link to a directory, a target not empty.
+    Unsafe(String),
+    /// A format version or feature this reader does not know.
+    Unsupported(String),
 }
 
 impl fmt::Display for Error {
@@ -17,6 +21,8 @@ impl fmt::Display for Error {
             Error::Invalid(m) => write!(f, "EINVAL: {m}"),
             Error::Corrupt(m) => write!(f, "ECORRUPT: {m}"),
             Error::Io(m) => write!(f, "EIO: {m}"),
+            Error::Unsafe(m) => write!(f, "EUNSAFE: {m}"),
+            Error::Unsupported(m) => write!(f, "EUNSUPPORTED: {m}"),
         }
     }
 }

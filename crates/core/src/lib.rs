@@ -4,9 +4,11 @@
 pub mod batch;
 pub mod chunker;
 pub mod error;
+pub mod format;
 pub mod frame;
 pub mod fsx;
 pub mod lazyfs;
+pub mod restore;
 pub mod tarscan;
 
 pub use error::{Error, Result};

@@ -5,7 +5,7 @@
 use napi::bindgen_prelude::*;
 use napi::{Env, Task};
 use napi_derive::napi;
-use ocichunk_core::{batch, chunker::ChunkerParams, frame, fsx, tarscan, Error as CoreError};
+use ocichunk_core::{batch, chunker::ChunkerParams, format, frame, fsx, restore, tarscan, Error as CoreError};
 use std::path::Path;
 
 fn err(e: CoreError) -> napi::Error {
@@ -391,6 +391,119 @@ pub fn compress_sync(data: Buffer, level: i32) -> Result<Buffer> {
 #[napi]
 pub fn decompress_sync(data: Buffer, max_len: u32) -> Result<Buffer> {
     frame::decompress_bytes(&data, max_len as usize).map(Into::into).map_err(err)
+}
+
+// ---- the format: TOC check, restore ----
+
+#[napi(object)]
+pub struct TocViolation {
+    /// ECORRUPT | EUNSAFE | EUNSUPPORTED
+    pub code: String,
+    pub layer: Option<u32>,
+    pub path: Option<String>,
+    pub message: String,
+}
+
+#[napi(object)]
+pub struct TocCheck {
+    /// the TOC's JSON, when it breaks no rule
+    pub json: Option<Buffer>,
+    pub violations: Vec<TocViolation>,
+    /// violations past the first 1000, only counted
+    pub more: u32,
+}
+
+/// Decode a TOC blob under the format's limits and check every rule (docs/format.md).
+#[napi]
+pub fn check_toc(blob: Buffer) -> TocCheck {
+    match format::check_toc(&blob) {
+        Ok((_, _, json)) => TocCheck { json: Some(json.into()), violations: vec![], more: 0 },
+        Err(r) => TocCheck {
+            json: None,
+            violations: r
+                .violations
+                .iter()
+                .map(|v| TocViolation { code: v.class.code().into(), layer: v.layer, path: v.path.clone(), message: v.to_string() })
+                .collect(),
+            more: r.more as u32,
+        },
+    }
+}
+
+#[napi(object)]
+pub struct RestoreSummary {
+    pub entries: f64,
+    pub files: f64,
+    pub file_bytes: f64,
+    pub dirs: f64,
+    pub hardlinks: f64,
+}
+
+type SharedWriter = std::sync::Arc<std::sync::Mutex<Option<restore::Writer>>>;
+
+fn writer_op<T>(w: &SharedWriter, f: impl FnOnce(&mut restore::Writer) -> ocichunk_core::Result<T>) -> Result<T> {
+    let mut g = w.lock().map_err(|_| napi::Error::new(Status::GenericFailure, "EIO: restore writer poisoned".to_string()))?;
+    let wr = g.as_mut().ok_or_else(|| napi::Error::new(Status::GenericFailure, "EINVAL: restore writer finished".to_string()))?;
+    f(wr).map_err(err)
+}
+
+/// Writes a TOC's merged tree into an empty directory (crates/core/src/restore.rs).
+#[napi]
+pub struct RestoreWriter {
+    inner: SharedWriter,
+}
+
+pub struct RestoreWriteTask {
+    inner: SharedWriter,
+    chunks: Vec<Buffer>,
+}
+
+impl Task for RestoreWriteTask {
+    type Output = ();
+    type JsValue = ();
+    fn compute(&mut self) -> Result<()> {
+        let parts: Vec<&[u8]> = self.chunks.iter().map(|b| b.as_ref()).collect();
+        writer_op(&self.inner, |w| w.write(&parts))
+    }
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[napi]
+impl RestoreWriter {
+    /// Checks the TOC, merges its layers, makes `target` (empty or absent) and its directories,
+    /// symlinks, devices and FIFOs.
+    #[napi(constructor)]
+    pub fn new(target: String, toc_blob: Buffer) -> Result<Self> {
+        let w = restore::Writer::open(Path::new(&target), &toc_blob).map_err(err)?;
+        Ok(RestoreWriter { inner: std::sync::Arc::new(std::sync::Mutex::new(Some(w))) })
+    }
+
+    /// TOC chunk indexes in the order `write` takes them.
+    #[napi]
+    pub fn chunk_sequence(&self) -> Result<Uint32Array> {
+        writer_op(&self.inner, |w| Ok(w.chunk_sequence().into()))
+    }
+
+    /// The next chunks of the sequence (verified by the caller), written off the JS thread.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn write(&self, chunks: Vec<Buffer>) -> AsyncTask<RestoreWriteTask> {
+        AsyncTask::new(RestoreWriteTask { inner: self.inner.clone(), chunks })
+    }
+
+    /// Hardlinks and metadata; the writer is done after this.
+    #[napi]
+    pub fn finish(&self) -> Result<RestoreSummary> {
+        let w = self
+            .inner
+            .lock()
+            .map_err(|_| napi::Error::new(Status::GenericFailure, "EIO: restore writer poisoned".to_string()))?
+            .take()
+            .ok_or_else(|| napi::Error::new(Status::GenericFailure, "EINVAL: restore writer finished".to_string()))?;
+        let s = w.finish().map_err(err)?;
+        Ok(RestoreSummary { entries: s.entries as f64, files: s.files as f64, file_bytes: s.file_bytes as f64, dirs: s.dirs as f64, hardlinks: s.hardlinks as f64 })
+    }
 }
 
 #[napi]

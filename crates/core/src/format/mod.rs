@@ -1,0 +1,138 @@
+//! The ocichunk format's reader side (docs/format.md): the TOC model with named fields, its strict
+//! decoding under stated limits, its validation (schema, ranges, path rules, tree rules) and the
+//! merged tree that every reader builds from it. Every command that reads a chunked image runs
+//! [`check_toc`] before anything else; `restore` writes the [`tree::Tree`] it returns.
+
+pub mod toc;
+pub mod tree;
+
+pub use toc::{decode, Entry, Kind, Toc};
+pub use tree::Tree;
+
+use std::fmt;
+
+/// Limits a reader enforces whatever a TOC says (docs/format.md §8). They bound the memory of every
+/// command; a TOC beyond them is refused with a clear error.
+pub mod limits {
+    /// Uncompressed TOC JSON.
+    pub const TOC_JSON: usize = 128 << 20;
+    /// Entries, all layers together.
+    pub const ENTRIES: usize = 1 << 20;
+    /// Rows of the chunk table (and of the frame table).
+    pub const CHUNKS: usize = 1 << 20;
+    pub const PACKS: usize = 1 << 16;
+    pub const LAYERS: usize = 1 << 12;
+    /// Uncompressed bytes of one chunk and of one frame: a reader holds one frame at a time.
+    pub const CHUNK: u64 = 64 << 20;
+    pub const FRAME: u64 = 64 << 20;
+    /// A path (also once its parents are resolved through symlinks) and one of its components.
+    pub const PATH: usize = 4095;
+    pub const NAME: usize = 255;
+    /// A symlink or hardlink target.
+    pub const LINK: usize = 4095;
+    /// Extended attributes of one entry: names (Linux XATTR_NAME_MAX) and each value (XATTR_SIZE_MAX).
+    pub const XATTR_NAME: usize = 255;
+    pub const XATTR_VALUE: usize = 64 << 10;
+    pub const XATTRS_PER_ENTRY: usize = 1024;
+    /// Symlinks followed while resolving one path (Linux MAXSYMLINKS).
+    pub const SYMLINKS: usize = 40;
+    /// Chunks of one file: 2^53 bytes at most (a JavaScript number) is implied by this and CHUNK.
+    pub const FILE_SIZE: u64 = (1 << 53) - 1;
+    /// |mtime| in seconds (year 9999).
+    pub const MTIME: i64 = 253_402_300_799;
+    /// Prefetch ranges.
+    pub const PREFETCH: usize = 1 << 20;
+    /// Violations reported before the rest are only counted.
+    pub const VIOLATIONS: usize = 1000;
+}
+
+/// What kind of rule a violation breaks; maps to the CLI's error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Malformed: bad JSON, wrong types, numbers out of range, dangling indices (ECORRUPT).
+    Corrupt,
+    /// Hostile or unsafe: paths escaping the root, links to directories, the root replaced (EUNSAFE).
+    Unsafe,
+    /// A TOC version or chunker this reader does not know (EUNSUPPORTED).
+    Unsupported,
+}
+
+impl Class {
+    pub fn code(self) -> &'static str {
+        match self {
+            Class::Corrupt => "ECORRUPT",
+            Class::Unsafe => "EUNSAFE",
+            Class::Unsupported => "EUNSUPPORTED",
+        }
+    }
+}
+
+/// One broken rule, naming where (layer and entry path) when it concerns an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub class: Class,
+    pub layer: Option<u32>,
+    pub path: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.layer, &self.path) {
+            // {:?} escapes control characters: names come from the image
+            (Some(l), Some(p)) => write!(f, "layer {l} entry {p:?}: {}", self.message),
+            (Some(l), None) => write!(f, "layer {l}: {}", self.message),
+            (None, Some(p)) => write!(f, "{p:?}: {}", self.message),
+            (None, None) => write!(f, "{}", self.message),
+        }
+    }
+}
+
+/// Collects violations up to [`limits::VIOLATIONS`], counting the rest.
+#[derive(Default)]
+pub struct Report {
+    pub violations: Vec<Violation>,
+    pub more: usize,
+}
+
+impl Report {
+    pub fn push(&mut self, class: Class, layer: Option<u32>, path: Option<&str>, message: String) {
+        if self.violations.len() < limits::VIOLATIONS {
+            self.violations.push(Violation { class, layer, path: path.map(str::to_string), message });
+        } else {
+            self.more += 1;
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Decode a TOC blob (one zstd frame of JSON) under the limits, validate every rule and build the
+/// merged tree. `Err` holds every violation found (a malformed document stops at the first); on
+/// `Ok` the TOC and its tree are safe for any reader.
+pub fn check_toc(blob: &[u8]) -> Result<(Toc, Tree, Vec<u8>), Report> {
+    let json = match crate::frame::decompress_bytes(blob, limits::TOC_JSON) {
+        Ok(j) => j,
+        Err(e) => {
+            let mut r = Report::default();
+            r.push(Class::Corrupt, None, None, format!("TOC: {}", strip_code(&e.to_string())));
+            return Err(r);
+        }
+    };
+    let toc = toc::decode(&json)?;
+    let mut report = Report::default();
+    toc.validate(&mut report);
+    if !report.is_empty() {
+        return Err(report);
+    }
+    let tree = Tree::build(&toc, &mut report);
+    if !report.is_empty() {
+        return Err(report);
+    }
+    Ok((toc, tree, json))
+}
+
+fn strip_code(s: &str) -> &str {
+    s.split_once(": ").filter(|(c, _)| c.starts_with('E') && c.chars().all(|c| c.is_ascii_uppercase())).map_or(s, |(_, m)| m)
+}

@@ -1,0 +1,554 @@
+//! The TOC model (docs/format.md §3) and its strict decoding: every field has one type (a mode given
+//! as a string, a fractional uid or a `null` is refused, not coerced), duplicate keys are refused
+//! (so no two readers can see different values), and tables are counted while they are read, so a
+//! TOC cannot make a reader allocate more than the limits allow.
+
+use super::{limits, Class, Report};
+use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::cell::Cell;
+use std::fmt;
+use std::marker::PhantomData;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Reg,
+    Dir,
+    Symlink,
+    Hardlink,
+    Char,
+    Block,
+    Fifo,
+    Whiteout,
+    Opaque,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Reg => "reg",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+            Kind::Hardlink => "hardlink",
+            Kind::Char => "char",
+            Kind::Block => "block",
+            Kind::Fifo => "fifo",
+            Kind::Whiteout => "whiteout",
+            Kind::Opaque => "opaque",
+        }
+    }
+    /// Kinds that carry mode, owner, mtime and xattrs.
+    pub fn has_meta(self) -> bool {
+        !matches!(self, Kind::Hardlink | Kind::Whiteout | Kind::Opaque)
+    }
+}
+
+/// A SHA-256 digest, given as 64 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hex32(pub [u8; 32]);
+
+impl<'de> Deserialize<'de> for Hex32 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Hex32;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("64 lowercase hex digits")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Hex32, E> {
+                parse_hex32(s).ok_or_else(|| E::invalid_value(de::Unexpected::Str(s), &self))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+pub fn parse_hex32(s: &str) -> Option<Hex32> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let h = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        out[i] = h(pair[0])? << 4 | h(pair[1])?;
+    }
+    Some(Hex32(out))
+}
+
+impl fmt::Display for Hex32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `[packIndex, compressedOffset, compressedLength, uncompressedLength]`
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Frame(pub u32, pub u64, pub u64, pub u64);
+
+/// `[sha256 hex, frameIndex, offsetInFrame, length]`
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Chunk(pub Hex32, pub u32, pub u64, pub u64);
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    #[serde(default, deserialize_with = "some")]
+    pub mode: Option<u32>,
+    #[serde(default, deserialize_with = "some")]
+    pub uid: Option<u32>,
+    #[serde(default, deserialize_with = "some")]
+    pub gid: Option<u32>,
+    #[serde(default, deserialize_with = "some")]
+    pub size: Option<u64>,
+    #[serde(default, deserialize_with = "some")]
+    pub mtime: Option<i64>,
+    #[serde(default, deserialize_with = "some")]
+    pub link: Option<String>,
+    #[serde(default, deserialize_with = "some")]
+    pub dev_major: Option<u32>,
+    #[serde(default, deserialize_with = "some")]
+    pub dev_minor: Option<u32>,
+    /// (name, value) in document order; values base64-decoded
+    #[serde(default, deserialize_with = "xattrs")]
+    pub xattrs: Option<Vec<(String, Vec<u8>)>>,
+    #[serde(default, deserialize_with = "some")]
+    pub chunks: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Layer {
+    #[serde(deserialize_with = "entries")]
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Chunker {
+    pub kind: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Toc {
+    pub version: u64,
+    pub chunker: Chunker,
+    #[serde(deserialize_with = "packs")]
+    pub packs: Vec<String>,
+    #[serde(deserialize_with = "frames")]
+    pub frames: Vec<Frame>,
+    #[serde(deserialize_with = "chunks")]
+    pub chunks: Vec<Chunk>,
+    #[serde(deserialize_with = "layers")]
+    pub layers: Vec<Layer>,
+    #[serde(default, deserialize_with = "prefetch")]
+    pub prefetch: Option<Vec<(String, u64, u64)>>,
+}
+
+/// A present field must hold a value of its type: `null` is refused (JavaScript's `??` would read
+/// it as absent, this reader would too, but a third might not).
+fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+thread_local! {
+    /// Entries still allowed in the TOC being decoded (all layers share the budget).
+    static ENTRY_BUDGET: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A sequence read element by element, refused once it holds more than `max` (or, for entries,
+/// more than the TOC-wide budget): memory stays bounded by the limits, not by the document.
+fn bounded<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D, max: usize, what: &'static str, shared: bool) -> Result<Vec<T>, D::Error> {
+    struct V<T> {
+        max: usize,
+        what: &'static str,
+        shared: bool,
+        t: PhantomData<T>,
+    }
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "an array of {}", self.what)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            loop {
+                let over = if self.shared {
+                    ENTRY_BUDGET.with(|b| {
+                        let left = b.get();
+                        b.set(left.saturating_sub(1));
+                        left == 0
+                    })
+                } else {
+                    out.len() >= self.max
+                };
+                match seq.next_element()? {
+                    None => return Ok(out),
+                    Some(_) if over => return Err(de::Error::custom(format!("more than {} {}", self.max, self.what))),
+                    Some(x) => out.push(x),
+                }
+            }
+        }
+    }
+    d.deserialize_seq(V { max, what, shared, t: PhantomData })
+}
+
+fn packs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    bounded(d, limits::PACKS, "packs", false)
+}
+fn frames<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Frame>, D::Error> {
+    bounded(d, limits::CHUNKS, "frames", false)
+}
+fn chunks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Chunk>, D::Error> {
+    bounded(d, limits::CHUNKS, "chunks", false)
+}
+fn layers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Layer>, D::Error> {
+    bounded(d, limits::LAYERS, "layers", false)
+}
+fn entries<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Entry>, D::Error> {
+    bounded(d, limits::ENTRIES, "entries", true)
+}
+fn prefetch<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<(String, u64, u64)>>, D::Error> {
+    bounded(d, limits::PREFETCH, "prefetch ranges", false).map(Some)
+}
+
+fn xattrs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<(String, Vec<u8>)>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<(String, Vec<u8>)>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object of base64 xattr values")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+            while let Some(name) = m.next_key::<String>()? {
+                if out.len() >= limits::XATTRS_PER_ENTRY {
+                    return Err(de::Error::custom(format!("more than {} xattrs", limits::XATTRS_PER_ENTRY)));
+                }
+                let v: String = m.next_value()?;
+                let bytes = base64_decode(&v).ok_or_else(|| de::Error::custom(format!("xattr {name:?}: value is not base64")))?;
+                out.push((name, bytes));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V).map(Some)
+}
+
+/// Standard base64 with padding, strict (what `Buffer.toString('base64')` writes).
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    if b.len() % 4 != 0 {
+        return None;
+    }
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(b.len() / 4 * 3);
+    for (i, q) in b.chunks(4).enumerate() {
+        let last = i == b.len() / 4 - 1;
+        let pad = if last { q.iter().rev().take_while(|&&c| c == b'=').count() } else { 0 };
+        if pad > 2 {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &q[..4 - pad] {
+            n = n << 6 | val(c)?;
+        }
+        n <<= 6 * pad as u32;
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        // non-canonical padding bits would give two spellings of one value
+        if pad > 0 && (n & ((1 << (8 * pad)) - 1)) != 0 {
+            return None;
+        }
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
+}
+
+#[derive(Deserialize)]
+struct Head {
+    #[serde(default)]
+    version: Option<IgnoredAny>,
+}
+
+/// Parse TOC JSON strictly. A malformed document yields one violation naming the byte offset and,
+/// where one precedes it, the entry being read.
+pub fn decode(json: &[u8]) -> Result<Toc, Report> {
+    let fail = |e: serde_json::Error, r: &mut Report| {
+        let at = line_col_offset(json, e.line(), e.column());
+        let path = entry_path_before(json, at);
+        let msg = e.to_string();
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        r.push(Class::Corrupt, None, path.as_deref(), format!("invalid TOC at byte {at}: {msg}"));
+    };
+    let mut r = Report::default();
+    // the version first: a later version may have another schema
+    match serde_json::from_slice::<Head>(json) {
+        Err(e) => {
+            fail(e, &mut r);
+            return Err(r);
+        }
+        Ok(Head { version: None }) => {
+            r.push(Class::Corrupt, None, None, "invalid TOC: no version".into());
+            return Err(r);
+        }
+        Ok(_) => {}
+    }
+    #[derive(Deserialize)]
+    struct V {
+        version: serde_json::Value,
+    }
+    if let Ok(V { version }) = serde_json::from_slice::<V>(json) {
+        if version.as_u64() != Some(crate::format::toc::VERSION) {
+            r.push(Class::Unsupported, None, None, format!("TOC version {version} is not supported (this reader: {VERSION})"));
+            return Err(r);
+        }
+    }
+    ENTRY_BUDGET.with(|b| b.set(limits::ENTRIES));
+    match from_slice_strict::<Toc>(json) {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            fail(e, &mut r);
+            Err(r)
+        }
+    }
+}
+
+pub const VERSION: u64 = 1;
+
+fn from_slice_strict<T: DeserializeOwned>(json: &[u8]) -> serde_json::Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let t = T::deserialize(&mut de)?;
+    de.end()?;
+    Ok(t)
+}
+
+fn line_col_offset(json: &[u8], line: usize, col: usize) -> usize {
+    let mut l = 1;
+    let mut start = 0;
+    if line > 1 {
+        for (i, &c) in json.iter().enumerate() {
+            if c == b'\n' {
+                l += 1;
+                if l == line {
+                    start = i + 1;
+                    break;
+                }
+            }
+        }
+    }
+    (start + col.saturating_sub(1)).min(json.len())
+}
+
+/// The `"path"` value of the entry open at `at`, if any (for error messages only).
+fn entry_path_before(json: &[u8], at: usize) -> Option<String> {
+    const KEY: &[u8] = b"\"path\":\"";
+    let lo = at.saturating_sub(1 << 16);
+    let hay = &json[lo..at.min(json.len())];
+    let pos = hay.windows(KEY.len()).rposition(|w| w == KEY)?;
+    let rest = &hay[pos + KEY.len() - 1..];
+    // the JSON string literal, decoded by the parser itself
+    let mut de = serde_json::Deserializer::from_slice(rest);
+    String::deserialize(&mut de).ok()
+}
+
+impl Toc {
+    pub fn entry_count(&self) -> usize {
+        self.layers.iter().map(|l| l.entries.len()).sum()
+    }
+
+    /// Every rule a single pass over the tables can check (the tree rules are in `Tree::build`).
+    pub fn validate(&self, r: &mut Report) {
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.packs {
+            let ok = p.strip_prefix("sha256:").and_then(parse_hex32).is_some();
+            if !ok {
+                r.push(Class::Corrupt, None, None, format!("pack {p:?} is not a sha256 digest"));
+            } else if !seen.insert(p.as_str()) {
+                r.push(Class::Corrupt, None, None, format!("pack {p} is listed twice"));
+            }
+        }
+        let cbound = zstd::zstd_safe::compress_bound(limits::FRAME as usize) as u64;
+        for (i, &Frame(p, off, clen, ulen)) in self.frames.iter().enumerate() {
+            if p as usize >= self.packs.len() {
+                r.push(Class::Corrupt, None, None, format!("frame {i}: pack {p} does not exist"));
+            }
+            if clen == 0 || clen > cbound || ulen > limits::FRAME || off > limits::FILE_SIZE {
+                r.push(Class::Corrupt, None, None, format!("frame {i}: offset {off}, {clen} compressed / {ulen} bytes is out of range (frames hold at most {} bytes)", limits::FRAME));
+            }
+        }
+        let mut digests = std::collections::HashSet::with_capacity(self.chunks.len());
+        for (i, &Chunk(h, f, off, len)) in self.chunks.iter().enumerate() {
+            if !digests.insert(h) {
+                r.push(Class::Corrupt, None, None, format!("chunk {i}: sha256:{h} is listed twice"));
+            }
+            let Some(fr) = self.frames.get(f as usize) else {
+                r.push(Class::Corrupt, None, None, format!("chunk {i}: frame {f} does not exist"));
+                continue;
+            };
+            if len == 0 || len > limits::CHUNK || off.saturating_add(len) > fr.3 {
+                r.push(Class::Corrupt, None, None, format!("chunk {i}: [{off}, +{len}) does not fit frame {f} of {} bytes (chunks hold 1 to {} bytes)", fr.3, limits::CHUNK));
+            }
+        }
+        for (li, layer) in self.layers.iter().enumerate() {
+            let li = li as u32;
+            let mut prev: Option<(Vec<u8>, u8)> = None;
+            for e in &layer.entries {
+                let path_ok = check_path(&e.path, true).map_err(|m| r.push(Class::Unsafe, Some(li), Some(&e.path), m)).is_ok();
+                self.check_fields(e, li, r);
+                if path_ok {
+                    let key = (order_key(&e.path), rank(e.kind));
+                    if let Some(p) = &prev {
+                        if key <= *p {
+                            let why = if key.0 == p.0 { "appears twice in its layer" } else { "is out of canonical order" };
+                            r.push(Class::Corrupt, Some(li), Some(&e.path), format!("{} entry {why}", e.kind.name()));
+                        }
+                    }
+                    prev = Some(key);
+                }
+            }
+        }
+        if let Some(pf) = &self.prefetch {
+            for (i, (p, off, len)) in pf.iter().enumerate() {
+                if p.len() > limits::PATH + 1 || p.contains('\0') || off.saturating_add(*len) > limits::FILE_SIZE {
+                    r.push(Class::Corrupt, None, None, format!("prefetch range {i} is out of range"));
+                }
+            }
+        }
+    }
+
+    fn check_fields(&self, e: &Entry, li: u32, r: &mut Report) {
+        let mut bad = |m: String| r.push(Class::Corrupt, Some(li), Some(&e.path), m);
+        let k = e.kind;
+        let misplaced = |field: &str, present: bool, allowed: bool| (present && !allowed).then(|| format!("field {field} does not belong to a {} entry", k.name()));
+        let checks = [
+            misplaced("mode", e.mode.is_some(), k.has_meta()),
+            misplaced("uid", e.uid.is_some(), k.has_meta()),
+            misplaced("gid", e.gid.is_some(), k.has_meta()),
+            misplaced("mtime", e.mtime.is_some(), k.has_meta()),
+            misplaced("xattrs", e.xattrs.is_some(), k.has_meta()),
+            misplaced("size", e.size.is_some(), k == Kind::Reg),
+            misplaced("chunks", e.chunks.is_some(), k == Kind::Reg),
+            misplaced("link", e.link.is_some(), matches!(k, Kind::Symlink | Kind::Hardlink)),
+            misplaced("devMajor", e.dev_major.is_some(), matches!(k, Kind::Char | Kind::Block)),
+            misplaced("devMinor", e.dev_minor.is_some(), matches!(k, Kind::Char | Kind::Block)),
+        ];
+        for m in checks.into_iter().flatten() {
+            bad(m);
+        }
+        if k.has_meta() {
+            match e.mode {
+                None => bad(format!("{} entry has no mode", k.name())),
+                Some(m) if m > 0o7777 => bad(format!("mode {m:#o} has bits beyond 07777")),
+                _ => {}
+            }
+        }
+        if let Some(t) = e.mtime {
+            if !(-limits::MTIME..=limits::MTIME).contains(&t) {
+                bad(format!("mtime {t} is out of range"));
+            }
+        }
+        if let Some(xs) = &e.xattrs {
+            for (i, (name, v)) in xs.iter().enumerate() {
+                if name.is_empty() || name.len() > limits::XATTR_NAME || name.contains('\0') {
+                    bad(format!("xattr name {name:?} is empty, too long or holds NUL"));
+                }
+                if v.len() > limits::XATTR_VALUE {
+                    bad(format!("xattr {name:?}: value of {} bytes is over {}", v.len(), limits::XATTR_VALUE));
+                }
+                if i > 0 && xs[i - 1].0.as_bytes() >= name.as_bytes() {
+                    bad(format!("xattr names are not sorted and unique at {name:?}"));
+                }
+            }
+        }
+        match k {
+            Kind::Reg => match (e.size, &e.chunks) {
+                (Some(size), Some(cs)) => {
+                    let mut sum = 0u64;
+                    for &c in cs {
+                        match self.chunks.get(c as usize) {
+                            Some(ch) => sum = sum.saturating_add(ch.3),
+                            None => {
+                                bad(format!("chunk index {c} does not exist"));
+                                return;
+                            }
+                        }
+                    }
+                    if sum != size || size > limits::FILE_SIZE {
+                        bad(format!("chunks add up to {sum} bytes, size is {size}"));
+                    }
+                }
+                _ => bad("reg entry needs size and chunks".into()),
+            },
+            Kind::Symlink | Kind::Hardlink => match &e.link {
+                None => bad(format!("{} entry has no link", k.name())),
+                Some(l) if l.is_empty() || l.len() > limits::LINK || l.contains('\0') => bad("link is empty, too long or holds NUL".into()),
+                Some(l) if k == Kind::Hardlink => {
+                    if let Err(m) = check_path(l, false) {
+                        r.push(Class::Unsafe, Some(li), Some(&e.path), format!("hardlink target {l:?}: {m}"));
+                    }
+                }
+                _ => {}
+            },
+            Kind::Char | Kind::Block if e.dev_major.is_none() || e.dev_minor.is_none() => bad("device entry needs devMajor and devMinor".into()),
+            _ => {}
+        }
+    }
+}
+
+/// A normalized relative path (docs/format.md §4): `.` (when allowed) or components that are not
+/// empty, `.` or `..`, no NUL, each at most NAME bytes, PATH bytes in all.
+pub fn check_path(p: &str, root_ok: bool) -> Result<(), String> {
+    if p == "." {
+        return if root_ok { Ok(()) } else { Err("the root cannot be a link target".into()) };
+    }
+    if p.is_empty() || p.len() > limits::PATH {
+        return Err(format!("path of {} bytes (1 to {} allowed)", p.len(), limits::PATH));
+    }
+    if p.contains('\0') {
+        return Err("path holds a NUL byte".into());
+    }
+    for c in p.split('/') {
+        if c.is_empty() || c == "." || c == ".." {
+            return Err("path is not a normalized relative path (empty, '.' or '..' component, or a leading '/')".into());
+        }
+        if c.len() > limits::NAME {
+            return Err(format!("a path component is {} bytes (at most {})", c.len(), limits::NAME));
+        }
+    }
+    Ok(())
+}
+
+/// Canonical order (§4): bytewise, component by component — `/` sorts below every byte (paths hold no NUL).
+pub fn order_key(p: &str) -> Vec<u8> {
+    if p == "." {
+        return Vec::new();
+    }
+    p.bytes().map(|b| if b == b'/' { 0 } else { b }).collect()
+}
+
+/// For one path: whiteout < the entry < opaque.
+fn rank(k: Kind) -> u8 {
+    match k {
+        Kind::Whiteout => 0,
+        Kind::Opaque => 2,
+        _ => 1,
+    }
+}

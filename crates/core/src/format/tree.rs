@@ -1,0 +1,280 @@
+//! The merged tree: the layers of a TOC applied in order, as containerd's applier unpacks tar
+//! layers, written once for every reader.
+//!
+//! - An entry's parent directories are resolved inside the root like a chroot would (containerd's
+//!   `fs.RootPath`, umoci's securejoin): symlinks are followed, absolute targets start again at the
+//!   root, `..` stops at the root; missing parents are made (0755, root-owned, mtime 0). A parent
+//!   that is neither a directory nor a symlink is an error.
+//! - The last component is never followed: an entry replaces what is there (a directory over a
+//!   directory keeps its children and takes the new metadata, xattrs included).
+//! - `whiteout` removes the name (and its subtree) from its resolved parent; `opaque` empties the
+//!   directory its whole path resolves to (a symlink to a directory is followed, inside the root).
+//! - `hardlink` shares the inode its target has at that point (target's parent resolved, the
+//!   target itself not followed); it must exist and must not be a directory.
+//!
+//! The result holds no symlink on the way to any node, so a writer creating it under an empty
+//! directory never follows one. Every node's resolved path stays within `limits::PATH`.
+
+use super::toc::{Entry, Kind, Toc};
+use super::{limits, Class, Report};
+use std::collections::BTreeMap;
+
+pub type NodeId = u32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    Reg,
+    Dir,
+    Symlink,
+    Char,
+    Block,
+    Fifo,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub kind: NodeKind,
+    /// (layer, entry index) holding the metadata (and content); None for a directory a layer only implied
+    pub entry: Option<(u32, u32)>,
+    /// names pointing at this node
+    pub nlink: u32,
+    /// directories: name -> node
+    pub children: BTreeMap<String, NodeId>,
+}
+
+#[derive(Debug)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+}
+
+pub const ROOT: NodeId = 0;
+
+impl Tree {
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id as usize]
+    }
+
+    /// The entry behind a node, if it has one.
+    pub fn entry<'t>(&self, toc: &'t Toc, id: NodeId) -> Option<&'t Entry> {
+        self.node(id).entry.map(|(l, i)| &toc.layers[l as usize].entries[i as usize])
+    }
+
+    /// Apply every layer. Violations go to `r`; building stops after the first layer that has any.
+    pub fn build(toc: &Toc, r: &mut Report) -> Tree {
+        let mut b = Builder { toc, t: Tree { nodes: Vec::with_capacity(toc.entry_count() + 1) } };
+        b.new_node(NodeKind::Dir, None);
+        for (li, layer) in toc.layers.iter().enumerate() {
+            for (ei, e) in layer.entries.iter().enumerate() {
+                if let Err((class, m)) = b.apply(e, (li as u32, ei as u32)) {
+                    r.push(class, Some(li as u32), Some(&e.path), m);
+                }
+            }
+            if !r.is_empty() {
+                break;
+            }
+        }
+        b.t
+    }
+
+    /// Depth-first, children in name order: `f(path, parent, name, node, first)` for every name in
+    /// the tree (`first`: the node's first name in this order; later ones are its hardlinks).
+    /// `path` is the node's path relative to the root. No recursion: depth is bounded only by PATH.
+    pub fn walk(&self, mut f: impl FnMut(&str, NodeId, &str, NodeId, bool)) {
+        let mut seen = vec![false; self.nodes.len()];
+        seen[ROOT as usize] = true;
+        let mut path = String::new();
+        // (directory, its children in order, next index, path length before it)
+        let mut stack: Vec<(NodeId, Vec<(&String, NodeId)>, usize, usize)> = vec![(ROOT, self.nodes[0].children.iter().map(|(k, &v)| (k, v)).collect(), 0, 0)];
+        while let Some(top) = stack.last_mut() {
+            let (dir, kids, next, _) = (top.0, &top.1, top.2, top.3);
+            if next == kids.len() {
+                let (_, _, _, len) = stack.pop().unwrap();
+                path.truncate(len);
+                continue;
+            }
+            let (name, id) = kids[next];
+            top.2 += 1;
+            let base = path.len();
+            let child_path_len = if base == 0 { name.len() } else { base + 1 + name.len() };
+            let mut p = path.clone();
+            if base > 0 {
+                p.push('/');
+            }
+            p.push_str(name);
+            debug_assert_eq!(p.len(), child_path_len);
+            let first = !seen[id as usize];
+            seen[id as usize] = true;
+            f(&p, dir, name, id, first);
+            if first && self.nodes[id as usize].kind == NodeKind::Dir {
+                path = p;
+                stack.push((id, self.nodes[id as usize].children.iter().map(|(k, &v)| (k, v)).collect(), 0, base));
+            }
+        }
+    }
+}
+
+struct Builder<'t> {
+    toc: &'t Toc,
+    t: Tree,
+}
+
+enum Resolved {
+    Dir(NodeId),
+    Missing,
+}
+
+fn node_kind(k: Kind) -> Option<NodeKind> {
+    Some(match k {
+        Kind::Reg => NodeKind::Reg,
+        Kind::Dir => NodeKind::Dir,
+        Kind::Symlink => NodeKind::Symlink,
+        Kind::Char => NodeKind::Char,
+        Kind::Block => NodeKind::Block,
+        Kind::Fifo => NodeKind::Fifo,
+        Kind::Hardlink | Kind::Whiteout | Kind::Opaque => return None,
+    })
+}
+
+type Fail = (Class, String);
+
+impl Builder<'_> {
+    fn new_node(&mut self, kind: NodeKind, entry: Option<(u32, u32)>) -> NodeId {
+        self.t.nodes.push(Node { kind, entry, nlink: 1, children: BTreeMap::new() });
+        (self.t.nodes.len() - 1) as NodeId
+    }
+
+    fn kids(&mut self, d: NodeId) -> &mut BTreeMap<String, NodeId> {
+        &mut self.t.nodes[d as usize].children
+    }
+
+    /// Resolve the directory `comps` lead to, inside the root. `make`: create what is missing.
+    fn resolve_dir(&mut self, comps: &[&str], make: bool) -> Result<Resolved, Fail> {
+        // (directory, byte length of its resolved path)
+        let mut stack: Vec<(NodeId, usize)> = vec![(ROOT, 0)];
+        let mut todo: Vec<String> = comps.iter().rev().map(|s| s.to_string()).collect();
+        let mut links = 0;
+        while let Some(c) = todo.pop() {
+            if c.is_empty() || c == "." {
+                continue;
+            }
+            if c == ".." {
+                if stack.len() > 1 {
+                    stack.pop();
+                }
+                continue;
+            }
+            if c.len() > limits::NAME || c.contains('\0') {
+                return Err((Class::Unsafe, format!("a symlink on the way leads to a name of {} bytes", c.len())));
+            }
+            let (cur, len) = *stack.last().unwrap();
+            let next = match self.t.nodes[cur as usize].children.get(&c) {
+                Some(&n) => n,
+                None if make => {
+                    let n = self.new_node(NodeKind::Dir, None);
+                    self.kids(cur).insert(c.clone(), n);
+                    n
+                }
+                None => return Ok(Resolved::Missing),
+            };
+            match self.t.nodes[next as usize].kind {
+                NodeKind::Dir => {
+                    let l = if len == 0 { c.len() } else { len + 1 + c.len() };
+                    if l > limits::PATH {
+                        return Err((Class::Unsafe, format!("its resolved path is longer than {} bytes", limits::PATH)));
+                    }
+                    stack.push((next, l));
+                }
+                NodeKind::Symlink => {
+                    links += 1;
+                    if links > limits::SYMLINKS {
+                        return Err((Class::Unsafe, "too many levels of symbolic links".into()));
+                    }
+                    let target = self.t.entry(self.toc, next).and_then(|e| e.link.as_deref()).unwrap_or("");
+                    if target.starts_with('/') {
+                        stack.truncate(1);
+                    }
+                    todo.extend(target.split('/').rev().map(str::to_string));
+                }
+                _ => return Err((Class::Corrupt, format!("{c:?} on the way is not a directory"))),
+            }
+        }
+        Ok(Resolved::Dir(stack.last().unwrap().0))
+    }
+
+    fn unlink(&mut self, dir: NodeId, name: &str) {
+        if let Some(old) = self.kids(dir).remove(name) {
+            let n = &mut self.t.nodes[old as usize];
+            n.nlink = n.nlink.saturating_sub(1);
+        }
+    }
+
+    fn apply(&mut self, e: &Entry, at: (u32, u32)) -> Result<(), Fail> {
+        if e.path == "." {
+            return match e.kind {
+                Kind::Dir => {
+                    self.t.nodes[ROOT as usize].entry = Some(at);
+                    Ok(())
+                }
+                Kind::Opaque => {
+                    self.kids(ROOT).clear();
+                    Ok(())
+                }
+                k => Err((Class::Unsafe, format!("the root can only be a directory (not {})", k.name()))),
+            };
+        }
+        let comps: Vec<&str> = e.path.split('/').collect();
+        let (name, parents) = comps.split_last().unwrap();
+        match e.kind {
+            Kind::Whiteout => {
+                if let Resolved::Dir(d) = self.resolve_dir(parents, false)? {
+                    self.unlink(d, name);
+                }
+                Ok(())
+            }
+            Kind::Opaque => {
+                if let Resolved::Dir(d) = self.resolve_dir(&comps, false)? {
+                    self.kids(d).clear();
+                }
+                Ok(())
+            }
+            Kind::Hardlink => {
+                let link = e.link.as_deref().unwrap_or("");
+                let lcomps: Vec<&str> = link.split('/').collect();
+                let (lname, lparents) = lcomps.split_last().unwrap();
+                let target = match self.resolve_dir(lparents, false)? {
+                    Resolved::Dir(d) => self.t.nodes[d as usize].children.get(*lname).copied(),
+                    Resolved::Missing => None,
+                };
+                let Some(target) = target else {
+                    return Err((Class::Corrupt, format!("hardlink target {link:?} does not exist")));
+                };
+                if self.t.nodes[target as usize].kind == NodeKind::Dir {
+                    return Err((Class::Unsafe, format!("hardlink target {link:?} is a directory")));
+                }
+                let Resolved::Dir(dir) = self.resolve_dir(parents, true)? else { unreachable!() };
+                if self.t.nodes[dir as usize].children.get(*name) == Some(&target) {
+                    return Ok(());
+                }
+                self.unlink(dir, name);
+                self.t.nodes[target as usize].nlink += 1;
+                self.kids(dir).insert(name.to_string(), target);
+                Ok(())
+            }
+            k => {
+                let kind = node_kind(k).unwrap();
+                let Resolved::Dir(dir) = self.resolve_dir(parents, true)? else { unreachable!() };
+                let old = self.t.nodes[dir as usize].children.get(*name).copied();
+                if kind == NodeKind::Dir {
+                    if let Some(o) = old.filter(|&o| self.t.nodes[o as usize].kind == NodeKind::Dir) {
+                        self.t.nodes[o as usize].entry = Some(at);
+                        return Ok(());
+                    }
+                }
+                self.unlink(dir, name);
+                let n = self.new_node(kind, Some(at));
+                self.kids(dir).insert(name.to_string(), n);
+                Ok(())
+            }
+        }
+    }
+}

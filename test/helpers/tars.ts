@@ -1,0 +1,53 @@
+/** Tar layers made by Python's tarfile (a real tar writer) from a list of members, for synthetic and hostile images. */
+import fs from 'node:fs';
+import path from 'node:path';
+import { must } from './run.js';
+
+export type Kind = 'file' | 'dir' | 'symlink' | 'hardlink' | 'char';
+/** [name, kind, data (file) or target (links)], or with options: mode, uid, gid, mtime, size (a file of that many zero bytes, streamed) */
+export type Member = [string, Kind, string?] | [string, Kind, string | null, { mode?: number; uid?: number; gid?: number; mtime?: number; zeros?: number; major?: number; minor?: number }];
+
+/** Write the tar to `out` (PAX format) and return its path. */
+export function pyTarFile(out: string, members: Member[]): string {
+  must(
+    'python3',
+    [
+      '-c',
+      `import tarfile,io,json,sys
+class Zeros(io.RawIOBase):
+    def __init__(self,n): self.n=n
+    def readable(self): return True
+    def readinto(self,b):
+        k=min(len(b),self.n); b[:k]=bytes(k); self.n-=k; return k
+ms=json.load(sys.stdin)
+with tarfile.open(sys.argv[1],'w',format=tarfile.PAX_FORMAT) as t:
+    for name,kind,arg,o in ms:
+        ti=tarfile.TarInfo(name); ti.mode=o.get('mode',0o755 if kind=='dir' else 0o644)
+        ti.uid=o.get('uid',0); ti.gid=o.get('gid',0); ti.mtime=o.get('mtime',1700000000)
+        if kind=='file':
+            if 'zeros' in o:
+                ti.size=o['zeros']; t.addfile(ti,io.BufferedReader(Zeros(o['zeros']),1<<20))
+            else:
+                data=(arg or '').encode(); ti.size=len(data); t.addfile(ti,io.BytesIO(data))
+        elif kind=='dir':
+            ti.type=tarfile.DIRTYPE; t.addfile(ti)
+        elif kind=='symlink':
+            ti.type=tarfile.SYMTYPE; ti.linkname=arg; t.addfile(ti)
+        elif kind=='char':
+            ti.type=tarfile.CHRTYPE; ti.devmajor=o.get('major',1); ti.devminor=o.get('minor',3); t.addfile(ti)
+        else:
+            ti.type=tarfile.LNKTYPE; ti.linkname=arg; t.addfile(ti)`,
+      out,
+    ],
+    { input: JSON.stringify(members.map((m) => [m[0], m[1], m[2] ?? null, m[3] ?? {}])) },
+  );
+  return out;
+}
+
+/** The tar as bytes (small layers). */
+export function pyTar(work: string, members: Member[]): Buffer {
+  const out = pyTarFile(path.join(work, `tar-${Math.random().toString(36).slice(2)}.tar`), members);
+  const b = fs.readFileSync(out);
+  fs.rmSync(out);
+  return b;
+}
