@@ -15,10 +15,13 @@ export type ErrorCode =
 
 export class OcichunkError extends Error {
   readonly code: ErrorCode;
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+  /** Further findings, one line each (verify lists every violation of a TOC here); the CLI prints them. */
+  readonly details?: string[];
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; details?: string[] }) {
     super(message, options);
     this.code = code;
     this.name = 'OcichunkError';
+    if (options?.details?.length) this.details = options.details;
   }
 }
 

@@ -4,6 +4,7 @@ import { Writable } from 'node:stream';
 import { ChunkReader } from './chunked/content.js';
 import { openChunked, resolveImage } from './chunked/image.js';
 import { OcichunkError } from './errors.js';
+import { TocError } from './chunked/toc.js';
 import type { Descriptor, Platform } from './oci/types.js';
 import { openSource, type TransportOptions } from './ref.js';
 
@@ -22,7 +23,10 @@ export async function verify(ref: string, opts: { platform?: Platform; threads?:
   const src = await openSource(ref, opts.transport);
   try {
     const img = await resolveImage(src, opts.platform);
-    const c = await openChunked(img);
+    const c = await openChunked(img).catch((e: unknown) => {
+      // every violation of the format's rules, not only the first
+      throw e instanceof TocError ? new TocError(src.name, e.violations, e.more, true) : e;
+    });
     let blobs = 0;
     let blobBytes = 0;
     const seen = new Set<string>();

@@ -95,16 +95,24 @@ export function checkToc(blob: Buffer): { json?: Buffer; violations: TocViolatio
   return { ...(r.json ? { json: r.json } : {}), violations: r.violations as TocViolation[], more: r.more };
 }
 
-/** The error for a failed check: the first violation's code, every violation counted. */
-export function violationError(what: string, violations: TocViolation[], more: number): OcichunkError {
-  const [first] = violations;
-  const rest = violations.length - 1 + more;
-  return new OcichunkError(first.code, `${what}: ${first.message}${rest > 0 ? ` (and ${rest} more violation(s); run verify to list them)` : ''}`);
+/** The error for a failed check: the first violation's code and message, every violation counted. */
+export class TocError extends OcichunkError {
+  constructor(
+    what: string,
+    readonly violations: TocViolation[],
+    readonly more: number,
+    list = false,
+  ) {
+    const rest = violations.length - 1 + more;
+    const tail = rest > 0 ? ` (and ${rest} more violation(s)${list ? '' : '; verify lists them'})` : '';
+    const details = list && violations.length > 1 ? [...violations.map((v) => v.message), ...(more ? [`... ${more} more`] : [])] : undefined;
+    super(violations[0].code, `${what}: ${violations[0].message}${tail}`, { details });
+  }
 }
 
 /** Decode and validate a TOC (every command runs this before anything else). */
 export function decodeToc(blob: Buffer, what: string): Toc {
   const { json, violations, more } = checkToc(blob);
-  if (!json) throw violationError(what, violations, more);
+  if (!json) throw new TocError(what, violations, more);
   return JSON.parse(json.toString('utf8')) as Toc;
 }

@@ -17,14 +17,14 @@ fn err(e: CoreError) -> napi::Error {
 }
 
 fn triplets(a: &[u32], what: &str) -> Result<Vec<(usize, usize, usize)>> {
-    if a.len() % 3 != 0 {
+    if !a.len().is_multiple_of(3) {
         return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: {what} must hold triplets")));
     }
     Ok(a.chunks(3).map(|t| (t[0] as usize, t[1] as usize, t[2] as usize)).collect())
 }
 
 fn pairs(a: &[u32], what: &str) -> Result<Vec<(usize, usize)>> {
-    if a.len() % 2 != 0 {
+    if !a.len().is_multiple_of(2) {
         return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: {what} must hold pairs")));
     }
     Ok(a.chunks(2).map(|t| (t[0] as usize, t[1] as usize)).collect())

@@ -98,7 +98,7 @@ pub struct Report {
 impl Report {
     pub fn push(&mut self, class: Class, layer: Option<u32>, path: Option<&str>, message: String) {
         if self.violations.len() < limits::VIOLATIONS {
-            self.violations.push(Violation { class, layer, path: path.map(str::to_string), message });
+            self.violations.push(Violation { class, layer, path: path.map(shorten), message });
         } else {
             self.more += 1;
         }
@@ -133,6 +133,25 @@ pub fn check_toc(blob: &[u8]) -> Result<(Toc, Tree, Vec<u8>), Report> {
     Ok((toc, tree, json))
 }
 
+/// A path as errors show it: at most 200 bytes (its start and end), whatever the image holds.
+fn shorten(p: &str) -> String {
+    if p.len() <= 200 {
+        return p.to_string();
+    }
+    let mut a = 120;
+    while !p.is_char_boundary(a) {
+        a -= 1;
+    }
+    let mut b = p.len() - 60;
+    while !p.is_char_boundary(b) {
+        b += 1;
+    }
+    format!("{}...({} bytes)...{}", &p[..a], p.len(), &p[b..])
+}
+
 fn strip_code(s: &str) -> &str {
     s.split_once(": ").filter(|(c, _)| c.starts_with('E') && c.chars().all(|c| c.is_ascii_uppercase())).map_or(s, |(_, m)| m)
 }
+
+#[cfg(test)]
+mod tests;

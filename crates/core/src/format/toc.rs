@@ -98,6 +98,11 @@ pub struct Frame(pub u32, pub u64, pub u64, pub u64);
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct Chunk(pub Hex32, pub u32, pub u64, pub u64);
 
+/// Extended attributes: (name, value), in document order.
+pub type Xattrs = Vec<(String, Vec<u8>)>;
+/// `[path, offset, length]` of the prefetch list.
+pub type PrefetchRange = (String, u64, u64);
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Entry {
@@ -122,7 +127,7 @@ pub struct Entry {
     pub dev_minor: Option<u32>,
     /// (name, value) in document order; values base64-decoded
     #[serde(default, deserialize_with = "xattrs")]
-    pub xattrs: Option<Vec<(String, Vec<u8>)>>,
+    pub xattrs: Option<Xattrs>,
     #[serde(default, deserialize_with = "some")]
     pub chunks: Option<Vec<u32>>,
 }
@@ -151,7 +156,7 @@ pub struct Toc {
     #[serde(deserialize_with = "layers")]
     pub layers: Vec<Layer>,
     #[serde(default, deserialize_with = "prefetch")]
-    pub prefetch: Option<Vec<(String, u64, u64)>>,
+    pub prefetch: Option<Vec<PrefetchRange>>,
 }
 
 /// A present field must hold a value of its type: `null` is refused (JavaScript's `??` would read
@@ -217,14 +222,14 @@ fn layers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Layer>, D::Error> {
 fn entries<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Entry>, D::Error> {
     bounded(d, limits::ENTRIES, "entries", true)
 }
-fn prefetch<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<(String, u64, u64)>>, D::Error> {
+fn prefetch<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<PrefetchRange>>, D::Error> {
     bounded(d, limits::PREFETCH, "prefetch ranges", false).map(Some)
 }
 
-fn xattrs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<(String, Vec<u8>)>>, D::Error> {
+fn xattrs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Xattrs>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
-        type Value = Vec<(String, Vec<u8>)>;
+        type Value = Xattrs;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("an object of base64 xattr values")
         }
@@ -247,7 +252,7 @@ fn xattrs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<(String, Vec<u8>
 /// Standard base64 with padding, strict (what `Buffer.toString('base64')` writes).
 pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return None;
     }
     let val = |c: u8| -> Option<u32> {

@@ -80,34 +80,34 @@ impl Tree {
     /// the tree (`first`: the node's first name in this order; later ones are its hardlinks).
     /// `path` is the node's path relative to the root. No recursion: depth is bounded only by PATH.
     pub fn walk(&self, mut f: impl FnMut(&str, NodeId, &str, NodeId, bool)) {
+        struct Level<'a> {
+            dir: NodeId,
+            kids: std::collections::btree_map::Iter<'a, String, NodeId>,
+            /// length of `path` before this directory's name was appended
+            base: usize,
+        }
         let mut seen = vec![false; self.nodes.len()];
         seen[ROOT as usize] = true;
         let mut path = String::new();
-        // (directory, its children in order, next index, path length before it)
-        let mut stack: Vec<(NodeId, Vec<(&String, NodeId)>, usize, usize)> = vec![(ROOT, self.nodes[0].children.iter().map(|(k, &v)| (k, v)).collect(), 0, 0)];
+        let mut stack = vec![Level { dir: ROOT, kids: self.nodes[ROOT as usize].children.iter(), base: 0 }];
         while let Some(top) = stack.last_mut() {
-            let (dir, kids, next, _) = (top.0, &top.1, top.2, top.3);
-            if next == kids.len() {
-                let (_, _, _, len) = stack.pop().unwrap();
-                path.truncate(len);
+            let Some((name, &id)) = top.kids.next() else {
+                let done = stack.pop().unwrap();
+                path.truncate(done.base);
                 continue;
-            }
-            let (name, id) = kids[next];
-            top.2 += 1;
+            };
+            let dir = top.dir;
             let base = path.len();
-            let child_path_len = if base == 0 { name.len() } else { base + 1 + name.len() };
-            let mut p = path.clone();
             if base > 0 {
-                p.push('/');
+                path.push('/');
             }
-            p.push_str(name);
-            debug_assert_eq!(p.len(), child_path_len);
-            let first = !seen[id as usize];
-            seen[id as usize] = true;
-            f(&p, dir, name, id, first);
+            path.push_str(name);
+            let first = !std::mem::replace(&mut seen[id as usize], true);
+            f(&path, dir, name, id, first);
             if first && self.nodes[id as usize].kind == NodeKind::Dir {
-                path = p;
-                stack.push((id, self.nodes[id as usize].children.iter().map(|(k, &v)| (k, v)).collect(), 0, base));
+                stack.push(Level { dir: id, kids: self.nodes[id as usize].children.iter(), base });
+            } else {
+                path.truncate(base);
             }
         }
     }

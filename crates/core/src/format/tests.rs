@@ -1,0 +1,276 @@
+//! Unit tests of the format reader: strict decoding, every rule, the merged tree's semantics, and a
+//! bounded fuzz run over mutated TOCs (no input may panic, hang or pass the check inconsistently).
+
+use super::tree::{NodeKind, ROOT};
+use super::*;
+use serde_json::{json, Value};
+
+const HEX: &str = "aa00000000000000000000000000000000000000000000000000000000000000";
+const HEX2: &str = "bb00000000000000000000000000000000000000000000000000000000000000";
+
+/// A TOC of the given layers (entries as JSON) with one pack, one frame and two 5-byte chunks.
+fn toc(layers: Vec<Vec<Value>>) -> Value {
+    json!({
+        "version": 1,
+        "chunker": { "kind": "cdc", "min": 16384, "avg": 65536, "max": 262144 },
+        "packs": [format!("sha256:{HEX}")],
+        "frames": [[0, 0, 20, 10]],
+        "chunks": [[HEX, 0, 0, 5], [HEX2, 0, 5, 5]],
+        "layers": layers.into_iter().map(|e| json!({ "entries": e })).collect::<Vec<_>>(),
+    })
+}
+
+fn blob(v: &Value) -> Vec<u8> {
+    crate::frame::compress_frame(&[serde_json::to_string(v).unwrap().as_bytes()], 3).unwrap()
+}
+
+fn dir(p: &str) -> Value {
+    json!({ "path": p, "type": "dir", "mode": 0o755 })
+}
+fn file(p: &str) -> Value {
+    json!({ "path": p, "type": "reg", "mode": 0o644, "size": 5, "chunks": [0] })
+}
+fn link(p: &str, to: &str) -> Value {
+    json!({ "path": p, "type": "symlink", "mode": 0o777, "link": to })
+}
+fn hard(p: &str, to: &str) -> Value {
+    json!({ "path": p, "type": "hardlink", "link": to })
+}
+fn wh(p: &str) -> Value {
+    json!({ "path": p, "type": "whiteout" })
+}
+fn opq(p: &str) -> Value {
+    json!({ "path": p, "type": "opaque" })
+}
+
+fn check(v: &Value) -> std::result::Result<(Toc, Tree), Vec<Violation>> {
+    check_toc(&blob(v)).map(|(t, tr, _)| (t, tr)).map_err(|r| r.violations)
+}
+
+/// The merged tree as "path kind [-> link]" lines, depth first (hardlinks as "path = first").
+fn listing(v: &Value) -> Vec<String> {
+    let (toc, tree) = check(v).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut out = Vec::new();
+    let mut first = std::collections::HashMap::new();
+    tree.walk(|p, _, _, id, is_first| {
+        if !is_first {
+            out.push(format!("{p} = {}", first[&id]));
+            return;
+        }
+        first.insert(id, p.to_string());
+        let n = tree.node(id);
+        let e = tree.entry(&toc, id);
+        let s = match n.kind {
+            NodeKind::Dir => format!("{p} dir{}", if e.is_none() { " (implied)" } else { "" }),
+            NodeKind::Reg => format!("{p} reg"),
+            NodeKind::Symlink => format!("{p} -> {}", e.unwrap().link.as_deref().unwrap()),
+            k => format!("{p} {k:?}"),
+        };
+        out.push(s);
+    });
+    out
+}
+
+fn messages(v: &Value) -> Vec<String> {
+    match check(v) {
+        Ok(_) => vec![],
+        Err(e) => e.iter().map(|v| v.to_string()).collect(),
+    }
+}
+
+#[test]
+fn whiteouts_opaque_and_replacements() {
+    let v = toc(vec![
+        vec![dir("a"), file("a/x"), dir("a/y"), file("a/y/z"), dir("b"), file("b/old"), file("c"), file("d")],
+        vec![wh("a/x"), opq("b"), file("b/new"), dir("c"), file("c/in"), link("d", "a")],
+    ]);
+    assert_eq!(listing(&v), ["a dir", "a/y dir", "a/y/z reg", "b dir", "b/new reg", "c dir", "c/in reg", "d -> a"]);
+}
+
+#[test]
+fn symlinked_parents_resolve_inside_the_root() {
+    let v = toc(vec![
+        vec![link("lib", "/real"), dir("real"), link("rel", "../../../../real"), link("up", "..")],
+        vec![file("lib/f1"), file("rel/f2"), file("up/f3")],
+    ]);
+    assert_eq!(listing(&v), ["f3 reg", "lib -> /real", "real dir", "real/f1 reg", "real/f2 reg", "rel -> ../../../../real", "up -> .."]);
+}
+
+#[test]
+fn opaque_and_whiteout_through_symlinks_stay_inside() {
+    // an absolute target that does not exist in the image: nothing to empty, nothing outside
+    let v = toc(vec![vec![link("a", "/etc"), file("f")], vec![opq("a"), wh("a/passwd")]]);
+    assert_eq!(listing(&v), ["a -> /etc", "f reg"]);
+    // a directory replaced by a symlink, then written through: the write follows it, inside the root
+    let v = toc(vec![vec![dir("d"), dir("t")], vec![link("d", "/t")], vec![file("d/x")]]);
+    assert_eq!(listing(&v), ["d -> /t", "t dir", "t/x reg"]);
+}
+
+#[test]
+fn implied_parents_and_directory_metadata() {
+    let v = toc(vec![vec![file("p/q/r")], vec![json!({ "path": "p", "type": "dir", "mode": 0o700, "uid": 5 })]]);
+    let (t, tree) = check(&v).unwrap();
+    assert_eq!(listing(&v), ["p dir", "p/q dir (implied)", "p/q/r reg"]);
+    let p = tree.node(ROOT).children["p"];
+    assert_eq!(tree.entry(&t, p).unwrap().uid, Some(5));
+}
+
+#[test]
+fn hardlinks_share_nodes_across_layers() {
+    let v = toc(vec![vec![file("a"), hard("b", "a")], vec![wh("a"), hard("c", "b")]]);
+    assert_eq!(listing(&v), ["b reg", "c = b"]);
+    let (_, tree) = check(&v).unwrap();
+    let b = tree.node(ROOT).children["b"];
+    assert_eq!(tree.node(b).nlink, 2);
+}
+
+#[test]
+fn rules_are_enforced() {
+    let cases: Vec<(Value, &str)> = vec![
+        (toc(vec![vec![hard("h", "d"), dir("d")]]), "out of canonical order"),
+        (toc(vec![vec![dir("d"), hard("h", "d")]]), "hardlink target \"d\" is a directory"),
+        (toc(vec![vec![hard("h", "nope")]]), "does not exist"),
+        (toc(vec![vec![hard("h", "../etc/passwd")]]), "not a normalized relative path"),
+        (toc(vec![vec![file("f"), file("f/x")]]), "\"f\" on the way is not a directory"),
+        (toc(vec![vec![link(".", "/x")]]), "the root can only be a directory"),
+        (toc(vec![vec![file("a/../b")]]), "not a normalized relative path"),
+        (toc(vec![vec![file("/abs")]]), "not a normalized relative path"),
+        (toc(vec![vec![json!({ "path": "f", "type": "reg", "mode": 0o644, "size": 6, "chunks": [0] })]]), "chunks add up to 5 bytes, size is 6"),
+        (toc(vec![vec![json!({ "path": "f", "type": "fifo", "mode": 0o644, "chunks": [] })]]), "field chunks does not belong to a fifo entry"),
+        (toc(vec![vec![json!({ "path": "f", "type": "char", "mode": 0o644 })]]), "needs devMajor and devMinor"),
+        (toc(vec![vec![json!({ "path": "f", "type": "reg", "size": 5, "chunks": [0] })]]), "has no mode"),
+        (toc(vec![vec![link("l", "")]]), "link is empty"),
+        (toc(vec![vec![link("a", "b"), link("b", "a")], vec![file("a/x")]]), "too many levels of symbolic links"),
+    ];
+    for (v, want) in cases {
+        let m = messages(&v);
+        assert!(m.iter().any(|x| x.contains(want)), "want {want:?}, got {m:?}");
+    }
+}
+
+#[test]
+fn tables_are_checked() {
+    let mut v = toc(vec![vec![file("f")]]);
+    v["chunks"][1][0] = json!(HEX);
+    assert!(messages(&v).iter().any(|m| m.contains("listed twice")));
+    let mut v = toc(vec![vec![file("f")]]);
+    v["frames"][0][3] = json!(1u64 << 30);
+    assert!(messages(&v).iter().any(|m| m.contains("frame 0")));
+    let mut v = toc(vec![vec![file("f")]]);
+    v["chunks"][0][2] = json!(8);
+    assert!(messages(&v).iter().any(|m| m.contains("does not fit frame 0")));
+    let mut v = toc(vec![vec![file("f")]]);
+    v["packs"][0] = json!("md5:abc");
+    assert!(messages(&v).iter().any(|m| m.contains("is not a sha256 digest")));
+}
+
+#[test]
+fn decoding_is_strict() {
+    let base = serde_json::to_string(&toc(vec![vec![file("f")]])).unwrap();
+    for (from, to, want) in [
+        ("\"mode\":420", "\"mode\":\"420\"", "invalid type: string"),
+        ("\"mode\":420", "\"mode\":420.0", "floating point"),
+        ("\"mode\":420", "\"mode\":null", "null"),
+        ("\"mode\":420", "\"mode\":420,\"mode\":2541", "duplicate field"),
+        ("\"version\":1", "\"version\":7", "not supported"),
+        ("\"type\":\"reg\"", "\"type\":\"sock\"", "unknown variant"),
+    ] {
+        let text = base.replacen(from, to, 1);
+        assert_ne!(text, base, "{from}");
+        let r = check_toc(&crate::frame::compress_frame(&[text.as_bytes()], 3).unwrap()).expect_err(want);
+        assert!(r.violations[0].to_string().contains(want), "{want}: {:?}", r.violations);
+    }
+    // xattr names in document order must be sorted (serde_json's own maps sort, so edit the text)
+    let x = serde_json::to_string(&toc(vec![vec![json!({ "path": "f", "type": "fifo", "mode": 0o644, "xattrs": { "a": "", "b": "AA==" } })]])).unwrap();
+    let text = x.replacen("\"a\":\"\",\"b\":\"AA==\"", "\"b\":\"AA==\",\"a\":\"\"", 1);
+    assert_ne!(text, x);
+    let r = check_toc(&crate::frame::compress_frame(&[text.as_bytes()], 3).unwrap()).err().unwrap();
+    assert!(r.violations[0].to_string().contains("not sorted"), "{:?}", r.violations);
+    // unknown fields are ignored (optional additions within version 1)
+    let text = base.replacen("\"mode\":420", "\"mode\":420,\"future\":[1,{}]", 1);
+    assert!(check_toc(&crate::frame::compress_frame(&[text.as_bytes()], 3).unwrap()).is_ok());
+    assert_eq!(toc::base64_decode("AAE="), Some(vec![0, 1]));
+    assert_eq!(toc::base64_decode("AAF="), None, "non-canonical padding bits");
+    assert_eq!(toc::base64_decode("A="), None);
+}
+
+#[test]
+fn walk_visits_deep_trees_without_recursion() {
+    let mut entries = vec![];
+    let mut p = String::from("d");
+    while p.len() < 4000 {
+        entries.push(dir(&p));
+        p.push_str("/d");
+    }
+    let v = toc(vec![entries]);
+    assert_eq!(listing(&v).len(), 2000);
+}
+
+/// Mutations of valid TOCs: every outcome is a clean Ok or Err, never a panic; what passes builds
+/// a tree whose every name resolves without a symlink. Bounded by OCICHUNK_FUZZ_SECS (default 5).
+#[test]
+fn fuzz_toc_check() {
+    let secs: u64 = std::env::var("OCICHUNK_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let seeds = [
+        toc(vec![vec![dir("a"), file("a/x"), link("l", "/a"), hard("h", "a/x")], vec![wh("a/x"), opq("l"), file("l/y"), dir("z")]]),
+        toc(vec![vec![link("a", "../../b"), file("f")], vec![file("a/c"), hard("g", "f")], vec![opq("."), dir("b")]]),
+    ];
+    let atoms: Vec<Value> = vec![
+        json!(null), json!(-1), json!(0), json!(1), json!(4294967296u64), json!(1.5), json!("x"), json!(""), json!("."), json!(".."),
+        json!("a/../b"), json!("/etc"), json!("l"), json!("a/x"), json!([]), json!({}), json!("reg"), json!("dir"), json!("symlink"),
+        json!("hardlink"), json!("whiteout"), json!("opaque"), json!("char"), json!(0o7777), json!(0o17777), json!(HEX),
+    ];
+    let mut rng: u64 = 0x9e3779b97f4a7c15;
+    let mut next = move |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    let start = std::time::Instant::now();
+    let mut runs = 0;
+    while start.elapsed().as_secs() < secs {
+        let mut v = seeds[next(seeds.len())].clone();
+        for _ in 0..1 + next(4) {
+            // pick a random leaf or container and replace it with an atom, or duplicate an entry
+            let mut cur = &mut v;
+            loop {
+                let len = match cur {
+                    Value::Array(a) => a.len(),
+                    Value::Object(o) => o.len(),
+                    _ => 0,
+                };
+                if len == 0 || next(4) == 0 {
+                    break;
+                }
+                let i = next(len);
+                cur = match cur {
+                    Value::Array(a) => &mut a[i],
+                    Value::Object(o) => o.values_mut().nth(i).unwrap(),
+                    _ => unreachable!(),
+                };
+            }
+            if let Value::Array(a) = cur {
+                if !a.is_empty() && next(3) == 0 {
+                    let i = next(a.len());
+                    let dup = a[i].clone();
+                    a.insert(next(a.len() + 1), dup);
+                    continue;
+                }
+            }
+            *cur = atoms[next(atoms.len())].clone();
+        }
+        let b = blob(&v);
+        if let Ok((t, tree, _)) = check_toc(&b) {
+            let mut names = 0;
+            tree.walk(|p, _, _, _, _| {
+                assert!(toc::check_path(p, false).is_ok(), "{p}");
+                names += 1;
+            });
+            assert!(names <= t.entry_count() * 3 + 1);
+        }
+        runs += 1;
+    }
+    eprintln!("fuzz_toc_check: {runs} mutated TOCs in {secs} s");
+    assert!(runs > 10, "{runs} runs");
+}

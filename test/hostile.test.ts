@@ -1,0 +1,253 @@
+/**
+ * Untrusted images, as an attacker builds them: plain tar layers that exploit layer merging, and
+ * chunked images whose TOC was crafted and whose every digest was recomputed. Every reader
+ * (restore, ls, cat, inspect, verify) refuses them with a clear error and a stable exit code, or
+ * reads them inside the root; nothing outside the target changes; peak memory stays bounded.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { convert } from '../src/index.js';
+import { native } from '../src/native/index.js';
+import { REPO, tmpdir } from './helpers/env.js';
+import { forgeToc, plainLayer, writeLayout } from './helpers/layout.js';
+import { cli, sh } from './helpers/run.js';
+import { pyTar, pyTarFile, type Member } from './helpers/tars.js';
+
+let work: string;
+let canary: string;
+let canaryState: string;
+let n = 0;
+
+/** Names, contents, modes and mtimes of everything under a directory. */
+function snapshot(dir: string): string {
+  const out: string[] = [];
+  const walk = (d: string) => {
+    for (const name of fs.readdirSync(d).sort()) {
+      const p = path.join(d, name);
+      const st = fs.lstatSync(p);
+      out.push(`${path.relative(dir, p)} ${st.mode.toString(8)} ${st.mtimeMs} ${st.isFile() ? fs.readFileSync(p, 'hex') : ''}`);
+      if (st.isDirectory()) walk(p);
+    }
+  };
+  walk(dir);
+  const st = fs.statSync(dir);
+  return `${st.mode.toString(8)} ${st.mtimeMs}\n${out.join('\n')}`;
+}
+
+/** A layout of plain tar layers converted by ocichunk; returns the chunked layout's reference. */
+async function chunked(layers: Member[][]): Promise<string> {
+  const id = `img${n++}`;
+  const src = path.join(work, `${id}-src`);
+  writeLayout(src, 'x', layers.map((m) => plainLayer(pyTar(work, m))));
+  const out = path.join(work, `${id}-out`);
+  await convert(`oci:${src}:x`, `oci:${out}:x`, { trustDir: path.join(work, 'trust') });
+  return out;
+}
+
+const forge = (out: string, edit: (toc: any, text: string) => unknown) =>
+  forgeToc(out, 'x', edit, (j) => native.compressSync(j, 3), (b) => native.decompressSync(b, 256 << 20));
+
+/** The CLI under /usr/bin/time: exit code, output and peak RSS in MiB. */
+function run(args: string[]): { code: number; stdout: string; stderr: string; rssMiB: number } {
+  const r = sh('/usr/bin/time', ['-f', 'peak-rss-kib %M', process.execPath, path.join(REPO, 'bin', 'ocichunk.js'), ...args], {
+    env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'xdg') },
+  });
+  const m = /peak-rss-kib (\d+)\s*$/.exec(r.stderr);
+  return { code: r.code, stdout: r.stdout, stderr: r.stderr.replace(/peak-rss-kib \d+\s*$/, ''), rssMiB: m ? Number(m[1]) / 1024 : NaN };
+}
+
+function restoreInto(out: string): { code: number; stderr: string; target: string; rssMiB: number } {
+  const target = path.join(work, `rootfs-${n++}`);
+  return { ...run(['restore', `oci:${out}:x`, target]), target };
+}
+
+beforeAll(() => {
+  work = tmpdir('hostile');
+  canary = path.join(work, 'canary');
+  fs.mkdirSync(path.join(canary, 'sub'), { recursive: true });
+  fs.writeFileSync(path.join(canary, 'secret'), 'precious');
+  fs.writeFileSync(path.join(canary, 'sub', 'b'), 'also precious');
+  fs.utimesSync(canary, 1000, 1000);
+  canaryState = snapshot(canary);
+});
+
+describe('writes outside the target', () => {
+  const unchanged = () => expect(snapshot(canary)).toBe(canaryState);
+
+  it('an opaque marker under a symlink to a host directory empties nothing outside (plain tar image)', async () => {
+    const out = await chunked([[['a', 'symlink', canary]], [['a/.wh..wh..opq', 'file', '']]]);
+    const r = restoreInto(out);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    unchanged();
+    expect(fs.readlinkSync(path.join(r.target, 'a'))).toBe(canary);
+  });
+
+  it('a whiteout, a file and a directory entry under a symlink to a host directory stay inside the root', async () => {
+    const out = await chunked([
+      [['a', 'symlink', canary], ['d', 'dir']],
+      [['a/.wh.secret', 'file', ''], ['a/new', 'file', 'x'], ['a/sub', 'dir', null, { mode: 0o777, mtime: 5 }], ['d', 'symlink', canary]],
+      [['d/new2', 'file', 'y'], ['d/sub', 'dir', null, { mode: 0o700 }]],
+    ]);
+    const r = restoreInto(out);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    unchanged();
+    // resolved like a chroot: the same path below the target
+    const inside = path.join(r.target, canary);
+    expect(fs.readFileSync(path.join(inside, 'new'), 'utf8')).toBe('x');
+    expect(fs.readFileSync(path.join(inside, 'new2'), 'utf8')).toBe('y');
+    expect(fs.lstatSync(path.join(inside, 'sub')).mode & 0o7777).toBe(0o700);
+  });
+
+  it('refuses a target that already holds anything (a symlink to a host directory included)', async () => {
+    const out = await chunked([[['x', 'dir'], ['x/f', 'file', 'z']]]);
+    const target = path.join(work, 'prefilled');
+    fs.mkdirSync(target);
+    fs.symlinkSync(canary, path.join(target, 'x'));
+    const r = run(['restore', `oci:${out}:x`, target]);
+    expect(r.code).toBe(7);
+    expect(r.stderr).toMatch(/must be empty or absent/);
+    unchanged();
+  });
+
+  it('crafted TOCs: whiteouts, opaque markers and hardlinks through symlinks resolve inside the root', async () => {
+    const out = await chunked([[['a', 'symlink', canary], ['f', 'file', 'data']], [['z', 'file', 'q']]]);
+    forge(out, (toc) => {
+      toc.layers[1].entries = [
+        { path: 'a', type: 'opaque' },
+        { path: 'a/secret', type: 'whiteout' },
+        { path: 'h', type: 'hardlink', link: 'f' },
+        { path: 'z', type: 'reg', mode: 0o644, size: toc.layers[1].entries[0].size, chunks: toc.layers[1].entries[0].chunks },
+      ].sort((x, y) => (x.path < y.path ? -1 : 1));
+      toc.layers[1].entries.sort((x: any, y: any) => (x.path === y.path ? (x.type === 'whiteout' ? -1 : 1) : x.path < y.path ? -1 : 1));
+    });
+    const r = restoreInto(out);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    unchanged();
+    expect(fs.statSync(path.join(r.target, 'h')).ino).toBe(fs.statSync(path.join(r.target, 'f')).ino);
+  });
+});
+
+describe('crafted TOCs with valid digests', () => {
+  let base: string;
+  beforeAll(async () => {
+    base = await chunked([[['etc', 'dir'], ['etc/hostname', 'file', 'box\n'], ['etc/big', 'file', 'y'.repeat(70_000)], ['bin', 'dir'], ['bin/sh', 'symlink', 'busybox']]]);
+  });
+
+  /** A copy of the base image with its TOC forged. */
+  function forged(edit: (toc: any, text: string) => unknown): string {
+    const out = path.join(work, `forged-${n++}`);
+    fs.cpSync(base, out, { recursive: true });
+    forge(out, edit);
+    return out;
+  }
+  const entry = (toc: any, p: string) => toc.layers[0].entries.find((e: any) => e.path === p);
+
+  const cases: Array<[string, (toc: any, text: string) => unknown, number, RegExp]> = [
+    ['uid beyond 32 bits', (t) => void (entry(t, 'etc/hostname').uid = 2 ** 32), 5, /"etc\/hostname".*uid|u32/],
+    ['negative uid', (t) => void (entry(t, 'etc/hostname').uid = -1), 5, /"etc\/hostname".*-1/],
+    ['uid as a string', (t) => void (entry(t, 'etc/hostname').uid = '0'), 5, /"etc\/hostname".*invalid type: string/],
+    ['fractional gid', (t) => void (entry(t, 'etc/hostname').gid = 1.5), 5, /"etc\/hostname".*floating point/],
+    ['negative mode', (t) => void (entry(t, 'etc/hostname').mode = -1), 5, /"etc\/hostname"/],
+    ['mode beyond 07777', (t) => void (entry(t, 'etc/hostname').mode = 0o17777), 5, /"etc\/hostname".*mode 0o17777 has bits beyond 07777/],
+    ['fractional mode', (t) => void (entry(t, 'etc/hostname').mode = 420.5), 5, /"etc\/hostname".*floating point/],
+    ['mode as a string (setuid)', (t) => void (entry(t, 'etc/hostname').mode = '4755'), 5, /"etc\/hostname".*invalid type: string "4755"/],
+    ['mode given twice', (_t, text) => text.replace('"type":"reg","mode":420', '"type":"reg","mode":420,"mode":2541'), 5, /duplicate field `mode`/],
+    ['null mode', (t) => void (entry(t, 'etc/hostname').mode = null), 5, /"etc\/hostname".*null/],
+    ['huge mtime', (t) => void (entry(t, 'etc/hostname').mtime = 1e20), 5, /"etc\/hostname"/],
+    ['mtime as a string', (t) => void (entry(t, 'etc/hostname').mtime = '5'), 5, /"etc\/hostname".*invalid type: string/],
+    ['frame longer than 4 GiB', (t) => void (t.frames[0][2] = 2 ** 33), 5, /frame 0: .* out of range/],
+    ['a 1 GiB chunk', (t) => void ((t.frames[0][3] = 2 ** 30), (t.chunks[0][3] = 2 ** 30)), 5, /frame 0.*out of range|chunk 0/],
+    ['NUL in a name', (t) => void (entry(t, 'etc/hostname').path = 'etc/host\u0000name'), 7, /NUL/],
+    ['a name longer than 255 bytes', (t) => void (entry(t, 'etc/hostname').path = `etc/${'n'.repeat(300)}`), 7, /component is 300 bytes/],
+    ['a path longer than 4095 bytes', (t) => void (entry(t, 'etc/hostname').path = `etc/${'d/'.repeat(3000)}x`), 7, /path of 6005 bytes/],
+    [
+      '10k-deep nesting',
+      (t) => {
+        for (let i = 1; i <= 10_000; i++) t.layers[0].entries.push({ path: 'z/'.repeat(i).slice(0, -1), type: 'dir', mode: 0o755 });
+      },
+      7,
+      /path of 4097 bytes/,
+    ],
+    ['root replaced by a symlink', (t) => void t.layers[0].entries.unshift({ path: '.', type: 'symlink', mode: 0o777, link: '/etc' }), 7, /the root can only be a directory/],
+    ['a hardlink to a directory', (t) => void t.layers[0].entries.push({ path: 'etc/zz', type: 'hardlink', link: 'bin' }), 7, /hardlink target "bin" is a directory/],
+    ['a hardlink to nothing', (t) => void t.layers[0].entries.push({ path: 'etc/zz', type: 'hardlink', link: 'nope' }), 5, /hardlink target "nope" does not exist/],
+    ['an unknown entry type', (t) => void (entry(t, 'etc/hostname').type = 'socket'), 5, /unknown variant `socket`/],
+    ['entries out of order', (t) => void t.layers[0].entries.reverse(), 5, /out of canonical order/],
+    ['a path given twice', (t) => void t.layers[0].entries.push({ ...entry(t, 'etc/hostname') }), 5, /out of canonical order|appears twice/],
+    ['file size that the chunks do not add up to', (t) => void (entry(t, 'etc/big').size = 5), 5, /chunks add up to 70000 bytes, size is 5/],
+    ['a chunk index out of range', (t) => void entry(t, 'etc/big').chunks.push(99), 5, /chunk index 99 does not exist/],
+    ['xattr value not base64', (t) => void (entry(t, 'etc/hostname').xattrs = { 'user.x': '!!' }), 5, /xattr "user.x": value is not base64/],
+    ['an unknown TOC version', (t) => void (t.version = 2), 4, /TOC version 2 is not supported/],
+    ['a TOC that inflates past 128 MiB', (_t, text) => text.slice(0, -1) + ' '.repeat(200 << 20) + '}', 5, /over|exceeds|limit|too large|128/i],
+    [
+      'more than 2^20 entries in a small TOC',
+      (_t, text) => {
+        const e = '{"path":"p","type":"fifo","mode":0},'.repeat(1_100_000);
+        return text.replace('"entries":[', `"entries":[${e}`);
+      },
+      5,
+      /more than 1048576 entries/,
+    ],
+  ];
+
+  it.each(cases)('%s: every reader refuses it with a clear error', (_name, edit, code, msg) => {
+    const out = forged(edit);
+    const ref = `oci:${out}:x`;
+    for (const args of [['restore', ref, path.join(work, `r-${n++}`)], ['ls', ref, '/etc'], ['cat', ref, '/etc/hostname'], ['inspect', ref], ['verify', ref]]) {
+      const r = run(args);
+      if (process.env.SHOW) console.log(`${_name} | ${args[0]} | ${r.code} | ${r.rssMiB.toFixed(0)} MiB | ${r.stderr.trim().slice(0, 300)}`);
+      expect(r.code, `${args[0]}: ${r.stderr}`).toBe(code);
+      expect(r.stderr, args[0]).toMatch(msg);
+      expect(r.stderr, args[0]).not.toMatch(/EINTERNAL|\n\s+at /);
+      expect(r.stdout, args[0]).toBe('');
+      expect(r.rssMiB, args[0]).toBeLessThan(512);
+    }
+    // the restore target was never created
+    expect(fs.readdirSync(work).filter((d) => d.startsWith('r-') && fs.existsSync(path.join(work, d)))).toEqual([]);
+  });
+
+  it('verify lists every violation it finds, not only the first', () => {
+    const out = forged((t) => {
+      entry(t, 'etc/hostname').mode = 0o17777;
+      entry(t, 'etc/big').size = 5;
+      t.layers[0].entries.push({ path: 'etc/zz', type: 'hardlink', link: '../x' });
+    });
+    const r = run(['verify', `oci:${out}:x`, '--json']);
+    expect(r.code).toBe(5);
+    expect(r.stderr).toMatch(/and 2 more/);
+    const listed = run(['verify', `oci:${out}:x`]);
+    for (const m of [/mode 0o17777/, /size is 5/, /hardlink target "\.\.\/x"/]) expect(listed.stdout + listed.stderr).toMatch(m);
+  });
+});
+
+describe('a valid image with a 5 GiB file', () => {
+  it('restores with flat memory, streamed chunk by chunk', async () => {
+    const src = path.join(work, 'huge-src');
+    const tar = pyTarFile(path.join(work, 'huge.tar'), [['big', 'file', null, { zeros: 5 * 2 ** 30 }], ['small', 'file', 'tail']]);
+    fs.mkdirSync(path.join(src, 'blobs', 'sha256'), { recursive: true });
+    // write the layout around the tar without reading it into memory
+    const digest = sh('sha256sum', [tar]).stdout.split(' ')[0];
+    fs.renameSync(tar, path.join(src, 'blobs', 'sha256', digest));
+    const size = fs.statSync(path.join(src, 'blobs', 'sha256', digest)).size;
+    writeLayout(src, 'x', [], {
+      manifestPatch: (m) => {
+        m.layers = [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: `sha256:${digest}`, size }];
+      },
+    });
+    const out = path.join(work, 'huge-out');
+    const c = run(['convert', `oci:${src}:x`, `oci:${out}:x`, '--quiet']);
+    expect(c.code, c.stderr).toBe(0);
+    fs.rmSync(src, { recursive: true });
+    const r = restoreInto(out);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(fs.statSync(path.join(r.target, 'big')).size).toBe(5 * 2 ** 30);
+    expect(fs.readFileSync(path.join(r.target, 'small'), 'utf8')).toBe('tail');
+    expect(r.rssMiB).toBeLessThan(256);
+    fs.rmSync(r.target, { recursive: true });
+  }, 600_000);
+});
