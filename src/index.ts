@@ -2,6 +2,7 @@
 export { convert, convertImage, DEFAULT_CHUNKER, type ConvertOptions, type ConvertResult, type ConvertProgress } from './convert/convert.js';
 export { restore, restoreChunked, type RestoreOptions, type RestoreResult } from './restore/restore.js';
 export { verify, type VerifyResult } from './verify.js';
+export { gc, type GcOptions, type GcResult } from './gc.js';
 export { inspect, inspectImage, inspectLayout, type ImageStats, type LayoutStats } from './inspect.js';
 export { resolveImage, openChunked, type ResolvedImage, type ChunkedImage } from './chunked/image.js';
 export { ChunkReader } from './chunked/content.js';

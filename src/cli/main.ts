@@ -4,6 +4,7 @@ import { EXIT_CODES, OcichunkError } from '../errors.js';
 import * as analyzeCmd from './analyze.js';
 import * as convertCmd from './convert.js';
 import * as demoCmd from './demo.js';
+import * as gcCmd from './gc.js';
 import * as inspectCmd from './inspect.js';
 import { cat as catCmd, lazyBenchCmd, ls as lsCmd, mount as mountCmd } from './lazy.js';
 import * as restoreCmd from './restore.js';
@@ -16,7 +17,7 @@ interface Cmd {
   run: (a: never) => Promise<unknown>;
 }
 
-const COMMANDS: Cmd[] = [convertCmd, restoreCmd, verifyCmd, inspectCmd, analyzeCmd, lsCmd, catCmd, mountCmd, lazyBenchCmd, demoCmd] as unknown as Cmd[];
+const COMMANDS: Cmd[] = [convertCmd, restoreCmd, verifyCmd, inspectCmd, analyzeCmd, lsCmd, catCmd, mountCmd, lazyBenchCmd, gcCmd, demoCmd] as unknown as Cmd[];
 
 export async function main(argv: string[]): Promise<number> {
   let output: unknown;

@@ -11,6 +11,7 @@ import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { resolveImage, type ResolvedImage } from '../chunked/image.js';
 import { decodeToc, encodeToc, FRAME_MAX, toTocEntry, type ChunkRef, type FrameRef, type Toc, type TocEntry } from '../chunked/toc.js';
 import { sha256Digest } from '../store/blobstore.js';
+import { newSpoolPath } from '../store/owner.js';
 import { OcichunkError, withContext } from '../errors.js';
 import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
 import type { ChunkerSpec } from '../native/index.js';
@@ -379,7 +380,8 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   // a caller converting many images into one sink (analyze) keeps the registry between calls
   const registry = opts.registry ?? new ChunkRegistry();
   if (!opts.registry) await registry.loadFromSink(sink);
-  const spool = new Spool(path.join(opts.tmpDir ?? os.tmpdir(), `ocichunk-spool-${process.pid}-${randomBytes(4).toString('hex')}`));
+  // named for its owner; spools dead processes left in the temp dir are removed first (store/owner.ts)
+  const spool = new Spool(await newSpoolPath(opts.tmpDir ?? os.tmpdir()));
   const batchBytes = opts.batchBytes ?? 8 << 20;
   const groupBelow = opts.groupBelow ?? DEFAULT_GROUP_BELOW;
   const packer = new Packer(sink, registry, {

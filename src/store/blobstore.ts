@@ -3,7 +3,7 @@
  * Idempotent and atomic: blobs are written to a temp file, verified, then renamed into place,
  * so no partial blob is ever visible under its digest. Readers verify digest and size as they read.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -11,6 +11,7 @@ import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { OcichunkError } from '../errors.js';
 import { native } from '../native/index.js';
 import { assertDigest, type Descriptor } from '../oci/types.js';
+import { tempName } from './owner.js';
 
 /**
  * Read size of blob streams: just under glibc's 1 MiB mmap threshold (fsx::return_large_buffers),
@@ -61,6 +62,12 @@ export class VerifyingStream extends Transform {
   }
 }
 
+/**
+ * Temp files in blobs/sha256 are `.tmp-<pid>-<start>-<ctx>-<random>`: the owner is in the name, so
+ * the next writer (OciLayoutSink.init) or `ocichunk gc` removes those of dead processes.
+ */
+export const BLOB_TEMP_PREFIX = '.tmp-';
+
 export interface BlobWriter {
   write(chunk: Buffer): Promise<void>;
   readonly size: number;
@@ -99,7 +106,7 @@ export class BlobStore {
 
   async createWriter(): Promise<BlobWriter> {
     await fsp.mkdir(this.dir, { recursive: true });
-    const t = await createTempBlob(path.join(this.dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`), 0o644);
+    const t = await createTempBlob(path.join(this.dir, tempName(BLOB_TEMP_PREFIX)), 0o644);
     return {
       get size() {
         return t.size;
@@ -123,7 +130,7 @@ export class BlobStore {
     const noop: StagedBlob = { commit: async () => {}, abort: async () => {} };
     if (await this.has(desc.digest, desc.size)) return noop;
     await fsp.mkdir(this.dir, { recursive: true });
-    const tmp = path.join(this.dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+    const tmp = path.join(this.dir, tempName(BLOB_TEMP_PREFIX));
     try {
       await fsp.link(file, tmp).catch(() => fsp.copyFile(file, tmp, fs.constants.COPYFILE_FICLONE));
       const st = await fsp.stat(tmp);
@@ -282,9 +289,9 @@ export async function createTempBlob(file: string, mode: number): Promise<TempBl
   };
 }
 
-/** Atomically replace a small file (temp + rename). */
+/** Atomically replace a small file (temp + rename); the temp file is named for its owner (owner.ts). */
 export async function writeFileAtomic(file: string, data: Buffer | string): Promise<void> {
-  const tmp = `${file}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
+  const tmp = tempName(`${file}.tmp-`);
   await fsp.writeFile(tmp, data);
   await fsp.rename(tmp, file);
 }

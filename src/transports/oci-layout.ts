@@ -7,6 +7,7 @@ import { MT, checkDescriptor, parseJson, type Descriptor, type ImageIndex } from
 import { BlobStore, writeFileAtomic, type RangeReader } from '../store/blobstore.js';
 import type { ImageSink, ImageSource } from './types.js';
 import { isChunkedDescriptor, collectChunkedManifests } from './chunked-scan.js';
+import { cleanLayoutTemps, registerWriter, withLayoutLock, type LockOptions } from '../store/layout-lock.js';
 
 export const REF_ANNOTATION = 'org.opencontainers.image.ref.name';
 /** On an index.json entry of a referrer: the digest of the manifest it refers to. */
@@ -31,6 +32,30 @@ export function parseLayoutIndex(raw: Buffer, where: string): ImageIndex {
   if (!idx || !Array.isArray(idx.manifests)) throw new OcichunkError('ECORRUPT', `${where}: no manifests array`);
   idx.manifests.forEach((m, i) => checkDescriptor(m, `${where} manifests[${i}]`));
   return idx;
+}
+
+/**
+ * Read-modify-write index.json atomically across processes: under the layout's lock
+ * (store/layout-lock.ts) the current index.json is read, `update` returns the new one (or
+ * undefined to leave it), which is written to an owner-named temp file and renamed over index.json.
+ * Readers never lock: they see the old or the new file whole.
+ */
+export async function updateLayoutIndex(
+  dir: string,
+  update: (idx: ImageIndex) => ImageIndex | undefined | Promise<ImageIndex | undefined>,
+  opts: LockOptions = {},
+): Promise<ImageIndex> {
+  return withLayoutLock(
+    dir,
+    async () => {
+      const idx = await readLayoutIndex(dir);
+      const out = await update(idx);
+      if (!out) return idx;
+      await writeFileAtomic(path.join(dir, 'index.json'), JSON.stringify(out));
+      return out;
+    },
+    opts,
+  );
 }
 
 /** Pick the descriptor for `ref` (or the only one when ref is absent). */
@@ -88,6 +113,7 @@ export class OciLayoutSource implements ImageSource {
 
 export class OciLayoutSink implements ImageSink {
   readonly store: BlobStore;
+  private unregister: (() => Promise<void>) | undefined;
   constructor(
     readonly dir: string,
     readonly ref: string,
@@ -97,23 +123,34 @@ export class OciLayoutSink implements ImageSink {
   get name(): string {
     return `oci:${this.dir}:${this.ref}`;
   }
+  /**
+   * Create the layout if needed and register this sink as a writer (a marker `ocichunk gc` waits
+   * for: blobs written before the tag is set are not yet reachable from index.json), both under
+   * the layout's lock; then remove what dead writers left (temp files, markers). The marker goes
+   * at close() (or when the process exits).
+   */
   async init(): Promise<void> {
     await fsp.mkdir(this.store.dir, { recursive: true });
-    const layoutFile = path.join(this.dir, 'oci-layout');
-    try {
-      const cur = parseJson(await fsp.readFile(layoutFile), layoutFile) as { imageLayoutVersion?: string };
-      if (cur.imageLayoutVersion !== '1.0.0') {
-        throw new OcichunkError('EUNSUPPORTED', `${layoutFile}: unsupported imageLayoutVersion ${cur.imageLayoutVersion}`);
+    await withLayoutLock(this.dir, async () => {
+      const layoutFile = path.join(this.dir, 'oci-layout');
+      try {
+        const cur = parseJson(await fsp.readFile(layoutFile), layoutFile) as { imageLayoutVersion?: string };
+        if (cur.imageLayoutVersion !== '1.0.0') {
+          throw new OcichunkError('EUNSUPPORTED', `${layoutFile}: unsupported imageLayoutVersion ${cur.imageLayoutVersion}`);
+        }
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        await writeFileAtomic(layoutFile, JSON.stringify({ imageLayoutVersion: '1.0.0' }));
       }
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-      await writeFileAtomic(layoutFile, JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-    }
-    try {
-      await fsp.access(path.join(this.dir, 'index.json'));
-    } catch {
-      await writeFileAtomic(path.join(this.dir, 'index.json'), JSON.stringify({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: [] }));
-    }
+      try {
+        await fsp.access(path.join(this.dir, 'index.json'));
+      } catch {
+        await writeFileAtomic(path.join(this.dir, 'index.json'), JSON.stringify({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: [] }));
+      }
+      this.unregister ??= await registerWriter(this.dir, this.name);
+    });
+    // best effort: a failure to clean up after others never fails this write
+    await cleanLayoutTemps(this.dir).catch(() => undefined);
   }
   hasBlob(desc: Pick<Descriptor, 'digest' | 'size'>): Promise<boolean> {
     return this.store.has(desc.digest, desc.size);
@@ -129,11 +166,11 @@ export class OciLayoutSink implements ImageSink {
   }
   /** A referrer in a layout: an untagged entry of index.json, annotated with its subject. */
   async putReferrer(desc: Descriptor, subject: Descriptor): Promise<{ via: 'layout' }> {
-    const idx = await readLayoutIndex(this.dir);
-    if (!idx.manifests.some((m) => m.digest === desc.digest && !m.annotations?.[REF_ANNOTATION])) {
+    await updateLayoutIndex(this.dir, (idx) => {
+      if (idx.manifests.some((m) => m.digest === desc.digest && !m.annotations?.[REF_ANNOTATION])) return undefined;
       idx.manifests.push({ ...desc, annotations: { ...(desc.annotations ?? {}), [SUBJECT_ANNOTATION]: subject.digest } });
-      await writeFileAtomic(path.join(this.dir, 'index.json'), JSON.stringify({ ...idx, schemaVersion: 2, mediaType: MT.ociIndex }));
-    }
+      return { ...idx, schemaVersion: 2, mediaType: MT.ociIndex };
+    });
     return { via: 'layout' };
   }
   stageBlobFile(file: string, desc: Pick<Descriptor, 'digest' | 'size'>) {
@@ -147,13 +184,17 @@ export class OciLayoutSink implements ImageSink {
     return collectChunkedManifests(this.asSource(), idx.manifests);
   }
   async setTag(desc: Descriptor): Promise<void> {
-    const idx = await readLayoutIndex(this.dir);
-    const manifests = idx.manifests.filter((m) => m.annotations?.[REF_ANNOTATION] !== this.ref);
-    manifests.push({ ...desc, annotations: { ...(desc.annotations ?? {}), [REF_ANNOTATION]: this.ref } });
-    const out: ImageIndex = { schemaVersion: 2, mediaType: MT.ociIndex, manifests };
-    await writeFileAtomic(path.join(this.dir, 'index.json'), JSON.stringify(out));
+    await updateLayoutIndex(this.dir, (idx) => {
+      const manifests = idx.manifests.filter((m) => m.annotations?.[REF_ANNOTATION] !== this.ref);
+      manifests.push({ ...desc, annotations: { ...(desc.annotations ?? {}), [REF_ANNOTATION]: this.ref } });
+      return { schemaVersion: 2, mediaType: MT.ociIndex, manifests };
+    });
   }
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    const u = this.unregister;
+    this.unregister = undefined;
+    await u?.();
+  }
 }
 
 export { isChunkedDescriptor };
