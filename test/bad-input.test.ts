@@ -9,7 +9,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { convert, restore, OcichunkError } from '../src/index.js';
 import { native } from '../src/native/index.js';
 import { tmpdir } from './helpers/env.js';
-import { blob, checkBlobs, forgeToc, gzipLayer, plainLayer, readIndex, writeLayout } from './helpers/layout.js';
+import { blob, checkBlobs, forgeChunked, gzipLayer, plainLayer, readIndex, writeLayout } from './helpers/layout.js';
 import { cli, must } from './helpers/run.js';
 import { pyTar as makeTar } from './helpers/tars.js';
 
@@ -211,14 +211,15 @@ describe('hostile paths', () => {
     writeLayout(dir, 'x', [plainLayer(pyTar([['a', 'file', 'data'], ['b', 'hardlink', 'a']]))]);
     const out = path.join(work, 'out-toc');
     await convert(`oci:${dir}:x`, `oci:${out}:x`);
-    forgeToc(
+    forgeChunked(
       out,
       'x',
-      (toc) => {
-        toc.layers[0].entries.find((e: { path: string }) => e.path === 'b').link = '../../../etc/passwd';
+      {
+        toc: (toc) => {
+          toc.layers[0].entries.find((e: { path: string }) => e.path === 'b').link = '../../../etc/passwd';
+        },
       },
-      (j) => native.compressSync(j, 3),
-      (b) => native.decompressSync(b, 1 << 20),
+      { compress: (j) => native.compressSync(j, 3), decompress: (b) => native.decompressSync(b, 1 << 20) },
     );
     const target = path.join(work, 'rootfs-toc');
     const r = cli(['restore', `oci:${out}:x`, target]);

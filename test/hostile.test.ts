@@ -4,13 +4,14 @@
  * (restore, ls, cat, inspect, verify) refuses them with a clear error and a stable exit code, or
  * reads them inside the root; nothing outside the target changes; peak memory stays bounded.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { convert } from '../src/index.js';
 import { native } from '../src/native/index.js';
 import { REPO, tmpdir } from './helpers/env.js';
-import { forgeToc, plainLayer, writeLayout } from './helpers/layout.js';
+import { forgeChunked, plainLayer, readIndex, writeLayout } from './helpers/layout.js';
 import { cli, sh } from './helpers/run.js';
 import { pyTar, pyTarFile, type Member } from './helpers/tars.js';
 
@@ -45,8 +46,8 @@ async function chunked(layers: Member[][]): Promise<string> {
   return out;
 }
 
-const forge = (out: string, edit: (toc: any, text: string) => unknown) =>
-  forgeToc(out, 'x', edit, (j) => native.compressSync(j, 3), (b) => native.decompressSync(b, 256 << 20));
+const zstd = { compress: (j: Buffer) => native.compressSync(j, 3), decompress: (b: Buffer) => native.decompressSync(b, 256 << 20) };
+const forge = (out: string, edit: (toc: any, text: string) => unknown) => forgeChunked(out, 'x', { toc: edit }, zstd);
 
 /** The CLI under /usr/bin/time: exit code, output and peak RSS in MiB. */
 function run(args: string[]): { code: number; stdout: string; stderr: string; rssMiB: number } {
@@ -55,6 +56,24 @@ function run(args: string[]): { code: number; stdout: string; stderr: string; rs
   });
   const m = /peak-rss-kib (\d+)\s*$/.exec(r.stderr);
   return { code: r.code, stdout: r.stdout, stderr: r.stderr.replace(/peak-rss-kib \d+\s*$/, ''), rssMiB: m ? Number(m[1]) / 1024 : NaN };
+}
+
+/** run() without blocking this worker (long runs: vitest's RPC times out after 60 s). */
+function runAsync(args: string[]): Promise<{ code: number; stdout: string; stderr: string; rssMiB: number }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('/usr/bin/time', ['-f', 'peak-rss-kib %M', process.execPath, path.join(REPO, 'bin', 'ocichunk.js'), ...args], {
+      env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'xdg') },
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      const m = /peak-rss-kib (\d+)\s*$/.exec(stderr);
+      resolve({ code: code ?? -1, stdout, stderr: stderr.replace(/peak-rss-kib \d+\s*$/, ''), rssMiB: m ? Number(m[1]) / 1024 : NaN });
+    });
+  });
 }
 
 function restoreInto(out: string): { code: number; stderr: string; target: string; rssMiB: number } {
@@ -224,6 +243,50 @@ describe('crafted TOCs with valid digests', () => {
   });
 });
 
+describe('conversions that cannot be poisoned', () => {
+  it("a destination's chunked manifest naming a clean image's layers is not reused for it", async () => {
+    const cleanTar = pyTar(work, [['etc', 'dir'], ['etc/hostname', 'file', 'clean\n'], ['usr', 'dir'], ['usr/bin', 'dir'], ['usr/bin/tool', 'file', 'x'.repeat(100_000)]]);
+    const evilTar = pyTar(work, [
+      ['etc', 'dir'],
+      ['etc/hostname', 'file', 'clean\n'],
+      ['etc/zz-backdoor', 'file', '#!/bin/sh\nid\n', { mode: 0o4755 }],
+      ['usr', 'dir'],
+      ['usr/bin', 'dir'],
+      ['usr/bin/tool', 'file', 'x'.repeat(100_000)],
+    ]);
+    const clean = path.join(work, 'clean-src');
+    writeLayout(clean, 'x', [plainLayer(cleanTar)]);
+    const cleanLayer = JSON.parse(fs.readFileSync(path.join(clean, 'blobs', 'sha256', readIndex(clean).manifests[0].digest.slice(7)), 'utf8')).layers[0].digest;
+    const evil = path.join(work, 'evil-src');
+    writeLayout(evil, 'x', [plainLayer(evilTar)]);
+    // the attacker converts the backdoored image into a shared layout, then claims its TOC layer is the clean layer's
+    const victim = path.join(work, 'shared-layout');
+    const trustDir = path.join(work, 'victim-trust');
+    await convert(`oci:${evil}:x`, `oci:${victim}:x`, { trustDir: path.join(work, 'attacker-trust') });
+    forgeChunked(victim, 'x', { manifest: (m) => void (m.annotations['org.ocichunk.source.layers'] = JSON.stringify([cleanLayer])) }, zstd);
+    const check = (ref: string) => {
+      const r = run(['ls', ref, '/etc']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/hostname/);
+      expect(r.stdout).not.toMatch(/zz-backdoor/);
+      expect(run(['verify', ref]).code).toBe(0);
+    };
+    // a victim who never converted the clean image: its layer is read, not taken from the layout
+    const first = await convert(`oci:${clean}:x`, `oci:${victim}:clean`, { trustDir });
+    expect(first.reusedLayers).toBe(0);
+    check(`oci:${victim}:clean`);
+    // ... and after converting it elsewhere (its own record of the layer): the forged layer still differs
+    await convert(`oci:${clean}:x`, `oci:${path.join(work, 'elsewhere')}:clean`, { trustDir });
+    const again = await convert(`oci:${clean}:x`, `oci:${victim}:clean2`, { trustDir });
+    check(`oci:${victim}:clean2`);
+    // the victim's own conversion in that layout is reused (the speed-up stays for what can be trusted)
+    const mine = await convert(`oci:${clean}:x`, `oci:${victim}:clean3`, { trustDir });
+    expect(mine.reusedLayers).toBe(1);
+    expect(mine.index.digest).toBe(first.index.digest);
+    expect(again.index.digest).toBe(first.index.digest);
+  });
+});
+
 describe('a valid image with a 5 GiB file', () => {
   it('restores with flat memory, streamed chunk by chunk', async () => {
     const src = path.join(work, 'huge-src');
@@ -239,15 +302,16 @@ describe('a valid image with a 5 GiB file', () => {
       },
     });
     const out = path.join(work, 'huge-out');
-    const c = run(['convert', `oci:${src}:x`, `oci:${out}:x`, '--quiet']);
+    const c = await runAsync(['convert', `oci:${src}:x`, `oci:${out}:x`, '--quiet']);
     expect(c.code, c.stderr).toBe(0);
     fs.rmSync(src, { recursive: true });
-    const r = restoreInto(out);
+    const target = path.join(work, 'rootfs-huge');
+    const r = await runAsync(['restore', `oci:${out}:x`, target]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
-    expect(fs.statSync(path.join(r.target, 'big')).size).toBe(5 * 2 ** 30);
-    expect(fs.readFileSync(path.join(r.target, 'small'), 'utf8')).toBe('tail');
+    expect(fs.statSync(path.join(target, 'big')).size).toBe(5 * 2 ** 30);
+    expect(fs.readFileSync(path.join(target, 'small'), 'utf8')).toBe('tail');
     expect(r.rssMiB).toBeLessThan(256);
-    fs.rmSync(r.target, { recursive: true });
+    fs.rmSync(target, { recursive: true });
   }, 600_000);
 });

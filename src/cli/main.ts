@@ -51,8 +51,8 @@ export async function main(argv: string[]): Promise<number> {
       e instanceof OcichunkError ? e : new OcichunkError('EINTERNAL', (e as Error)?.stack ?? String(e), { cause: e });
     if (json) process.stdout.write(JSON.stringify({ error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) } }, null, 2) + '\n');
     process.stderr.write(`ocichunk: ${err.message}\n`);
-    if (err.code === 'EUSAGE') process.stderr.write('run "ocichunk --help" for usage\n');
     if (!json) for (const d of err.details ?? []) process.stderr.write(`  ${d}\n`);
+    if (err.code === 'EUSAGE') process.stderr.write('run "ocichunk --help" for usage\n');
     return EXIT_CODES[err.code];
   }
   if (output !== undefined) {

@@ -22,8 +22,8 @@ import type { BlobWriter } from '../store/blobstore.js';
 import type { ImageSink, ImageSource, TransferReport } from '../transports/types.js';
 import type { TransportOptions } from '../ref.js';
 import { Packer } from './packer.js';
-import { ChunkRegistry } from './registry.js';
 import { LayerTrust, layerContentDigest } from './layer-trust.js';
+import { ChunkRegistry } from './registry.js';
 import { LayerScanner, OutOfOrder, Spool, maxChunkLength, type LayerInput, type ScannedEntry } from './scan.js';
 
 /**
@@ -74,13 +74,13 @@ export interface ConvertOptions {
   attach?: 'index' | 'referrer';
   /** Registry options (credentials, plain HTTP, retries, upload concurrency) for docker:// references. */
   transport?: TransportOptions;
-  onProgress?: (p: ConvertProgress) => void;
   /**
    * Where this user's conversions record the content of each converted layer (default
    * ~/.cache/ocichunk/layers): a TOC layer found in the destination is reused only if it matches
    * (src/convert/layer-trust.ts).
    */
   trustDir?: string;
+  onProgress?: (p: ConvertProgress) => void;
 }
 
 /** What one platform's conversion did. */
@@ -205,21 +205,19 @@ function fromToc(toc: Toc, layer: number, registry: ChunkRegistry): ScannedEntry
   });
 }
 
-/** Whether the sink holds the blob, or got it from the source without a copy (a registry mount). */
 /**
  * A converted layer that may stand in for reading `layerDigest` again: one this process derived, or
  * one found in the destination whose content this user's own earlier conversion recorded.
  */
 async function trustedLayer(ctx: Ctx, layerDigest: string): Promise<{ toc: Toc; layer: number } | undefined> {
-  const cached = ctx.registry.layerCache.get(`${layerDigest} ${ctx.entryOptions}`);
-  if (!cached) return undefined;
-  const toc = decodeToc(cached.tocBlob, cached.what);
-  if (cached.trusted || (await ctx.trust.trusts(layerDigest, ctx.entryOptions, layerContentDigest(toc, cached.layer)))) {
-    return { toc, layer: cached.layer };
+  for (const c of ctx.registry.layerCache.get(`${layerDigest} ${ctx.entryOptions}`) ?? []) {
+    const toc = decodeToc(c.tocBlob, c.what);
+    if (c.trusted || (await ctx.trust.trusts(layerDigest, ctx.entryOptions, layerContentDigest(toc, c.layer)))) return { toc, layer: c.layer };
   }
   return undefined;
 }
 
+/** Whether the sink holds the blob, or got it from the source without a copy (a registry mount). */
 async function sinkHasOrMounts(src: ImageSource, sink: ImageSink, desc: Descriptor): Promise<boolean> {
   return (await sink.hasBlob(desc)) || !!(await sink.mountFrom?.(src, desc));
 }
@@ -335,8 +333,8 @@ interface Ctx {
   attach: 'index' | 'referrer';
   progress: (p: ConvertProgress) => void;
   prefetch?: Array<[string, number, number]>;
-}
   trust: LayerTrust;
+}
 
 /** The platforms a multi-platform conversion covers: every image manifest of the top index but chunked ones and attestations. */
 async function platformsOf(src: ImageSource): Promise<{ top: { desc: Descriptor; bytes: Buffer }; index?: ImageIndex; platforms: Platform[] }> {
@@ -384,9 +382,9 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   const spool = new Spool(await newSpoolPath(opts.tmpDir ?? os.tmpdir()));
   const batchBytes = opts.batchBytes ?? 8 << 20;
   const groupBelow = opts.groupBelow ?? DEFAULT_GROUP_BELOW;
+  if ((opts.groupTarget ?? 0) > FRAME_MAX) throw new OcichunkError('EUSAGE', `frame size ${opts.groupTarget} is over the format's limit of ${FRAME_MAX} bytes`);
   const packer = new Packer(sink, registry, {
     level,
-  if ((opts.groupTarget ?? 0) > FRAME_MAX) throw new OcichunkError('EUSAGE', `frame size ${opts.groupTarget} is over the format's limit of ${FRAME_MAX} bytes`);
     threads,
     groupBelow,
     groupTarget: opts.groupTarget ?? DEFAULT_FRAME_SIZE,
@@ -511,9 +509,9 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
   const bytesBefore = packer.storedBytes;
   const manifest = original.manifest;
   let reusedLayers = 0;
+  const reused = new Set<number>();
   const layersOut: Array<{ entries: ScannedEntry[] }> = [];
   let entries = 0;
-  const reused = new Set<number>();
   let files = 0;
   let fileBytes = 0;
   let chunkRefs = 0;
@@ -623,13 +621,13 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
     entryOptions,
     blob,
     `${src.name} chunked TOC ${tocStored.digest}`,
-  );
-  const packSize = (d: string) => {
     true,
-    const mine = packer.packs.find((p) => p.digest === d);
+  );
   for (const [i, l] of manifest.layers.entries()) {
     if (!reused.has(i)) await ctx.trust.record(l.digest, entryOptions, layerContentDigest(toc, i));
   }
+  const packSize = (d: string) => {
+    const mine = packer.packs.find((p) => p.digest === d);
     const size = mine?.size ?? registry.packSizes.get(d);
     if (size === undefined) throw new OcichunkError('EINTERNAL', `size of pack ${d} unknown`);
     return size;

@@ -60,10 +60,11 @@ export class ChunkRegistry {
   readonly packSizes = new Map<string, number>();
   storedChunks = 0;
   /**
-   * Layers converted before with the same entry options: "<layer digest> <options>" -> the TOC blob
-   * (compressed; decoded only when the layer comes again) and the layer's index in it.
+   * Layers converted before with the same entry options: "<layer digest> <options>" -> candidates
+   * (the TOC blob, compressed and decoded only when the layer comes again, and the layer's index in
+   * it), the ones this process derived first.
    */
-  readonly layerCache = new Map<string, { tocBlob: Buffer; layer: number; what: string; trusted: boolean }>();
+  readonly layerCache = new Map<string, Array<{ tocBlob: Buffer; layer: number; what: string; trusted: boolean }>>();
 
   get size(): number {
     return this.n;
@@ -239,7 +240,11 @@ export class ChunkRegistry {
   rememberLayers(layerDigests: string[], entryOptions: string, tocBlob: Buffer, what: string, trusted: boolean): void {
     layerDigests.forEach((d, j) => {
       const key = `${d} ${entryOptions}`;
-      if (trusted || !this.layerCache.has(key)) this.layerCache.set(key, { tocBlob, layer: j, what, trusted });
+      const c = { tocBlob, layer: j, what, trusted };
+      const list = this.layerCache.get(key);
+      if (!list) this.layerCache.set(key, [c]);
+      else if (trusted) list.unshift(c);
+      else list.push(c);
     });
   }
 

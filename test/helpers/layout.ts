@@ -96,22 +96,30 @@ export function putRaw(dir: string, b: Buffer): { digest: string; size: number }
   return { digest: putBlob(dir, b), size: b.length };
 }
 
+export interface Zstd {
+  compress: (json: Buffer) => Buffer;
+  decompress: (b: Buffer) => Buffer;
+}
+
 /**
  * Forge the chunked image tagged `tag` in a converted layout as an attacker would: rewrite its TOC
- * (an object edit, or the JSON text itself), then re-point the chunked manifest, the index and the
- * tag at the new blobs, so every digest is valid. `compress`: zstd of the JSON (the test's own).
+ * (an object edit, or the JSON text itself) and/or its chunked manifest, then re-point the chunked
+ * manifest, the index and the tag at the new blobs, so every digest is valid.
  */
-export function forgeToc(dir: string, tag: string, edit: (toc: any, text: string) => unknown, compress: (json: Buffer) => Buffer, decompress: (b: Buffer) => Buffer): void {
+export function forgeChunked(dir: string, tag: string, edits: { toc?: (toc: any, text: string) => unknown; manifest?: (m: any) => void }, zstd: Zstd): void {
   const idx = readIndex(dir);
   const slot = idx.manifests.findIndex((m: any) => m.annotations?.['org.opencontainers.image.ref.name'] === tag);
   const top = JSON.parse(blob(dir, idx.manifests[slot].digest).toString());
   const ci = top.manifests.findIndex((m: any) => m.artifactType === 'application/vnd.ocichunk.image.v1');
   const cm = JSON.parse(blob(dir, top.manifests[ci].digest).toString());
-  const text = decompress(blob(dir, cm.layers[0].digest)).toString();
-  const toc = JSON.parse(text);
-  const out = edit(toc, text);
-  const json = typeof out === 'string' ? out : JSON.stringify(out ?? toc);
-  Object.assign(cm.layers[0], putRaw(dir, compress(Buffer.from(json))));
+  if (edits.toc) {
+    const text = zstd.decompress(blob(dir, cm.layers[0].digest)).toString();
+    const toc = JSON.parse(text);
+    const out = edits.toc(toc, text);
+    const json = typeof out === 'string' ? out : JSON.stringify(out ?? toc);
+    Object.assign(cm.layers[0], putRaw(dir, zstd.compress(Buffer.from(json))));
+  }
+  edits.manifest?.(cm);
   Object.assign(top.manifests[ci], putRaw(dir, Buffer.from(JSON.stringify(cm))));
   Object.assign(idx.manifests[slot], putRaw(dir, Buffer.from(JSON.stringify(top))));
   fs.writeFileSync(path.join(dir, 'index.json'), JSON.stringify(idx));
