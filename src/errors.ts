@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'EIO' // filesystem errors
   | 'ENETWORK' // a registry could not be reached, or kept failing after retries
   | 'EAUTH' // a registry refused our credentials or denied access
+  | 'ELOCKED' // a layout is locked by another process (or busy with writers, for gc) past the timeout
   | 'EINTERNAL';
 
 export class OcichunkError extends Error {
@@ -58,5 +59,6 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   EIO: 8,
   ENETWORK: 9,
   EAUTH: 10,
+  ELOCKED: 11,
   EINTERNAL: 1,
 };

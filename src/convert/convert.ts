@@ -5,8 +5,6 @@
  * the tag is set last.
  */
 import os from 'node:os';
-import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { resolveImage, type ResolvedImage } from '../chunked/image.js';
 import { decodeToc, encodeToc, FRAME_MAX, toTocEntry, type ChunkRef, type FrameRef, type Toc, type TocEntry } from '../chunked/toc.js';

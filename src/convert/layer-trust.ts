@@ -12,11 +12,12 @@
  * The content digest is the SHA-256 of the layer's TOC entries with chunk indexes replaced by chunk
  * digests: a function of the layer's files and the options, whatever TOC or destination holds it.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Toc } from '../chunked/toc.js';
+import { tempName } from '../store/owner.js';
 
 export const DEFAULT_TRUST_DIR = path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'ocichunk', 'layers');
 
@@ -53,7 +54,7 @@ export class LayerTrust {
     if (!f) return;
     try {
       await fsp.mkdir(path.dirname(f), { recursive: true, mode: 0o700 });
-      const tmp = `${f}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+      const tmp = path.join(path.dirname(f), tempName(`${path.basename(f)}.tmp-`));
       await fsp.writeFile(tmp, `${contentDigest}\n`, { mode: 0o600 });
       await fsp.rename(tmp, f);
     } catch {

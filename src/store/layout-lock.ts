@@ -24,11 +24,11 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { EXIT_CODES, OcichunkError, type ErrorCode } from '../errors.js';
+import { OcichunkError, type ErrorCode } from '../errors.js';
 import { cleanStale, idleMs, keepFresh, ownerState, self, tempName, type Owner, type StaleFile } from './owner.js';
 
 /** Stable code of "the layout is locked / busy": ELOCKED where this build knows it, else EIO. */
-export const LOCKED_CODE: ErrorCode = ('ELOCKED' in EXIT_CODES ? 'ELOCKED' : 'EIO') as ErrorCode;
+export const LOCKED_CODE: ErrorCode = 'ELOCKED';
 
 export const DEFAULT_LOCK_TIMEOUT_MS = 60_000;
 /** A lock (or writer marker) of an owner we cannot check, untouched this long, is stale. */
