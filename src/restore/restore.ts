@@ -17,7 +17,7 @@ export interface RestoreOptions {
   batchBytes?: number;
   /** Registry options for docker:// references. */
   transport?: TransportOptions;
-  /** after each batch of file content: chunks written of the sequence */
+  /** after each batch of file content: bytes and chunks written so far, of `chunks` in all */
   onProgress?: (p: { bytes: number; done: number; chunks: number }) => void;
 }
 
@@ -58,6 +58,7 @@ export async function restoreChunked(img: ChunkedImage, target: string, opts: Re
   const batchBytes = opts.batchBytes ?? 32 << 20;
   const toc = img.toc;
   const seq = writer.chunkSequence();
+  let written = 0;
   try {
     let i = 0;
     while (i < seq.length) {
@@ -66,7 +67,8 @@ export async function restoreChunked(img: ChunkedImage, target: string, opts: Re
       while (j < seq.length && (j === i || bytes + toc.chunks[seq[j]][3] <= batchBytes)) bytes += toc.chunks[seq[j++]][3];
       const got = await reader.fetch(seq.subarray(i, j));
       await writer.write(Array.from(seq.subarray(i, j), (c) => got.get(c)!));
-      opts.onProgress?.({ bytes, done: j, chunks: seq.length });
+      written += bytes;
+      opts.onProgress?.({ bytes: written, done: j, chunks: seq.length });
       i = j;
     }
   } finally {
