@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { convert } from '../src/index.js';
+import { convert, OcichunkError } from '../src/index.js';
 import { native } from '../src/native/index.js';
 import { REPO, tmpdir } from './helpers/env.js';
 import { forgeChunked, plainLayer, readIndex, writeLayout } from './helpers/layout.js';
@@ -284,6 +284,41 @@ describe('conversions that cannot be poisoned', () => {
     expect(mine.reusedLayers).toBe(1);
     expect(mine.index.digest).toBe(first.index.digest);
     expect(again.index.digest).toBe(first.index.digest);
+  });
+});
+
+describe('chunk locations a destination claims', () => {
+  it('are read and verified before a conversion uses them; a forged one refuses the conversion', async () => {
+    const a = 'A'.repeat(3000);
+    const b = 'B'.repeat(3000);
+    const layout = path.join(work, 'shared-chunks');
+    const trustDir = path.join(work, 'chunk-trust');
+    // the attacker's image holds both contents; its TOC then swaps where the two chunks are
+    const evil = path.join(work, 'evil-chunks-src');
+    writeLayout(evil, 'x', [plainLayer(pyTar(work, [['a', 'file', a], ['b', 'file', b]]))]);
+    await convert(`oci:${evil}:x`, `oci:${layout}:x`, { trustDir: path.join(work, 'attacker-trust2') });
+    forge(layout, (toc) => {
+      const [ca, cb] = toc.chunks;
+      [ca[2], cb[2]] = [cb[2], ca[2]];
+    });
+    const victim = path.join(work, 'victim-chunks-src');
+    writeLayout(victim, 'x', [plainLayer(pyTar(work, [['etc', 'dir'], ['etc/motd', 'file', a]]))]);
+    const err = await convert(`oci:${victim}:x`, `oci:${layout}:victim`, { trustDir }).then(
+      () => undefined,
+      (e: unknown) => e as OcichunkError,
+    );
+    expect(err?.code).toBe('EDIGEST');
+    expect(err?.message).toMatch(/does not hold chunk sha256:[a-f0-9]{64} where a chunked manifest there claims it is/);
+    expect(readIndex(layout).manifests.map((m: any) => m.annotations?.['org.opencontainers.image.ref.name'])).not.toContain('victim');
+    // honest locations of someone else's conversion are read once, then known
+    const honest = path.join(work, 'honest-chunks');
+    await convert(`oci:${evil}:x`, `oci:${honest}:x`, { trustDir: path.join(work, 'other-user-trust') });
+    const first = await convert(`oci:${victim}:x`, `oci:${honest}:victim`, { trustDir });
+    expect(first.chunksVerified).toBe(1);
+    expect(first.newChunks).toBe(0);
+    const again = await convert(`oci:${victim}:x`, `oci:${honest}:victim2`, { trustDir });
+    expect(again.chunksVerified).toBe(0);
+    expect(run(['cat', `oci:${honest}:victim`, '/etc/motd']).stdout).toBe(a);
   });
 });
 

@@ -94,7 +94,7 @@ function summary(r: ConvertResult): string {
     ['bytes in (original layers)', bytes(r.bytesIn)],
     ['file bytes (uncompressed)', bytes(r.fileBytes)],
     ['chunks (refs / unique)', `${r.chunkRefs} / ${r.uniqueChunks}`],
-    ['chunks new / reused', `${r.newChunks} / ${r.reusedChunks}`],
+    ['chunks new / reused', `${r.newChunks} / ${r.reusedChunks}${r.chunksVerified ? ` (${r.chunksVerified} found in the destination read and verified first)` : ''}`],
     ['dedup ratio', ratio(r.dedupRatio)],
     ['bytes stored (new packs)', `${bytes(r.bytesStored)} in ${r.newPacks} pack(s)`],
     ['image frames + TOC', `${bytes(r.imageFrameBytes)} + ${bytes(r.tocBytes)}`],

@@ -12,7 +12,7 @@ import { sha256Digest } from '../store/blobstore.js';
 import { newSpoolPath } from '../store/owner.js';
 import { OcichunkError, withContext } from '../errors.js';
 import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
-import type { ChunkerSpec } from '../native/index.js';
+import { native, type ChunkerSpec } from '../native/index.js';
 import { ANN, CHUNKED_PLATFORM, CMT, FORMAT_VERSION } from '../oci/chunked-media.js';
 import { MT, isIndexType, isManifestType, layerCompression, parseManifestDoc, platformString, type Descriptor, type ImageIndex, type ImageManifest, type Platform } from '../oci/types.js';
 import { openSink, openSource } from '../ref.js';
@@ -20,7 +20,7 @@ import type { BlobWriter } from '../store/blobstore.js';
 import type { ImageSink, ImageSource, TransferReport } from '../transports/types.js';
 import type { TransportOptions } from '../ref.js';
 import { Packer } from './packer.js';
-import { LayerTrust, layerContentDigest } from './layer-trust.js';
+import { ConvertTrust, layerContentDigest, locationKey } from './trust.js';
 import { ChunkRegistry } from './registry.js';
 import { LayerScanner, OutOfOrder, Spool, maxChunkLength, type LayerInput, type ScannedEntry } from './scan.js';
 
@@ -73,9 +73,9 @@ export interface ConvertOptions {
   /** Registry options (credentials, plain HTTP, retries, upload concurrency) for docker:// references. */
   transport?: TransportOptions;
   /**
-   * Where this user's conversions record the content of each converted layer (default
-   * ~/.cache/ocichunk/layers): a TOC layer found in the destination is reused only if it matches
-   * (src/convert/layer-trust.ts).
+   * Where this user's conversions record what they wrote (default ~/.cache/ocichunk/trust): a TOC
+   * layer or chunk location found in the destination is reused only if it matches, or, for chunk
+   * locations, once it was read and verified (src/convert/trust.ts).
    */
   trustDir?: string;
   onProgress?: (p: ConvertProgress) => void;
@@ -110,6 +110,8 @@ export interface PlatformResult {
   onePassLayers: number;
   /** Layers not read at all: the sink holds a conversion of the same layer blob with the same entry options. */
   reusedLayers: number;
+  /** chunk locations found in the destination that were read and verified before being used */
+  chunksVerified: number;
   /** fileBytes / uniqueChunkBytes */
   dedupRatio: number;
 }
@@ -210,9 +212,95 @@ function fromToc(toc: Toc, layer: number, registry: ChunkRegistry): ScannedEntry
 async function trustedLayer(ctx: Ctx, layerDigest: string): Promise<{ toc: Toc; layer: number } | undefined> {
   for (const c of ctx.registry.layerCache.get(`${layerDigest} ${ctx.entryOptions}`) ?? []) {
     const toc = decodeToc(c.tocBlob, c.what);
-    if (c.trusted || (await ctx.trust.trusts(layerDigest, ctx.entryOptions, layerContentDigest(toc, c.layer)))) return { toc, layer: c.layer };
+    if (c.trusted || (await ctx.trust.trustsLayer(layerDigest, ctx.entryOptions, layerContentDigest(toc, c.layer)))) return { toc, layer: c.layer };
   }
   return undefined;
+}
+
+/**
+ * Chunk locations read from a destination's TOCs that this image uses: each is trusted if this
+ * user's conversions wrote or verified it before, else its frame is read from the destination and
+ * the chunk hashed; a location that does not hold its chunk refuses the conversion. Returns how
+ * many were read.
+ */
+async function checkForeignLocations(ctx: Ctx, ids: number[]): Promise<number> {
+  const { registry, trust } = ctx;
+  const byPack = new Map<string, number[]>();
+  for (const id of ids) {
+    const loc = registry.loc(id)!;
+    const pack = loc.pack as string;
+    if (await trust.knowsLocation(pack, locationKey(loc.off, loc.inner, registry.length(id), registry.hex(id)))) registry.trustLoc(id);
+    else byPack.set(pack, [...(byPack.get(pack) ?? []), id]);
+  }
+  let verified = 0;
+  const dst = ctx.sink.asSource();
+  for (const [pack, list] of byPack) {
+    const size = registry.packSizes.get(pack);
+    if (size === undefined) throw new OcichunkError('EINTERNAL', `size of pack ${pack} unknown`);
+    const reader = await dst.openRanges({ mediaType: CMT.pack, digest: pack, size });
+    try {
+      for (let i = 0; i < list.length; i += 1024) {
+        const part = list.slice(i, i + 1024);
+        const frames = new Map<number, { clen: number; ulen: number }>();
+        for (const id of part) {
+          const l = registry.loc(id)!;
+          frames.set(l.off, { clen: l.clen, ulen: l.ulen });
+        }
+        const offs = [...frames.keys()];
+        const comp = await Promise.all(offs.map((o) => reader.read(o, frames.get(o)!.clen)));
+        const triplets = new Uint32Array(offs.length * 3);
+        const outAt = new Map<number, number>();
+        let cpos = 0;
+        let upos = 0;
+        offs.forEach((o, k) => {
+          const f = frames.get(o)!;
+          triplets.set([cpos, f.clen, f.ulen], k * 3);
+          outAt.set(o, upos);
+          cpos += f.clen;
+          upos += f.ulen;
+        });
+        const what = `${ctx.sink.name}: pack ${pack}`;
+        const out = await native.decompressFrames(Buffer.concat(comp), triplets, 0).catch((e: unknown) => {
+          throw new OcichunkError('EDIGEST', `${what} does not hold the frames a chunked manifest there claims (${(e as Error).message}); remove that image (ocichunk gc) or convert into another destination`);
+        });
+        const ranges = new Uint32Array(part.length * 2);
+        part.forEach((id, k) => {
+          const l = registry.loc(id)!;
+          ranges.set([outAt.get(l.off)! + l.inner, registry.length(id)], k * 2);
+        });
+        const digests = await native.hashRanges(out, ranges, 0);
+        const good: string[] = [];
+        part.forEach((id, k) => {
+          const hex = registry.hex(id);
+          if (digests.toString('hex', k * 32, k * 32 + 32) !== hex) {
+            throw new OcichunkError('EDIGEST', `${what} does not hold chunk sha256:${hex} where a chunked manifest there claims it is; remove that image (ocichunk gc) or convert into another destination`);
+          }
+          const l = registry.loc(id)!;
+          good.push(locationKey(l.off, l.inner, registry.length(id), hex));
+          registry.trustLoc(id);
+        });
+        verified += part.length;
+        await trust.recordLocations(pack, good);
+      }
+    } finally {
+      await reader.close();
+    }
+  }
+  return verified;
+}
+
+/** Record the chunk locations this conversion wrote (ids from `firstNew` on; packs have digests now). */
+async function recordWritten(ctx: Ctx, firstNew: number): Promise<void> {
+  const { registry } = ctx;
+  const byPack = new Map<string, string[]>();
+  for (let id = firstNew; id < registry.size; id++) {
+    const l = registry.loc(id);
+    if (!l || typeof l.pack !== 'string') continue;
+    const keys = byPack.get(l.pack) ?? [];
+    keys.push(locationKey(l.off, l.inner, registry.length(id), registry.hex(id)));
+    byPack.set(l.pack, keys);
+  }
+  for (const [pack, keys] of byPack) await ctx.trust.recordLocations(pack, keys);
 }
 
 /** Whether the sink holds the blob, or got it from the source without a copy (a registry mount). */
@@ -331,7 +419,7 @@ interface Ctx {
   attach: 'index' | 'referrer';
   progress: (p: ConvertProgress) => void;
   prefetch?: Array<[string, number, number]>;
-  trust: LayerTrust;
+  trust: ConvertTrust;
 }
 
 /** The platforms a multi-platform conversion covers: every image manifest of the top index but chunked ones and attestations. */
@@ -395,7 +483,8 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   const entryOptions = sha256Digest(
     JSON.stringify({ chunker, sourceDateEpoch: scanOpts.sourceDateEpoch, keepMtime: scanOpts.keepMtime, version: FORMAT_VERSION }),
   ).slice(7, 39);
-  const trust = new LayerTrust(opts.trustDir);
+  const trust = new ConvertTrust(opts.trustDir);
+  const firstNew = registry.mark();
   const ctx: Ctx = { src, sink, registry, packer, spool, scanOpts, entryOptions, chunker, level, attach, progress, prefetch: opts.prefetch, trust };
   const results: PlatformResult[] = [];
   try {
@@ -407,6 +496,8 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
     spool.close();
   }
   registry.resolvePacks(packer.packs);
+  // what this conversion wrote is known good: later conversions reuse it without reading it
+  if (!opts.registry) await recordWritten(ctx, firstNew);
   progress({ phase: 'upload' });
   // what the new (or kept) top index lists but was not converted (attestations, other entries) comes along
   // (single-platform conversions write their own index, or keep a top index the sink already holds)
@@ -476,6 +567,7 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
     tocUncompressedBytes: sum('tocUncompressedBytes'),
     onePassLayers: sum('onePassLayers'),
     reusedLayers: sum('reusedLayers'),
+    chunksVerified: sum('chunksVerified'),
     dedupRatio: uniqueChunkBytes ? fileBytes / uniqueChunkBytes : 1,
     index: tagDesc,
     attach,
@@ -575,6 +667,8 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
   let uniqueChunkBytes = 0;
   let reusedChunks = 0;
   let imageFrameBytes = 0;
+  /** chunks this image takes from locations a destination's TOC claimed */
+  const foreign: number[] = [];
   for (const layer of layersOut) {
     const tocEntries: TocEntry[] = [];
     for (const s of layer.entries) {
@@ -603,6 +697,7 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
           ci = toc.chunks.length;
           chunkIdx.set(id, ci);
           toc.chunks.push([registry.hex(id), fi, loc.inner, registry.length(id)] as ChunkRef);
+          if (registry.isForeign(id)) foreign.push(id);
           uniqueChunkBytes += registry.length(id);
           if (id < storedBefore) reusedChunks++;
           return ci;
@@ -612,6 +707,7 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
     }
     toc.layers.push({ entries: tocEntries });
   }
+  const chunksVerified = await checkForeignLocations(ctx, foreign);
   const { json, blob } = encodeToc(toc, Math.max(level, 10));
   const tocStored = await sink.putBlob(blob);
   registry.rememberLayers(
@@ -622,7 +718,7 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
     true,
   );
   for (const [i, l] of manifest.layers.entries()) {
-    if (!reused.has(i)) await ctx.trust.record(l.digest, entryOptions, layerContentDigest(toc, i));
+    if (!reused.has(i)) await ctx.trust.recordLayer(l.digest, entryOptions, layerContentDigest(toc, i));
   }
   const packSize = (d: string) => {
     const mine = packer.packs.find((p) => p.digest === d);
@@ -697,6 +793,7 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
     tocUncompressedBytes: json.length,
     onePassLayers: onePass - reusedLayers,
     reusedLayers,
+    chunksVerified,
     dedupRatio: uniqueChunkBytes ? fileBytes / uniqueChunkBytes : 1,
   };
 }

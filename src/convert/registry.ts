@@ -55,6 +55,8 @@ export class ChunkRegistry {
   private packs: Array<string | number> = [];
   private packKey = new Map<string | number, number>();
   private scratch = Buffer.alloc(32);
+  /** 1: the location was read from a destination's TOC and is not known good yet (convert/trust.ts) */
+  private foreign = new Uint8Array(0);
 
   /** Sizes of stored packs, by digest. */
   readonly packSizes = new Map<string, number>();
@@ -119,6 +121,8 @@ export class ChunkRegistry {
     this.locUlen = grow(this.locUlen, this.n);
     this.locInner = grow(this.locInner, this.n);
     this.spoolAt = grow(this.spoolAt, this.n, -1);
+    this.foreign = grow(this.foreign, this.n);
+    this.foreign[id] = 0;
     this.spoolC = grow(this.spoolC, this.n, -1);
     this.len[id] = length;
     this.locPack[id] = NO_LOC;
@@ -180,6 +184,16 @@ export class ChunkRegistry {
     this.locClen[id] = loc.clen;
     this.locUlen[id] = loc.ulen;
     this.locInner[id] = loc.inner;
+  }
+
+  /** The chunk's location came from a destination's TOC and was not verified yet. */
+  isForeign(id: number): boolean {
+    return this.foreign[id] === 1;
+  }
+
+  /** Its location is known good now. */
+  trustLoc(id: number): void {
+    this.foreign[id] = 0;
   }
 
   /** Where the chunk's frame is, or undefined if it is not placed (or only claimed). */
@@ -284,6 +298,7 @@ export class ChunkRegistry {
         if (!fresh) continue;
         const [pi, off, clen, ulen] = toc.frames[fi];
         this.setLoc(id, { pack: toc.packs[pi], off, clen, ulen, inner });
+        this.foreign[id] = 1;
         this.storedChunks++;
       }
     }
