@@ -430,6 +430,14 @@ pub fn check_toc(blob: Buffer) -> TocCheck {
     }
 }
 
+/// Check a TOC like `check_toc` and give, with its JSON, the merged view every reader shows
+/// (`format::tree::TreeOut` as JSON): one merged tree for ls, cat and the mount.
+#[napi]
+pub fn merged_view(blob: Buffer) -> Result<Buffer> {
+    let (toc, tree, _) = format::check_toc(&blob).map_err(|r| err(restore::report_error(&r)))?;
+    serde_json::to_vec(&tree.view(&toc)).map(Into::into).map_err(|e| napi::Error::new(Status::GenericFailure, format!("EIO: merged view: {e}")))
+}
+
 #[napi(object)]
 pub struct RestoreSummary {
     pub entries: f64,

@@ -274,3 +274,26 @@ fn fuzz_toc_check() {
     eprintln!("fuzz_toc_check: {runs} mutated TOCs in {secs} s");
     assert!(runs > 10, "{runs} runs");
 }
+
+#[test]
+fn view_gives_inodes_for_readers() {
+    let v = toc(vec![vec![dir("d"), file("d/f"), hard("d/g", "d/f"), link("l", "d"), json!({ "path": "n", "type": "char", "mode": 0o666, "devMajor": 1, "devMinor": 3 })]]);
+    let (t, tree) = check(&v).unwrap();
+    let view = tree.view(&t);
+    assert_eq!(view.chunks, vec![(HEX.to_string(), 5), (HEX2.to_string(), 5)]);
+    let root = &view.inodes[0];
+    assert_eq!((root.ino, root.kind, root.nlink), (1, "dir", 3));
+    let names: Vec<&str> = root.children.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["d", "l", "n"]);
+    let by_ino = |i: u64| view.inodes.iter().find(|n| n.ino == i).unwrap();
+    let d = by_ino(root.children[0].1);
+    assert_eq!(d.children.len(), 2);
+    assert_eq!(d.children[0].1, d.children[1].1, "a hardlink shares its inode");
+    let f = by_ino(d.children[0].1);
+    assert_eq!((f.kind, f.nlink, f.size, f.chunks.clone()), ("reg", 2, 5, vec![0]));
+    let l = by_ino(root.children[1].1);
+    assert_eq!((l.kind, l.size, l.link.as_deref()), ("symlink", 1, Some("d")));
+    let n = by_ino(root.children[2].1);
+    assert_eq!((n.kind, n.rdev, n.dev_major, n.dev_minor), ("char", (1 << 8) | 3, Some(1), Some(3)));
+    assert_eq!(view.inodes.len(), 5, "hardlinks once");
+}

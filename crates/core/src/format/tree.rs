@@ -113,6 +113,93 @@ impl Tree {
     }
 }
 
+/// One inode of the merged view, as every reader shows it (the mount's `TreeSpec` inode).
+#[derive(Debug, serde::Serialize)]
+pub struct InodeOut {
+    pub ino: u64,
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    /// names (directories: 2 + subdirectories)
+    pub nlink: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    #[serde(rename = "devMajor", skip_serializing_if = "Option::is_none")]
+    pub dev_major: Option<u32>,
+    #[serde(rename = "devMinor", skip_serializing_if = "Option::is_none")]
+    pub dev_minor: Option<u32>,
+    pub rdev: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<u32>,
+    /// (name, ino) in name order
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<(String, u64)>,
+}
+
+/// The merged view as readers take it: the chunk table (hex, length) and every reachable inode,
+/// root (ino 1) first, hardlinks once.
+#[derive(Debug, serde::Serialize)]
+pub struct TreeOut {
+    pub chunks: Vec<(String, u64)>,
+    pub inodes: Vec<InodeOut>,
+}
+
+impl Tree {
+    /// The view for readers (ls, cat, the mount): inode numbers are node ids + 1.
+    pub fn view(&self, toc: &Toc) -> TreeOut {
+        let mut inodes = vec![self.inode(toc, ROOT)];
+        self.walk(|_, _, _, id, first| {
+            if first {
+                inodes.push(self.inode(toc, id));
+            }
+        });
+        TreeOut { chunks: toc.chunks.iter().map(|c| (c.0.to_string(), c.3)).collect(), inodes }
+    }
+
+    fn inode(&self, toc: &Toc, id: NodeId) -> InodeOut {
+        let n = self.node(id);
+        let e = self.entry(toc, id);
+        let kind = match n.kind {
+            NodeKind::Reg => "reg",
+            NodeKind::Dir => "dir",
+            NodeKind::Symlink => "symlink",
+            NodeKind::Char => "char",
+            NodeKind::Block => "block",
+            NodeKind::Fifo => "fifo",
+        };
+        let dev = matches!(n.kind, NodeKind::Char | NodeKind::Block);
+        let (major, minor) = (e.and_then(|e| e.dev_major).unwrap_or(0), e.and_then(|e| e.dev_minor).unwrap_or(0));
+        let link = e.and_then(|e| e.link.clone()).filter(|_| n.kind == NodeKind::Symlink);
+        let subdirs = n.children.values().filter(|&&c| self.node(c).kind == NodeKind::Dir).count() as u32;
+        InodeOut {
+            ino: id as u64 + 1,
+            kind,
+            mode: e.and_then(|e| e.mode).unwrap_or(if n.kind == NodeKind::Dir { 0o755 } else { 0 }),
+            uid: e.and_then(|e| e.uid).unwrap_or(0),
+            gid: e.and_then(|e| e.gid).unwrap_or(0),
+            size: match n.kind {
+                NodeKind::Reg => e.and_then(|e| e.size).unwrap_or(0),
+                NodeKind::Symlink => link.as_ref().map_or(0, |l| l.len() as u64),
+                _ => 0,
+            },
+            mtime: e.and_then(|e| e.mtime).unwrap_or(0),
+            nlink: if n.kind == NodeKind::Dir { 2 + subdirs } else { n.nlink },
+            link,
+            dev_major: dev.then_some(major),
+            dev_minor: dev.then_some(minor),
+            rdev: if dev { libc::makedev(major, minor) as u32 } else { 0 },
+            xattrs: e.and_then(|e| e.xattrs.clone()).unwrap_or_default(),
+            chunks: e.and_then(|e| e.chunks.clone()).filter(|_| n.kind == NodeKind::Reg).unwrap_or_default(),
+            children: n.children.iter().map(|(k, &v)| (k.clone(), v as u64 + 1)).collect(),
+        }
+    }
+}
+
 struct Builder<'t> {
     toc: &'t Toc,
     t: Tree,
