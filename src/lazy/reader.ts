@@ -63,7 +63,7 @@ export class LazyImage {
     readonly cache: ChunkCache | undefined,
     concurrency: number,
   ) {
-    this.tree = new MergedTree(image.toc);
+    this.tree = new MergedTree(image.toc, image.tocBlob);
     this.chunks = new ChunkReader(image, 0, concurrency);
   }
 

@@ -66,6 +66,7 @@ export interface NativeRestoreWriter {
 interface Binding {
   checkToc(blob: Buffer): { json?: Buffer | null; violations: Array<{ code: string; layer?: number | null; path?: string | null; message: string }>; more: number };
   RestoreWriter: new (target: string, tocBlob: Buffer) => NativeRestoreWriter;
+  mergedView(blob: Buffer): Buffer;
   LayerScanner: new (compression: string, chunker: ChunkerSpec, batchBytes: number, threads: number, buffers: number) => NativeScanner;
   compressFrames(
     data: Buffer,
@@ -179,6 +180,8 @@ export const native = {
       more: r.more,
     };
   },
+  /** Check a TOC and merge its layers: the view every reader shows, as JSON (crates/core/src/format/tree.rs). */
+  mergedView: (blob: Buffer) => wrapSync('TOC', () => load().mergedView(blob)),
   /** Check a TOC, merge it and create its tree (but file contents) in an empty or absent `target`. */
   restoreWriter: (target: string, tocBlob: Buffer): NativeRestoreWriter => {
     const w = wrapSync(`restore into ${target}`, () => new (load().RestoreWriter)(target, tocBlob));
