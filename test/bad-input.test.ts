@@ -204,6 +204,13 @@ describe('hostile paths', () => {
     const target = path.join(work, 'rootfs-abs');
     await restore(`oci:${out}:x`, target);
     expect(fs.readFileSync(path.join(target, 'real', 'file'), 'utf8')).toBe('inside');
+    // every reader shows the same merged tree
+    const env = { ...process.env, XDG_CACHE_HOME: path.join(work, 'xdg') };
+    expect(cli(['cat', `oci:${out}:x`, '/real/file'], { env }).stdout).toBe('inside');
+    expect(cli(['cat', `oci:${out}:x`, '/lib/file'], { env }).stdout).toBe('inside');
+    const ls = cli(['ls', `oci:${out}:x`, '/real', '--json'], { env });
+    expect(ls.code, ls.stderr).toBe(0);
+    expect(JSON.stringify(JSON.parse(ls.stdout))).toMatch(/"file"/);
   });
 
   it('refuses a tampered TOC whose hardlink points outside the root', async () => {
