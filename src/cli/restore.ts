@@ -25,7 +25,7 @@ export async function run(a: Common & { source: string; target: string }): Promi
     `restored ${r.source} -> ${r.target}`,
     table([
       ['layers / entries / files', `${r.layers} / ${r.entries} / ${r.files}`],
-      ['file bytes', bytes(r.fileBytes)],
+      ['written', `${r.written.files} files (${bytes(r.written.bytes)}), ${r.written.dirs} directories, ${r.written.hardlinks} more hardlinks`],
       ['pack bytes read', bytes(r.packBytesRead)],
       ['ownership applied', r.ownership ? 'yes' : 'no (not root)'],
       ['time', `${r.seconds.toFixed(2)} s`],

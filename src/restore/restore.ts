@@ -1,5 +1,5 @@
 /**
- * chunked image -> root filesystem. Layers are applied in order like a container runtime applies tar
+ * chunked image -> root filesystem: the layers merged as a container runtime applies tar
  * layers (whiteouts delete, opaque markers empty a directory); file contents come from verified chunks.
  */
 import fsp from 'node:fs/promises';
@@ -26,8 +26,11 @@ export interface RestoreResult {
   target: string;
   layers: number;
   entries: number;
+  /** regular-file entries of all layers and their bytes (as convert and inspect count them) */
   files: number;
   fileBytes: number;
+  /** what the merged tree put on disk: files (hardlinked ones once), their bytes, directories, extra hardlink names */
+  written: { files: number; bytes: number; dirs: number; hardlinks: number };
   packBytesRead: number;
   /** Registry figures (bytes downloaded, requests, retries) for docker:// sources. */
   transfer?: TransferReport;
@@ -75,13 +78,15 @@ export async function restoreChunked(img: ChunkedImage, target: string, opts: Re
     await reader.close();
   }
   const s = writer.finish();
+  const regs = toc.layers.flatMap((l) => l.entries.filter((e) => e.type === 'reg'));
   return {
     source: img.image.source.name,
     target: root,
     layers: toc.layers.length,
     entries: s.entries,
-    files: s.files,
-    fileBytes: s.fileBytes,
+    files: regs.length,
+    fileBytes: regs.reduce((a, e) => a + (e.size ?? 0), 0),
+    written: { files: s.files, bytes: s.fileBytes, dirs: s.dirs, hardlinks: s.hardlinks },
     packBytesRead: reader.bytesRead,
     ...(img.image.source.transferReport ? { transfer: img.image.source.transferReport() } : {}),
     ownership: process.getuid?.() === 0,
