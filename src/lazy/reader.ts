@@ -83,25 +83,35 @@ export class LazyImage {
     return this.src.name;
   }
 
+  /**
+   * The inode at `p`, symlinks on the way followed inside the image (as in a chroot: absolute targets
+   * start at its root, '..' stops there); the last one too when `follow`.
+   */
   private node(p: string, follow: boolean): Inode {
-    let n = this.tree.lookup(p);
-    let cur = p;
-    for (let i = 0; follow && n?.type === 'symlink'; i++) {
-      if (i >= MAX_LINKS) throw new OcichunkError('EUNSUPPORTED', `${this.name}: ${p}: too many levels of symbolic links`);
-      const base = cur.split('/').filter(Boolean).slice(0, -1);
-      const link = n.link!;
-      // resolved inside the image, never above its root (as in a chroot)
-      const parts = link.startsWith('/') ? [] : base;
-      for (const c of link.split('/')) {
-        if (c === '' || c === '.') continue;
-        if (c === '..') parts.pop();
-        else parts.push(c);
+    const todo = p.split('/').reverse();
+    const stack: Inode[] = [this.tree.root];
+    let links = 0;
+    while (todo.length) {
+      const c = todo.pop()!;
+      if (c === '' || c === '.') continue;
+      if (c === '..') {
+        if (stack.length > 1) stack.pop();
+        continue;
       }
-      cur = parts.join('/');
-      n = this.tree.lookup(cur);
+      const dir = stack[stack.length - 1];
+      const n = dir.type === 'dir' ? dir.children!.get(c) : undefined;
+      if (!n) throw new OcichunkError('ENOTFOUND', `${this.name}: ${p}: no such file or directory`);
+      const last = !todo.some((x) => x !== '' && x !== '.');
+      if (n.type === 'symlink' && (!last || follow)) {
+        if (++links > MAX_LINKS) throw new OcichunkError('EUNSUPPORTED', `${this.name}: ${p}: too many levels of symbolic links`);
+        if (n.link!.startsWith('/')) stack.length = 1;
+        todo.push(...n.link!.split('/').reverse());
+        continue;
+      }
+      if (!last && n.type !== 'dir') throw new OcichunkError('ENOTFOUND', `${this.name}: ${p}: not a directory`);
+      stack.push(n);
     }
-    if (!n) throw new OcichunkError('ENOTFOUND', `${this.name}: ${p}: no such file or directory`);
-    return n;
+    return stack[stack.length - 1];
   }
 
   stat(p: string, opts: { follow?: boolean } = {}): LazyStat {
