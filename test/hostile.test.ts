@@ -12,7 +12,7 @@ import { convert, OcichunkError } from '../src/index.js';
 import { native } from '../src/native/index.js';
 import { REPO, tmpdir } from './helpers/env.js';
 import { forgeChunked, plainLayer, readIndex, writeLayout } from './helpers/layout.js';
-import { cli, sh } from './helpers/run.js';
+import { sh } from './helpers/run.js';
 import { pyTar, pyTarFile, type Member } from './helpers/tars.js';
 
 let work: string;

@@ -58,7 +58,7 @@ export async function restoreChunked(img: ChunkedImage, target: string, opts: Re
   const writer = native.restoreWriter(target, img.tocBlob);
   const root = await fsp.realpath(target);
   const reader = new ChunkReader(img, opts.threads ?? 0);
-  const batchBytes = opts.batchBytes ?? 32 << 20;
+  const batchBytes = opts.batchBytes ?? 16 << 20;
   const toc = img.toc;
   const seq = writer.chunkSequence();
   let written = 0;

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Restore speed and memory, against umoci's unpack of the original on the same machine, in one run:
+#   - `umoci unpack` of the original image (the reference tree)
+#   - `ocichunk restore` of its chunked form (merged in memory, written once into an empty dir)
+#   - a valid image holding one 5 GiB file (zeros: one unique chunk), restored with flat memory
+# Wall seconds and peak RSS (/usr/bin/time) for each; the restored tree is compared with umoci's.
+# Usage: benchmarks/restore.sh [IMAGE_LAYOUT_DIR[:TAG]]   (default: the cached `big` test image)
+#        HUGE=0 skips the 5 GiB case. Results: a table on stdout, JSON in $OUT/results.json.
+source "$(dirname "$0")/common.sh"
+command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
+command -v umoci >/dev/null || { echo "needs umoci (apt-get install umoci)" >&2; exit 1; }
+OUT=${OUT:-$(mktemp -d /tmp/ocichunk-bench-XXXXXX)}
+mkdir -p "$OUT"
+ocichunk() { node "$repo/bin/ocichunk.js" "$@"; }
+# seconds and peak KiB of a command: "S KIB"
+measure() { /usr/bin/time -f '%e %M' -o "$OUT/m.txt" "$@" > /dev/null; cat "$OUT/m.txt"; }
+
+ocichunk convert "oci:$dir:$tag" "oci:$OUT/chunked:img" --quiet > /dev/null
+cat "$dir"/blobs/sha256/* "$OUT"/chunked/blobs/sha256/* > /dev/null   # warm the page cache for both
+
+read -r us uk < <(measure umoci unpack --image "$dir:$tag" "$OUT/umoci")
+read -r os ok < <(measure node "$repo/bin/ocichunk.js" restore "oci:$OUT/chunked:img" "$OUT/restored" --quiet)
+# the same tree: names, types, modes, owners, devices, link targets, contents (mtimes are clamped by default)
+same=$(python3 - "$OUT/umoci/rootfs" "$OUT/restored" <<'PY'
+import hashlib, os, stat, sys
+def tree(root):
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(d, n); st = os.lstat(p)
+            k = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_rdev,
+                 os.readlink(p) if stat.S_ISLNK(st.st_mode) else None,
+                 hashlib.sha256(open(p, 'rb').read()).hexdigest() if stat.S_ISREG(st.st_mode) else None)
+            out[os.path.relpath(p, root)] = k
+    return out
+print('yes' if tree(sys.argv[1]) == tree(sys.argv[2]) else 'no')
+PY
+)
+rm -rf "$OUT/umoci" "$OUT/restored"
+
+hs=""; hk=""
+if [ "${HUGE:-1}" != 0 ]; then
+  python3 - "$OUT/huge" <<'PY'
+import hashlib, io, json, os, sys, tarfile
+d = sys.argv[1]
+os.makedirs(os.path.join(d, 'blobs', 'sha256'))
+class Zeros(io.RawIOBase):
+    def __init__(self, n): self.n = n
+    def readable(self): return True
+    def readinto(self, b):
+        k = min(len(b), self.n); b[:k] = bytes(k); self.n -= k; return k
+tmp = os.path.join(d, 'layer.tar')
+with tarfile.open(tmp, 'w', format=tarfile.PAX_FORMAT) as t:
+    ti = tarfile.TarInfo('big'); ti.size = 5 << 30; ti.mode = 0o644
+    t.addfile(ti, io.BufferedReader(Zeros(5 << 30), 1 << 20))
+h = hashlib.sha256()
+with open(tmp, 'rb') as f:
+    for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
+ld, size = h.hexdigest(), os.path.getsize(tmp)
+os.rename(tmp, os.path.join(d, 'blobs', 'sha256', ld))
+def put(obj):
+    b = json.dumps(obj).encode(); x = hashlib.sha256(b).hexdigest()
+    open(os.path.join(d, 'blobs', 'sha256', x), 'wb').write(b); return x, len(b)
+c, cs = put({'architecture': 'amd64', 'os': 'linux', 'rootfs': {'type': 'layers', 'diff_ids': ['sha256:' + ld]}})
+m, ms = put({'schemaVersion': 2, 'mediaType': 'application/vnd.oci.image.manifest.v1+json',
+             'config': {'mediaType': 'application/vnd.oci.image.config.v1+json', 'digest': 'sha256:' + c, 'size': cs},
+             'layers': [{'mediaType': 'application/vnd.oci.image.layer.v1.tar', 'digest': 'sha256:' + ld, 'size': size}]})
+json.dump({'schemaVersion': 2, 'manifests': [{'mediaType': 'application/vnd.oci.image.manifest.v1+json', 'digest': 'sha256:' + m,
+           'size': ms, 'annotations': {'org.opencontainers.image.ref.name': 'huge'}}]}, open(os.path.join(d, 'index.json'), 'w'))
+open(os.path.join(d, 'oci-layout'), 'w').write('{"imageLayoutVersion":"1.0.0"}')
+PY
+  ocichunk convert "oci:$OUT/huge:huge" "oci:$OUT/huge-chunked:huge" --quiet > /dev/null
+  rm -rf "$OUT/huge"
+  read -r hs hk < <(measure node "$repo/bin/ocichunk.js" restore "oci:$OUT/huge-chunked:huge" "$OUT/huge-restored" --quiet)
+  rm -rf "$OUT/huge-restored" "$OUT/huge-chunked"
+fi
+
+ratio=$(echo "scale=2; $os / $us" | bc)
+printf '%-44s %8s %10s\n' "" "seconds" "peak RSS"
+printf '%-44s %8s %7s MiB\n' "umoci unpack of the original" "$us" "$((uk / 1024))"
+printf '%-44s %8s %7s MiB   (%sx umoci; same tree: %s)\n' "ocichunk restore of the chunked image" "$os" "$((ok / 1024))" "$ratio" "$same"
+[ -n "$hs" ] && printf '%-44s %8s %7s MiB\n' "ocichunk restore, one 5 GiB file" "$hs" "$((hk / 1024))"
+cat > "$OUT/results.json" <<EOF
+{"image": "$dir:$tag", "umoci": {"seconds": $us, "rssKiB": $uk}, "restore": {"seconds": $os, "rssKiB": $ok, "sameTree": "$same"},
+ "huge": {"seconds": "${hs}", "rssKiB": "${hk}"}}
+EOF
+echo "results: $OUT/results.json" >&2
