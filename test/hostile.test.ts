@@ -12,6 +12,7 @@ import { convert, OcichunkError } from '../src/index.js';
 import { native } from '../src/native/index.js';
 import { REPO, tmpdir } from './helpers/env.js';
 import { forgeChunked, plainLayer, readIndex, writeLayout } from './helpers/layout.js';
+import { mounted, mountLine } from './helpers/mount.js';
 import { sh } from './helpers/run.js';
 import { pyTar, pyTarFile, type Member } from './helpers/tars.js';
 
@@ -319,6 +320,42 @@ describe('chunk locations a destination claims', () => {
     const again = await convert(`oci:${victim}:x`, `oci:${honest}:victim2`, { trustDir });
     expect(again.chunksVerified).toBe(0);
     expect(run(['cat', `oci:${honest}:victim`, '/etc/motd']).stdout).toBe(a);
+  });
+});
+
+describe('mounting an untrusted image', () => {
+  it('setuid bits and device nodes are inert unless asked for; other users get in only when allowed', async () => {
+    const out = await chunked([
+      [
+        ['bin', 'dir'],
+        ['bin/id', 'file', null, { from: '/usr/bin/id', mode: 0o4755, uid: 0, gid: 0 }],
+        ['dev', 'dir'],
+        ['dev/null', 'char', null, { mode: 0o666, major: 1, minor: 3 }],
+      ],
+    ]);
+    fs.chmodSync(work, 0o755); // let the unprivileged user reach the mount point
+    const mnt = path.join(work, 'mnt-untrusted');
+    const asNobody = (args: string[]) => sh('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', ...args]);
+    const env = { ...process.env, XDG_CACHE_HOME: path.join(work, 'xdg') };
+    await mounted(`oci:${out}:x`, mnt, ['--allow-other'], () => {
+      expect(mountLine(mnt)).toMatch(/\bnosuid,nodev\b/);
+      expect(fs.statSync(path.join(mnt, 'bin', 'id')).mode & 0o7777).toBe(0o4755);
+      const id = asNobody([path.join(mnt, 'bin', 'id')]);
+      expect(id.stdout).toMatch(/^uid=65534\b/);
+      expect(id.stdout).not.toMatch(/euid=0/);
+      // a device node of the image does not open the host's device, for root neither
+      expect(sh('cat', [path.join(mnt, 'dev', 'null')]).stderr).toMatch(/Permission denied/);
+      expect(asNobody(['cat', path.join(mnt, 'dev', 'null')]).stderr).toMatch(/Permission denied/);
+    }, 'SIGTERM', env);
+    // the image's setuid-root program runs as root only when the user trusts the image with it
+    await mounted(`oci:${out}:x`, mnt, ['--allow-other', '--allow-suid', '--allow-dev'], () => {
+      expect(asNobody([path.join(mnt, 'bin', 'id')]).stdout).toMatch(/euid=0\(root\)/);
+      expect(sh('cat', [path.join(mnt, 'dev', 'null')]).code).toBe(0);
+    }, 'SIGTERM', env);
+    // without --allow-other, another user cannot enter at all
+    await mounted(`oci:${out}:x`, mnt, [], () => {
+      expect(asNobody(['ls', mnt]).stderr).toMatch(/Permission denied/);
+    }, 'SIGTERM', env);
   });
 });
 

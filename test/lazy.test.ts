@@ -12,6 +12,7 @@ import { image, REPO, tmpdir } from './helpers/env.js';
 import { FaultProxy } from './helpers/fault-proxy.js';
 import { Registry } from './helpers/registry.js';
 import { cli, cliAsync, cliJson, cliJsonAsync, must } from './helpers/run.js';
+import { mounted, mountLine } from './helpers/mount.js';
 import { diffTrees, snapshot, type Node } from './helpers/tree.js';
 import { LazyImage } from '../src/lazy/reader.js';
 import { DEFAULT_FRAME_SIZE } from '../src/convert/convert.js';
@@ -56,32 +57,6 @@ open(out, 'wb').write(data)
     out,
   ]);
   return fs.readFileSync(out);
-}
-
-async function mounted(ref: string, mnt: string, extra: string[], run: () => void, signal: NodeJS.Signals = 'SIGTERM'): Promise<MountStats & { detached?: boolean }> {
-  fs.mkdirSync(mnt, { recursive: true });
-  const proc: ChildProcess = spawn(process.execPath, [path.join(REPO, 'bin', 'ocichunk.js'), 'mount', ref, mnt, '--json', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  proc.stdout!.on('data', (d: Buffer) => (out += d));
-  const ready = new Promise<void>((resolve, reject) => {
-    proc.stderr!.on('data', (d: Buffer) => {
-      err += d;
-      if (err.includes('mounted ')) resolve();
-    });
-    proc.on('exit', (code) => reject(new Error(`mount exited ${code}: ${err}`)));
-  });
-  const exited = new Promise<number>((resolve) => proc.on('exit', (code) => resolve(code ?? -1)));
-  await ready;
-  try {
-    expect(fs.readFileSync('/proc/mounts', 'utf8')).toContain(` ${mnt} fuse`);
-    run();
-  } finally {
-    proc.kill(signal);
-  }
-  expect(await exited, err).toBe(0);
-  expect(fs.readFileSync('/proc/mounts', 'utf8')).not.toContain(` ${mnt} `);
-  return JSON.parse(out) as MountStats;
 }
 
 beforeAll(async () => {
@@ -137,6 +112,9 @@ describe('lazy pull from a registry', () => {
     const trace = path.join(work, 'trace.txt');
     let output = '';
     const s = await mounted(py, path.join(work, 'mnt-py'), ['--cache', cache, '--record-trace', trace], () => {
+      // an untrusted image: its setuid bits and device nodes are inert, and only we may enter
+      expect(mountLine(path.join(work, 'mnt-py'))).toMatch(/\bro,nosuid,nodev\b/);
+      expect(mountLine(path.join(work, 'mnt-py'))).not.toMatch(/allow_other/);
       output = must('chroot', [path.join(work, 'mnt-py'), '/usr/bin/python3', '-c', 'import json; print(json.dumps([1]))']).stdout;
     });
     expect(output).toBe('[1]\n');

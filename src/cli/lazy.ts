@@ -101,8 +101,14 @@ export const mount = {
       .positional('mountpoint', { type: 'string', demandOption: true })
       .option('record-trace', { type: 'string', describe: 'write the files (and ranges) read to this file at unmount' })
       .option('prefetch', { type: 'string', describe: "fetch the chunks of a recorded trace in the background (default: the image's prefetch list, if any)" })
-      .option('no-prefetch', { type: 'boolean', describe: "do not prefetch the image's prefetch list" }),
-  run: async (a: Common & CacheArgs & { image: string; mountpoint: string; 'record-trace'?: string; prefetch?: string; 'no-prefetch'?: boolean }): Promise<unknown> => {
+      .option('no-prefetch', { type: 'boolean', describe: "do not prefetch the image's prefetch list" })
+      .option('allow-other', { type: 'boolean', default: false, describe: 'let other users enter the mount (FUSE allow_other)' })
+      .option('allow-suid', { type: 'boolean', default: false, describe: 'honour setuid/setgid bits: trusts the image with root for whoever can enter (default nosuid)' })
+      .option('allow-dev', { type: 'boolean', default: false, describe: "let the image's device nodes be opened: trusts the image with the host's devices (default nodev)" }),
+  run: async (
+    a: Common &
+      CacheArgs & { image: string; mountpoint: string; 'record-trace'?: string; prefetch?: string; 'no-prefetch'?: boolean; 'allow-other': boolean; 'allow-suid': boolean; 'allow-dev': boolean },
+  ): Promise<unknown> => {
     // handlers first, so that whoever waits for the message below may signal at once; a signal
     // before the mount is up ends the process as it would have without handlers
     let up = false;
@@ -118,6 +124,9 @@ export const mount = {
       cacheMaxBytes: parseSize(a['cache-max'], '--cache-max'),
       recordTrace: a['record-trace'],
       prefetch: a['no-prefetch'] ? false : a.prefetch,
+      allowOther: a['allow-other'],
+      allowSuid: a['allow-suid'],
+      allowDev: a['allow-dev'],
       onWarning: a.quiet ? undefined : (m) => process.stderr.write(`ocichunk mount: ${m}\n`),
     });
     up = true;

@@ -23,6 +23,12 @@ export interface MountOptions extends LazyOpenOptions {
   prefetch?: string | false;
   /** Reports a failed background fetch (the read that needs it fetches again). */
   onWarning?: (msg: string) => void;
+  /** Let other users enter the mount (FUSE allow_other). Off by default. */
+  allowOther?: boolean;
+  /** Honour setuid/setgid bits: trusts the image with root for whoever may enter. Off by default (nosuid). */
+  allowSuid?: boolean;
+  /** Let device nodes of the image be opened: trusts the image with the host's devices. Off by default (nodev). */
+  allowDev?: boolean;
 }
 
 export interface MountStats extends LazyStats {
@@ -90,7 +96,8 @@ export class MountCore {
       const st = await fs.stat(mountpoint).catch(() => undefined);
       if (!st?.isDirectory()) throw new OcichunkError('EUSAGE', `mount point ${mountpoint} is not a directory`);
       const spec = Buffer.from(JSON.stringify(m.spec()));
-      m.handle = native.mountLazy(spec, path.resolve(mountpoint), image.cache!.dir, !!opts.recordTrace, (msg) => m.onFetch(msg));
+      const flags = { allowOther: !!opts.allowOther, allowSuid: !!opts.allowSuid, allowDev: !!opts.allowDev };
+      m.handle = native.mountLazy(spec, path.resolve(mountpoint), image.cache!.dir, !!opts.recordTrace, flags, (msg) => m.onFetch(msg));
     } catch (e) {
       await image.close();
       if (tmpCache) await fs.rm(tmpCache, { recursive: true, force: true });

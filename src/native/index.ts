@@ -87,7 +87,17 @@ interface Binding {
   lgetxattr(p: string, name: string): Buffer;
   coreVersion(): string;
   tuneAllocator(): void;
-  mountLazy(spec: Buffer, mountpoint: string, cacheDir: string, record: boolean, fetch: (msg: number[]) => void): NativeLazyMount;
+  mountLazy(spec: Buffer, mountpoint: string, cacheDir: string, record: boolean, flags: MountFlags, fetch: (msg: number[]) => void): NativeLazyMount;
+}
+
+/** What a mount lets an image do beyond being read; each trusts the image, none is on by default. */
+export interface MountFlags {
+  /** other users may enter the mount */
+  allowOther: boolean;
+  /** setuid/setgid bits take effect (else nosuid) */
+  allowSuid: boolean;
+  /** device nodes can be opened (else nodev) */
+  allowDev: boolean;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -192,6 +202,6 @@ export const native = {
     };
   },
   /** Mount a tree read-only with FUSE; `fetch([id, ...chunks])` is called for chunks missing from the cache. */
-  mountLazy: (spec: Buffer, mountpoint: string, cacheDir: string, record: boolean, fetch: (msg: number[]) => void): NativeLazyMount =>
-    wrapSync(`mount ${mountpoint}`, () => load().mountLazy(spec, mountpoint, cacheDir, record, fetch)),
+  mountLazy: (spec: Buffer, mountpoint: string, cacheDir: string, record: boolean, flags: MountFlags, fetch: (msg: number[]) => void): NativeLazyMount =>
+    wrapSync(`mount ${mountpoint}`, () => load().mountLazy(spec, mountpoint, cacheDir, record, flags, fetch)),
 };

@@ -4,8 +4,10 @@ import path from 'node:path';
 import { must } from './run.js';
 
 export type Kind = 'file' | 'dir' | 'symlink' | 'hardlink' | 'char';
-/** [name, kind, data (file) or target (links)], or with options: mode, uid, gid, mtime, size (a file of that many zero bytes, streamed) */
-export type Member = [string, Kind, string?] | [string, Kind, string | null, { mode?: number; uid?: number; gid?: number; mtime?: number; zeros?: number; major?: number; minor?: number }];
+/** [name, kind, data (file) or target (links)], with options: mode, owner, mtime, `zeros` (a file of that many zero bytes, streamed), `from` (a host file's bytes), device numbers */
+export type Member =
+  | [string, Kind, string?]
+  | [string, Kind, string | null, { mode?: number; uid?: number; gid?: number; mtime?: number; zeros?: number; from?: string; major?: number; minor?: number }];
 
 /** Write the tar to `out` (PAX format) and return its path. */
 export function pyTarFile(out: string, members: Member[]): string {
@@ -27,6 +29,8 @@ with tarfile.open(sys.argv[1],'w',format=tarfile.PAX_FORMAT) as t:
         if kind=='file':
             if 'zeros' in o:
                 ti.size=o['zeros']; t.addfile(ti,io.BufferedReader(Zeros(o['zeros']),1<<20))
+            elif 'from' in o:
+                data=open(o['from'],'rb').read(); ti.size=len(data); t.addfile(ti,io.BytesIO(data))
             else:
                 data=(arg or '').encode(); ti.size=len(data); t.addfile(ti,io.BytesIO(data))
         elif kind=='dir':

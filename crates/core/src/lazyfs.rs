@@ -424,12 +424,33 @@ impl Drop for Mount {
     }
 }
 
-pub fn mount(shared: Arc<Shared>, mountpoint: &std::path::Path) -> Result<Mount> {
-    let mut opts = vec![MountOption::RO, MountOption::FSName("ocichunk".into()), MountOption::Subtype("ocichunk".into()), MountOption::DefaultPermissions];
-    if unsafe { libc::geteuid() } == 0 {
-        // as root, a container root filesystem: other users, device nodes and setuid programs work
-        opts.extend([MountOption::AllowOther, MountOption::Dev, MountOption::Suid]);
+/// What a mount lets the image do beyond being read. Each widens trust in the image, so none is
+/// on by default: an untrusted image's setuid-root program would give any local user root, and
+/// its device nodes (say a 0666 block device of the host's disk) would open the host's devices.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MountFlags {
+    /// other users may enter the mount (FUSE `allow_other`)
+    pub allow_other: bool,
+    /// setuid/setgid bits take effect (else `nosuid`)
+    pub allow_suid: bool,
+    /// device nodes can be opened (else `nodev`)
+    pub allow_dev: bool,
+}
+
+impl MountFlags {
+    pub fn options(self) -> Vec<MountOption> {
+        let mut o = vec![MountOption::RO, MountOption::FSName("ocichunk".into()), MountOption::Subtype("ocichunk".into()), MountOption::DefaultPermissions];
+        o.push(if self.allow_suid { MountOption::Suid } else { MountOption::NoSuid });
+        o.push(if self.allow_dev { MountOption::Dev } else { MountOption::NoDev });
+        if self.allow_other {
+            o.push(MountOption::AllowOther);
+        }
+        o
     }
+}
+
+pub fn mount(shared: Arc<Shared>, mountpoint: &std::path::Path, flags: MountFlags) -> Result<Mount> {
+    let opts = flags.options();
     let session = fuser::spawn_mount2(LazyFs::new(shared.clone()), mountpoint, &opts)
         .map_err(|e| Error::Io(format!("mount {}: {e} (needs /dev/fuse and fusermount3, from Debian's fuse3)", mountpoint.display())))?;
     Ok(Mount { session: Some(session), mountpoint: mountpoint.to_path_buf(), shared })

@@ -661,16 +661,25 @@ impl LazyMount {
     }
 }
 
+/// What a mount lets the image do beyond being read (lazyfs::MountFlags; all off by default).
+#[napi(object)]
+pub struct MountFlags {
+    pub allow_other: bool,
+    pub allow_suid: bool,
+    pub allow_dev: bool,
+}
+
 /// Mount a chunked image's tree (JSON spec) read-only at `mountpoint`, reading chunks from
 /// `cache_dir` and asking `fetch` for missing ones.
 #[napi]
-pub fn mount_lazy(spec: Buffer, mountpoint: String, cache_dir: String, record: bool, fetch: JsFunction) -> Result<LazyMount> {
+pub fn mount_lazy(spec: Buffer, mountpoint: String, cache_dir: String, record: bool, flags: MountFlags, fetch: JsFunction) -> Result<LazyMount> {
     let spec = lazyfs::parse_spec(&spec).map_err(err)?;
     let tsfn: ThreadsafeFunction<Vec<u32>, ErrorStrategy::Fatal> =
         fetch.create_threadsafe_function(0, |ctx: ThreadSafeCallContext<Vec<u32>>| Ok(vec![ctx.value]))?;
     let pending = Arc::new(Mutex::new(Pending::default()));
     let fetcher = JsFetcher { tsfn: tsfn.clone(), pending: pending.clone() };
     let shared = Arc::new(lazyfs::Shared::new(spec, cache_dir.into(), Box::new(fetcher), record).map_err(err)?);
-    let mount = lazyfs::mount(shared, Path::new(&mountpoint)).map_err(err)?;
+    let flags = lazyfs::MountFlags { allow_other: flags.allow_other, allow_suid: flags.allow_suid, allow_dev: flags.allow_dev };
+    let mount = lazyfs::mount(shared, Path::new(&mountpoint), flags).map_err(err)?;
     Ok(LazyMount { mount: Some(mount), pending, tsfn: Some(tsfn) })
 }
