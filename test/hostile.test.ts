@@ -5,6 +5,7 @@
  * reads them inside the root; nothing outside the target changes; peak memory stays bounded.
  */
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -356,6 +357,26 @@ describe('mounting an untrusted image', () => {
     await mounted(`oci:${out}:x`, mnt, [], () => {
       expect(asNobody(['ls', mnt]).stderr).toMatch(/Permission denied/);
     }, 'SIGTERM', env);
+  });
+});
+
+describe('reads of big chunks', () => {
+  it('cat reads and hashes a cached 20 MiB chunk once, not once per 8 MiB piece', async () => {
+    const blobFile = path.join(work, 'random.bin');
+    fs.writeFileSync(blobFile, Buffer.from(Array.from({ length: 20 << 10 }, (_, i) => (i * 2654435761) >>> 0).flatMap((x) => Array.from({ length: 256 }, (_, j) => (x >>> (j % 32)) & 0xff))));
+    const src = path.join(work, 'bigchunk-src');
+    writeLayout(src, 'x', [plainLayer(pyTar(work, [['big', 'file', null, { from: blobFile }]]))]);
+    const out = path.join(work, 'bigchunk-out');
+    const c = run(['convert', `oci:${src}:x`, `oci:${out}:x`, '--chunker', 'file', '--quiet']);
+    expect(c.code, c.stderr).toBe(0);
+    const first = JSON.parse(run(['cat', `oci:${out}:x`, '/big', '--json']).stdout);
+    expect(first.chunksFetched).toBe(1);
+    const again = JSON.parse(run(['cat', `oci:${out}:x`, '/big', '--json']).stdout);
+    expect(again.chunksFetched).toBe(0);
+    expect(again.cacheHits).toBe(1);
+    const env = { ...process.env, XDG_CACHE_HOME: path.join(work, 'xdg') };
+    const piped = sh('bash', ['-c', `"${process.execPath}" "${path.join(REPO, 'bin', 'ocichunk.js')}" cat oci:${out}:x /big | sha256sum`], { env });
+    expect(piped.stdout.split(' ')[0]).toBe(createHash('sha256').update(fs.readFileSync(blobFile)).digest('hex'));
   });
 });
 

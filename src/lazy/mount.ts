@@ -38,6 +38,8 @@ export interface MountStats extends LazyStats {
   fileBytesServed: number;
   fetchRequests: number;
   chunksRequested: number;
+  /** chunks read from the cache and verified by the mount (each once while it stays in memory) */
+  chunksHashed: number;
   prefetchedChunks: number;
 }
 
@@ -189,6 +191,7 @@ export class MountCore {
       fileBytesServed: n?.bytesRead ?? 0,
       fetchRequests: n?.fetchRequests ?? 0,
       chunksRequested: n?.chunksRequested ?? 0,
+      chunksHashed: n?.chunksHashed ?? 0,
       prefetchedChunks: this.prefetched,
     };
   }

@@ -44,16 +44,22 @@ export interface LazyStats {
   chunksFetched: number;
   /** file bytes returned by read() */
   bytesRead: number;
+  /** chunks read from the cache (each is hashed then), not from the verified ones kept in memory */
   cacheHits: number;
   transfer?: TransferReport;
 }
 
 const MAX_LINKS = 40;
+/** Bytes of verified chunks kept in memory (at least the last one, whatever its size). */
+const VERIFIED_BYTES = 64 << 20;
 
 export class LazyImage {
   readonly tree: MergedTree;
   private readonly chunks: ChunkReader;
   private readonly inflight = new Map<number, Promise<Buffer>>();
+  /** verified chunks, least recently used first: pieces of one chunk read one after another hash it once */
+  private readonly verified = new Map<number, Buffer>();
+  private verifiedBytes = 0;
   private bytesRead = 0;
   private chunksFetched = 0;
 
@@ -182,6 +188,13 @@ export class LazyImage {
     const result = new Array<Buffer | Promise<Buffer> | undefined>(idxs.length);
     const missing = new Set<number>();
     for (const [k, c] of idxs.entries()) {
+      const kept = this.verified.get(c);
+      if (kept) {
+        this.verified.delete(c);
+        this.verified.set(c, kept);
+        result[k] = kept;
+        continue;
+      }
       const cached = this.inflight.get(c) ?? (missing.has(c) ? undefined : await this.cache?.get(toc.chunks[c][0]));
       if (cached) result[k] = cached;
       else missing.add(c);
@@ -204,7 +217,20 @@ export class LazyImage {
       }
       idxs.forEach((c, k) => (result[k] ??= this.inflight.get(c)));
     }
-    return Promise.all(result as Array<Buffer | Promise<Buffer>>);
+    const bufs = await Promise.all(result as Array<Buffer | Promise<Buffer>>);
+    idxs.forEach((c, k) => this.keep(c, bufs[k]));
+    return bufs;
+  }
+
+  private keep(c: number, b: Buffer): void {
+    if (this.verified.has(c)) return;
+    this.verified.set(c, b);
+    this.verifiedBytes += b.length;
+    for (const [old, ob] of this.verified) {
+      if (this.verifiedBytes <= VERIFIED_BYTES || this.verified.size === 1) break;
+      this.verified.delete(old);
+      this.verifiedBytes -= ob.length;
+    }
   }
 
   private byFrame: Map<number, number[]> | undefined;

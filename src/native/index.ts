@@ -14,7 +14,7 @@ export interface ChunkerSpec {
 
 export interface NativeLazyMount {
   complete(id: number, error?: string): void;
-  stats(): { reads: number; bytesRead: number; fetchRequests: number; chunksRequested: number; cacheReads: number; errors: number };
+  stats(): { reads: number; bytesRead: number; fetchRequests: number; chunksRequested: number; cacheReads: number; chunksHashed: number; errors: number };
   takeTrace(): number[];
   /** true when the mount was busy and was detached (lazy unmount) */
   unmount(): boolean;

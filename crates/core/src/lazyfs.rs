@@ -74,7 +74,44 @@ pub struct FsStats {
     pub fetch_requests: AtomicU64,
     pub chunks_requested: AtomicU64,
     pub cache_reads: AtomicU64,
+    /// chunks read from the cache and hashed (once per chunk while it stays in the verified set)
+    pub chunks_hashed: AtomicU64,
     pub errors: AtomicU64,
+}
+
+/// Chunks read from the cache and verified, kept in memory up to a byte budget (least recently
+/// used out first): a file read 128 KiB at a time reads and hashes each chunk once, not per read.
+struct Verified {
+    map: HashMap<u32, (Arc<Vec<u8>>, u64)>,
+    bytes: usize,
+    tick: u64,
+}
+
+/// Bytes of verified chunks kept in memory by a mount.
+const VERIFIED_BYTES: usize = 64 << 20;
+
+impl Verified {
+    fn get(&mut self, c: u32) -> Option<Arc<Vec<u8>>> {
+        self.tick += 1;
+        let t = self.tick;
+        self.map.get_mut(&c).map(|e| {
+            e.1 = t;
+            e.0.clone()
+        })
+    }
+
+    fn put(&mut self, c: u32, b: Arc<Vec<u8>>) {
+        self.tick += 1;
+        self.bytes += b.len();
+        if let Some((old, _)) = self.map.insert(c, (b, self.tick)) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > VERIFIED_BYTES && self.map.len() > 1 {
+            let (&oldest, _) = self.map.iter().min_by_key(|(_, e)| e.1).unwrap();
+            let (b, _) = self.map.remove(&oldest).unwrap();
+            self.bytes -= b.len();
+        }
+    }
 }
 
 pub struct Shared {
@@ -84,6 +121,7 @@ pub struct Shared {
     chunk_len: Vec<u32>,
     cache: PathBuf,
     fetcher: Box<dyn Fetcher>,
+    verified: Mutex<Verified>,
     pub stats: FsStats,
     /// (ino, offset, length) of every read, when recording
     pub trace: Option<Mutex<Vec<(u64, u64, u32)>>>,
@@ -176,6 +214,7 @@ impl Shared {
             chunk_len,
             cache,
             fetcher,
+            verified: Mutex::new(Verified { map: HashMap::new(), bytes: 0, tick: 0 }),
             stats: FsStats::default(),
             trace: if record { Some(Mutex::new(Vec::new())) } else { None },
         })
@@ -186,15 +225,21 @@ impl Shared {
         self.cache.join("sha256").join(&h[..2]).join(h)
     }
 
-    /// A chunk from the cache if present and intact (a damaged entry is removed).
-    fn cached(&self, c: u32) -> Option<Vec<u8>> {
+    /// A chunk verified before, or from the cache if present and intact (a damaged entry is removed).
+    fn cached(&self, c: u32) -> Option<Arc<Vec<u8>>> {
+        if let Some(b) = self.verified.lock().unwrap().get(c) {
+            return Some(b);
+        }
         let p = self.chunk_path(c);
         let b = std::fs::read(&p).ok()?;
+        self.stats.chunks_hashed.fetch_add(1, Ordering::Relaxed);
         if b.len() != self.chunk_len[c as usize] as usize || sha256(&b) != self.chunk_digest[c as usize] {
             let _ = std::fs::remove_file(&p);
             return None;
         }
         self.stats.cache_reads.fetch_add(1, Ordering::Relaxed);
+        let b = Arc::new(b);
+        self.verified.lock().unwrap().put(c, b.clone());
         Some(b)
     }
 
@@ -231,7 +276,7 @@ impl Shared {
             idx.push(i);
             i += 1;
         }
-        let mut got: Vec<Option<Vec<u8>>> = idx.iter().map(|&i| self.cached(n.chunks[i])).collect();
+        let mut got: Vec<Option<Arc<Vec<u8>>>> = idx.iter().map(|&i| self.cached(n.chunks[i])).collect();
         for attempt in 0..3 {
             let missing: Vec<u32> = idx.iter().zip(&got).filter(|(_, g)| g.is_none()).map(|(&i, _)| n.chunks[i]).collect();
             if missing.is_empty() {
@@ -460,3 +505,44 @@ pub fn parse_spec(json: &[u8]) -> Result<TreeSpec> {
     serde_json::from_slice(json).map_err(|e| Error::Invalid(format!("tree spec: {e}")))
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoFetch;
+    impl Fetcher for NoFetch {
+        fn fetch(&self, _: Vec<u32>, done: Box<dyn FnOnce(std::result::Result<(), String>) + Send>) {
+            done(Err("not cached".into()));
+        }
+    }
+
+    fn hex(d: &[u8]) -> String {
+        d.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn a_cached_chunk_is_hashed_once_for_many_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+        let h = hex(&sha256(&data));
+        std::fs::create_dir_all(dir.path().join("sha256").join(&h[..2])).unwrap();
+        std::fs::write(dir.path().join("sha256").join(&h[..2]).join(&h), &data).unwrap();
+        let spec = format!(
+            r#"{{"chunks":[["{h}",{}]],"inodes":[{{"ino":1,"kind":"dir","mode":493,"uid":0,"gid":0,"size":0,"mtime":0,"nlink":2,"children":[["f",2]]}},{{"ino":2,"kind":"reg","mode":420,"uid":0,"gid":0,"size":{},"mtime":0,"nlink":1,"chunks":[0]}}]}}"#,
+            data.len(),
+            data.len()
+        );
+        let shared = Shared::new(parse_spec(spec.as_bytes()).unwrap(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap();
+        let mut out = Vec::new();
+        for off in (0..data.len()).step_by(128 * 1024) {
+            out.extend(shared.read(2, off as u64, 128 * 1024).unwrap());
+        }
+        assert_eq!(out, data);
+        assert_eq!(shared.stats.chunks_hashed.load(Ordering::Relaxed), 1);
+        // a damaged cache file is still caught: a fresh mount reads and hashes it again
+        std::fs::write(dir.path().join("sha256").join(&h[..2]).join(&h), vec![0u8; data.len()]).unwrap();
+        let fresh = Shared::new(parse_spec(spec.as_bytes()).unwrap(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap();
+        assert!(fresh.read(2, 0, 4096).is_err());
+    }
+}

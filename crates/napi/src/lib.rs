@@ -601,6 +601,7 @@ pub struct MountStats {
     pub fetch_requests: f64,
     pub chunks_requested: f64,
     pub cache_reads: f64,
+    pub chunks_hashed: f64,
     pub errors: f64,
 }
 
@@ -634,6 +635,7 @@ impl LazyMount {
             fetch_requests: g(|s| &s.fetch_requests),
             chunks_requested: g(|s| &s.chunks_requested),
             cache_reads: g(|s| &s.cache_reads),
+            chunks_hashed: g(|s| &s.chunks_hashed),
             errors: g(|s| &s.errors),
         }
     }
