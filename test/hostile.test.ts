@@ -360,6 +360,22 @@ describe('mounting an untrusted image', () => {
   });
 });
 
+describe('terminal-safe output', () => {
+  it('ls quotes names holding newlines or escape sequences; --json keeps them exact', async () => {
+    const out = await chunked([[['d', 'dir'], ['d/a\nb', 'file', 'x'], ['d/\x1b[31mred', 'file', 'y'], ['d/plain', 'symlink', '\x1b]0;title\x07']]]);
+    const r = run(['ls', `oci:${out}:x`, '/d']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).not.toMatch(/\x1b|\x07/);
+    const lines = r.stdout.trim().split('\n');
+    expect(lines).toHaveLength(3);
+    expect(r.stdout).toContain(`$'a\\nb'`);
+    expect(r.stdout).toContain(`$'\\E[31mred'`);
+    expect(r.stdout).toContain(`plain -> $'\\E]0;title\\a'`);
+    const j = JSON.parse(run(['ls', `oci:${out}:x`, '/d', '--json']).stdout);
+    expect(j.entries.map((e: { name: string }) => e.name).sort()).toEqual(['\x1b[31mred', 'a\nb', 'plain'].sort());
+  });
+});
+
 describe('reads of big chunks', () => {
   it('cat reads and hashes a cached 20 MiB chunk once, not once per 8 MiB piece', async () => {
     const blobFile = path.join(work, 'random.bin');

@@ -4,7 +4,7 @@ import type { Argv } from 'yargs';
 import { analyze, DEFAULT_STRATEGIES, type AnalyzeResult } from '../analyze/analyze.js';
 import { renderHtml } from '../analyze/html.js';
 import { writeFileAtomic } from '../store/blobstore.js';
-import { bytes, ratio, ProgressLine } from './format.js';
+import { bytes, quoteName, ratio, ProgressLine } from './format.js';
 import { common, frameOptions, framesOf, type FrameArgs, platformOf, transportOf, type Common } from './options.js';
 
 export const command = 'analyze <images..>';
@@ -81,7 +81,7 @@ function text(r: AnalyzeResult): string {
   }
   if (r.topDuplicates.length) {
     out.push('', 'duplicated files saving most (file level):');
-    out.push(pad([['path', 'size', 'copies', 'images', 'saved'], ...r.topDuplicates.map((d) => [d.path, bytes(d.size), String(d.copies), String(d.images), bytes(d.savedBytes)])]));
+    out.push(pad([['path', 'size', 'copies', 'images', 'saved'], ...r.topDuplicates.map((d) => [quoteName(d.path), bytes(d.size), String(d.copies), String(d.images), bytes(d.savedBytes)])]));
   }
   out.push('', `${r.seconds.toFixed(1)} s`);
   return out.join('\n');

@@ -48,3 +48,27 @@ export function bar(done: number, total: number, width = 20): string {
   const n = Math.round(f * width);
   return `[${'#'.repeat(n)}${'.'.repeat(width - n)}]`;
 }
+
+const SAFE = /^[A-Za-z0-9_./+,:@%=^-]+$/;
+const C_ESCAPES: Record<string, string> = { '\n': '\\n', '\t': '\\t', '\r': '\\r', '\x07': '\\a', '\b': '\\b', '\f': '\\f', '\v': '\\v', '\x1b': '\\E', '\\': '\\\\', "'": "\\'" };
+
+/**
+ * A name from an image as a terminal may show it, quoted as GNU ls's `shell-escape` style does: as
+ * it is when it holds only safe characters, in single quotes when it holds others, and as $'...'
+ * with escapes when it holds control characters (a newline or ESC in a name can forge output
+ * lines or drive the terminal). --json output keeps names exact instead.
+ */
+export function quoteName(s: string): string {
+  if (s !== '' && SAFE.test(s)) return s;
+  // control characters: C0, DEL, C1, and the Unicode line/paragraph separators
+  if (!/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(s)) return `'${s.replace(/'/g, `'\\''`)}'`;
+  let out = "$'";
+  for (const ch of s) {
+    const code = ch.codePointAt(0)!;
+    if (C_ESCAPES[ch]) out += C_ESCAPES[ch];
+    else if (code < 0x20 || (code >= 0x7f && code <= 0x9f) || code === 0x2028 || code === 0x2029) {
+      for (const b of Buffer.from(ch, 'utf8')) out += `\\${b.toString(8).padStart(3, '0')}`;
+    } else out += ch;
+  }
+  return `${out}'`;
+}

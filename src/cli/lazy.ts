@@ -4,7 +4,7 @@ import { MountedImage } from '../lazy/mounted.js';
 import { LazyImage, type LazyStat } from '../lazy/reader.js';
 import { lazyBench } from '../lazy/bench.js';
 import { parseLink } from '../lazy/link.js';
-import { bytes, ProgressLine } from './format.js';
+import { bytes, ProgressLine, quoteName } from './format.js';
 import { common, parseSize, platformOf, transportOf, type Common } from './options.js';
 
 export type CacheArgs = { cache?: string; 'cache-max': string; 'no-cache'?: boolean };
@@ -53,7 +53,7 @@ export const ls = {
         .map((r) => {
           const size = r.type === 'char' || r.type === 'block' ? `${r.devMajor}, ${r.devMinor}` : String(r.size);
           const date = new Date(r.mtime * 1000).toISOString().slice(0, 16).replace('T', ' ');
-          return `${modeString(r)} ${String(r.nlink).padStart(3)} ${String(r.uid).padStart(5)} ${String(r.gid).padStart(5)} ${size.padStart(10)} ${date} ${r.name}${r.link !== undefined ? ` -> ${r.link}` : ''}`;
+          return `${modeString(r)} ${String(r.nlink).padStart(3)} ${String(r.uid).padStart(5)} ${String(r.gid).padStart(5)} ${size.padStart(10)} ${date} ${quoteName(r.name)}${r.link !== undefined ? ` -> ${quoteName(r.link)}` : ''}`;
         })
         .join('\n');
     } finally {
