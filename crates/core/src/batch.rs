@@ -1,7 +1,7 @@
 //! Batch entry points used by the binding: many segments, frames or ranges per call, in parallel
 //! with rayon. Output bytes never depend on the thread count.
 
-use crate::frame::{compress_frame, decompress_frame, check_level};
+use crate::frame::{check_level, compress_frame, decompress_frame};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -33,12 +33,7 @@ fn named_pool(role: &'static str, threads: usize) -> Result<Arc<rayon::ThreadPoo
     if let Some(p) = map.get(&key) {
         return Ok(p.clone());
     }
-    let p = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| Error::Io(format!("thread pool: {e}")))?,
-    );
+    let p = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| Error::Io(format!("thread pool: {e}")))?);
     map.insert(key, p.clone());
     Ok(p)
 }
@@ -109,10 +104,7 @@ pub fn compress_frames_into(data: &[u8], parts: &[(usize, usize)], counts: &[u32
 
 /// `frames`: (offset, len, expected uncompressed len); output is the frames' contents concatenated.
 pub fn decompress_frames(data: &[u8], frames: &[(usize, usize, usize)], threads: usize) -> Result<Vec<u8>> {
-    let slices = frames
-        .iter()
-        .map(|&(o, l, u)| range(data, o, l, "frame").map(|s| (s, u)))
-        .collect::<Result<Vec<_>>>()?;
+    let slices = frames.iter().map(|&(o, l, u)| range(data, o, l, "frame").map(|s| (s, u))).collect::<Result<Vec<_>>>()?;
     let total: usize = slices.iter().map(|s| s.1).sum();
     if total > (4usize << 30) {
         return Err(Error::Invalid(format!("{total} bytes of output is too much for one call")));
@@ -121,10 +113,12 @@ pub fn decompress_frames(data: &[u8], frames: &[(usize, usize, usize)], threads:
         slices
             .par_iter()
             .enumerate()
-            .map(|(i, &(s, u))| decompress_frame(s, u).map_err(|e| match e {
-                Error::Corrupt(m) => Error::Corrupt(format!("frame {i}: {m}")),
-                other => other,
-            }))
+            .map(|(i, &(s, u))| {
+                decompress_frame(s, u).map_err(|e| match e {
+                    Error::Corrupt(m) => Error::Corrupt(format!("frame {i}: {m}")),
+                    other => other,
+                })
+            })
             .collect::<Result<Vec<_>>>()
     })??;
     Ok(out.concat())
@@ -172,7 +166,11 @@ mod tests {
         (0..n)
             .map(|i| {
                 s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                if i % 3 == 0 { b'a' } else { (s >> 59) as u8 }
+                if i % 3 == 0 {
+                    b'a'
+                } else {
+                    (s >> 59) as u8
+                }
             })
             .collect()
     }
@@ -190,7 +188,15 @@ mod tests {
         assert_eq!(&out[..f1.data.len()], &f1.data[..]);
         assert!(compress_frames_into(&d, &parts, &counts, 3, 2, &mut out[..100]).is_err());
         let mut off = 0;
-        let trip: Vec<(usize, usize, usize)> = f1.sizes.iter().map(|&s| { let r = (off, s as usize, 65536); off += s as usize; r }).collect();
+        let trip: Vec<(usize, usize, usize)> = f1
+            .sizes
+            .iter()
+            .map(|&s| {
+                let r = (off, s as usize, 65536);
+                off += s as usize;
+                r
+            })
+            .collect();
         assert_eq!(decompress_frames(&f1.data, &trip, 2).unwrap(), &d[..64 * 65536]);
     }
 

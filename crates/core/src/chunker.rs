@@ -37,9 +37,7 @@ impl ChunkerParams {
         match *self {
             ChunkerParams::Cdc { min, avg, max } => {
                 if !(64..=LIMIT).contains(&min) || !(256..=LIMIT).contains(&avg) || max > LIMIT {
-                    return Err(Error::Invalid(format!(
-                        "cdc chunker sizes out of range (min {min} >= 64, avg {avg} >= 256, max {max} <= 64 MiB)"
-                    )));
+                    return Err(Error::Invalid(format!("cdc chunker sizes out of range (min {min} >= 64, avg {avg} >= 256, max {max} <= 64 MiB)")));
                 }
                 if !(min <= avg && avg <= max) {
                     return Err(Error::Invalid(format!("cdc chunker needs min <= avg <= max (got {min}/{avg}/{max})")));
@@ -257,7 +255,11 @@ mod tests {
                 return Some(i + 1);
             }
         }
-        if end == max || eof { Some(end) } else { None }
+        if end == max || eof {
+            Some(end)
+        } else {
+            None
+        }
     }
 
     #[test]

@@ -45,11 +45,7 @@ pub fn decompress_frame(frame: &[u8], expected_len: usize) -> Result<Vec<u8>> {
         if d.is_none() {
             *d = Some(zstd::bulk::Decompressor::new().map_err(|e| Error::Io(format!("zstd init: {e}")))?);
         }
-        let out = d
-            .as_mut()
-            .unwrap()
-            .decompress(frame, expected_len)
-            .map_err(|e| Error::Corrupt(format!("zstd: {e}")))?;
+        let out = d.as_mut().unwrap().decompress(frame, expected_len).map_err(|e| Error::Corrupt(format!("zstd: {e}")))?;
         if out.len() != expected_len {
             return Err(Error::Corrupt(format!("frame holds {} bytes, expected {expected_len}", out.len())));
         }
@@ -62,10 +58,7 @@ pub fn decompress_bytes(data: &[u8], max_len: usize) -> Result<Vec<u8>> {
     use std::io::Read;
     let mut dec = zstd::stream::read::Decoder::new(data).map_err(|e| Error::Corrupt(format!("zstd: {e}")))?;
     let mut out = Vec::new();
-    let n = (&mut dec)
-        .take(max_len as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| Error::Corrupt(format!("zstd: {e}")))?;
+    let n = (&mut dec).take(max_len as u64 + 1).read_to_end(&mut out).map_err(|e| Error::Corrupt(format!("zstd: {e}")))?;
     if n > max_len {
         return Err(Error::Corrupt(format!("decompressed data exceeds {max_len} bytes")));
     }

@@ -71,11 +71,7 @@ pub fn llistxattr(path: &Path) -> Result<Vec<String>> {
             return Err(errno("llistxattr", path));
         }
         buf.truncate(m as usize);
-        return Ok(buf
-            .split(|&b| b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect());
+        return Ok(buf.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect());
     }
 }
 

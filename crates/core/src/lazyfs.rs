@@ -199,10 +199,7 @@ impl Shared {
             };
             let children: Vec<(Vec<u8>, u64)> = i.children.into_iter().map(|(n, c)| (n.into_bytes(), c)).collect();
             let index = children.iter().cloned().collect();
-            nodes.insert(
-                i.ino,
-                Node { attr, link: i.link.map(|l| l.into_bytes()), xattrs: i.xattrs, chunks: i.chunks, starts, children, index },
-            );
+            nodes.insert(i.ino, Node { attr, link: i.link.map(|l| l.into_bytes()), xattrs: i.xattrs, chunks: i.chunks, starts, children, index });
         }
         if !nodes.get(&1).map(|n| n.attr.kind == FileType::Directory).unwrap_or(false) {
             return Err(Error::Invalid("inode 1 must be the root directory".into()));
@@ -247,9 +244,12 @@ impl Shared {
         let (tx, rx) = mpsc::channel();
         self.stats.fetch_requests.fetch_add(1, Ordering::Relaxed);
         self.stats.chunks_requested.fetch_add(chunks.len() as u64, Ordering::Relaxed);
-        self.fetcher.fetch(chunks, Box::new(move |r| {
-            let _ = tx.send(r);
-        }));
+        self.fetcher.fetch(
+            chunks,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
         match rx.recv_timeout(Duration::from_secs(600)) {
             Ok(r) => r,
             Err(_) => Err("no answer from the fetcher in 600 s".into()),
@@ -504,7 +504,6 @@ pub fn mount(shared: Arc<Shared>, mountpoint: &std::path::Path, flags: MountFlag
 pub fn parse_spec(json: &[u8]) -> Result<TreeSpec> {
     serde_json::from_slice(json).map_err(|e| Error::Invalid(format!("tree spec: {e}")))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -298,11 +298,7 @@ impl Writer {
             Some(e) => (e.mode.unwrap_or(0), e.uid.unwrap_or(0), e.gid.unwrap_or(0), e.mtime.unwrap_or(0), e.xattrs.clone().unwrap_or_default()),
             None => (0o755, 0, 0, 0, Vec::new()),
         };
-        let (pfd, name) = if path.is_empty() {
-            (None, cstr(".")?)
-        } else {
-            (Some(self.dir_of(path)?), cstr(parent_and_name(path).1)?)
-        };
+        let (pfd, name) = if path.is_empty() { (None, cstr(".")?) } else { (Some(self.dir_of(path)?), cstr(parent_and_name(path).1)?) };
         let dfd = pfd.unwrap_or(self.root.as_raw_fd());
         let shown = if path.is_empty() { self.target.display().to_string() } else { path.to_string() };
         // owner first (chown clears setuid bits and capabilities), then mode, xattrs, times

@@ -222,12 +222,21 @@ const HEADERS_LIMIT: usize = 1 << 20;
 #[derive(Debug, Clone, Copy)]
 enum State {
     Header,
-    File { remaining: u64 },
-    Meta { flag: u8, remaining: u64 },
+    File {
+        remaining: u64,
+    },
+    Meta {
+        flag: u8,
+        remaining: u64,
+    },
     /// Data of an entry that is not kept: it must be complete.
-    Skip { remaining: u64 },
+    Skip {
+        remaining: u64,
+    },
     /// Padding to the next block: a writer may cut the very last one short.
-    Pad { remaining: u64 },
+    Pad {
+        remaining: u64,
+    },
     /// After the two zero blocks that end the archive: the rest is ignored.
     End,
 }
@@ -511,9 +520,7 @@ impl Parser {
         if stored != Some(unsigned) && stored != Some(signed) {
             return Err(corrupt(format!("invalid tar header at byte {at} (bad checksum): corrupt, or not a tar")));
         }
-        let field = |r: std::ops::Range<usize>, what: &str| {
-            number(&h[r]).ok_or_else(|| corrupt(format!("tar header at byte {at}: invalid {what} field")))
-        };
+        let field = |r: std::ops::Range<usize>, what: &str| number(&h[r]).ok_or_else(|| corrupt(format!("tar header at byte {at}: invalid {what} field")));
         let mut flag = h[156];
         let raw_size = field(124..136, "size")?;
         let ustar = &h[257..263] == b"ustar\0";
@@ -579,11 +586,8 @@ impl Parser {
         let uid = field(108..116, "uid")?;
         let gid = field(116..124, "gid")?;
         let mtime = field(136..148, "mtime")?;
-        let (devmajor, devminor) = if ustar || &h[257..263] == b"ustar " {
-            (field(329..337, "devmajor").unwrap_or(0), field(337..345, "devminor").unwrap_or(0))
-        } else {
-            (0, 0)
-        };
+        let (devmajor, devminor) =
+            if ustar || &h[257..263] == b"ustar " { (field(329..337, "devmajor").unwrap_or(0), field(337..345, "devminor").unwrap_or(0)) } else { (0, 0) };
         let kv: Vec<(&[u8], &[u8])> = pax.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
         encode_header(
             &mut self.headers,
@@ -781,19 +785,12 @@ impl Parser {
         let dangling = self.pax_local.is_some() || self.long_name.is_some() || self.long_link.is_some();
         match self.state {
             State::Header | State::End if self.hfill == 0 && !dangling => {}
-            State::Header | State::End if self.hfill == 0 => {
-                return Err(corrupt("tar stream ends after a PAX or long-name record, before its entry".into()))
-            }
+            State::Header | State::End if self.hfill == 0 => return Err(corrupt("tar stream ends after a PAX or long-name record, before its entry".into())),
             State::Header | State::End => {
                 return Err(corrupt(format!("tar stream ends inside a header (truncated at byte {})", self.offset + self.hfill as u64)))
             }
             State::File { remaining } | State::Skip { remaining } => {
-                return Err(corrupt(format!(
-                    "entry {} is truncated ({} of {} bytes)",
-                    show(&self.cur_name),
-                    self.cur_size - remaining,
-                    self.cur_size
-                )))
+                return Err(corrupt(format!("entry {} is truncated ({} of {} bytes)", show(&self.cur_name), self.cur_size - remaining, self.cur_size)))
             }
             State::Meta { .. } => return Err(corrupt("tar stream truncated inside a metadata record".into())),
             // the padding after the last entry may be cut short by tar writers; its bytes carry nothing
@@ -836,7 +833,12 @@ enum Decoder {
     Sniff(Box<Parser>, Vec<u8>),
     None(Box<Parser>),
     Gzip(Box<flate2::write::MultiGzDecoder<Parser>>),
-    Zstd { parser: Box<Parser>, ctx: Box<zstd::stream::raw::Decoder<'static>>, out: Vec<u8>, in_frame: bool },
+    Zstd {
+        parser: Box<Parser>,
+        ctx: Box<zstd::stream::raw::Decoder<'static>>,
+        out: Vec<u8>,
+        in_frame: bool,
+    },
     /// Between decoders (only while one is being chosen).
     Gone,
 }
@@ -1317,8 +1319,7 @@ mod tests {
         // tiny pieces (a byte or two) cut only the first 64 bytes: what they test happens there, and
         // a thread hand-off per byte of a whole layer would take minutes
         let (head, rest) = if piece < 16 { t.split_at(t.len().min(64)) } else { (t, &t[t.len()..]) };
-        let pieces: Vec<Option<Vec<u8>>> =
-            head.chunks(piece).chain(rest.chunks(1 << 20)).map(|p| Some(p.to_vec())).chain([None]).collect();
+        let pieces: Vec<Option<Vec<u8>>> = head.chunks(piece).chain(rest.chunks(1 << 20)).map(|p| Some(p.to_vec())).chain([None]).collect();
         for p in pieces {
             loop {
                 let (bs, taken) = th.offer(p.clone())?;

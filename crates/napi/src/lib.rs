@@ -41,11 +41,9 @@ pub struct ChunkerSpec {
 
 fn params(c: &ChunkerSpec) -> Result<ChunkerParams> {
     let p = match c.kind.as_str() {
-        "cdc" => ChunkerParams::Cdc {
-            min: c.min.unwrap_or(16 << 10) as usize,
-            avg: c.avg.unwrap_or(64 << 10) as usize,
-            max: c.max.unwrap_or(256 << 10) as usize,
-        },
+        "cdc" => {
+            ChunkerParams::Cdc { min: c.min.unwrap_or(16 << 10) as usize, avg: c.avg.unwrap_or(64 << 10) as usize, max: c.max.unwrap_or(256 << 10) as usize }
+        }
         "fixed" => ChunkerParams::Fixed { size: c.size.unwrap_or(1 << 20) as usize },
         "file" => ChunkerParams::File { max: c.max.unwrap_or(64 << 20) as usize },
         k => return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: unknown chunker kind {k:?}"))),
@@ -89,15 +87,15 @@ impl Task for CompressTask {
 
 /// Compress frames made of `parts` of `data`; with `out`, into it (it must not be touched until this resolves).
 #[napi(ts_return_type = "Promise<FramesResult>")]
-pub fn compress_frames(data: Buffer, parts: Uint32Array, frame_part_counts: Uint32Array, level: i32, threads: u32, out: Option<Buffer>) -> Result<AsyncTask<CompressTask>> {
-    Ok(AsyncTask::new(CompressTask {
-        data,
-        parts: pairs(&parts, "parts")?,
-        counts: frame_part_counts.to_vec(),
-        level,
-        threads: threads as usize,
-        out,
-    }))
+pub fn compress_frames(
+    data: Buffer,
+    parts: Uint32Array,
+    frame_part_counts: Uint32Array,
+    level: i32,
+    threads: u32,
+    out: Option<Buffer>,
+) -> Result<AsyncTask<CompressTask>> {
+    Ok(AsyncTask::new(CompressTask { data, parts: pairs(&parts, "parts")?, counts: frame_part_counts.to_vec(), level, threads: threads as usize, out }))
 }
 
 // ---- decompressFrames ----
@@ -510,7 +508,13 @@ impl RestoreWriter {
             .take()
             .ok_or_else(|| napi::Error::new(Status::GenericFailure, "EINVAL: restore writer finished".to_string()))?;
         let s = w.finish().map_err(err)?;
-        Ok(RestoreSummary { entries: s.entries as f64, files: s.files as f64, file_bytes: s.file_bytes as f64, dirs: s.dirs as f64, hardlinks: s.hardlinks as f64 })
+        Ok(RestoreSummary {
+            entries: s.entries as f64,
+            files: s.files as f64,
+            file_bytes: s.file_bytes as f64,
+            dirs: s.dirs as f64,
+            hardlinks: s.hardlinks as f64,
+        })
     }
 }
 

@@ -216,9 +216,32 @@ fn fuzz_toc_check() {
         toc(vec![vec![link("a", "../../b"), file("f")], vec![file("a/c"), hard("g", "f")], vec![opq("."), dir("b")]]),
     ];
     let atoms: Vec<Value> = vec![
-        json!(null), json!(-1), json!(0), json!(1), json!(4294967296u64), json!(1.5), json!("x"), json!(""), json!("."), json!(".."),
-        json!("a/../b"), json!("/etc"), json!("l"), json!("a/x"), json!([]), json!({}), json!("reg"), json!("dir"), json!("symlink"),
-        json!("hardlink"), json!("whiteout"), json!("opaque"), json!("char"), json!(0o7777), json!(0o17777), json!(HEX),
+        json!(null),
+        json!(-1),
+        json!(0),
+        json!(1),
+        json!(4294967296u64),
+        json!(1.5),
+        json!("x"),
+        json!(""),
+        json!("."),
+        json!(".."),
+        json!("a/../b"),
+        json!("/etc"),
+        json!("l"),
+        json!("a/x"),
+        json!([]),
+        json!({}),
+        json!("reg"),
+        json!("dir"),
+        json!("symlink"),
+        json!("hardlink"),
+        json!("whiteout"),
+        json!("opaque"),
+        json!("char"),
+        json!(0o7777),
+        json!(0o17777),
+        json!(HEX),
     ];
     let mut rng: u64 = 0x9e3779b97f4a7c15;
     let mut next = move |n: usize| {
@@ -277,7 +300,13 @@ fn fuzz_toc_check() {
 
 #[test]
 fn view_gives_inodes_for_readers() {
-    let v = toc(vec![vec![dir("d"), file("d/f"), hard("d/g", "d/f"), link("l", "d"), json!({ "path": "n", "type": "char", "mode": 0o666, "devMajor": 1, "devMinor": 3 })]]);
+    let v = toc(vec![vec![
+        dir("d"),
+        file("d/f"),
+        hard("d/g", "d/f"),
+        link("l", "d"),
+        json!({ "path": "n", "type": "char", "mode": 0o666, "devMajor": 1, "devMinor": 3 }),
+    ]]);
     let (t, tree) = check(&v).unwrap();
     let view = tree.view(&t);
     assert_eq!(view.chunks, vec![(HEX.to_string(), 5), (HEX2.to_string(), 5)]);

@@ -396,7 +396,12 @@ impl Toc {
                 r.push(Class::Corrupt, None, None, format!("frame {i}: pack {p} does not exist"));
             }
             if clen == 0 || clen > cbound || ulen > limits::FRAME || off > limits::FILE_SIZE {
-                r.push(Class::Corrupt, None, None, format!("frame {i}: offset {off}, {clen} compressed / {ulen} bytes is out of range (frames hold at most {} bytes)", limits::FRAME));
+                r.push(
+                    Class::Corrupt,
+                    None,
+                    None,
+                    format!("frame {i}: offset {off}, {clen} compressed / {ulen} bytes is out of range (frames hold at most {} bytes)", limits::FRAME),
+                );
             }
         }
         let mut digests = std::collections::HashSet::with_capacity(self.chunks.len());
@@ -409,7 +414,12 @@ impl Toc {
                 continue;
             };
             if len == 0 || len > limits::CHUNK || off.saturating_add(len) > fr.3 {
-                r.push(Class::Corrupt, None, None, format!("chunk {i}: [{off}, +{len}) does not fit frame {f} of {} bytes (chunks hold 1 to {} bytes)", fr.3, limits::CHUNK));
+                r.push(
+                    Class::Corrupt,
+                    None,
+                    None,
+                    format!("chunk {i}: [{off}, +{len}) does not fit frame {f} of {} bytes (chunks hold 1 to {} bytes)", fr.3, limits::CHUNK),
+                );
             }
         }
         for (li, layer) in self.layers.iter().enumerate() {
@@ -442,7 +452,8 @@ impl Toc {
     fn check_fields(&self, e: &Entry, li: u32, r: &mut Report) {
         let mut bad = |m: String| r.push(Class::Corrupt, Some(li), Some(&e.path), m);
         let k = e.kind;
-        let misplaced = |field: &str, present: bool, allowed: bool| (present && !allowed).then(|| format!("field {field} does not belong to a {} entry", k.name()));
+        let misplaced =
+            |field: &str, present: bool, allowed: bool| (present && !allowed).then(|| format!("field {field} does not belong to a {} entry", k.name()));
         let checks = [
             misplaced("mode", e.mode.is_some(), k.has_meta()),
             misplaced("uid", e.uid.is_some(), k.has_meta()),
