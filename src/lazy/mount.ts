@@ -43,9 +43,6 @@ export interface MountStats extends LazyStats {
   prefetchedChunks: number;
 }
 
-function rdev(major = 0, minor = 0): number {
-  return ((major & 0xfff) << 8) | (minor & 0xff) | ((minor & 0xfff00) << 12);
-}
 
 export interface TraceRead {
   path: string;
@@ -97,7 +94,9 @@ export class MountCore {
     try {
       const st = await fs.stat(mountpoint).catch(() => undefined);
       if (!st?.isDirectory()) throw new OcichunkError('EUSAGE', `mount point ${mountpoint} is not a directory`);
-      const spec = Buffer.from(JSON.stringify(m.spec()));
+      // the merged view as the format module made it (the same tree ls and cat read)
+      const spec = image.tree.spec;
+      if (opts.recordTrace) m.notePaths();
       const flags = { allowOther: !!opts.allowOther, allowSuid: !!opts.allowSuid, allowDev: !!opts.allowDev };
       m.handle = native.mountLazy(spec, path.resolve(mountpoint), image.cache!.dir, !!opts.recordTrace, flags, (msg) => m.onFetch(msg));
     } catch (e) {
@@ -115,35 +114,14 @@ export class MountCore {
     return m;
   }
 
-  /** The tree as the addon takes it: reachable inodes only, hardlinks once. */
-  private spec(): { chunks: Array<[string, number]>; inodes: unknown[] } {
-    const tree = this.image.tree;
-    const inodes: unknown[] = [];
-    const seen = new Set<number>();
+  /** A path of every inode (its first name), for the trace. */
+  private notePaths(): void {
     const visit = (n: Inode, p: string) => {
-      if (seen.has(n.ino)) return;
-      seen.add(n.ino);
+      if (this.paths.has(n.ino)) return;
       this.paths.set(n.ino, p);
-      const children = n.children ? [...n.children.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1)) : [];
-      inodes.push({
-        ino: n.ino,
-        kind: n.type,
-        mode: n.mode,
-        uid: n.uid,
-        gid: n.gid,
-        size: n.size,
-        mtime: n.mtime,
-        nlink: n.type === 'dir' ? 2 + children.filter(([, c]) => c.type === 'dir').length : n.nlink,
-        rdev: rdev(n.devMajor, n.devMinor),
-        ...(n.link !== undefined ? { link: n.link } : {}),
-        ...(n.xattrs ? { xattrs: Object.entries(n.xattrs).map(([k, v]) => [k, [...Buffer.from(v, 'base64')]]) } : {}),
-        ...(n.chunks ? { chunks: n.chunks } : {}),
-        ...(children.length ? { children: children.map(([name, c]) => [name, c.ino]) } : {}),
-      });
-      for (const [name, c] of children) visit(c, p === '/' ? `/${name}` : `${p}/${name}`);
+      for (const [name, c] of n.children ?? []) visit(c, p === '/' ? `/${name}` : `${p}/${name}`);
     };
-    visit(tree.root, '/');
-    return { chunks: tree.toc.chunks.map((c) => [c[0], c[3]] as [string, number]), inodes };
+    visit(this.image.tree.root, '/');
   }
 
   private onFetch(msg: number[]): void {
