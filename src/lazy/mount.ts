@@ -94,11 +94,10 @@ export class MountCore {
     try {
       const st = await fs.stat(mountpoint).catch(() => undefined);
       if (!st?.isDirectory()) throw new OcichunkError('EUSAGE', `mount point ${mountpoint} is not a directory`);
-      // the merged view as the format module made it (the same tree ls and cat read)
-      const spec = image.tree.spec;
       if (opts.recordTrace) m.notePaths();
       const flags = { allowOther: !!opts.allowOther, allowSuid: !!opts.allowSuid, allowDev: !!opts.allowDev };
-      m.handle = native.mountLazy(spec, path.resolve(mountpoint), image.cache!.dir, !!opts.recordTrace, flags, (msg) => m.onFetch(msg));
+      // the addon merges the TOC with the format module itself (the same tree ls and cat read)
+      m.handle = native.mountLazy(image.image.tocBlob, path.resolve(mountpoint), image.cache!.dir, !!opts.recordTrace, flags, (msg) => m.onFetch(msg));
     } catch (e) {
       await image.close();
       if (tmpCache) await fs.rm(tmpCache, { recursive: true, force: true });

@@ -2,8 +2,8 @@
  * The merged view of a chunked image's layers, as a container runtime shows it after unpacking
  * them in order. The layers are merged once, by the format's owner in the native core
  * (crates/core/src/format/tree.rs: whiteouts, opaque directories, symlinked parents resolved inside
- * the root, hardlinks sharing a node); this is that tree as JavaScript objects, for ls and cat,
- * and the same JSON the mount serves.
+ * the root, hardlinks sharing a node); this is that tree as JavaScript objects, for ls and cat;
+ * the mount serves the same tree natively.
  */
 import type { Toc } from '../chunked/toc.js';
 import { OcichunkError } from '../errors.js';
@@ -33,7 +33,7 @@ export interface Inode {
   children?: Map<string, Inode>;
 }
 
-/** One inode as the native view gives it (crates/core/src/format/tree.rs InodeOut). */
+/** One inode as the native view gives it (crates/core/src/format/tree.rs InodeOut, as JSON). */
 interface InodeSpec {
   ino: number;
   kind: NodeType;
@@ -56,16 +56,13 @@ export class MergedTree {
   readonly root: Inode;
   /** every inode by number (hardlinks: one inode, several names) */
   readonly inodes: Inode[] = [];
-  /** the view as JSON, as the mount takes it */
-  readonly spec: Buffer;
 
   /** `blob`: the TOC as stored (checked again and merged natively); `toc`: its decoded form. */
   constructor(
     readonly toc: Toc,
     blob: Buffer,
   ) {
-    this.spec = native.mergedView(blob);
-    const view = JSON.parse(this.spec.toString('utf8')) as { inodes: InodeSpec[] };
+    const view = JSON.parse(native.mergedView(blob).toString('utf8')) as { inodes: InodeSpec[] };
     for (const s of view.inodes) {
       const n: Inode = { ino: s.ino, type: s.kind, mode: s.mode, uid: s.uid, gid: s.gid, mtime: s.mtime, size: s.size, nlink: s.nlink };
       if (s.link !== undefined) n.link = s.link;

@@ -87,7 +87,7 @@ interface Binding {
   lgetxattr(p: string, name: string): Buffer;
   coreVersion(): string;
   tuneAllocator(): void;
-  mountLazy(spec: Buffer, mountpoint: string, cacheDir: string, record: boolean, flags: MountFlags, fetch: (msg: number[]) => void): NativeLazyMount;
+  mountLazy(tocBlob: Buffer, mountpoint: string, cacheDir: string, record: boolean, flags: MountFlags, fetch: (msg: number[]) => void): NativeLazyMount;
 }
 
 /** What a mount lets an image do beyond being read; each trusts the image, none is on by default. */
@@ -201,7 +201,7 @@ export const native = {
       finish: () => wrapSync('restore', () => w.finish()),
     };
   },
-  /** Mount a tree read-only with FUSE; `fetch([id, ...chunks])` is called for chunks missing from the cache. */
-  mountLazy: (spec: Buffer, mountpoint: string, cacheDir: string, record: boolean, flags: MountFlags, fetch: (msg: number[]) => void): NativeLazyMount =>
-    wrapSync(`mount ${mountpoint}`, () => load().mountLazy(spec, mountpoint, cacheDir, record, flags, fetch)),
+  /** Mount a TOC's merged tree read-only with FUSE; `fetch([id, ...chunks])` is called for chunks missing from the cache. */
+  mountLazy: (tocBlob: Buffer, mountpoint: string, cacheDir: string, record: boolean, flags: MountFlags, fetch: (msg: number[]) => void): NativeLazyMount =>
+    wrapSync(`mount ${mountpoint}`, () => load().mountLazy(tocBlob, mountpoint, cacheDir, record, flags, fetch)),
 };

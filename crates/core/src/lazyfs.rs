@@ -1,15 +1,16 @@
 //! A read-only FUSE filesystem over a chunked image's merged tree (`ocichunk mount`).
 //!
-//! Metadata (inodes, directories, symlinks, xattrs, sizes) is all in memory, built from the TOC by
-//! the caller. File bytes come from the content-addressed chunk cache (`<cache>/sha256/ab/<hex>`),
-//! verified by SHA-256 on every read; chunks missing from it are asked for through a [`Fetcher`]
+//! Metadata (inodes, directories, symlinks, xattrs, sizes) is all in memory: the merged view of
+//! the format module (`format::Tree::view`). File bytes come from the content-addressed chunk cache
+//! (`<cache>/sha256/ab/<hex>`), verified by SHA-256 when read from it (then kept in memory, within a
+//! budget); chunks missing from it are asked for through a [`Fetcher`]
 //! (the caller fetches them from the registry into the cache) from a worker thread, so metadata
 //! and cached reads never wait for the fetcher, and a slow fetch blocks only its own read.
 
 use crate::batch::sha256;
+use crate::format::tree::TreeOut;
 use crate::{Error, Result};
 use fuser::{FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request};
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -18,38 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
-
-#[derive(Deserialize)]
-pub struct InodeSpec {
-    pub ino: u64,
-    pub kind: String,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    pub mtime: i64,
-    pub nlink: u32,
-    #[serde(default)]
-    pub rdev: u32,
-    #[serde(default)]
-    pub link: Option<String>,
-    /// (name, value bytes)
-    #[serde(default)]
-    pub xattrs: Vec<(String, Vec<u8>)>,
-    /// chunk table indexes, in file order
-    #[serde(default)]
-    pub chunks: Vec<u32>,
-    /// (name, ino), sorted by name
-    #[serde(default)]
-    pub children: Vec<(String, u64)>,
-}
-
-#[derive(Deserialize)]
-pub struct TreeSpec {
-    /// (sha256 hex, length)
-    pub chunks: Vec<(String, u32)>,
-    pub inodes: Vec<InodeSpec>,
-}
 
 struct Node {
     attr: FileAttr,
@@ -148,7 +117,8 @@ fn kind_of(s: &str) -> Result<FileType> {
 }
 
 impl Shared {
-    pub fn new(spec: TreeSpec, cache: PathBuf, fetcher: Box<dyn Fetcher>, record: bool) -> Result<Shared> {
+    /// `view`: the merged view the format module made (`format::Tree::view`).
+    pub fn new(spec: TreeOut, cache: PathBuf, fetcher: Box<dyn Fetcher>, record: bool) -> Result<Shared> {
         let mut chunk_hex = Vec::with_capacity(spec.chunks.len());
         let mut chunk_digest = Vec::with_capacity(spec.chunks.len());
         let mut chunk_len = Vec::with_capacity(spec.chunks.len());
@@ -163,11 +133,11 @@ impl Shared {
             }
             chunk_hex.push(h);
             chunk_digest.push(d);
-            chunk_len.push(l);
+            chunk_len.push(l as u32);
         }
         let mut nodes = HashMap::with_capacity(spec.inodes.len());
         for i in spec.inodes {
-            let kind = kind_of(&i.kind)?;
+            let kind = kind_of(i.kind)?;
             let mut starts = Vec::with_capacity(i.chunks.len() + 1);
             let mut at = 0u64;
             starts.push(0);
@@ -501,10 +471,6 @@ pub fn mount(shared: Arc<Shared>, mountpoint: &std::path::Path, flags: MountFlag
     Ok(Mount { session: Some(session), mountpoint: mountpoint.to_path_buf(), shared })
 }
 
-pub fn parse_spec(json: &[u8]) -> Result<TreeSpec> {
-    serde_json::from_slice(json).map_err(|e| Error::Invalid(format!("tree spec: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,21 +493,27 @@ mod tests {
         let h = hex(&sha256(&data));
         std::fs::create_dir_all(dir.path().join("sha256").join(&h[..2])).unwrap();
         std::fs::write(dir.path().join("sha256").join(&h[..2]).join(&h), &data).unwrap();
-        let spec = format!(
-            r#"{{"chunks":[["{h}",{}]],"inodes":[{{"ino":1,"kind":"dir","mode":493,"uid":0,"gid":0,"size":0,"mtime":0,"nlink":2,"children":[["f",2]]}},{{"ino":2,"kind":"reg","mode":420,"uid":0,"gid":0,"size":{},"mtime":0,"nlink":1,"chunks":[0]}}]}}"#,
-            data.len(),
-            data.len()
-        );
-        let shared = Shared::new(parse_spec(spec.as_bytes()).unwrap(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap();
+        let toc = serde_json::json!({
+            "version": 1, "chunker": { "kind": "cdc" }, "packs": [format!("sha256:{h}")],
+            "frames": [[0, 0, 100, data.len()]], "chunks": [[h, 0, 0, data.len()]],
+            "layers": [{ "entries": [{ "path": "f", "type": "reg", "mode": 0o644, "size": data.len(), "chunks": [0] }] }],
+        });
+        let blob = crate::frame::compress_frame(&[toc.to_string().as_bytes()], 3).unwrap();
+        let view = || {
+            let (t, tree, _) = crate::format::check_toc(&blob).map_err(|r| r.violations).unwrap();
+            tree.view(&t)
+        };
+        let f = view().inodes[0].children[0].1;
+        let shared = Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap();
         let mut out = Vec::new();
         for off in (0..data.len()).step_by(128 * 1024) {
-            out.extend(shared.read(2, off as u64, 128 * 1024).unwrap());
+            out.extend(shared.read(f, off as u64, 128 * 1024).unwrap());
         }
         assert_eq!(out, data);
         assert_eq!(shared.stats.chunks_hashed.load(Ordering::Relaxed), 1);
         // a damaged cache file is still caught: a fresh mount reads and hashes it again
         std::fs::write(dir.path().join("sha256").join(&h[..2]).join(&h), vec![0u8; data.len()]).unwrap();
-        let fresh = Shared::new(parse_spec(spec.as_bytes()).unwrap(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap();
-        assert!(fresh.read(2, 0, 4096).is_err());
+        let fresh = Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap();
+        assert!(fresh.read(f, 0, 4096).is_err());
     }
 }

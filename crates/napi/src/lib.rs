@@ -675,11 +675,12 @@ pub struct MountFlags {
     pub allow_dev: bool,
 }
 
-/// Mount a chunked image's tree (JSON spec) read-only at `mountpoint`, reading chunks from
+/// Mount a chunked image's merged tree (from its TOC blob) read-only at `mountpoint`, reading chunks from
 /// `cache_dir` and asking `fetch` for missing ones.
 #[napi]
-pub fn mount_lazy(spec: Buffer, mountpoint: String, cache_dir: String, record: bool, flags: MountFlags, fetch: JsFunction) -> Result<LazyMount> {
-    let spec = lazyfs::parse_spec(&spec).map_err(err)?;
+pub fn mount_lazy(toc_blob: Buffer, mountpoint: String, cache_dir: String, record: bool, flags: MountFlags, fetch: JsFunction) -> Result<LazyMount> {
+    let (toc, tree, _) = format::check_toc(&toc_blob).map_err(|r| err(restore::report_error(&r)))?;
+    let spec = tree.view(&toc);
     let tsfn: ThreadsafeFunction<Vec<u32>, ErrorStrategy::Fatal> =
         fetch.create_threadsafe_function(0, |ctx: ThreadSafeCallContext<Vec<u32>>| Ok(vec![ctx.value]))?;
     let pending = Arc::new(Mutex::new(Pending::default()));

@@ -113,7 +113,8 @@ impl Tree {
     }
 }
 
-/// One inode of the merged view, as every reader shows it (the mount's `TreeSpec` inode).
+/// One inode of the merged view, as every reader shows it (the mount serves these; ls and cat read
+/// them as JSON).
 #[derive(Debug, serde::Serialize)]
 pub struct InodeOut {
     pub ino: u64,
