@@ -11,7 +11,7 @@ import type { Platform } from '../oci/types.js';
 import { openSource, type TransportOptions } from '../ref.js';
 import type { ImageSource, TransferReport } from '../transports/types.js';
 import { ChunkCache, DEFAULT_CACHE_DIR, DEFAULT_CACHE_MAX } from './cache.js';
-import { MergedTree, type Inode, type NodeType } from './tree.js';
+import { MergedTree, type Inode } from './tree.js';
 
 export interface LazyOpenOptions {
   platform?: Platform;
@@ -23,19 +23,8 @@ export interface LazyOpenOptions {
   concurrency?: number;
 }
 
-export interface LazyStat {
-  ino: number;
-  type: NodeType;
-  mode: number;
-  uid: number;
-  gid: number;
-  size: number;
-  mtime: number;
-  nlink: number;
-  link?: string;
-  devMajor?: number;
-  devMinor?: number;
-}
+/** What stat() tells of a node of the merged tree. */
+export type LazyStat = Pick<Inode, 'ino' | 'type' | 'mode' | 'uid' | 'gid' | 'size' | 'mtime' | 'nlink' | 'link' | 'devMajor' | 'devMinor'>;
 
 export interface LazyStats {
   /** compressed bytes fetched from pack blobs, and the TOC's size */
