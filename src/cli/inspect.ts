@@ -1,6 +1,6 @@
 import type { Argv } from 'yargs';
 import { inspect, type ImageStats } from '../inspect.js';
-import { bytes, ratio, table } from './format.js';
+import { bytes, quoteName, ratio, table } from './format.js';
 import { common, platformOf, transportOf, type Common } from './options.js';
 
 export const command = 'inspect <image>';
@@ -12,7 +12,8 @@ export function builder(y: Argv) {
 
 function imageText(s: ImageStats): string {
   return [
-    `${s.reference} (${s.platform})`,
+    // the reference holds a tag and the platform an annotation of the image: quoted for the terminal
+    `${quoteName(s.reference)} (${quoteName(s.platform)})`,
     table([
       ['index', s.index],
       ['original manifest', s.originalManifest ?? '-'],
