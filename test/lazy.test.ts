@@ -5,14 +5,17 @@
  * tampered chunks are refused; a registry ignoring Range still works.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { image, REPO, tmpdir } from './helpers/env.js';
 import { FaultProxy } from './helpers/fault-proxy.js';
+import { plainLayer, writeLayout } from './helpers/layout.js';
 import { Registry } from './helpers/registry.js';
 import { cli, cliAsync, cliJson, cliJsonAsync, must } from './helpers/run.js';
 import { mounted, mountLine } from './helpers/mount.js';
+import { pyTar } from './helpers/tars.js';
 import { diffTrees, snapshot, type Node } from './helpers/tree.js';
 import { LazyImage } from '../src/lazy/reader.js';
 import { DEFAULT_FRAME_SIZE } from '../src/convert/convert.js';
@@ -306,4 +309,33 @@ describe('lazy pull from a registry', () => {
     expect(r.stdout).toBe('');
   });
 
+});
+
+describe('reads of big chunks through the mount', () => {
+  it('a file of 256 KiB chunks read 128 KiB at a time: each chunk read and hashed once; a cache smaller than the file still serves it', async () => {
+    const dir = path.join(work, 'bigchunks');
+    fs.mkdirSync(dir);
+    const data = randomBytes(4 << 20);
+    const file = path.join(dir, 'data.bin');
+    fs.writeFileSync(file, data);
+    writeLayout(path.join(dir, 'src'), 'x', [plainLayer(pyTar(dir, [['big', 'file', null, { from: file }]]))]);
+    const ref = `oci:${path.join(dir, 'out')}:x`;
+    const c = cli(['convert', `oci:${path.join(dir, 'src')}:x`, ref, '--chunker', 'fixed', '--chunk-size', '256k', '--quiet']);
+    expect(c.code, c.stderr).toBe(0);
+    const want = createHash('sha256').update(data).digest('hex');
+    const mnt = path.join(dir, 'mnt');
+    // --cache-max 1m: fetched chunks (the read's, and the 1 MiB ahead) are evicted from the cache
+    // before they are read; the mount must fetch them again, not be told they are there
+    for (const extra of [[], ['--cache-max', '1m']]) {
+      let sum = '';
+      const s = await mounted(ref, mnt, ['--cache', path.join(dir, `cache${extra.length}`), ...extra], () => {
+        sum = must('sh', ['-c', `dd if='${mnt}/big' bs=128k status=none | sha256sum`]).stdout.split(' ')[0];
+      });
+      expect(sum, extra.join(' ')).toBe(want);
+      expect(s.fileBytesServed).toBe(data.length);
+      expect(s.reads).toBeGreaterThanOrEqual(16);
+      // 16 chunks, each hashed once however many reads (and parallel read-ahead reads) it served
+      expect(s.chunksHashed, extra.join(' ')).toBe(16);
+    }
+  });
 });

@@ -125,7 +125,8 @@ export class MountCore {
 
   private onFetch(msg: number[]): void {
     const [id, ...chunks] = msg;
-    this.image.chunkBytes(chunks).then(
+    // into the cache, which the addon reads: answers from memory alone would leave it missing there
+    this.image.cacheChunks(chunks).then(
       () => this.handle?.complete(id),
       (e: Error) => this.handle?.complete(id, e.message),
     );
@@ -146,7 +147,7 @@ export class MountCore {
     const list = [...want];
     // in batches, so that reads arriving meanwhile are not queued behind one huge fetch
     for (let i = 0; i < list.length; i += 256) {
-      await this.image.chunkBytes(list.slice(i, i + 256));
+      await this.image.cacheChunks(list.slice(i, i + 256));
       this.prefetched += Math.min(256, list.length - i);
     }
   }

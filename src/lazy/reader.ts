@@ -4,6 +4,7 @@
  * read needs (ranges of pack blobs, adjacent frames coalesced, digests verified) through a local
  * chunk cache shared by every image.
  */
+import fs from 'node:fs';
 import { ChunkReader } from '../chunked/content.js';
 import { openChunked, resolveImage, type ChunkedImage } from '../chunked/image.js';
 import { OcichunkError } from '../errors.js';
@@ -188,27 +189,58 @@ export class LazyImage {
       if (cached) result[k] = cached;
       else missing.add(c);
     }
-    if (missing.size) {
-      // the other chunks of the frames fetched come along (same bytes over the wire): small files
-      // share frames with their neighbours in the directory, which are likely read next
-      const want = new Set(missing);
-      if (this.cache) for (const c of missing) for (const s of this.frameChunks(toc.chunks[c][1])) if (!this.inflight.has(s)) want.add(s);
-      const batch = this.chunks.fetch(want).then(async (got) => {
-        // counted: chunks that were fetched and were not cached before
-        if (!this.cache) this.chunksFetched += missing.size;
-        else for (const [c, b] of got) if (await this.cache.put(toc.chunks[c][0], b)) this.chunksFetched++;
-        return got;
-      });
-      for (const c of missing) {
-        const p = batch.then((got) => got.get(c)!);
-        this.inflight.set(c, p);
-        p.catch(() => {}).finally(() => this.inflight.delete(c));
-      }
-      idxs.forEach((c, k) => (result[k] ??= this.inflight.get(c)));
-    }
+    if (missing.size) this.fetchMissing(missing);
+    idxs.forEach((c, k) => (result[k] ??= this.inflight.get(c)));
     const bufs = await Promise.all(result as Array<Buffer | Promise<Buffer>>);
     idxs.forEach((c, k) => this.keep(c, bufs[k]));
     return bufs;
+  }
+
+  /**
+   * Make sure chunks are in the cache, for the mount, which reads (and verifies) them from there:
+   * those whose cache file is missing are fetched and written to it. Never answered from the
+   * chunks kept in memory (a chunk evicted from the cache since would stay missing for the mount),
+   * and keeps nothing in memory (the mount keeps what it verified).
+   */
+  async cacheChunks(idxs: number[]): Promise<void> {
+    const cache = this.cache;
+    if (!cache) throw new OcichunkError('EINTERNAL', 'cacheChunks needs a chunk cache');
+    const toc = this.image.toc;
+    const waits: Array<Promise<Buffer>> = [];
+    const missing = new Set<number>();
+    for (const c of new Set(idxs)) {
+      const p = this.inflight.get(c);
+      if (p) waits.push(p);
+      else if (!fs.existsSync(cache.pathOf(toc.chunks[c][0]))) missing.add(c);
+    }
+    if (missing.size) {
+      this.fetchMissing(missing);
+      for (const c of missing) waits.push(this.inflight.get(c)!);
+    }
+    await Promise.all(waits);
+  }
+
+  /**
+   * Fetch chunks in one batch and put them into the cache (if any); until then `inflight` holds a
+   * promise of each (resolved once the batch is in the cache).
+   */
+  private fetchMissing(missing: Set<number>): void {
+    const toc = this.image.toc;
+    // the other chunks of the frames fetched come along (same bytes over the wire): small files
+    // share frames with their neighbours in the directory, which are likely read next
+    const want = new Set(missing);
+    if (this.cache) for (const c of missing) for (const s of this.frameChunks(toc.chunks[c][1])) if (!this.inflight.has(s)) want.add(s);
+    const batch = this.chunks.fetch(want).then(async (got) => {
+      // counted: chunks that were fetched and were not cached before
+      if (!this.cache) this.chunksFetched += missing.size;
+      else for (const [c, b] of got) if (await this.cache.put(toc.chunks[c][0], b)) this.chunksFetched++;
+      return got;
+    });
+    for (const c of missing) {
+      const p = batch.then((got) => got.get(c)!);
+      this.inflight.set(c, p);
+      p.catch(() => {}).finally(() => this.inflight.delete(c));
+    }
   }
 
   private keep(c: number, b: Buffer): void {

@@ -91,6 +91,9 @@ pub struct Shared {
     cache: PathBuf,
     fetcher: Box<dyn Fetcher>,
     verified: Mutex<Verified>,
+    /// chunks being read from the cache and verified now: a concurrent read of the same chunk
+    /// (the kernel reads ahead in parallel) waits for that one instead of hashing it again
+    loading: Mutex<HashMap<u32, Arc<Mutex<()>>>>,
     pub stats: FsStats,
     /// (ino, offset, length) of every read, when recording
     pub trace: Option<Mutex<Vec<(u64, u64, u32)>>>,
@@ -182,6 +185,7 @@ impl Shared {
             cache,
             fetcher,
             verified: Mutex::new(Verified { map: HashMap::new(), bytes: 0, tick: 0 }),
+            loading: Mutex::new(HashMap::new()),
             stats: FsStats::default(),
             trace: if record { Some(Mutex::new(Vec::new())) } else { None },
         })
@@ -197,6 +201,23 @@ impl Shared {
         if let Some(b) = self.verified.lock().unwrap().get(c) {
             return Some(b);
         }
+        let slot = self.loading.lock().unwrap().entry(c).or_default().clone();
+        let r = {
+            let _one = slot.lock().unwrap();
+            // verified meanwhile by the read this one waited for?
+            let kept = self.verified.lock().unwrap().get(c);
+            kept.or_else(|| self.load(c))
+        };
+        // the last one out removes the slot (clones are made under this lock: the count is exact)
+        let mut loading = self.loading.lock().unwrap();
+        if Arc::strong_count(&slot) == 2 && loading.get(&c).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+            loading.remove(&c);
+        }
+        r
+    }
+
+    /// Read a chunk from the cache and verify it (kept in memory if intact, removed if not).
+    fn load(&self, c: u32) -> Option<Arc<Vec<u8>>> {
         let p = self.chunk_path(c);
         let b = std::fs::read(&p).ok()?;
         self.stats.chunks_hashed.fetch_add(1, Ordering::Relaxed);
@@ -486,8 +507,8 @@ mod tests {
         d.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    #[test]
-    fn a_cached_chunk_is_hashed_once_for_many_reads() {
+    /// A cache holding one 256 KiB chunk, and the view of a TOC with one file `f` made of it.
+    fn one_chunk_file() -> (tempfile::TempDir, Vec<u8>, impl Fn() -> TreeOut) {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
         let h = hex(&sha256(&data));
@@ -499,10 +520,17 @@ mod tests {
             "layers": [{ "entries": [{ "path": "f", "type": "reg", "mode": 0o644, "size": data.len(), "chunks": [0] }] }],
         });
         let blob = crate::frame::compress_frame(&[toc.to_string().as_bytes()], 3).unwrap();
-        let view = || {
+        let view = move || {
             let (t, tree, _) = crate::format::check_toc(&blob).map_err(|r| r.violations).unwrap();
             tree.view(&t)
         };
+        (dir, data, view)
+    }
+
+    #[test]
+    fn a_cached_chunk_is_hashed_once_for_many_reads() {
+        let (dir, data, view) = one_chunk_file();
+        let h = hex(&sha256(&data));
         let f = view().inodes[0].children[0].1;
         let shared = Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap();
         let mut out = Vec::new();
@@ -515,5 +543,29 @@ mod tests {
         std::fs::write(dir.path().join("sha256").join(&h[..2]).join(&h), vec![0u8; data.len()]).unwrap();
         let fresh = Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap();
         assert!(fresh.read(f, 0, 4096).is_err());
+    }
+
+    #[test]
+    fn concurrent_reads_of_one_chunk_hash_it_once() {
+        // the kernel's read-ahead sends reads of one file in parallel, each served on its own thread
+        let (dir, data, view) = one_chunk_file();
+        let f = view().inodes[0].children[0].1;
+        let shared = Arc::new(Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap());
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8u64)
+            .map(|k| {
+                let (s, b) = (shared.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    b.wait();
+                    s.read(f, (k % 2) * 128 * 1024, 128 * 1024).unwrap()
+                })
+            })
+            .collect();
+        for (k, t) in threads.into_iter().enumerate() {
+            let off = (k % 2) * 128 * 1024;
+            assert_eq!(t.join().unwrap(), data[off..off + 128 * 1024]);
+        }
+        assert_eq!(shared.stats.chunks_hashed.load(Ordering::Relaxed), 1);
+        assert!(shared.loading.lock().unwrap().is_empty());
     }
 }
