@@ -72,3 +72,17 @@ export function quoteName(s: string): string {
   }
   return `${out}'`;
 }
+
+/**
+ * Text for the terminal that may quote an image (error messages naming entries, tags or
+ * annotations): control characters shown as escapes (`\n`, `\x1b`, ...), newlines too unless
+ * `lines`, so that none can forge output lines or drive the terminal. Tabs stay.
+ */
+export function terminalText(s: string, lines = false): string {
+  return s.replace(/[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u2028\u2029]/g, (ch) => {
+    if (ch === '\n') return lines ? ch : '\\n';
+    if (ch === '\r') return '\\r';
+    const code = ch.charCodeAt(0);
+    return code < 0x100 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
+  });
+}

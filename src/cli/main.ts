@@ -1,6 +1,7 @@
 /** The CLI: parse options, call the library, print results on stdout, map error codes to exit codes. */
 import yargs, { type Argv, type CommandModule } from 'yargs';
 import { EXIT_CODES, OcichunkError } from '../errors.js';
+import { terminalText } from './format.js';
 import * as analyzeCmd from './analyze.js';
 import * as convertCmd from './convert.js';
 import * as demoCmd from './demo.js';
@@ -50,8 +51,11 @@ export async function main(argv: string[]): Promise<number> {
     const err =
       e instanceof OcichunkError ? e : new OcichunkError('EINTERNAL', (e as Error)?.stack ?? String(e), { cause: e });
     if (json) process.stdout.write(JSON.stringify({ error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) } }, null, 2) + '\n');
-    process.stderr.write(`ocichunk: ${err.message}\n`);
-    if (!json) for (const d of err.details ?? []) process.stderr.write(`  ${d}\n`);
+    // messages may quote the image (names, tags, annotations): no control character reaches the
+    // terminal raw (a stack trace keeps its lines)
+    const safe = (s: string) => terminalText(s, err.code === 'EINTERNAL');
+    process.stderr.write(`ocichunk: ${safe(err.message)}\n`);
+    if (!json) for (const d of err.details ?? []) process.stderr.write(`  ${safe(d)}\n`);
     if (err.code === 'EUSAGE') process.stderr.write('run "ocichunk --help" for usage\n');
     return EXIT_CODES[err.code];
   }
