@@ -179,11 +179,7 @@ describe('lazy pull from a registry', () => {
     try {
       for (const l of fs.readFileSync(trace, 'utf8').split('\n').filter((x) => x && !x.startsWith('#'))) {
         const [p, off, len] = l.split('\t');
-        const n = img.tree.lookup(p)!;
-        const starts = img.tree.starts(n);
-        n.chunks!.forEach((c, i) => {
-          if (starts[i + 1] > Number(off) && starts[i] < Number(off) + Number(len)) needed.add(img.image.toc.chunks[c][0]);
-        });
+        for (const piece of img.tree.plan(img.tree.lookup(p)!, Number(off), Number(len))) needed.add(img.image.toc.chunks[piece.chunk][0]);
       }
     } finally {
       await img.close();

@@ -19,7 +19,8 @@ import {
   type Platform,
 } from '../oci/types.js';
 import type { ImageSource } from '../transports/types.js';
-import { decodeToc, TOC_MAX_BLOB, type Toc } from './toc.js';
+import { openToc, TOC_MAX_BLOB, type Toc } from './toc.js';
+import type { NativeCheckedToc } from '../native/index.js';
 
 export interface ManifestRef {
   desc: Descriptor;
@@ -111,9 +112,9 @@ export interface ChunkedImage {
   image: ResolvedImage;
   manifest: ManifestRef;
   tocDesc: Descriptor;
-  /** the TOC as stored (checked) */
-  tocBlob: Buffer;
   toc: Toc;
+  /** the TOC checked and merged by the format module (crates/core/src/format): restore, the tree and the mount use it */
+  checked: NativeCheckedToc;
   tocBytes: number;
   packs: Descriptor[];
 }
@@ -129,7 +130,7 @@ export async function openChunked(img: ResolvedImage): Promise<ChunkedImage> {
   const what = `${img.source.name} TOC ${tocDesc.digest}`;
   if (tocDesc.size > TOC_MAX_BLOB) throw new OcichunkError('ECORRUPT', `${what}: TOC blob of ${tocDesc.size} bytes is over the format's limit (${TOC_MAX_BLOB})`);
   const blob = await img.source.readBlob(tocDesc, what, TOC_MAX_BLOB);
-  const toc = decodeToc(blob, what);
+  const { toc, checked } = openToc(blob, what);
   const packs = m.manifest.layers.filter((l) => l.mediaType === CMT.pack);
   const byDigest = new Map(packs.map((p) => [p.digest, p]));
   for (const p of toc.packs) {
@@ -140,5 +141,5 @@ export async function openChunked(img: ResolvedImage): Promise<ChunkedImage> {
       throw new OcichunkError('EUNSUPPORTED', `${img.source.name}: unknown layer media type ${l.mediaType} in chunked manifest`);
     }
   }
-  return { image: img, manifest: m, tocDesc, tocBlob: blob, toc, tocBytes: blob.length, packs: toc.packs.map((p) => byDigest.get(p)!) };
+  return { image: img, manifest: m, tocDesc, toc, checked, tocBytes: blob.length, packs: toc.packs.map((p) => byDigest.get(p)!) };
 }

@@ -4,7 +4,7 @@
  */
 import { OcichunkError } from '../errors.js';
 import type { Entry, EntryType } from '../layer/entry.js';
-import { native, type ChunkerSpec } from '../native/index.js';
+import { native, type ChunkerSpec, type NativeCheckedToc } from '../native/index.js';
 
 /** [packIndex, compressedOffset, compressedLength, uncompressedLength] */
 export type FrameRef = [number, number, number, number];
@@ -115,4 +115,24 @@ export function decodeToc(blob: Buffer, what: string): Toc {
   const { json, violations, more } = checkToc(blob);
   if (!json) throw new TocError(what, violations, more);
   return JSON.parse(json.toString('utf8')) as Toc;
+}
+
+/** A TOC every reader can trust: its model, and the native format's checked and merged form. */
+export interface OpenedToc {
+  toc: Toc;
+  /** crates/core/src/format Checked: the merged tree, and where a file's bytes are */
+  checked: NativeCheckedToc;
+}
+
+/** Decode, check and merge a TOC once, for a reader (restore, ls and cat, the mount). */
+export function openToc(blob: Buffer, what: string): OpenedToc {
+  let checked: NativeCheckedToc;
+  try {
+    checked = native.openToc(blob, what);
+  } catch (e) {
+    const { violations, more } = checkToc(blob);
+    if (violations.length) throw new TocError(what, violations, more);
+    throw e;
+  }
+  return { checked, toc: JSON.parse(checked.json().toString('utf8')) as Toc };
 }

@@ -1,6 +1,7 @@
 /**
- * A local chunk cache, content-addressed and shared by every image and process: `<dir>/sha256/ab/<hex>`
- * holds a chunk's uncompressed bytes. Entries are written to a temp file and renamed (two processes
+ * A local chunk cache, content-addressed and shared by every image and process (the layout is
+ * crates/core/src/cache.rs's, which the mount reads too): `<dir>/sha256/ab/<hex>` holds a chunk's
+ * uncompressed bytes. Entries are written to a temp file and renamed (two processes
  * writing the same chunk write the same bytes), checked against their digest when read (a bad entry
  * is dropped and fetched again), and evicted oldest-used first when the cache outgrows its bound.
  */
@@ -10,6 +11,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { OcichunkError } from '../errors.js';
+import { native } from '../native/index.js';
 
 export const DEFAULT_CACHE_DIR = path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'ocichunk', 'chunks');
 export const DEFAULT_CACHE_MAX = 2 * 1024 ** 3;
@@ -44,7 +46,7 @@ export class ChunkCache {
   }
 
   pathOf(hex: string): string {
-    return path.join(this.dir, 'sha256', hex.slice(0, 2), hex);
+    return native.chunkCachePath(this.dir, hex);
   }
 
   /** The chunk's bytes if cached and intact. */

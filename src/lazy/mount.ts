@@ -97,7 +97,7 @@ export class MountCore {
       if (opts.recordTrace) m.notePaths();
       const flags = { allowOther: !!opts.allowOther, allowSuid: !!opts.allowSuid, allowDev: !!opts.allowDev };
       // the addon merges the TOC with the format module itself (the same tree ls and cat read)
-      m.handle = native.mountLazy(image.image.tocBlob, path.resolve(mountpoint), image.cache!.dir, !!opts.recordTrace, flags, (msg) => m.onFetch(msg));
+      m.handle = native.mountLazy(image.image.checked, path.resolve(mountpoint), image.cache!.dir, !!opts.recordTrace, flags, (msg) => m.onFetch(msg));
     } catch (e) {
       await image.close();
       if (tmpCache) await fs.rm(tmpCache, { recursive: true, force: true });
@@ -138,11 +138,7 @@ export class MountCore {
     for (const r of reads) {
       const n = tree.lookup(r.path);
       if (n?.type !== 'reg' || !n.chunks!.length) continue;
-      const starts = tree.starts(n);
-      const end = Math.min(n.size, r.offset + r.length);
-      n.chunks!.forEach((c, i) => {
-        if (starts[i + 1] > r.offset && starts[i] < end) want.add(c);
-      });
+      for (const p of tree.plan(n, r.offset, r.length)) want.add(p.chunk);
     }
     const list = [...want];
     // in batches, so that reads arriving meanwhile are not queued behind one huge fetch

@@ -59,7 +59,7 @@ export class LazyImage {
     readonly cache: ChunkCache | undefined,
     concurrency: number,
   ) {
-    this.tree = new MergedTree(image.toc, image.tocBlob);
+    this.tree = new MergedTree(image.toc, image.checked);
     this.chunks = new ChunkReader(image, 0, concurrency);
   }
 
@@ -149,25 +149,10 @@ export class LazyImage {
   async readInode(n: Inode, offset: number, length: number): Promise<Buffer> {
     const end = Math.min(n.size, offset + length);
     if (offset >= end) return Buffer.alloc(0);
-    const starts = this.tree.starts(n);
-    // first chunk whose end is past offset
-    let lo = 0;
-    let hi = n.chunks!.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (starts[mid + 1] <= offset) lo = mid + 1;
-      else hi = mid;
-    }
-    const want: number[] = [];
-    for (let i = lo; i < n.chunks!.length && starts[i] < end; i++) want.push(i);
-    const bufs = await this.chunkBytes(want.map((i) => n.chunks![i]));
+    const pieces = this.tree.plan(n, offset, end - offset);
+    const bufs = await this.chunkBytes(pieces.map((p) => p.chunk));
     const out = Buffer.allocUnsafe(end - offset);
-    want.forEach((i, k) => {
-      const s = starts[i];
-      const from = Math.max(offset, s);
-      const to = Math.min(end, starts[i + 1]);
-      bufs[k].copy(out, from - offset, from - s, to - s);
-    });
+    pieces.forEach((p, k) => bufs[k].copy(out, p.at, p.from, p.to));
     this.bytesRead += out.length;
     return out;
   }

@@ -8,7 +8,7 @@
 import type { Toc } from '../chunked/toc.js';
 import { OcichunkError } from '../errors.js';
 import type { EntryType } from '../layer/entry.js';
-import { native } from '../native/index.js';
+import type { NativeCheckedToc } from '../native/index.js';
 
 export type NodeType = Exclude<EntryType, 'hardlink' | 'whiteout' | 'opaque'>;
 
@@ -28,8 +28,6 @@ export interface Inode {
   xattrs?: Record<string, string>;
   /** TOC chunk indexes, in file order (regular files) */
   chunks?: number[];
-  /** start offset of each chunk in the file, computed on first read */
-  starts?: Float64Array;
   children?: Map<string, Inode>;
 }
 
@@ -52,17 +50,25 @@ interface InodeSpec {
   children?: Array<[string, number]>;
 }
 
+/** Bytes [from, to) of TOC chunk `chunk` go at `at` in a read's output. */
+export interface ReadPiece {
+  chunk: number;
+  from: number;
+  to: number;
+  at: number;
+}
+
 export class MergedTree {
   readonly root: Inode;
   /** every inode by number (hardlinks: one inode, several names) */
   readonly inodes: Inode[] = [];
 
-  /** `blob`: the TOC as stored (checked again and merged natively); `toc`: its decoded form. */
+  /** `checked`: the TOC as the format module checked and merged it; `toc`: its decoded form. */
   constructor(
     readonly toc: Toc,
-    blob: Buffer,
+    private readonly checked: NativeCheckedToc,
   ) {
-    const view = JSON.parse(native.mergedView(blob).toString('utf8')) as { inodes: InodeSpec[] };
+    const view = JSON.parse(checked.view().toString('utf8')) as { inodes: InodeSpec[] };
     for (const s of view.inodes) {
       const n: Inode = { ino: s.ino, type: s.kind, mode: s.mode, uid: s.uid, gid: s.gid, mtime: s.mtime, size: s.size, nlink: s.nlink };
       if (s.link !== undefined) n.link = s.link;
@@ -88,14 +94,15 @@ export class MergedTree {
     return n;
   }
 
-  /** Start offset in the file of each of its chunks. */
-  starts(n: Inode): Float64Array {
-    if (!n.starts) {
-      const s = new Float64Array(n.chunks!.length + 1);
-      n.chunks!.forEach((c, i) => (s[i + 1] = s[i] + this.toc.chunks[c][3]));
-      if (s[n.chunks!.length] !== n.size) throw new OcichunkError('ECORRUPT', `inode ${n.ino}: chunks add up to ${s[n.chunks!.length]} bytes, size is ${n.size}`);
-      n.starts = s;
-    }
-    return n.starts;
+  /**
+   * Where the bytes [offset, offset + length) of a regular file are (clipped to the file): the
+   * format module's offset -> chunk lookup, one piece per chunk in file order.
+   */
+  plan(n: Inode, offset: number, length: number): ReadPiece[] {
+    if (n.type !== 'reg') throw new OcichunkError('EUSAGE', `inode ${n.ino} is not a regular file`);
+    const rows = this.checked.plan(n.ino, offset, length);
+    const out: ReadPiece[] = [];
+    for (let i = 0; i < rows.length; i += 4) out.push({ chunk: rows[i], from: rows[i + 1], to: rows[i + 2], at: rows[i + 3] });
+    return out;
   }
 }

@@ -63,10 +63,20 @@ export interface NativeRestoreWriter {
   finish(): { entries: number; files: number; fileBytes: number; dirs: number; hardlinks: number };
 }
 
+/** A TOC checked and merged once (crates/core/src/format Checked); readers ask it where bytes are. */
+export interface NativeCheckedToc {
+  json(): Buffer;
+  /** the merged view (crates/core/src/format/tree.rs TreeOut) as JSON */
+  view(): Buffer;
+  /** rows of [chunk, fromInChunk, toInChunk, atInOutput] for a read of a regular file */
+  plan(ino: number, offset: number, length: number): Float64Array;
+}
+
 interface Binding {
+  CheckedToc: new (blob: Buffer) => NativeCheckedToc;
+  chunkCachePath(dir: string, hex: string): string;
   checkToc(blob: Buffer): { json?: Buffer | null; violations: Array<{ code: string; layer?: number | null; path?: string | null; message: string }>; more: number };
-  RestoreWriter: new (target: string, tocBlob: Buffer) => NativeRestoreWriter;
-  mergedView(blob: Buffer): Buffer;
+  RestoreWriter: new (target: string, toc: NativeCheckedToc) => NativeRestoreWriter;
   LayerScanner: new (compression: string, chunker: ChunkerSpec, batchBytes: number, threads: number, buffers: number) => NativeScanner;
   compressFrames(
     data: Buffer,
@@ -87,7 +97,7 @@ interface Binding {
   lgetxattr(p: string, name: string): Buffer;
   coreVersion(): string;
   tuneAllocator(): void;
-  mountLazy(tocBlob: Buffer, mountpoint: string, cacheDir: string, record: boolean, flags: MountFlags, fetch: (msg: number[]) => void): NativeLazyMount;
+  mountLazy(toc: NativeCheckedToc, mountpoint: string, cacheDir: string, record: boolean, flags: MountFlags, fetch: (msg: number[]) => void): NativeLazyMount;
 }
 
 /** What a mount lets an image do beyond being read; each trusts the image, none is on by default. */
@@ -98,6 +108,14 @@ export interface MountFlags {
   allowSuid: boolean;
   /** device nodes can be opened (else nodev) */
   allowDev: boolean;
+}
+
+/** The binding's own object behind a wrapper (native calls that take a CheckedToc need it). */
+const RAW = Symbol('native');
+function raw(t: NativeCheckedToc): NativeCheckedToc {
+  const r = (t as NativeCheckedToc & { [RAW]?: NativeCheckedToc })[RAW];
+  if (!r) throw new OcichunkError('EINTERNAL', 'not a TOC opened by native.openToc');
+  return r;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -190,11 +208,21 @@ export const native = {
       more: r.more,
     };
   },
-  /** Check a TOC and merge its layers: the view every reader shows, as JSON (crates/core/src/format/tree.rs). */
-  mergedView: (blob: Buffer) => wrapSync('TOC', () => load().mergedView(blob)),
-  /** Check a TOC, merge it and create its tree (but file contents) in an empty or absent `target`. */
-  restoreWriter: (target: string, tocBlob: Buffer): NativeRestoreWriter => {
-    const w = wrapSync(`restore into ${target}`, () => new (load().RestoreWriter)(target, tocBlob));
+  /** Check a TOC (throws its first violation; checkToc lists them all) and merge its layers, once for every reader. */
+  openToc: (blob: Buffer, what: string): NativeCheckedToc => {
+    const t = wrapSync(what, () => new (load().CheckedToc)(blob));
+    return {
+      json: () => t.json(),
+      view: () => wrapSync(what, () => t.view()),
+      plan: (ino: number, offset: number, length: number) => wrapSync(what, () => t.plan(ino, offset, length)),
+      [RAW]: t,
+    } as NativeCheckedToc;
+  },
+  /** The cache file of a chunk (crates/core/src/cache.rs owns the layout). */
+  chunkCachePath: (dir: string, hex: string) => wrapSync('chunk cache', () => load().chunkCachePath(dir, hex)),
+  /** Create a checked TOC's tree (but file contents) in an empty or absent `target`. */
+  restoreWriter: (target: string, toc: NativeCheckedToc): NativeRestoreWriter => {
+    const w = wrapSync(`restore into ${target}`, () => new (load().RestoreWriter)(target, raw(toc)));
     return {
       chunkSequence: () => wrapSync('restore', () => w.chunkSequence()),
       write: (chunks: Buffer[]) => wrapAsync('restore', () => w.write(chunks)),
@@ -202,6 +230,6 @@ export const native = {
     };
   },
   /** Mount a TOC's merged tree read-only with FUSE; `fetch([id, ...chunks])` is called for chunks missing from the cache. */
-  mountLazy: (tocBlob: Buffer, mountpoint: string, cacheDir: string, record: boolean, flags: MountFlags, fetch: (msg: number[]) => void): NativeLazyMount =>
-    wrapSync(`mount ${mountpoint}`, () => load().mountLazy(tocBlob, mountpoint, cacheDir, record, flags, fetch)),
+  mountLazy: (toc: NativeCheckedToc, mountpoint: string, cacheDir: string, record: boolean, flags: MountFlags, fetch: (msg: number[]) => void): NativeLazyMount =>
+    wrapSync(`mount ${mountpoint}`, () => load().mountLazy(raw(toc), mountpoint, cacheDir, record, flags, fetch)),
 };

@@ -55,7 +55,7 @@ export async function restore(srcRef: string, target: string, opts: RestoreOptio
  */
 export async function restoreChunked(img: ChunkedImage, target: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
   const t0 = performance.now();
-  const writer = native.restoreWriter(target, img.tocBlob);
+  const writer = native.restoreWriter(target, img.checked);
   const root = await fsp.realpath(target);
   const reader = new ChunkReader(img, opts.threads ?? 0);
   const batchBytes = opts.batchBytes ?? 16 << 20;

@@ -1,14 +1,14 @@
 //! A read-only FUSE filesystem over a chunked image's merged tree (`ocichunk mount`).
 //!
 //! Metadata (inodes, directories, symlinks, xattrs, sizes) is all in memory: the merged view of
-//! the format module (`format::Tree::view`). File bytes come from the content-addressed chunk cache
-//! (`<cache>/sha256/ab/<hex>`), verified by SHA-256 when read from it (then kept in memory, within a
+//! the format module (`format::Tree::view`); where a file's bytes are is its `format::FileMap`.
+//! File bytes come from the content-addressed chunk cache (`crate::cache`), verified by SHA-256 when read from it (then kept in memory, within a
 //! budget); chunks missing from it are asked for through a [`Fetcher`]
 //! (the caller fetches them from the registry into the cache) from a worker thread, so metadata
 //! and cached reads never wait for the fetcher, and a slow fetch blocks only its own read.
 
 use crate::batch::sha256;
-use crate::format::tree::TreeOut;
+use crate::format::{Checked, FileMap};
 use crate::{Error, Result};
 use fuser::{FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request};
 use std::collections::HashMap;
@@ -24,9 +24,8 @@ struct Node {
     attr: FileAttr,
     link: Option<Vec<u8>>,
     xattrs: Vec<(String, Vec<u8>)>,
-    chunks: Vec<u32>,
-    /// file offset where each chunk starts, plus the size at the end
-    starts: Vec<u64>,
+    /// regular files: where their bytes are
+    file: Option<Arc<FileMap>>,
     children: Vec<(Vec<u8>, u64)>,
     index: HashMap<Vec<u8>, u64>,
 }
@@ -85,9 +84,7 @@ impl Verified {
 
 pub struct Shared {
     nodes: HashMap<u64, Node>,
-    chunk_hex: Vec<String>,
-    chunk_digest: Vec<[u8; 32]>,
-    chunk_len: Vec<u32>,
+    img: Arc<Checked>,
     cache: PathBuf,
     fetcher: Box<dyn Fetcher>,
     verified: Mutex<Verified>,
@@ -120,38 +117,16 @@ fn kind_of(s: &str) -> Result<FileType> {
 }
 
 impl Shared {
-    /// `view`: the merged view the format module made (`format::Tree::view`).
-    pub fn new(spec: TreeOut, cache: PathBuf, fetcher: Box<dyn Fetcher>, record: bool) -> Result<Shared> {
-        let mut chunk_hex = Vec::with_capacity(spec.chunks.len());
-        let mut chunk_digest = Vec::with_capacity(spec.chunks.len());
-        let mut chunk_len = Vec::with_capacity(spec.chunks.len());
-        for (h, l) in spec.chunks {
-            let bad = || Error::Invalid(format!("bad chunk digest {h:?}"));
-            if h.len() != 64 || !h.is_ascii() {
-                return Err(bad());
-            }
-            let mut d = [0u8; 32];
-            for (k, w) in d.iter_mut().enumerate() {
-                *w = u8::from_str_radix(&h[k * 2..k * 2 + 2], 16).map_err(|_| bad())?;
-            }
-            chunk_hex.push(h);
-            chunk_digest.push(d);
-            chunk_len.push(l as u32);
-        }
-        let mut nodes = HashMap::with_capacity(spec.inodes.len());
-        for i in spec.inodes {
+    /// `img`: a checked TOC; the mount serves its merged view.
+    pub fn new(img: Arc<Checked>, cache: PathBuf, fetcher: Box<dyn Fetcher>, record: bool) -> Result<Shared> {
+        let view = img.tree.view(&img.toc);
+        let mut nodes = HashMap::with_capacity(view.inodes.len());
+        for i in view.inodes {
             let kind = kind_of(i.kind)?;
-            let mut starts = Vec::with_capacity(i.chunks.len() + 1);
-            let mut at = 0u64;
-            starts.push(0);
-            for &c in &i.chunks {
-                let l = *chunk_len.get(c as usize).ok_or_else(|| Error::Invalid(format!("inode {}: chunk {c} out of range", i.ino)))?;
-                at += l as u64;
-                starts.push(at);
-            }
-            if kind == FileType::RegularFile && at != i.size {
-                return Err(Error::Invalid(format!("inode {}: chunks hold {at} bytes, size is {}", i.ino, i.size)));
-            }
+            let file = match kind {
+                FileType::RegularFile => Some(img.file(i.ino).ok_or_else(|| Error::Invalid(format!("inode {}: no chunk map", i.ino)))?),
+                _ => None,
+            };
             let t = if i.mtime >= 0 { UNIX_EPOCH + Duration::from_secs(i.mtime as u64) } else { UNIX_EPOCH };
             let attr = FileAttr {
                 ino: i.ino,
@@ -172,16 +147,14 @@ impl Shared {
             };
             let children: Vec<(Vec<u8>, u64)> = i.children.into_iter().map(|(n, c)| (n.into_bytes(), c)).collect();
             let index = children.iter().cloned().collect();
-            nodes.insert(i.ino, Node { attr, link: i.link.map(|l| l.into_bytes()), xattrs: i.xattrs, chunks: i.chunks, starts, children, index });
+            nodes.insert(i.ino, Node { attr, link: i.link.map(|l| l.into_bytes()), xattrs: i.xattrs, file, children, index });
         }
         if !nodes.get(&1).map(|n| n.attr.kind == FileType::Directory).unwrap_or(false) {
             return Err(Error::Invalid("inode 1 must be the root directory".into()));
         }
         Ok(Shared {
             nodes,
-            chunk_hex,
-            chunk_digest,
-            chunk_len,
+            img,
             cache,
             fetcher,
             verified: Mutex::new(Verified { map: HashMap::new(), bytes: 0, tick: 0 }),
@@ -192,8 +165,7 @@ impl Shared {
     }
 
     fn chunk_path(&self, c: u32) -> PathBuf {
-        let h = &self.chunk_hex[c as usize];
-        self.cache.join("sha256").join(&h[..2]).join(h)
+        crate::cache::chunk_path(&self.cache, &self.img.toc.chunks[c as usize].digest.to_string())
     }
 
     /// A chunk verified before, or from the cache if present and intact (a damaged entry is removed).
@@ -221,7 +193,8 @@ impl Shared {
         let p = self.chunk_path(c);
         let b = std::fs::read(&p).ok()?;
         self.stats.chunks_hashed.fetch_add(1, Ordering::Relaxed);
-        if b.len() != self.chunk_len[c as usize] as usize || sha256(&b) != self.chunk_digest[c as usize] {
+        let want = &self.img.toc.chunks[c as usize];
+        if b.len() as u64 != want.len || sha256(&b) != want.digest.0 {
             let _ = std::fs::remove_file(&p);
             return None;
         }
@@ -260,16 +233,11 @@ impl Shared {
         if off >= end {
             return Ok(Vec::new());
         }
-        let first = n.starts.partition_point(|&s| s <= off).saturating_sub(1);
-        let mut idx = Vec::new();
-        let mut i = first;
-        while i < n.chunks.len() && n.starts[i] < end {
-            idx.push(i);
-            i += 1;
-        }
-        let mut got: Vec<Option<Arc<Vec<u8>>>> = idx.iter().map(|&i| self.cached(n.chunks[i])).collect();
+        let Some(file) = &n.file else { return Err((libc::EISDIR, format!("inode {ino} is not a file"))) };
+        let pieces: Vec<_> = file.pieces(off, size as u64).collect();
+        let mut got: Vec<Option<Arc<Vec<u8>>>> = pieces.iter().map(|p| self.cached(p.chunk)).collect();
         for attempt in 0..3 {
-            let missing: Vec<u32> = idx.iter().zip(&got).filter(|(_, g)| g.is_none()).map(|(&i, _)| n.chunks[i]).collect();
+            let missing: Vec<u32> = pieces.iter().zip(&got).filter(|(_, g)| g.is_none()).map(|(p, _)| p.chunk).collect();
             if missing.is_empty() {
                 break;
             }
@@ -280,28 +248,27 @@ impl Shared {
             // read, in the same request (files are mostly read on; one round trip instead of many)
             let mut want = missing;
             if attempt == 0 {
-                let mut j = i;
-                while j < n.chunks.len() && n.starts[j] < end + FETCH_AHEAD {
-                    if !self.chunk_path(n.chunks[j]).exists() {
-                        want.push(n.chunks[j]);
+                for pos in file.span(end, FETCH_AHEAD) {
+                    let c = file.chunks[pos];
+                    if pieces.last().is_some_and(|p| p.pos >= pos) {
+                        continue; // the read's own last chunk
                     }
-                    j += 1;
+                    if !self.chunk_path(c).exists() {
+                        want.push(c);
+                    }
                 }
             }
             self.fetch_blocking(want).map_err(|m| (libc::EIO, m))?;
-            for (k, &i) in idx.iter().enumerate() {
+            for (k, p) in pieces.iter().enumerate() {
                 if got[k].is_none() {
-                    got[k] = self.cached(n.chunks[i]);
+                    got[k] = self.cached(p.chunk);
                 }
             }
         }
         let mut out = Vec::with_capacity((end - off) as usize);
-        for (k, &i) in idx.iter().enumerate() {
+        for (k, p) in pieces.iter().enumerate() {
             let b = got[k].as_ref().unwrap();
-            let s = n.starts[i];
-            let from = off.max(s) - s;
-            let to = end.min(n.starts[i + 1]) - s;
-            out.extend_from_slice(&b[from as usize..to as usize]);
+            out.extend_from_slice(&b[p.from as usize..p.to as usize]);
         }
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_read.fetch_add(out.len() as u64, Ordering::Relaxed);
@@ -508,7 +475,7 @@ mod tests {
     }
 
     /// A cache holding one 256 KiB chunk, and the view of a TOC with one file `f` made of it.
-    fn one_chunk_file() -> (tempfile::TempDir, Vec<u8>, impl Fn() -> TreeOut) {
+    fn one_chunk_file() -> (tempfile::TempDir, Vec<u8>, impl Fn() -> Arc<Checked>) {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
         let h = hex(&sha256(&data));
@@ -520,10 +487,7 @@ mod tests {
             "layers": [{ "entries": [{ "path": "f", "type": "reg", "mode": 0o644, "size": data.len(), "chunks": [0] }] }],
         });
         let blob = crate::frame::compress_frame(&[toc.to_string().as_bytes()], 3).unwrap();
-        let view = move || {
-            let (t, tree, _) = crate::format::check_toc(&blob).map_err(|r| r.violations).unwrap();
-            tree.view(&t)
-        };
+        let view = move || Arc::new(Checked::open(&blob).map_err(|r| r.violations).unwrap());
         (dir, data, view)
     }
 
@@ -531,7 +495,10 @@ mod tests {
     fn a_cached_chunk_is_hashed_once_for_many_reads() {
         let (dir, data, view) = one_chunk_file();
         let h = hex(&sha256(&data));
-        let f = view().inodes[0].children[0].1;
+        let f = {
+            let v = view();
+            v.tree.view(&v.toc).inodes[0].children[0].1
+        };
         let shared = Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap();
         let mut out = Vec::new();
         for off in (0..data.len()).step_by(128 * 1024) {
@@ -549,7 +516,10 @@ mod tests {
     fn concurrent_reads_of_one_chunk_hash_it_once() {
         // the kernel's read-ahead sends reads of one file in parallel, each served on its own thread
         let (dir, data, view) = one_chunk_file();
-        let f = view().inodes[0].children[0].1;
+        let f = {
+            let v = view();
+            v.tree.view(&v.toc).inodes[0].children[0].1
+        };
         let shared = Arc::new(Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap());
         let barrier = Arc::new(std::sync::Barrier::new(8));
         let threads: Vec<_> = (0..8u64)

@@ -2,6 +2,7 @@
 //! filesystem calls Node lacks. Pure Rust with no Node dependency; `crates/napi` is the binding.
 
 pub mod batch;
+pub mod cache;
 pub mod chunker;
 pub mod error;
 pub mod format;

@@ -12,7 +12,7 @@
 //! memory than one batch.
 
 use crate::format::tree::{NodeId, NodeKind, ROOT};
-use crate::format::{check_toc, Entry, Report, Toc, Tree};
+use crate::format::{Checked, Entry, Report};
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -20,6 +20,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Turn a failed check into one error: its class's code and every violation, one per line.
 pub fn report_error(r: &Report) -> Error {
@@ -76,8 +77,7 @@ pub struct Summary {
 }
 
 pub struct Writer {
-    toc: Toc,
-    tree: Tree,
+    img: Arc<Checked>,
     root: OwnedFd,
     target: PathBuf,
     /// every node's first name, in depth-first order: (path, node)
@@ -106,8 +106,7 @@ fn parent_and_name(p: &str) -> (&str, &str) {
 impl Writer {
     /// Check the TOC (every rule, docs/format.md), merge its layers, make the target (it must be
     /// empty or absent) and create its directories, symlinks, devices and FIFOs.
-    pub fn open(target: &Path, toc_blob: &[u8]) -> Result<Writer> {
-        let (toc, tree, _) = check_toc(toc_blob).map_err(|r| report_error(&r))?;
+    pub fn open(target: &Path, img: Arc<Checked>) -> Result<Writer> {
         let tp = target.display().to_string();
         let root_mode = match std::fs::symlink_metadata(target) {
             Ok(m) if m.is_dir() => {
@@ -137,6 +136,7 @@ impl Writer {
         let mut primaries = Vec::new();
         let mut links = Vec::new();
         let mut first_at: HashMap<NodeId, usize> = HashMap::new();
+        let (toc, tree) = (&img.toc, &img.tree);
         tree.walk(|path, _, _, id, first| {
             if first {
                 first_at.insert(id, primaries.len());
@@ -148,8 +148,7 @@ impl Writer {
         let files = primaries.iter().enumerate().filter(|(_, (_, id))| tree.node(*id).kind == NodeKind::Reg).map(|(i, _)| i).collect();
         let entries = toc.entry_count() as u64;
         let mut w = Writer {
-            toc,
-            tree,
+            img,
             root,
             target: target.to_path_buf(),
             primaries,
@@ -169,7 +168,7 @@ impl Writer {
     }
 
     fn entry(&self, id: NodeId) -> Option<&Entry> {
-        self.tree.entry(&self.toc, id)
+        self.img.tree.entry(&self.img.toc, id)
     }
 
     /// Descriptor of the directory holding `path`'s last component.
@@ -191,7 +190,7 @@ impl Writer {
     fn skeleton(&mut self) -> Result<()> {
         for i in 0..self.primaries.len() {
             let (path, id) = self.primaries[i].clone();
-            let kind = self.tree.node(id).kind;
+            let kind = self.img.tree.node(id).kind;
             if kind == NodeKind::Reg {
                 continue;
             }
@@ -236,7 +235,7 @@ impl Writer {
 
     /// Uncompressed length of a TOC chunk.
     pub fn chunk_len(&self, c: u32) -> Option<u64> {
-        self.toc.chunks.get(c as usize).map(|c| c.3)
+        self.img.toc.chunks.get(c as usize).map(|c| c.len)
     }
 
     fn file_chunks(&self, f: usize) -> &[u32] {
@@ -293,7 +292,7 @@ impl Writer {
     }
 
     fn set_meta(&mut self, path: &str, id: NodeId) -> Result<()> {
-        let kind = self.tree.node(id).kind;
+        let kind = self.img.tree.node(id).kind;
         let (mode, uid, gid, mtime, xattrs) = match self.entry(id) {
             Some(e) => (e.mode.unwrap_or(0), e.uid.unwrap_or(0), e.gid.unwrap_or(0), e.mtime.unwrap_or(0), e.xattrs.clone().unwrap_or_default()),
             None => (0o755, 0, 0, 0, Vec::new()),
@@ -343,19 +342,19 @@ impl Writer {
         }
         for i in 0..self.primaries.len() {
             let (path, id) = self.primaries[i].clone();
-            if self.tree.node(id).kind != NodeKind::Dir {
+            if self.img.tree.node(id).kind != NodeKind::Dir {
                 self.set_meta(&path, id)?;
             }
         }
         for i in (0..self.primaries.len()).rev() {
             let (path, id) = self.primaries[i].clone();
-            if self.tree.node(id).kind == NodeKind::Dir {
+            if self.img.tree.node(id).kind == NodeKind::Dir {
                 self.dirs.remove(&path);
                 self.set_meta(&path, id)?;
             }
         }
         self.dirs.clear();
-        if self.tree.node(ROOT).entry.is_some() {
+        if self.img.tree.node(ROOT).entry.is_some() {
             self.set_meta("", ROOT)?;
         } else {
             // SAFETY: valid descriptor.

@@ -428,12 +428,54 @@ pub fn check_toc(blob: Buffer) -> TocCheck {
     }
 }
 
-/// Check a TOC like `check_toc` and give, with its JSON, the merged view every reader shows
-/// (`format::tree::TreeOut` as JSON): one merged tree for ls, cat and the mount.
+/// A TOC opened once for every reader: checked (every rule), merged, and asked where a file's bytes
+/// are (`format::Checked`). The constructor throws the first violation; `checkToc` lists them all.
 #[napi]
-pub fn merged_view(blob: Buffer) -> Result<Buffer> {
-    let (toc, tree, _) = format::check_toc(&blob).map_err(|r| err(restore::report_error(&r)))?;
-    serde_json::to_vec(&tree.view(&toc)).map(Into::into).map_err(|e| napi::Error::new(Status::GenericFailure, format!("EIO: merged view: {e}")))
+pub struct CheckedToc {
+    inner: std::sync::Arc<format::Checked>,
+}
+
+#[napi]
+impl CheckedToc {
+    #[napi(constructor)]
+    pub fn new(blob: Buffer) -> Result<Self> {
+        let c = format::Checked::open(&blob).map_err(|r| err(restore::report_error(&r)))?;
+        Ok(CheckedToc { inner: std::sync::Arc::new(c) })
+    }
+
+    /// The TOC's JSON.
+    #[napi]
+    pub fn json(&self) -> Buffer {
+        self.inner.json.clone().into()
+    }
+
+    /// The merged view every reader shows (`format::tree::TreeOut` as JSON).
+    #[napi]
+    pub fn view(&self) -> Result<Buffer> {
+        let c = &self.inner;
+        serde_json::to_vec(&c.tree.view(&c.toc)).map(Into::into).map_err(|e| napi::Error::new(Status::GenericFailure, format!("EIO: merged view: {e}")))
+    }
+
+    /// Where the bytes `[offset, offset + length)` of regular file `ino` are: one row per chunk,
+    /// `[chunk, fromInChunk, toInChunk, atInOutput]` (the format's one offset -> chunk lookup).
+    #[napi]
+    pub fn plan(&self, ino: u32, offset: f64, length: f64) -> Result<Float64Array> {
+        let f = self.inner.file(ino as u64).ok_or_else(|| napi::Error::new(Status::InvalidArg, format!("EINVAL: inode {ino} is not a regular file")))?;
+        if !(offset >= 0.0 && length >= 0.0) {
+            return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: read of [{offset}, +{length})")));
+        }
+        let rows: Vec<f64> = f.pieces(offset as u64, length as u64).flat_map(|p| [p.chunk as f64, p.from as f64, p.to as f64, p.at as f64]).collect();
+        Ok(rows.into())
+    }
+}
+
+/// The cache file of a chunk (`ocichunk_core::cache`: the one owner of the cache's layout).
+#[napi]
+pub fn chunk_cache_path(dir: String, hex: String) -> Result<String> {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: {hex:?} is not a sha256 hex digest")));
+    }
+    Ok(ocichunk_core::cache::chunk_path(Path::new(&dir), &hex).to_string_lossy().into_owned())
 }
 
 #[napi(object)]
@@ -481,8 +523,8 @@ impl RestoreWriter {
     /// Checks the TOC, merges its layers, makes `target` (empty or absent) and its directories,
     /// symlinks, devices and FIFOs.
     #[napi(constructor)]
-    pub fn new(target: String, toc_blob: Buffer) -> Result<Self> {
-        let w = restore::Writer::open(Path::new(&target), &toc_blob).map_err(err)?;
+    pub fn new(target: String, toc: &CheckedToc) -> Result<Self> {
+        let w = restore::Writer::open(Path::new(&target), toc.inner.clone()).map_err(err)?;
         Ok(RestoreWriter { inner: std::sync::Arc::new(std::sync::Mutex::new(Some(w))) })
     }
 
@@ -675,17 +717,15 @@ pub struct MountFlags {
     pub allow_dev: bool,
 }
 
-/// Mount a chunked image's merged tree (from its TOC blob) read-only at `mountpoint`, reading chunks from
+/// Mount a chunked image's merged tree read-only at `mountpoint`, reading chunks from
 /// `cache_dir` and asking `fetch` for missing ones.
 #[napi]
-pub fn mount_lazy(toc_blob: Buffer, mountpoint: String, cache_dir: String, record: bool, flags: MountFlags, fetch: JsFunction) -> Result<LazyMount> {
-    let (toc, tree, _) = format::check_toc(&toc_blob).map_err(|r| err(restore::report_error(&r)))?;
-    let spec = tree.view(&toc);
+pub fn mount_lazy(toc: &CheckedToc, mountpoint: String, cache_dir: String, record: bool, flags: MountFlags, fetch: JsFunction) -> Result<LazyMount> {
     let tsfn: ThreadsafeFunction<Vec<u32>, ErrorStrategy::Fatal> =
         fetch.create_threadsafe_function(0, |ctx: ThreadSafeCallContext<Vec<u32>>| Ok(vec![ctx.value]))?;
     let pending = Arc::new(Mutex::new(Pending::default()));
     let fetcher = JsFetcher { tsfn: tsfn.clone(), pending: pending.clone() };
-    let shared = Arc::new(lazyfs::Shared::new(spec, cache_dir.into(), Box::new(fetcher), record).map_err(err)?);
+    let shared = Arc::new(lazyfs::Shared::new(toc.inner.clone(), cache_dir.into(), Box::new(fetcher), record).map_err(err)?);
     let flags = lazyfs::MountFlags { allow_other: flags.allow_other, allow_suid: flags.allow_suid, allow_dev: flags.allow_dev };
     let mount = lazyfs::mount(shared, Path::new(&mountpoint), flags).map_err(err)?;
     Ok(LazyMount { mount: Some(mount), pending, tsfn: Some(tsfn) })

@@ -3,13 +3,17 @@
 //! merged tree that every reader builds from it. Every command that reads a chunked image runs
 //! [`check_toc`] before anything else; `restore` writes the [`tree::Tree`] it returns.
 
+pub mod file;
 pub mod toc;
 pub mod tree;
 
-pub use toc::{decode, Entry, Kind, Toc};
+pub use file::{FileMap, Piece};
+pub use toc::{decode, Chunk, Entry, Frame, Kind, Toc};
 pub use tree::Tree;
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 /// Limits a reader enforces whatever a TOC says (docs/format.md §8). They bound the memory of every
 /// command; a TOC beyond them is refused with a clear error.
@@ -131,6 +135,48 @@ pub fn check_toc(blob: &[u8]) -> Result<(Toc, Tree, Vec<u8>), Report> {
         return Err(report);
     }
     Ok((toc, tree, json))
+}
+
+/// A TOC that broke no rule, with its merged tree: what every reader opens once (restore, ls and
+/// cat, the mount) and asks where a file's bytes are.
+pub struct Checked {
+    pub toc: Toc,
+    pub tree: Tree,
+    /// the TOC's JSON, as stored
+    pub json: Vec<u8>,
+    files: Mutex<HashMap<tree::NodeId, Arc<FileMap>>>,
+}
+
+impl fmt::Debug for Checked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checked").field("layers", &self.toc.layers.len()).field("nodes", &self.tree.nodes.len()).finish()
+    }
+}
+
+impl Checked {
+    /// [`check_toc`], kept together.
+    pub fn open(blob: &[u8]) -> Result<Checked, Report> {
+        let (toc, tree, json) = check_toc(blob)?;
+        Ok(Checked { toc, tree, json, files: Mutex::new(HashMap::new()) })
+    }
+
+    /// The chunk map of the regular file with inode number `ino` of the merged view (node id + 1);
+    /// None for any other inode. Made on first use, then kept.
+    pub fn file(&self, ino: u64) -> Option<Arc<FileMap>> {
+        let id = tree::NodeId::try_from(ino.checked_sub(1)?).ok()?;
+        if self.tree.nodes.get(id as usize)?.kind != tree::NodeKind::Reg {
+            return None;
+        }
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = files.get(&id) {
+            return Some(m.clone());
+        }
+        let chunks = self.tree.entry(&self.toc, id).and_then(|e| e.chunks.clone()).unwrap_or_default();
+        // checked: every index exists and the lengths add up to the size
+        let m = Arc::new(FileMap::new(chunks, |c| self.toc.chunks.get(c as usize).map(|c| c.len))?);
+        files.insert(id, m.clone());
+        Some(m)
+    }
 }
 
 /// A path as errors show it: at most 200 bytes (its start and end), whatever the image holds.

@@ -90,13 +90,42 @@ impl fmt::Display for Hex32 {
     }
 }
 
-/// `[packIndex, compressedOffset, compressedLength, uncompressedLength]`
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub struct Frame(pub u32, pub u64, pub u64, pub u64);
+/// One zstd frame of a pack; in the JSON a row `[pack, offset, compressedLength, length]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(from = "(u32, u64, u64, u64)")]
+pub struct Frame {
+    /// index into `packs`
+    pub pack: u32,
+    /// where the frame starts in the pack blob
+    pub offset: u64,
+    pub compressed_len: u64,
+    /// bytes the frame decompresses to
+    pub len: u64,
+}
 
-/// `[sha256 hex, frameIndex, offsetInFrame, length]`
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub struct Chunk(pub Hex32, pub u32, pub u64, pub u64);
+impl From<(u32, u64, u64, u64)> for Frame {
+    fn from((pack, offset, compressed_len, len): (u32, u64, u64, u64)) -> Self {
+        Frame { pack, offset, compressed_len, len }
+    }
+}
+
+/// One chunk of file content; in the JSON a row `[sha256 hex, frame, offsetInFrame, length]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(from = "(Hex32, u32, u64, u64)")]
+pub struct Chunk {
+    pub digest: Hex32,
+    /// index into `frames`
+    pub frame: u32,
+    /// where the chunk starts in the frame's uncompressed bytes
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl From<(Hex32, u32, u64, u64)> for Chunk {
+    fn from((digest, frame, offset, len): (Hex32, u32, u64, u64)) -> Self {
+        Chunk { digest, frame, offset, len }
+    }
+}
 
 /// Extended attributes: (name, value), in document order.
 pub type Xattrs = Vec<(String, Vec<u8>)>;
@@ -391,7 +420,7 @@ impl Toc {
             }
         }
         let cbound = zstd::zstd_safe::compress_bound(limits::FRAME as usize) as u64;
-        for (i, &Frame(p, off, clen, ulen)) in self.frames.iter().enumerate() {
+        for (i, &Frame { pack: p, offset: off, compressed_len: clen, len: ulen }) in self.frames.iter().enumerate() {
             if p as usize >= self.packs.len() {
                 r.push(Class::Corrupt, None, None, format!("frame {i}: pack {p} does not exist"));
             }
@@ -405,7 +434,7 @@ impl Toc {
             }
         }
         let mut digests = std::collections::HashSet::with_capacity(self.chunks.len());
-        for (i, &Chunk(h, f, off, len)) in self.chunks.iter().enumerate() {
+        for (i, &Chunk { digest: h, frame: f, offset: off, len }) in self.chunks.iter().enumerate() {
             if !digests.insert(h) {
                 r.push(Class::Corrupt, None, None, format!("chunk {i}: sha256:{h} is listed twice"));
             }
@@ -413,12 +442,12 @@ impl Toc {
                 r.push(Class::Corrupt, None, None, format!("chunk {i}: frame {f} does not exist"));
                 continue;
             };
-            if len == 0 || len > limits::CHUNK || off.saturating_add(len) > fr.3 {
+            if len == 0 || len > limits::CHUNK || off.saturating_add(len) > fr.len {
                 r.push(
                     Class::Corrupt,
                     None,
                     None,
-                    format!("chunk {i}: [{off}, +{len}) does not fit frame {f} of {} bytes (chunks hold 1 to {} bytes)", fr.3, limits::CHUNK),
+                    format!("chunk {i}: [{off}, +{len}) does not fit frame {f} of {} bytes (chunks hold 1 to {} bytes)", fr.len, limits::CHUNK),
                 );
             }
         }
@@ -500,7 +529,7 @@ impl Toc {
                     let mut sum = 0u64;
                     for &c in cs {
                         match self.chunks.get(c as usize) {
-                            Some(ch) => sum = sum.saturating_add(ch.3),
+                            Some(ch) => sum = sum.saturating_add(ch.len),
                             None => {
                                 bad(format!("chunk index {c} does not exist"));
                                 return;

@@ -159,7 +159,7 @@ impl Tree {
                 inodes.push(self.inode(toc, id));
             }
         });
-        TreeOut { chunks: toc.chunks.iter().map(|c| (c.0.to_string(), c.3)).collect(), inodes }
+        TreeOut { chunks: toc.chunks.iter().map(|c| (c.digest.to_string(), c.len)).collect(), inodes }
     }
 
     fn inode(&self, toc: &Toc, id: NodeId) -> InodeOut {
