@@ -72,8 +72,8 @@ export function imageStats(c: ChunkedImage, reference: string): ImageStats {
       }
     }
   }
-  const uniqueChunkBytes = toc.chunks.reduce((a, c) => a + c[3], 0);
-  const frameBytes = toc.frames.reduce((a, f) => a + f[2], 0);
+  const uniqueChunkBytes = toc.chunks.reduce((a, c) => a + c.length, 0);
+  const frameBytes = toc.frames.reduce((a, f) => a + f.compressedLength, 0);
   const packBytes = c.packs.reduce((a, p) => a + p.size, 0);
   const orig = c.image.original;
   const originalLayerBytes = orig ? orig.manifest.layers.reduce((a, l) => a + l.size, 0) : 0;
@@ -133,7 +133,7 @@ export async function inspectLayout(dir: string, platform?: Platform): Promise<L
     images.push(imageStats(c, src.name));
     tocBytes += c.tocBytes;
     for (const p of c.packs) packs.set(p.digest, p.size);
-    for (const [hex, , , len] of c.toc.chunks) {
+    for (const { digest: hex, length: len } of c.toc.chunks) {
       const u = chunkUse.get(hex);
       if (u) u.images++;
       else chunkUse.set(hex, { len, images: 1 });

@@ -52,7 +52,7 @@ export async function verify(ref: string, opts: { platform?: Platform; threads?:
       let bytes = 0;
       for (let i = 0; i < c.toc.chunks.length; i++) {
         batch.push(i);
-        bytes += c.toc.chunks[i][3];
+        bytes += c.toc.chunks[i].length;
         if (bytes >= 32 << 20 || i === c.toc.chunks.length - 1) {
           const got = await reader.fetch(batch);
           for (const b of got.values()) chunkBytes += b.length;
@@ -64,7 +64,7 @@ export async function verify(ref: string, opts: { platform?: Platform; threads?:
       await reader.close();
     }
     const files = c.toc.layers.reduce((a, l) => a + l.entries.filter((e) => e.type === 'reg').length, 0);
-    if (c.toc.chunks.length && chunkBytes !== c.toc.chunks.reduce((a, x) => a + x[3], 0)) {
+    if (c.toc.chunks.length && chunkBytes !== c.toc.chunks.reduce((a, x) => a + x.length, 0)) {
       throw new OcichunkError('ECORRUPT', `${src.name}: chunk byte count mismatch`);
     }
     return { reference: src.name, blobs, blobBytes, chunks: c.toc.chunks.length, chunkBytes, files, seconds: (performance.now() - t0) / 1000 };

@@ -14,8 +14,8 @@ import { native } from '../src/native/index.js';
 import { REPO, tmpdir } from './helpers/env.js';
 import { forgeChunked, plainLayer, readIndex, writeLayout } from './helpers/layout.js';
 import { mounted, mountLine } from './helpers/mount.js';
-import { sh } from './helpers/run.js';
-import { pyTar, pyTarFile, type Member } from './helpers/tars.js';
+import { mustAsync, sh } from './helpers/run.js';
+import { pyTar, pyTarFileAsync, type Member } from './helpers/tars.js';
 
 let work: string;
 let canary: string;
@@ -399,10 +399,10 @@ describe('reads of big chunks', () => {
 describe('a valid image with a 5 GiB file', () => {
   it('restores with flat memory, streamed chunk by chunk', async () => {
     const src = path.join(work, 'huge-src');
-    const tar = pyTarFile(path.join(work, 'huge.tar'), [['big', 'file', null, { zeros: 5 * 2 ** 30 }], ['small', 'file', 'tail']]);
+    const tar = await pyTarFileAsync(path.join(work, 'huge.tar'), [['big', 'file', null, { zeros: 5 * 2 ** 30 }], ['small', 'file', 'tail']]);
     fs.mkdirSync(path.join(src, 'blobs', 'sha256'), { recursive: true });
     // write the layout around the tar without reading it into memory
-    const digest = sh('sha256sum', [tar]).stdout.split(' ')[0];
+    const digest = (await mustAsync('sha256sum', [tar])).stdout.split(' ')[0];
     fs.renameSync(tar, path.join(src, 'blobs', 'sha256', digest));
     const size = fs.statSync(path.join(src, 'blobs', 'sha256', digest)).size;
     writeLayout(src, 'x', [], {

@@ -96,7 +96,7 @@ describe('lazy pull from a registry', () => {
     let frameBytes = 0;
     try {
       const n = img.tree.lookup('/usr/lib/python3.11/json/decoder.py')!;
-      for (const f of new Set(n.chunks!.map((c) => img.image.toc.chunks[c][1]))) frameBytes += img.image.toc.frames[f][2];
+      for (const f of new Set(n.chunks!.map((c) => img.image.toc.chunks[c].frame))) frameBytes += img.image.toc.frames[f].compressedLength;
     } finally {
       await img.close();
     }
@@ -179,7 +179,7 @@ describe('lazy pull from a registry', () => {
     try {
       for (const l of fs.readFileSync(trace, 'utf8').split('\n').filter((x) => x && !x.startsWith('#'))) {
         const [p, off, len] = l.split('\t');
-        for (const piece of img.tree.plan(img.tree.lookup(p)!, Number(off), Number(len))) needed.add(img.image.toc.chunks[piece.chunk][0]);
+        for (const piece of img.tree.plan(img.tree.lookup(p)!, Number(off), Number(len))) needed.add(img.image.toc.chunks[piece.chunk].digest);
       }
     } finally {
       await img.close();
@@ -285,8 +285,8 @@ describe('lazy pull from a registry', () => {
       import { LazyImage } from ${JSON.stringify(path.join(REPO, 'dist', 'lazy', 'reader.js'))};
       const img = await LazyImage.open(${JSON.stringify(ref)}, { cacheDir: false });
       const n = img.tree.lookup(${JSON.stringify(target)});
-      const [, fi] = img.image.toc.chunks[n.chunks[0]];
-      const [pi, off, clen] = img.image.toc.frames[fi];
+      const { frame: fi } = img.image.toc.chunks[n.chunks[0]];
+      const { pack: pi, offset: off, compressedLength: clen } = img.image.toc.frames[fi];
       console.log(JSON.stringify({ pack: img.image.toc.packs[pi], off, clen }));
       await img.close();`;
     const where = JSON.parse(must(process.execPath, ['--input-type=module', '-e', code]).stdout) as { pack: string; off: number; clen: number };

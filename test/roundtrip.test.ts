@@ -63,7 +63,7 @@ describe('restore reproduces the original tree', () => {
     for (const l of toc.layers) {
       for (const e of l.entries) {
         if (e.type !== 'reg') continue;
-        const lens = e.chunks!.map((c) => toc.chunks[c][3]);
+        const lens = e.chunks!.map((c) => toc.chunks[c].length);
         if (chunker.kind === 'file') expect(lens.length).toBe(e.size ? 1 : 0); // files are < 64 MiB
         else lens.forEach((len, i) => expect(len).toBe(i < lens.length - 1 ? 256 << 10 : e.size! - i * (256 << 10)));
       }
@@ -88,10 +88,10 @@ describe('restore reproduces the original tree', () => {
     await src.close();
     // a frame holds either one chunk >= groupBelow, or chunks below it up to about groupTarget
     const members = new Map<number, number[]>();
-    for (const [, fi, , len] of toc.chunks) members.set(fi, [...(members.get(fi) ?? []), len]);
+    for (const { frame: fi, length: len } of toc.chunks) members.set(fi, [...(members.get(fi) ?? []), len]);
     for (const [fi, lens] of members) {
       if (lens.some((l) => l >= groupBelow)) expect(lens).toHaveLength(1);
-      else expect(toc.frames[fi][3]).toBeLessThan(groupTarget + groupBelow);
+      else expect(toc.frames[fi].length).toBeLessThan(groupTarget + groupBelow);
     }
     if (groupTarget >= 1 << 20) expect(toc.frames.length).toBeLessThan(toc.chunks.length / 8);
     else expect([...members.values()].filter((l) => l.length === 1 && l[0] >= groupBelow).length).toBeGreaterThan(100);

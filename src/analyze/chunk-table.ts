@@ -68,8 +68,8 @@ export class ChunkTable {
         if (e.type !== 'reg' || !e.chunks?.length) continue;
         let off = 0;
         for (const c of e.chunks) {
-          const [hex, fi, , len] = toc.chunks[c];
-          const [, , clen, ulen] = toc.frames[fi];
+          const { digest: hex, frame: fi, length: len } = toc.chunks[c];
+          const { compressedLength: clen, length: ulen } = toc.frames[fi];
           a.appendInteger(imageIndex);
           a.appendVarchar(image);
           a.appendInteger(li);

@@ -36,14 +36,14 @@ export class ChunkReader {
     const toc = this.img.toc;
     const frameSet = new Set<number>();
     const wanted = [...new Set(chunkIdxs)];
-    for (const c of wanted) frameSet.add(toc.chunks[c][1]);
+    for (const c of wanted) frameSet.add(toc.chunks[c].frame);
     const frames = [...frameSet].sort((a, b) => {
       const fa = toc.frames[a];
       const fb = toc.frames[b];
-      return fa[0] - fb[0] || fa[1] - fb[1];
+      return fa.pack - fb.pack || fa.offset - fb.offset;
     });
     let totalU = 0;
-    for (const f of frames) totalU += toc.frames[f][3];
+    for (const f of frames) totalU += toc.frames[f].length;
     const triplets = new Uint32Array(frames.length * 3);
     const outOff = new Map<number, number>();
     let cpos = 0;
@@ -52,30 +52,30 @@ export class ChunkReader {
     const runs: Array<{ i: number; j: number; pi: number; off: number; end: number; cpos: number }> = [];
     let i = 0;
     while (i < frames.length) {
-      const [pi, off] = toc.frames[frames[i]];
+      const { pack: pi, offset: off } = toc.frames[frames[i]];
       let j = i;
       let end = off;
       // frames that follow within `maxGap` bytes join the run (the gap is read and dropped): one
       // request instead of several for remote packs
-      while (j < frames.length && toc.frames[frames[j]][0] === pi) {
-        const [, fo, fc] = toc.frames[frames[j]];
+      while (j < frames.length && toc.frames[frames[j]].pack === pi) {
+        const { offset: fo, compressedLength: fc } = toc.frames[frames[j]];
         if (fo < end || fo - end > (j === i ? 0 : this.maxGap)) break;
         end = fo + fc;
         j++;
       }
       if (j === i) {
         // overlapping or duplicate offsets: read this frame alone
-        end = off + toc.frames[frames[i]][2];
+        end = off + toc.frames[frames[i]].compressedLength;
         j = i + 1;
       }
       runs.push({ i, j, pi, off, end, cpos });
       for (let k = i; k < j; k++) {
         const f = toc.frames[frames[k]];
-        triplets[k * 3] = cpos + (f[1] - off);
-        triplets[k * 3 + 1] = f[2];
-        triplets[k * 3 + 2] = f[3];
+        triplets[k * 3] = cpos + (f.offset - off);
+        triplets[k * 3 + 1] = f.compressedLength;
+        triplets[k * 3 + 2] = f.length;
         outOff.set(frames[k], upos);
-        upos += f[3];
+        upos += f.length;
       }
       cpos += end - off;
       i = j;
@@ -102,16 +102,16 @@ export class ChunkReader {
     if (out.length !== totalU) throw new OcichunkError('ECORRUPT', `${this.img.image.source.name}: frames decompressed to ${out.length} bytes, expected ${totalU}`);
     const ranges = new Uint32Array(wanted.length * 2);
     wanted.forEach((c, k) => {
-      const [, fi, inner, len] = toc.chunks[c];
+      const { frame: fi, offset: inner, length: len } = toc.chunks[c];
       ranges[k * 2] = outOff.get(fi)! + inner;
       ranges[k * 2 + 1] = len;
     });
     const digests = await native.hashRanges(out, ranges, this.threads);
     const result = new Map<number, Buffer>();
     wanted.forEach((c, k) => {
-      const [hex, fi] = toc.chunks[c];
+      const { digest: hex, frame: fi } = toc.chunks[c];
       if (digests.toString('hex', k * 32, k * 32 + 32) !== hex) {
-        const pack = this.img.toc.packs[toc.frames[fi][0]];
+        const pack = this.img.toc.packs[toc.frames[fi].pack];
         throw new OcichunkError('EDIGEST', `${this.img.image.source.name}: chunk sha256:${hex} in pack ${pack} does not match its digest`);
       }
       result.set(c, out.subarray(ranges[k * 2], ranges[k * 2] + ranges[k * 2 + 1]));

@@ -6,10 +6,27 @@ import { OcichunkError } from '../errors.js';
 import type { Entry, EntryType } from '../layer/entry.js';
 import { native, type ChunkerSpec, type NativeCheckedToc } from '../native/index.js';
 
-/** [packIndex, compressedOffset, compressedLength, uncompressedLength] */
-export type FrameRef = [number, number, number, number];
-/** [sha256 hex, frameIndex, offsetInFrame, length] */
-export type ChunkRef = [string, number, number, number];
+/** One zstd frame of a pack (on the wire a row `[pack, offset, compressedLength, length]`). */
+export interface TocFrame {
+  /** index into `packs` */
+  pack: number;
+  /** where the frame starts in the pack blob */
+  offset: number;
+  compressedLength: number;
+  /** bytes it decompresses to */
+  length: number;
+}
+
+/** One chunk of file content (on the wire a row `[sha256 hex, frame, offsetInFrame, length]`). */
+export interface TocChunk {
+  /** sha256 hex of its bytes */
+  digest: string;
+  /** index into `frames` */
+  frame: number;
+  /** where it starts in the frame's uncompressed bytes */
+  offset: number;
+  length: number;
+}
 
 export interface TocEntry {
   path: string;
@@ -28,12 +45,13 @@ export interface TocEntry {
   chunks?: number[];
 }
 
+/** The TOC as readers and writers use it; `TocWire` is its JSON (docs/format.md). */
 export interface Toc {
   version: number;
   chunker: ChunkerSpec;
   packs: string[];
-  frames: FrameRef[];
-  chunks: ChunkRef[];
+  frames: TocFrame[];
+  chunks: TocChunk[];
   layers: Array<{ entries: TocEntry[] }>;
   /**
    * Optional: what a lazy reader should fetch first (`convert --prefetch-list`), in order:
@@ -42,6 +60,33 @@ export interface Toc {
   prefetch?: Array<[string, number, number]>;
 }
 
+/** The TOC's JSON: the frame and chunk tables are rows of numbers (compact, and what digests cover). */
+export type TocWire = Omit<Toc, 'frames' | 'chunks'> & {
+  frames: Array<[number, number, number, number]>;
+  chunks: Array<[string, number, number, number]>;
+};
+
+function fromWire(w: TocWire): Toc {
+  return {
+    ...w,
+    frames: w.frames.map(([pack, offset, compressedLength, length]) => ({ pack, offset, compressedLength, length })),
+    chunks: w.chunks.map(([digest, frame, offset, length]) => ({ digest, frame, offset, length })),
+  };
+}
+
+function toWire(t: Toc): TocWire {
+  // key order is the encoding's: same model, same bytes
+  const w: TocWire = {
+    version: t.version,
+    chunker: t.chunker,
+    packs: t.packs,
+    frames: t.frames.map((f) => [f.pack, f.offset, f.compressedLength, f.length]),
+    chunks: t.chunks.map((c) => [c.digest, c.frame, c.offset, c.length]),
+    layers: t.layers,
+  };
+  if (t.prefetch) w.prefetch = t.prefetch;
+  return w;
+}
 
 export function toTocEntry(e: Entry, chunks: number[] | undefined): TocEntry {
   const t: TocEntry = { path: e.path, type: e.type };
@@ -68,7 +113,7 @@ export function toTocEntry(e: Entry, chunks: number[] | undefined): TocEntry {
 }
 
 export function encodeToc(toc: Toc, level: number): { json: Buffer; blob: Buffer } {
-  const json = Buffer.from(JSON.stringify(toc));
+  const json = Buffer.from(JSON.stringify(toWire(toc)));
   return { json, blob: native.compressSync(json, level) };
 }
 
@@ -114,7 +159,7 @@ export class TocError extends OcichunkError {
 export function decodeToc(blob: Buffer, what: string): Toc {
   const { json, violations, more } = checkToc(blob);
   if (!json) throw new TocError(what, violations, more);
-  return JSON.parse(json.toString('utf8')) as Toc;
+  return fromWire(JSON.parse(json.toString('utf8')) as TocWire);
 }
 
 /** A TOC every reader can trust: its model, and the native format's checked and merged form. */
@@ -134,5 +179,5 @@ export function openToc(blob: Buffer, what: string): OpenedToc {
     if (violations.length) throw new TocError(what, violations, more);
     throw e;
   }
-  return { checked, toc: JSON.parse(checked.json().toString('utf8')) as Toc };
+  return { checked, toc: fromWire(JSON.parse(checked.json().toString('utf8')) as TocWire) };
 }

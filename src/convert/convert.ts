@@ -7,7 +7,7 @@
 import os from 'node:os';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { resolveImage, type ResolvedImage } from '../chunked/image.js';
-import { decodeToc, encodeToc, FRAME_MAX, toTocEntry, type ChunkRef, type FrameRef, type Toc, type TocEntry } from '../chunked/toc.js';
+import { decodeToc, encodeToc, FRAME_MAX, toTocEntry, type Toc, type TocEntry } from '../chunked/toc.js';
 import { sha256Digest } from '../store/blobstore.js';
 import { newSpoolPath } from '../store/owner.js';
 import { OcichunkError, withContext } from '../errors.js';
@@ -200,7 +200,7 @@ function fromToc(toc: Toc, layer: number, registry: ChunkRegistry): ScannedEntry
       ...(t.devMajor !== undefined ? { devMajor: t.devMajor, devMinor: t.devMinor } : {}),
       ...(t.xattrs ? { xattrs: Object.entries(t.xattrs).map(([k, v]) => [k, Buffer.from(v, 'base64')] as [string, Buffer]) } : {}),
     };
-    const chunks = t.chunks?.map((c) => registry.intern(toc.chunks[c][0], toc.chunks[c][3]).id);
+    const chunks = t.chunks?.map((c) => registry.intern(toc.chunks[c].digest, toc.chunks[c].length).id);
     return { entry, chunks };
   });
 }
@@ -691,12 +691,12 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
           if (fi === undefined) {
             fi = toc.frames.length;
             frameIdx.set(fk, fi);
-            toc.frames.push([pi, loc.off, loc.clen, loc.ulen] as FrameRef);
+            toc.frames.push({ pack: pi, offset: loc.off, compressedLength: loc.clen, length: loc.ulen });
             imageFrameBytes += loc.clen;
           }
           ci = toc.chunks.length;
           chunkIdx.set(id, ci);
-          toc.chunks.push([registry.hex(id), fi, loc.inner, registry.length(id)] as ChunkRef);
+          toc.chunks.push({ digest: registry.hex(id), frame: fi, offset: loc.inner, length: registry.length(id) });
           if (registry.isForeign(id)) foreign.push(id);
           uniqueChunkBytes += registry.length(id);
           if (id < storedBefore) reusedChunks++;

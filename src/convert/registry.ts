@@ -293,10 +293,10 @@ export class ChunkRegistry {
       } catch {
         // a manifest without a usable layer list only contributes its chunks
       }
-      for (const [hex, fi, inner, len] of toc.chunks) {
+      for (const { digest: hex, frame: fi, offset: inner, length: len } of toc.chunks) {
         const { id, fresh } = this.intern(hex, len);
         if (!fresh) continue;
-        const [pi, off, clen, ulen] = toc.frames[fi];
+        const { pack: pi, offset: off, compressedLength: clen, length: ulen } = toc.frames[fi];
         this.setLoc(id, { pack: toc.packs[pi], off, clen, ulen, inner });
         this.foreign[id] = 1;
         this.storedChunks++;

@@ -33,7 +33,7 @@ export const DEFAULT_TRUST_DIR = path.join(process.env.XDG_CACHE_HOME || path.jo
 export function layerContentDigest(toc: Toc, layer: number): string {
   const h = createHash('sha256');
   for (const e of toc.layers[layer].entries) {
-    h.update(JSON.stringify(e.chunks ? { ...e, chunks: e.chunks.map((c) => toc.chunks[c][0]) } : e));
+    h.update(JSON.stringify(e.chunks ? { ...e, chunks: e.chunks.map((c) => toc.chunks[c].digest) } : e));
     h.update('\n');
   }
   return `sha256:${h.digest('hex')}`;

@@ -170,7 +170,7 @@ export class LazyImage {
         result[k] = kept;
         continue;
       }
-      const cached = this.inflight.get(c) ?? (missing.has(c) ? undefined : await this.cache?.get(toc.chunks[c][0]));
+      const cached = this.inflight.get(c) ?? (missing.has(c) ? undefined : await this.cache?.get(toc.chunks[c].digest));
       if (cached) result[k] = cached;
       else missing.add(c);
     }
@@ -196,7 +196,7 @@ export class LazyImage {
     for (const c of new Set(idxs)) {
       const p = this.inflight.get(c);
       if (p) waits.push(p);
-      else if (!fs.existsSync(cache.pathOf(toc.chunks[c][0]))) missing.add(c);
+      else if (!fs.existsSync(cache.pathOf(toc.chunks[c].digest))) missing.add(c);
     }
     if (missing.size) {
       this.fetchMissing(missing);
@@ -214,11 +214,11 @@ export class LazyImage {
     // the other chunks of the frames fetched come along (same bytes over the wire): small files
     // share frames with their neighbours in the directory, which are likely read next
     const want = new Set(missing);
-    if (this.cache) for (const c of missing) for (const s of this.frameChunks(toc.chunks[c][1])) if (!this.inflight.has(s)) want.add(s);
+    if (this.cache) for (const c of missing) for (const s of this.frameChunks(toc.chunks[c].frame)) if (!this.inflight.has(s)) want.add(s);
     const batch = this.chunks.fetch(want).then(async (got) => {
       // counted: chunks that were fetched and were not cached before
       if (!this.cache) this.chunksFetched += missing.size;
-      else for (const [c, b] of got) if (await this.cache.put(toc.chunks[c][0], b)) this.chunksFetched++;
+      else for (const [c, b] of got) if (await this.cache.put(toc.chunks[c].digest, b)) this.chunksFetched++;
       return got;
     });
     for (const c of missing) {
@@ -246,9 +246,9 @@ export class LazyImage {
     if (!this.byFrame) {
       this.byFrame = new Map();
       this.image.toc.chunks.forEach((c, i) => {
-        const l = this.byFrame!.get(c[1]);
+        const l = this.byFrame!.get(c.frame);
         if (l) l.push(i);
-        else this.byFrame!.set(c[1], [i]);
+        else this.byFrame!.set(c.frame, [i]);
       });
     }
     return this.byFrame.get(frame) ?? [];

@@ -67,7 +67,7 @@ export async function restoreChunked(img: ChunkedImage, target: string, opts: Re
     while (i < seq.length) {
       let bytes = 0;
       let j = i;
-      while (j < seq.length && (j === i || bytes + toc.chunks[seq[j]][3] <= batchBytes)) bytes += toc.chunks[seq[j++]][3];
+      while (j < seq.length && (j === i || bytes + toc.chunks[seq[j]].length <= batchBytes)) bytes += toc.chunks[seq[j++]].length;
       const got = await reader.fetch(seq.subarray(i, j));
       await writer.write(Array.from(seq.subarray(i, j), (c) => got.get(c)!));
       written += bytes;

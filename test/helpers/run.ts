@@ -10,9 +10,37 @@ export interface Ran {
 }
 
 export function sh(cmd: string, args: string[], opts: SpawnSyncOptions = {}): Ran {
+  const t0 = Date.now();
   const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 256 << 20, ...opts });
+  const s = (Date.now() - t0) / 1000;
+  // a blocked worker fails the whole run once it reaches 60 s (see shAsync): name the culprit early
+  if (s > 30) console.warn(`[run] ${cmd} ${args.slice(0, 3).join(' ')} blocked the test worker for ${s.toFixed(0)} s: use shAsync/cliAsync`);
   if (r.error) throw r.error;
   return { code: r.status ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
+}
+
+/**
+ * sh() without blocking this process: for anything that may run long (vitest's worker RPC times out
+ * when its event loop is blocked for 60 s, which fails the run with "Timeout calling onTaskUpdate").
+ */
+export function shAsync(cmd: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Ran> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env: opts.env ?? process.env });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+    child.stdin.end(opts.input ?? '');
+  });
+}
+
+/** Like shAsync(), but rejects with the tool's output when it fails. */
+export async function mustAsync(cmd: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Ran> {
+  const r = await shAsync(cmd, args, opts);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}\n${r.stderr}\n${r.stdout}`);
+  return r;
 }
 
 /** Like sh(), but throws with the tool's output when it fails. */

@@ -1,7 +1,7 @@
 /** Tar layers made by Python's tarfile (a real tar writer) from a list of members, for synthetic and hostile images. */
 import fs from 'node:fs';
 import path from 'node:path';
-import { must } from './run.js';
+import { must, mustAsync } from './run.js';
 
 export type Kind = 'file' | 'dir' | 'symlink' | 'hardlink' | 'char';
 /** [name, kind, data (file) or target (links)], with options: mode, owner, mtime, `zeros` (a file of that many zero bytes, streamed), `from` (a host file's bytes), device numbers */
@@ -9,13 +9,7 @@ export type Member =
   | [string, Kind, string?]
   | [string, Kind, string | null, { mode?: number; uid?: number; gid?: number; mtime?: number; zeros?: number; from?: string; major?: number; minor?: number }];
 
-/** Write the tar to `out` (PAX format) and return its path. */
-export function pyTarFile(out: string, members: Member[]): string {
-  must(
-    'python3',
-    [
-      '-c',
-      `import tarfile,io,json,sys
+const PY_TAR = `import tarfile,io,json,sys
 class Zeros(io.RawIOBase):
     def __init__(self,n): self.n=n
     def readable(self): return True
@@ -40,11 +34,19 @@ with tarfile.open(sys.argv[1],'w',format=tarfile.PAX_FORMAT) as t:
         elif kind=='char':
             ti.type=tarfile.CHRTYPE; ti.devmajor=o.get('major',1); ti.devminor=o.get('minor',3); t.addfile(ti)
         else:
-            ti.type=tarfile.LNKTYPE; ti.linkname=arg; t.addfile(ti)`,
-      out,
-    ],
-    { input: JSON.stringify(members.map((m) => [m[0], m[1], m[2] ?? null, m[3] ?? {}])) },
-  );
+            ti.type=tarfile.LNKTYPE; ti.linkname=arg; t.addfile(ti)`;
+
+const membersJson = (members: Member[]) => JSON.stringify(members.map((m) => [m[0], m[1], m[2] ?? null, m[3] ?? {}]));
+
+/** Write the tar to `out` (PAX format) and return its path. */
+export function pyTarFile(out: string, members: Member[]): string {
+  must('python3', ['-c', PY_TAR, out], { input: membersJson(members) });
+  return out;
+}
+
+/** pyTarFile without blocking this process (big tars: vitest's worker must stay responsive). */
+export async function pyTarFileAsync(out: string, members: Member[]): Promise<string> {
+  await mustAsync('python3', ['-c', PY_TAR, out], { input: membersJson(members) });
   return out;
 }
 
