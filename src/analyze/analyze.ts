@@ -18,7 +18,7 @@ import { CMT } from '../oci/chunked-media.js';
 import { parseManifestDoc, type Platform } from '../oci/types.js';
 import { openSource, type TransportOptions } from '../ref.js';
 import { CountingSink } from '../transports/counting-sink.js';
-import { ChunkRegistry } from '../convert/registry.js';
+import { ChunkIndex } from '../convert/chunk-index.js';
 
 export type Strategy = { name: string; kind: 'layer' } | { name: string; kind: 'chunks'; chunker: ChunkerSpec };
 
@@ -178,10 +178,10 @@ export async function analyze(refs: string[], opts: AnalyzeOptions = {}): Promis
         });
         continue;
       }
-      // One registry per strategy across the images (the sink's TOCs are never re-read); chunk
+      // One chunk index per strategy across the images (the sink's TOCs are never re-read); chunk
       // occurrences go to the on-disk DuckDB table as each TOC comes, and the TOC is dropped.
       const sink = new CountingSink(`memory:${s.name}`);
-      const registry = new ChunkRegistry();
+      const chunkIndex = new ChunkIndex();
       const perImage: StrategyResult['perImage'] = [];
       let packBytes = 0;
       let tocBytes = 0;
@@ -200,7 +200,7 @@ export async function analyze(refs: string[], opts: AnalyzeOptions = {}): Promis
             platform: opts.platform,
             groupBelow: opts.groupBelow,
             groupTarget: opts.groupTarget,
-            registry,
+            chunkIndex,
           };
           r = await convertImage(src, sink, co);
         } finally {

@@ -21,7 +21,7 @@ import type { ImageSink, ImageSource, TransferReport } from '../transports/types
 import type { TransportOptions } from '../ref.js';
 import { Packer } from './packer.js';
 import { ConvertTrust, layerContentDigest, locationKey } from './trust.js';
-import { ChunkRegistry } from './registry.js';
+import { ChunkIndex } from './chunk-index.js';
 import { LayerScanner, OutOfOrder, Spool, maxChunkLength, type LayerInput, type ScannedEntry } from './scan.js';
 
 /**
@@ -54,10 +54,10 @@ export interface ConvertOptions {
   groupBelow?: number;
   groupTarget?: number;
   /**
-   * The chunk registry of `sink`, kept by a caller that converts many images into one sink (e.g.
+   * The chunk index of `sink`, kept by a caller that converts many images into one sink (e.g.
    * analyze): the sink's TOCs are then not read again. It must describe everything the sink stores.
    */
-  registry?: ChunkRegistry;
+  chunkIndex?: ChunkIndex;
   /** Reads to store in the TOC for lazy readers to fetch first: [path, offset, length] (a mount's --record-trace). */
   prefetch?: Array<[string, number, number]>;
   packTarget?: number;
@@ -185,8 +185,8 @@ export function canonicalOrder(scanned: ScannedEntry[]): ScannedEntry[] {
   return keyed.map((x) => x.s);
 }
 
-/** A layer's entries as a previous conversion recorded them, with chunk ids from the registry. */
-function fromToc(toc: Toc, layer: number, registry: ChunkRegistry): ScannedEntry[] {
+/** A layer's entries as a previous conversion recorded them, with chunk ids from the chunk index. */
+function fromToc(toc: Toc, layer: number, chunkIndex: ChunkIndex): ScannedEntry[] {
   return toc.layers[layer].entries.map((t) => {
     const entry: Entry = {
       path: t.path,
@@ -200,7 +200,7 @@ function fromToc(toc: Toc, layer: number, registry: ChunkRegistry): ScannedEntry
       ...(t.devMajor !== undefined ? { devMajor: t.devMajor, devMinor: t.devMinor } : {}),
       ...(t.xattrs ? { xattrs: Object.entries(t.xattrs).map(([k, v]) => [k, Buffer.from(v, 'base64')] as [string, Buffer]) } : {}),
     };
-    const chunks = t.chunks?.map((c) => registry.intern(toc.chunks[c].digest, toc.chunks[c].length).id);
+    const chunks = t.chunks?.map((c) => chunkIndex.intern(toc.chunks[c].digest, toc.chunks[c].length).id);
     return { entry, chunks };
   });
 }
@@ -210,7 +210,7 @@ function fromToc(toc: Toc, layer: number, registry: ChunkRegistry): ScannedEntry
  * one found in the destination whose content this user's own earlier conversion recorded.
  */
 async function trustedLayer(ctx: Ctx, layerDigest: string): Promise<{ toc: Toc; layer: number } | undefined> {
-  for (const c of ctx.registry.layerCache.get(`${layerDigest} ${ctx.entryOptions}`) ?? []) {
+  for (const c of ctx.chunkIndex.layerCache.get(`${layerDigest} ${ctx.entryOptions}`) ?? []) {
     const toc = decodeToc(c.tocBlob, c.what);
     if (c.trusted || (await ctx.trust.trustsLayer(layerDigest, ctx.entryOptions, layerContentDigest(toc, c.layer)))) return { toc, layer: c.layer };
   }
@@ -224,18 +224,18 @@ async function trustedLayer(ctx: Ctx, layerDigest: string): Promise<{ toc: Toc; 
  * many were read.
  */
 async function checkForeignLocations(ctx: Ctx, ids: number[]): Promise<number> {
-  const { registry, trust } = ctx;
+  const { chunkIndex, trust } = ctx;
   const byPack = new Map<string, number[]>();
   for (const id of ids) {
-    const loc = registry.loc(id)!;
+    const loc = chunkIndex.loc(id)!;
     const pack = loc.pack as string;
-    if (await trust.knowsLocation(pack, locationKey(loc.off, loc.inner, registry.length(id), registry.hex(id)))) registry.trustLoc(id);
+    if (await trust.knowsLocation(pack, locationKey(loc.off, loc.inner, chunkIndex.length(id), chunkIndex.hex(id)))) chunkIndex.trustLoc(id);
     else byPack.set(pack, [...(byPack.get(pack) ?? []), id]);
   }
   let verified = 0;
   const dst = ctx.sink.asSource();
   for (const [pack, list] of byPack) {
-    const size = registry.packSizes.get(pack);
+    const size = chunkIndex.packSizes.get(pack);
     if (size === undefined) throw new OcichunkError('EINTERNAL', `size of pack ${pack} unknown`);
     const reader = await dst.openRanges({ mediaType: CMT.pack, digest: pack, size });
     try {
@@ -243,7 +243,7 @@ async function checkForeignLocations(ctx: Ctx, ids: number[]): Promise<number> {
         const part = list.slice(i, i + 1024);
         const frames = new Map<number, { clen: number; ulen: number }>();
         for (const id of part) {
-          const l = registry.loc(id)!;
+          const l = chunkIndex.loc(id)!;
           frames.set(l.off, { clen: l.clen, ulen: l.ulen });
         }
         const offs = [...frames.keys()];
@@ -265,19 +265,19 @@ async function checkForeignLocations(ctx: Ctx, ids: number[]): Promise<number> {
         });
         const ranges = new Uint32Array(part.length * 2);
         part.forEach((id, k) => {
-          const l = registry.loc(id)!;
-          ranges.set([outAt.get(l.off)! + l.inner, registry.length(id)], k * 2);
+          const l = chunkIndex.loc(id)!;
+          ranges.set([outAt.get(l.off)! + l.inner, chunkIndex.length(id)], k * 2);
         });
         const digests = await native.hashRanges(out, ranges, 0);
         const good: string[] = [];
         part.forEach((id, k) => {
-          const hex = registry.hex(id);
+          const hex = chunkIndex.hex(id);
           if (digests.toString('hex', k * 32, k * 32 + 32) !== hex) {
             throw new OcichunkError('EDIGEST', `${what} does not hold chunk sha256:${hex} where a chunked manifest there claims it is; remove that image (ocichunk gc) or convert into another destination`);
           }
-          const l = registry.loc(id)!;
-          good.push(locationKey(l.off, l.inner, registry.length(id), hex));
-          registry.trustLoc(id);
+          const l = chunkIndex.loc(id)!;
+          good.push(locationKey(l.off, l.inner, chunkIndex.length(id), hex));
+          chunkIndex.trustLoc(id);
         });
         verified += part.length;
         await trust.recordLocations(pack, good);
@@ -291,13 +291,13 @@ async function checkForeignLocations(ctx: Ctx, ids: number[]): Promise<number> {
 
 /** Record the chunk locations this conversion wrote (ids from `firstNew` on; packs have digests now). */
 async function recordWritten(ctx: Ctx, firstNew: number): Promise<void> {
-  const { registry } = ctx;
+  const { chunkIndex } = ctx;
   const byPack = new Map<string, string[]>();
-  for (let id = firstNew; id < registry.size; id++) {
-    const l = registry.loc(id);
+  for (let id = firstNew; id < chunkIndex.size; id++) {
+    const l = chunkIndex.loc(id);
     if (!l || typeof l.pack !== 'string') continue;
     const keys = byPack.get(l.pack) ?? [];
-    keys.push(locationKey(l.off, l.inner, registry.length(id), registry.hex(id)));
+    keys.push(locationKey(l.off, l.inner, chunkIndex.length(id), chunkIndex.hex(id)));
     byPack.set(l.pack, keys);
   }
   for (const [pack, keys] of byPack) await ctx.trust.recordLocations(pack, keys);
@@ -409,7 +409,7 @@ export async function convert(srcRef: string, dstRef: string, opts: ConvertOptio
 interface Ctx {
   src: ImageSource;
   sink: ImageSink;
-  registry: ChunkRegistry;
+  chunkIndex: ChunkIndex;
   packer: Packer;
   spool: Spool;
   scanOpts: ConstructorParameters<typeof LayerScanner>[0];
@@ -461,15 +461,15 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
       }
     }
   }
-  // a caller converting many images into one sink (analyze) keeps the registry between calls
-  const registry = opts.registry ?? new ChunkRegistry();
-  if (!opts.registry) await registry.loadFromSink(sink);
+  // a caller converting many images into one sink (analyze) keeps the chunk index between calls
+  const chunkIndex = opts.chunkIndex ?? new ChunkIndex();
+  if (!opts.chunkIndex) await chunkIndex.loadFromSink(sink);
   // named for its owner; spools dead processes left in the temp dir are removed first (store/owner.ts)
   const spool = new Spool(await newSpoolPath(opts.tmpDir ?? os.tmpdir()));
   const batchBytes = opts.batchBytes ?? 8 << 20;
   const groupBelow = opts.groupBelow ?? DEFAULT_GROUP_BELOW;
   if ((opts.groupTarget ?? 0) > FRAME_MAX) throw new OcichunkError('EUSAGE', `frame size ${opts.groupTarget} is over the format's limit of ${FRAME_MAX} bytes`);
-  const packer = new Packer(sink, registry, {
+  const packer = new Packer(sink, chunkIndex, {
     level,
     threads,
     groupBelow,
@@ -484,8 +484,8 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
     JSON.stringify({ chunker, sourceDateEpoch: scanOpts.sourceDateEpoch, keepMtime: scanOpts.keepMtime, version: FORMAT_VERSION }),
   ).slice(7, 39);
   const trust = new ConvertTrust(opts.trustDir);
-  const firstNew = registry.mark();
-  const ctx: Ctx = { src, sink, registry, packer, spool, scanOpts, entryOptions, chunker, level, attach, progress, prefetch: opts.prefetch, trust };
+  const firstNew = chunkIndex.mark();
+  const ctx: Ctx = { src, sink, chunkIndex, packer, spool, scanOpts, entryOptions, chunker, level, attach, progress, prefetch: opts.prefetch, trust };
   const results: PlatformResult[] = [];
   try {
     for (const img of images) results.push(await convertPlatform(img, ctx));
@@ -495,9 +495,9 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   } finally {
     spool.close();
   }
-  registry.resolvePacks(packer.packs);
+  chunkIndex.resolvePacks(packer.packs);
   // what this conversion wrote is known good: later conversions reuse it without reading it
-  if (!opts.registry) await recordWritten(ctx, firstNew);
+  if (!opts.chunkIndex) await recordWritten(ctx, firstNew);
   progress({ phase: 'upload' });
   // what the new (or kept) top index lists but was not converted (attestations, other entries) comes along
   // (single-platform conversions write their own index, or keep a top index the sink already holds)
@@ -588,12 +588,12 @@ function mergeReports(a: TransferReport | undefined, b: TransferReport | undefin
 
 /** One platform: scan and pack every layer, write the TOC, the chunked manifest and the original's blobs. */
 async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformResult> {
-  const { src, sink, registry, packer, spool, scanOpts, entryOptions, chunker } = ctx;
+  const { src, sink, chunkIndex, packer, spool, scanOpts, entryOptions, chunker } = ctx;
   const level = ctx.level;
   const original = img.original!;
   const platformName = platformString(original.desc.platform ?? img.platform);
   const progress = (p: ConvertProgress) => ctx.progress({ ...p, platform: platformName });
-  const storedBefore = registry.mark();
+  const storedBefore = chunkIndex.mark();
   const packsBefore = packer.packs.length;
   const framesBefore = packer.frameCount;
   const bytesBefore = packer.storedBytes;
@@ -616,7 +616,7 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
       const reuse = await trustedLayer(ctx, layer.digest);
       if (reuse) {
         reused.add(i);
-        const ordered = fromToc(reuse.toc, reuse.layer, registry);
+        const ordered = fromToc(reuse.toc, reuse.layer, chunkIndex);
         await copyBlob(src, sink, layer, what);
         for (const s of ordered) {
           entries++;
@@ -630,9 +630,9 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
         layersOut.push({ entries: ordered });
         continue;
       }
-      const mark = registry.mark();
+      const mark = chunkIndex.mark();
       packer.beginLayer();
-      let scanner = new LayerScanner(scanOpts, registry, spool, packer);
+      let scanner = new LayerScanner(scanOpts, chunkIndex, spool, packer);
       let ordered: ScannedEntry[];
       try {
         ordered = canonicalOrder(await scanLayer(src, sink, layer, what, scanner));
@@ -640,8 +640,8 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
         if (!(e instanceof OutOfOrder)) throw e;
         onePass--;
         await packer.rollbackLayer();
-        registry.truncate(mark);
-        scanner = new LayerScanner(scanOpts, registry, spool);
+        chunkIndex.truncate(mark);
+        scanner = new LayerScanner(scanOpts, chunkIndex, spool);
         ordered = canonicalOrder(await scanLayer(src, sink, layer, what, scanner));
         progress({ phase: 'pack', layer: i, layers: manifest.layers.length });
         for (const s of ordered) if (s.chunks) await packer.placeFromSpool(s.chunks, spool);
@@ -677,8 +677,8 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
         refs = s.chunks.map((id) => {
           let ci = chunkIdx.get(id);
           if (ci !== undefined) return ci;
-          const loc = registry.loc(id);
-          if (!loc) throw new OcichunkError('EINTERNAL', `chunk ${registry.hex(id)} was never placed`);
+          const loc = chunkIndex.loc(id);
+          if (!loc) throw new OcichunkError('EINTERNAL', `chunk ${chunkIndex.hex(id)} was never placed`);
           const pd = packDigest(loc.pack);
           let pi = packIdx.get(pd);
           if (pi === undefined) {
@@ -696,9 +696,9 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
           }
           ci = toc.chunks.length;
           chunkIdx.set(id, ci);
-          toc.chunks.push({ digest: registry.hex(id), frame: fi, offset: loc.inner, length: registry.length(id) });
-          if (registry.isForeign(id)) foreign.push(id);
-          uniqueChunkBytes += registry.length(id);
+          toc.chunks.push({ digest: chunkIndex.hex(id), frame: fi, offset: loc.inner, length: chunkIndex.length(id) });
+          if (chunkIndex.isForeign(id)) foreign.push(id);
+          uniqueChunkBytes += chunkIndex.length(id);
           if (id < storedBefore) reusedChunks++;
           return ci;
         });
@@ -710,7 +710,7 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
   const chunksVerified = await checkForeignLocations(ctx, foreign);
   const { json, blob } = encodeToc(toc, Math.max(level, 10));
   const tocStored = await sink.putBlob(blob);
-  registry.rememberLayers(
+  chunkIndex.rememberLayers(
     manifest.layers.map((l) => l.digest),
     entryOptions,
     blob,
@@ -722,7 +722,7 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
   }
   const packSize = (d: string) => {
     const mine = packer.packs.find((p) => p.digest === d);
-    const size = mine?.size ?? registry.packSizes.get(d);
+    const size = mine?.size ?? chunkIndex.packSizes.get(d);
     if (size === undefined) throw new OcichunkError('EINTERNAL', `size of pack ${d} unknown`);
     return size;
   };

@@ -9,7 +9,7 @@ import { OcichunkError } from '../errors.js';
 import { native } from '../native/index.js';
 import type { BlobWriter } from '../store/blobstore.js';
 import type { ImageSink } from '../transports/types.js';
-import type { ChunkRegistry } from './registry.js';
+import type { ChunkIndex } from './chunk-index.js';
 import type { Spool } from './scan.js';
 
 export interface PackOptions {
@@ -63,7 +63,7 @@ export class Packer {
 
   constructor(
     private readonly sink: ImageSink,
-    private readonly registry: ChunkRegistry,
+    private readonly chunkIndex: ChunkIndex,
     private readonly opts: PackOptions,
   ) {
     const cap = Math.max(opts.batchBytes, opts.maxChunk) + opts.groupTarget;
@@ -81,12 +81,12 @@ export class Packer {
 
   /** Is this chunk still to be placed? */
   needs(id: number): boolean {
-    return this.registry.unplaced(id);
+    return this.chunkIndex.unplaced(id);
   }
 
   /** Place a chunk whose bytes are at src[off, off+len). */
   async place(id: number, src: Buffer, off: number): Promise<void> {
-    const len = this.registry.length(id);
+    const len = this.chunkIndex.length(id);
     const at = await this.reserve(len);
     src.copy(this.stages[this.cur], at, off, off + len);
     this.placed(id, at, len);
@@ -96,10 +96,10 @@ export class Packer {
   async placeFromSpool(ids: number[], spool: Spool): Promise<void> {
     for (const id of ids) {
       if (!this.needs(id)) continue;
-      const so = this.registry.spoolOff(id);
-      if (so < 0) throw new OcichunkError('EINTERNAL', `chunk ${this.registry.hex(id)} has no bytes to place`);
-      const len = this.registry.length(id);
-      const clen = this.registry.spoolClen(id);
+      const so = this.chunkIndex.spoolOff(id);
+      if (so < 0) throw new OcichunkError('EINTERNAL', `chunk ${this.chunkIndex.hex(id)} has no bytes to place`);
+      const len = this.chunkIndex.length(id);
+      const clen = this.chunkIndex.spoolClen(id);
       if (clen >= 0) {
         // a large chunk, compressed into its own frame during the scan: the same bytes as here
         if (this.framesBytes >= this.opts.batchBytes) await this.rotate();
@@ -115,7 +115,7 @@ export class Packer {
 
   /** Claim a chunk now, so a repeat is not placed twice; the real location is set when written. */
   private claim(id: number): void {
-    this.registry.claim(id);
+    this.chunkIndex.claim(id);
     this.placedThisLayer.push(id);
   }
 
@@ -246,8 +246,8 @@ export class Packer {
       const packOff = this.writer.size + pendingBytes;
       let inner = 0;
       for (const id of f.ids) {
-        this.registry.setLoc(id, { pack: this.packIndex, off: packOff, clen, ulen: f.bytes, inner });
-        inner += this.registry.length(id);
+        this.chunkIndex.setLoc(id, { pack: this.packIndex, off: packOff, clen, ulen: f.bytes, inner });
+        inner += this.chunkIndex.length(id);
       }
       push(bytes);
       this.storedBytes += clen;
@@ -274,7 +274,7 @@ export class Packer {
     await this.inflight.catch(() => {});
     await this.writer?.abort();
     this.writer = undefined;
-    for (const id of this.placedThisLayer) this.registry.unclaim(id);
+    for (const id of this.placedThisLayer) this.chunkIndex.unclaim(id);
     this.placedThisLayer = [];
     this.packs.length = this.layerPackStart;
     this.frames = [];

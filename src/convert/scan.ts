@@ -12,7 +12,7 @@ import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
 import { decodeHeaders } from '../layer/tar.js';
 import { native, type ChunkerSpec, type ScanBatch, type ScanStep } from '../native/index.js';
 import type { Packer } from './packer.js';
-import type { ChunkRegistry } from './registry.js';
+import type { ChunkIndex } from './chunk-index.js';
 
 /** Thrown in sorted mode when an entry arrives out of canonical order. */
 export class OutOfOrder extends Error {
@@ -116,7 +116,7 @@ export class LayerScanner {
    */
   constructor(
     private readonly opts: ScanOptions,
-    private readonly registry: ChunkRegistry,
+    private readonly chunkIndex: ChunkIndex,
     private readonly spool: Spool,
     private readonly packer?: Packer,
   ) {}
@@ -248,8 +248,8 @@ export class LayerScanner {
           // assign spool offsets to the chunks in this run
           let o = at;
           for (const id of pendingIds) {
-            this.registry.setSpool(id, o);
-            o += this.registry.length(id);
+            this.chunkIndex.setSpool(id, o);
+            o += this.chunkIndex.length(id);
           }
         }
         pendingIds.length = 0;
@@ -259,7 +259,7 @@ export class LayerScanner {
       const pendingIds: number[] = [];
       for (let k = 0; k < r.counts[si]; k++, ci++) {
         const len = r.lengths[ci];
-        const { id, fresh } = this.registry.internRaw(r.digests, ci * 32, len);
+        const { id, fresh } = this.chunkIndex.internRaw(r.digests, ci * 32, len);
         s.file.chunks!.push(id);
         this.stats.chunkRefs++;
         if (fresh && len >= this.opts.groupBelow) {
@@ -288,7 +288,7 @@ export class LayerScanner {
       writes.push(written);
       let o = at;
       bigIds.forEach((id, k) => {
-        this.registry.setSpool(id, o, r.sizes[k]);
+        this.chunkIndex.setSpool(id, o, r.sizes[k]);
         o += r.sizes[k];
       });
     }
@@ -303,7 +303,7 @@ export class LayerScanner {
       let pos = s.start;
       for (let k = 0; k < r.counts[si]; k++, ci++) {
         const len = r.lengths[ci];
-        const { id, fresh } = this.registry.internRaw(r.digests, ci * 32, len);
+        const { id, fresh } = this.chunkIndex.internRaw(r.digests, ci * 32, len);
         s.file.chunks!.push(id);
         this.stats.chunkRefs++;
         if (fresh) {

@@ -1,16 +1,16 @@
 /**
- * The chunk registry's off-heap hash table: lookups after growth, roll-back, and packs resolved from
+ * The chunk index's off-heap hash table: lookups after growth, roll-back, and packs resolved from
  * a conversion's indexes to digests (what lets analyze keep one registry across many images).
  */
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { ChunkRegistry } from '../src/convert/registry.js';
+import { ChunkIndex } from '../src/convert/chunk-index.js';
 
 const digest = (i: number) => createHash('sha256').update(`chunk ${i}`).digest();
 
-describe('ChunkRegistry', () => {
+describe('ChunkIndex', () => {
   it('interns 200k digests, finds each again, and tells new from known', () => {
-    const r = new ChunkRegistry();
+    const r = new ChunkIndex();
     const n = 200_000;
     let wrong = 0;
     for (let i = 0; i < n; i++) {
@@ -34,7 +34,7 @@ describe('ChunkRegistry', () => {
   });
 
   it('rolls back to a mark, and the forgotten digests are new again', () => {
-    const r = new ChunkRegistry();
+    const r = new ChunkIndex();
     for (let i = 0; i < 1000; i++) r.internRaw(digest(i), 0, 1);
     const mark = r.mark();
     for (let i = 1000; i < 5000; i++) r.internRaw(digest(i), 0, 1);
@@ -48,7 +48,7 @@ describe('ChunkRegistry', () => {
   });
 
   it('keeps locations; packs of a conversion become digests once written', () => {
-    const r = new ChunkRegistry();
+    const r = new ChunkIndex();
     const a = r.intern(digest(1).toString('hex'), 10).id;
     const b = r.intern(digest(2).toString('hex'), 20).id;
     const c = r.intern(digest(3).toString('hex'), 30).id;

@@ -37,7 +37,7 @@ function grow<T extends Uint8Array | Uint32Array | Int32Array | Float64Array>(a:
   return b;
 }
 
-export class ChunkRegistry {
+export class ChunkIndex {
   private n = 0;
   private dig = new Uint8Array(0);
   private len = new Uint32Array(0);
