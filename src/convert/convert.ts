@@ -436,15 +436,10 @@ async function platformsOf(src: ImageSource): Promise<{ top: { desc: Descriptor;
   return { top, index: parsed.doc, platforms };
 }
 
-export async function convertImage(src: ImageSource, sink: ImageSink, opts: ConvertOptions = {}): Promise<ConvertResult> {
-  const t0 = performance.now();
-  const chunker = opts.chunker ?? DEFAULT_CHUNKER;
-  const level = opts.zstdLevel ?? 3;
-  const threads = opts.threads ?? 0;
-  const attach = opts.attach ?? 'index';
-  const progress = opts.onProgress ?? (() => {});
-  progress({ phase: 'resolve' });
-  const { top, index: topIndex, platforms } = await platformsOf(src);
+/** Platform choice: the images to convert (one, or every platform of an index), each checked convertible. */
+async function imagesToConvert(src: ImageSource, opts: ConvertOptions): Promise<{ images: ResolvedImage[] } & Awaited<ReturnType<typeof platformsOf>>> {
+  const found = await platformsOf(src);
+  const { top, index: topIndex, platforms } = found;
   const images: ResolvedImage[] = [];
   if (opts.allPlatforms && topIndex && platforms.length > 0) {
     for (const p of platforms) images.push(await resolveImage(src, p, top));
@@ -461,6 +456,15 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
       }
     }
   }
+  return { images, ...found };
+}
+
+/** The conversion's context: the chunk index of the sink, the packer, the spool, the options that shape entries. */
+async function conversionContext(src: ImageSource, sink: ImageSink, opts: ConvertOptions, progress: (p: ConvertProgress) => void): Promise<Ctx> {
+  const chunker = opts.chunker ?? DEFAULT_CHUNKER;
+  const level = opts.zstdLevel ?? 3;
+  const threads = opts.threads ?? 0;
+  if ((opts.groupTarget ?? 0) > FRAME_MAX) throw new OcichunkError('EUSAGE', `frame size ${opts.groupTarget} is over the format's limit of ${FRAME_MAX} bytes`);
   // a caller converting many images into one sink (analyze) keeps the chunk index between calls
   const chunkIndex = opts.chunkIndex ?? new ChunkIndex();
   if (!opts.chunkIndex) await chunkIndex.loadFromSink(sink);
@@ -468,7 +472,6 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   const spool = new Spool(await newSpoolPath(opts.tmpDir ?? os.tmpdir()));
   const batchBytes = opts.batchBytes ?? 8 << 20;
   const groupBelow = opts.groupBelow ?? DEFAULT_GROUP_BELOW;
-  if ((opts.groupTarget ?? 0) > FRAME_MAX) throw new OcichunkError('EUSAGE', `frame size ${opts.groupTarget} is over the format's limit of ${FRAME_MAX} bytes`);
   const packer = new Packer(sink, chunkIndex, {
     level,
     threads,
@@ -484,70 +487,64 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
     JSON.stringify({ chunker, sourceDateEpoch: scanOpts.sourceDateEpoch, keepMtime: scanOpts.keepMtime, version: FORMAT_VERSION }),
   ).slice(7, 39);
   const trust = new ConvertTrust(opts.trustDir);
-  const firstNew = chunkIndex.mark();
-  const ctx: Ctx = { src, sink, chunkIndex, packer, spool, scanOpts, entryOptions, chunker, level, attach, progress, prefetch: opts.prefetch, trust };
-  const results: PlatformResult[] = [];
-  try {
-    for (const img of images) results.push(await convertPlatform(img, ctx));
-  } catch (e) {
-    await packer.abort();
-    throw e;
-  } finally {
-    spool.close();
-  }
-  chunkIndex.resolvePacks(packer.packs);
-  // what this conversion wrote is known good: later conversions reuse it without reading it
-  if (!opts.chunkIndex) await recordWritten(ctx, firstNew);
-  progress({ phase: 'upload' });
+  return { src, sink, chunkIndex, packer, spool, scanOpts, entryOptions, chunker, level, attach: opts.attach ?? 'index', progress, prefetch: opts.prefetch, trust };
+}
+
+/**
+ * Index assembly: what the destination tag points to. With attach 'index', a new index listing each
+ * original manifest followed by its chunked one (every other entry of a kept top index in its
+ * place); with 'referrer', the original top manifest, the chunked manifests attached as referrers.
+ */
+async function assembleIndex(
+  ctx: Ctx,
+  found: Awaited<ReturnType<typeof imagesToConvert>>,
+  results: PlatformResult[],
+): Promise<{ tag: Descriptor; attachedVia?: ConvertResult['attachedVia'] }> {
+  const { src, sink } = ctx;
+  const { top, index: topIndex, images } = found;
   // what the new (or kept) top index lists but was not converted (attestations, other entries) comes along
   // (single-platform conversions write their own index, or keep a top index the sink already holds)
-  const keepTop = topIndex && images.length > 1;
-  if (keepTop) {
+  if (topIndex && images.length > 1) {
     const converted = new Set(results.map((r) => r.originalManifest.digest));
     for (const d of topIndex.manifests) if (!converted.has(d.digest) && d.artifactType !== CMT.artifact) await copyManifestTree(src, sink, d);
   }
-  let tagDesc: Descriptor;
-  let attachedVia: ConvertResult['attachedVia'];
-  if (attach === 'referrer') {
+  if (ctx.attach === 'referrer') {
     if (!sink.putReferrer) throw new OcichunkError('EUNSUPPORTED', `${sink.name}: cannot hold referrers`);
     // the tag keeps (or, in another repository, gets) the original top manifest; chunked manifests refer to it
     // (in place, the tag stays as it is; elsewhere, a partly converted index gives way to the platform's manifest)
     const whole = !topIndex || images.length > 1 || (await sinkHasManifest(sink, top.desc));
-    tagDesc = whole ? top.desc : results[0].originalManifest;
     if (whole) await sink.putManifest(top.bytes, top.desc.mediaType);
+    let attachedVia: ConvertResult['attachedVia'];
     for (const r of results) attachedVia = (await sink.putReferrer(r.chunkedManifest, r.originalManifest)).via;
-  } else {
-    let manifests: Descriptor[];
-    let annotations: Record<string, string> | undefined;
-    if (images.length > 1 && topIndex) {
-      // every entry of the original index, in its order, each converted one followed by its chunked manifest
-      manifests = [];
-      for (const d of topIndex.manifests) {
-        if (d.artifactType === CMT.artifact) continue; // a previous conversion's, replaced below
-        manifests.push(d);
-        const r = results.find((x) => x.originalManifest.digest === d.digest);
-        if (r) manifests.push(r.chunkedManifest);
-      }
-      annotations = topIndex.annotations;
-    } else {
-      manifests = [results[0].originalManifest, results[0].chunkedManifest];
-    }
-    const index: ImageIndex = { schemaVersion: 2, mediaType: MT.ociIndex, manifests, ...(annotations ? { annotations } : {}) };
-    const stored = await sink.putManifest(Buffer.from(JSON.stringify(index)), MT.ociIndex);
-    tagDesc = { mediaType: MT.ociIndex, digest: stored.digest, size: stored.size };
+    return { tag: whole ? top.desc : results[0].originalManifest, attachedVia };
   }
-  // the tag is written last, after every blob and manifest it leads to
-  await sink.setTag(tagDesc);
-  await sink.close();
-  progress({ phase: 'done' });
+  let manifests: Descriptor[];
+  let annotations: Record<string, string> | undefined;
+  if (images.length > 1 && topIndex) {
+    // every entry of the original index, in its order, each converted one followed by its chunked manifest
+    manifests = [];
+    for (const d of topIndex.manifests) {
+      if (d.artifactType === CMT.artifact) continue; // a previous conversion's, replaced below
+      manifests.push(d);
+      const r = results.find((x) => x.originalManifest.digest === d.digest);
+      if (r) manifests.push(r.chunkedManifest);
+    }
+    annotations = topIndex.annotations;
+  } else {
+    manifests = [results[0].originalManifest, results[0].chunkedManifest];
+  }
+  const index: ImageIndex = { schemaVersion: 2, mediaType: MT.ociIndex, manifests, ...(annotations ? { annotations } : {}) };
+  const stored = await sink.putManifest(Buffer.from(JSON.stringify(index)), MT.ociIndex);
+  return { tag: { mediaType: MT.ociIndex, digest: stored.digest, size: stored.size } };
+}
+
+/** Statistics: the figures of every platform added up (the first platform's descriptors on top). */
+function totals(results: PlatformResult[]): PlatformResult {
   const sum = (k: keyof PlatformResult) => results.reduce((a, r) => a + (r[k] as number), 0);
-  const first = results[0];
   const fileBytes = sum('fileBytes');
   const uniqueChunkBytes = sum('uniqueChunkBytes');
   return {
-    source: src.name,
-    destination: sink.name,
-    ...first,
+    ...results[0],
     platform: results.map((r) => r.platform).join(','),
     layers: sum('layers'),
     entries: sum('entries'),
@@ -569,8 +566,40 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
     reusedLayers: sum('reusedLayers'),
     chunksVerified: sum('chunksVerified'),
     dedupRatio: uniqueChunkBytes ? fileBytes / uniqueChunkBytes : 1,
-    index: tagDesc,
-    attach,
+  };
+}
+
+export async function convertImage(src: ImageSource, sink: ImageSink, opts: ConvertOptions = {}): Promise<ConvertResult> {
+  const t0 = performance.now();
+  const progress = opts.onProgress ?? (() => {});
+  progress({ phase: 'resolve' });
+  const found = await imagesToConvert(src, opts);
+  const ctx = await conversionContext(src, sink, opts, progress);
+  const firstNew = ctx.chunkIndex.mark();
+  const results: PlatformResult[] = [];
+  try {
+    for (const img of found.images) results.push(await convertPlatform(img, ctx));
+  } catch (e) {
+    await ctx.packer.abort();
+    throw e;
+  } finally {
+    ctx.spool.close();
+  }
+  ctx.chunkIndex.resolvePacks(ctx.packer.packs);
+  // what this conversion wrote is known good: later conversions reuse it without reading it
+  if (!opts.chunkIndex) await recordWritten(ctx, firstNew);
+  progress({ phase: 'upload' });
+  const { tag, attachedVia } = await assembleIndex(ctx, found, results);
+  // the tag is written last, after every blob and manifest it leads to
+  await sink.setTag(tag);
+  await sink.close();
+  progress({ phase: 'done' });
+  return {
+    source: src.name,
+    destination: sink.name,
+    ...totals(results),
+    index: tag,
+    attach: ctx.attach,
     ...(attachedVia ? { attachedVia } : {}),
     platforms: results,
     ...(sink.transferReport || src.transferReport ? { transfer: mergeReports(src.transferReport?.(), sink.transferReport?.()) } : {}),
@@ -587,128 +616,146 @@ function mergeReports(a: TransferReport | undefined, b: TransferReport | undefin
 }
 
 /** One platform: scan and pack every layer, write the TOC, the chunked manifest and the original's blobs. */
-async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformResult> {
-  const { src, sink, chunkIndex, packer, spool, scanOpts, entryOptions, chunker } = ctx;
-  const level = ctx.level;
-  const original = img.original!;
-  const platformName = platformString(original.desc.platform ?? img.platform);
-  const progress = (p: ConvertProgress) => ctx.progress({ ...p, platform: platformName });
-  const storedBefore = chunkIndex.mark();
-  const packsBefore = packer.packs.length;
-  const framesBefore = packer.frameCount;
-  const bytesBefore = packer.storedBytes;
-  const manifest = original.manifest;
-  let reusedLayers = 0;
-  const reused = new Set<number>();
-  const layersOut: Array<{ entries: ScannedEntry[] }> = [];
-  let entries = 0;
-  let files = 0;
-  let fileBytes = 0;
-  let chunkRefs = 0;
-  const totalIn = manifest.layers.reduce((a, l) => a + l.size, 0);
-  let onePass = manifest.layers.length;
-  try {
-    for (const [i, layer] of manifest.layers.entries()) {
-      const what = `${src.name} layer ${i} (${layer.digest})`;
-      progress({ phase: 'scan', layer: i, layers: manifest.layers.length, bytes: 0, totalBytes: layer.size });
-      // Most layers arrive in canonical order (tar --sort=name, directory walks): chunks are packed
-      // as they stream by. If an entry breaks the order, the layer is read again with a spool.
-      const reuse = await trustedLayer(ctx, layer.digest);
-      if (reuse) {
-        reused.add(i);
-        const ordered = fromToc(reuse.toc, reuse.layer, chunkIndex);
-        await copyBlob(src, sink, layer, what);
-        for (const s of ordered) {
-          entries++;
-          if (s.entry.type === 'reg') {
-            files++;
-            fileBytes += s.entry.size;
-          }
-          chunkRefs += s.chunks?.length ?? 0;
+/** What the layers of one image came to: their canonical entries, and figures for the result. */
+interface ConvertedLayers {
+  layers: Array<{ entries: ScannedEntry[] }>;
+  /** indexes of the layers taken from an earlier conversion (not read) */
+  reused: Set<number>;
+  entries: number;
+  files: number;
+  fileBytes: number;
+  chunkRefs: number;
+  onePassLayers: number;
+}
+
+/**
+ * Layer conversion: each layer of the image either taken from a trusted earlier conversion or
+ * scanned (chunks packed as they stream by when the layer is in canonical order, else read again
+ * with a spool) into canonical entries.
+ */
+async function convertLayers(img: ResolvedImage, ctx: Ctx, progress: (p: ConvertProgress) => void): Promise<ConvertedLayers> {
+  const { src, sink, chunkIndex, packer, spool, scanOpts } = ctx;
+  const manifest = img.original!.manifest;
+  const out: ConvertedLayers = { layers: [], reused: new Set(), entries: 0, files: 0, fileBytes: 0, chunkRefs: 0, onePassLayers: 0 };
+  for (const [i, layer] of manifest.layers.entries()) {
+    const what = `${src.name} layer ${i} (${layer.digest})`;
+    progress({ phase: 'scan', layer: i, layers: manifest.layers.length, bytes: 0, totalBytes: layer.size });
+    const reuse = await trustedLayer(ctx, layer.digest);
+    if (reuse) {
+      out.reused.add(i);
+      const ordered = fromToc(reuse.toc, reuse.layer, chunkIndex);
+      await copyBlob(src, sink, layer, what);
+      for (const s of ordered) {
+        out.entries++;
+        if (s.entry.type === 'reg') {
+          out.files++;
+          out.fileBytes += s.entry.size;
         }
-        reusedLayers++;
-        layersOut.push({ entries: ordered });
-        continue;
+        out.chunkRefs += s.chunks?.length ?? 0;
       }
-      const mark = chunkIndex.mark();
-      packer.beginLayer();
-      let scanner = new LayerScanner(scanOpts, chunkIndex, spool, packer);
-      let ordered: ScannedEntry[];
-      try {
-        ordered = canonicalOrder(await scanLayer(src, sink, layer, what, scanner));
-      } catch (e) {
-        if (!(e instanceof OutOfOrder)) throw e;
-        onePass--;
-        await packer.rollbackLayer();
-        chunkIndex.truncate(mark);
-        scanner = new LayerScanner(scanOpts, chunkIndex, spool);
-        ordered = canonicalOrder(await scanLayer(src, sink, layer, what, scanner));
-        progress({ phase: 'pack', layer: i, layers: manifest.layers.length });
-        for (const s of ordered) if (s.chunks) await packer.placeFromSpool(s.chunks, spool);
-      }
-      entries += scanner.stats.entries;
-      files += scanner.stats.files;
-      fileBytes += scanner.stats.fileBytes;
-      chunkRefs += scanner.stats.chunkRefs;
-      await packer.finishLayer();
-      layersOut.push({ entries: ordered });
+      out.layers.push({ entries: ordered });
+      continue;
     }
-  } catch (e) {
-    throw e;
+    // Most layers arrive in canonical order (tar --sort=name, directory walks): chunks are packed
+    // as they stream by. If an entry breaks the order, the layer is read again with a spool.
+    const mark = chunkIndex.mark();
+    packer.beginLayer();
+    let scanner = new LayerScanner(scanOpts, chunkIndex, spool, packer);
+    let ordered: ScannedEntry[];
+    try {
+      ordered = canonicalOrder(await scanLayer(src, sink, layer, what, scanner));
+      out.onePassLayers++;
+    } catch (e) {
+      if (!(e instanceof OutOfOrder)) throw e;
+      await packer.rollbackLayer();
+      chunkIndex.truncate(mark);
+      scanner = new LayerScanner(scanOpts, chunkIndex, spool);
+      ordered = canonicalOrder(await scanLayer(src, sink, layer, what, scanner));
+      progress({ phase: 'pack', layer: i, layers: manifest.layers.length });
+      for (const s of ordered) if (s.chunks) await packer.placeFromSpool(s.chunks, spool);
+    }
+    out.entries += scanner.stats.entries;
+    out.files += scanner.stats.files;
+    out.fileBytes += scanner.stats.fileBytes;
+    out.chunkRefs += scanner.stats.chunkRefs;
+    await packer.finishLayer();
+    out.layers.push({ entries: ordered });
   }
-  progress({ phase: 'write' });
-  // Build the TOC: packs, frames and chunks numbered in order of first reference.
+  return out;
+}
+
+/** A TOC built from converted layers, with figures about the chunks it names. */
+interface BuiltToc {
+  toc: Toc;
+  uniqueChunkBytes: number;
+  /** chunks stored before this image's conversion started */
+  reusedChunks: number;
+  /** compressed bytes of every frame the image names */
+  imageFrameBytes: number;
+  /** chunks this image takes from locations a destination's TOC claimed */
+  foreign: number[];
+}
+
+/** TOC building: packs, frames and chunks numbered in order of first reference. */
+function buildToc(layers: ConvertedLayers['layers'], ctx: Ctx, storedBefore: number): BuiltToc {
+  const { chunkIndex, packer } = ctx;
   const packIdx = new Map<string, number>();
   const frameIdx = new Map<string, number>();
   const chunkIdx = new Map<number, number>();
-  const toc: Toc = { version: FORMAT_VERSION, chunker, packs: [], frames: [], chunks: [], layers: [] };
+  const toc: Toc = { version: FORMAT_VERSION, chunker: ctx.chunker, packs: [], frames: [], chunks: [], layers: [] };
   if (ctx.prefetch?.length) toc.prefetch = ctx.prefetch;
   const packDigest = (p: string | number) => (typeof p === 'number' ? packer.packs[p].digest : p);
-  let uniqueChunkBytes = 0;
-  let reusedChunks = 0;
-  let imageFrameBytes = 0;
-  /** chunks this image takes from locations a destination's TOC claimed */
-  const foreign: number[] = [];
-  for (const layer of layersOut) {
-    const tocEntries: TocEntry[] = [];
-    for (const s of layer.entries) {
-      let refs: number[] | undefined;
-      if (s.chunks) {
-        refs = s.chunks.map((id) => {
-          let ci = chunkIdx.get(id);
-          if (ci !== undefined) return ci;
-          const loc = chunkIndex.loc(id);
-          if (!loc) throw new OcichunkError('EINTERNAL', `chunk ${chunkIndex.hex(id)} was never placed`);
-          const pd = packDigest(loc.pack);
-          let pi = packIdx.get(pd);
-          if (pi === undefined) {
-            pi = toc.packs.length;
-            packIdx.set(pd, pi);
-            toc.packs.push(pd);
-          }
-          const fk = `${pi}:${loc.off}`;
-          let fi = frameIdx.get(fk);
-          if (fi === undefined) {
-            fi = toc.frames.length;
-            frameIdx.set(fk, fi);
-            toc.frames.push({ pack: pi, offset: loc.off, compressedLength: loc.clen, length: loc.ulen });
-            imageFrameBytes += loc.clen;
-          }
-          ci = toc.chunks.length;
-          chunkIdx.set(id, ci);
-          toc.chunks.push({ digest: chunkIndex.hex(id), frame: fi, offset: loc.inner, length: chunkIndex.length(id) });
-          if (chunkIndex.isForeign(id)) foreign.push(id);
-          uniqueChunkBytes += chunkIndex.length(id);
-          if (id < storedBefore) reusedChunks++;
-          return ci;
-        });
-      }
-      tocEntries.push(toTocEntry(s.entry as Entry, refs));
+  const built: BuiltToc = { toc, uniqueChunkBytes: 0, reusedChunks: 0, imageFrameBytes: 0, foreign: [] };
+  const tocIndex = (id: number): number => {
+    let ci = chunkIdx.get(id);
+    if (ci !== undefined) return ci;
+    const loc = chunkIndex.loc(id);
+    if (!loc) throw new OcichunkError('EINTERNAL', `chunk ${chunkIndex.hex(id)} was never placed`);
+    const pd = packDigest(loc.pack);
+    let pi = packIdx.get(pd);
+    if (pi === undefined) {
+      pi = toc.packs.length;
+      packIdx.set(pd, pi);
+      toc.packs.push(pd);
     }
+    const fk = `${pi}:${loc.off}`;
+    let fi = frameIdx.get(fk);
+    if (fi === undefined) {
+      fi = toc.frames.length;
+      frameIdx.set(fk, fi);
+      toc.frames.push({ pack: pi, offset: loc.off, compressedLength: loc.clen, length: loc.ulen });
+      built.imageFrameBytes += loc.clen;
+    }
+    ci = toc.chunks.length;
+    chunkIdx.set(id, ci);
+    toc.chunks.push({ digest: chunkIndex.hex(id), frame: fi, offset: loc.inner, length: chunkIndex.length(id) });
+    if (chunkIndex.isForeign(id)) built.foreign.push(id);
+    built.uniqueChunkBytes += chunkIndex.length(id);
+    if (id < storedBefore) built.reusedChunks++;
+    return ci;
+  };
+  for (const layer of layers) {
+    const tocEntries: TocEntry[] = layer.entries.map((s) => toTocEntry(s.entry as Entry, s.chunks?.map(tocIndex)));
     toc.layers.push({ entries: tocEntries });
   }
-  const chunksVerified = await checkForeignLocations(ctx, foreign);
-  const { json, blob } = encodeToc(toc, Math.max(level, 10));
+  return built;
+}
+
+/**
+ * Publishing one platform: the TOC blob (remembered for reuse, its layers recorded as trusted), the
+ * original config and manifest byte-identical, then the chunked manifest; the two descriptors the
+ * index will list.
+ */
+async function publishPlatform(
+  img: ResolvedImage,
+  ctx: Ctx,
+  toc: Toc,
+  reused: Set<number>,
+): Promise<{ originalManifest: Descriptor; chunkedManifest: Descriptor; tocBytes: number; tocUncompressedBytes: number }> {
+  const { src, sink, chunkIndex, packer, entryOptions } = ctx;
+  const original = img.original!;
+  const manifest = original.manifest;
+  const { json, blob } = encodeToc(toc, Math.max(ctx.level, 10));
   const tocStored = await sink.putBlob(blob);
   chunkIndex.rememberLayers(
     manifest.layers.map((l) => l.digest),
@@ -753,47 +800,61 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
   const chunkedBytes = Buffer.from(JSON.stringify(chunkedManifest));
   const chunkedStored = await sink.putManifest(chunkedBytes, MT.ociManifest);
   const platform = original.desc.platform ?? img.platform;
-  const origDesc: Descriptor = {
-    mediaType: original.desc.mediaType,
-    digest: original.desc.digest,
-    size: original.desc.size,
-    platform,
-  };
   // Platform unknown/unknown (as BuildKit does for attestations): platform-matching clients
   // (containerd fetches every manifest that matches) never pull packs; readers pair it with the
   // original through the source annotation.
-  const chunkedDesc: Descriptor = {
-    mediaType: MT.ociManifest,
-    digest: chunkedStored.digest,
-    size: chunkedStored.size,
-    platform: { ...CHUNKED_PLATFORM },
-    artifactType: CMT.artifact,
-    annotations: { [ANN.source]: original.desc.digest, [ANN.platform]: platformString(platform) },
-  };
-  progress({ phase: 'write' });
   return {
-    platform: platformString(platform),
-    originalManifest: origDesc,
-    chunkedManifest: chunkedDesc,
-    layers: manifest.layers.length,
-    entries,
-    files,
-    fileBytes,
-    bytesIn: totalIn,
-    chunkRefs,
-    uniqueChunks: toc.chunks.length,
-    uniqueChunkBytes,
-    newChunks: toc.chunks.length - reusedChunks,
-    reusedChunks,
-    newFrames: packer.frameCount - framesBefore,
-    newPacks: packer.packs.length - packsBefore,
-    bytesStored: packer.storedBytes - bytesBefore,
-    imageFrameBytes,
+    originalManifest: { mediaType: original.desc.mediaType, digest: original.desc.digest, size: original.desc.size, platform },
+    chunkedManifest: {
+      mediaType: MT.ociManifest,
+      digest: chunkedStored.digest,
+      size: chunkedStored.size,
+      platform: { ...CHUNKED_PLATFORM },
+      artifactType: CMT.artifact,
+      annotations: { [ANN.source]: original.desc.digest, [ANN.platform]: platformString(platform) },
+    },
     tocBytes: blob.length,
     tocUncompressedBytes: json.length,
-    onePassLayers: onePass - reusedLayers,
-    reusedLayers,
+  };
+}
+
+/** One platform of an image: its layers converted, its TOC built and checked, everything published. */
+async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformResult> {
+  const { chunkIndex, packer } = ctx;
+  const original = img.original!;
+  const platformName = platformString(original.desc.platform ?? img.platform);
+  const progress = (p: ConvertProgress) => ctx.progress({ ...p, platform: platformName });
+  const before = { chunks: chunkIndex.mark(), packs: packer.packs.length, frames: packer.frameCount, bytes: packer.storedBytes };
+  const layers = await convertLayers(img, ctx, progress);
+  progress({ phase: 'write' });
+  const built = buildToc(layers.layers, ctx, before.chunks);
+  const chunksVerified = await checkForeignLocations(ctx, built.foreign);
+  const published = await publishPlatform(img, ctx, built.toc, layers.reused);
+  progress({ phase: 'write' });
+  const { toc } = built;
+  return {
+    platform: platformString(original.desc.platform ?? img.platform),
+    originalManifest: published.originalManifest,
+    chunkedManifest: published.chunkedManifest,
+    layers: original.manifest.layers.length,
+    entries: layers.entries,
+    files: layers.files,
+    fileBytes: layers.fileBytes,
+    bytesIn: original.manifest.layers.reduce((a, l) => a + l.size, 0),
+    chunkRefs: layers.chunkRefs,
+    uniqueChunks: toc.chunks.length,
+    uniqueChunkBytes: built.uniqueChunkBytes,
+    newChunks: toc.chunks.length - built.reusedChunks,
+    reusedChunks: built.reusedChunks,
+    newFrames: packer.frameCount - before.frames,
+    newPacks: packer.packs.length - before.packs,
+    bytesStored: packer.storedBytes - before.bytes,
+    imageFrameBytes: built.imageFrameBytes,
+    tocBytes: published.tocBytes,
+    tocUncompressedBytes: published.tocUncompressedBytes,
+    onePassLayers: layers.onePassLayers,
+    reusedLayers: layers.reused.size,
     chunksVerified,
-    dedupRatio: uniqueChunkBytes ? fileBytes / uniqueChunkBytes : 1,
+    dedupRatio: built.uniqueChunkBytes ? layers.fileBytes / built.uniqueChunkBytes : 1,
   };
 }
