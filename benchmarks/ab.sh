@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A/B of two builds of ocichunk on the same images in one run: the index digest each writes (a
-# refactor must not change a byte of output) and the time of convert, restore and `ls -R` (the
-# lazy reader's tree), alternating A and B so the machine's noise hits both alike.
+# refactor must not change a byte of output) and the time of convert, restore, `ls /usr/bin` (the
+# lazy reader: TOC opened, merged tree built) and verify (every chunk read), alternating A and B so the machine's noise hits both alike.
 #
 # Usage: benchmarks/ab.sh BASE_REF [LAYOUT_DIR[:TAG] ...]
 #   BASE_REF   a git revision (A); B is the working tree this script lives in (built as it is)
@@ -54,7 +54,10 @@ run() {
   root=$([ "$side" = A ] && echo "$A" || echo "$B")
   local s e
   s=$(date +%s.%N)
-  XDG_CACHE_HOME=$OUT/cache-$side node "$root/bin/ocichunk.js" "$@" > "$OUT/last.out"
+  if ! XDG_CACHE_HOME=$OUT/cache-$side node "$root/bin/ocichunk.js" "$@" > "$OUT/last.out"; then
+    echo "[ab] $side: ocichunk $* failed" >&2
+    exit 1
+  fi
   e=$(date +%s.%N)
   echo "$e - $s" | bc
 }
@@ -66,8 +69,8 @@ results=()
 differ=0
 for img in "${images[@]}"; do
   name=$(basename "${img%%:*}"):${img##*:}
-  declare -A tc=() tr=() tl=() dig=()
-  for side in A B; do tc[$side]=""; tr[$side]=""; tl[$side]=""; done
+  declare -A tc=() tr=() tl=() tv=() dig=()
+  for side in A B; do tc[$side]=""; tr[$side]=""; tl[$side]=""; tv[$side]=""; done
   for ((r = 0; r < ROUNDS; r++)); do
     for side in A B; do
       rm -rf "$OUT/l-$side" "$OUT/r-$side" "$OUT/cache-$side"
@@ -76,20 +79,26 @@ for img in "${images[@]}"; do
       if [ -n "${dig[$side]:-}" ] && [ "${dig[$side]}" != "$d" ]; then echo "[ab] $name: $side is not deterministic" >&2; differ=1; fi
       dig[$side]=$d
       tr[$side]+=" $(run $side restore "oci:$OUT/l-$side:x" "$OUT/r-$side")"
-      tl[$side]+=" $(run $side ls -R "oci:$OUT/l-$side:x" --json)"
+      tl[$side]+=" $(run $side ls "oci:$OUT/l-$side:x" /usr/bin --json)"
       sha256sum < "$OUT/last.out" | cut -c1-64 > "$OUT/ls-$side.sha"
+      tv[$side]+=" $(run $side verify "oci:$OUT/l-$side:x" --json)"
     done
-    cmp -s "$OUT/ls-A.sha" "$OUT/ls-B.sha" || { echo "[ab] $name: ls -R --json differs" >&2; differ=1; }
+    cmp -s "$OUT/ls-A.sha" "$OUT/ls-B.sha" || { echo "[ab] $name: ls --json differs" >&2; differ=1; }
   done
   same=$([ "${dig[A]}" = "${dig[B]}" ] && echo same || echo DIFFERENT)
   [ "$same" = same ] || differ=1
-  for step in convert restore ls; do
-    case $step in convert) a=$(best ${tc[A]}) b=$(best ${tc[B]}) ;; restore) a=$(best ${tr[A]}) b=$(best ${tr[B]}) ;; ls) a=$(best ${tl[A]}) b=$(best ${tl[B]}) ;; esac
+  for step in convert restore ls verify; do
+    case $step in
+      convert) a=$(best ${tc[A]}) b=$(best ${tc[B]}) ;;
+      restore) a=$(best ${tr[A]}) b=$(best ${tr[B]}) ;;
+      ls) a=$(best ${tl[A]}) b=$(best ${tl[B]}) ;;
+      verify) a=$(best ${tv[A]}) b=$(best ${tv[B]}) ;;
+    esac
     ratio=$(echo "scale=3; $b / $a" | bc)
     printf '%-40s %-8s %10.2f %10.2f %8s  %s\n' "$name" "$step" "$a" "$b" "$ratio" "$([ $step = convert ] && echo "$same ${dig[B]:7:12}")"
     results+=("{\"image\":\"$name\",\"step\":\"$step\",\"a\":$a,\"b\":$b,\"digestA\":\"${dig[A]}\",\"digestB\":\"${dig[B]}\"}")
   done
-  unset tc tr tl dig
+  unset tc tr tl tv dig
 done
 (IFS=,; echo "{\"base\":\"$commit\",\"rounds\":$ROUNDS,\"results\":[${results[*]}]}") > "$OUT/results.json"
 echo "[ab] results: $OUT/results.json" >&2
