@@ -19,6 +19,7 @@ import { parseManifestDoc, type Platform } from '../oci/types.js';
 import { openSource, type TransportOptions } from '../ref.js';
 import { CountingSink } from '../transports/counting-sink.js';
 import { ChunkIndex } from '../convert/chunk-index.js';
+import type { ChunkTable } from './chunk-table.js';
 
 export type Strategy = { name: string; kind: 'layer' } | { name: string; kind: 'chunks'; chunker: ChunkerSpec };
 
@@ -121,122 +122,158 @@ function takeToc(sink: CountingSink, r: ConvertResult, what: string): Toc {
   return decodeToc(sink.take(tocDesc.digest)!, what);
 }
 
-export async function analyze(refs: string[], opts: AnalyzeOptions = {}): Promise<AnalyzeResult> {
-  const t0 = performance.now();
-  if (!refs.length) throw new OcichunkError('EUSAGE', 'name at least one image');
-  const strategies = parseStrategies(opts.strategies ?? DEFAULT_STRATEGIES);
-  const level = opts.zstdLevel ?? 3;
-  // layer level, from the manifests: what a registry stores
-  const layerSizes = new Map<string, number>();
+/** The images' layers, from their manifests (what a registry stores: the layer level). */
+interface ImageLayers {
+  names: string[];
+  perImage: Array<Array<{ digest: string; size: number }>>;
+  /** compressed bytes of every layer reference */
+  logicalBytes: number;
+  /** compressed bytes of the distinct layers */
+  layerStored: number;
+  distinctLayers: number;
+}
+
+async function listLayers(refs: string[], opts: AnalyzeOptions): Promise<ImageLayers> {
   const names: string[] = [];
-  const perImageLayers: Array<Array<{ digest: string; size: number }>> = [];
+  const perImage: ImageLayers['perImage'] = [];
   for (const ref of refs) {
     const src = await openSource(ref, opts.transport);
     try {
       const img = await resolveImage(src, opts.platform);
       if (!img.original) throw new OcichunkError('EUNSUPPORTED', `${src.name}: no original image manifest to analyze`);
       names.push(src.name);
-      perImageLayers.push(img.original.manifest.layers.map((l) => ({ digest: l.digest, size: l.size })));
+      perImage.push(img.original.manifest.layers.map((l) => ({ digest: l.digest, size: l.size })));
     } finally {
       await src.close();
     }
   }
-  for (const ls of perImageLayers) for (const l of ls) layerSizes.set(l.digest, l.size);
-  const logicalBytes = perImageLayers.flat().reduce((a, l) => a + l.size, 0);
-  const layerStored = [...layerSizes.values()].reduce((a, b) => a + b, 0);
+  const layerSizes = new Map<string, number>();
+  for (const ls of perImage) for (const l of ls) layerSizes.set(l.digest, l.size);
+  return {
+    names,
+    perImage,
+    logicalBytes: perImage.flat().reduce((a, l) => a + l.size, 0),
+    layerStored: [...layerSizes.values()].reduce((a, b) => a + b, 0),
+    distinctLayers: layerSizes.size,
+  };
+}
 
+/** The layer strategy: each distinct layer blob stored once. */
+function layerStrategy(name: string, L: ImageLayers): StrategyResult {
+  const seen = new Set<string>();
+  return {
+    strategy: name,
+    logicalBytes: L.logicalBytes,
+    logicalFileBytes: 0,
+    uniqueBytes: L.layerStored,
+    storedBytes: L.layerStored,
+    packBytes: L.layerStored,
+    tocBytes: 0,
+    units: L.distinctLayers,
+    unitRefs: L.perImage.flat().length,
+    ratioVsLogical: L.logicalBytes / Math.max(1, L.layerStored),
+    ratioVsLayer: 1,
+    seconds: 0,
+    perImage: L.perImage.map((ls, i) => {
+      let m = 0;
+      for (const l of ls) if (!seen.has(l.digest)) (seen.add(l.digest), (m += l.size));
+      return { image: L.names[i], marginalStoredBytes: m, marginalUniqueBytes: m };
+    }),
+  };
+}
+
+/**
+ * A chunk strategy: every image converted into one in-memory sink with one chunk index (the sink's
+ * TOCs are never re-read); chunk occurrences go to the on-disk DuckDB table as each TOC comes, and
+ * the TOC is dropped. The set figures (unique bytes, units) come later from SQL.
+ */
+async function chunkStrategy(
+  s: Extract<Strategy, { kind: 'chunks' }>,
+  refs: string[],
+  L: ImageLayers,
+  table: ChunkTable,
+  opts: AnalyzeOptions,
+): Promise<StrategyResult> {
+  const ts = performance.now();
+  const sink = new CountingSink(`memory:${s.name}`);
+  const chunkIndex = new ChunkIndex();
+  const perImage: StrategyResult['perImage'] = [];
+  let packBytes = 0;
+  let tocBytes = 0;
+  let unitRefs = 0;
+  let fileBytes = 0;
+  for (const [i, ref] of refs.entries()) {
+    opts.onProgress?.({ strategy: s.name, image: L.names[i], index: i, images: refs.length });
+    const src = await openSource(ref, opts.transport);
+    let r: ConvertResult;
+    try {
+      const co: ConvertOptions = {
+        chunker: s.chunker,
+        zstdLevel: opts.zstdLevel ?? 3,
+        threads: opts.threads,
+        tmpDir: opts.tmpDir,
+        platform: opts.platform,
+        groupBelow: opts.groupBelow,
+        groupTarget: opts.groupTarget,
+        chunkIndex,
+      };
+      r = await convertImage(src, sink, co);
+    } finally {
+      await src.close();
+    }
+    table.appendToc(s.name, i, L.names[i], L.perImage[i].map((l) => l.digest), takeToc(sink, r, `${L.names[i]} (${s.name})`));
+    packBytes += r.bytesStored;
+    tocBytes += r.tocBytes;
+    unitRefs += r.chunkRefs;
+    fileBytes += r.fileBytes;
+    perImage.push({ image: L.names[i], marginalStoredBytes: r.bytesStored + r.tocBytes, marginalUniqueBytes: 0 });
+  }
+  const stored = packBytes + tocBytes;
+  return {
+    strategy: s.name,
+    chunker: s.chunker,
+    logicalBytes: L.logicalBytes,
+    logicalFileBytes: fileBytes,
+    uniqueBytes: 0,
+    storedBytes: stored,
+    packBytes,
+    tocBytes,
+    units: 0,
+    unitRefs,
+    ratioVsLogical: L.logicalBytes / Math.max(1, stored),
+    ratioVsLayer: L.layerStored / Math.max(1, stored),
+    seconds: (performance.now() - ts) / 1000,
+    perImage,
+  };
+}
+
+export async function analyze(refs: string[], opts: AnalyzeOptions = {}): Promise<AnalyzeResult> {
+  const t0 = performance.now();
+  if (!refs.length) throw new OcichunkError('EUSAGE', 'name at least one image');
+  const strategies = parseStrategies(opts.strategies ?? DEFAULT_STRATEGIES);
+  const L = await listLayers(refs, opts);
   // DuckDB loads only when an analysis runs (its import alone costs ~150 ms of every CLI start)
   const { ChunkTable } = await import('./chunk-table.js');
   const table = await ChunkTable.open(path.join(opts.tmpDir ?? os.tmpdir(), `ocichunk-analyze-${process.pid}-${randomBytes(4).toString('hex')}`), opts.memoryLimit);
   try {
     const results: StrategyResult[] = [];
-    let logicalFileBytes = 0;
     let sharingStrategy: string | undefined;
     let fileStrategy: string | undefined;
+    let logicalFileBytes = 0;
     for (const s of strategies) {
-      const ts = performance.now();
       if (s.kind === 'layer') {
-        const seen = new Set<string>();
-        results.push({
-          strategy: s.name,
-          logicalBytes,
-          logicalFileBytes: 0,
-          uniqueBytes: layerStored,
-          storedBytes: layerStored,
-          packBytes: layerStored,
-          tocBytes: 0,
-          units: layerSizes.size,
-          unitRefs: perImageLayers.flat().length,
-          ratioVsLogical: logicalBytes / Math.max(1, layerStored),
-          ratioVsLayer: 1,
-          seconds: 0,
-          perImage: perImageLayers.map((ls, i) => {
-            let m = 0;
-            for (const l of ls) if (!seen.has(l.digest)) (seen.add(l.digest), (m += l.size));
-            return { image: names[i], marginalStoredBytes: m, marginalUniqueBytes: m };
-          }),
-        });
+        results.push(layerStrategy(s.name, L));
         continue;
       }
-      // One chunk index per strategy across the images (the sink's TOCs are never re-read); chunk
-      // occurrences go to the on-disk DuckDB table as each TOC comes, and the TOC is dropped.
-      const sink = new CountingSink(`memory:${s.name}`);
-      const chunkIndex = new ChunkIndex();
-      const perImage: StrategyResult['perImage'] = [];
-      let packBytes = 0;
-      let tocBytes = 0;
-      let unitRefs = 0;
-      let fileBytes = 0;
-      for (const [i, ref] of refs.entries()) {
-        opts.onProgress?.({ strategy: s.name, image: names[i], index: i, images: refs.length });
-        const src = await openSource(ref, opts.transport);
-        let r: ConvertResult;
-        try {
-          const co: ConvertOptions = {
-            chunker: s.chunker,
-            zstdLevel: level,
-            threads: opts.threads,
-            tmpDir: opts.tmpDir,
-            platform: opts.platform,
-            groupBelow: opts.groupBelow,
-            groupTarget: opts.groupTarget,
-            chunkIndex,
-          };
-          r = await convertImage(src, sink, co);
-        } finally {
-          await src.close();
-        }
-        table.appendToc(s.name, i, names[i], perImageLayers[i].map((l) => l.digest), takeToc(sink, r, `${names[i]} (${s.name})`));
-        packBytes += r.bytesStored;
-        tocBytes += r.tocBytes;
-        unitRefs += r.chunkRefs;
-        fileBytes += r.fileBytes;
-        perImage.push({ image: names[i], marginalStoredBytes: r.bytesStored + r.tocBytes, marginalUniqueBytes: 0 });
-      }
-      logicalFileBytes = fileBytes;
-      const stored = packBytes + tocBytes;
-      results.push({
-        strategy: s.name,
-        chunker: s.chunker,
-        logicalBytes,
-        logicalFileBytes: fileBytes,
-        uniqueBytes: 0,
-        storedBytes: stored,
-        packBytes,
-        tocBytes,
-        units: 0,
-        unitRefs,
-        ratioVsLogical: logicalBytes / Math.max(1, stored),
-        ratioVsLayer: layerStored / Math.max(1, stored),
-        seconds: (performance.now() - ts) / 1000,
-        perImage,
-      });
+      const r = await chunkStrategy(s, refs, L, table, opts);
+      results.push(r);
+      logicalFileBytes = r.logicalFileBytes;
       // sharing from the first content-defined strategy (else the first chunk strategy)
       if (!sharingStrategy || (s.chunker.kind === 'cdc' && !sharingStrategy.startsWith('cdc'))) sharingStrategy = s.name;
       if (s.chunker.kind === 'file' && !fileStrategy) fileStrategy = s.name;
     }
     // the set figures, by SQL over the chunk table (DuckDB spills to disk beyond its memory limit)
-    const sql = await table.summarize(names.length, sharingStrategy, fileStrategy, opts.top ?? 20);
+    const sql = await table.summarize(L.names.length, sharingStrategy, fileStrategy, opts.top ?? 20);
     for (const r of results) {
       const q = sql.strategies.find((x) => x.strategy === r.strategy);
       if (!q) continue;
@@ -248,8 +285,8 @@ export async function analyze(refs: string[], opts: AnalyzeOptions = {}): Promis
     for (const r of results) if (r.strategy === 'layer') r.logicalFileBytes = logicalFileBytes;
     if (opts.parquet) await table.writeParquet(opts.parquet);
     return {
-      images: names,
-      zstdLevel: level,
+      images: L.names,
+      zstdLevel: opts.zstdLevel ?? 3,
       strategies: results,
       sharing: sharingStrategy ? sql.sharing : { strategy: 'layer', bytes: [] },
       topDuplicates: sql.topDuplicates,
