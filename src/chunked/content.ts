@@ -5,6 +5,7 @@
  */
 import { OcichunkError } from '../errors.js';
 import { native } from '../native/index.js';
+import { mapLimit } from '../util/limit.js';
 import type { RangeReader } from '../store/blobstore.js';
 import type { ChunkedImage } from './image.js';
 
@@ -81,17 +82,12 @@ export class ChunkReader {
       i = j;
     }
     const comp = Buffer.allocUnsafe(cpos);
-    let next = 0;
-    const worker = async () => {
-      while (next < runs.length) {
-        const run = runs[next++];
-        const r = await this.reader(run.pi);
-        const data = await r.read(run.off, run.end - run.off);
-        data.copy(comp, run.cpos);
-        this.bytesRead += data.length;
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(this.concurrency, runs.length) }, worker));
+    await mapLimit(runs, this.concurrency, async (run) => {
+      const r = await this.reader(run.pi);
+      const data = await r.read(run.off, run.end - run.off);
+      data.copy(comp, run.cpos);
+      this.bytesRead += data.length;
+    });
     this.framesRead += frames.length;
     let out: Buffer;
     try {

@@ -706,15 +706,36 @@ export class RegistryClient {
   }
 }
 
-const clients = new Map<string, RegistryClient>();
+const clients = new Map<string, { client: RegistryClient; holders: number }>();
 
-/** One client per host and options, so connections and tokens are shared by source and sink. */
-export function clientFor(host: string, opts: RegistryOptions = {}): RegistryClient {
+/**
+ * One client per host and options, shared by the sources and sinks that hold it (connections and
+ * tokens are shared by a source and a sink on one registry); its connections are closed when the
+ * last holder releases it (their close()).
+ */
+export function acquireClient(host: string, opts: RegistryOptions = {}): { client: RegistryClient; release(): void } {
   const key = JSON.stringify([host, opts.plainHttp, opts.insecure, opts.creds, opts.authfile, opts.retries, opts.backoffMs, opts.timeoutMs, opts.uploadChunkSize]);
-  let c = clients.get(key);
-  if (!c) {
-    c = new RegistryClient(host, opts);
-    clients.set(key, c);
+  let e = clients.get(key);
+  if (!e) {
+    e = { client: new RegistryClient(host, opts), holders: 0 };
+    clients.set(key, e);
   }
-  return c;
+  e.holders++;
+  const held = e;
+  let released = false;
+  return {
+    client: held.client,
+    release: () => {
+      if (released) return;
+      released = true;
+      if (--held.holders > 0) return;
+      if (clients.get(key) === held) clients.delete(key);
+      held.client.close();
+    },
+  };
+}
+
+/** Clients alive now (a leak check for tests). */
+export function openClients(): number {
+  return clients.size;
 }

@@ -14,7 +14,8 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { OcichunkError } from '../errors.js';
 import { MT, isIndexType, isManifestType, parseManifestDoc, type Descriptor, type ImageIndex } from '../oci/types.js';
-import { clientFor, type RegistryClient, type RegistryOptions } from '../registry/client.js';
+import { Limiter, mapLimit } from '../util/limit.js';
+import { acquireClient, type RegistryClient, type RegistryOptions } from '../registry/client.js';
 import { createTempBlob, sha256Digest, type BlobWriter, type RangeReader, type StagedBlob } from '../store/blobstore.js';
 import { collectChunkedManifests } from './chunked-scan.js';
 import type { ImageSink, ImageSource, TransferEvent, TransferReport } from './types.js';
@@ -87,11 +88,15 @@ function isManifestLike(mt: string): boolean {
 export class RegistrySource implements ImageSource {
   readonly client: RegistryClient;
   readonly remote = true;
+  private readonly release: () => void;
+  /** `client`: read through a sink's client (the sink holds it; closing this source lets nothing go). */
   constructor(
     readonly ref: DockerRef,
     readonly opts: RegistryTransportOptions = {},
+    client?: RegistryClient,
   ) {
-    this.client = clientFor(ref.apiHost, opts);
+    if (client) (this.client = client), (this.release = () => {});
+    else ({ client: this.client, release: this.release } = acquireClient(ref.apiHost, opts));
   }
   get name(): string {
     return formatDockerRef(this.ref);
@@ -137,7 +142,9 @@ export class RegistrySource implements ImageSource {
   transferReport(): TransferReport {
     return { endpoint: this.client.host, bytesDownloaded: this.client.stats.bytesDownloaded, requests: this.client.stats.requests, retries: this.client.stats.retries };
   }
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    this.release();
+  }
 }
 
 export function referrersTag(digest: string): string {
@@ -197,15 +204,15 @@ interface PendingManifest {
 
 export class RegistrySink implements ImageSink {
   readonly client: RegistryClient;
+  private readonly releaseClient: () => void;
   private readonly known = new Set<string>();
   private readonly uploads = new Map<string, Promise<void>>();
   private readonly manifests = new Map<string, PendingManifest>();
   /** digest -> whether the registry said it processed the manifest's subject (OCI-Subject) */
   private readonly pushedManifests = new Map<string, boolean>();
-  private readonly waiting: Array<() => void> = [];
-  private running = 0;
   private failure: unknown;
-  private readonly concurrency: number;
+  /** uploads running at once */
+  private readonly uploadSlots: Limiter;
   private readonly tmpDir: string;
   private readonly temps = new Set<string>();
   readonly report = { blobsUploaded: 0, bytesUploaded: 0, blobsSkipped: 0, bytesSkipped: 0, blobsMounted: 0, bytesMounted: 0 };
@@ -215,8 +222,8 @@ export class RegistrySink implements ImageSink {
     readonly opts: RegistryTransportOptions = {},
   ) {
     if (ref.digest) throw new OcichunkError('EUSAGE', `${formatDockerRef(ref)}: a destination needs a tag, not a digest`);
-    this.client = clientFor(ref.apiHost, opts);
-    this.concurrency = Math.max(1, opts.concurrency ?? 4);
+    ({ client: this.client, release: this.releaseClient } = acquireClient(ref.apiHost, opts));
+    this.uploadSlots = new Limiter(Math.max(1, opts.concurrency ?? 4));
     this.tmpDir = opts.tmpDir ?? os.tmpdir();
   }
   get name(): string {
@@ -245,19 +252,6 @@ export class RegistrySink implements ImageSink {
     if (this.failure) throw this.failure;
   }
 
-  private async slot(): Promise<void> {
-    if (this.running < this.concurrency) {
-      this.running++;
-      return;
-    }
-    await new Promise<void>((resolve) => this.waiting.push(resolve));
-  }
-  private release(): void {
-    const next = this.waiting.shift();
-    if (next) next();
-    else this.running--;
-  }
-
   /** Upload a local file in the background (unless the registry has the blob); `done` cleans up. */
   private enqueue(file: string, desc: { digest: string; size: number }, done?: () => Promise<void>): void {
     if (this.uploads.has(desc.digest) || this.known.has(desc.digest)) {
@@ -266,18 +260,18 @@ export class RegistrySink implements ImageSink {
     }
     const what = this.what(desc.digest);
     const p = (async () => {
-      await this.slot();
       try {
-        if (await this.client.headBlob(this.repo, desc.digest, what)) {
-          this.count('skip', desc);
-        } else {
-          this.opts.onTransfer?.({ kind: 'upload', digest: desc.digest, size: desc.size, done: false });
-          await this.client.uploadFile(this.repo, file, desc, what);
-          this.count('upload', desc);
-        }
-        this.known.add(desc.digest);
+        await this.uploadSlots.run(async () => {
+          if (await this.client.headBlob(this.repo, desc.digest, what)) {
+            this.count('skip', desc);
+          } else {
+            this.opts.onTransfer?.({ kind: 'upload', digest: desc.digest, size: desc.size, done: false });
+            await this.client.uploadFile(this.repo, file, desc, what);
+            this.count('upload', desc);
+          }
+          this.known.add(desc.digest);
+        });
       } finally {
-        this.release();
         await done?.();
       }
     })();
@@ -422,30 +416,25 @@ export class RegistrySink implements ImageSink {
 
   async chunkedManifests(): Promise<Descriptor[]> {
     const tags = (await this.client.listTags(this.repo, `${this.name} tags`)).sort().slice(0, 500);
-    const found: Array<Descriptor | undefined> = new Array(tags.length);
-    let next = 0;
     // a few requests at a time; results kept in tag order so the outcome does not depend on timing
-    const worker = async () => {
-      while (next < tags.length) {
-        const i = next++;
-        // only a way to find chunks to reuse: a tag that cannot be read is skipped, and only
-        // indexes are fetched (HEAD first: registries do not count it as a pull)
-        try {
-          const head = await this.client.headManifest(this.repo, tags[i], `${this.name}:${tags[i]}`);
-          if (head && head.mediaType && !isIndexType(head.mediaType)) continue;
-          const m = await this.client.getManifest(this.repo, tags[i], `${this.name}:${tags[i]}`);
-          if (isIndexType(m.mediaType)) found[i] = { mediaType: m.mediaType, digest: m.digest, size: m.bytes.length };
-        } catch (e) {
-          if (!(e instanceof OcichunkError)) throw e;
-        }
+    const found = await mapLimit(tags, 8, async (tag): Promise<Descriptor | undefined> => {
+      // only a way to find chunks to reuse: a tag that cannot be read is skipped, and only
+      // indexes are fetched (HEAD first: registries do not count it as a pull)
+      try {
+        const head = await this.client.headManifest(this.repo, tag, `${this.name}:${tag}`);
+        if (head && head.mediaType && !isIndexType(head.mediaType)) return undefined;
+        const m = await this.client.getManifest(this.repo, tag, `${this.name}:${tag}`);
+        if (isIndexType(m.mediaType)) return { mediaType: m.mediaType, digest: m.digest, size: m.bytes.length };
+      } catch (e) {
+        if (!(e instanceof OcichunkError)) throw e;
       }
-    };
-    await Promise.all(Array.from({ length: Math.min(8, tags.length) }, worker));
+      return undefined;
+    });
     return collectChunkedManifests(this.asSource(), found.filter((d): d is Descriptor => !!d));
   }
 
   asSource(): ImageSource {
-    return new RegistrySource({ ...this.ref, tag: undefined, digest: undefined }, this.opts);
+    return new RegistrySource({ ...this.ref, tag: undefined, digest: undefined }, this.opts, this.client);
   }
 
   async setTag(desc: Descriptor): Promise<void> {
@@ -469,12 +458,20 @@ export class RegistrySink implements ImageSink {
   }
 
   async close(): Promise<void> {
-    await this.flush();
+    try {
+      await this.flush();
+    } finally {
+      this.releaseClient();
+    }
   }
 
   async abort(): Promise<void> {
-    await Promise.allSettled([...this.uploads.values()]);
-    await Promise.all([...this.temps].map((t) => fsp.rm(t, { force: true })));
-    this.temps.clear();
+    try {
+      await Promise.allSettled([...this.uploads.values()]);
+      await Promise.all([...this.temps].map((t) => fsp.rm(t, { force: true })));
+      this.temps.clear();
+    } finally {
+      this.releaseClient();
+    }
   }
 }

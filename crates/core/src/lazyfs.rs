@@ -98,6 +98,58 @@ pub struct Shared {
 
 pub struct LazyFs {
     shared: Arc<Shared>,
+    pool: ReadPool,
+}
+
+/// Reads served by a fixed set of worker threads (a read that waits for the network holds up one
+/// worker, not the FUSE session; a burst of reads queues instead of starting a thread each).
+pub const READ_WORKERS: usize = 16;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A bounded pool of worker threads taking jobs from one queue. Dropping it closes the queue: the
+/// workers finish the job in hand and end (nobody waits for them, so an unmount never hangs on a
+/// read that waits for a fetch).
+pub struct ReadPool {
+    tx: Option<mpsc::Sender<Job>>,
+}
+
+impl ReadPool {
+    pub fn new(workers: usize) -> ReadPool {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..workers.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new().name(format!("ocichunk-read-{i}")).spawn(move || loop {
+                // the lock is held only while taking a job
+                let job = match rx.lock() {
+                    Ok(r) => r.recv(),
+                    Err(_) => return,
+                };
+                match job {
+                    Ok(job) => job(),
+                    Err(_) => return,
+                }
+            });
+            if spawned.is_err() && i == 0 {
+                // no worker at all: jobs run where they are queued (see `run`)
+                return ReadPool { tx: None };
+            }
+        }
+        ReadPool { tx: Some(tx) }
+    }
+
+    /// Queue a job (run in place if the pool has no workers).
+    pub fn run(&self, job: impl FnOnce() + Send + 'static) {
+        match &self.tx {
+            Some(tx) => {
+                if let Err(mpsc::SendError(job)) = tx.send(Box::new(job)) {
+                    job();
+                }
+            }
+            None => job(),
+        }
+    }
 }
 
 const TTL: Duration = Duration::from_secs(3600);
@@ -278,7 +330,7 @@ impl Shared {
 
 impl LazyFs {
     pub fn new(shared: Arc<Shared>) -> LazyFs {
-        LazyFs { shared }
+        LazyFs { shared, pool: ReadPool::new(READ_WORKERS) }
     }
 }
 
@@ -329,7 +381,7 @@ impl Filesystem for LazyFs {
     fn read(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, size: u32, _flags: i32, _lock: Option<u64>, reply: ReplyData) {
         let s = self.shared.clone();
         // off the session thread: a read that waits for the network holds up no other request
-        std::thread::spawn(move || match s.read(ino, offset.max(0) as u64, size) {
+        self.pool.run(move || match s.read(ino, offset.max(0) as u64, size) {
             Ok(b) => reply.data(&b),
             Err((errno, msg)) => {
                 s.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -510,6 +562,32 @@ mod tests {
         std::fs::write(dir.path().join("sha256").join(&h[..2]).join(&h), vec![0u8; data.len()]).unwrap();
         let fresh = Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap();
         assert!(fresh.read(f, 0, 4096).is_err());
+    }
+
+    #[test]
+    fn the_read_pool_bounds_its_threads_and_runs_every_job() {
+        let pool = ReadPool::new(3);
+        let running = Arc::new(AtomicU64::new(0));
+        let most = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..40 {
+            let (running, most, done, tx) = (running.clone(), most.clone(), done.clone(), tx.clone());
+            pool.run(move || {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+                running.fetch_sub(1, Ordering::SeqCst);
+                done.fetch_add(1, Ordering::SeqCst);
+                let _ = tx.send(());
+            });
+        }
+        for _ in 0..40 {
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        assert_eq!(done.load(Ordering::SeqCst), 40);
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=3).contains(&most), "{most} jobs ran at once");
     }
 
     #[test]
