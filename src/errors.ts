@@ -12,6 +12,7 @@ export type ErrorCode =
   | 'ENETWORK' // a registry could not be reached, or kept failing after retries
   | 'EAUTH' // a registry refused our credentials or denied access
   | 'ELOCKED' // a layout is locked by another process (or busy with writers, for gc) past the timeout
+  | 'ECANCELED' // the caller aborted the work (AbortSignal; SIGINT/SIGTERM in the CLI)
   | 'EINTERNAL';
 
 export class OcichunkError extends Error {
@@ -60,5 +61,6 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   ENETWORK: 9,
   EAUTH: 10,
   ELOCKED: 11,
+  ECANCELED: 130,
   EINTERNAL: 1,
 };

@@ -9,7 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { gc, openSink } from '../src/index.js';
+import { gc, OcichunkError, openSink, restore } from '../src/index.js';
 import { BlobStore } from '../src/store/blobstore.js';
 import { lockLayout } from '../src/store/layout-lock.js';
 import { image, tmpdir, REPO } from './helpers/env.js';
@@ -27,8 +27,8 @@ interface Ran {
   ms: number;
 }
 
-/** Run the CLI; with killAfterMs, SIGKILL it after that long (if it is still running). */
-function ocichunk(args: string[], opts: { env?: NodeJS.ProcessEnv; killAfterMs?: number } = {}): Promise<Ran> {
+/** Run the CLI; with killAfterMs, send it `kill` (SIGKILL unless said) after that long (if it is still running). */
+function ocichunk(args: string[], opts: { env?: NodeJS.ProcessEnv; killAfterMs?: number; kill?: NodeJS.Signals } = {}): Promise<Ran> {
   return new Promise((resolve, reject) => {
     const t0 = Date.now();
     const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...opts.env } });
@@ -36,7 +36,7 @@ function ocichunk(args: string[], opts: { env?: NodeJS.ProcessEnv; killAfterMs?:
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = opts.killAfterMs !== undefined ? setTimeout(() => child.kill('SIGKILL'), opts.killAfterMs) : undefined;
+    const timer = opts.killAfterMs !== undefined ? setTimeout(() => child.kill(opts.kill ?? 'SIGKILL'), opts.killAfterMs) : undefined;
     child.on('error', reject);
     child.on('close', (code, signal) => {
       if (timer) clearTimeout(timer);
@@ -226,6 +226,48 @@ describe('kill -9 during convert', () => {
     console.log(`kill -9: seed ${seed}, ${20 - finished} killed mid-run, ${finished} finished first, ${left} leftover files cleaned by the next runs`);
     expect(finished).toBeLessThan(10);
     expect(left).toBeGreaterThan(0); // the kills did leave something to clean
+  });
+});
+
+describe('SIGINT during convert and restore', () => {
+  it('stops cleanly: exit 130, nothing left behind, the destination untouched; a restore leaves its partial tree closed (0700)', async () => {
+    const work = tmpdir('safety-sigint');
+    const spool = path.join(work, 'spool');
+    fs.mkdirSync(spool);
+    const env = { TMPDIR: spool };
+    const src = `oci:${image('base')}:latest`;
+    const start = path.join(work, 'start');
+    await mustRun(['convert', MINI, `oci:${start}:keep`, '--quiet']);
+    const indexBefore = sha256File(path.join(start, 'index.json'));
+    fs.cpSync(start, path.join(work, 'ref'), { recursive: true });
+    const ref = JSON.parse((await mustRun(['convert', src, `oci:${path.join(work, 'ref')}:base`, '--json'], env)).stdout);
+    let stopped = 0;
+    for (const [i, delay] of [400, 700, 1000, 1400].entries()) {
+      const layout = path.join(work, `l${i}`);
+      fs.cpSync(start, layout, { recursive: true });
+      const r = await ocichunk(['convert', src, `oci:${layout}:base`], { env, killAfterMs: delay, kill: 'SIGINT' });
+      if (r.code === 0) continue; // finished first
+      stopped++;
+      expect(r.code, r.stderr).toBe(130);
+      expect(r.stderr).toMatch(/SIGINT: stopping the conversion/);
+      expect(r.stderr).toMatch(/ocichunk: .*SIGINT/);
+      // nothing to clean up, not even by a next run; the destination is as it was
+      expect(leftovers(layout, spool), `SIGINT after ${delay} ms`).toEqual([]);
+      expect(sha256File(path.join(layout, 'index.json'))).toBe(indexBefore);
+      await verifyAll(layout);
+      const again = JSON.parse((await mustRun(['convert', src, `oci:${layout}:base`, '--json'], env)).stdout);
+      expect(again.index.digest).toBe(ref.index.digest);
+    }
+    expect(stopped).toBeGreaterThan(0);
+    // restore: stops between batches of file content (canceled after the first batch)
+    const target = path.join(work, 'rootfs');
+    const ac = new AbortController();
+    let batches = 0;
+    const err = await restore(`oci:${path.join(work, 'ref')}:base`, target, { batchBytes: 1 << 20, signal: ac.signal, onProgress: () => (batches++, ac.abort()) }).catch((e) => e);
+    expect(err instanceof OcichunkError && err.code, String(err)).toBe('ECANCELED');
+    expect(err.message).toMatch(/partial tree is left there, mode 0700/);
+    expect(batches).toBe(1);
+    expect(fs.statSync(target).mode & 0o777).toBe(0o700);
   });
 });
 

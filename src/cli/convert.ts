@@ -3,7 +3,7 @@ import { readTrace } from '../lazy/mount.js';
 import { convert, type ConvertProgress, type ConvertResult } from '../convert/convert.js';
 import type { TransferEvent } from '../transports/types.js';
 import { bar, bytes, ratio, table, ProgressLine } from './format.js';
-import { chunkerOf, common, frameOptions, framesOf, type FrameArgs, platformOf, parseSize, sourceDateEpoch, transportOf, type Common } from './options.js';
+import { cancelOnSignals, chunkerOf, common, frameOptions, framesOf, type FrameArgs, platformOf, parseSize, sourceDateEpoch, transportOf, type Common } from './options.js';
 
 export const command = 'convert <source> <destination>';
 export const describe = 'Convert an image into a chunked, deduplicated image next to the original manifest';
@@ -83,6 +83,7 @@ export async function run(a: Args): Promise<unknown> {
     tmpDir: a.tmpdir,
     transport: transportOf(a, { concurrency: a.concurrency, tmpDir: a.tmpdir, onTransfer }),
     onProgress,
+    signal: cancelOnSignals('the conversion'),
   }).finally(() => line.done());
   if (a.json) return r;
   return summary(r);

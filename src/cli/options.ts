@@ -113,3 +113,19 @@ export function framesOf(a: FrameArgs): { groupTarget?: number; groupBelow?: num
     ...(a['group-below'] !== undefined ? { groupBelow: parseSize(a['group-below'], '--group-below') } : {}),
   };
 }
+
+/**
+ * A signal aborted by the first SIGINT or SIGTERM, so that long work stops cleanly (temp files and
+ * spools removed, the destination untouched) and exits 130; a second signal exits at once.
+ */
+export function cancelOnSignals(what: string): AbortSignal {
+  const ac = new AbortController();
+  const on = (sig: NodeJS.Signals) => {
+    if (ac.signal.aborted) process.exit(sig === 'SIGINT' ? 130 : 143);
+    process.stderr.write(`\n${sig}: stopping ${what} (again to quit at once)\n`);
+    ac.abort(`${sig}`);
+  };
+  process.on('SIGINT', on);
+  process.on('SIGTERM', on);
+  return ac.signal;
+}

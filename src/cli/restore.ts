@@ -1,7 +1,7 @@
 import type { Argv } from 'yargs';
 import { restore } from '../restore/restore.js';
 import { bytes, table, ProgressLine } from './format.js';
-import { common, platformOf, transportOf, type Common } from './options.js';
+import { cancelOnSignals, common, platformOf, transportOf, type Common } from './options.js';
 
 export const command = 'restore <source> <target>';
 export const describe = "Materialize a chunked image's root filesystem in a directory";
@@ -18,6 +18,7 @@ export async function run(a: Common & { source: string; target: string }): Promi
     platform: platformOf(a),
     threads: a.threads,
     transport: transportOf(a),
+    signal: cancelOnSignals('the restore'),
     onProgress: (p) => line.update(`file content: ${p.done}/${p.chunks} chunks`, true),
   }).finally(() => line.done());
   if (a.json) return r;

@@ -22,6 +22,7 @@ import type { TransportOptions } from '../ref.js';
 import { Packer } from './packer.js';
 import { ConvertTrust, layerContentDigest, locationKey } from './trust.js';
 import { ChunkIndex } from './chunk-index.js';
+import { throwIfAborted } from '../util/abort.js';
 import { LayerScanner, OutOfOrder, Spool, maxChunkLength, type LayerInput, type ScannedEntry } from './scan.js';
 
 /**
@@ -44,6 +45,8 @@ export interface ConvertProgress {
 }
 
 export interface ConvertOptions {
+  /** Cancels the conversion (ECANCELED): what it wrote is removed, the destination's tags are untouched. */
+  signal?: AbortSignal;
   platform?: Platform;
   chunker?: ChunkerSpec;
   zstdLevel?: number;
@@ -407,6 +410,7 @@ export async function convert(srcRef: string, dstRef: string, opts: ConvertOptio
 }
 
 interface Ctx {
+  signal?: AbortSignal;
   src: ImageSource;
   sink: ImageSink;
   chunkIndex: ChunkIndex;
@@ -481,13 +485,13 @@ async function conversionContext(src: ImageSource, sink: ImageSink, opts: Conver
     batchBytes,
     maxChunk: maxChunkLength(chunker),
   });
-  const scanOpts = { chunker, threads, batchBytes, level, groupBelow, sourceDateEpoch: opts.sourceDateEpoch ?? 0, keepMtime: !!opts.keepMtime };
+  const scanOpts = { chunker, threads, batchBytes, level, groupBelow, sourceDateEpoch: opts.sourceDateEpoch ?? 0, keepMtime: !!opts.keepMtime, signal: opts.signal };
   // what shapes TOC entries and chunk digests: a layer converted before with these is not read again
   const entryOptions = sha256Digest(
     JSON.stringify({ chunker, sourceDateEpoch: scanOpts.sourceDateEpoch, keepMtime: scanOpts.keepMtime, version: FORMAT_VERSION }),
   ).slice(7, 39);
   const trust = new ConvertTrust(opts.trustDir);
-  return { src, sink, chunkIndex, packer, spool, scanOpts, entryOptions, chunker, level, attach: opts.attach ?? 'index', progress, prefetch: opts.prefetch, trust };
+  return { signal: opts.signal, src, sink, chunkIndex, packer, spool, scanOpts, entryOptions, chunker, level, attach: opts.attach ?? 'index', progress, prefetch: opts.prefetch, trust };
 }
 
 /**
@@ -572,6 +576,7 @@ function totals(results: PlatformResult[]): PlatformResult {
 export async function convertImage(src: ImageSource, sink: ImageSink, opts: ConvertOptions = {}): Promise<ConvertResult> {
   const t0 = performance.now();
   const progress = opts.onProgress ?? (() => {});
+  throwIfAborted(opts.signal, `convert ${src.name}`);
   progress({ phase: 'resolve' });
   const found = await imagesToConvert(src, opts);
   const ctx = await conversionContext(src, sink, opts, progress);
@@ -585,6 +590,7 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   } finally {
     ctx.spool.close();
   }
+  throwIfAborted(opts.signal, `convert ${src.name}`); // last chance: after this the tag is written
   ctx.chunkIndex.resolvePacks(ctx.packer.packs);
   // what this conversion wrote is known good: later conversions reuse it without reading it
   if (!opts.chunkIndex) await recordWritten(ctx, firstNew);
@@ -639,6 +645,7 @@ async function convertLayers(img: ResolvedImage, ctx: Ctx, progress: (p: Convert
   const out: ConvertedLayers = { layers: [], reused: new Set(), entries: 0, files: 0, fileBytes: 0, chunkRefs: 0, onePassLayers: 0 };
   for (const [i, layer] of manifest.layers.entries()) {
     const what = `${src.name} layer ${i} (${layer.digest})`;
+    throwIfAborted(ctx.signal, `convert ${src.name}`);
     progress({ phase: 'scan', layer: i, layers: manifest.layers.length, bytes: 0, totalBytes: layer.size });
     const reuse = await trustedLayer(ctx, layer.digest);
     if (reuse) {

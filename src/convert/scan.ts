@@ -13,6 +13,7 @@ import { decodeHeaders } from '../layer/tar.js';
 import { native, type ChunkerSpec, type ScanBatch, type ScanStep } from '../native/index.js';
 import type { Packer } from './packer.js';
 import type { ChunkIndex } from './chunk-index.js';
+import { throwIfAborted } from '../util/abort.js';
 
 /** Thrown in sorted mode when an entry arrives out of canonical order. */
 export class OutOfOrder extends Error {
@@ -49,6 +50,8 @@ export interface ScanOptions extends CanonOptions {
   /** zstd level, and the size from which a chunk is its own frame (spool mode compresses those at once). */
   level: number;
   groupBelow: number;
+  /** checked between batches: a canceled scan stops within one batch */
+  signal?: AbortSignal;
 }
 
 export function maxChunkLength(c: ChunkerSpec): number {
@@ -153,6 +156,7 @@ export class LayerScanner {
     const mismatch = (want: Sized, got: Sized) =>
       new OcichunkError('EDIGEST', `${layer}: digest mismatch: expected ${want.digest} (${want.size} bytes), content hashes to ${got.digest} (${got.size} bytes)`);
     const pace = async (batches: ScanBatch[]) => {
+      throwIfAborted(this.opts.signal, layer);
       for (const b of batches) take(b);
       while (inFlight.length > 2) await inFlight.shift();
     };

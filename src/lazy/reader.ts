@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import { ChunkReader } from '../chunked/content.js';
 import { openChunked, resolveImage, type ChunkedImage } from '../chunked/image.js';
 import { OcichunkError } from '../errors.js';
+import { throwIfAborted } from '../util/abort.js';
 import type { Platform } from '../oci/types.js';
 import { openSource, type TransportOptions } from '../ref.js';
 import type { ImageSource, TransferReport } from '../transports/types.js';
@@ -22,6 +23,8 @@ export interface LazyOpenOptions {
   cacheMaxBytes?: number;
   /** HTTP range requests in flight at once. */
   concurrency?: number;
+  /** Cancels the reader: reads after it fail with ECANCELED. */
+  signal?: AbortSignal;
 }
 
 /** What stat() tells of a node of the merged tree. */
@@ -58,6 +61,7 @@ export class LazyImage {
     private readonly src: ImageSource,
     readonly cache: ChunkCache | undefined,
     concurrency: number,
+    private readonly signal?: AbortSignal,
   ) {
     this.tree = new MergedTree(image.toc, image.checked);
     this.chunks = new ChunkReader(image, 0, concurrency);
@@ -68,7 +72,7 @@ export class LazyImage {
     try {
       const img = await openChunked(await resolveImage(src, opts.platform));
       const cache = opts.cacheDir === false ? undefined : await ChunkCache.open(opts.cacheDir ?? DEFAULT_CACHE_DIR, opts.cacheMaxBytes ?? DEFAULT_CACHE_MAX);
-      return new LazyImage(img, src, cache, opts.concurrency ?? 8);
+      return new LazyImage(img, src, cache, opts.concurrency ?? 8, opts.signal);
     } catch (e) {
       await src.close();
       throw e;
@@ -147,6 +151,7 @@ export class LazyImage {
   }
 
   async readInode(n: Inode, offset: number, length: number): Promise<Buffer> {
+    throwIfAborted(this.signal, this.name);
     const end = Math.min(n.size, offset + length);
     if (offset >= end) return Buffer.alloc(0);
     const pieces = this.tree.plan(n, offset, end - offset);
@@ -188,6 +193,7 @@ export class LazyImage {
    * and keeps nothing in memory (the mount keeps what it verified).
    */
   async cacheChunks(idxs: number[]): Promise<void> {
+    throwIfAborted(this.signal, this.name);
     const cache = this.cache;
     if (!cache) throw new OcichunkError('EINTERNAL', 'cacheChunks needs a chunk cache');
     const toc = this.image.toc;

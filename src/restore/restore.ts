@@ -6,6 +6,7 @@ import fsp from 'node:fs/promises';
 import { ChunkReader } from '../chunked/content.js';
 import { openChunked, resolveImage, type ChunkedImage } from '../chunked/image.js';
 import { native } from '../native/index.js';
+import { throwIfAborted } from '../util/abort.js';
 import type { Platform } from '../oci/types.js';
 import { openSource, type TransportOptions } from '../ref.js';
 import type { TransferReport } from '../transports/types.js';
@@ -19,6 +20,8 @@ export interface RestoreOptions {
   transport?: TransportOptions;
   /** after each batch of file content: bytes and chunks written so far, of `chunks` in all */
   onProgress?: (p: { bytes: number; done: number; chunks: number }) => void;
+  /** Cancels the restore between batches (ECANCELED); the target keeps the partial tree, mode 0700. */
+  signal?: AbortSignal;
 }
 
 export interface RestoreResult {
@@ -65,6 +68,7 @@ export async function restoreChunked(img: ChunkedImage, target: string, opts: Re
   try {
     let i = 0;
     while (i < seq.length) {
+      throwIfAborted(opts.signal, `restore into ${root} (a partial tree is left there, mode 0700)`);
       let bytes = 0;
       let j = i;
       while (j < seq.length && (j === i || bytes + toc.chunks[seq[j]].length <= batchBytes)) bytes += toc.chunks[seq[j++]].length;
