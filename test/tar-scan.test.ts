@@ -12,8 +12,10 @@ import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import tar from 'tar-stream';
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { RawHeader } from '../src/layer/canonical.js';
-import { decodeHeaders } from '../src/layer/tar.js';
+import { canonicalize, type RawHeader } from './helpers/canonical-oracle.js';
+import { decodeHeaders } from './helpers/tar-headers.js';
+import { decodeEntries } from '../src/layer/entries.js';
+import type { CanonOptions, Entry } from '../src/layer/entry.js';
 import { native, type ScanBatch } from '../src/native/index.js';
 import { image, tmpdir } from './helpers/env.js';
 import { blob, readIndex } from './helpers/layout.js';
@@ -84,6 +86,39 @@ async function reference(file: string): Promise<Seen[]> {
     out.push(e.size ? { ...e, content: hash.digest('hex') } : e);
   }
   await done;
+  return out;
+}
+
+/** Canonical entries of a layer by the oracle (test/helpers/canonical-oracle.ts over tar-stream's headers). */
+async function oracleEntries(file: string, opts: CanonOptions): Promise<Array<Entry | null>> {
+  const out: Array<Entry | null> = [];
+  const extract = tar.extract({ filenameEncoding: 'latin1' } as Parameters<typeof tar.extract>[0]);
+  const head = fs.readFileSync(file).subarray(0, 2);
+  const input = fs.createReadStream(file);
+  const done = head[0] === 0x1f && head[1] === 0x8b ? pipeline(input, zlib.createGunzip(), extract) : pipeline(input, extract);
+  for await (const entry of extract) {
+    entry.resume();
+    out.push(canonicalize(entry.header as RawHeader, opts, file));
+  }
+  await done;
+  return out;
+}
+
+/** Canonical entries of a layer by the native scan (crates/core/src/format/canonical.rs). */
+async function nativeEntries(file: string, opts: CanonOptions): Promise<Array<Entry | null>> {
+  const s = native.layerScanner('auto', { kind: 'cdc' }, 1 << 20, 0, 3, opts);
+  const out: Array<Entry | null> = [];
+  const take = (b: ScanBatch) => {
+    out.push(...decodeEntries(b.headers, b.entries));
+    s.done(b);
+  };
+  s.openFile(file);
+  for (let eof = false; !eof; ) {
+    const r = await s.pull();
+    r.batches.forEach(take);
+    eof = r.eof;
+  }
+  (await s.finish()).batches.forEach(take);
   return out;
 }
 
@@ -185,6 +220,27 @@ describe('native layer scan', () => {
     expect(pax.some((e) => e.type === 'fifo')).toBe(true);
     const gnu = (await scanned(path.join(work, 'rootfs-gnu.tar'))).seen;
     expect(gnu.some((e) => e.name.length > 255 && e.name.endsWith('.txt'))).toBe(true);
+  });
+
+  it('makes the canonical entries an independent canonicalizer makes from tar-stream headers, with and without mtimes kept', async () => {
+    for (const opts of [
+      { sourceDateEpoch: 0, keepMtime: false },
+      { sourceDateEpoch: 1_600_000_000, keepMtime: false },
+      { sourceDateEpoch: 0, keepMtime: true },
+    ]) {
+      for (const [what, file] of layers) {
+        const [want, got] = await Promise.all([oracleEntries(file, opts), nativeEntries(file, opts)]);
+        expect(got.length, what).toBe(want.length);
+        expect(got, `${what} ${JSON.stringify(opts)}`).toEqual(want);
+      }
+    }
+    // what the comparison covers
+    const pax = await nativeEntries(path.join(work, 'rootfs-pax.tar'), { sourceDateEpoch: 0, keepMtime: true });
+    const host = pax.find((e) => e?.path === 'etc/hostname')!;
+    expect(host.xattrs).toEqual([['user.ocichunk', Buffer.from([0, 1, 2, 3, 4, 0xff])]]);
+    expect(pax.some((e) => e?.type === 'hardlink' && e.link === 'etc/os-release')).toBe(true);
+    expect(pax.some((e) => e?.type === 'fifo') && pax.some((e) => e?.type === 'symlink') && pax.some((e) => e?.type === 'dir' && e.path === '.')).toBe(true);
+    expect(new Set(pax.map((e) => e?.mtime)).size).toBeGreaterThan(1);
   });
 
   it('gives the same entries and chunks from zstd, from pushes of any size, and from the file', async () => {

@@ -7,9 +7,8 @@
 import fs from 'node:fs';
 import { OcichunkError } from '../errors.js';
 import type { Readable } from 'node:stream';
-import { canonicalize, type CanonOptions, type RawHeader } from '../layer/canonical.js';
-import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
-import { decodeHeaders } from '../layer/tar.js';
+import { TYPE_ORDER, pathKey, type CanonOptions, type Entry } from '../layer/entry.js';
+import { decodeEntries } from '../layer/entries.js';
 import { native, type ChunkerSpec, type ScanBatch, type ScanStep } from '../native/index.js';
 import type { Packer } from './packer.js';
 import type { ChunkIndex } from './chunk-index.js';
@@ -135,10 +134,13 @@ export class LayerScanner {
     const byHeader: ScannedEntry[] = [];
     const discard = (): ScannedEntry => ({ entry: { path: '', type: 'reg', mode: 0, uid: 0, gid: 0, size: 0, mtime: 0 }, chunks: [] });
     const inFlight: Array<Promise<void>> = [];
-    const scanner = native.layerScanner('auto', this.opts.chunker, this.opts.batchBytes, this.opts.threads);
+    const scanner = native.layerScanner('auto', this.opts.chunker, this.opts.batchBytes, this.opts.threads, undefined, {
+      sourceDateEpoch: this.opts.sourceDateEpoch,
+      keepMtime: this.opts.keepMtime,
+    });
     const take = (b: ScanBatch) => {
-      decodeHeaders(b.headers, b.entries).forEach((h, i) => {
-        byHeader[b.firstEntry + i] = this.entry(h, layer, out) ?? discard();
+      decodeEntries(b.headers, b.entries).forEach((e, i) => {
+        byHeader[b.firstEntry + i] = (e && this.entry(e, out)) ?? discard();
       });
       const segs: Seg[] = [];
       for (let i = 0; i < b.segs.length; i += 4) {
@@ -211,9 +213,7 @@ export class LayerScanner {
   }
 
   /** A tar header as a scanned entry (undefined for entries without meaning); checks the order in sorted mode. */
-  private entry(h: RawHeader, layer: string, out: ScannedEntry[]): ScannedEntry | undefined {
-    const entry = canonicalize(h, this.opts, layer);
-    if (!entry) return undefined;
+  private entry(entry: Entry, out: ScannedEntry[]): ScannedEntry {
     this.stats.entries++;
     if (this.packer) {
       const key = pathKey(entry.path);

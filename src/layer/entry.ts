@@ -21,6 +21,14 @@ export interface Entry {
   xattrs?: Array<[string, Buffer]>;
 }
 
+/** What shapes canonical entries beyond the tar's content (crates/core/src/format/canonical.rs CanonOptions). */
+export interface CanonOptions {
+  /** Clamp mtimes to at most this many seconds since the epoch (default 0). */
+  sourceDateEpoch: number;
+  /** Keep mtimes unchanged (whole seconds). */
+  keepMtime: boolean;
+}
+
 /** Order of entries that share a path: deletions first, then the entry, then an opaque marker. */
 export const TYPE_ORDER: Record<EntryType, number> = {
   whiteout: 0,

@@ -20,12 +20,20 @@ export interface NativeLazyMount {
   unmount(): boolean;
 }
 
+/** What shapes canonical entries (crates/core/src/format/canonical.rs). */
+export interface CanonSpec {
+  /** mtimes are clamped to at most this (seconds) ... */
+  sourceDateEpoch: number;
+  /** ... unless kept */
+  keepMtime: boolean;
+}
+
 /** One batch of a layer scan: the headers parsed while it filled, file data and chunk digests. */
 export interface ScanBatch {
   /** index of the pool buffer holding the batch's bytes; release it (done()) when finished with it */
   buffer: number;
   length: number;
-  /** encoded headers (crates/core/src/tarscan.rs encode_header) */
+  /** per tar header: its canonical entry (format/canonical.rs encode_entry; src/layer/entries.ts), or with no `canon`, the raw header (tarscan.rs encode_header) */
   headers: Buffer;
   firstEntry: number;
   entries: number;
@@ -77,7 +85,7 @@ interface Binding {
   chunkCachePath(dir: string, hex: string): string;
   checkToc(blob: Buffer): { json?: Buffer | null; violations: Array<{ code: string; layer?: number | null; path?: string | null; message: string }>; more: number };
   RestoreWriter: new (target: string, toc: NativeCheckedToc) => NativeRestoreWriter;
-  LayerScanner: new (compression: string, chunker: ChunkerSpec, batchBytes: number, threads: number, buffers: number) => NativeScanner;
+  LayerScanner: new (compression: string, chunker: ChunkerSpec, batchBytes: number, threads: number, buffers: number, canon?: CanonSpec | null) => NativeScanner;
   compressFrames(
     data: Buffer,
     parts: Uint32Array,
@@ -160,8 +168,8 @@ export const native = {
    * last batches or the error that ends the stream. Batch bytes live in `buffers` reused from batch
    * to batch: bytes(b) until done(b); the scan waits when none is free.
    */
-  layerScanner: (compression: 'auto' | 'none' | 'gzip' | 'zstd', chunker: ChunkerSpec, batchBytes: number, threads: number, buffers = 6) => {
-    const s = wrapSync('layer scan', () => new (load().LayerScanner)(compression, chunker, batchBytes, threads, buffers));
+  layerScanner: (compression: 'auto' | 'none' | 'gzip' | 'zstd', chunker: ChunkerSpec, batchBytes: number, threads: number, buffers = 6, canon?: CanonSpec) => {
+    const s = wrapSync('layer scan', () => new (load().LayerScanner)(compression, chunker, batchBytes, threads, buffers, canon ?? null));
     const pool = s.buffers();
     const step = (f: () => Promise<ScanStep>) => wrapAsync('layer scan', f);
     return {

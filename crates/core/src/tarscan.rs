@@ -15,6 +15,7 @@
 
 use crate::batch::{scan_pool, sha256};
 use crate::chunker::{cut, ChunkerParams};
+use crate::format::canonical::{canonical, encode_entry, CanonOptions};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, VecDeque};
@@ -275,6 +276,8 @@ struct Parser {
     err: Option<Error>,
     /// A batch change failed half way: nothing more can be done.
     broken: bool,
+    /// Some: headers become canonical entries (what a conversion takes); None: raw headers
+    canon: Option<CanonOptions>,
 }
 
 fn corrupt(m: String) -> Error {
@@ -396,7 +399,7 @@ pub fn encode_header(o: &mut Vec<u8>, h: &Header) {
 }
 
 impl Parser {
-    fn new(params: ChunkerParams, batch_bytes: usize, threads: usize, pool: Arc<BufferPool>) -> Result<Parser> {
+    fn new(params: ChunkerParams, batch_bytes: usize, threads: usize, pool: Arc<BufferPool>, canon: Option<CanonOptions>) -> Result<Parser> {
         let cap = batch_size(params, batch_bytes);
         if cap > u32::MAX as usize {
             return Err(Error::Invalid(format!("batches of {cap} bytes are too large")));
@@ -429,6 +432,7 @@ impl Parser {
             sink: None,
             err: None,
             broken: false,
+            canon,
         })
     }
 
@@ -589,22 +593,25 @@ impl Parser {
         let (devmajor, devminor) =
             if ustar || &h[257..263] == b"ustar " { (field(329..337, "devmajor").unwrap_or(0), field(337..345, "devminor").unwrap_or(0)) } else { (0, 0) };
         let kv: Vec<(&[u8], &[u8])> = pax.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
-        encode_header(
-            &mut self.headers,
-            &Header {
-                flag,
-                mode: (mode & 0o7777_7777) as u32,
-                uid: uid as f64,
-                gid: gid as f64,
-                size: size as f64,
-                mtime: mtime as f64,
-                devmajor: devmajor.clamp(0, u32::MAX as i64) as u32,
-                devminor: devminor.clamp(0, u32::MAX as i64) as u32,
-                name: &name,
-                link: &link,
-                pax: &kv,
-            },
-        );
+        let header = Header {
+            flag,
+            mode: (mode & 0o7777_7777) as u32,
+            uid: uid as f64,
+            gid: gid as f64,
+            size: size as f64,
+            mtime: mtime as f64,
+            devmajor: devmajor.clamp(0, u32::MAX as i64) as u32,
+            devminor: devminor.clamp(0, u32::MAX as i64) as u32,
+            name: &name,
+            link: &link,
+            pax: &kv,
+        };
+        match &self.canon {
+            // what the converter takes: canonical entries (format::canonical)
+            Some(o) => encode_entry(&mut self.headers, canonical(&header, o)?.as_ref()),
+            // the raw headers (the tar reader's own tests)
+            None => encode_header(&mut self.headers, &header),
+        }
         let entry = self.next_entry;
         self.next_entry = self.next_entry.checked_add(1).ok_or_else(|| corrupt("too many tar entries".into()))?;
         self.cur_name = name;
@@ -1024,10 +1031,18 @@ impl Threaded {
 
 impl LayerScan {
     /// `pool`: batch buffers of at least [`batch_size`] bytes; the scan waits for a free one.
-    pub fn new(compression: Compression, params: ChunkerParams, batch_bytes: usize, threads: usize, pool: Arc<BufferPool>) -> Result<LayerScan> {
+    /// `canon`: hand over canonical entries ([`crate::format::canonical`]) instead of raw headers.
+    pub fn new(
+        compression: Compression,
+        params: ChunkerParams,
+        batch_bytes: usize,
+        threads: usize,
+        pool: Arc<BufferPool>,
+        canon: Option<CanonOptions>,
+    ) -> Result<LayerScan> {
         params.validate()?;
         let ctx = if compression == Compression::Zstd { Some(zstd_ctx()?) } else { None };
-        let parser = Box::new(Parser::new(params, batch_bytes, threads, pool)?);
+        let parser = Box::new(Parser::new(params, batch_bytes, threads, pool, canon)?);
         Ok(LayerScan { dec: decoder(compression, parser, ctx), ended: false })
     }
 
@@ -1307,7 +1322,7 @@ mod tests {
     /// The scan as the binding runs it: a thread fed with pieces, batches released as they come.
     fn run_threads(t: &[u8], compression: Compression, piece: usize, batch: usize, threads: usize) -> Result<Decoded> {
         let pool = BufferPool::new(3, batch_size(DEFAULT_CDC, batch));
-        let mut th = LayerScan::new(compression, DEFAULT_CDC, batch, threads, pool.clone())?.spawn_stream()?;
+        let mut th = LayerScan::new(compression, DEFAULT_CDC, batch, threads, pool.clone(), None)?.spawn_stream()?;
         let mut d = Decoded { names: vec![], links: vec![], pax_path: vec![], files: vec![], chunks: vec![] };
         let take = |bs: Vec<Batch>, d: &mut Decoded| {
             for b in bs {
@@ -1409,7 +1424,7 @@ mod tests {
         let f = dir.path().join("blob");
         std::fs::write(&f, &z).unwrap();
         let pool = BufferPool::new(2, batch_size(DEFAULT_CDC, 1 << 20));
-        let s = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 20, 2, pool.clone()).unwrap();
+        let s = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 20, 2, pool.clone(), None).unwrap();
         let mut s = s.spawn_file(&f).unwrap();
         let mut n = 0;
         loop {
@@ -1430,7 +1445,7 @@ mod tests {
         let d = s.digest().unwrap();
         let hex: String = sha256(&z).iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!((d.digest.clone(), d.size), (format!("sha256:{hex}"), z.len() as u64));
-        let s = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 20, 2, pool).unwrap();
+        let s = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 20, 2, pool, None).unwrap();
         assert!(s.spawn_file(&dir.path().join("missing")).err().unwrap().to_string().contains("ENOENT"));
     }
 
@@ -1455,7 +1470,7 @@ mod tests {
         }
         t.extend(blocks(2));
         let pool = BufferPool::new(3, batch_size(DEFAULT_CDC, 1 << 20));
-        let mut th = LayerScan::new(Compression::None, DEFAULT_CDC, 1 << 20, 2, pool.clone()).unwrap().spawn_stream().unwrap();
+        let mut th = LayerScan::new(Compression::None, DEFAULT_CDC, 1 << 20, 2, pool.clone(), None).unwrap().spawn_stream().unwrap();
         let mut sizes = Vec::new();
         for p in [Some(t), None] {
             loop {

@@ -278,12 +278,21 @@ impl Task for ScanTask {
     }
 }
 
+/// What shapes canonical entries (`format::canonical::CanonOptions`).
+#[napi(object)]
+pub struct CanonSpec {
+    pub source_date_epoch: f64,
+    pub keep_mtime: bool,
+}
+
 #[napi]
 impl LayerScanner {
     /// `compression`: "auto" | "none" | "gzip" | "zstd"; `buffers`: how many batch buffers to
     /// allocate once and share with JavaScript (see `buffers()`): the scan waits for a free one.
+    /// `canon`: batches carry canonical entries (`format::canonical::encode_entry`); without it,
+    /// raw tar headers (`tarscan::encode_header`).
     #[napi(constructor)]
-    pub fn new(compression: String, chunker: ChunkerSpec, batch_bytes: u32, threads: u32, buffers: u32) -> Result<Self> {
+    pub fn new(compression: String, chunker: ChunkerSpec, batch_bytes: u32, threads: u32, buffers: u32, canon: Option<CanonSpec>) -> Result<Self> {
         let c = match compression.as_str() {
             "none" => tarscan::Compression::None,
             "gzip" => tarscan::Compression::Gzip,
@@ -293,7 +302,14 @@ impl LayerScanner {
         };
         let p = params(&chunker)?;
         let pool = tarscan::BufferPool::new(buffers.clamp(2, 64) as usize, tarscan::batch_size(p, batch_bytes as usize));
-        let s = tarscan::LayerScan::new(c, p, batch_bytes as usize, threads as usize, pool.clone()).map_err(err)?;
+        let canon = match canon {
+            Some(o) if !o.source_date_epoch.is_finite() || o.source_date_epoch.fract() != 0.0 => {
+                return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: source date epoch {}", o.source_date_epoch)))
+            }
+            Some(o) => Some(format::canonical::CanonOptions { source_date_epoch: o.source_date_epoch as i64, keep_mtime: o.keep_mtime }),
+            None => None,
+        };
+        let s = tarscan::LayerScan::new(c, p, batch_bytes as usize, threads as usize, pool.clone(), canon).map_err(err)?;
         Ok(LayerScanner { inner: std::sync::Arc::new(std::sync::Mutex::new(ScanState::Idle(s))), pool })
     }
 

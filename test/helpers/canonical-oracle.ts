@@ -1,17 +1,11 @@
 /**
- * Tar header -> canonical Entry. Normalizes paths, keeps numeric ids and mode bits, clamps mtimes,
+ * A test oracle, written independently of the converter's canonicalization (crates/core/src/format/canonical.rs):
+ * tar-stream's header -> canonical Entry. Normalizes paths, keeps numeric ids and mode bits, clamps mtimes,
  * keeps sorted xattrs, turns overlay whiteouts into explicit entries and drops everything else
  * (uname/gname, atime/ctime, SCHILY.dev/ino, LIBARCHIVE.*, ...).
  */
-import { OcichunkError } from '../errors.js';
-import type { Entry } from './entry.js';
-
-export interface CanonOptions {
-  /** Clamp mtimes to at most this many seconds since the epoch (default 0). */
-  sourceDateEpoch: number;
-  /** Keep mtimes unchanged (whole seconds). */
-  keepMtime: boolean;
-}
+import { OcichunkError } from '../../src/errors.js';
+import type { CanonOptions, Entry } from '../../src/layer/entry.js';
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 

@@ -1,9 +1,9 @@
 /**
- * tar headers as the native layer scan (crates/core/src/tarscan.rs) hands them over, decoded into
- * the shape canonicalize() takes.
+ * Raw tar headers as the native layer scan hands them over without `canon` (crates/core/src/tarscan.rs
+ * encode_header), decoded into tar-stream's shape: for the tar reader's own tests and the oracle.
  */
-import { OcichunkError } from '../errors.js';
-import type { RawHeader } from './canonical.js';
+import { OcichunkError } from '../../src/errors.js';
+import type { RawHeader } from './canonical-oracle.js';
 
 /** tar type flags as tar-stream names them (the names canonicalize() expects). */
 const TYPE_NAMES: Record<number, string> = {
