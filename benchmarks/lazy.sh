@@ -4,6 +4,8 @@
 # unpack of the original vs ocichunk mounts with a cold, prefetched and warm chunk cache.
 # Needs root (chroot, FUSE). Usage: benchmarks/lazy.sh [LINK] [COMMAND]
 #   LINK default 50ms,100mbit; COMMAND default: python3 -c 'import json; print(json.dumps([1]))'
+#   OCICHUNK_REPO: the build to measure (default this checkout; an A/B runs it once per build, e.g.
+#   with the worktree benchmarks/ab.sh made for a revision)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -27,5 +29,6 @@ trap 'kill $reg 2>/dev/null; rm -rf "$OUT"' EXIT
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/v2/" > /dev/null && break; sleep 0.1; done
 ref=docker://127.0.0.1:$port/bench/py:1
 skopeo copy --quiet --dest-tls-verify=false "oci:$cache/layouts/py:latest" "$ref"
-node "$repo/bin/ocichunk.js" convert "$ref" "$ref" --quiet > /dev/null
-node "$repo/bin/ocichunk.js" lazy-bench "$ref" --run "$cmd" --link "$link" --quiet
+bin=${OCICHUNK_REPO:-$repo}/bin/ocichunk.js
+node "$bin" convert "$ref" "$ref" --quiet > /dev/null
+node "$bin" lazy-bench "$ref" --run "$cmd" --link "$link" --quiet
