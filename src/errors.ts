@@ -31,6 +31,32 @@ export function isOcichunkError(e: unknown): e is OcichunkError {
   return e instanceof OcichunkError;
 }
 
+/**
+ * An error thrown by the native core (crates/napi `err`): `code` is the core's stable code
+ * (`ocichunk_core::Code`), `message` the bare message; errors of the OS also carry the Rust
+ * `std::io::ErrorKind` and the (positive) errno.
+ */
+export interface NativeError extends Error {
+  origin: 'ocichunk-core';
+  code: string;
+  ioKind?: string;
+  errno?: number;
+}
+
+export function isNativeError(e: unknown): e is NativeError {
+  return e instanceof Error && (e as Partial<NativeError>).origin === 'ocichunk-core' && typeof (e as Partial<NativeError>).code === 'string';
+}
+
+/** What each code of the native core becomes (a bad argument to the core is a usage error). */
+export const NATIVE_CODES: Readonly<Record<string, ErrorCode>> = {
+  EINVAL: 'EUSAGE',
+  ECORRUPT: 'ECORRUPT',
+  EIO: 'EIO',
+  ENOTFOUND: 'ENOTFOUND',
+  EUNSAFE: 'EUNSAFE',
+  EUNSUPPORTED: 'EUNSUPPORTED',
+};
+
 /** Wrap any error with context (blob, entry, path) keeping a stable code. */
 export function withContext(e: unknown, context: string, fallback: ErrorCode = 'EIO'): OcichunkError {
   if (e instanceof OcichunkError) {
@@ -38,16 +64,12 @@ export function withContext(e: unknown, context: string, fallback: ErrorCode = '
     return new OcichunkError(e.code, `${context}: ${e.message}`, { cause: e.cause ?? e });
   }
   const err = e as NodeJS.ErrnoException;
-  const msg = err?.message ?? String(e);
-  const native = /^(E[A-Z]+): /.exec(msg);
   let code: ErrorCode = fallback;
-  if (native) {
-    const c = native[1];
-    const passed: ErrorCode[] = ['ECORRUPT', 'EUNSAFE', 'EUNSUPPORTED', 'EDIGEST', 'ENOTFOUND'];
-    code = passed.includes(c as ErrorCode) ? (c as ErrorCode) : c === 'EINVAL' ? 'EUSAGE' : 'EIO';
-  } else if (err?.code === 'ENOENT') code = fallback === 'EIO' ? 'ENOTFOUND' : fallback;
+  // a code the core has and this table lacks is a binding out of step with this code: internal
+  if (isNativeError(e)) code = Object.hasOwn(NATIVE_CODES, e.code) ? NATIVE_CODES[e.code] : 'EINTERNAL';
+  else if (err?.code === 'ENOENT') code = fallback === 'EIO' ? 'ENOTFOUND' : fallback;
   else if (err?.code === 'Z_DATA_ERROR' || err?.code === 'Z_BUF_ERROR') code = 'ECORRUPT';
-  return new OcichunkError(code, `${context}: ${native ? msg.slice(native[0].length) : msg}`, { cause: e });
+  return new OcichunkError(code, `${context}: ${err?.message ?? String(e)}`, { cause: e });
 }
 
 export const EXIT_CODES: Record<ErrorCode, number> = {

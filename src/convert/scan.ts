@@ -168,7 +168,7 @@ export class LayerScanner {
         try {
           scanner.openFile(input.file);
         } catch (e) {
-          if (/ENOENT/.test((e as Error).message)) throw new OcichunkError('ENOTFOUND', `${layer}: blob ${input.digest} is missing (${input.file})`);
+          if ((e as OcichunkError).code === 'ENOTFOUND') throw new OcichunkError('ENOTFOUND', `${layer}: blob ${input.digest} is missing (${input.file})`);
           throw e;
         }
       } else {

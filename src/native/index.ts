@@ -1,4 +1,4 @@
-/** The only importer of the napi binding (crates/napi). Converts native error prefixes into OcichunkError codes. */
+/** The only importer of the napi binding (crates/napi). Turns its errors (a stable `code`, errors.ts NativeError) into OcichunkErrors. */
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -104,6 +104,7 @@ interface Binding {
   llistxattr(p: string): string[];
   lgetxattr(p: string, name: string): Buffer;
   coreVersion(): string;
+  errorCodes(): string[];
   tuneAllocator(): void;
   mountLazy(toc: NativeCheckedToc, mountpoint: string, cacheDir: string, record: boolean, flags: MountFlags, fetch: (msg: number[]) => void): NativeLazyMount;
 }
@@ -207,6 +208,8 @@ export const native = {
   llistxattr: (p: string) => wrapSync(`listxattr ${p}`, () => load().llistxattr(p)),
   lgetxattr: (p: string, name: string) => wrapSync(`getxattr ${p} ${name}`, () => load().lgetxattr(p, name)),
   coreVersion: () => load().coreVersion(),
+  /** Every code the core's errors can carry (errors.ts NATIVE_CODES maps them). */
+  errorCodes: () => load().errorCodes(),
   /** Decode a TOC under the format's limits and check every rule (crates/core/src/format). */
   checkToc: (blob: Buffer) => {
     const r = wrapSync('TOC check', () => load().checkToc(blob));

@@ -37,16 +37,16 @@ impl ChunkerParams {
         match *self {
             ChunkerParams::Cdc { min, avg, max } => {
                 if !(64..=LIMIT).contains(&min) || !(256..=LIMIT).contains(&avg) || max > LIMIT {
-                    return Err(Error::Invalid(format!("cdc chunker sizes out of range (min {min} >= 64, avg {avg} >= 256, max {max} <= 64 MiB)")));
+                    return Err(Error::invalid(format!("cdc chunker sizes out of range (min {min} >= 64, avg {avg} >= 256, max {max} <= 64 MiB)")));
                 }
                 if !(min <= avg && avg <= max) {
-                    return Err(Error::Invalid(format!("cdc chunker needs min <= avg <= max (got {min}/{avg}/{max})")));
+                    return Err(Error::invalid(format!("cdc chunker needs min <= avg <= max (got {min}/{avg}/{max})")));
                 }
                 Ok(())
             }
             ChunkerParams::Fixed { size } | ChunkerParams::File { max: size } => {
                 if size == 0 || size > LIMIT {
-                    return Err(Error::Invalid(format!("chunk size {size} must be between 1 byte and 64 MiB")));
+                    return Err(Error::invalid(format!("chunk size {size} must be between 1 byte and 64 MiB")));
                 }
                 Ok(())
             }

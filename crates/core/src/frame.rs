@@ -12,7 +12,7 @@ thread_local! {
 pub fn check_level(level: i32) -> Result<()> {
     let range = zstd::compression_level_range();
     if !range.contains(&level) {
-        return Err(Error::Invalid(format!("zstd level {level} outside {}..={}", range.start(), range.end())));
+        return Err(Error::invalid(format!("zstd level {level} outside {}..={}", range.start(), range.end())));
     }
     Ok(())
 }
@@ -30,11 +30,11 @@ pub fn compress_frame(parts: &[&[u8]], level: i32) -> Result<Vec<u8>> {
     CCTX.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref().map(|(l, _)| *l != level).unwrap_or(true) {
-            let comp = zstd::bulk::Compressor::new(level).map_err(|e| Error::Io(format!("zstd init: {e}")))?;
+            let comp = zstd::bulk::Compressor::new(level).map_err(|e| Error::io("zstd init", &e))?;
             *c = Some((level, comp));
         }
         let (_, comp) = c.as_mut().unwrap();
-        comp.compress(input).map_err(|e| Error::Io(format!("zstd compress: {e}")))
+        comp.compress(input).map_err(|e| Error::io("zstd compress", &e))
     })
 }
 
@@ -43,11 +43,11 @@ pub fn decompress_frame(frame: &[u8], expected_len: usize) -> Result<Vec<u8>> {
     DCTX.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_none() {
-            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| Error::Io(format!("zstd init: {e}")))?);
+            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| Error::io("zstd init", &e))?);
         }
-        let out = d.as_mut().unwrap().decompress(frame, expected_len).map_err(|e| Error::Corrupt(format!("zstd: {e}")))?;
+        let out = d.as_mut().unwrap().decompress(frame, expected_len).map_err(|e| Error::corrupt(format!("zstd: {e}")))?;
         if out.len() != expected_len {
-            return Err(Error::Corrupt(format!("frame holds {} bytes, expected {expected_len}", out.len())));
+            return Err(Error::corrupt(format!("frame holds {} bytes, expected {expected_len}", out.len())));
         }
         Ok(out)
     })
@@ -56,11 +56,11 @@ pub fn decompress_frame(frame: &[u8], expected_len: usize) -> Result<Vec<u8>> {
 /// Decompress a whole buffer (one or more frames) of at most `max_len` bytes of output.
 pub fn decompress_bytes(data: &[u8], max_len: usize) -> Result<Vec<u8>> {
     use std::io::Read;
-    let mut dec = zstd::stream::read::Decoder::new(data).map_err(|e| Error::Corrupt(format!("zstd: {e}")))?;
+    let mut dec = zstd::stream::read::Decoder::new(data).map_err(|e| Error::corrupt(format!("zstd: {e}")))?;
     let mut out = Vec::new();
-    let n = (&mut dec).take(max_len as u64 + 1).read_to_end(&mut out).map_err(|e| Error::Corrupt(format!("zstd: {e}")))?;
+    let n = (&mut dec).take(max_len as u64 + 1).read_to_end(&mut out).map_err(|e| Error::corrupt(format!("zstd: {e}")))?;
     if n > max_len {
-        return Err(Error::Corrupt(format!("decompressed data exceeds {max_len} bytes")));
+        return Err(Error::corrupt(format!("decompressed data exceeds {max_len} bytes")));
     }
     Ok(out)
 }

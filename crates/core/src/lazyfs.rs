@@ -164,7 +164,7 @@ fn kind_of(s: &str) -> Result<FileType> {
         "char" => FileType::CharDevice,
         "block" => FileType::BlockDevice,
         "fifo" => FileType::NamedPipe,
-        other => return Err(Error::Invalid(format!("unknown inode kind {other:?}"))),
+        other => return Err(Error::invalid(format!("unknown inode kind {other:?}"))),
     })
 }
 
@@ -176,7 +176,7 @@ impl Shared {
         for i in view.inodes {
             let kind = kind_of(i.kind)?;
             let file = match kind {
-                FileType::RegularFile => Some(img.file(i.ino).ok_or_else(|| Error::Invalid(format!("inode {}: no chunk map", i.ino)))?),
+                FileType::RegularFile => Some(img.file(i.ino).ok_or_else(|| Error::invalid(format!("inode {}: no chunk map", i.ino)))?),
                 _ => None,
             };
             let t = if i.mtime >= 0 { UNIX_EPOCH + Duration::from_secs(i.mtime as u64) } else { UNIX_EPOCH };
@@ -202,7 +202,7 @@ impl Shared {
             nodes.insert(i.ino, Node { attr, link: i.link.map(|l| l.into_bytes()), xattrs: i.xattrs, file, children, index });
         }
         if !nodes.get(&1).map(|n| n.attr.kind == FileType::Directory).unwrap_or(false) {
-            return Err(Error::Invalid("inode 1 must be the root directory".into()));
+            return Err(Error::invalid("inode 1 must be the root directory"));
         }
         Ok(Shared {
             nodes,
@@ -507,7 +507,7 @@ impl MountFlags {
 pub fn mount(shared: Arc<Shared>, mountpoint: &std::path::Path, flags: MountFlags) -> Result<Mount> {
     let opts = flags.options();
     let session = fuser::spawn_mount2(LazyFs::new(shared.clone()), mountpoint, &opts)
-        .map_err(|e| Error::Io(format!("mount {}: {e} (needs /dev/fuse and fusermount3, from Debian's fuse3)", mountpoint.display())))?;
+        .map_err(|e| Error::io(format_args!("mount {} (needs /dev/fuse and fusermount3, from Debian's fuse3)", mountpoint.display()), &e))?;
     Ok(Mount { session: Some(session), mountpoint: mountpoint.to_path_buf(), shared })
 }
 

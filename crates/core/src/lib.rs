@@ -12,7 +12,7 @@ pub mod lazyfs;
 pub mod restore;
 pub mod tarscan;
 
-pub use error::{Error, Result};
+pub use error::{Code, Error, IoCause, Result};
 
 /// Version of the core, reported by `coreVersion()`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

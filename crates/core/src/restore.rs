@@ -30,19 +30,15 @@ pub fn report_error(r: &Report) -> Error {
     if rest > 0 {
         msg.push_str(&format!(" (and {rest} more violation(s))"));
     }
-    match first.class {
-        crate::format::Class::Corrupt => Error::Corrupt(msg),
-        crate::format::Class::Unsafe => Error::Unsafe(msg),
-        crate::format::Class::Unsupported => Error::Unsupported(msg),
-    }
+    Error::new(first.class.error_code(), msg)
 }
 
 fn cstr(s: &str) -> Result<CString> {
-    CString::new(s).map_err(|_| Error::Unsafe(format!("{s:?} holds a NUL byte")))
+    CString::new(s).map_err(|_| Error::unsafe_input(format!("{s:?} holds a NUL byte")))
 }
 
 fn os_err(call: &str, path: &str) -> Error {
-    Error::Io(format!("{call} {path:?}: {}", std::io::Error::last_os_error()))
+    Error::last_os(format_args!("{call} {path:?}"))
 }
 
 fn check(r: libc::c_int, call: &str, path: &str) -> Result<()> {
@@ -110,16 +106,16 @@ impl Writer {
         let tp = target.display().to_string();
         let root_mode = match std::fs::symlink_metadata(target) {
             Ok(m) if m.is_dir() => {
-                let mut it = std::fs::read_dir(target).map_err(|e| Error::Io(format!("{tp}: {e}")))?;
+                let mut it = std::fs::read_dir(target).map_err(|e| Error::io(&tp, &e))?;
                 if it.next().is_some() {
-                    return Err(Error::Unsafe(format!("{tp}: the restore target must be empty or absent (it is not: nothing in it is trusted or kept)")));
+                    return Err(Error::unsafe_input(format!("{tp}: the restore target must be empty or absent (it is not: nothing in it is trusted or kept)")));
                 }
                 use std::os::unix::fs::PermissionsExt;
                 m.permissions().mode() & 0o7777
             }
-            Ok(_) => return Err(Error::Unsafe(format!("{tp}: the restore target exists and is not a directory"))),
+            Ok(_) => return Err(Error::unsafe_input(format!("{tp}: the restore target exists and is not a directory"))),
             Err(_) => {
-                std::fs::create_dir_all(target).map_err(|e| Error::Io(format!("mkdir {tp}: {e}")))?;
+                std::fs::create_dir_all(target).map_err(|e| Error::io(format_args!("mkdir {tp}"), &e))?;
                 0o755
             }
         };
@@ -273,18 +269,18 @@ impl Writer {
         for data in chunks {
             self.advance()?;
             if self.cur_file >= self.files.len() {
-                return Err(Error::Invalid("more chunks than the files hold".into()));
+                return Err(Error::invalid("more chunks than the files hold"));
             }
             let c = self.file_chunks(self.cur_file)[self.cur_chunk];
             if Some(data.len() as u64) != self.chunk_len(c) {
-                return Err(Error::Invalid(format!("chunk {c}: {} bytes given, {:?} expected", data.len(), self.chunk_len(c))));
+                return Err(Error::invalid(format!("chunk {c}: {} bytes given, {:?} expected", data.len(), self.chunk_len(c))));
             }
             if self.open.is_none() {
                 let f = self.create_file(self.cur_file)?;
                 self.open = Some(f);
             }
             let path = &self.primaries[self.files[self.cur_file]].0;
-            self.open.as_mut().unwrap().write_all(data).map_err(|e| Error::Io(format!("write {path:?}: {e}")))?;
+            self.open.as_mut().unwrap().write_all(data).map_err(|e| Error::io(format_args!("write {path:?}"), &e))?;
             self.summary.file_bytes += data.len() as u64;
             self.cur_chunk += 1;
         }
@@ -311,7 +307,7 @@ impl Writer {
         }
         if !xattrs.is_empty() {
             let base = format!("/proc/self/fd/{dfd}/{}", if path.is_empty() { "." } else { parent_and_name(path).1 });
-            let p = CString::new(base.as_bytes()).map_err(|_| Error::Unsafe("NUL in a name".into()))?;
+            let p = CString::new(base.as_bytes()).map_err(|_| Error::unsafe_input("NUL in a name"))?;
             for (k, v) in &xattrs {
                 let kc = cstr(k)?;
                 check(unsafe { libc::lsetxattr(p.as_ptr(), kc.as_ptr(), v.as_ptr().cast(), v.len(), 0) }, &format!("setxattr {k:?}"), &shown)?;
@@ -327,7 +323,7 @@ impl Writer {
     pub fn finish(mut self) -> Result<Summary> {
         self.advance()?;
         if self.cur_file < self.files.len() {
-            return Err(Error::Invalid(format!("{} file(s) not written", self.files.len() - self.cur_file)));
+            return Err(Error::invalid(format!("{} file(s) not written", self.files.len() - self.cur_file)));
         }
         for i in 0..self.links.len() {
             let (path, p) = self.links[i].clone();

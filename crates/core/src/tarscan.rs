@@ -16,7 +16,7 @@
 use crate::batch::{scan_pool, sha256};
 use crate::chunker::{cut, ChunkerParams};
 use crate::format::canonical::{canonical, encode_entry, CanonOptions};
-use crate::{Error, Result};
+use crate::{Code, Error, Result};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
@@ -93,7 +93,7 @@ impl BufferPool {
                 self.freed.notify_all();
                 Ok(())
             }
-            _ => Err(Error::Invalid(format!("buffer {i} is not handed out"))),
+            _ => Err(Error::invalid(format!("buffer {i} is not handed out"))),
         }
     }
     /// Nobody will release buffers any more: a scan waiting for one gives up.
@@ -115,11 +115,11 @@ impl BufferPool {
     }
     fn take_or_wait(&self, size: usize, wait: bool) -> Result<Option<(u32, *mut u8)>> {
         if self.bufs.iter().any(|b| b.1 < size) || self.bufs.is_empty() {
-            return Err(Error::Invalid(format!("batch buffers must hold {size} bytes")));
+            return Err(Error::invalid(format!("batch buffers must hold {size} bytes")));
         }
         let mut st = self.state.lock().unwrap();
         if st.closed {
-            return Err(Error::Io("the layer scan was stopped".into()));
+            return Err(Error::new(Code::Io, "the layer scan was stopped"));
         }
         if let Some(i) = st.slots.iter().position(|&s| s == Slot::Free) {
             st.slots[i] = Slot::Filling;
@@ -281,7 +281,7 @@ struct Parser {
 }
 
 fn corrupt(m: String) -> Error {
-    Error::Corrupt(m)
+    Error::corrupt(m)
 }
 
 fn show(b: &[u8]) -> String {
@@ -402,9 +402,9 @@ impl Parser {
     fn new(params: ChunkerParams, batch_bytes: usize, threads: usize, pool: Arc<BufferPool>, canon: Option<CanonOptions>) -> Result<Parser> {
         let cap = batch_size(params, batch_bytes);
         if cap > u32::MAX as usize {
-            return Err(Error::Invalid(format!("batches of {cap} bytes are too large")));
+            return Err(Error::invalid(format!("batches of {cap} bytes are too large")));
         }
-        let (index, ptr) = pool.try_take(cap)?.ok_or_else(|| Error::Invalid("no free batch buffer to start a scan".into()))?;
+        let (index, ptr) = pool.try_take(cap)?.ok_or_else(|| Error::invalid("no free batch buffer to start a scan"))?;
         Ok(Parser {
             buf: Fill { index, ptr, len: 0 },
             pool,
@@ -438,7 +438,7 @@ impl Parser {
 
     fn feed(&mut self, mut data: &[u8]) -> Result<()> {
         if self.broken {
-            return Err(Error::Io("the layer scan failed earlier".into()));
+            return Err(Error::new(Code::Io, "the layer scan failed earlier"));
         }
         while !data.is_empty() {
             match self.state {
@@ -664,7 +664,7 @@ impl Parser {
     /// ready, and start the next batch with an unfinished file's last chunk.
     fn close_batch(&mut self) -> Result<()> {
         if self.broken {
-            return Err(Error::Io("the layer scan failed earlier".into()));
+            return Err(Error::new(Code::Io, "the layer scan failed earlier"));
         }
         let segs = std::mem::take(&mut self.segs);
         let params = self.params;
@@ -719,13 +719,13 @@ impl Parser {
                 break Fill { index, ptr, len: 0 };
             }
             if let Some(p) = self.pending.pop_front() {
-                let digests = p.rx.recv().map_err(|_| Error::Io("chunk hashing stopped".into()))?;
+                let digests = p.rx.recv().map_err(|_| Error::new(Code::Io, "chunk hashing stopped"))?;
                 let b = self.hand_over(p, digests);
                 self.deliver(vec![b])?;
                 continue;
             }
             if self.sink.is_none() {
-                return Err(Error::Invalid("every batch buffer is held: release some before pushing more".into()));
+                return Err(Error::invalid("every batch buffer is held: release some before pushing more"));
             }
             break Fill::new(&self.pool, self.cap)?;
         };
@@ -771,12 +771,12 @@ impl Parser {
         while let Some(p) = self.pending.front() {
             let must = all || self.pending.len() > MAX_PENDING;
             let digests = if must {
-                p.rx.recv().map_err(|_| Error::Io("chunk hashing stopped".into()))?
+                p.rx.recv().map_err(|_| Error::new(Code::Io, "chunk hashing stopped"))?
             } else {
                 match p.rx.try_recv() {
                     Ok(r) => r,
                     Err(mpsc::TryRecvError::Empty) => break,
-                    Err(_) => return Err(Error::Io("chunk hashing stopped".into())),
+                    Err(_) => return Err(Error::new(Code::Io, "chunk hashing stopped")),
                 }
             };
             let p = self.pending.pop_front().unwrap();
@@ -787,7 +787,7 @@ impl Parser {
 
     fn end(&mut self) -> Result<Vec<Batch>> {
         if self.broken {
-            return Err(Error::Io("the layer scan failed earlier".into()));
+            return Err(Error::new(Code::Io, "the layer scan failed earlier"));
         }
         let dangling = self.pax_local.is_some() || self.long_name.is_some() || self.long_link.is_some();
         match self.state {
@@ -871,7 +871,7 @@ pub struct FileDigest {
 }
 
 fn zstd_ctx() -> Result<Box<zstd::stream::raw::Decoder<'static>>> {
-    Ok(Box::new(zstd::stream::raw::Decoder::new().map_err(|e| Error::Io(format!("zstd init: {e}")))?))
+    Ok(Box::new(zstd::stream::raw::Decoder::new().map_err(|e| Error::io("zstd init", &e))?))
 }
 
 /// The decoder for `c` (`ctx`: made beforehand for zstd, so that this cannot fail).
@@ -919,7 +919,7 @@ impl Link {
     fn send(&self, m: Msg) -> Result<()> {
         let mut st = self.st.lock().unwrap();
         if st.closed {
-            return Err(Error::Io("the layer scan was stopped".into()));
+            return Err(Error::new(Code::Io, "the layer scan was stopped"));
         }
         st.msgs.push_back(m);
         self.moved.notify_all();
@@ -929,7 +929,7 @@ impl Link {
         let mut st = self.st.lock().unwrap();
         loop {
             if st.closed {
-                return Err(Error::Io("the layer scan was stopped".into()));
+                return Err(Error::new(Code::Io, "the layer scan was stopped"));
             }
             if let Some(p) = st.pieces.pop_front() {
                 self.moved.notify_all();
@@ -994,7 +994,7 @@ impl Threaded {
     /// the batches returned to be released), offer it again.
     pub fn offer(&mut self, piece: Option<Vec<u8>>) -> Result<(Vec<Batch>, bool)> {
         if !self.stream {
-            return Err(Error::Invalid("this scan reads a file".into()));
+            return Err(Error::invalid("this scan reads a file"));
         }
         let mut out = Vec::new();
         let mut piece = Some(piece);
@@ -1024,7 +1024,7 @@ impl Threaded {
         match self.last.take() {
             Some(r) => r,
             None if self.eof => Ok(Vec::new()),
-            None => Err(Error::Invalid("finish before the input was read".into())),
+            None => Err(Error::invalid("finish before the input was read")),
         }
     }
 }
@@ -1061,17 +1061,14 @@ impl LayerScan {
                 };
                 let _ = mine.send(msg);
             })
-            .map_err(|e| Error::Io(format!("scan thread: {e}")))?;
+            .map_err(|e| Error::io("scan thread", &e))?;
         Ok(Threaded { link, stream, pool, eof: false, digest: None, last: None })
     }
 
     /// Scan a file on a thread of its own, which reads, hashes (SHA-256) and parses it a few
     /// batches ahead of the caller.
     pub fn spawn_file(self, path: &std::path::Path) -> Result<Threaded> {
-        let mut f = std::fs::File::open(path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::Io(format!("ENOENT: {} is missing", path.display())),
-            _ => Error::Io(format!("open {}: {e}", path.display())),
-        })?;
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(format_args!("open {}", path.display()), &e))?;
         self.spawn(false, move |scan, _| {
             use sha2::Digest;
             use std::io::Read;
@@ -1083,7 +1080,7 @@ impl LayerScan {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::Io(format!("read: {e}"))),
+                    Err(e) => return Err(Error::io("read", &e)),
                 };
                 hash.update(&piece[..n]);
                 size += n as u64;
@@ -1118,7 +1115,7 @@ impl LayerScan {
     /// thread's sink takes them).
     pub fn push(&mut self, data: &[u8]) -> Result<Vec<Batch>> {
         if self.ended {
-            return Err(Error::Invalid("push after finish".into()));
+            return Err(Error::invalid("push after finish"));
         }
         if let Decoder::Sniff(_, head) = &mut self.dec {
             if head.len() + data.len() < 4 {
@@ -1397,7 +1394,7 @@ mod tests {
         assert_eq!((&a.names, &a.chunks), (&zz.names, &zz.chunks));
         // truncated streams are refused
         let e = run(&two[..two.len() / 2], Compression::Gzip, 4096, 1 << 20).err().unwrap();
-        assert!(matches!(e, Error::Corrupt(_)), "{e}");
+        assert_eq!(e.code(), Code::Corrupt, "{e}");
         let e = run(&z[..z.len() - 20], Compression::Zstd, 4096, 1 << 20).err().unwrap();
         assert!(e.to_string().contains("truncated"), "{e}");
         let mut bad = two.clone();
@@ -1405,7 +1402,7 @@ mod tests {
             bad[i] ^= 0x5a;
         }
         let e = run(&bad, Compression::Gzip, 4096, 1 << 20).err().unwrap();
-        assert!(matches!(e, Error::Corrupt(_)), "{e}");
+        assert_eq!(e.code(), Code::Corrupt, "{e}");
     }
 
     #[test]
@@ -1446,7 +1443,9 @@ mod tests {
         let hex: String = sha256(&z).iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!((d.digest.clone(), d.size), (format!("sha256:{hex}"), z.len() as u64));
         let s = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 20, 2, pool, None).unwrap();
-        assert!(s.spawn_file(&dir.path().join("missing")).err().unwrap().to_string().contains("ENOENT"));
+        let e = s.spawn_file(&dir.path().join("missing")).err().unwrap();
+        assert_eq!((e.code(), e.io_cause().map(|c| c.errno)), (Code::NotFound, Some(Some(libc::ENOENT))), "{e}");
+        assert!(e.message().starts_with("open ") && e.message().ends_with("missing: No such file or directory (os error 2)"), "{e}");
     }
 
     fn blocks(n: usize) -> Vec<u8> {

@@ -1,31 +1,94 @@
 //! Thin napi-rs binding over `ocichunk-core`: converts types and errors, nothing else.
 //! CPU-heavy calls are `AsyncTask`s (off the JS thread); buffers come in as borrowed bytes and go
 //! out as `Buffer`s built from owned `Vec<u8>`s, without copies.
+//!
+//! Every error of the core (and of this binding's own checks) reaches JavaScript through [`err`]:
+//! an `Error` whose `message` is the core's message, `code` the core's stable code ("ECORRUPT",
+//! `ocichunk_core::Code`) and `origin` "ocichunk-core"; one from the OS also has `ioKind`
+//! (`std::io::ErrorKind`, "NotFound") and `errno` (positive, as `os.constants.errno`). Thrown by
+//! synchronous calls, the rejection of `AsyncTask`s ([`Coded`]).
 
 use napi::bindgen_prelude::*;
 use napi::{Env, Task};
 use napi_derive::napi;
-use ocichunk_core::{batch, chunker::ChunkerParams, format, frame, fsx, restore, tarscan, Error as CoreError};
+use ocichunk_core::{batch, chunker::ChunkerParams, format, frame, fsx, restore, tarscan, Code, Error as CoreError};
 use std::path::Path;
 
-fn err(e: CoreError) -> napi::Error {
-    let status = match e {
-        CoreError::Invalid(_) => Status::InvalidArg,
-        _ => Status::GenericFailure,
+type CoreResult<T> = std::result::Result<T, CoreError>;
+
+/// The value of `origin` on every error built by [`err`]: what TypeScript recognises them by.
+const ORIGIN: &str = "ocichunk-core";
+
+/// The JavaScript error for a core error (see the module's documentation).
+fn err(env: Env, e: CoreError) -> napi::Error {
+    let build = || -> Result<napi::Error> {
+        let mut o = env.create_error(napi::Error::from_reason(e.message()))?;
+        o.set_named_property("code", env.create_string(e.code_str())?)?;
+        o.set_named_property("origin", env.create_string(ORIGIN)?)?;
+        if let Some(io) = e.io_cause() {
+            o.set_named_property("ioKind", env.create_string(&format!("{:?}", io.kind))?)?;
+            if let Some(n) = io.errno {
+                o.set_named_property("errno", env.create_int32(n)?)?;
+            }
+        }
+        Ok(napi::Error::from(o.into_unknown()))
     };
-    napi::Error::new(status, e.to_string())
+    // building it can only fail with an exception pending: that one is thrown instead
+    build().unwrap_or_else(|f| f)
 }
 
-fn triplets(a: &[u32], what: &str) -> Result<Vec<(usize, usize, usize)>> {
+/// An `AsyncTask` whose work fails with a core error, rejected with [`err`]'s error: `compute`
+/// runs off the JS thread (no `Env`), so it keeps the error for `reject`.
+pub struct Coded<W: Work> {
+    work: W,
+    failed: Option<CoreError>,
+}
+
+impl<W: Work> Coded<W> {
+    fn task(work: W) -> AsyncTask<Coded<W>> {
+        AsyncTask::new(Coded { work, failed: None })
+    }
+}
+
+/// The two halves of a [`Coded`] task.
+pub trait Work: Send + Sized {
+    type Output: Send + Sized + 'static;
+    type JsValue: ToNapiValue + TypeName;
+    fn compute(&mut self) -> CoreResult<Self::Output>;
+    fn resolve(&mut self, env: Env, o: Self::Output) -> Result<Self::JsValue>;
+}
+
+impl<W: Work> Task for Coded<W> {
+    type Output = W::Output;
+    type JsValue = W::JsValue;
+    fn compute(&mut self) -> Result<Self::Output> {
+        self.work.compute().map_err(|e| {
+            let stand_in = napi::Error::new(Status::GenericFailure, e.to_string());
+            self.failed = Some(e);
+            stand_in
+        })
+    }
+    fn resolve(&mut self, env: Env, o: Self::Output) -> Result<Self::JsValue> {
+        self.work.resolve(env, o)
+    }
+    fn reject(&mut self, env: Env, e: napi::Error) -> Result<Self::JsValue> {
+        Err(match self.failed.take() {
+            Some(c) => err(env, c),
+            None => e,
+        })
+    }
+}
+
+fn triplets(a: &[u32], what: &str) -> CoreResult<Vec<(usize, usize, usize)>> {
     if !a.len().is_multiple_of(3) {
-        return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: {what} must hold triplets")));
+        return Err(CoreError::invalid(format!("{what} must hold triplets")));
     }
     Ok(a.chunks(3).map(|t| (t[0] as usize, t[1] as usize, t[2] as usize)).collect())
 }
 
-fn pairs(a: &[u32], what: &str) -> Result<Vec<(usize, usize)>> {
+fn pairs(a: &[u32], what: &str) -> CoreResult<Vec<(usize, usize)>> {
     if !a.len().is_multiple_of(2) {
-        return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: {what} must hold pairs")));
+        return Err(CoreError::invalid(format!("{what} must hold pairs")));
     }
     Ok(a.chunks(2).map(|t| (t[0] as usize, t[1] as usize)).collect())
 }
@@ -39,16 +102,16 @@ pub struct ChunkerSpec {
     pub size: Option<u32>,
 }
 
-fn params(c: &ChunkerSpec) -> Result<ChunkerParams> {
+fn params(c: &ChunkerSpec) -> CoreResult<ChunkerParams> {
     let p = match c.kind.as_str() {
         "cdc" => {
             ChunkerParams::Cdc { min: c.min.unwrap_or(16 << 10) as usize, avg: c.avg.unwrap_or(64 << 10) as usize, max: c.max.unwrap_or(256 << 10) as usize }
         }
         "fixed" => ChunkerParams::Fixed { size: c.size.unwrap_or(1 << 20) as usize },
         "file" => ChunkerParams::File { max: c.max.unwrap_or(64 << 20) as usize },
-        k => return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: unknown chunker kind {k:?}"))),
+        k => return Err(CoreError::invalid(format!("unknown chunker kind {k:?}"))),
     };
-    p.validate().map_err(err)?;
+    p.validate()?;
     Ok(p)
 }
 
@@ -70,15 +133,14 @@ pub struct FramesResult {
     pub sizes: Uint32Array,
 }
 
-impl Task for CompressTask {
+impl Work for CompressTask {
     type Output = (Option<Vec<u8>>, Vec<u32>);
     type JsValue = FramesResult;
-    fn compute(&mut self) -> Result<Self::Output> {
+    fn compute(&mut self) -> CoreResult<Self::Output> {
         match &mut self.out {
             Some(out) => batch::compress_frames_into(&self.data, &self.parts, &self.counts, self.level, self.threads, out.as_mut()).map(|s| (None, s)),
             None => batch::compress_frames(&self.data, &self.parts, &self.counts, self.level, self.threads).map(|f| (Some(f.data), f.sizes)),
         }
-        .map_err(err)
     }
     fn resolve(&mut self, _env: Env, o: Self::Output) -> Result<Self::JsValue> {
         Ok(FramesResult { data: o.0.map(Into::into), sizes: o.1.into() })
@@ -88,14 +150,16 @@ impl Task for CompressTask {
 /// Compress frames made of `parts` of `data`; with `out`, into it (it must not be touched until this resolves).
 #[napi(ts_return_type = "Promise<FramesResult>")]
 pub fn compress_frames(
+    env: Env,
     data: Buffer,
     parts: Uint32Array,
     frame_part_counts: Uint32Array,
     level: i32,
     threads: u32,
     out: Option<Buffer>,
-) -> Result<AsyncTask<CompressTask>> {
-    Ok(AsyncTask::new(CompressTask { data, parts: pairs(&parts, "parts")?, counts: frame_part_counts.to_vec(), level, threads: threads as usize, out }))
+) -> Result<AsyncTask<Coded<CompressTask>>> {
+    let parts = pairs(&parts, "parts").map_err(|e| err(env, e))?;
+    Ok(Coded::task(CompressTask { data, parts, counts: frame_part_counts.to_vec(), level, threads: threads as usize, out }))
 }
 
 // ---- decompressFrames ----
@@ -106,11 +170,11 @@ pub struct DecompressTask {
     threads: usize,
 }
 
-impl Task for DecompressTask {
+impl Work for DecompressTask {
     type Output = Vec<u8>;
     type JsValue = Buffer;
-    fn compute(&mut self) -> Result<Self::Output> {
-        batch::decompress_frames(&self.data, &self.frames, self.threads).map_err(err)
+    fn compute(&mut self) -> CoreResult<Self::Output> {
+        batch::decompress_frames(&self.data, &self.frames, self.threads)
     }
     fn resolve(&mut self, _env: Env, o: Self::Output) -> Result<Self::JsValue> {
         Ok(o.into())
@@ -118,8 +182,9 @@ impl Task for DecompressTask {
 }
 
 #[napi(ts_return_type = "Promise<Buffer>")]
-pub fn decompress_frames(data: Buffer, frames: Uint32Array, threads: u32) -> Result<AsyncTask<DecompressTask>> {
-    Ok(AsyncTask::new(DecompressTask { data, frames: triplets(&frames, "frames")?, threads: threads as usize }))
+pub fn decompress_frames(env: Env, data: Buffer, frames: Uint32Array, threads: u32) -> Result<AsyncTask<Coded<DecompressTask>>> {
+    let frames = triplets(&frames, "frames").map_err(|e| err(env, e))?;
+    Ok(Coded::task(DecompressTask { data, frames, threads: threads as usize }))
 }
 
 // ---- hashRanges ----
@@ -130,11 +195,11 @@ pub struct HashTask {
     threads: usize,
 }
 
-impl Task for HashTask {
+impl Work for HashTask {
     type Output = Vec<u8>;
     type JsValue = Buffer;
-    fn compute(&mut self) -> Result<Self::Output> {
-        batch::hash_ranges(&self.data, &self.ranges, self.threads).map_err(err)
+    fn compute(&mut self) -> CoreResult<Self::Output> {
+        batch::hash_ranges(&self.data, &self.ranges, self.threads)
     }
     fn resolve(&mut self, _env: Env, o: Self::Output) -> Result<Self::JsValue> {
         Ok(o.into())
@@ -142,8 +207,9 @@ impl Task for HashTask {
 }
 
 #[napi(ts_return_type = "Promise<Buffer>")]
-pub fn hash_ranges(data: Buffer, ranges: Uint32Array, threads: u32) -> Result<AsyncTask<HashTask>> {
-    Ok(AsyncTask::new(HashTask { data, ranges: pairs(&ranges, "ranges")?, threads: threads as usize }))
+pub fn hash_ranges(env: Env, data: Buffer, ranges: Uint32Array, threads: u32) -> Result<AsyncTask<Coded<HashTask>>> {
+    let ranges = pairs(&ranges, "ranges").map_err(|e| err(env, e))?;
+    Ok(Coded::task(HashTask { data, ranges, threads: threads as usize }))
 }
 
 // ---- hashFile ----
@@ -152,11 +218,11 @@ pub struct HashFileTask {
     path: String,
 }
 
-impl Task for HashFileTask {
+impl Work for HashFileTask {
     type Output = ([u8; 32], u64);
     type JsValue = String;
-    fn compute(&mut self) -> Result<Self::Output> {
-        batch::hash_file(Path::new(&self.path)).map_err(err)
+    fn compute(&mut self) -> CoreResult<Self::Output> {
+        batch::hash_file(Path::new(&self.path))
     }
     fn resolve(&mut self, _env: Env, o: Self::Output) -> Result<Self::JsValue> {
         let hex: String = o.0.iter().map(|b| format!("{b:02x}")).collect();
@@ -166,8 +232,8 @@ impl Task for HashFileTask {
 
 /// Resolves to "sha256:<hex>:<size>".
 #[napi(ts_return_type = "Promise<string>")]
-pub fn hash_file(path: String) -> AsyncTask<HashFileTask> {
-    AsyncTask::new(HashFileTask { path })
+pub fn hash_file(path: String) -> AsyncTask<Coded<HashFileTask>> {
+    Coded::task(HashFileTask { path })
 }
 
 // ---- LayerScanner: a layer's bytes in, batches of headers, file data and chunk digests out ----
@@ -211,12 +277,12 @@ pub enum ScanState {
 
 type Shared = std::sync::Arc<std::sync::Mutex<ScanState>>;
 
-fn locked(s: &Shared) -> Result<std::sync::MutexGuard<'_, ScanState>> {
-    s.lock().map_err(|_| napi::Error::from_reason("EIO: layer scanner poisoned"))
+fn locked(s: &Shared) -> CoreResult<std::sync::MutexGuard<'_, ScanState>> {
+    s.lock().map_err(|_| CoreError::new(Code::Io, "layer scanner poisoned"))
 }
 
-fn wrong(what: &str) -> napi::Error {
-    napi::Error::new(Status::InvalidArg, format!("EINVAL: {what} does not fit this scan's state"))
+fn wrong(what: &str) -> CoreError {
+    CoreError::invalid(format!("{what} does not fit this scan's state"))
 }
 
 #[napi]
@@ -259,10 +325,10 @@ fn scan_batches(o: Vec<tarscan::Batch>) -> Vec<ScanBatch> {
         .collect()
 }
 
-impl Task for ScanTask {
+impl Work for ScanTask {
     type Output = (Vec<tarscan::Batch>, bool, bool);
     type JsValue = ScanStep;
-    fn compute(&mut self) -> Result<Self::Output> {
+    fn compute(&mut self) -> CoreResult<Self::Output> {
         let mut s = locked(&self.inner)?;
         let ScanState::Running(t) = &mut *s else { return Err(wrong("this call")) };
         match self.op.take().ok_or_else(|| wrong("a repeated call"))? {
@@ -271,7 +337,6 @@ impl Task for ScanTask {
             Op::Pull => t.next_batches().map(|(b, eof)| (b, eof, true)),
             Op::Finish => t.finish().map(|b| (b, true, true)),
         }
-        .map_err(err)
     }
     fn resolve(&mut self, _env: Env, o: Self::Output) -> Result<Self::JsValue> {
         Ok(ScanStep { batches: scan_batches(o.0), eof: o.1, accepted: o.2 })
@@ -292,24 +357,28 @@ impl LayerScanner {
     /// `canon`: batches carry canonical entries (`format::canonical::encode_entry`); without it,
     /// raw tar headers (`tarscan::encode_header`).
     #[napi(constructor)]
-    pub fn new(compression: String, chunker: ChunkerSpec, batch_bytes: u32, threads: u32, buffers: u32, canon: Option<CanonSpec>) -> Result<Self> {
+    pub fn new(env: Env, compression: String, chunker: ChunkerSpec, batch_bytes: u32, threads: u32, buffers: u32, canon: Option<CanonSpec>) -> Result<Self> {
+        Self::create(compression, chunker, batch_bytes, threads, buffers, canon).map_err(|e| err(env, e))
+    }
+
+    fn create(compression: String, chunker: ChunkerSpec, batch_bytes: u32, threads: u32, buffers: u32, canon: Option<CanonSpec>) -> CoreResult<Self> {
         let c = match compression.as_str() {
             "none" => tarscan::Compression::None,
             "gzip" => tarscan::Compression::Gzip,
             "zstd" => tarscan::Compression::Zstd,
             "auto" => tarscan::Compression::Sniff,
-            k => return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: unknown compression {k:?}"))),
+            k => return Err(CoreError::invalid(format!("unknown compression {k:?}"))),
         };
         let p = params(&chunker)?;
         let pool = tarscan::BufferPool::new(buffers.clamp(2, 64) as usize, tarscan::batch_size(p, batch_bytes as usize));
         let canon = match canon {
             Some(o) if !o.source_date_epoch.is_finite() || o.source_date_epoch.fract() != 0.0 => {
-                return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: source date epoch {}", o.source_date_epoch)))
+                return Err(CoreError::invalid(format!("source date epoch {}", o.source_date_epoch)))
             }
             Some(o) => Some(format::canonical::CanonOptions { source_date_epoch: o.source_date_epoch as i64, keep_mtime: o.keep_mtime }),
             None => None,
         };
-        let s = tarscan::LayerScan::new(c, p, batch_bytes as usize, threads as usize, pool.clone(), canon).map_err(err)?;
+        let s = tarscan::LayerScan::new(c, p, batch_bytes as usize, threads as usize, pool.clone(), canon)?;
         Ok(LayerScanner { inner: std::sync::Arc::new(std::sync::Mutex::new(ScanState::Idle(s))), pool })
     }
 
@@ -325,53 +394,56 @@ impl LayerScanner {
             .collect()
     }
 
-    fn start(&self, f: impl FnOnce(tarscan::LayerScan) -> ocichunk_core::Result<tarscan::Threaded>) -> Result<()> {
-        let mut s = locked(&self.inner)?;
-        let ScanState::Idle(scan) = std::mem::replace(&mut *s, ScanState::Closed) else { return Err(wrong("starting")) };
-        *s = ScanState::Running(f(scan).map_err(err)?);
-        Ok(())
+    fn start(&self, env: Env, f: impl FnOnce(tarscan::LayerScan) -> CoreResult<tarscan::Threaded>) -> Result<()> {
+        let run = || -> CoreResult<()> {
+            let mut s = locked(&self.inner)?;
+            let ScanState::Idle(scan) = std::mem::replace(&mut *s, ScanState::Closed) else { return Err(wrong("starting")) };
+            *s = ScanState::Running(f(scan)?);
+            Ok(())
+        };
+        run().map_err(|e| err(env, e))
     }
 
     /// Read the blob from a file, on a thread of its own (then pull until eof, and finish).
     #[napi]
-    pub fn open_file(&self, path: String) -> Result<()> {
-        self.start(|s| s.spawn_file(Path::new(&path)))
+    pub fn open_file(&self, env: Env, path: String) -> Result<()> {
+        self.start(env, |s| s.spawn_file(Path::new(&path)))
     }
 
     /// Take the blob from pushes, parsed on a thread of its own (push... end, pull until eof, finish).
     #[napi]
-    pub fn open_stream(&self) -> Result<()> {
-        self.start(|s| s.spawn_stream())
+    pub fn open_stream(&self, env: Env) -> Result<()> {
+        self.start(env, |s| s.spawn_stream())
     }
 
     /// Offer the next bytes of the blob (copied); `accepted` false: offer them again.
     #[napi(ts_return_type = "Promise<ScanStep>")]
-    pub fn push(&self, data: Buffer) -> AsyncTask<ScanTask> {
-        AsyncTask::new(ScanTask { inner: self.inner.clone(), op: Some(Op::Push(data.to_vec())) })
+    pub fn push(&self, data: Buffer) -> AsyncTask<Coded<ScanTask>> {
+        Coded::task(ScanTask { inner: self.inner.clone(), op: Some(Op::Push(data.to_vec())) })
     }
 
     /// The blob's bytes are all pushed; `accepted` false: call again.
     #[napi(ts_return_type = "Promise<ScanStep>")]
-    pub fn end(&self) -> AsyncTask<ScanTask> {
-        AsyncTask::new(ScanTask { inner: self.inner.clone(), op: Some(Op::End) })
+    pub fn end(&self) -> AsyncTask<Coded<ScanTask>> {
+        Coded::task(ScanTask { inner: self.inner.clone(), op: Some(Op::End) })
     }
 
     /// The next batches the scan has finished (waits for some; eof: the input is all read).
     #[napi(ts_return_type = "Promise<ScanStep>")]
-    pub fn pull(&self) -> AsyncTask<ScanTask> {
-        AsyncTask::new(ScanTask { inner: self.inner.clone(), op: Some(Op::Pull) })
+    pub fn pull(&self) -> AsyncTask<Coded<ScanTask>> {
+        Coded::task(ScanTask { inner: self.inner.clone(), op: Some(Op::Pull) })
     }
 
     /// After eof: the last batches, or why the layer's stream is incomplete.
     #[napi(ts_return_type = "Promise<ScanStep>")]
-    pub fn finish(&self) -> AsyncTask<ScanTask> {
-        AsyncTask::new(ScanTask { inner: self.inner.clone(), op: Some(Op::Finish) })
+    pub fn finish(&self) -> AsyncTask<Coded<ScanTask>> {
+        Coded::task(ScanTask { inner: self.inner.clone(), op: Some(Op::Finish) })
     }
 
     /// Digest and size of the file, once it is read to its end.
     #[napi]
-    pub fn file_digest(&self) -> Result<Option<ScanFileDigest>> {
-        let s = locked(&self.inner)?;
+    pub fn file_digest(&self, env: Env) -> Result<Option<ScanFileDigest>> {
+        let s = locked(&self.inner).map_err(|e| err(env, e))?;
         Ok(match &*s {
             ScanState::Running(t) => t.digest().map(|d| ScanFileDigest { digest: d.digest.clone(), size: d.size as f64 }),
             _ => None,
@@ -380,8 +452,8 @@ impl LayerScanner {
 
     /// JavaScript is done with pool buffer `index` (from a batch): the scan may fill it again.
     #[napi]
-    pub fn release(&self, index: u32) -> Result<()> {
-        self.pool.release(index).map_err(err)
+    pub fn release(&self, env: Env, index: u32) -> Result<()> {
+        self.pool.release(index).map_err(|e| err(env, e))
     }
 
     /// Stop the scan: its thread ends, batches not taken are dropped. (A call still running keeps
@@ -398,13 +470,13 @@ impl LayerScanner {
 // ---- small synchronous helpers ----
 
 #[napi]
-pub fn compress_sync(data: Buffer, level: i32) -> Result<Buffer> {
-    frame::compress_frame(&[&data], level).map(Into::into).map_err(err)
+pub fn compress_sync(env: Env, data: Buffer, level: i32) -> Result<Buffer> {
+    frame::compress_frame(&[&data], level).map(Into::into).map_err(|e| err(env, e))
 }
 
 #[napi]
-pub fn decompress_sync(data: Buffer, max_len: u32) -> Result<Buffer> {
-    frame::decompress_bytes(&data, max_len as usize).map(Into::into).map_err(err)
+pub fn decompress_sync(env: Env, data: Buffer, max_len: u32) -> Result<Buffer> {
+    frame::decompress_bytes(&data, max_len as usize).map(Into::into).map_err(|e| err(env, e))
 }
 
 // ---- the format: TOC check, restore ----
@@ -454,8 +526,8 @@ pub struct CheckedToc {
 #[napi]
 impl CheckedToc {
     #[napi(constructor)]
-    pub fn new(blob: Buffer) -> Result<Self> {
-        let c = format::Checked::open(&blob).map_err(|r| err(restore::report_error(&r)))?;
+    pub fn new(env: Env, blob: Buffer) -> Result<Self> {
+        let c = format::Checked::open(&blob).map_err(|r| err(env, restore::report_error(&r)))?;
         Ok(CheckedToc { inner: std::sync::Arc::new(c) })
     }
 
@@ -467,18 +539,18 @@ impl CheckedToc {
 
     /// The merged view every reader shows (`format::tree::TreeOut` as JSON).
     #[napi]
-    pub fn view(&self) -> Result<Buffer> {
+    pub fn view(&self, env: Env) -> Result<Buffer> {
         let c = &self.inner;
-        serde_json::to_vec(&c.tree.view(&c.toc)).map(Into::into).map_err(|e| napi::Error::new(Status::GenericFailure, format!("EIO: merged view: {e}")))
+        serde_json::to_vec(&c.tree.view(&c.toc)).map(Into::into).map_err(|e| err(env, CoreError::new(Code::Io, format!("merged view: {e}"))))
     }
 
     /// Where the bytes `[offset, offset + length)` of regular file `ino` are: one row per chunk,
     /// `[chunk, fromInChunk, toInChunk, atInOutput]` (the format's one offset -> chunk lookup).
     #[napi]
-    pub fn plan(&self, ino: u32, offset: f64, length: f64) -> Result<Float64Array> {
-        let f = self.inner.file(ino as u64).ok_or_else(|| napi::Error::new(Status::InvalidArg, format!("EINVAL: inode {ino} is not a regular file")))?;
+    pub fn plan(&self, env: Env, ino: u32, offset: f64, length: f64) -> Result<Float64Array> {
+        let f = self.inner.file(ino as u64).ok_or_else(|| err(env, CoreError::invalid(format!("inode {ino} is not a regular file"))))?;
         if !(offset >= 0.0 && length >= 0.0) {
-            return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: read of [{offset}, +{length})")));
+            return Err(err(env, CoreError::invalid(format!("read of [{offset}, +{length})"))));
         }
         let rows: Vec<f64> = f.pieces(offset as u64, length as u64).flat_map(|p| [p.chunk as f64, p.from as f64, p.to as f64, p.at as f64]).collect();
         Ok(rows.into())
@@ -487,9 +559,9 @@ impl CheckedToc {
 
 /// The cache file of a chunk (`ocichunk_core::cache`: the one owner of the cache's layout).
 #[napi]
-pub fn chunk_cache_path(dir: String, hex: String) -> Result<String> {
+pub fn chunk_cache_path(env: Env, dir: String, hex: String) -> Result<String> {
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: {hex:?} is not a sha256 hex digest")));
+        return Err(err(env, CoreError::invalid(format!("{hex:?} is not a sha256 hex digest"))));
     }
     Ok(ocichunk_core::cache::chunk_path(Path::new(&dir), &hex).to_string_lossy().into_owned())
 }
@@ -505,10 +577,17 @@ pub struct RestoreSummary {
 
 type SharedWriter = std::sync::Arc<std::sync::Mutex<Option<restore::Writer>>>;
 
-fn writer_op<T>(w: &SharedWriter, f: impl FnOnce(&mut restore::Writer) -> ocichunk_core::Result<T>) -> Result<T> {
-    let mut g = w.lock().map_err(|_| napi::Error::new(Status::GenericFailure, "EIO: restore writer poisoned".to_string()))?;
-    let wr = g.as_mut().ok_or_else(|| napi::Error::new(Status::GenericFailure, "EINVAL: restore writer finished".to_string()))?;
-    f(wr).map_err(err)
+fn poisoned() -> CoreError {
+    CoreError::new(Code::Io, "restore writer poisoned")
+}
+
+fn finished() -> CoreError {
+    CoreError::invalid("restore writer finished")
+}
+
+fn writer_op<T>(w: &SharedWriter, f: impl FnOnce(&mut restore::Writer) -> CoreResult<T>) -> CoreResult<T> {
+    let mut g = w.lock().map_err(|_| poisoned())?;
+    f(g.as_mut().ok_or_else(finished)?)
 }
 
 /// Writes a TOC's merged tree into an empty directory (crates/core/src/restore.rs).
@@ -522,10 +601,10 @@ pub struct RestoreWriteTask {
     chunks: Vec<Buffer>,
 }
 
-impl Task for RestoreWriteTask {
+impl Work for RestoreWriteTask {
     type Output = ();
     type JsValue = ();
-    fn compute(&mut self) -> Result<()> {
+    fn compute(&mut self) -> CoreResult<()> {
         let parts: Vec<&[u8]> = self.chunks.iter().map(|b| b.as_ref()).collect();
         writer_op(&self.inner, |w| w.write(&parts))
     }
@@ -539,33 +618,28 @@ impl RestoreWriter {
     /// Checks the TOC, merges its layers, makes `target` (empty or absent) and its directories,
     /// symlinks, devices and FIFOs.
     #[napi(constructor)]
-    pub fn new(target: String, toc: &CheckedToc) -> Result<Self> {
-        let w = restore::Writer::open(Path::new(&target), toc.inner.clone()).map_err(err)?;
+    pub fn new(env: Env, target: String, toc: &CheckedToc) -> Result<Self> {
+        let w = restore::Writer::open(Path::new(&target), toc.inner.clone()).map_err(|e| err(env, e))?;
         Ok(RestoreWriter { inner: std::sync::Arc::new(std::sync::Mutex::new(Some(w))) })
     }
 
     /// TOC chunk indexes in the order `write` takes them.
     #[napi]
-    pub fn chunk_sequence(&self) -> Result<Uint32Array> {
-        writer_op(&self.inner, |w| Ok(w.chunk_sequence().into()))
+    pub fn chunk_sequence(&self, env: Env) -> Result<Uint32Array> {
+        writer_op(&self.inner, |w| Ok(w.chunk_sequence().into())).map_err(|e| err(env, e))
     }
 
     /// The next chunks of the sequence (verified by the caller), written off the JS thread.
     #[napi(ts_return_type = "Promise<void>")]
-    pub fn write(&self, chunks: Vec<Buffer>) -> AsyncTask<RestoreWriteTask> {
-        AsyncTask::new(RestoreWriteTask { inner: self.inner.clone(), chunks })
+    pub fn write(&self, chunks: Vec<Buffer>) -> AsyncTask<Coded<RestoreWriteTask>> {
+        Coded::task(RestoreWriteTask { inner: self.inner.clone(), chunks })
     }
 
     /// Hardlinks and metadata; the writer is done after this.
     #[napi]
-    pub fn finish(&self) -> Result<RestoreSummary> {
-        let w = self
-            .inner
-            .lock()
-            .map_err(|_| napi::Error::new(Status::GenericFailure, "EIO: restore writer poisoned".to_string()))?
-            .take()
-            .ok_or_else(|| napi::Error::new(Status::GenericFailure, "EINVAL: restore writer finished".to_string()))?;
-        let s = w.finish().map_err(err)?;
+    pub fn finish(&self, env: Env) -> Result<RestoreSummary> {
+        let done = || self.inner.lock().map_err(|_| poisoned())?.take().ok_or_else(finished)?.finish();
+        let s = done().map_err(|e| err(env, e))?;
         Ok(RestoreSummary {
             entries: s.entries as f64,
             files: s.files as f64,
@@ -577,29 +651,29 @@ impl RestoreWriter {
 }
 
 #[napi]
-pub fn mknod(path: String, kind: String, mode: u32, major: u32, minor: u32) -> Result<()> {
+pub fn mknod(env: Env, path: String, kind: String, mode: u32, major: u32, minor: u32) -> Result<()> {
     let k = match kind.as_str() {
         "char" => fsx::NodeKind::Char,
         "block" => fsx::NodeKind::Block,
         "fifo" => fsx::NodeKind::Fifo,
-        _ => return Err(napi::Error::new(Status::InvalidArg, format!("EINVAL: unknown node kind {kind:?}"))),
+        _ => return Err(err(env, CoreError::invalid(format!("unknown node kind {kind:?}")))),
     };
-    fsx::mknod(Path::new(&path), k, mode, major, minor).map_err(err)
+    fsx::mknod(Path::new(&path), k, mode, major, minor).map_err(|e| err(env, e))
 }
 
 #[napi]
-pub fn lsetxattr(path: String, name: String, value: Buffer) -> Result<()> {
-    fsx::lsetxattr(Path::new(&path), &name, &value).map_err(err)
+pub fn lsetxattr(env: Env, path: String, name: String, value: Buffer) -> Result<()> {
+    fsx::lsetxattr(Path::new(&path), &name, &value).map_err(|e| err(env, e))
 }
 
 #[napi]
-pub fn llistxattr(path: String) -> Result<Vec<String>> {
-    fsx::llistxattr(Path::new(&path)).map_err(err)
+pub fn llistxattr(env: Env, path: String) -> Result<Vec<String>> {
+    fsx::llistxattr(Path::new(&path)).map_err(|e| err(env, e))
 }
 
 #[napi]
-pub fn lgetxattr(path: String, name: String) -> Result<Buffer> {
-    fsx::lgetxattr(Path::new(&path), &name).map(Into::into).map_err(err)
+pub fn lgetxattr(env: Env, path: String, name: String) -> Result<Buffer> {
+    fsx::lgetxattr(Path::new(&path), &name).map(Into::into).map_err(|e| err(env, e))
 }
 
 /// Called once when the binding is loaded.
@@ -611,6 +685,12 @@ pub fn tune_allocator() {
 #[napi]
 pub fn core_version() -> String {
     ocichunk_core::VERSION.to_string()
+}
+
+/// Every `code` an error of the core can carry (`Code::ALL`).
+#[napi]
+pub fn error_codes() -> Vec<String> {
+    Code::ALL.iter().map(|c| c.as_str().to_string()).collect()
 }
 
 // ---- lazy mount (FUSE) ----
@@ -736,13 +816,13 @@ pub struct MountFlags {
 /// Mount a chunked image's merged tree read-only at `mountpoint`, reading chunks from
 /// `cache_dir` and asking `fetch` for missing ones.
 #[napi]
-pub fn mount_lazy(toc: &CheckedToc, mountpoint: String, cache_dir: String, record: bool, flags: MountFlags, fetch: JsFunction) -> Result<LazyMount> {
+pub fn mount_lazy(env: Env, toc: &CheckedToc, mountpoint: String, cache_dir: String, record: bool, flags: MountFlags, fetch: JsFunction) -> Result<LazyMount> {
     let tsfn: ThreadsafeFunction<Vec<u32>, ErrorStrategy::Fatal> =
         fetch.create_threadsafe_function(0, |ctx: ThreadSafeCallContext<Vec<u32>>| Ok(vec![ctx.value]))?;
     let pending = Arc::new(Mutex::new(Pending::default()));
     let fetcher = JsFetcher { tsfn: tsfn.clone(), pending: pending.clone() };
-    let shared = Arc::new(lazyfs::Shared::new(toc.inner.clone(), cache_dir.into(), Box::new(fetcher), record).map_err(err)?);
+    let shared = Arc::new(lazyfs::Shared::new(toc.inner.clone(), cache_dir.into(), Box::new(fetcher), record).map_err(|e| err(env, e))?);
     let flags = lazyfs::MountFlags { allow_other: flags.allow_other, allow_suid: flags.allow_suid, allow_dev: flags.allow_dev };
-    let mount = lazyfs::mount(shared, Path::new(&mountpoint), flags).map_err(err)?;
+    let mount = lazyfs::mount(shared, Path::new(&mountpoint), flags).map_err(|e| err(env, e))?;
     Ok(LazyMount { mount: Some(mount), pending, tsfn: Some(tsfn) })
 }

@@ -48,22 +48,22 @@ const XATTR: &[u8] = b"SCHILY.xattr.";
 const SAFE: f64 = 9_007_199_254_740_991.0;
 
 fn text(b: &[u8], what: &str) -> Result<String> {
-    String::from_utf8(b.to_vec()).map_err(|_| Error::Unsupported(format!("{what}: path {:?} is not valid UTF-8", String::from_utf8_lossy(b))))
+    String::from_utf8(b.to_vec()).map_err(|_| Error::unsupported(format!("{what}: path {:?} is not valid UTF-8", String::from_utf8_lossy(b))))
 }
 
 /// A member name as a path inside the root; anything escaping it is refused.
 pub fn normalize_path(name: &str, what: &str) -> Result<String> {
     if name.contains('\0') {
-        return Err(Error::Unsafe(format!("{what}: path contains a NUL byte")));
+        return Err(Error::unsafe_input(format!("{what}: path contains a NUL byte")));
     }
     if name.starts_with('/') {
-        return Err(Error::Unsafe(format!("{what}: absolute path {name:?} is not allowed in a layer")));
+        return Err(Error::unsafe_input(format!("{what}: absolute path {name:?} is not allowed in a layer")));
     }
     let mut out: Vec<&str> = Vec::new();
     for part in name.split('/') {
         match part {
             "" | "." => {}
-            ".." => return Err(Error::Unsafe(format!("{what}: path {name:?} escapes the root with '..'"))),
+            ".." => return Err(Error::unsafe_input(format!("{what}: path {name:?} escapes the root with '..'"))),
             p => out.push(p),
         }
     }
@@ -108,12 +108,12 @@ pub fn canonical(h: &Header, o: &CanonOptions) -> Result<Option<CanonEntry>> {
     };
     let mtime = if o.keep_mtime { mtime_raw } else { mtime_raw.min(o.source_date_epoch as f64) };
     if mtime.abs() > super::limits::MTIME as f64 {
-        return Err(Error::Corrupt(format!("{what}: mtime {mtime} is out of range")));
+        return Err(Error::corrupt(format!("{what}: mtime {mtime} is out of range")));
     }
     let id = |key: &[u8], header: f64| -> Result<u64> {
         let v = pax(h, key).and_then(pax_number).unwrap_or(header);
         if v.fract() != 0.0 || !(0.0..=SAFE).contains(&v) {
-            return Err(Error::Corrupt(format!("{what}: invalid uid/gid")));
+            return Err(Error::corrupt(format!("{what}: invalid uid/gid")));
         }
         Ok(v as u64)
     };
@@ -130,7 +130,7 @@ pub fn canonical(h: &Header, o: &CanonOptions) -> Result<Option<CanonEntry>> {
         } else if target.starts_with(WH) {
             return Ok(None); // aufs internals
         } else if matches!(target, "" | "." | "..") {
-            return Err(Error::Unsafe(format!("{what}: invalid whiteout")));
+            return Err(Error::unsafe_input(format!("{what}: invalid whiteout")));
         } else {
             (Kind::Whiteout, join(target))
         };
@@ -149,7 +149,7 @@ pub fn canonical(h: &Header, o: &CanonOptions) -> Result<Option<CanonEntry>> {
         b'5' => e.kind = Kind::Dir,
         b'2' => {
             if h.link.is_empty() {
-                return Err(Error::Corrupt(format!("{what}: symlink without target")));
+                return Err(Error::corrupt(format!("{what}: symlink without target")));
             }
             e.kind = Kind::Symlink;
             e.link = Some(text(h.link, &what)?);
@@ -157,10 +157,10 @@ pub fn canonical(h: &Header, o: &CanonOptions) -> Result<Option<CanonEntry>> {
         b'1' => {
             let link = normalize_path(&text(h.link, &what)?, &format!("{what} (hardlink target)"))?;
             if link == "." {
-                return Err(Error::Unsafe(format!("{what}: hardlink to the root directory")));
+                return Err(Error::unsafe_input(format!("{what}: hardlink to the root directory")));
             }
             if link == e.path {
-                return Err(Error::Corrupt(format!("{what}: hardlink to itself")));
+                return Err(Error::corrupt(format!("{what}: hardlink to itself")));
             }
             e.kind = Kind::Hardlink;
             e.link = Some(link);
@@ -178,7 +178,7 @@ pub fn canonical(h: &Header, o: &CanonOptions) -> Result<Option<CanonEntry>> {
                 b'D' => "gnu-dumpdir".to_string(),
                 f => format!("type {:?}", (f as char).to_string()),
             };
-            return Err(Error::Unsupported(format!("{what}: unsupported tar entry type {t:?}")));
+            return Err(Error::unsupported(format!("{what}: unsupported tar entry type {t:?}")));
         }
     }
     Ok(Some(e))
@@ -236,6 +236,7 @@ pub fn encode_entry(o: &mut Vec<u8>, e: Option<&CanonEntry>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Code;
 
     fn hdr<'a>(flag: u8, name: &'a [u8], link: &'a [u8], pax: &'a [(&'a [u8], &'a [u8])]) -> Header<'a> {
         Header { flag, mode: 0o104755, uid: 1000.0, gid: 100.0, size: 5.0, mtime: 1_700_000_123.0, devmajor: 1, devminor: 3, name, link, pax }
@@ -259,26 +260,26 @@ mod tests {
         assert_eq!((e.uid, e.gid, e.mtime), (1000, 7, 1_500_000_000));
         for bad in [&b"-1"[..], b"1.5", b"9007199254740992"] {
             let p: [(&[u8], &[u8]); 1] = [(b"uid", bad)];
-            assert!(matches!(canonical(&hdr(b'0', b"x", b"", &p), &O), Err(Error::Corrupt(_))), "{bad:?}");
+            assert!(matches!(canonical(&hdr(b'0', b"x", b"", &p), &O), Err(e) if e.code() == Code::Corrupt), "{bad:?}");
         }
         let neg = Header { mtime: -300_000_000_000.0, ..hdr(b'0', b"x", b"", &[]) };
-        assert!(matches!(canonical(&neg, &O), Err(Error::Corrupt(_))));
+        assert!(matches!(canonical(&neg, &O), Err(e) if e.code() == Code::Corrupt));
     }
 
     #[test]
     fn paths_escaping_the_root_are_refused() {
         for (name, want) in [(&b"/etc/x"[..], "absolute path"), (b"a/../../x", "escapes the root"), (b"a\0b", "NUL")] {
             match canonical(&hdr(b'0', name, b"", &[]), &O) {
-                Err(Error::Unsafe(m)) => assert!(m.contains(want), "{m}"),
+                Err(e) if e.code() == Code::Unsafe => assert!(e.message().contains(want), "{e}"),
                 r => panic!("{name:?}: {r:?}"),
             }
         }
-        assert!(matches!(canonical(&hdr(b'0', b"\xff", b"", &[]), &O), Err(Error::Unsupported(_))));
-        assert!(matches!(canonical(&hdr(b'1', b"a", b"../x", &[]), &O), Err(Error::Unsafe(_))));
-        assert!(matches!(canonical(&hdr(b'1', b"a", b"", &[]), &O), Err(Error::Unsafe(_))));
-        assert!(matches!(canonical(&hdr(b'1', b"a", b"./a", &[]), &O), Err(Error::Corrupt(_))));
-        assert!(matches!(canonical(&hdr(b'2', b"a", b"", &[]), &O), Err(Error::Corrupt(_))));
-        assert!(matches!(canonical(&hdr(b'S', b"a", b"", &[]), &O), Err(Error::Unsupported(m)) if m.contains("gnu-sparse")));
+        assert!(matches!(canonical(&hdr(b'0', b"\xff", b"", &[]), &O), Err(e) if e.code() == Code::Unsupported));
+        assert!(matches!(canonical(&hdr(b'1', b"a", b"../x", &[]), &O), Err(e) if e.code() == Code::Unsafe));
+        assert!(matches!(canonical(&hdr(b'1', b"a", b"", &[]), &O), Err(e) if e.code() == Code::Unsafe));
+        assert!(matches!(canonical(&hdr(b'1', b"a", b"./a", &[]), &O), Err(e) if e.code() == Code::Corrupt));
+        assert!(matches!(canonical(&hdr(b'2', b"a", b"", &[]), &O), Err(e) if e.code() == Code::Corrupt));
+        assert!(matches!(canonical(&hdr(b'S', b"a", b"", &[]), &O), Err(e) if e.code() == Code::Unsupported && e.message().contains("gnu-sparse")));
     }
 
     #[test]
@@ -289,7 +290,7 @@ mod tests {
         assert_eq!((o.kind, o.path.as_str()), (Kind::Opaque, "etc"));
         assert_eq!(one(&hdr(b'0', b".wh..wh..opq", b"", &[])).path, ".");
         assert_eq!(canonical(&hdr(b'0', b"a/.wh..wh.plnk", b"", &[]), &O).unwrap(), None);
-        assert!(matches!(canonical(&hdr(b'0', b"a/.wh...", b"", &[]), &O), Err(Error::Unsafe(_))));
+        assert!(matches!(canonical(&hdr(b'0', b"a/.wh...", b"", &[]), &O), Err(e) if e.code() == Code::Unsafe));
         let l = one(&hdr(b'1', b"b", b"./a//c", &[]));
         assert_eq!((l.kind, l.link.as_deref()), (Kind::Hardlink, Some("a/c")));
         let s = one(&hdr(b'2', b"s", b"../../etc", &[]));

@@ -63,12 +63,18 @@ pub enum Class {
 }
 
 impl Class {
-    pub fn code(self) -> &'static str {
+    /// The error code a violation of this class gives ([`crate::Code`]).
+    pub fn error_code(self) -> crate::Code {
         match self {
-            Class::Corrupt => "ECORRUPT",
-            Class::Unsafe => "EUNSAFE",
-            Class::Unsupported => "EUNSUPPORTED",
+            Class::Corrupt => crate::Code::Corrupt,
+            Class::Unsafe => crate::Code::Unsafe,
+            Class::Unsupported => crate::Code::Unsupported,
         }
+    }
+
+    /// The code as a string ("ECORRUPT").
+    pub fn code(self) -> &'static str {
+        self.error_code().as_str()
     }
 }
 
@@ -121,7 +127,7 @@ pub fn check_toc(blob: &[u8]) -> Result<(Toc, Tree, Vec<u8>), Report> {
         Ok(j) => j,
         Err(e) => {
             let mut r = Report::default();
-            r.push(Class::Corrupt, None, None, format!("TOC: {}", strip_code(&e.to_string())));
+            r.push(Class::Corrupt, None, None, format!("TOC: {e}"));
             return Err(r);
         }
     };
@@ -194,10 +200,6 @@ fn shorten(p: &str) -> String {
         b += 1;
     }
     format!("{}...({} bytes)...{}", &p[..a], p.len(), &p[b..])
-}
-
-fn strip_code(s: &str) -> &str {
-    s.split_once(": ").filter(|(c, _)| c.starts_with('E') && c.chars().all(|c| c.is_ascii_uppercase())).map_or(s, |(_, m)| m)
 }
 
 #[cfg(test)]
