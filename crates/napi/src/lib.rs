@@ -6,7 +6,9 @@
 //! an `Error` whose `message` is the core's message, `code` the core's stable code ("ECORRUPT",
 //! `ocichunk_core::Code`) and `origin` "ocichunk-core"; one from the OS also has `ioKind`
 //! (`std::io::ErrorKind`, "NotFound") and `errno` (positive, as `os.constants.errno`). Thrown by
-//! synchronous calls, the rejection of `AsyncTask`s ([`Coded`]).
+//! synchronous calls, the rejection of `AsyncTask`s ([`Coded`]). The lazy mount's
+//! `ThreadsafeFunction` only carries chunk requests to JavaScript: no core error crosses it (the
+//! answer comes back as `LazyMount.complete(id, error?)`).
 
 use napi::bindgen_prelude::*;
 use napi::{Env, Task};
@@ -33,7 +35,8 @@ fn err(env: Env, e: CoreError) -> napi::Error {
         }
         Ok(napi::Error::from(o.into_unknown()))
     };
-    // building it can only fail with an exception pending: that one is thrown instead
+    // creating an object fails only when the engine cannot run JavaScript (an exception is
+    // pending, the environment is shutting down): napi's own error stands then
     build().unwrap_or_else(|f| f)
 }
 
