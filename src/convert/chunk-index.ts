@@ -2,12 +2,14 @@
  * Every chunk a conversion knows about, by digest: chunks already stored in the sink (found through
  * the TOCs of its chunked manifests) and chunks new in this conversion (spooled until packed).
  *
- * Kept off the JS heap in typed arrays (about 70 bytes per chunk: the 32-byte digest, length,
- * location, spool offsets and an open-addressing hash slot), so that millions of chunks, which
- * `analyze` meets on large corpora, cost neither a Map entry and a hex string each nor GC time.
+ * The table itself is the format's chunk dictionary in the Rust core (crates/core/src/format/dict.rs:
+ * ids, lengths, locations, spool offsets, about 90 bytes a chunk off the JS heap); this class adds
+ * what is the converter's business: the table of packs (stored digests, or packs this conversion is
+ * writing), their sizes, and the layers converted before.
  */
 import { decodeToc, TOC_MAX_BLOB, type Toc } from '../chunked/toc.js';
 import { OcichunkError } from '../errors.js';
+import { native, type NativeChunkDict } from '../native/index.js';
 import { ANN, CMT } from '../oci/chunked-media.js';
 import { parseManifestDoc } from '../oci/types.js';
 import type { ImageSink } from '../transports/types.js';
@@ -21,42 +23,20 @@ export interface Location {
   inner: number;
 }
 
-const EMPTY = -1;
-const TOMB = -2;
-/** locPack values below 0 */
-const NO_LOC = -1;
-const CLAIMED = -2;
-
-function grow<T extends Uint8Array | Uint32Array | Int32Array | Float64Array>(a: T, n: number, fill?: number): T {
-  if (a.length >= n) return a;
-  let cap = Math.max(1024, a.length);
-  while (cap < n) cap *= 2;
-  const b = new (a.constructor as new (n: number) => T)(cap);
-  b.set(a);
-  if (fill !== undefined) b.fill(fill, a.length);
-  return b;
+/** Binary SHA-256s of hex digests, back to back (ECORRUPT for one that is not 64 hex digits). */
+function digestBytes(hexes: string[]): Buffer {
+  const out = Buffer.allocUnsafe(hexes.length * 32);
+  hexes.forEach((h, i) => {
+    if (h.length !== 64 || out.write(h, i * 32, 'hex') !== 32) throw new OcichunkError('ECORRUPT', `invalid chunk digest ${JSON.stringify(h)}`);
+  });
+  return out;
 }
 
 export class ChunkIndex {
-  private n = 0;
-  private dig = new Uint8Array(0);
-  private len = new Uint32Array(0);
-  private locPack = new Int32Array(0);
-  private locOff = new Float64Array(0);
-  private locClen = new Uint32Array(0);
-  private locUlen = new Uint32Array(0);
-  private locInner = new Uint32Array(0);
-  private spoolAt = new Float64Array(0);
-  private spoolC = new Int32Array(0);
-  /** slot -> id, EMPTY or TOMB; keyed by the digest's first 4 bytes */
-  private slots = new Int32Array(1 << 12).fill(EMPTY);
-  private used = 0;
+  private readonly dict: NativeChunkDict = native.chunkDict();
   /** Pack table: digests of stored packs, or indexes of packs this conversion writes (until resolved). */
   private packs: Array<string | number> = [];
   private packKey = new Map<string | number, number>();
-  private scratch = Buffer.alloc(32);
-  /** 1: the location was read from a destination's TOC and is not known good yet (convert/trust.ts) */
-  private foreign = new Uint8Array(0);
 
   /** Sizes of stored packs, by digest. */
   readonly packSizes = new Map<string, number>();
@@ -69,103 +49,54 @@ export class ChunkIndex {
   readonly layerCache = new Map<string, Array<{ tocBlob: Buffer; layer: number; what: string; trusted: boolean }>>();
 
   get size(): number {
-    return this.n;
+    return this.dict.size;
   }
 
-  /** Home slot of a digest: its first 4 bytes (uniformly random) masked to the table size. */
-  private home(d: Uint8Array, off: number): number {
-    return (d[off] | (d[off + 1] << 8) | (d[off + 2] << 16) | (d[off + 3] << 24)) & (this.slots.length - 1);
+  /**
+   * Ids of the chunks whose binary SHA-256s lie back to back in `digests` (added with `lengths`
+   * when unknown), and which of them were unknown.
+   */
+  internAll(digests: Uint8Array, lengths: Uint32Array): { ids: Uint32Array; fresh: (k: number) => boolean } {
+    let next = this.dict.size;
+    const ids = this.dict.intern(digests, lengths);
+    const fresh = new Uint8Array(ids.length);
+    for (let k = 0; k < ids.length; k++) if (ids[k] === next) (fresh[k] = 1), next++;
+    return { ids, fresh: (k) => fresh[k] === 1 };
   }
 
-  private find(d: Uint8Array, off: number): number {
-    const mask = this.slots.length - 1;
-    let s = this.home(d, off);
-    for (;;) {
-      const id = this.slots[s];
-      if (id === EMPTY) return -1 - s;
-      if (id !== TOMB) {
-        const o = id * 32;
-        let k = 0;
-        while (k < 32 && this.dig[o + k] === d[off + k]) k++;
-        if (k === 32) return id;
-      }
-      s = (s + 1) & mask;
-    }
-  }
-
-  private rehash(cap: number): void {
-    this.slots = new Int32Array(cap).fill(EMPTY);
-    this.used = 0;
-    for (let id = 0; id < this.n; id++) {
-      const f = this.find(this.dig, id * 32);
-      this.slots[-1 - f] = id;
-      this.used++;
-    }
-  }
-
-  /** Look up or add a chunk by its binary SHA-256 at d[off, off+32); returns its id and whether it was unknown. */
-  internRaw(d: Uint8Array, off: number, length: number): { id: number; fresh: boolean } {
-    const f = this.find(d, off);
-    if (f >= 0) return { id: f, fresh: false };
-    if ((this.used + 1) * 2 > this.slots.length) {
-      this.rehash(this.slots.length * 2);
-      return this.internRaw(d, off, length);
-    }
-    const id = this.n++;
-    this.dig = grow(this.dig, this.n * 32);
-    this.dig.set(d.subarray(off, off + 32), id * 32);
-    this.len = grow(this.len, this.n);
-    this.locPack = grow(this.locPack, this.n, NO_LOC);
-    this.locOff = grow(this.locOff, this.n);
-    this.locClen = grow(this.locClen, this.n);
-    this.locUlen = grow(this.locUlen, this.n);
-    this.locInner = grow(this.locInner, this.n);
-    this.spoolAt = grow(this.spoolAt, this.n, -1);
-    this.foreign = grow(this.foreign, this.n);
-    this.foreign[id] = 0;
-    this.spoolC = grow(this.spoolC, this.n, -1);
-    this.len[id] = length;
-    this.locPack[id] = NO_LOC;
-    this.spoolAt[id] = -1;
-    this.spoolC[id] = -1;
-    this.slots[-1 - f] = id;
-    this.used++;
-    return { id, fresh: true };
-  }
-
-  /** Look up or add a chunk by hex digest. */
-  intern(hex: string, length: number): { id: number; fresh: boolean } {
-    if (this.scratch.write(hex, 'hex') !== 32) throw new OcichunkError('ECORRUPT', `invalid chunk digest ${JSON.stringify(hex)}`);
-    return this.internRaw(this.scratch, 0, length);
+  /** Ids of chunks given by hex digest (added with their lengths when unknown), and which were unknown. */
+  internHex(hexes: string[], lengths: number[]): { ids: Uint32Array; fresh: (k: number) => boolean } {
+    return this.internAll(digestBytes(hexes), Uint32Array.from(lengths));
   }
 
   /** Id of a known chunk (hex digest), or undefined. */
   lookup(hex: string): number | undefined {
-    if (this.scratch.write(hex, 'hex') !== 32) return undefined;
-    const f = this.find(this.scratch, 0);
-    return f >= 0 ? f : undefined;
+    const d = Buffer.from(hex, 'hex');
+    if (d.length !== 32) return undefined;
+    const id = this.dict.lookup(d);
+    return id >= 0 ? id : undefined;
   }
 
   hex(id: number): string {
-    return Buffer.from(this.dig.buffer, this.dig.byteOffset + id * 32, 32).toString('hex');
+    return this.dict.hex(id);
   }
 
   length(id: number): number {
-    return this.len[id];
+    return this.dict.length(id);
   }
 
   /** Not placed yet (neither stored nor claimed by this conversion). */
   unplaced(id: number): boolean {
-    return this.locPack[id] === NO_LOC;
+    return this.dict.unplaced(id);
   }
 
   /** Taken by this conversion: its frame is being written. */
   claim(id: number): void {
-    this.locPack[id] = CLAIMED;
+    this.dict.claim(id);
   }
 
   unclaim(id: number): void {
-    this.locPack[id] = NO_LOC;
+    this.dict.unclaim(id);
   }
 
   private packRef(p: string | number): number {
@@ -179,39 +110,35 @@ export class ChunkIndex {
   }
 
   setLoc(id: number, loc: Location): void {
-    this.locPack[id] = this.packRef(loc.pack);
-    this.locOff[id] = loc.off;
-    this.locClen[id] = loc.clen;
-    this.locUlen[id] = loc.ulen;
-    this.locInner[id] = loc.inner;
+    this.dict.setLocation(id, { pack: this.packRef(loc.pack), offset: loc.off, compressedLen: loc.clen, len: loc.ulen, inner: loc.inner });
   }
 
   /** The chunk's location came from a destination's TOC and was not verified yet. */
   isForeign(id: number): boolean {
-    return this.foreign[id] === 1;
+    return this.dict.isForeign(id);
   }
 
   /** Its location is known good now. */
   trustLoc(id: number): void {
-    this.foreign[id] = 0;
+    this.dict.trust(id);
   }
 
   /** Where the chunk's frame is, or undefined if it is not placed (or only claimed). */
   loc(id: number): Location | undefined {
-    const p = this.locPack[id];
-    if (p < 0) return undefined;
-    return { pack: this.packs[p], off: this.locOff[id], clen: this.locClen[id], ulen: this.locUlen[id], inner: this.locInner[id] };
+    const l = this.dict.location(id);
+    return l ? { pack: this.packs[l.pack], off: l.offset, clen: l.compressedLen, ulen: l.len, inner: l.inner } : undefined;
   }
 
+  /** Where the chunk's bytes are in the spool, or -1. */
   spoolOff(id: number): number {
-    return this.spoolAt[id];
+    return this.dict.spooled(id)?.[0] ?? -1;
   }
+  /** Length of the frame the chunk was compressed into alone in the spool, or -1 (raw bytes). */
   spoolClen(id: number): number {
-    return this.spoolC[id];
+    return this.dict.spooled(id)?.[1] ?? -1;
   }
   setSpool(id: number, off: number, clen = -1): void {
-    this.spoolAt[id] = off;
-    this.spoolC[id] = clen;
+    this.dict.setSpooled(id, off, clen);
   }
 
   /** Packs written by a conversion got their digests: later conversions see them as stored. */
@@ -229,22 +156,12 @@ export class ChunkIndex {
 
   /** Current size, to roll back to with truncate(). */
   mark(): number {
-    return this.n;
+    return this.dict.size;
   }
 
   /** Forget every chunk interned after `mark`. */
   truncate(mark: number): void {
-    for (let id = mark; id < this.n; id++) {
-      this.slots[this.slotOf(id)] = TOMB;
-    }
-    this.n = Math.min(this.n, mark);
-  }
-
-  private slotOf(id: number): number {
-    const mask = this.slots.length - 1;
-    let s = this.home(this.dig, id * 32);
-    while (this.slots[s] !== id) s = (s + 1) & mask;
-    return s;
+    this.dict.truncate(mark);
   }
 
   /**
@@ -293,14 +210,16 @@ export class ChunkIndex {
       } catch {
         // a manifest without a usable layer list only contributes its chunks
       }
-      for (const { digest: hex, frame: fi, offset: inner, length: len } of toc.chunks) {
-        const { id, fresh } = this.intern(hex, len);
-        if (!fresh) continue;
-        const { pack: pi, offset: off, compressedLength: clen, length: ulen } = toc.frames[fi];
-        this.setLoc(id, { pack: toc.packs[pi], off, clen, ulen, inner });
-        this.foreign[id] = 1;
+      const { ids, fresh } = this.internHex(
+        toc.chunks.map((c) => c.digest),
+        toc.chunks.map((c) => c.length),
+      );
+      toc.chunks.forEach(({ frame: fi, offset: inner }, k) => {
+        if (!fresh(k)) return;
+        const { pack: pi, offset, compressedLength: compressedLen, length: len } = toc.frames[fi];
+        this.dict.setForeign(ids[k], { pack: this.packRef(toc.packs[pi]), offset, compressedLen, len, inner });
         this.storedChunks++;
-      }
+      });
     }
     return this.storedChunks;
   }

@@ -190,6 +190,12 @@ export function canonicalOrder(scanned: ScannedEntry[]): ScannedEntry[] {
 
 /** A layer's entries as a previous conversion recorded them, with chunk ids from the chunk index. */
 function fromToc(toc: Toc, layer: number, chunkIndex: ChunkIndex): ScannedEntry[] {
+  const used = [...new Set(toc.layers[layer].entries.flatMap((t) => t.chunks ?? []))];
+  const { ids } = chunkIndex.internHex(
+    used.map((c) => toc.chunks[c].digest),
+    used.map((c) => toc.chunks[c].length),
+  );
+  const idOf = new Map(used.map((c, k) => [c, ids[k]]));
   return toc.layers[layer].entries.map((t) => {
     const entry: Entry = {
       path: t.path,
@@ -203,7 +209,7 @@ function fromToc(toc: Toc, layer: number, chunkIndex: ChunkIndex): ScannedEntry[
       ...(t.devMajor !== undefined ? { devMajor: t.devMajor, devMinor: t.devMinor } : {}),
       ...(t.xattrs ? { xattrs: Object.entries(t.xattrs).map(([k, v]) => [k, Buffer.from(v, 'base64')] as [string, Buffer]) } : {}),
     };
-    const chunks = t.chunks?.map((c) => chunkIndex.intern(toc.chunks[c].digest, toc.chunks[c].length).id);
+    const chunks = t.chunks?.map((c) => idOf.get(c)!);
     return { entry, chunks };
   });
 }

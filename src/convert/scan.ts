@@ -37,6 +37,13 @@ interface Seg {
   eof: boolean;
 }
 
+/** A scan batch's chunks: how many per segment, their lengths and binary SHA-256s, in order. */
+interface ChunkRows {
+  counts: Uint32Array;
+  lengths: Uint32Array;
+  digests: Buffer;
+}
+
 interface Batch {
   buf: Buffer;
   segs: Seg[];
@@ -233,8 +240,16 @@ export class LayerScanner {
     return rec;
   }
 
-  private async absorb(b: Batch, r: { counts: Uint32Array; lengths: Uint32Array; digests: Buffer }): Promise<void> {
+  /** The batch's chunks in the chunk index: their ids, and which of them it did not know. */
+  private intern(b: Batch, r: ChunkRows): ReturnType<ChunkIndex['internAll']> {
+    let n = 0;
+    for (let si = 0; si < b.segs.length; si++) n += r.counts[si];
+    return this.chunkIndex.internAll(r.digests.subarray(0, n * 32), r.lengths.subarray(0, n));
+  }
+
+  private async absorb(b: Batch, r: ChunkRows): Promise<void> {
     if (this.packer) return this.absorbSorted(b, r);
+    const { ids, fresh } = this.intern(b, r);
     let ci = 0;
     const writes: Array<Promise<void>> = [];
     // large new chunks become frames of their own whatever the order: compress them now, while the
@@ -263,15 +278,15 @@ export class LayerScanner {
       const pendingIds: number[] = [];
       for (let k = 0; k < r.counts[si]; k++, ci++) {
         const len = r.lengths[ci];
-        const { id, fresh } = this.chunkIndex.internRaw(r.digests, ci * 32, len);
+        const id = ids[ci];
         s.file.chunks!.push(id);
         this.stats.chunkRefs++;
-        if (fresh && len >= this.opts.groupBelow) {
+        if (fresh(ci) && len >= this.opts.groupBelow) {
           this.stats.newChunks++;
           this.stats.newChunkBytes += len;
           bigParts.push(pos, len);
           bigIds.push(id);
-        } else if (fresh) {
+        } else if (fresh(ci)) {
           this.stats.newChunks++;
           this.stats.newChunkBytes += len;
           if (runStart === -1 || runStart + runLen !== pos) {
@@ -299,18 +314,19 @@ export class LayerScanner {
     await Promise.all(writes);
   }
 
-  private async absorbSorted(b: Batch, r: { counts: Uint32Array; lengths: Uint32Array; digests: Buffer }): Promise<void> {
+  private async absorbSorted(b: Batch, r: ChunkRows): Promise<void> {
     const packer = this.packer!;
+    const { ids, fresh } = this.intern(b, r);
     let ci = 0;
     for (let si = 0; si < b.segs.length; si++) {
       const s = b.segs[si];
       let pos = s.start;
       for (let k = 0; k < r.counts[si]; k++, ci++) {
         const len = r.lengths[ci];
-        const { id, fresh } = this.chunkIndex.internRaw(r.digests, ci * 32, len);
+        const id = ids[ci];
         s.file.chunks!.push(id);
         this.stats.chunkRefs++;
-        if (fresh) {
+        if (fresh(ci)) {
           this.stats.newChunks++;
           this.stats.newChunkBytes += len;
         }

@@ -80,7 +80,41 @@ export interface NativeCheckedToc {
   plan(ino: number, offset: number, length: number): Float64Array;
 }
 
+/** Where a chunk's frame is: `inner` bytes into the frame at `offset` in pack `pack` (the caller's pack table). */
+export interface ChunkLocation {
+  pack: number;
+  offset: number;
+  compressedLen: number;
+  len: number;
+  inner: number;
+}
+
+/** The chunk dictionary of a conversion (crates/core/src/format/dict.rs): ids are ranks of arrival. */
+export interface NativeChunkDict {
+  readonly size: number;
+  /** ids of digests.length / 32 binary SHA-256s; a new chunk's id is the size before the call plus the new ones before it */
+  intern(digests: Uint8Array, lengths: Uint32Array): Uint32Array;
+  /** -1 when unknown */
+  lookup(digest: Uint8Array): number;
+  hex(id: number): string;
+  length(id: number): number;
+  unplaced(id: number): boolean;
+  claim(id: number): void;
+  unclaim(id: number): void;
+  setLocation(id: number, at: ChunkLocation): void;
+  setForeign(id: number, at: ChunkLocation): void;
+  location(id: number): ChunkLocation | null;
+  isForeign(id: number): boolean;
+  trust(id: number): void;
+  /** compressedLength -1: raw bytes */
+  setSpooled(id: number, offset: number, compressedLength: number): void;
+  /** [offset, compressedLength or -1] */
+  spooled(id: number): number[] | null;
+  truncate(mark: number): void;
+}
+
 interface Binding {
+  ChunkDict: new () => NativeChunkDict;
   CheckedToc: new (blob: Buffer) => NativeCheckedToc;
   chunkCachePath(dir: string, hex: string): string;
   checkToc(blob: Buffer): { json?: Buffer | null; violations: Array<{ code: string; layer?: number | null; path?: string | null; message: string }>; more: number };
@@ -163,6 +197,8 @@ async function wrapAsync<T>(what: string, p: () => Promise<T>): Promise<T> {
 }
 
 export const native = {
+  /** An empty chunk dictionary (its methods throw EINVAL only for ids it never handed out). */
+  chunkDict: (): NativeChunkDict => new (load().ChunkDict)(),
   /**
    * A layer scan on a native thread of its own: it reads a file itself (openFile, then pull until
    * eof) or takes pushed pieces (openStream, push... end, then pull until eof); finish() gives the

@@ -829,3 +829,166 @@ pub fn mount_lazy(env: Env, toc: &CheckedToc, mountpoint: String, cache_dir: Str
     let mount = lazyfs::mount(shared, Path::new(&mountpoint), flags).map_err(|e| err(env, e))?;
     Ok(LazyMount { mount: Some(mount), pending, tsfn: Some(tsfn) })
 }
+
+/// A chunk's location in `ChunkDict` (`format::dict::Location`); `pack` indexes the caller's pack table.
+#[napi(object)]
+pub struct ChunkLocation {
+    pub pack: u32,
+    pub offset: f64,
+    pub compressed_len: u32,
+    pub len: u32,
+    pub inner: u32,
+}
+
+/// The chunk dictionary of a conversion (`format::dict::ChunkDict`): chunk ids by digest, their
+/// lengths, locations, spool offsets and whether a location still has to be verified.
+#[napi]
+pub struct ChunkDict {
+    inner: format::ChunkDict,
+}
+
+impl ChunkDict {
+    fn id(&self, env: Env, id: u32) -> Result<u32> {
+        if (id as usize) < self.inner.len() {
+            Ok(id)
+        } else {
+            Err(err(env, CoreError::invalid(format!("chunk id {id} of {}", self.inner.len()))))
+        }
+    }
+}
+
+fn location(env: Env, l: &ChunkLocation) -> Result<format::dict::Location> {
+    if !(l.offset >= 0.0 && l.offset <= (1u64 << 53) as f64 && l.offset.fract() == 0.0) {
+        return Err(err(env, CoreError::invalid(format!("chunk location at offset {}", l.offset))));
+    }
+    Ok(format::dict::Location { pack: l.pack, offset: l.offset as u64, compressed_len: l.compressed_len, len: l.len, inner: l.inner })
+}
+
+#[napi]
+impl ChunkDict {
+    #[napi(constructor)]
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        ChunkDict { inner: format::ChunkDict::new() }
+    }
+
+    #[napi(getter)]
+    pub fn size(&self) -> u32 {
+        self.inner.len() as u32
+    }
+
+    /// Ids of `digests.length / 32` chunks (binary SHA-256s back to back), added when unknown with
+    /// the given lengths. New chunks get the next ids in order: a chunk is new where its id is the
+    /// size before the call plus the number of new ones before it.
+    #[napi]
+    pub fn intern(&mut self, env: Env, digests: &[u8], lengths: &[u32]) -> Result<Uint32Array> {
+        if digests.len() != lengths.len() * 32 {
+            return Err(err(env, CoreError::invalid(format!("{} bytes of digests for {} lengths", digests.len(), lengths.len()))));
+        }
+        let mut ids = vec![0u32; lengths.len()];
+        self.inner.intern_all(digests, lengths, &mut ids);
+        Ok(ids.into())
+    }
+
+    /// Id of a known chunk (binary SHA-256), or -1.
+    #[napi]
+    pub fn lookup(&self, digest: &[u8]) -> i64 {
+        match <&[u8; 32]>::try_from(digest) {
+            Ok(d) => self.inner.get(d).map_or(-1, i64::from),
+            Err(_) => -1,
+        }
+    }
+
+    #[napi]
+    pub fn hex(&self, env: Env, id: u32) -> Result<String> {
+        let d = self.inner.digest(self.id(env, id)?);
+        Ok(d.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    #[napi]
+    pub fn length(&self, env: Env, id: u32) -> Result<u32> {
+        Ok(self.inner.chunk_len(self.id(env, id)?))
+    }
+
+    /// Neither stored nor claimed by this conversion.
+    #[napi]
+    pub fn unplaced(&self, env: Env, id: u32) -> Result<bool> {
+        Ok(self.inner.unplaced(self.id(env, id)?))
+    }
+
+    #[napi]
+    pub fn claim(&mut self, env: Env, id: u32) -> Result<()> {
+        let id = self.id(env, id)?;
+        self.inner.claim(id);
+        Ok(())
+    }
+
+    #[napi]
+    pub fn unclaim(&mut self, env: Env, id: u32) -> Result<()> {
+        let id = self.id(env, id)?;
+        self.inner.unclaim(id);
+        Ok(())
+    }
+
+    #[napi]
+    pub fn set_location(&mut self, env: Env, id: u32, at: ChunkLocation) -> Result<()> {
+        let (id, at) = (self.id(env, id)?, location(env, &at)?);
+        self.inner.set_location(id, at);
+        Ok(())
+    }
+
+    /// A location a destination's TOC claims: `isForeign` until `trust`.
+    #[napi]
+    pub fn set_foreign(&mut self, env: Env, id: u32, at: ChunkLocation) -> Result<()> {
+        let (id, at) = (self.id(env, id)?, location(env, &at)?);
+        self.inner.set_foreign(id, at);
+        Ok(())
+    }
+
+    #[napi]
+    pub fn location(&self, env: Env, id: u32) -> Result<Option<ChunkLocation>> {
+        Ok(self.inner.location(self.id(env, id)?).map(|l| ChunkLocation {
+            pack: l.pack,
+            offset: l.offset as f64,
+            compressed_len: l.compressed_len,
+            len: l.len,
+            inner: l.inner,
+        }))
+    }
+
+    #[napi]
+    pub fn is_foreign(&self, env: Env, id: u32) -> Result<bool> {
+        Ok(self.inner.is_foreign(self.id(env, id)?))
+    }
+
+    #[napi]
+    pub fn trust(&mut self, env: Env, id: u32) -> Result<()> {
+        let id = self.id(env, id)?;
+        self.inner.trust(id);
+        Ok(())
+    }
+
+    /// Where the chunk's bytes wait in the spool: raw (`compressedLength` -1) or compressed alone.
+    #[napi]
+    pub fn set_spooled(&mut self, env: Env, id: u32, offset: f64, compressed_length: i64) -> Result<()> {
+        let id = self.id(env, id)?;
+        if !(offset >= 0.0 && offset.fract() == 0.0) || compressed_length > u32::MAX as i64 {
+            return Err(err(env, CoreError::invalid(format!("spool offset {offset}, length {compressed_length}"))));
+        }
+        let compressed_len = u32::try_from(compressed_length).ok();
+        self.inner.set_spooled(id, format::dict::Spooled { offset: offset as u64, compressed_len });
+        Ok(())
+    }
+
+    /// `[offset, compressedLength or -1]`, or undefined when the chunk's bytes are not spooled.
+    #[napi]
+    pub fn spooled(&self, env: Env, id: u32) -> Result<Option<Vec<f64>>> {
+        Ok(self.inner.spooled(self.id(env, id)?).map(|s| vec![s.offset as f64, s.compressed_len.map_or(-1.0, f64::from)]))
+    }
+
+    /// Forget the chunks added after the dictionary held `mark`.
+    #[napi]
+    pub fn truncate(&mut self, mark: u32) {
+        self.inner.truncate(mark as usize);
+    }
+}

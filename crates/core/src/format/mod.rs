@@ -4,10 +4,12 @@
 //! [`check_toc`] before anything else; `restore` writes the [`tree::Tree`] it returns.
 
 pub mod canonical;
+pub mod dict;
 pub mod file;
 pub mod toc;
 pub mod tree;
 
+pub use dict::ChunkDict;
 pub use file::{FileMap, Piece};
 pub use toc::{decode, Chunk, Entry, Frame, Kind, Toc};
 pub use tree::Tree;

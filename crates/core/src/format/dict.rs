@@ -1,0 +1,265 @@
+//! The chunk dictionary of a conversion: every chunk it knows, by SHA-256 digest. Chunks come from
+//! the layers being converted (new, placed into frames by the pack writer) and from the TOCs of
+//! chunked images the destination already holds (stored: their frame is somewhere in a pack).
+//!
+//! A chunk's id is its rank of arrival (0, 1, 2, …): a TOC's chunk table is made of ids in the order
+//! the converter meets them, and [`ChunkDict::truncate`] forgets the chunks of a layer read twice.
+//! Per chunk it keeps its length, its location (a frame in a pack, or "claimed": its frame is being
+//! written), where its bytes wait in a spool file, and whether its location came from a destination
+//! and still has to be verified. About 90 bytes a chunk: millions of chunks (`analyze` over a corpus)
+//! fit in a few hundred MiB.
+
+use hashbrown::HashTable;
+
+/// A chunk's SHA-256.
+pub type Digest = [u8; 32];
+
+/// Where a chunk's bytes are: `inner` bytes into the uncompressed frame that starts `offset` bytes
+/// into pack `pack` (the caller's pack table) and is `compressed_len` bytes long, `len` uncompressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub pack: u32,
+    pub offset: u64,
+    pub compressed_len: u32,
+    pub len: u32,
+    pub inner: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// Neither stored nor taken by this conversion.
+    Unplaced,
+    /// Taken by this conversion: its frame is being written; the location comes when it is.
+    Claimed,
+    At(Location),
+}
+
+/// Where a new chunk's bytes wait until the pack writer takes them: `offset` into the spool file,
+/// raw (`compressed_len` None) or already compressed into a frame of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spooled {
+    pub offset: u64,
+    pub compressed_len: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Rec {
+    len: u32,
+    place: Place,
+    spool: Option<Spooled>,
+    /// The location was read from a destination's TOC and is not known good yet.
+    foreign: bool,
+}
+
+/// Digests are uniformly random: their first 8 bytes are the hash.
+fn hash(d: &Digest) -> u64 {
+    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+#[derive(Default)]
+pub struct ChunkDict {
+    /// ids, hashed by their digest
+    table: HashTable<u32>,
+    digests: Vec<Digest>,
+    recs: Vec<Rec>,
+}
+
+impl ChunkDict {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Chunks known.
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// Id of a known chunk.
+    pub fn get(&self, d: &Digest) -> Option<u32> {
+        self.table.find(hash(d), |&id| &self.digests[id as usize] == d).copied()
+    }
+
+    /// The chunk's id, and whether it was unknown (then it is added, `len` bytes long). A chunk
+    /// known already keeps the length it came with.
+    pub fn intern(&mut self, d: &Digest, len: u32) -> (u32, bool) {
+        let digests = &self.digests;
+        if let Some(&id) = self.table.find(hash(d), |&id| &digests[id as usize] == d) {
+            return (id, false);
+        }
+        let id = u32::try_from(self.digests.len()).expect("fewer than 2^32 chunks");
+        self.digests.push(*d);
+        self.recs.push(Rec { len, place: Place::Unplaced, spool: None, foreign: false });
+        let digests = &self.digests;
+        self.table.insert_unique(hash(d), id, |&i| hash(&digests[i as usize]));
+        (id, true)
+    }
+
+    /// [`Self::intern`] for `digests.len() / 32` chunks at once; their ids land in `ids`. A chunk is
+    /// new in this call where its id equals the count of new ones before it plus the size before the
+    /// call (ids of new chunks are handed out in order).
+    pub fn intern_all(&mut self, digests: &[u8], lens: &[u32], ids: &mut [u32]) {
+        for ((d, &len), id) in digests.chunks_exact(32).zip(lens).zip(ids.iter_mut()) {
+            *id = self.intern(d.try_into().expect("32 bytes"), len).0;
+        }
+    }
+
+    pub fn digest(&self, id: u32) -> &Digest {
+        &self.digests[id as usize]
+    }
+
+    pub fn chunk_len(&self, id: u32) -> u32 {
+        self.recs[id as usize].len
+    }
+
+    /// Neither stored nor claimed: the pack writer still has to place it.
+    pub fn unplaced(&self, id: u32) -> bool {
+        self.recs[id as usize].place == Place::Unplaced
+    }
+
+    pub fn claim(&mut self, id: u32) {
+        self.recs[id as usize].place = Place::Claimed;
+    }
+
+    pub fn unclaim(&mut self, id: u32) {
+        self.recs[id as usize].place = Place::Unplaced;
+    }
+
+    pub fn set_location(&mut self, id: u32, at: Location) {
+        self.recs[id as usize].place = Place::At(at);
+    }
+
+    /// Where the chunk's frame is (None while unplaced or only claimed).
+    pub fn location(&self, id: u32) -> Option<Location> {
+        match self.recs[id as usize].place {
+            Place::At(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// A location a destination's TOC claims: used only once verified ([`Self::trust`]).
+    pub fn set_foreign(&mut self, id: u32, at: Location) {
+        let r = &mut self.recs[id as usize];
+        r.place = Place::At(at);
+        r.foreign = true;
+    }
+
+    pub fn is_foreign(&self, id: u32) -> bool {
+        self.recs[id as usize].foreign
+    }
+
+    /// Its location is known good now.
+    pub fn trust(&mut self, id: u32) {
+        self.recs[id as usize].foreign = false;
+    }
+
+    pub fn set_spooled(&mut self, id: u32, s: Spooled) {
+        self.recs[id as usize].spool = Some(s);
+    }
+
+    pub fn spooled(&self, id: u32) -> Option<Spooled> {
+        self.recs[id as usize].spool
+    }
+
+    /// Forget every chunk added after the dictionary had `mark` chunks.
+    pub fn truncate(&mut self, mark: usize) {
+        for id in mark..self.digests.len() {
+            let d = self.digests[id];
+            if let Ok(e) = self.table.find_entry(hash(&d), |&i| i as usize == id) {
+                e.remove();
+            }
+        }
+        self.digests.truncate(mark);
+        self.recs.truncate(mark);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest as _, Sha256};
+
+    fn dig(n: u64) -> Digest {
+        Sha256::digest(n.to_le_bytes()).into()
+    }
+
+    #[test]
+    fn ids_are_ranks_of_arrival_and_repeats_keep_theirs() {
+        let mut d = ChunkDict::new();
+        assert_eq!(d.intern(&dig(1), 10), (0, true));
+        assert_eq!(d.intern(&dig(2), 20), (1, true));
+        assert_eq!(d.intern(&dig(1), 99), (0, false));
+        assert_eq!(d.chunk_len(0), 10, "a known chunk keeps its first length");
+        assert_eq!(d.get(&dig(2)), Some(1));
+        assert_eq!(d.get(&dig(3)), None);
+        assert_eq!(d.digest(1), &dig(2));
+    }
+
+    #[test]
+    fn intern_all_matches_one_by_one() {
+        let list: Vec<u64> = (0..5000).map(|i| (i * 7919) % 3001).collect();
+        let mut bytes = Vec::new();
+        let lens: Vec<u32> = list.iter().map(|&n| n as u32 + 1).collect();
+        for &n in &list {
+            bytes.extend_from_slice(&dig(n));
+        }
+        let mut a = ChunkDict::new();
+        let mut ids = vec![0; list.len()];
+        a.intern_all(&bytes, &lens, &mut ids);
+        let mut b = ChunkDict::new();
+        let one: Vec<u32> = list.iter().map(|&n| b.intern(&dig(n), n as u32 + 1).0).collect();
+        assert_eq!(ids, one);
+        assert_eq!(a.len(), 3001);
+        // new ones are handed out in order
+        let mut next = 0;
+        for &id in &ids {
+            assert!(id <= next);
+            if id == next {
+                next += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn places_spools_and_foreign_locations() {
+        let mut d = ChunkDict::new();
+        let (id, _) = d.intern(&dig(7), 100);
+        assert!(d.unplaced(id));
+        d.claim(id);
+        assert!(!d.unplaced(id));
+        assert_eq!(d.location(id), None);
+        d.unclaim(id);
+        assert!(d.unplaced(id));
+        let at = Location { pack: 3, offset: 1 << 40, compressed_len: 50, len: 300, inner: 200 };
+        d.set_foreign(id, at);
+        assert!(d.is_foreign(id) && !d.unplaced(id));
+        assert_eq!(d.location(id), Some(at));
+        d.trust(id);
+        assert!(!d.is_foreign(id));
+        assert_eq!(d.spooled(id), None);
+        d.set_spooled(id, Spooled { offset: 5, compressed_len: Some(4) });
+        assert_eq!(d.spooled(id), Some(Spooled { offset: 5, compressed_len: Some(4) }));
+    }
+
+    #[test]
+    fn truncate_forgets_what_came_after_the_mark() {
+        let mut d = ChunkDict::new();
+        for n in 0..1000 {
+            d.intern(&dig(n), 1);
+        }
+        d.truncate(600);
+        assert_eq!(d.len(), 600);
+        assert_eq!(d.get(&dig(599)), Some(599));
+        assert_eq!(d.get(&dig(600)), None);
+        assert_eq!(d.get(&dig(999)), None);
+        // forgotten chunks come back with new ids, old ones keep theirs
+        assert_eq!(d.intern(&dig(900), 1), (600, true));
+        assert_eq!(d.intern(&dig(5), 1), (5, false));
+        for n in 0..600 {
+            assert_eq!(d.get(&dig(n)), Some(n as u32));
+        }
+    }
+}
