@@ -3,9 +3,9 @@
  * the TOCs of its chunked manifests) and chunks new in this conversion (spooled until packed).
  *
  * The table itself is the format's chunk dictionary in the Rust core (crates/core/src/format/dict.rs:
- * ids, lengths, locations, spool offsets, about 90 bytes a chunk off the JS heap); this class adds
- * what is the converter's business: the table of packs (stored digests, or packs this conversion is
- * writing), their sizes, and the layers converted before.
+ * ids, lengths, locations and the packs they name, spool offsets: about 90 bytes a chunk off the JS
+ * heap); this class adds what is the converter's business: pack sizes, the layers converted before,
+ * and reading what a destination already stores.
  */
 import { decodeToc, TOC_MAX_BLOB, type Toc } from '../chunked/toc.js';
 import { OcichunkError } from '../errors.js';
@@ -33,10 +33,8 @@ function digestBytes(hexes: string[]): Buffer {
 }
 
 export class ChunkIndex {
-  private readonly dict: NativeChunkDict = native.chunkDict();
-  /** Pack table: digests of stored packs, or indexes of packs this conversion writes (until resolved). */
-  private packs: Array<string | number> = [];
-  private packKey = new Map<string | number, number>();
+  /** the native dictionary (the pack writer places chunks in it) */
+  readonly dict: NativeChunkDict = native.chunkDict();
 
   /** Sizes of stored packs, by digest. */
   readonly packSizes = new Map<string, number>();
@@ -99,18 +97,8 @@ export class ChunkIndex {
     this.dict.unclaim(id);
   }
 
-  private packRef(p: string | number): number {
-    let i = this.packKey.get(p);
-    if (i === undefined) {
-      i = this.packs.length;
-      this.packs.push(p);
-      this.packKey.set(p, i);
-    }
-    return i;
-  }
-
   setLoc(id: number, loc: Location): void {
-    this.dict.setLocation(id, { pack: this.packRef(loc.pack), offset: loc.off, compressedLen: loc.clen, len: loc.ulen, inner: loc.inner });
+    this.dict.setLocation(id, { pack: loc.pack, offset: loc.off, compressedLen: loc.clen, len: loc.ulen, inner: loc.inner });
   }
 
   /** The chunk's location came from a destination's TOC and was not verified yet. */
@@ -126,7 +114,7 @@ export class ChunkIndex {
   /** Where the chunk's frame is, or undefined if it is not placed (or only claimed). */
   loc(id: number): Location | undefined {
     const l = this.dict.location(id);
-    return l ? { pack: this.packs[l.pack], off: l.offset, clen: l.compressedLen, ulen: l.len, inner: l.inner } : undefined;
+    return l ? { pack: l.pack, off: l.offset, clen: l.compressedLen, ulen: l.len, inner: l.inner } : undefined;
   }
 
   /** Where the chunk's bytes are in the spool, or -1. */
@@ -144,12 +132,7 @@ export class ChunkIndex {
   /** Packs written by a conversion got their digests: later conversions see them as stored. */
   resolvePacks(written: Array<{ digest: string; size: number }>): void {
     written.forEach((p, n) => {
-      const i = this.packKey.get(n);
-      if (i === undefined) return;
-      this.packKey.delete(n);
-      const existing = this.packKey.get(p.digest);
-      this.packs[i] = p.digest;
-      if (existing === undefined) this.packKey.set(p.digest, i);
+      this.dict.resolveWritten(n, p.digest);
       this.packSizes.set(p.digest, p.size);
     });
   }
@@ -217,7 +200,7 @@ export class ChunkIndex {
       toc.chunks.forEach(({ frame: fi, offset: inner }, k) => {
         if (!fresh(k)) return;
         const { pack: pi, offset, compressedLength: compressedLen, length: len } = toc.frames[fi];
-        this.dict.setForeign(ids[k], { pack: this.packRef(toc.packs[pi]), offset, compressedLen, len, inner });
+        this.dict.setForeign(ids[k], { pack: toc.packs[pi], offset, compressedLen, len, inner });
         this.storedChunks++;
       });
     }

@@ -23,7 +23,7 @@ import { Packer } from './packer.js';
 import { ConvertTrust, layerContentDigest, locationKey } from './trust.js';
 import { ChunkIndex } from './chunk-index.js';
 import { throwIfAborted } from '../util/abort.js';
-import { LayerScanner, OutOfOrder, Spool, maxChunkLength, type LayerInput, type ScannedEntry } from './scan.js';
+import { LayerScanner, OutOfOrder, Spool, type LayerInput, type ScannedEntry } from './scan.js';
 
 /**
  * Chunks below DEFAULT_GROUP_BELOW share zstd frames of about DEFAULT_FRAME_SIZE bytes (with the
@@ -489,7 +489,6 @@ async function conversionContext(src: ImageSource, sink: ImageSink, opts: Conver
     groupTarget: opts.groupTarget ?? DEFAULT_FRAME_SIZE,
     packTarget: opts.packTarget ?? 64 << 20,
     batchBytes,
-    maxChunk: maxChunkLength(chunker),
   });
   const scanOpts = { chunker, threads, batchBytes, level, groupBelow, sourceDateEpoch: opts.sourceDateEpoch ?? 0, keepMtime: !!opts.keepMtime, signal: opts.signal };
   // what shapes TOC entries and chunk digests: a layer converted before with these is not read again
@@ -685,7 +684,10 @@ async function convertLayers(img: ResolvedImage, ctx: Ctx, progress: (p: Convert
       scanner = new LayerScanner(scanOpts, chunkIndex, spool);
       ordered = canonicalOrder(await scanLayer(src, sink, layer, what, scanner));
       progress({ phase: 'pack', layer: i, layers: manifest.layers.length });
-      for (const s of ordered) if (s.chunks) await packer.placeFromSpool(s.chunks, spool);
+      await packer.placeFromSpool(
+        ordered.flatMap((s) => (s.chunks ? [s.chunks] : [])),
+        spool,
+      );
     }
     out.entries += scanner.stats.entries;
     out.files += scanner.stats.files;

@@ -60,12 +60,6 @@ export interface ScanOptions extends CanonOptions {
   signal?: AbortSignal;
 }
 
-export function maxChunkLength(c: ChunkerSpec): number {
-  if (c.kind === 'fixed') return c.size ?? 1 << 20;
-  if (c.kind === 'file') return c.max ?? 64 << 20;
-  return c.max ?? 256 << 10;
-}
-
 export class Spool {
   private fd: number;
   size = 0;
@@ -315,26 +309,28 @@ export class LayerScanner {
   }
 
   private async absorbSorted(b: Batch, r: ChunkRows): Promise<void> {
-    const packer = this.packer!;
     const { ids, fresh } = this.intern(b, r);
+    const positions = new Uint32Array(ids.length);
     let ci = 0;
     for (let si = 0; si < b.segs.length; si++) {
       const s = b.segs[si];
       let pos = s.start;
       for (let k = 0; k < r.counts[si]; k++, ci++) {
         const len = r.lengths[ci];
-        const id = ids[ci];
-        s.file.chunks!.push(id);
+        s.file.chunks!.push(ids[ci]);
         this.stats.chunkRefs++;
         if (fresh(ci)) {
           this.stats.newChunks++;
           this.stats.newChunkBytes += len;
         }
-        if (packer.needs(id)) await packer.place(id, b.buf, pos);
+        positions[ci] = pos;
         pos += len;
       }
     }
+    // the pack writer takes the chunks it has not placed yet, in order
+    await this.packer!.placeAll(ids, positions, b.buf);
   }
+
 
 
 }

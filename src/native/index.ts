@@ -80,9 +80,9 @@ export interface NativeCheckedToc {
   plan(ino: number, offset: number, length: number): Float64Array;
 }
 
-/** Where a chunk's frame is: `inner` bytes into the frame at `offset` in pack `pack` (the caller's pack table). */
+/** Where a chunk's frame is: `inner` bytes into the frame at `offset` in pack `pack` (a stored pack's digest, or the number of a pack being written). */
 export interface ChunkLocation {
-  pack: number;
+  pack: string | number;
   offset: number;
   compressedLen: number;
   len: number;
@@ -111,10 +111,43 @@ export interface NativeChunkDict {
   /** [offset, compressedLength or -1] */
   spooled(id: number): number[] | null;
   truncate(mark: number): void;
+  /** pack `number` of the conversion under way was committed as `digest` */
+  resolveWritten(number: number, digest: string): void;
+}
+
+/** A compressed batch of frames: back to back in `data`; `frames` holds [compressedLength, length, chunks] per frame, `ids` their chunks. */
+export interface CompressedBatch {
+  data: Buffer;
+  frames: Uint32Array;
+  ids: Uint32Array;
+}
+
+/** The frame and pack writer (crates/core/src/format/pack.rs). */
+export interface NativePackWriter {
+  beginLayer(): void;
+  /** returns how many sealed batches wait for compressNext */
+  place(dict: NativeChunkDict, data: Uint8Array, ids: Uint32Array, positions: Uint32Array): number;
+  placeCompressed(dict: NativeChunkDict, id: number, frame: Uint8Array): number;
+  finishLayer(): number;
+  compressNext(): Promise<CompressedBatch>;
+  /** rows [flags (1: commit the open pack first, 2: open pack `pack` first), pack, start, length] */
+  land(dict: NativeChunkDict, frames: Uint32Array, ids: Uint32Array): Uint32Array;
+  packClosed(): void;
+  rollbackLayer(dict: NativeChunkDict): void;
+}
+
+export interface PackSpec {
+  level: number;
+  threads: number;
+  groupBelow: number;
+  groupTarget: number;
+  packTarget: number;
+  batchBytes: number;
 }
 
 interface Binding {
   ChunkDict: new () => NativeChunkDict;
+  PackWriter: new (o: PackSpec) => NativePackWriter;
   CheckedToc: new (blob: Buffer) => NativeCheckedToc;
   chunkCachePath(dir: string, hex: string): string;
   checkToc(blob: Buffer): { json?: Buffer | null; violations: Array<{ code: string; layer?: number | null; path?: string | null; message: string }>; more: number };
@@ -199,6 +232,7 @@ async function wrapAsync<T>(what: string, p: () => Promise<T>): Promise<T> {
 export const native = {
   /** An empty chunk dictionary (its methods throw EINVAL only for ids it never handed out). */
   chunkDict: (): NativeChunkDict => new (load().ChunkDict)(),
+  packWriter: (o: PackSpec): NativePackWriter => wrapSync('pack writer', () => new (load().PackWriter)(o)),
   /**
    * A layer scan on a native thread of its own: it reads a file itself (openFile, then pull until
    * eof) or takes pushed pieces (openStream, push... end, then pull until eof); finish() gives the

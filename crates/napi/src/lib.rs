@@ -13,6 +13,8 @@
 use napi::bindgen_prelude::*;
 use napi::{Env, Task};
 use napi_derive::napi;
+use ocichunk_core::format::dict::PackName;
+use ocichunk_core::format::pack;
 use ocichunk_core::{batch, chunker::ChunkerParams, format, frame, fsx, restore, tarscan, Code, Error as CoreError};
 use std::path::Path;
 
@@ -830,10 +832,11 @@ pub fn mount_lazy(env: Env, toc: &CheckedToc, mountpoint: String, cache_dir: Str
     Ok(LazyMount { mount: Some(mount), pending, tsfn: Some(tsfn) })
 }
 
-/// A chunk's location in `ChunkDict` (`format::dict::Location`); `pack` indexes the caller's pack table.
+/// A chunk's location in `ChunkDict` (`format::dict::Location`); `pack` is a stored pack's digest or
+/// the number of a pack the conversion under way writes.
 #[napi(object)]
 pub struct ChunkLocation {
-    pub pack: u32,
+    pub pack: Either<String, u32>,
     pub offset: f64,
     pub compressed_len: u32,
     pub len: u32,
@@ -857,11 +860,15 @@ impl ChunkDict {
     }
 }
 
-fn location(env: Env, l: &ChunkLocation) -> Result<format::dict::Location> {
+fn location(env: Env, dict: &mut format::ChunkDict, l: &ChunkLocation) -> Result<format::dict::Location> {
     if !(l.offset >= 0.0 && l.offset <= (1u64 << 53) as f64 && l.offset.fract() == 0.0) {
         return Err(err(env, CoreError::invalid(format!("chunk location at offset {}", l.offset))));
     }
-    Ok(format::dict::Location { pack: l.pack, offset: l.offset as u64, compressed_len: l.compressed_len, len: l.len, inner: l.inner })
+    let pack = dict.pack_ref(match &l.pack {
+        Either::A(d) => PackName::Stored(d.clone()),
+        Either::B(n) => PackName::Written(*n),
+    });
+    Ok(format::dict::Location { pack, offset: l.offset as u64, compressed_len: l.compressed_len, len: l.len, inner: l.inner })
 }
 
 #[napi]
@@ -932,7 +939,7 @@ impl ChunkDict {
 
     #[napi]
     pub fn set_location(&mut self, env: Env, id: u32, at: ChunkLocation) -> Result<()> {
-        let (id, at) = (self.id(env, id)?, location(env, &at)?);
+        let (id, at) = (self.id(env, id)?, location(env, &mut self.inner, &at)?);
         self.inner.set_location(id, at);
         Ok(())
     }
@@ -940,7 +947,7 @@ impl ChunkDict {
     /// A location a destination's TOC claims: `isForeign` until `trust`.
     #[napi]
     pub fn set_foreign(&mut self, env: Env, id: u32, at: ChunkLocation) -> Result<()> {
-        let (id, at) = (self.id(env, id)?, location(env, &at)?);
+        let (id, at) = (self.id(env, id)?, location(env, &mut self.inner, &at)?);
         self.inner.set_foreign(id, at);
         Ok(())
     }
@@ -948,7 +955,10 @@ impl ChunkDict {
     #[napi]
     pub fn location(&self, env: Env, id: u32) -> Result<Option<ChunkLocation>> {
         Ok(self.inner.location(self.id(env, id)?).map(|l| ChunkLocation {
-            pack: l.pack,
+            pack: match self.inner.pack_name(l.pack) {
+                PackName::Stored(d) => Either::A(d.clone()),
+                PackName::Written(n) => Either::B(*n),
+            },
             offset: l.offset as f64,
             compressed_len: l.compressed_len,
             len: l.len,
@@ -986,9 +996,154 @@ impl ChunkDict {
         Ok(self.inner.spooled(self.id(env, id)?).map(|s| vec![s.offset as f64, s.compressed_len.map_or(-1.0, f64::from)]))
     }
 
+    /// Pack `number` of the conversion under way was committed as `digest`.
+    #[napi]
+    pub fn resolve_written(&mut self, number: u32, digest: String) {
+        self.inner.resolve_written(number, &digest);
+    }
+
     /// Forget the chunks added after the dictionary held `mark`.
     #[napi]
     pub fn truncate(&mut self, mark: u32) {
         self.inner.truncate(mark as usize);
+    }
+}
+
+#[napi(object)]
+pub struct PackSpec {
+    pub level: i32,
+    pub threads: u32,
+    pub group_below: u32,
+    pub group_target: u32,
+    pub pack_target: f64,
+    pub batch_bytes: f64,
+}
+
+/// The frame and pack writer (`format::pack::FrameWriter`): chunks placed in order become frames,
+/// sealed into batches that `compressNext` compresses off the JS thread and `land` places in packs.
+#[napi]
+pub struct PackWriter {
+    inner: pack::FrameWriter,
+}
+
+/// A compressed batch: frames back to back in `data`; per frame `[compressedLength, length, chunks]`
+/// in `frames`, their chunk ids in order in `ids`.
+#[napi(object)]
+pub struct CompressedBatch {
+    pub data: Buffer,
+    pub frames: Uint32Array,
+    pub ids: Uint32Array,
+}
+
+pub struct PackCompressTask {
+    sealed: Option<pack::Sealed>,
+    level: i32,
+    threads: usize,
+    recycle: pack::Recycler,
+}
+
+impl Work for PackCompressTask {
+    type Output = pack::Compressed;
+    type JsValue = CompressedBatch;
+    fn compute(&mut self) -> CoreResult<Self::Output> {
+        pack::compress(self.sealed.take().unwrap_or_default(), self.level, self.threads, Some(&self.recycle))
+    }
+    fn resolve(&mut self, _env: Env, c: Self::Output) -> Result<Self::JsValue> {
+        let frames: Vec<u32> = c.frames.iter().flat_map(|f| [f.compressed_len, f.len, f.ids.len() as u32]).collect();
+        let ids: Vec<u32> = c.frames.into_iter().flat_map(|f| f.ids).collect();
+        Ok(CompressedBatch { data: c.data.into(), frames: frames.into(), ids: ids.into() })
+    }
+}
+
+#[napi]
+impl PackWriter {
+    #[napi(constructor)]
+    pub fn new(env: Env, o: PackSpec) -> Result<Self> {
+        let bytes = |v: f64| if v >= 1.0 && v.fract() == 0.0 { Ok(v as u64) } else { Err(err(env, CoreError::invalid(format!("pack option {v}")))) };
+        let o = pack::PackOptions {
+            level: o.level,
+            threads: o.threads as usize,
+            group_below: o.group_below,
+            group_target: o.group_target,
+            pack_target: bytes(o.pack_target)?,
+            batch_bytes: bytes(o.batch_bytes)?,
+        };
+        Ok(PackWriter { inner: pack::FrameWriter::new(o).map_err(|e| err(env, e))? })
+    }
+
+    #[napi]
+    pub fn begin_layer(&mut self) {
+        self.inner.begin_layer();
+    }
+
+    /// Place chunks `ids` whose bytes start at `positions` in `data` (each unless placed already);
+    /// returns how many sealed batches wait for `compressNext`.
+    #[napi]
+    pub fn place(&mut self, env: Env, dict: &mut ChunkDict, data: &[u8], ids: &[u32], positions: &[u32]) -> Result<u32> {
+        if ids.len() != positions.len() {
+            return Err(err(env, CoreError::invalid(format!("{} ids, {} positions", ids.len(), positions.len()))));
+        }
+        for (&id, &at) in ids.iter().zip(positions) {
+            let id = dict.id(env, id)?;
+            let len = dict.inner.chunk_len(id) as usize;
+            let bytes = data
+                .get(at as usize..at as usize + len)
+                .ok_or_else(|| err(env, CoreError::invalid(format!("chunk {id} at {at}+{len} is outside the {}-byte buffer", data.len()))))?;
+            self.inner.place(&mut dict.inner, id, bytes).map_err(|e| err(env, e))?;
+        }
+        Ok(self.inner.ready() as u32)
+    }
+
+    /// Place chunk `id` as `frame`, compressed alone earlier at this level; returns `ready`.
+    #[napi]
+    pub fn place_compressed(&mut self, env: Env, dict: &mut ChunkDict, id: u32, frame: &[u8]) -> Result<u32> {
+        let id = dict.id(env, id)?;
+        self.inner.place_compressed(&mut dict.inner, id, frame.to_vec()).map_err(|e| err(env, e))?;
+        Ok(self.inner.ready() as u32)
+    }
+
+    /// End of a layer's placements; returns how many sealed batches wait.
+    #[napi]
+    pub fn finish_layer(&mut self) -> u32 {
+        self.inner.finish_layer();
+        self.inner.ready() as u32
+    }
+
+    /// Compress the oldest sealed batch (taken now) off the JS thread.
+    #[napi(ts_return_type = "Promise<CompressedBatch>")]
+    pub fn compress_next(&mut self, env: Env) -> Result<AsyncTask<Coded<PackCompressTask>>> {
+        let sealed = self.inner.take_ready().ok_or_else(|| err(env, CoreError::invalid("no sealed batch to compress")))?;
+        let o = self.inner.options();
+        Ok(Coded::task(PackCompressTask { sealed: Some(sealed), level: o.level, threads: o.threads, recycle: self.inner.recycler() }))
+    }
+
+    /// Land a compressed batch (in the order they were taken): its chunks get their locations; rows
+    /// `[flags, pack, start, length]` say where its frames go (flags 1: commit the open pack first,
+    /// 2: open pack number `pack` first).
+    #[napi]
+    pub fn land(&mut self, env: Env, dict: &mut ChunkDict, frames: &[u32], ids: &[u32]) -> Result<Uint32Array> {
+        let mut list = Vec::with_capacity(frames.len() / 3);
+        let mut k = 0usize;
+        for f in frames.chunks_exact(3) {
+            let n = f[2] as usize;
+            let chunk_ids = ids.get(k..k + n).ok_or_else(|| err(env, CoreError::invalid("frame chunk counts past the ids given")))?;
+            list.push(pack::Landing { compressed_len: f[0], len: f[1], ids: chunk_ids.to_vec() });
+            k += n;
+        }
+        let writes = self.inner.land(&mut dict.inner, &list).map_err(|e| err(env, e))?;
+        let rows: Vec<u32> = writes.iter().flat_map(|w| [u32::from(w.close_before) | (u32::from(w.open) << 1), w.pack, w.start as u32, w.len as u32]).collect();
+        Ok(rows.into())
+    }
+
+    /// The open pack was committed (end of a layer).
+    #[napi]
+    pub fn pack_closed(&mut self) {
+        self.inner.pack_closed();
+    }
+
+    /// Forget the layer's placements (its chunks are unplaced again).
+    #[napi]
+    pub fn rollback_layer(&mut self, dict: &mut ChunkDict) {
+        self.inner.rollback_layer(&mut dict.inner);
     }
 }

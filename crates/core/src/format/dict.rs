@@ -10,12 +10,21 @@
 //! fit in a few hundred MiB.
 
 use hashbrown::HashTable;
+use std::collections::HashMap;
 
 /// A chunk's SHA-256.
 pub type Digest = [u8; 32];
 
+/// A pack in the dictionary's pack table: stored (by digest), or the `n`th pack the conversion under
+/// way writes, until [`ChunkDict::resolve_written`] gives it its digest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PackName {
+    Stored(String),
+    Written(u32),
+}
+
 /// Where a chunk's bytes are: `inner` bytes into the uncompressed frame that starts `offset` bytes
-/// into pack `pack` (the caller's pack table) and is `compressed_len` bytes long, `len` uncompressed.
+/// into pack `pack` (an index into the pack table) and is `compressed_len` bytes long, `len` uncompressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Location {
     pub pack: u32,
@@ -62,6 +71,8 @@ pub struct ChunkDict {
     table: HashTable<u32>,
     digests: Vec<Digest>,
     recs: Vec<Rec>,
+    packs: Vec<PackName>,
+    pack_refs: HashMap<PackName, u32>,
 }
 
 impl ChunkDict {
@@ -164,6 +175,31 @@ impl ChunkDict {
         self.recs[id as usize].spool
     }
 
+    /// The pack table's index of a pack (added when new).
+    pub fn pack_ref(&mut self, p: PackName) -> u32 {
+        if let Some(&r) = self.pack_refs.get(&p) {
+            return r;
+        }
+        let r = self.packs.len() as u32;
+        self.packs.push(p.clone());
+        self.pack_refs.insert(p, r);
+        r
+    }
+
+    pub fn pack_name(&self, r: u32) -> &PackName {
+        &self.packs[r as usize]
+    }
+
+    /// Pack `n` of the conversion under way was committed as `digest`: locations in it name the
+    /// digest from now on, and the next conversion's pack `n` is another pack.
+    pub fn resolve_written(&mut self, n: u32, digest: &str) {
+        if let Some(r) = self.pack_refs.remove(&PackName::Written(n)) {
+            let name = PackName::Stored(digest.to_string());
+            self.pack_refs.entry(name.clone()).or_insert(r);
+            self.packs[r as usize] = name;
+        }
+    }
+
     /// Forget every chunk added after the dictionary had `mark` chunks.
     pub fn truncate(&mut self, mark: usize) {
         for id in mark..self.digests.len() {
@@ -239,6 +275,13 @@ mod tests {
         assert_eq!(d.location(id), Some(at));
         d.trust(id);
         assert!(!d.is_foreign(id));
+        // the pack table: written packs get their digests, the next conversion's pack 0 is new
+        let w0 = d.pack_ref(PackName::Written(0));
+        assert_eq!(d.pack_ref(PackName::Written(0)), w0);
+        d.resolve_written(0, "sha256:aa");
+        assert_eq!(d.pack_name(w0), &PackName::Stored("sha256:aa".into()));
+        assert_eq!(d.pack_ref(PackName::Stored("sha256:aa".into())), w0);
+        assert_ne!(d.pack_ref(PackName::Written(0)), w0);
         assert_eq!(d.spooled(id), None);
         d.set_spooled(id, Spooled { offset: 5, compressed_len: Some(4) });
         assert_eq!(d.spooled(id), Some(Spooled { offset: 5, compressed_len: Some(4) }));

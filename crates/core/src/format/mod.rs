@@ -6,6 +6,7 @@
 pub mod canonical;
 pub mod dict;
 pub mod file;
+pub mod pack;
 pub mod toc;
 pub mod tree;
 

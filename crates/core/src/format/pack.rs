@@ -1,0 +1,457 @@
+//! The frame and pack writer (docs/format.md §3): new chunks, in the order the converter places them,
+//! become zstd frames and frames become pack blobs.
+//!
+//! - A chunk of `group_below` bytes or more is a frame of its own; smaller ones (small files, file
+//!   tails, and with the default chunker every chunk) share a group frame, closed once it holds
+//!   `group_target` bytes or before a chunk that would take it past that.
+//! - Frames go into the current pack in the order they close; a pack is cut before a frame that
+//!   would take a non-empty pack past `pack_target`, and at the end of every layer.
+//!
+//! What the output is depends only on the order and lengths of the chunks placed (and on the zstd
+//! level), never on how placements are batched: closed frames are sealed into batches of about
+//! `batch_bytes`, compressed together on a pool ([`compress`]) and landed in order ([`FrameWriter::land`]),
+//! which gives every chunk its location in the [`ChunkDict`] and tells the caller what to write
+//! where. The caller owns the blob writers (a file, a registry upload): this module never does I/O.
+
+use super::dict::{ChunkDict, Location, PackName};
+use crate::{batch, Error, Result};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+/// Batch buffers handed back after compression, for the next batches (a fresh buffer of several
+/// MiB costs its page faults every time).
+pub type Recycler = Arc<Mutex<Vec<Vec<u8>>>>;
+
+#[derive(Clone, Copy, Debug)]
+pub struct PackOptions {
+    pub level: i32,
+    /// compression threads (0: the default pool)
+    pub threads: usize,
+    pub group_below: u32,
+    pub group_target: u32,
+    pub pack_target: u64,
+    pub batch_bytes: u64,
+}
+
+/// A closed frame: its raw bytes at `raw[start..start + len]` of its batch, or compressed already.
+struct FrameSpec {
+    start: usize,
+    len: u32,
+    pre: Option<Vec<u8>>,
+    ids: Vec<u32>,
+}
+
+/// Closed frames waiting to be compressed, in order.
+#[derive(Default)]
+pub struct Sealed {
+    raw: Vec<u8>,
+    frames: Vec<FrameSpec>,
+}
+
+/// A sealed batch compressed: its frames back to back in `data`.
+pub struct Compressed {
+    pub data: Vec<u8>,
+    pub frames: Vec<Landing>,
+}
+
+/// A compressed frame: its lengths and chunks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Landing {
+    pub compressed_len: u32,
+    pub len: u32,
+    pub ids: Vec<u32>,
+}
+
+/// Compress a sealed batch's frames (the ones not compressed already), on `threads`; its buffer
+/// goes back to `recycle` (see [`FrameWriter::recycler`]).
+pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler>) -> Result<Compressed> {
+    let parts: Vec<(usize, usize)> = s.frames.iter().filter(|f| f.pre.is_none()).map(|f| (f.start, f.len as usize)).collect();
+    let out = batch::compress_frames(&s.raw, &parts, &vec![1; parts.len()], level, threads);
+    if let Some(r) = recycle {
+        let mut pool = r.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < 4 {
+            pool.push(s.raw);
+        }
+    }
+    let out = out?;
+    if parts.len() == s.frames.len() {
+        // nothing compressed before: the frames are already back to back
+        let frames = s.frames.into_iter().zip(&out.sizes).map(|(f, &clen)| Landing { compressed_len: clen, len: f.len, ids: f.ids }).collect();
+        return Ok(Compressed { data: out.data, frames });
+    }
+    let mut data = Vec::with_capacity(out.data.len() + s.frames.iter().filter_map(|f| f.pre.as_ref()).map(Vec::len).sum::<usize>());
+    let mut frames = Vec::with_capacity(s.frames.len());
+    let (mut at, mut k) = (0usize, 0usize);
+    for f in s.frames {
+        let clen = match f.pre {
+            Some(p) => {
+                data.extend_from_slice(&p);
+                p.len()
+            }
+            None => {
+                let n = out.sizes[k] as usize;
+                data.extend_from_slice(&out.data[at..at + n]);
+                at += n;
+                k += 1;
+                n
+            }
+        };
+        let clen = u32::try_from(clen).map_err(|_| Error::invalid(format!("a frame of {clen} compressed bytes")))?;
+        frames.push(Landing { compressed_len: clen, len: f.len, ids: f.ids });
+    }
+    Ok(Compressed { data, frames })
+}
+
+/// What the caller does with a landed frame's bytes, `data[start..start + len]` of its batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Write {
+    /// commit the open pack first
+    pub close_before: bool,
+    /// open pack number `pack` first (numbers count this writer's packs from 0)
+    pub open: bool,
+    pub pack: u32,
+    pub start: usize,
+    pub len: usize,
+}
+
+pub struct FrameWriter {
+    o: PackOptions,
+    cur: Sealed,
+    cur_bytes: u64,
+    /// the open group frame's bytes and chunks (empty: none open)
+    group: Vec<u8>,
+    group_ids: Vec<u32>,
+    ready: VecDeque<Sealed>,
+    /// ids claimed in this layer (a rollback unclaims them)
+    placed: Vec<u32>,
+    /// the open pack's number and size
+    open: Option<(u32, u64)>,
+    next_pack: u32,
+    layer_first_pack: u32,
+    pool: Recycler,
+}
+
+impl FrameWriter {
+    pub fn new(o: PackOptions) -> Result<FrameWriter> {
+        crate::frame::check_level(o.level)?;
+        if o.group_target == 0 || o.pack_target == 0 || o.batch_bytes == 0 || o.batch_bytes > 1 << 30 {
+            return Err(Error::invalid(format!("pack options {o:?}")));
+        }
+        Ok(FrameWriter {
+            o,
+            cur: Sealed::default(),
+            cur_bytes: 0,
+            group: Vec::with_capacity(o.group_target as usize),
+            group_ids: Vec::new(),
+            ready: VecDeque::new(),
+            placed: Vec::new(),
+            open: None,
+            next_pack: 0,
+            layer_first_pack: 0,
+            pool: Recycler::default(),
+        })
+    }
+
+    pub fn options(&self) -> &PackOptions {
+        &self.o
+    }
+
+    /// Where [`compress`] hands batch buffers back.
+    pub fn recycler(&self) -> Recycler {
+        self.pool.clone()
+    }
+
+    /// Packs opened so far.
+    pub fn packs(&self) -> u32 {
+        self.next_pack
+    }
+
+    pub fn begin_layer(&mut self) {
+        self.placed.clear();
+        self.layer_first_pack = self.next_pack;
+    }
+
+    fn close_frame(&mut self, f: FrameSpec) {
+        self.cur_bytes += u64::from(f.len);
+        self.cur.frames.push(f);
+        if self.cur_bytes >= self.o.batch_bytes {
+            self.seal();
+        }
+    }
+
+    fn seal(&mut self) {
+        if !self.cur.frames.is_empty() {
+            let reused = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let raw = match reused {
+                Some(mut v) => {
+                    v.clear();
+                    v
+                }
+                None => Vec::with_capacity(self.cur.raw.capacity()),
+            };
+            let next = Sealed { raw, frames: Vec::new() };
+            self.ready.push_back(std::mem::replace(&mut self.cur, next));
+        }
+        self.cur_bytes = 0;
+    }
+
+    fn close_group(&mut self) {
+        if !self.group_ids.is_empty() {
+            let start = self.cur.raw.len();
+            self.cur.raw.extend_from_slice(&self.group);
+            let len = self.group.len() as u32;
+            self.group.clear();
+            let ids = std::mem::take(&mut self.group_ids);
+            self.close_frame(FrameSpec { start, len, pre: None, ids });
+        }
+    }
+
+    /// Place chunk `id` (its bytes given) unless it is placed already; claims it.
+    pub fn place(&mut self, dict: &mut ChunkDict, id: u32, bytes: &[u8]) -> Result<()> {
+        if !dict.unplaced(id) {
+            return Ok(());
+        }
+        let len = dict.chunk_len(id);
+        if bytes.len() != len as usize {
+            return Err(Error::invalid(format!("chunk {id} is {len} bytes, {} given", bytes.len())));
+        }
+        dict.claim(id);
+        self.placed.push(id);
+        if len >= self.o.group_below {
+            let start = self.cur.raw.len();
+            self.cur.raw.extend_from_slice(bytes);
+            self.close_frame(FrameSpec { start, len, pre: None, ids: vec![id] });
+            return Ok(());
+        }
+        if !self.group_ids.is_empty() && self.group.len() as u64 + u64::from(len) > u64::from(self.o.group_target) {
+            self.close_group();
+        }
+        self.group.extend_from_slice(bytes);
+        self.group_ids.push(id);
+        if self.group.len() as u64 >= u64::from(self.o.group_target) {
+            self.close_group();
+        }
+        Ok(())
+    }
+
+    /// Place chunk `id` as `frame`, a zstd frame of it alone compressed earlier at this level
+    /// (the same bytes [`compress`] would make), unless it is placed already.
+    pub fn place_compressed(&mut self, dict: &mut ChunkDict, id: u32, frame: Vec<u8>) -> Result<()> {
+        if !dict.unplaced(id) {
+            return Ok(());
+        }
+        let len = dict.chunk_len(id);
+        if len < self.o.group_below {
+            return Err(Error::invalid(format!("chunk {id} of {len} bytes belongs in a group frame")));
+        }
+        dict.claim(id);
+        self.placed.push(id);
+        self.close_frame(FrameSpec { start: 0, len, pre: Some(frame), ids: vec![id] });
+        Ok(())
+    }
+
+    /// End of a layer's placements: the group frame closes, what is left is sealed.
+    pub fn finish_layer(&mut self) {
+        self.close_group();
+        self.seal();
+    }
+
+    /// Sealed batches waiting to be taken.
+    pub fn ready(&self) -> usize {
+        self.ready.len()
+    }
+
+    pub fn take_ready(&mut self) -> Option<Sealed> {
+        self.ready.pop_front()
+    }
+
+    /// A compressed batch lands, in the order batches were taken: its chunks get their locations
+    /// (pack `PackName::Written(number)` of the dictionary's pack table) and the caller gets the
+    /// writes that put its frames into packs.
+    pub fn land(&mut self, dict: &mut ChunkDict, frames: &[Landing]) -> Result<Vec<Write>> {
+        if let Some(&id) = frames.iter().flat_map(|f| &f.ids).find(|&&id| id as usize >= dict.len()) {
+            return Err(Error::invalid(format!("chunk id {id} of {}", dict.len())));
+        }
+        let mut out = Vec::with_capacity(frames.len());
+        let mut at = 0usize;
+        for Landing { compressed_len: clen, len: ulen, ids } in frames {
+            let mut close_before = false;
+            if let Some((_, size)) = self.open {
+                if size > 0 && size + u64::from(*clen) > self.o.pack_target {
+                    close_before = true;
+                    self.open = None;
+                }
+            }
+            let open = self.open.is_none();
+            let (pack, size) = *self.open.get_or_insert_with(|| {
+                self.next_pack += 1;
+                (self.next_pack - 1, 0)
+            });
+            let pref = dict.pack_ref(PackName::Written(pack));
+            let mut inner = 0u32;
+            for &id in ids {
+                dict.set_location(id, Location { pack: pref, offset: size, compressed_len: *clen, len: *ulen, inner });
+                inner += dict.chunk_len(id);
+            }
+            self.open = Some((pack, size + u64::from(*clen)));
+            out.push(Write { close_before, open, pack, start: at, len: *clen as usize });
+            at += *clen as usize;
+        }
+        Ok(out)
+    }
+
+    /// The caller committed the open pack (at the end of a layer, after the last batch landed).
+    pub fn pack_closed(&mut self) {
+        self.open = None;
+    }
+
+    /// Forget the layer: its chunks are unplaced again, its packs' numbers free (the caller drops
+    /// their writers), nothing is pending.
+    pub fn rollback_layer(&mut self, dict: &mut ChunkDict) {
+        for &id in &self.placed {
+            dict.unclaim(id);
+        }
+        self.placed.clear();
+        self.cur = Sealed::default();
+        self.cur_bytes = 0;
+        self.group.clear();
+        self.group_ids.clear();
+        self.ready.clear();
+        self.open = None;
+        self.next_pack = self.layer_first_pack;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest as _, Sha256};
+
+    fn opts(batch_bytes: u64) -> PackOptions {
+        PackOptions { level: 3, threads: 1, group_below: 1000, group_target: 3000, pack_target: 10_000, batch_bytes }
+    }
+
+    fn chunk(n: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|i| ((i * 7 + n * 13) % 251) as u8 ^ (i / 97) as u8).collect()
+    }
+
+    /// Place chunks of these lengths (index = content), compress and land; returns the packs' bytes.
+    fn run(lens: &[usize], batch_bytes: u64) -> (ChunkDict, Vec<Vec<u8>>, Vec<u32>) {
+        let mut dict = ChunkDict::new();
+        let mut w = FrameWriter::new(opts(batch_bytes)).unwrap();
+        let mut packs: Vec<Vec<u8>> = Vec::new();
+        let mut ids = Vec::new();
+        w.begin_layer();
+        let drain = |w: &mut FrameWriter, dict: &mut ChunkDict, packs: &mut Vec<Vec<u8>>| {
+            while let Some(s) = w.take_ready() {
+                let c = compress(s, 3, 1, Some(&w.recycler())).unwrap();
+                for wr in w.land(dict, &c.frames).unwrap() {
+                    if wr.open {
+                        assert_eq!(wr.pack as usize, packs.len());
+                        packs.push(Vec::new());
+                    }
+                    packs[wr.pack as usize].extend_from_slice(&c.data[wr.start..wr.start + wr.len]);
+                }
+            }
+        };
+        for (n, &len) in lens.iter().enumerate() {
+            let b = chunk(n, len);
+            let (id, _) = dict.intern(&Sha256::digest(&b).into(), len as u32);
+            ids.push(id);
+            w.place(&mut dict, id, &b).unwrap();
+            drain(&mut w, &mut dict, &mut packs);
+        }
+        w.finish_layer();
+        drain(&mut w, &mut dict, &mut packs);
+        w.pack_closed();
+        (dict, packs, ids)
+    }
+
+    #[test]
+    fn groups_small_chunks_and_gives_big_ones_frames_of_their_own() {
+        let lens = [400, 500, 2500, 900, 1200, 300, 2999, 10, 5000, 100];
+        let (dict, packs, ids) = run(&lens, 1 << 20);
+        let loc = |k: usize| dict.location(ids[k]).unwrap();
+        // big chunks close their frames at once, in order; the small ones share the group frame,
+        // which closes at the end
+        let big = [2, 4, 6, 8];
+        for w in big.windows(2) {
+            assert!(loc(w[0]).offset < loc(w[1]).offset);
+        }
+        for k in big {
+            assert_eq!((loc(k).len, loc(k).inner), (lens[k] as u32, 0));
+        }
+        assert_eq!(loc(2).offset, 0);
+        let small = [0, 1, 3, 5, 7, 9];
+        let mut inner = 0;
+        for k in small {
+            assert_eq!((loc(k).offset, loc(k).inner, loc(k).len), (loc(0).offset, inner, 2210), "chunk {k}");
+            inner += lens[k] as u32;
+        }
+        assert!(loc(0).offset > loc(8).offset);
+        // every chunk reads back from its pack
+        for (k, &len) in lens.iter().enumerate() {
+            let l = loc(k);
+            let PackName::Written(p) = dict.pack_name(l.pack).clone() else { panic!("a stored pack") };
+            let f = &packs[p as usize][l.offset as usize..(l.offset + u64::from(l.compressed_len)) as usize];
+            let raw = crate::frame::decompress_frame(f, l.len as usize).unwrap();
+            assert_eq!(&raw[l.inner as usize..l.inner as usize + len], &chunk(k, len)[..], "chunk {k}");
+        }
+    }
+
+    #[test]
+    fn a_group_closes_before_a_chunk_that_would_overflow_it_and_when_full() {
+        let (dict, _, ids) = run(&[900, 900, 900, 900, 600, 1500, 999], 1 << 20);
+        let loc = |k: usize| dict.location(ids[k]).unwrap();
+        assert_eq!((loc(0).len, loc(2).inner), (2700, 1800));
+        // 900 + 600 + 1500 would not fit a group; 1500 is big anyway; 900 + 600 + 999 < 3000
+        assert_eq!((loc(3).len, loc(4).inner, loc(6).inner), (2499, 900, 1500));
+        let (dict, _, ids) = run(&[999, 999, 999, 3, 5], 1 << 20);
+        let loc = |k: usize| dict.location(ids[k]).unwrap();
+        assert_eq!(loc(0).len, 3000, "a group reaching the target closes");
+        assert_eq!((loc(4).len, loc(4).inner), (5, 0));
+    }
+
+    #[test]
+    fn output_does_not_depend_on_batching_and_packs_are_cut_at_frames() {
+        let lens: Vec<usize> = (0..300).map(|i| [40, 700, 1500, 2900, 90, 4000][i % 6] + i).collect();
+        let (d1, a, _) = run(&lens, 1);
+        let (d2, b, _) = run(&lens, 1 << 30);
+        assert_eq!(a, b);
+        assert!(a.len() > 3, "{} packs", a.len());
+        for p in &a[..a.len() - 1] {
+            assert!(p.len() as u64 <= 10_000 + 6000, "pack of {}", p.len());
+        }
+        for id in 0..lens.len() as u32 {
+            assert_eq!(d1.location(id), d2.location(id));
+        }
+    }
+
+    #[test]
+    fn repeats_are_placed_once_and_a_rollback_unplaces() {
+        let mut dict = ChunkDict::new();
+        let mut w = FrameWriter::new(opts(1 << 20)).unwrap();
+        let b = chunk(1, 1500);
+        let (id, _) = dict.intern(&Sha256::digest(&b).into(), 1500);
+        w.begin_layer();
+        w.place(&mut dict, id, &b).unwrap();
+        w.place(&mut dict, id, &b).unwrap();
+        w.finish_layer();
+        let s = w.take_ready().unwrap();
+        assert_eq!(s.frames.len(), 1);
+        assert!(w.take_ready().is_none());
+        assert!(!dict.unplaced(id));
+        w.rollback_layer(&mut dict);
+        assert!(dict.unplaced(id));
+        assert_eq!(w.packs(), 0);
+        assert!(w.place(&mut dict, id, &b[..10]).is_err(), "a length that is not the chunk's");
+        // a precompressed frame lands as given
+        let f = crate::frame::compress_frame(&[&b], 3).unwrap();
+        w.place_compressed(&mut dict, id, f.clone()).unwrap();
+        w.finish_layer();
+        let c = compress(w.take_ready().unwrap(), 3, 1, None).unwrap();
+        assert_eq!(c.data, f);
+        let wr = w.land(&mut dict, &c.frames).unwrap();
+        assert_eq!(wr, vec![Write { close_before: false, open: true, pack: 0, start: 0, len: f.len() }]);
+    }
+}
