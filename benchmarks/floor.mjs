@@ -25,6 +25,7 @@ let chunks = 0;
 for (const f of blobs.length ? blobs : [file]) {
   const s = native.layerScanner('auto', { kind: 'cdc' }, 8 << 20, 0, 6);
   s.openFile(f);
+  /** @param {import('../dist/native/index.js').ScanBatch[]} bs */
   const drop = (bs) => {
     for (const b of bs) {
       chunks += b.lengths.length;

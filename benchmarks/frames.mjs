@@ -31,7 +31,9 @@ const trace = { reads: reads.length, readBytes, fetched: img.stats().packBytesFe
 fs.rmSync(cacheDir, { recursive: true, force: true });
 
 // small files: a seeded walk of the tree
+/** @type {string[]} */
 const files = [];
+/** @param {string} dir */
 const walk = (dir) => {
   for (const name of img.readdir(dir)) {
     const p = dir === '/' ? `/${name}` : `${dir}/${name}`;

@@ -10,6 +10,7 @@ const file = new URL('../package-lock.json', import.meta.url);
 const lock = JSON.parse(fs.readFileSync(file, 'utf8'));
 const pkgs = lock.packages;
 const OS = ['android', 'darwin', 'freebsd', 'linux', 'win32', 'openbsd', 'netbsd', 'sunos', 'aix', 'openharmony', 'cygwin'];
+/** @type {Record<string, string>} */
 const CPU = { arm64: 'arm64', aarch64: 'arm64', x64: 'x64', ia32: 'ia32', arm: 'arm', riscv64: 'riscv64', ppc64: 'ppc64', ppc64le: 'ppc64', s390x: 's390x', loong64: 'loong64', mips64el: 'mips64el', wasm32: 'wasm32' };
 let added = 0;
 for (const [where, meta] of Object.entries(pkgs)) {
@@ -17,7 +18,8 @@ for (const [where, meta] of Object.entries(pkgs)) {
     const base = where ? `${where}/node_modules/${name}` : `node_modules/${name}`;
     const top = `node_modules/${name}`;
     if (pkgs[base] || pkgs[top]) continue;
-    const parts = name.split('/').pop().split('-');
+    const parts = (name.split('/').pop() ?? name).split('-');
+    /** @type {{ version: string, dev?: boolean, optional: boolean, os?: string[], cpu?: string[], libc?: string[] }} */
     const entry = { version: String(range).replace(/^[~^=]/, ''), dev: meta.dev, optional: true };
     const os = parts.find((p) => OS.includes(p));
     const cpu = parts.map((p) => CPU[p]).find(Boolean);

@@ -1,6 +1,6 @@
 /** Figures about chunked images: per image, and per layout (what images share). */
 import { openChunked, resolveImage, type ChunkedImage } from './chunked/image.js';
-import { OcichunkError } from './errors.js';
+import type { OcichunkError } from './errors.js';
 import type { EntryType } from './layer/entry.js';
 import { platformString, type Platform } from './oci/types.js';
 import { parseRef, openSource, type TransportOptions } from './ref.js';

@@ -176,7 +176,11 @@ function layerStrategy(name: string, L: ImageLayers): StrategyResult {
     seconds: 0,
     perImage: L.perImage.map((ls, i) => {
       let m = 0;
-      for (const l of ls) if (!seen.has(l.digest)) (seen.add(l.digest), (m += l.size));
+      for (const l of ls) {
+        if (seen.has(l.digest)) continue;
+        seen.add(l.digest);
+        m += l.size;
+      }
       return { image: L.names[i], marginalStoredBytes: m, marginalUniqueBytes: m };
     }),
   };

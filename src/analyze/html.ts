@@ -9,7 +9,7 @@ import type { AnalyzeResult } from './analyze.js';
 
 const esc = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
-const SCRIPT = String.raw`
+const SCRIPT = `
 (function () {
   var data = JSON.parse(document.getElementById('data').textContent);
   var NS = 'http://www.w3.org/2000/svg';

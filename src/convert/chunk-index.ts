@@ -58,7 +58,11 @@ export class ChunkIndex {
     let next = this.dict.size;
     const ids = this.dict.intern(digests, lengths);
     const fresh = new Uint8Array(ids.length);
-    for (let k = 0; k < ids.length; k++) if (ids[k] === next) (fresh[k] = 1), next++;
+    for (let k = 0; k < ids.length; k++) {
+      if (ids[k] !== next) continue;
+      fresh[k] = 1;
+      next++;
+    }
     return { ids, fresh: (k) => fresh[k] === 1 };
   }
 

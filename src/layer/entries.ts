@@ -40,7 +40,10 @@ export function decodeEntries(buf: Buffer, count: number): Array<Entry | null> {
     e.path = bytes().toString('utf8');
     const link = bytes();
     if (type === 'symlink' || type === 'hardlink') e.link = link.toString('utf8');
-    if (type === 'char' || type === 'block') (e.devMajor = devMajor), (e.devMinor = devMinor);
+    if (type === 'char' || type === 'block') {
+      e.devMajor = devMajor;
+      e.devMinor = devMinor;
+    }
     const nx = buf.readUInt32LE(o);
     o += 4;
     if (nx > 0) {

@@ -118,7 +118,10 @@ export class LazyImage {
     const n = this.node(p, !!opts.follow);
     const s: LazyStat = { ino: n.ino, type: n.type, mode: n.mode, uid: n.uid, gid: n.gid, size: n.size, mtime: n.mtime, nlink: n.nlink };
     if (n.link !== undefined) s.link = n.link;
-    if (n.devMajor !== undefined) (s.devMajor = n.devMajor), (s.devMinor = n.devMinor);
+    if (n.devMajor !== undefined) {
+      s.devMajor = n.devMajor;
+      s.devMinor = n.devMinor;
+    }
     return s;
   }
 

@@ -72,7 +72,10 @@ export class MergedTree {
     for (const s of view.inodes) {
       const n: Inode = { ino: s.ino, type: s.kind, mode: s.mode, uid: s.uid, gid: s.gid, mtime: s.mtime, size: s.size, nlink: s.nlink };
       if (s.link !== undefined) n.link = s.link;
-      if (s.devMajor !== undefined) (n.devMajor = s.devMajor), (n.devMinor = s.devMinor);
+      if (s.devMajor !== undefined) {
+        n.devMajor = s.devMajor;
+        n.devMinor = s.devMinor;
+      }
       if (s.xattrs) n.xattrs = Object.fromEntries(s.xattrs.map(([k, v]) => [k, Buffer.from(v).toString('base64')]));
       if (s.kind === 'reg') n.chunks = s.chunks ?? [];
       if (s.kind === 'dir') n.children = new Map();

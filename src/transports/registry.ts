@@ -95,7 +95,10 @@ export class RegistrySource implements ImageSource {
     readonly opts: RegistryTransportOptions = {},
     client?: RegistryClient,
   ) {
-    if (client) (this.client = client), (this.release = () => {});
+    if (client) {
+      this.client = client;
+      this.release = () => {};
+    }
     else ({ client: this.client, release: this.release } = acquireClient(ref.apiHost, opts));
   }
   get name(): string {
@@ -422,7 +425,7 @@ export class RegistrySink implements ImageSink {
       // indexes are fetched (HEAD first: registries do not count it as a pull)
       try {
         const head = await this.client.headManifest(this.repo, tag, `${this.name}:${tag}`);
-        if (head && head.mediaType && !isIndexType(head.mediaType)) return undefined;
+        if (head?.mediaType && !isIndexType(head.mediaType)) return undefined;
         const m = await this.client.getManifest(this.repo, tag, `${this.name}:${tag}`);
         if (isIndexType(m.mediaType)) return { mediaType: m.mediaType, digest: m.digest, size: m.bytes.length };
       } catch (e) {

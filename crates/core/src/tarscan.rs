@@ -1575,4 +1575,120 @@ mod tests {
         let e = run(&p, Compression::None, 512, 1 << 20).err().unwrap();
         assert!(e.to_string().contains("PAX"), "{e}");
     }
+
+    /// Seeds for the fuzz run: every header kind the scan knows (ustar, GNU long names and links,
+    /// base-256 numbers, PAX with xattrs, paths and sizes, hardlinks, devices, fifos), raw and
+    /// wrapped in gzip and zstd.
+    fn fuzz_seeds() -> Vec<Vec<u8>> {
+        let mut t = Vec::new();
+        entry(&mut t, "dir/", b'5', b"");
+        for (i, n) in [100_000, 5, 0, 70_000].into_iter().enumerate() {
+            entry(&mut t, &format!("dir/f{i}"), b'0', &content(n, i as u64));
+        }
+        entry(&mut t, "PaxHeaders/x", b'x', b"31 path=dir/a-much-longer-name\n19 linkpath=dir/f1\n");
+        entry(&mut t, "short", b'2', b"");
+        entry(&mut t, "././@LongLink", b'K', b"target/of/a/link\0");
+        entry(&mut t, "l", b'2', b"");
+        t.extend(vec![0u8; 1024]);
+        let mut u = Vec::new();
+        let pax = b"26 SCHILY.xattr.user.k=\x00\xff\n16 path=p/\xc3\xa9t\xc3\xa9\n11 size=30\n15 mtime=-1.25\n";
+        entry(&mut u, "PaxHeaders/e", b'x', pax);
+        entry(&mut u, "e", b'0', &content(30, 9));
+        entry(&mut u, "././@LongLink", b'K', b"p/\xc3\xa9t\xc3\xa9\0");
+        entry(&mut u, "h", b'1', b"");
+        entry(&mut u, "c", b'3', b"");
+        entry(&mut u, "f", b'6', b"");
+        entry(&mut u, "././@LongLink", b'L', &[b'n'; 300]);
+        entry(&mut u, "x", b'0', &content(5000, 4));
+        u.extend(vec![0u8; 1024]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&u).unwrap();
+        let g = gz.finish().unwrap();
+        let z = zstd::bulk::compress(&t, 1).unwrap();
+        vec![t, u, g, z]
+    }
+
+    /// One scan of `t` in pieces of `piece` bytes, canonical entries, batches released as they come.
+    fn fuzz_one(t: &[u8], piece: usize, keep_mtime: bool) -> Result<()> {
+        let pool = BufferPool::new(4, batch_size(DEFAULT_CDC, 1 << 16));
+        let canon = CanonOptions { source_date_epoch: 0, keep_mtime };
+        let mut scan = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 16, 1, pool.clone(), Some(canon))?;
+        for p in t.chunks(piece) {
+            for b in scan.push(p)? {
+                pool.release(b.buffer)?;
+            }
+        }
+        for b in scan.finish()? {
+            pool.release(b.buffer)?;
+        }
+        Ok(())
+    }
+
+    /// Mutated tar, PAX, gzip and zstd input: every outcome is batches or an error with a code
+    /// (corrupt, unsupported, unsafe), never a panic or a hang, and the scan's buffers stay bounded.
+    /// Bounded by OCICHUNK_FUZZ_SECS (default 5).
+    #[test]
+    fn fuzz_tar_scan() {
+        let secs: u64 = std::env::var("OCICHUNK_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+        let seeds = fuzz_seeds();
+        let mut rng: u64 = 0x2545f4914f6cdd1d;
+        let mut next = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n.max(1) as u64) as usize
+        };
+        let fields: [(usize, usize); 8] = [(0, 100), (100, 8), (108, 8), (124, 12), (136, 12), (156, 1), (157, 100), (329, 16)];
+        let junk: [&[u8]; 10] = [b"0", b"7777777", b"\x80\xff\xff\xff\xff\xff\xff\xff", b"-1", b" ", b"\0", b"99999999999", b"x", b"L", b"../../e"];
+        let start = std::time::Instant::now();
+        let (mut runs, mut failed) = (0u64, 0u64);
+        // the seeds themselves scan cleanly
+        for t in &seeds {
+            if let Err(e) = fuzz_one(t, 4096, false) {
+                panic!("seed: {e}");
+            }
+        }
+        while start.elapsed().as_secs() < secs {
+            let mut t = seeds[next(seeds.len())].clone();
+            for _ in 0..1 + next(3) {
+                match next(5) {
+                    // a header field of a random block overwritten
+                    0 | 1 => {
+                        let blocks = t.len() / 512;
+                        let b = next(blocks.min(64)) * 512;
+                        let (off, len) = fields[next(fields.len())];
+                        let j = junk[next(junk.len())];
+                        for (k, &c) in j.iter().take(len).enumerate() {
+                            if b + off + k < t.len() {
+                                t[b + off + k] = c;
+                            }
+                        }
+                    }
+                    // a byte flipped anywhere (compressed streams too)
+                    2 => {
+                        let i = next(t.len());
+                        t[i] ^= 1 << next(8);
+                    }
+                    // cut short
+                    3 => t.truncate(next(t.len() + 1)),
+                    // a PAX length digit changed
+                    _ => {
+                        if let Some(i) = t.iter().position(|&c| c == b' ') {
+                            if i > 0 && t[i - 1].is_ascii_digit() {
+                                t[i - 1] = b'0' + next(10) as u8;
+                            }
+                        }
+                    }
+                }
+            }
+            let piece = 1 + next(16384);
+            if let Err(e) = fuzz_one(&t, piece, next(2) == 0) {
+                failed += 1;
+                assert!(matches!(e.code(), Code::Corrupt | Code::Unsupported | Code::Unsafe), "{:?}: {e}", e.code());
+            }
+            runs += 1;
+        }
+        eprintln!("fuzz_tar_scan: {runs} inputs in {secs} s, {failed} refused");
+        assert!(runs > 0);
+    }
 }
