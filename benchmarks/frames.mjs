@@ -46,7 +46,7 @@ walk('/');
 files.sort();
 await img.close();
 let seed = 42;
-const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
 const n = Math.min(Number(smallArg ?? 200), files.length);
 const picked = new Set();
 while (picked.size < n) picked.add(files[Math.floor(rand() * files.length)]);

@@ -40,7 +40,8 @@ export function parseRef(s: string): ImageRef {
       return { transport, path: p, ref };
     }
     case 'docker':
-      if (!rest.startsWith('//') || rest.length === 2) throw new OcichunkError('EUSAGE', `invalid image reference ${JSON.stringify(s)}: expected docker://HOST/REPO:TAG`);
+      if (!rest.startsWith('//') || rest.length === 2)
+        throw new OcichunkError('EUSAGE', `invalid image reference ${JSON.stringify(s)}: expected docker://HOST/REPO:TAG`);
       parseDockerRef(rest.slice(2)); // validate now
       return { transport: 'docker', path: rest.slice(2) };
     default:

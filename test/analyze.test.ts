@@ -60,7 +60,18 @@ const layouts = () => [image('app'), image('app2')];
 
 beforeAll(async () => {
   work = tmpdir('analyze');
-  a = await cliJsonAsync<Analysis>(['analyze', ...layouts().map((l) => `oci:${l}:latest`), '--chunker', 'layer,file,cdc:16k/64k/256k,fixed:1m', '--csv', path.join(work, 'out', 'a.csv'), '--html', path.join(work, 'out', 'report.html'), '--parquet', path.join(work, 'out', 'chunks.parquet')]);
+  a = await cliJsonAsync<Analysis>([
+    'analyze',
+    ...layouts().map((l) => `oci:${l}:latest`),
+    '--chunker',
+    'layer,file,cdc:16k/64k/256k,fixed:1m',
+    '--csv',
+    path.join(work, 'out', 'a.csv'),
+    '--html',
+    path.join(work, 'out', 'report.html'),
+    '--parquet',
+    path.join(work, 'out', 'chunks.parquet'),
+  ]);
 });
 
 const strat = (name: string) => a.strategies.find((s) => s.strategy === name)!;
@@ -128,7 +139,10 @@ describe('ocichunk analyze', () => {
     // chunking beats layer dedup on rebuilds by about 2x here
     expect(cdc.storedBytes).toBeLessThan(strat('layer').storedBytes * 0.6);
     // the CSV has one row per strategy
-    const rows = fs.readFileSync(path.join(work, 'out', 'a.csv'), 'utf8').trim().split('\n');
+    const rows = fs
+      .readFileSync(path.join(work, 'out', 'a.csv'), 'utf8')
+      .trim()
+      .split('\n');
     expect(rows[0].split(',')[0]).toBe('strategy');
     expect(rows.slice(1).map((r) => r.split(',')[0])).toEqual(a.strategies.map((s) => s.strategy));
   });
@@ -140,8 +154,17 @@ describe('ocichunk analyze', () => {
     expect(html).not.toMatch(/\b(src|href)\s*=\s*["']?(https?:|\/\/)/i);
     expect(html).not.toMatch(/@import|url\(/);
     const dom = must('chromium', [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', `--user-data-dir=${path.join(work, 'chromium-profile')}`, '--dump-dom', `file://${file}`,
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      `--user-data-dir=${path.join(work, 'chromium-profile')}`,
+      '--dump-dom',
+      `file://${file}`,
     ]).stdout;
     // the drawing code ran: each chart marked itself and drew its marks
     for (const id of ['chart-stored', 'chart-marginal', 'chart-sharing']) expect(dom).toMatch(new RegExp(`id="${id}"[^>]*data-rendered="true"`));
@@ -161,8 +184,12 @@ describe('ocichunk analyze', () => {
     const file = path.join(work, 'out', 'chunks.parquet').replace(/'/g, "''");
     expect(a.parquet).toBe(path.join(work, 'out', 'chunks.parquet'));
     const q = async (sql: string) => (await c.runAndReadAll(sql)).getRowObjects();
-    const rows = await q(`select strategy, count(*) as n, count(distinct digest) as u, sum(length) as l from read_parquet('${file}') group by strategy order by strategy`);
-    const unique = await q(`select strategy, sum(len) as b from (select distinct strategy, digest, length as len from read_parquet('${file}')) group by strategy`);
+    const rows = await q(
+      `select strategy, count(*) as n, count(distinct digest) as u, sum(length) as l from read_parquet('${file}') group by strategy order by strategy`,
+    );
+    const unique = await q(
+      `select strategy, sum(len) as b from (select distinct strategy, digest, length as len from read_parquet('${file}')) group by strategy`,
+    );
     // an image's marginal bytes: its distinct chunks that the image before it does not have;
     // sharing: image 2's distinct chunks that image 1 has too
     const [A, B] = a.images.map((n) => `'${n.replace(/'/g, "''")}'`);

@@ -177,10 +177,7 @@ describe('hostile paths', () => {
     fs.mkdirSync(outside);
     const depth = '../'.repeat(12);
     const dir = path.join(work, 'symlink-escape');
-    writeLayout(dir, 'x', [
-      plainLayer(pyTar([['link', 'symlink', `${depth}${outside.slice(1)}`]])),
-      plainLayer(pyTar([['link/pwned', 'file', 'gotcha']])),
-    ]);
+    writeLayout(dir, 'x', [plainLayer(pyTar([['link', 'symlink', `${depth}${outside.slice(1)}`]])), plainLayer(pyTar([['link/pwned', 'file', 'gotcha']]))]);
     const out = path.join(work, 'out-symlink-escape');
     await convert(`oci:${dir}:x`, `oci:${out}:x`); // a symlink is legitimate content
     const target = path.join(work, 'rootfs-escape');
@@ -196,7 +193,12 @@ describe('hostile paths', () => {
   it('resolves absolute symlinks inside the root, like a chroot', async () => {
     const dir = path.join(work, 'abs-symlink');
     writeLayout(dir, 'x', [
-      plainLayer(pyTar([['real', 'dir'], ['lib', 'symlink', '/real']])),
+      plainLayer(
+        pyTar([
+          ['real', 'dir'],
+          ['lib', 'symlink', '/real'],
+        ]),
+      ),
       plainLayer(pyTar([['lib/file', 'file', 'inside']])),
     ]);
     const out = path.join(work, 'out-abs-symlink');
@@ -215,7 +217,14 @@ describe('hostile paths', () => {
 
   it('refuses a tampered TOC whose hardlink points outside the root', async () => {
     const dir = path.join(work, 'toc-src');
-    writeLayout(dir, 'x', [plainLayer(pyTar([['a', 'file', 'data'], ['b', 'hardlink', 'a']]))]);
+    writeLayout(dir, 'x', [
+      plainLayer(
+        pyTar([
+          ['a', 'file', 'data'],
+          ['b', 'hardlink', 'a'],
+        ]),
+      ),
+    ]);
     const out = path.join(work, 'out-toc');
     await convert(`oci:${dir}:x`, `oci:${out}:x`);
     forgeChunked(

@@ -51,7 +51,11 @@ describe('canonical conversion', () => {
     // 1. GNU tar, sorted, fixed mtime, GNU format
     must('tar', ['--sort=name', '--mtime=@1', '--format=gnu', '--numeric-owner', '-cf', path.join(tars, 'gnu.tar'), '-C', src, '.']);
     // 2. GNU tar, PAX format, reverse order, real mtimes, owner names, './' prefixes
-    const names = fs.readdirSync(src).sort().reverse().map((n) => `./${n}`);
+    const names = fs
+      .readdirSync(src)
+      .sort()
+      .reverse()
+      .map((n) => `./${n}`);
     must('tar', ['--format=pax', '-cf', path.join(tars, 'pax.tar'), '-C', src, '--no-recursion', '.', '--recursion', ...names]);
     // 3. Python's tarfile, directory walk order, other owner names
     must('python3', [

@@ -17,7 +17,10 @@ describe('ChunkIndex', () => {
     let wrong = 0;
     for (let i = 0; i < n; i += 1000) {
       const list = Array.from({ length: 1000 }, (_, k) => i + k);
-      const { ids, fresh } = r.internAll(digests(list), Uint32Array.from(list, (v) => v % 65536));
+      const { ids, fresh } = r.internAll(
+        digests(list),
+        Uint32Array.from(list, (v) => v % 65536),
+      );
       list.forEach((v, k) => {
         if (!fresh(k) || ids[k] !== v) wrong++;
       });
@@ -59,7 +62,10 @@ describe('ChunkIndex', () => {
 
   it('keeps locations and spool places; packs of a conversion become digests once written', () => {
     const r = new ChunkIndex();
-    const [a, b, c] = r.internHex([1, 2, 3].map((i) => digest(i).toString('hex')), [10, 20, 30]).ids;
+    const [a, b, c] = r.internHex(
+      [1, 2, 3].map((i) => digest(i).toString('hex')),
+      [10, 20, 30],
+    ).ids;
     r.setLoc(a, { pack: 'sha256:' + 'a'.repeat(64), off: 0, clen: 5, ulen: 10, inner: 0 });
     r.claim(b);
     expect(r.unplaced(b)).toBe(false);

@@ -42,7 +42,11 @@ function snapshot(dir: string): string {
 async function chunked(layers: Member[][]): Promise<string> {
   const id = `img${n++}`;
   const src = path.join(work, `${id}-src`);
-  writeLayout(src, 'x', layers.map((m) => plainLayer(pyTar(work, m))));
+  writeLayout(
+    src,
+    'x',
+    layers.map((m) => plainLayer(pyTar(work, m))),
+  );
   const out = path.join(work, `${id}-out`);
   await convert(`oci:${src}:x`, `oci:${out}:x`, { trustDir: path.join(work, 'trust') });
   return out;
@@ -107,9 +111,20 @@ describe('writes outside the target', () => {
 
   it('a whiteout, a file and a directory entry under a symlink to a host directory stay inside the root', async () => {
     const out = await chunked([
-      [['a', 'symlink', canary], ['d', 'dir']],
-      [['a/.wh.secret', 'file', ''], ['a/new', 'file', 'x'], ['a/sub', 'dir', null, { mode: 0o777, mtime: 5 }], ['d', 'symlink', canary]],
-      [['d/new2', 'file', 'y'], ['d/sub', 'dir', null, { mode: 0o700 }]],
+      [
+        ['a', 'symlink', canary],
+        ['d', 'dir'],
+      ],
+      [
+        ['a/.wh.secret', 'file', ''],
+        ['a/new', 'file', 'x'],
+        ['a/sub', 'dir', null, { mode: 0o777, mtime: 5 }],
+        ['d', 'symlink', canary],
+      ],
+      [
+        ['d/new2', 'file', 'y'],
+        ['d/sub', 'dir', null, { mode: 0o700 }],
+      ],
     ]);
     const r = restoreInto(out);
     expect(r.stderr).toBe('');
@@ -123,7 +138,12 @@ describe('writes outside the target', () => {
   });
 
   it('refuses a target that already holds anything (a symlink to a host directory included)', async () => {
-    const out = await chunked([[['x', 'dir'], ['x/f', 'file', 'z']]]);
+    const out = await chunked([
+      [
+        ['x', 'dir'],
+        ['x/f', 'file', 'z'],
+      ],
+    ]);
     const target = path.join(work, 'prefilled');
     fs.mkdirSync(target);
     fs.symlinkSync(canary, path.join(target, 'x'));
@@ -134,7 +154,13 @@ describe('writes outside the target', () => {
   });
 
   it('crafted TOCs: whiteouts, opaque markers and hardlinks through symlinks resolve inside the root', async () => {
-    const out = await chunked([[['a', 'symlink', canary], ['f', 'file', 'data']], [['z', 'file', 'q']]]);
+    const out = await chunked([
+      [
+        ['a', 'symlink', canary],
+        ['f', 'file', 'data'],
+      ],
+      [['z', 'file', 'q']],
+    ]);
     forge(out, (toc) => {
       toc.layers[1].entries = [
         { path: 'a', type: 'opaque' },
@@ -155,7 +181,15 @@ describe('writes outside the target', () => {
 describe('crafted TOCs with valid digests', () => {
   let base: string;
   beforeAll(async () => {
-    base = await chunked([[['etc', 'dir'], ['etc/hostname', 'file', 'box\n'], ['etc/big', 'file', 'y'.repeat(70_000)], ['bin', 'dir'], ['bin/sh', 'symlink', 'busybox']]]);
+    base = await chunked([
+      [
+        ['etc', 'dir'],
+        ['etc/hostname', 'file', 'box\n'],
+        ['etc/big', 'file', 'y'.repeat(70_000)],
+        ['bin', 'dir'],
+        ['bin/sh', 'symlink', 'busybox'],
+      ],
+    ]);
   });
 
   /** A copy of the base image with its TOC forged. */
@@ -181,10 +215,15 @@ describe('crafted TOCs with valid digests', () => {
     ['huge mtime', (t) => void (entry(t, 'etc/hostname').mtime = 1e20), 5, /"etc\/hostname"/],
     ['mtime as a string', (t) => void (entry(t, 'etc/hostname').mtime = '5'), 5, /"etc\/hostname".*invalid type: string/],
     ['frame longer than 4 GiB', (t) => void (t.frames[0][2] = 2 ** 33), 5, /frame 0: .* out of range/],
-    ['a 1 GiB chunk', (t) => {
+    [
+      'a 1 GiB chunk',
+      (t) => {
         t.frames[0][3] = 2 ** 30;
         t.chunks[0][3] = 2 ** 30;
-      }, 5, /frame 0.*out of range|chunk 0/],
+      },
+      5,
+      /frame 0.*out of range|chunk 0/,
+    ],
     ['NUL in a name', (t) => void (entry(t, 'etc/hostname').path = 'etc/host\u0000name'), 7, /NUL/],
     ['a name longer than 255 bytes', (t) => void (entry(t, 'etc/hostname').path = `etc/${'n'.repeat(300)}`), 7, /component is 300 bytes/],
     ['a path longer than 4095 bytes', (t) => void (entry(t, 'etc/hostname').path = `etc/${'d/'.repeat(3000)}x`), 7, /path of 6005 bytes/],
@@ -196,9 +235,24 @@ describe('crafted TOCs with valid digests', () => {
       7,
       /path of 4097 bytes/,
     ],
-    ['root replaced by a symlink', (t) => void t.layers[0].entries.unshift({ path: '.', type: 'symlink', mode: 0o777, link: '/etc' }), 7, /the root can only be a directory/],
-    ['a hardlink to a directory', (t) => void t.layers[0].entries.push({ path: 'etc/zz', type: 'hardlink', link: 'bin' }), 7, /hardlink target "bin" is a directory/],
-    ['a hardlink to nothing', (t) => void t.layers[0].entries.push({ path: 'etc/zz', type: 'hardlink', link: 'nope' }), 5, /hardlink target "nope" does not exist/],
+    [
+      'root replaced by a symlink',
+      (t) => void t.layers[0].entries.unshift({ path: '.', type: 'symlink', mode: 0o777, link: '/etc' }),
+      7,
+      /the root can only be a directory/,
+    ],
+    [
+      'a hardlink to a directory',
+      (t) => void t.layers[0].entries.push({ path: 'etc/zz', type: 'hardlink', link: 'bin' }),
+      7,
+      /hardlink target "bin" is a directory/,
+    ],
+    [
+      'a hardlink to nothing',
+      (t) => void t.layers[0].entries.push({ path: 'etc/zz', type: 'hardlink', link: 'nope' }),
+      5,
+      /hardlink target "nope" does not exist/,
+    ],
     ['an unknown entry type', (t) => void (entry(t, 'etc/hostname').type = 'socket'), 5, /unknown variant `socket`/],
     ['entries out of order', (t) => void t.layers[0].entries.reverse(), 5, /out of canonical order/],
     ['a path given twice', (t) => void t.layers[0].entries.push({ ...entry(t, 'etc/hostname') }), 5, /out of canonical order|appears twice/],
@@ -221,7 +275,13 @@ describe('crafted TOCs with valid digests', () => {
   it.each(cases)('%s: every reader refuses it with a clear error', (_name, edit, code, msg) => {
     const out = forged(edit);
     const ref = `oci:${out}:x`;
-    for (const args of [['restore', ref, path.join(work, `r-${n++}`)], ['ls', ref, '/etc'], ['cat', ref, '/etc/hostname'], ['inspect', ref], ['verify', ref]]) {
+    for (const args of [
+      ['restore', ref, path.join(work, `r-${n++}`)],
+      ['ls', ref, '/etc'],
+      ['cat', ref, '/etc/hostname'],
+      ['inspect', ref],
+      ['verify', ref],
+    ]) {
       const r = run(args);
       if (process.env.SHOW) console.log(`${_name} | ${args[0]} | ${r.code} | ${r.rssMiB.toFixed(0)} MiB | ${r.stderr.trim().slice(0, 300)}`);
       expect(r.code, `${args[0]}: ${r.stderr}`).toBe(code);
@@ -250,7 +310,13 @@ describe('crafted TOCs with valid digests', () => {
 
 describe('conversions that cannot be poisoned', () => {
   it("a destination's chunked manifest naming a clean image's layers is not reused for it", async () => {
-    const cleanTar = pyTar(work, [['etc', 'dir'], ['etc/hostname', 'file', 'clean\n'], ['usr', 'dir'], ['usr/bin', 'dir'], ['usr/bin/tool', 'file', 'x'.repeat(100_000)]]);
+    const cleanTar = pyTar(work, [
+      ['etc', 'dir'],
+      ['etc/hostname', 'file', 'clean\n'],
+      ['usr', 'dir'],
+      ['usr/bin', 'dir'],
+      ['usr/bin/tool', 'file', 'x'.repeat(100_000)],
+    ]);
     const evilTar = pyTar(work, [
       ['etc', 'dir'],
       ['etc/hostname', 'file', 'clean\n'],
@@ -300,14 +366,28 @@ describe('chunk locations a destination claims', () => {
     const trustDir = path.join(work, 'chunk-trust');
     // the attacker's image holds both contents; its TOC then swaps where the two chunks are
     const evil = path.join(work, 'evil-chunks-src');
-    writeLayout(evil, 'x', [plainLayer(pyTar(work, [['a', 'file', a], ['b', 'file', b]]))]);
+    writeLayout(evil, 'x', [
+      plainLayer(
+        pyTar(work, [
+          ['a', 'file', a],
+          ['b', 'file', b],
+        ]),
+      ),
+    ]);
     await convert(`oci:${evil}:x`, `oci:${layout}:x`, { trustDir: path.join(work, 'attacker-trust2') });
     forge(layout, (toc) => {
       const [ca, cb] = toc.chunks;
       [ca[2], cb[2]] = [cb[2], ca[2]];
     });
     const victim = path.join(work, 'victim-chunks-src');
-    writeLayout(victim, 'x', [plainLayer(pyTar(work, [['etc', 'dir'], ['etc/motd', 'file', a]]))]);
+    writeLayout(victim, 'x', [
+      plainLayer(
+        pyTar(work, [
+          ['etc', 'dir'],
+          ['etc/motd', 'file', a],
+        ]),
+      ),
+    ]);
     const err = await convert(`oci:${victim}:x`, `oci:${layout}:victim`, { trustDir }).then(
       () => undefined,
       (e: unknown) => e as OcichunkError,
@@ -341,31 +421,59 @@ describe('mounting an untrusted image', () => {
     const mnt = path.join(work, 'mnt-untrusted');
     const asNobody = (args: string[]) => sh('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', ...args]);
     const env = { ...process.env, XDG_CACHE_HOME: path.join(work, 'xdg') };
-    await mounted(`oci:${out}:x`, mnt, ['--allow-other'], () => {
-      expect(mountLine(mnt)).toMatch(/\bnosuid,nodev\b/);
-      expect(fs.statSync(path.join(mnt, 'bin', 'id')).mode & 0o7777).toBe(0o4755);
-      const id = asNobody([path.join(mnt, 'bin', 'id')]);
-      expect(id.stdout).toMatch(/^uid=65534\b/);
-      expect(id.stdout).not.toMatch(/euid=0/);
-      // a device node of the image does not open the host's device, for root neither
-      expect(sh('cat', [path.join(mnt, 'dev', 'null')]).stderr).toMatch(/Permission denied/);
-      expect(asNobody(['cat', path.join(mnt, 'dev', 'null')]).stderr).toMatch(/Permission denied/);
-    }, 'SIGTERM', env);
+    await mounted(
+      `oci:${out}:x`,
+      mnt,
+      ['--allow-other'],
+      () => {
+        expect(mountLine(mnt)).toMatch(/\bnosuid,nodev\b/);
+        expect(fs.statSync(path.join(mnt, 'bin', 'id')).mode & 0o7777).toBe(0o4755);
+        const id = asNobody([path.join(mnt, 'bin', 'id')]);
+        expect(id.stdout).toMatch(/^uid=65534\b/);
+        expect(id.stdout).not.toMatch(/euid=0/);
+        // a device node of the image does not open the host's device, for root neither
+        expect(sh('cat', [path.join(mnt, 'dev', 'null')]).stderr).toMatch(/Permission denied/);
+        expect(asNobody(['cat', path.join(mnt, 'dev', 'null')]).stderr).toMatch(/Permission denied/);
+      },
+      'SIGTERM',
+      env,
+    );
     // the image's setuid-root program runs as root only when the user trusts the image with it
-    await mounted(`oci:${out}:x`, mnt, ['--allow-other', '--allow-suid', '--allow-dev'], () => {
-      expect(asNobody([path.join(mnt, 'bin', 'id')]).stdout).toMatch(/euid=0\(root\)/);
-      expect(sh('cat', [path.join(mnt, 'dev', 'null')]).code).toBe(0);
-    }, 'SIGTERM', env);
+    await mounted(
+      `oci:${out}:x`,
+      mnt,
+      ['--allow-other', '--allow-suid', '--allow-dev'],
+      () => {
+        expect(asNobody([path.join(mnt, 'bin', 'id')]).stdout).toMatch(/euid=0\(root\)/);
+        expect(sh('cat', [path.join(mnt, 'dev', 'null')]).code).toBe(0);
+      },
+      'SIGTERM',
+      env,
+    );
     // without --allow-other, another user cannot enter at all
-    await mounted(`oci:${out}:x`, mnt, [], () => {
-      expect(asNobody(['ls', mnt]).stderr).toMatch(/Permission denied/);
-    }, 'SIGTERM', env);
+    await mounted(
+      `oci:${out}:x`,
+      mnt,
+      [],
+      () => {
+        expect(asNobody(['ls', mnt]).stderr).toMatch(/Permission denied/);
+      },
+      'SIGTERM',
+      env,
+    );
   });
 });
 
 describe('terminal-safe output', () => {
   it('ls quotes names holding newlines or escape sequences; --json keeps them exact', async () => {
-    const out = await chunked([[['d', 'dir'], ['d/a\nb', 'file', 'x'], ['d/\x1b[31mred', 'file', 'y'], ['d/plain', 'symlink', '\x1b]0;title\x07']]]);
+    const out = await chunked([
+      [
+        ['d', 'dir'],
+        ['d/a\nb', 'file', 'x'],
+        ['d/\x1b[31mred', 'file', 'y'],
+        ['d/plain', 'symlink', '\x1b]0;title\x07'],
+      ],
+    ]);
     const r = run(['ls', `oci:${out}:x`, '/d']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).not.toMatch(/\x1b|\x07/);
@@ -382,7 +490,12 @@ describe('terminal-safe output', () => {
 describe('reads of big chunks', () => {
   it('cat reads and hashes a cached 20 MiB chunk once, not once per 8 MiB piece', async () => {
     const blobFile = path.join(work, 'random.bin');
-    fs.writeFileSync(blobFile, Buffer.from(Array.from({ length: 20 << 10 }, (_, i) => (i * 2654435761) >>> 0).flatMap((x) => Array.from({ length: 256 }, (_, j) => (x >>> (j % 32)) & 0xff))));
+    fs.writeFileSync(
+      blobFile,
+      Buffer.from(
+        Array.from({ length: 20 << 10 }, (_, i) => (i * 2654435761) >>> 0).flatMap((x) => Array.from({ length: 256 }, (_, j) => (x >>> (j % 32)) & 0xff)),
+      ),
+    );
     const src = path.join(work, 'bigchunk-src');
     writeLayout(src, 'x', [plainLayer(pyTar(work, [['big', 'file', null, { from: blobFile }]]))]);
     const out = path.join(work, 'bigchunk-out');
@@ -402,7 +515,10 @@ describe('reads of big chunks', () => {
 describe('a valid image with a 5 GiB file', () => {
   it('restores with flat memory, streamed chunk by chunk', async () => {
     const src = path.join(work, 'huge-src');
-    const tar = await pyTarFileAsync(path.join(work, 'huge.tar'), [['big', 'file', null, { zeros: 5 * 2 ** 30 }], ['small', 'file', 'tail']]);
+    const tar = await pyTarFileAsync(path.join(work, 'huge.tar'), [
+      ['big', 'file', null, { zeros: 5 * 2 ** 30 }],
+      ['small', 'file', 'tail'],
+    ]);
     fs.mkdirSync(path.join(src, 'blobs', 'sha256'), { recursive: true });
     // write the layout around the tar without reading it into memory
     const digest = (await mustAsync('sha256sum', [tar])).stdout.split(' ')[0];

@@ -263,10 +263,14 @@ describe('SIGINT during convert and restore', () => {
     const target = path.join(work, 'rootfs');
     const ac = new AbortController();
     let batches = 0;
-    const err = await restore(`oci:${path.join(work, 'ref')}:base`, target, { batchBytes: 1 << 20, signal: ac.signal, onProgress: () => {
+    const err = await restore(`oci:${path.join(work, 'ref')}:base`, target, {
+      batchBytes: 1 << 20,
+      signal: ac.signal,
+      onProgress: () => {
         batches++;
         ac.abort();
-      } }).catch((e) => e);
+      },
+    }).catch((e) => e);
     expect(err instanceof OcichunkError && err.code, String(err)).toBe('ECANCELED');
     expect(err.message).toMatch(/partial tree is left there, mode 0700/);
     expect(batches).toBe(1);

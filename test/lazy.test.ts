@@ -79,7 +79,12 @@ afterAll(async () => {
 
 describe('lazy pull from a registry', () => {
   it('ls lists a directory and cat reads a file, fetching the TOC and only the frame holding it', async () => {
-    const ls = cliJson<{ entries: Array<{ name: string; type: string; size: number }>; stats: MountStats }>(['ls', py, '/usr/lib/python3.11/json', '--no-cache']);
+    const ls = cliJson<{ entries: Array<{ name: string; type: string; size: number }>; stats: MountStats }>([
+      'ls',
+      py,
+      '/usr/lib/python3.11/json',
+      '--no-cache',
+    ]);
     expect(ls.entries.map((e) => e.name)).toContain('decoder.py');
     expect(ls.stats.packBytesFetched).toBe(0);
     const text = cli(['ls', py, '/usr/bin', '--no-cache']);
@@ -125,7 +130,10 @@ describe('lazy pull from a registry', () => {
     const img = await LazyImage.open(py, { cacheDir: false });
     let readBytes = 0;
     try {
-      const lines = fs.readFileSync(trace, 'utf8').split('\n').filter((l) => l && !l.startsWith('#'));
+      const lines = fs
+        .readFileSync(trace, 'utf8')
+        .split('\n')
+        .filter((l) => l && !l.startsWith('#'));
       expect(lines.some((l) => l.startsWith('/usr/bin/python3.11\t'))).toBe(true);
       expect(lines.some((l) => l.startsWith('/usr/lib/python3.11/json/'))).toBe(true);
       for (const l of lines) {
@@ -139,9 +147,16 @@ describe('lazy pull from a registry', () => {
     const fetched = s.packBytesFetched + s.tocBytes;
     const imageBytes = cliJson<{ packBytes: number }>(['inspect', py]).packBytes;
     const original = JSON.parse(must('skopeo', ['inspect', '--tls-verify=false', '--raw', py]).stdout) as { manifests: Array<{ digest: string }> };
-    const origManifest = JSON.parse(must('skopeo', ['inspect', '--tls-verify=false', '--raw', `docker://${reg.host}/lazy/py@${original.manifests[0].digest}`]).stdout) as { layers: Array<{ size: number }> };
-    const compressed = Math.min(imageBytes, origManifest.layers.reduce((a, l) => a + l.size, 0));
-    console.log(`lazy: python3 -c 'import json' read ${readBytes} B of files; fetched ${s.packBytesFetched} B of packs + ${s.tocBytes} B TOC = ${((fetched / compressed) * 100).toFixed(1)}% of the image (${compressed} B compressed)`);
+    const origManifest = JSON.parse(
+      must('skopeo', ['inspect', '--tls-verify=false', '--raw', `docker://${reg.host}/lazy/py@${original.manifests[0].digest}`]).stdout,
+    ) as { layers: Array<{ size: number }> };
+    const compressed = Math.min(
+      imageBytes,
+      origManifest.layers.reduce((a, l) => a + l.size, 0),
+    );
+    console.log(
+      `lazy: python3 -c 'import json' read ${readBytes} B of files; fetched ${s.packBytesFetched} B of packs + ${s.tocBytes} B TOC = ${((fetched / compressed) * 100).toFixed(1)}% of the image (${compressed} B compressed)`,
+    );
     expect(fetched).toBeLessThanOrEqual(1.3 * (readBytes + s.tocBytes));
     expect(fetched).toBeLessThanOrEqual(0.15 * compressed);
     // the registry saw the same: manifests, config, TOC and those pack ranges, nothing more
@@ -167,7 +182,13 @@ describe('lazy pull from a registry', () => {
 
   it('a second image sharing the base fetches only the chunks the cache lacks', async () => {
     const cache = path.join(work, 'cache');
-    const files = (d: string) => (fs.existsSync(d) ? fs.readdirSync(d, { recursive: true }).filter((f) => String(f).length > 64).map((f) => path.basename(String(f))) : []);
+    const files = (d: string) =>
+      fs.existsSync(d)
+        ? fs
+            .readdirSync(d, { recursive: true })
+            .filter((f) => String(f).length > 64)
+            .map((f) => path.basename(String(f)))
+        : [];
     const before = new Set(files(path.join(cache, 'sha256')));
     const trace = path.join(work, 'trace-app.txt');
     const s = await mounted(app, path.join(work, 'mnt-app'), ['--cache', cache, '--record-trace', trace], () => {
@@ -177,7 +198,10 @@ describe('lazy pull from a registry', () => {
     const img = await LazyImage.open(app, { cacheDir: false });
     const needed = new Set<string>();
     try {
-      for (const l of fs.readFileSync(trace, 'utf8').split('\n').filter((x) => x && !x.startsWith('#'))) {
+      for (const l of fs
+        .readFileSync(trace, 'utf8')
+        .split('\n')
+        .filter((x) => x && !x.startsWith('#'))) {
         const [p, off, len] = l.split('\t');
         for (const piece of img.tree.plan(img.tree.lookup(p)!, Number(off), Number(len))) needed.add(img.image.toc.chunks[piece.chunk].digest);
       }
@@ -200,7 +224,10 @@ describe('lazy pull from a registry', () => {
     const dst = `docker://${reg.host}/lazy/py-prefetch:1`;
     cliJson(['convert', py, dst, '--prefetch-list', trace]);
     const img = await LazyImage.open(dst, { cacheDir: false });
-    const lines = fs.readFileSync(trace, 'utf8').split('\n').filter((l) => l && !l.startsWith('#'));
+    const lines = fs
+      .readFileSync(trace, 'utf8')
+      .split('\n')
+      .filter((l) => l && !l.startsWith('#'));
     try {
       expect(img.image.toc.prefetch?.map((r) => r.join('\t'))).toEqual(lines);
     } finally {
@@ -217,9 +244,10 @@ describe('lazy pull from a registry', () => {
   });
 
   it('lazy-bench runs the command after a full pull and on cold, prefetched and warm mounts, through a simulated link', async () => {
-    const r = await cliJsonAsync<{ imageBytes: number; results: Array<{ scenario: string; seconds: number; bytesFetched: number; requests: number; shareOfImage: number; exitCode: number; output: string }> }>([
-      'lazy-bench', py, '--run', "/usr/bin/python3 -c 'import json; print(json.dumps([1]))'", '--link', '5ms,1gbit', '--tmpdir', work,
-    ]);
+    const r = await cliJsonAsync<{
+      imageBytes: number;
+      results: Array<{ scenario: string; seconds: number; bytesFetched: number; requests: number; shareOfImage: number; exitCode: number; output: string }>;
+    }>(['lazy-bench', py, '--run', "/usr/bin/python3 -c 'import json; print(json.dumps([1]))'", '--link', '5ms,1gbit', '--tmpdir', work]);
     expect(r.results.map((x) => x.scenario)).toEqual(['pull+unpack', 'mount-cold', 'mount-prefetch', 'mount-warm']);
     for (const x of r.results) {
       expect(x.exitCode, x.output).toBe(0);
@@ -235,11 +263,20 @@ describe('lazy pull from a registry', () => {
   it('unmounts on SIGINT even while a program is using the mount (detached, not hung)', async () => {
     const mnt = path.join(work, 'mnt-busy');
     let inside: ChildProcess | undefined;
-    const s = await mounted(py, mnt, ['--cache', path.join(work, 'cache')], () => {
-      inside = spawn('chroot', [mnt, '/bin/sleep', '5'], { stdio: 'ignore' });
-      // it has the mount busy once sleep has started
-      must('sh', ['-c', `for i in $(seq 50); do grep -qs '/bin/sleep' /proc/${inside!.pid}/cmdline 2>/dev/null && ls -l /proc/*/root 2>/dev/null | grep -q '${mnt}' && exit 0; sleep 0.1; done; exit 1`]);
-    }, 'SIGINT');
+    const s = await mounted(
+      py,
+      mnt,
+      ['--cache', path.join(work, 'cache')],
+      () => {
+        inside = spawn('chroot', [mnt, '/bin/sleep', '5'], { stdio: 'ignore' });
+        // it has the mount busy once sleep has started
+        must('sh', [
+          '-c',
+          `for i in $(seq 50); do grep -qs '/bin/sleep' /proc/${inside!.pid}/cmdline 2>/dev/null && ls -l /proc/*/root 2>/dev/null | grep -q '${mnt}' && exit 0; sleep 0.1; done; exit 1`,
+        ]);
+      },
+      'SIGINT',
+    );
     expect(s.detached).toBe(true);
     inside?.kill('SIGKILL');
   });
@@ -304,7 +341,6 @@ describe('lazy pull from a registry', () => {
     expect(r.stderr).toMatch(new RegExp(`${where.pack}|does not match its digest|zstd`));
     expect(r.stdout).toBe('');
   });
-
 });
 
 describe('reads of big chunks through the mount', () => {

@@ -158,7 +158,17 @@ describe('docker:// on a registry', () => {
     expect(r.platforms[1].newChunks).toBe(0);
     // skopeo picks the original for each platform
     const arm = path.join(work, 'skopeo-arm');
-    must('skopeo', ['copy', '--quiet', '--src-tls-verify=false', '--override-arch', 'arm64', '--override-variant', 'v8', `docker://${reg.host}/multi:chunked`, `dir:${arm}`]);
+    must('skopeo', [
+      'copy',
+      '--quiet',
+      '--src-tls-verify=false',
+      '--override-arch',
+      'arm64',
+      '--override-variant',
+      'v8',
+      `docker://${reg.host}/multi:chunked`,
+      `dir:${arm}`,
+    ]);
     expect(sha256(fs.readFileSync(path.join(arm, 'manifest.json')))).toBe(src.manifests[1].digest);
     const rootfs = path.join(work, 'restored-arm');
     const rr = cli(['restore', `docker://${reg.host}/multi:chunked`, rootfs, '--platform', 'linux/arm64']);
@@ -256,7 +266,9 @@ describe('registry auth (htpasswd)', () => {
   afterAll(async () => {
     await sec?.stop();
   });
-  const env = (extra: Record<string, string>) => ({ env: { ...process.env, HOME: path.join(work, 'nohome'), DOCKER_CONFIG: '', REGISTRY_AUTH_FILE: '', XDG_RUNTIME_DIR: '', ...extra } });
+  const env = (extra: Record<string, string>) => ({
+    env: { ...process.env, HOME: path.join(work, 'nohome'), DOCKER_CONFIG: '', REGISTRY_AUTH_FILE: '', XDG_RUNTIME_DIR: '', ...extra },
+  });
 
   it('refuses clearly without credentials or with a wrong password', () => {
     const anon = cli(['inspect', `docker://${sec.host}/secure/base:1`], env({}));
@@ -292,7 +304,9 @@ describe('registry auth (htpasswd)', () => {
     fs.mkdirSync(bin, { recursive: true });
     const asked = path.join(work, 'helper-asked');
     const helper = path.join(bin, 'docker-credential-octest');
-    fs.writeFileSync(helper, `#!/bin/sh\n[ "$1" = get ] || exit 1\ncat > ${asked}\nprintf '{"ServerURL":"x","Username":"${user}","Secret":"${password}"}'\n`, { mode: 0o755 });
+    fs.writeFileSync(helper, `#!/bin/sh\n[ "$1" = get ] || exit 1\ncat > ${asked}\nprintf '{"ServerURL":"x","Username":"${user}","Secret":"${password}"}'\n`, {
+      mode: 0o755,
+    });
     const helperCfg = path.join(work, 'helper-config');
     fs.mkdirSync(helperCfg, { recursive: true });
     fs.writeFileSync(path.join(helperCfg, 'config.json'), JSON.stringify({ credHelpers: { [sec.host]: 'octest' } }));
@@ -322,11 +336,20 @@ describe('registry auth (bearer tokens from a token server)', () => {
   });
 
   it('gets pull, push and mount scopes and converts across repositories', async () => {
-    const noCreds = await cliAsync(['inspect', `docker://${treg.host}/tok/base:1`], { env: { ...process.env, HOME: path.join(work, 'nohome'), DOCKER_CONFIG: '' } });
+    const noCreds = await cliAsync(['inspect', `docker://${treg.host}/tok/base:1`], {
+      env: { ...process.env, HOME: path.join(work, 'nohome'), DOCKER_CONFIG: '' },
+    });
     expect(noCreds.code).toBe(10);
     expect(noCreds.stderr).toContain(treg.host);
     tokens.reset();
-    const r = await cliAsync(['convert', `docker://${treg.host}/tok/base:1`, `docker://${treg.host}/tok/chunked:1`, '--creds', `${user}:${password}`, '--json']);
+    const r = await cliAsync([
+      'convert',
+      `docker://${treg.host}/tok/base:1`,
+      `docker://${treg.host}/tok/chunked:1`,
+      '--creds',
+      `${user}:${password}`,
+      '--json',
+    ]);
     expect(r.code, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout) as Converted;
     expect(out.transfer.blobsMounted).toBe(out.layers);
@@ -459,7 +482,23 @@ describe('registries off localhost: TLS and plain HTTP', () => {
     fs.mkdirSync(dir, { recursive: true });
     const cert = path.join(dir, 'cert.pem');
     const key = path.join(dir, 'key.pem');
-    must('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=127.0.0.2', '-addext', 'subjectAltName=IP:127.0.0.2']);
+    must('openssl', [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '2',
+      '-subj',
+      '/CN=127.0.0.2',
+      '-addext',
+      'subjectAltName=IP:127.0.0.2',
+    ]);
     tls = await new Registry(path.join(dir, 'reg'), undefined, undefined, { address: '127.0.0.2', tls: { cert, key } }).start();
     plain = await new Registry(path.join(work, 'plain-reg'), undefined, undefined, { address: '127.0.0.2' }).start();
     tls.push(`oci:${image('base')}:latest`, 'base:1');

@@ -64,7 +64,8 @@ describe('restore reproduces the original tree', () => {
       for (const e of l.entries) {
         if (e.type !== 'reg') continue;
         const lens = e.chunks!.map((c) => toc.chunks[c].length);
-        if (chunker.kind === 'file') expect(lens.length).toBe(e.size ? 1 : 0); // files are < 64 MiB
+        if (chunker.kind === 'file')
+          expect(lens.length).toBe(e.size ? 1 : 0); // files are < 64 MiB
         else lens.forEach((len, i) => expect(len).toBe(i < lens.length - 1 ? 256 << 10 : e.size! - i * (256 << 10)));
       }
     }
@@ -79,7 +80,12 @@ describe('restore reproduces the original tree', () => {
 
   it.each([
     { name: 'every chunk grouped into 1 MiB frames (--group-below 256k --frame-size 1m)', slug: 'big-frames', groupBelow: 256 << 10, groupTarget: 1 << 20 },
-    { name: 'small frames, chunks >= 32 KiB alone in theirs (--group-below 32k --frame-size 64k)', slug: 'small-frames', groupBelow: 32 << 10, groupTarget: 64 << 10 },
+    {
+      name: 'small frames, chunks >= 32 KiB alone in theirs (--group-below 32k --frame-size 64k)',
+      slug: 'small-frames',
+      groupBelow: 32 << 10,
+      groupTarget: 64 << 10,
+    },
   ])('round-trips with $name', async ({ slug, groupBelow, groupTarget }) => {
     const out = path.join(work, `out-${slug}`);
     const r = await convert(`oci:${image('app')}:latest`, `oci:${out}:app`, { groupBelow, groupTarget });

@@ -137,7 +137,12 @@ async function scanned(file: string, piece?: number): Promise<{ seen: Seen[]; ch
       let pos = start;
       for (let k = 0; k < b.counts[i / 4]; k++, ci++) {
         const bytes = data.subarray(pos, pos + b.lengths[ci]);
-        expect(createHash('sha256').update(bytes).digest().equals(b.digests.subarray(ci * 32, ci * 32 + 32))).toBe(true);
+        expect(
+          createHash('sha256')
+            .update(bytes)
+            .digest()
+            .equals(b.digests.subarray(ci * 32, ci * 32 + 32)),
+        ).toBe(true);
         if (!content.has(entry)) content.set(entry, createHash('sha256'));
         content.get(entry)!.update(bytes);
         pos += b.lengths[ci];

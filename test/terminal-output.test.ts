@@ -19,7 +19,16 @@ let out: string;
 beforeAll(() => {
   work = tmpdir('terminal');
   const src = path.join(work, 'src');
-  writeLayout(src, 'x', [plainLayer(pyTar(work, [['d', 'dir'], ['d/a\nb', 'file', 'x'], ['d/\x1b[31mred', 'file', 'y'], ['d/ok', 'file', 'z']]))]);
+  writeLayout(src, 'x', [
+    plainLayer(
+      pyTar(work, [
+        ['d', 'dir'],
+        ['d/a\nb', 'file', 'x'],
+        ['d/\x1b[31mred', 'file', 'y'],
+        ['d/ok', 'file', 'z'],
+      ]),
+    ),
+  ]);
   out = path.join(work, 'out');
   for (const tag of ['a', 'b']) {
     const r = cli(['convert', `oci:${src}:x`, `oci:${out}:${tag}`, '--quiet']);
@@ -56,7 +65,7 @@ describe('terminal-safe output', () => {
     expect(j.entries.map((e: { name: string }) => e.name)).toEqual(['\x1b[31mred', 'a\nb', 'ok']);
   });
 
-  it("inspect of a layout quotes its tags; --json keeps them exact", () => {
+  it('inspect of a layout quotes its tags; --json keeps them exact', () => {
     const r = cli(['inspect', `oci:${out}`]);
     expect(r.code, r.stderr).toBe(0);
     noControl(r.stdout);

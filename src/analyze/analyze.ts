@@ -33,7 +33,10 @@ function size(s: string, what: string): number {
 /** Parse `layer`, `file`, `fixed:1M`, `cdc:16k/64k/256k` (comma-separated lists allowed). */
 export function parseStrategies(list: string[]): Strategy[] {
   const out: Strategy[] = [];
-  for (const raw of list.flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean)) {
+  for (const raw of list
+    .flatMap((s) => s.split(','))
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const [kind, arg] = raw.split(':', 2);
     const name = raw.toLowerCase();
     if (out.some((s) => s.name === name)) continue;
@@ -225,7 +228,13 @@ async function chunkStrategy(
     } finally {
       await src.close();
     }
-    table.appendToc(s.name, i, L.names[i], L.perImage[i].map((l) => l.digest), takeToc(sink, r, `${L.names[i]} (${s.name})`));
+    table.appendToc(
+      s.name,
+      i,
+      L.names[i],
+      L.perImage[i].map((l) => l.digest),
+      takeToc(sink, r, `${L.names[i]} (${s.name})`),
+    );
     packBytes += r.bytesStored;
     tocBytes += r.tocBytes;
     unitRefs += r.chunkRefs;
@@ -258,7 +267,10 @@ export async function analyze(refs: string[], opts: AnalyzeOptions = {}): Promis
   const L = await listLayers(refs, opts);
   // DuckDB loads only when an analysis runs (its import alone costs ~150 ms of every CLI start)
   const { ChunkTable } = await import('./chunk-table.js');
-  const table = await ChunkTable.open(path.join(opts.tmpDir ?? os.tmpdir(), `ocichunk-analyze-${process.pid}-${randomBytes(4).toString('hex')}`), opts.memoryLimit);
+  const table = await ChunkTable.open(
+    path.join(opts.tmpDir ?? os.tmpdir(), `ocichunk-analyze-${process.pid}-${randomBytes(4).toString('hex')}`),
+    opts.memoryLimit,
+  );
   try {
     const results: StrategyResult[] = [];
     let sharingStrategy: string | undefined;

@@ -48,7 +48,9 @@ export class ChunkTable {
       });
     } catch (e) {
       await fs.rm(dir, { recursive: true, force: true });
-      throw new OcichunkError('EUSAGE', `chunk table (DuckDB${memoryLimit ? `, memory limit ${JSON.stringify(memoryLimit)}` : ''}): ${(e as Error).message}`, { cause: e });
+      throw new OcichunkError('EUSAGE', `chunk table (DuckDB${memoryLimit ? `, memory limit ${JSON.stringify(memoryLimit)}` : ''}): ${(e as Error).message}`, {
+        cause: e,
+      });
     }
     const conn = await instance.connect();
     await conn.run(

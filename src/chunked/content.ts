@@ -95,7 +95,8 @@ export class ChunkReader {
     } catch (e) {
       throw new OcichunkError('ECORRUPT', `${this.img.image.source.name}: ${(e as Error).message}`, { cause: e });
     }
-    if (out.length !== totalU) throw new OcichunkError('ECORRUPT', `${this.img.image.source.name}: frames decompressed to ${out.length} bytes, expected ${totalU}`);
+    if (out.length !== totalU)
+      throw new OcichunkError('ECORRUPT', `${this.img.image.source.name}: frames decompressed to ${out.length} bytes, expected ${totalU}`);
     const ranges = new Uint32Array(wanted.length * 2);
     wanted.forEach((c, k) => {
       const { frame: fi, offset: inner, length: len } = toc.chunks[c];

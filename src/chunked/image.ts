@@ -128,7 +128,8 @@ export async function openChunked(img: ResolvedImage): Promise<ChunkedImage> {
   const tocDesc = m.manifest.layers.find((l) => l.mediaType === CMT.toc);
   if (!tocDesc) throw new OcichunkError('ECORRUPT', `${img.source.name}: chunked manifest ${m.desc.digest} has no TOC layer`);
   const what = `${img.source.name} TOC ${tocDesc.digest}`;
-  if (tocDesc.size > TOC_MAX_BLOB) throw new OcichunkError('ECORRUPT', `${what}: TOC blob of ${tocDesc.size} bytes is over the format's limit (${TOC_MAX_BLOB})`);
+  if (tocDesc.size > TOC_MAX_BLOB)
+    throw new OcichunkError('ECORRUPT', `${what}: TOC blob of ${tocDesc.size} bytes is over the format's limit (${TOC_MAX_BLOB})`);
   const blob = await img.source.readBlob(tocDesc, what, TOC_MAX_BLOB);
   const { toc, checked } = openToc(blob, what);
   const packs = m.manifest.layers.filter((l) => l.mediaType === CMT.pack);

@@ -13,20 +13,52 @@ export const describe = 'What each level of dedup (layer, file, fixed, content-d
 export function builder(y: Argv) {
   return frameOptions(common(y))
     .positional('images', { type: 'string', array: true, demandOption: true, describe: 'image references, any transport, in order' })
-    .option('chunker', { type: 'string', array: true, default: DEFAULT_STRATEGIES, describe: 'strategies: layer, file, fixed:SIZE, cdc:MIN/AVG/MAX (comma-separated or repeated)' })
+    .option('chunker', {
+      type: 'string',
+      array: true,
+      default: DEFAULT_STRATEGIES,
+      describe: 'strategies: layer, file, fixed:SIZE, cdc:MIN/AVG/MAX (comma-separated or repeated)',
+    })
     .option('zstd-level', { type: 'number', default: 3, describe: 'zstd level of chunk frames' })
     .option('csv', { type: 'string', describe: 'also write one row per strategy to this CSV file' })
     .option('parquet', { type: 'string', describe: 'also write one row per chunk occurrence to this Parquet file (via embedded DuckDB)' })
     .option('html', { type: 'string', describe: 'also write a self-contained HTML report with charts (opens offline)' })
     .option('top', { type: 'number', default: 20, describe: 'how many duplicated files to list' })
-    .option('memory-limit', { type: 'string', describe: "DuckDB's memory for the chunk table (e.g. 2GB; default 80% of RAM); beyond it the table spills to --tmpdir" })
+    .option('memory-limit', {
+      type: 'string',
+      describe: "DuckDB's memory for the chunk table (e.g. 2GB; default 80% of RAM); beyond it the table spills to --tmpdir",
+    })
     .option('tmpdir', { type: 'string', describe: 'where conversions spool chunks and the chunk table lives (default: system temp)' });
 }
 
-type Args = Common & FrameArgs & { images: string[]; chunker: string[]; 'zstd-level': number; csv?: string; html?: string; parquet?: string; top: number; tmpdir?: string; 'memory-limit'?: string };
+type Args = Common &
+  FrameArgs & {
+    images: string[];
+    chunker: string[];
+    'zstd-level': number;
+    csv?: string;
+    html?: string;
+    parquet?: string;
+    top: number;
+    tmpdir?: string;
+    'memory-limit'?: string;
+  };
 
 export function csv(r: AnalyzeResult): string {
-  const cols = ['strategy', 'logicalBytes', 'logicalFileBytes', 'uniqueBytes', 'storedBytes', 'packBytes', 'tocBytes', 'units', 'unitRefs', 'ratioVsLogical', 'ratioVsLayer', 'seconds'] as const;
+  const cols = [
+    'strategy',
+    'logicalBytes',
+    'logicalFileBytes',
+    'uniqueBytes',
+    'storedBytes',
+    'packBytes',
+    'tocBytes',
+    'units',
+    'unitRefs',
+    'ratioVsLogical',
+    'ratioVsLayer',
+    'seconds',
+  ] as const;
   const rows = r.strategies.map((s) => cols.map((c) => (typeof s[c] === 'number' ? String(Number((s[c] as number).toFixed(6))) : String(s[c]))).join(','));
   return [cols.join(','), ...rows].join('\n') + '\n';
 }
@@ -70,18 +102,42 @@ function text(r: AnalyzeResult): string {
   out.push(
     pad([
       ['strategy', 'logical', 'unique', 'stored', 'TOC', 'units', 'vs logical', 'vs layer'],
-      ...r.strategies.map((s) => [s.strategy, bytes(s.logicalBytes), bytes(s.uniqueBytes), bytes(s.storedBytes), bytes(s.tocBytes), String(s.units), ratio(s.ratioVsLogical), ratio(s.ratioVsLayer)]),
+      ...r.strategies.map((s) => [
+        s.strategy,
+        bytes(s.logicalBytes),
+        bytes(s.uniqueBytes),
+        bytes(s.storedBytes),
+        bytes(s.tocBytes),
+        String(s.units),
+        ratio(s.ratioVsLogical),
+        ratio(s.ratioVsLayer),
+      ]),
     ]),
   );
   out.push('', 'marginal bytes stored per image (in the order given):');
-  out.push(pad([['image', ...r.strategies.map((s) => s.strategy)], ...r.images.map((img, i) => [img, ...r.strategies.map((s) => bytes(s.perImage[i].marginalStoredBytes))])]));
+  out.push(
+    pad([
+      ['image', ...r.strategies.map((s) => s.strategy)],
+      ...r.images.map((img, i) => [img, ...r.strategies.map((s) => bytes(s.perImage[i].marginalStoredBytes))]),
+    ]),
+  );
   if (r.images.length > 1) {
     out.push('', `bytes each image (row) shares with another (column), ${r.sharing.strategy}:`);
-    out.push(pad([['', ...r.images.map((_, j) => `#${j + 1}`)], ...r.sharing.bytes.map((row, i) => [`#${i + 1} ${r.images[i]}`, ...row.map((b, j) => (i === j ? '-' : bytes(b)))])]));
+    out.push(
+      pad([
+        ['', ...r.images.map((_, j) => `#${j + 1}`)],
+        ...r.sharing.bytes.map((row, i) => [`#${i + 1} ${r.images[i]}`, ...row.map((b, j) => (i === j ? '-' : bytes(b)))]),
+      ]),
+    );
   }
   if (r.topDuplicates.length) {
     out.push('', 'duplicated files saving most (file level):');
-    out.push(pad([['path', 'size', 'copies', 'images', 'saved'], ...r.topDuplicates.map((d) => [quoteName(d.path), bytes(d.size), String(d.copies), String(d.images), bytes(d.savedBytes)])]));
+    out.push(
+      pad([
+        ['path', 'size', 'copies', 'images', 'saved'],
+        ...r.topDuplicates.map((d) => [quoteName(d.path), bytes(d.size), String(d.copies), String(d.images), bytes(d.savedBytes)]),
+      ]),
+    );
   }
   out.push('', `${r.seconds.toFixed(1)} s`);
   return out.join('\n');

@@ -3,7 +3,19 @@ import { readTrace } from '../lazy/mount.js';
 import { convert, type ConvertProgress, type ConvertResult } from '../convert/convert.js';
 import type { TransferEvent } from '../transports/types.js';
 import { bar, bytes, ratio, table, ProgressLine } from './format.js';
-import { cancelOnSignals, chunkerOf, common, frameOptions, framesOf, type FrameArgs, platformOf, parseSize, sourceDateEpoch, transportOf, type Common } from './options.js';
+import {
+  cancelOnSignals,
+  chunkerOf,
+  common,
+  frameOptions,
+  framesOf,
+  type FrameArgs,
+  platformOf,
+  parseSize,
+  sourceDateEpoch,
+  transportOf,
+  type Common,
+} from './options.js';
 
 export const command = 'convert <source> <destination>';
 export const describe = 'Convert an image into a chunked, deduplicated image next to the original manifest';
@@ -13,9 +25,17 @@ const REFS = 'oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:REF], 
 export function builder(y: Argv) {
   return frameOptions(common(y))
     .positional('source', { type: 'string', demandOption: true, describe: REFS })
-    .positional('destination', { type: 'string', demandOption: true, describe: 'oci:DIR[:REF], oci-archive:FILE[:REF] or docker://HOST/REPO[:TAG] (may be the source itself)' })
+    .positional('destination', {
+      type: 'string',
+      demandOption: true,
+      describe: 'oci:DIR[:REF], oci-archive:FILE[:REF] or docker://HOST/REPO[:TAG] (may be the source itself)',
+    })
     .option('all-platforms', { type: 'boolean', default: false, describe: 'convert every platform of a multi-platform image into one index' })
-    .option('attach', { choices: ['index', 'referrer'], default: 'index', describe: 'index: the tag points to [original, chunked]; referrer: the tag stays, the chunked manifest refers to the original (OCI 1.1 subject)' })
+    .option('attach', {
+      choices: ['index', 'referrer'],
+      default: 'index',
+      describe: 'index: the tag points to [original, chunked]; referrer: the tag stays, the chunked manifest refers to the original (OCI 1.1 subject)',
+    })
     .option('concurrency', { type: 'number', default: 4, describe: 'parallel blob uploads to a registry' })
     .option('chunker', { choices: ['cdc', 'fixed', 'file'], default: 'cdc', describe: 'how file contents are cut into chunks' })
     .option('chunk-min', { type: 'string', describe: 'cdc: minimum chunk size (default 16k)' })
@@ -30,20 +50,21 @@ export function builder(y: Argv) {
     .option('prefetch-list', { type: 'string', describe: 'a read trace (ocichunk mount --record-trace) stored in the TOC: mounts fetch it first' });
 }
 
-type Args = Common & FrameArgs & {
-  source: string;
-  destination: string;
-  chunker: string;
-  'all-platforms': boolean;
-  attach: 'index' | 'referrer';
-  concurrency: number;
-  'zstd-level': number;
-  'source-date-epoch'?: number;
-  'keep-mtime': boolean;
-  'pack-size': string;
-  'prefetch-list'?: string;
-  tmpdir?: string;
-};
+type Args = Common &
+  FrameArgs & {
+    source: string;
+    destination: string;
+    chunker: string;
+    'all-platforms': boolean;
+    attach: 'index' | 'referrer';
+    concurrency: number;
+    'zstd-level': number;
+    'source-date-epoch'?: number;
+    'keep-mtime': boolean;
+    'pack-size': string;
+    'prefetch-list'?: string;
+    tmpdir?: string;
+  };
 
 export async function run(a: Args): Promise<unknown> {
   const line = new ProgressLine(a);
@@ -79,7 +100,13 @@ export async function run(a: Args): Promise<unknown> {
     keepMtime: a['keep-mtime'],
     packTarget: parseSize(a['pack-size'], '--pack-size'),
     ...framesOf(a),
-    ...(a['prefetch-list'] ? { prefetch: (await readTrace(a['prefetch-list'])).map((r) => [r.path, r.offset, Number.isFinite(r.length) ? r.length : 2 ** 53 - 1] as [string, number, number]) } : {}),
+    ...(a['prefetch-list']
+      ? {
+          prefetch: (await readTrace(a['prefetch-list'])).map(
+            (r) => [r.path, r.offset, Number.isFinite(r.length) ? r.length : 2 ** 53 - 1] as [string, number, number],
+          ),
+        }
+      : {}),
     tmpDir: a.tmpdir,
     transport: transportOf(a, { concurrency: a.concurrency, tmpDir: a.tmpdir, onTransfer }),
     onProgress,
@@ -95,7 +122,10 @@ function summary(r: ConvertResult): string {
     ['bytes in (original layers)', bytes(r.bytesIn)],
     ['file bytes (uncompressed)', bytes(r.fileBytes)],
     ['chunks (refs / unique)', `${r.chunkRefs} / ${r.uniqueChunks}`],
-    ['chunks new / reused', `${r.newChunks} / ${r.reusedChunks}${r.chunksVerified ? ` (${r.chunksVerified} found in the destination read and verified first)` : ''}`],
+    [
+      'chunks new / reused',
+      `${r.newChunks} / ${r.reusedChunks}${r.chunksVerified ? ` (${r.chunksVerified} found in the destination read and verified first)` : ''}`,
+    ],
     ['dedup ratio', ratio(r.dedupRatio)],
     ['bytes stored (new packs)', `${bytes(r.bytesStored)} in ${r.newPacks} pack(s)`],
     ['image frames + TOC', `${bytes(r.imageFrameBytes)} + ${bytes(r.tocBytes)}`],

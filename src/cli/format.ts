@@ -50,7 +50,18 @@ export function bar(done: number, total: number, width = 20): string {
 }
 
 const SAFE = /^[A-Za-z0-9_./+,:@%=^-]+$/;
-const C_ESCAPES: Record<string, string> = { '\n': '\\n', '\t': '\\t', '\r': '\\r', '\x07': '\\a', '\b': '\\b', '\f': '\\f', '\v': '\\v', '\x1b': '\\E', '\\': '\\\\', "'": "\\'" };
+const C_ESCAPES: Record<string, string> = {
+  '\n': '\\n',
+  '\t': '\\t',
+  '\r': '\\r',
+  '\x07': '\\a',
+  '\b': '\\b',
+  '\f': '\\f',
+  '\v': '\\v',
+  '\x1b': '\\E',
+  '\\': '\\\\',
+  "'": "\\'",
+};
 
 /**
  * A name from an image as a terminal may show it, quoted as GNU ls's `shell-escape` style does: as

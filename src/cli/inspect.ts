@@ -19,7 +19,12 @@ function imageText(s: ImageStats): string {
       ['original manifest', s.originalManifest ?? '-'],
       ['chunked manifest', s.chunkedManifest],
       ['layers', String(s.layers)],
-      ['entries', Object.entries(s.entries).map(([k, v]) => `${k} ${v}`).join(', ')],
+      [
+        'entries',
+        Object.entries(s.entries)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', '),
+      ],
       ['file bytes', bytes(s.fileBytes)],
       ['chunks (refs / unique)', `${s.chunkRefs} / ${s.uniqueChunks} (${bytes(s.uniqueChunkBytes)})`],
       ['frames', `${s.frames} (${bytes(s.frameBytes)} compressed)`],

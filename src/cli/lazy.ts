@@ -29,8 +29,7 @@ const TYPE_CHAR: Record<LazyStat['type'], string> = { reg: '-', dir: 'd', symlin
 
 function modeString(s: LazyStat): string {
   const m = s.mode;
-  const rwx = (v: number, sp: number, spc: string) =>
-    (v & 4 ? 'r' : '-') + (v & 2 ? 'w' : '-') + (sp ? (v & 1 ? spc : spc.toUpperCase()) : v & 1 ? 'x' : '-');
+  const rwx = (v: number, sp: number, spc: string) => (v & 4 ? 'r' : '-') + (v & 2 ? 'w' : '-') + (sp ? (v & 1 ? spc : spc.toUpperCase()) : v & 1 ? 'x' : '-');
   return TYPE_CHAR[s.type] + rwx(m >> 6, m & 0o4000, 's') + rwx(m >> 3, m & 0o2000, 's') + rwx(m, m & 0o1000, 't');
 }
 
@@ -38,9 +37,7 @@ export const ls = {
   command: 'ls <image> [path]',
   describe: 'List a directory of a chunked image (fetches only the TOC)',
   builder: (y: Argv) =>
-    cacheOptions(common(y))
-      .positional('image', { type: 'string', demandOption: true })
-      .positional('path', { type: 'string', default: '/' }),
+    cacheOptions(common(y)).positional('image', { type: 'string', demandOption: true }).positional('path', { type: 'string', default: '/' }),
   run: async (a: Common & CacheArgs & { image: string; path: string }): Promise<unknown> => {
     const img = await openLazy(a);
     try {
@@ -83,7 +80,9 @@ export const cat = {
       const s = img.stats();
       if (a.json) return { image: img.name, path: a.path, size: st.size, ...s };
       if (a.stats) {
-        process.stderr.write(`${a.path}: ${bytes(st.size)}; fetched ${bytes(s.packBytesFetched)} of packs (${s.chunksFetched} chunks) + TOC ${bytes(s.tocBytes)}; ${s.cacheHits} chunks from the cache\n`);
+        process.stderr.write(
+          `${a.path}: ${bytes(st.size)}; fetched ${bytes(s.packBytesFetched)} of packs (${s.chunksFetched} chunks) + TOC ${bytes(s.tocBytes)}; ${s.cacheHits} chunks from the cache\n`,
+        );
       }
       return undefined;
     } finally {
@@ -103,11 +102,28 @@ export const mount = {
       .option('prefetch', { type: 'string', describe: "fetch the chunks of a recorded trace in the background (default: the image's prefetch list, if any)" })
       .option('no-prefetch', { type: 'boolean', describe: "do not prefetch the image's prefetch list" })
       .option('allow-other', { type: 'boolean', default: false, describe: 'let other users enter the mount (FUSE allow_other)' })
-      .option('allow-suid', { type: 'boolean', default: false, describe: 'honour setuid/setgid bits: trusts the image with root for whoever can enter (default nosuid)' })
-      .option('allow-dev', { type: 'boolean', default: false, describe: "let the image's device nodes be opened: trusts the image with the host's devices (default nodev)" }),
+      .option('allow-suid', {
+        type: 'boolean',
+        default: false,
+        describe: 'honour setuid/setgid bits: trusts the image with root for whoever can enter (default nosuid)',
+      })
+      .option('allow-dev', {
+        type: 'boolean',
+        default: false,
+        describe: "let the image's device nodes be opened: trusts the image with the host's devices (default nodev)",
+      }),
   run: async (
     a: Common &
-      CacheArgs & { image: string; mountpoint: string; 'record-trace'?: string; prefetch?: string; 'no-prefetch'?: boolean; 'allow-other': boolean; 'allow-suid': boolean; 'allow-dev': boolean },
+      CacheArgs & {
+        image: string;
+        mountpoint: string;
+        'record-trace'?: string;
+        prefetch?: string;
+        'no-prefetch'?: boolean;
+        'allow-other': boolean;
+        'allow-suid': boolean;
+        'allow-dev': boolean;
+      },
   ): Promise<unknown> => {
     // handlers first, so that whoever waits for the message below may signal at once; a signal
     // before the mount is up ends the process as it would have without handlers
@@ -159,7 +175,17 @@ export const lazyBenchCmd = {
       onProgress: (s) => line.event(s),
     }).finally(() => line.done());
     if (a.json) return r;
-    const rows = [['scenario', 'time', 'fetched', 'requests', 'of image', 'exit'], ...r.results.map((x) => [x.scenario, `${x.seconds.toFixed(2)} s`, bytes(x.bytesFetched), String(x.requests), `${(x.shareOfImage * 100).toFixed(1)}%`, String(x.exitCode)])];
+    const rows = [
+      ['scenario', 'time', 'fetched', 'requests', 'of image', 'exit'],
+      ...r.results.map((x) => [
+        x.scenario,
+        `${x.seconds.toFixed(2)} s`,
+        bytes(x.bytesFetched),
+        String(x.requests),
+        `${(x.shareOfImage * 100).toFixed(1)}%`,
+        String(x.exitCode),
+      ]),
+    ];
     const w = rows[0].map((_, i) => Math.max(...rows.map((row) => row[i].length)));
     return [
       `${r.image}: ${JSON.stringify(r.command)} over ${a.link} (image: ${bytes(r.imageBytes)} compressed)`,

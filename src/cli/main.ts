@@ -48,9 +48,11 @@ export async function main(argv: string[]): Promise<number> {
   try {
     await y.parseAsync();
   } catch (e) {
-    const err =
-      e instanceof OcichunkError ? e : new OcichunkError('EINTERNAL', (e as Error)?.stack ?? String(e), { cause: e });
-    if (json) process.stdout.write(JSON.stringify({ error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) } }, null, 2) + '\n');
+    const err = e instanceof OcichunkError ? e : new OcichunkError('EINTERNAL', (e as Error)?.stack ?? String(e), { cause: e });
+    if (json)
+      process.stdout.write(
+        JSON.stringify({ error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) } }, null, 2) + '\n',
+      );
     // messages may quote the image (names, tags, annotations): no control character reaches the
     // terminal raw (a stack trace keeps its lines)
     const safe = (s: string) => terminalText(s, err.code === 'EINTERNAL');

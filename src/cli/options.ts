@@ -25,7 +25,11 @@ export function common<T>(y: Argv<T>) {
   return y
     .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON on stdout' })
     .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'no progress or retry messages on stderr' })
-    .option('progress', { choices: ['auto', 'tty', 'plain', 'none'] as const, default: 'auto' as const, describe: 'progress on stderr: auto (a live line on a TTY, else none), plain (one line per step/transfer), none' })
+    .option('progress', {
+      choices: ['auto', 'tty', 'plain', 'none'] as const,
+      default: 'auto' as const,
+      describe: 'progress on stderr: auto (a live line on a TTY, else none), plain (one line per step/transfer), none',
+    })
     .option('platform', { type: 'string', describe: 'os/arch[/variant] to pick from a multi-platform image (default: this host)' })
     .option('threads', { type: 'number', default: 0, describe: 'worker threads for hashing/compression (0 = all cores)' })
     .option('creds', { type: 'string', describe: 'registry credentials USER:PASSWORD (default: auth file / credential helpers)' })
@@ -102,8 +106,16 @@ export interface FrameArgs {
 /** --frame-size / --group-below, for convert and for analyze (which predicts what convert stores). */
 export function frameOptions<T>(y: Argv<T>) {
   return y
-    .option('frame-size', { type: 'string', default: `${DEFAULT_FRAME_SIZE >> 10}k`, describe: 'chunks below --group-below share zstd frames of about this size (larger: smaller storage, more bytes per lazy read)' })
-    .option('group-below', { type: 'string', default: `${DEFAULT_GROUP_BELOW >> 10}k`, describe: 'chunks smaller than this are grouped into shared frames; larger ones get a frame each' });
+    .option('frame-size', {
+      type: 'string',
+      default: `${DEFAULT_FRAME_SIZE >> 10}k`,
+      describe: 'chunks below --group-below share zstd frames of about this size (larger: smaller storage, more bytes per lazy read)',
+    })
+    .option('group-below', {
+      type: 'string',
+      default: `${DEFAULT_GROUP_BELOW >> 10}k`,
+      describe: 'chunks smaller than this are grouped into shared frames; larger ones get a frame each',
+    });
 }
 
 /** The library's frame options; absent flags leave the library defaults. */

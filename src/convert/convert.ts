@@ -14,7 +14,18 @@ import { OcichunkError, withContext } from '../errors.js';
 import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
 import { native, type ChunkerSpec } from '../native/index.js';
 import { ANN, CHUNKED_PLATFORM, CMT, FORMAT_VERSION } from '../oci/chunked-media.js';
-import { MT, isIndexType, isManifestType, layerCompression, parseManifestDoc, platformString, type Descriptor, type ImageIndex, type ImageManifest, type Platform } from '../oci/types.js';
+import {
+  MT,
+  isIndexType,
+  isManifestType,
+  layerCompression,
+  parseManifestDoc,
+  platformString,
+  type Descriptor,
+  type ImageIndex,
+  type ImageManifest,
+  type Platform,
+} from '../oci/types.js';
 import { openSink, openSource } from '../ref.js';
 import type { BlobWriter } from '../store/blobstore.js';
 import type { ImageSink, ImageSource, TransferReport } from '../transports/types.js';
@@ -270,7 +281,10 @@ async function checkForeignLocations(ctx: Ctx, ids: number[]): Promise<number> {
         });
         const what = `${ctx.sink.name}: pack ${pack}`;
         const out = await native.decompressFrames(Buffer.concat(comp), triplets, 0).catch((e: unknown) => {
-          throw new OcichunkError('EDIGEST', `${what} does not hold the frames a chunked manifest there claims (${(e as Error).message}); remove that image (ocichunk gc) or convert into another destination`);
+          throw new OcichunkError(
+            'EDIGEST',
+            `${what} does not hold the frames a chunked manifest there claims (${(e as Error).message}); remove that image (ocichunk gc) or convert into another destination`,
+          );
         });
         const ranges = new Uint32Array(part.length * 2);
         part.forEach((id, k) => {
@@ -282,7 +296,10 @@ async function checkForeignLocations(ctx: Ctx, ids: number[]): Promise<number> {
         part.forEach((id, k) => {
           const hex = chunkIndex.hex(id);
           if (digests.toString('hex', k * 32, k * 32 + 32) !== hex) {
-            throw new OcichunkError('EDIGEST', `${what} does not hold chunk sha256:${hex} where a chunked manifest there claims it is; remove that image (ocichunk gc) or convert into another destination`);
+            throw new OcichunkError(
+              'EDIGEST',
+              `${what} does not hold chunk sha256:${hex} where a chunked manifest there claims it is; remove that image (ocichunk gc) or convert into another destination`,
+            );
           }
           const l = chunkIndex.loc(id)!;
           good.push(locationKey(l.off, l.inner, chunkIndex.length(id), hex));
@@ -394,7 +411,10 @@ async function scanLayer(src: ImageSource, sink: ImageSink, layer: Descriptor, w
     return scanned;
   } catch (e) {
     await copy?.abort();
-    await staged?.then((s) => s.abort(), () => {});
+    await staged?.then(
+      (s) => s.abort(),
+      () => {},
+    );
     if (e instanceof OutOfOrder) throw e;
     throw withContext(e, what, 'ECORRUPT');
   }
@@ -490,13 +510,37 @@ async function conversionContext(src: ImageSource, sink: ImageSink, opts: Conver
     packTarget: opts.packTarget ?? 64 << 20,
     batchBytes,
   });
-  const scanOpts = { chunker, threads, batchBytes, level, groupBelow, sourceDateEpoch: opts.sourceDateEpoch ?? 0, keepMtime: !!opts.keepMtime, signal: opts.signal };
+  const scanOpts = {
+    chunker,
+    threads,
+    batchBytes,
+    level,
+    groupBelow,
+    sourceDateEpoch: opts.sourceDateEpoch ?? 0,
+    keepMtime: !!opts.keepMtime,
+    signal: opts.signal,
+  };
   // what shapes TOC entries and chunk digests: a layer converted before with these is not read again
   const entryOptions = sha256Digest(
     JSON.stringify({ chunker, sourceDateEpoch: scanOpts.sourceDateEpoch, keepMtime: scanOpts.keepMtime, version: FORMAT_VERSION }),
   ).slice(7, 39);
   const trust = new ConvertTrust(opts.trustDir);
-  return { signal: opts.signal, src, sink, chunkIndex, packer, spool, scanOpts, entryOptions, chunker, level, attach: opts.attach ?? 'index', progress, prefetch: opts.prefetch, trust };
+  return {
+    signal: opts.signal,
+    src,
+    sink,
+    chunkIndex,
+    packer,
+    spool,
+    scanOpts,
+    entryOptions,
+    chunker,
+    level,
+    attach: opts.attach ?? 'index',
+    progress,
+    prefetch: opts.prefetch,
+    trust,
+  };
 }
 
 /**

@@ -157,7 +157,10 @@ export class LayerScanner {
     };
     type Sized = { digest: string; size: number };
     const mismatch = (want: Sized, got: Sized) =>
-      new OcichunkError('EDIGEST', `${layer}: digest mismatch: expected ${want.digest} (${want.size} bytes), content hashes to ${got.digest} (${got.size} bytes)`);
+      new OcichunkError(
+        'EDIGEST',
+        `${layer}: digest mismatch: expected ${want.digest} (${want.size} bytes), content hashes to ${got.digest} (${got.size} bytes)`,
+      );
     const pace = async (batches: ScanBatch[]) => {
       throwIfAborted(this.opts.signal, layer);
       for (const b of batches) take(b);
@@ -192,7 +195,10 @@ export class LayerScanner {
       if ('file' in input) {
         const got = scanner.fileDigest()!;
         if (got.size !== input.size) {
-          throw new OcichunkError('EDIGEST', `${layer}: blob ${input.digest} ${got.size < input.size ? 'is truncated' : 'is larger than its descriptor'}: ${got.size} of ${input.size} bytes`);
+          throw new OcichunkError(
+            'EDIGEST',
+            `${layer}: blob ${input.digest} ${got.size < input.size ? 'is truncated' : 'is larger than its descriptor'}: ${got.size} of ${input.size} bytes`,
+          );
         }
         if (got.digest !== input.digest) throw mismatch(input, got);
       }
@@ -330,7 +336,4 @@ export class LayerScanner {
     // the pack writer takes the chunks it has not placed yet, in order
     await this.packer!.placeAll(ids, positions, b.buf);
   }
-
-
-
 }

@@ -124,7 +124,10 @@ export async function lazyBench(ref: string, opts: LazyBenchOptions): Promise<La
       } else if (s === 'mount-cold') {
         await measure(s, () => onMount(warmCache, { recordTrace: trace, prefetch: false }));
       } else if (s === 'mount-prefetch') {
-        const list = await fs.stat(trace).then(() => trace, () => undefined);
+        const list = await fs.stat(trace).then(
+          () => trace,
+          () => undefined,
+        );
         await measure(s, () => onMount(path.join(work, 'cache-prefetch'), list ? { prefetch: list } : {}));
       } else {
         await measure(s, () => onMount(warmCache, { prefetch: false }));

@@ -60,7 +60,8 @@ export class LinkProxy {
 
   async start(): Promise<this> {
     const i = this.target.lastIndexOf(':');
-    const [thost, tport] = i > 0 && !this.target.endsWith(']') ? [this.target.slice(0, i), Number(this.target.slice(i + 1))] : [this.target, this.tls ? 443 : 80];
+    const [thost, tport] =
+      i > 0 && !this.target.endsWith(']') ? [this.target.slice(0, i), Number(this.target.slice(i + 1))] : [this.target, this.tls ? 443 : 80];
     this.server = http.createServer(async (req, res) => {
       this.requests++;
       // half a round trip for the request, half for the answer's first byte

@@ -43,7 +43,6 @@ export interface MountStats extends LazyStats {
   prefetchedChunks: number;
 }
 
-
 export interface TraceRead {
   path: string;
   offset: number;

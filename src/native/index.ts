@@ -150,9 +150,20 @@ interface Binding {
   PackWriter: new (o: PackSpec) => NativePackWriter;
   CheckedToc: new (blob: Buffer) => NativeCheckedToc;
   chunkCachePath(dir: string, hex: string): string;
-  checkToc(blob: Buffer): { json?: Buffer | null; violations: Array<{ code: string; layer?: number | null; path?: string | null; message: string }>; more: number };
+  checkToc(blob: Buffer): {
+    json?: Buffer | null;
+    violations: Array<{ code: string; layer?: number | null; path?: string | null; message: string }>;
+    more: number;
+  };
   RestoreWriter: new (target: string, toc: NativeCheckedToc) => NativeRestoreWriter;
-  LayerScanner: new (compression: string, chunker: ChunkerSpec, batchBytes: number, threads: number, buffers: number, canon?: CanonSpec | null) => NativeScanner;
+  LayerScanner: new (
+    compression: string,
+    chunker: ChunkerSpec,
+    batchBytes: number,
+    threads: number,
+    buffers: number,
+    canon?: CanonSpec | null,
+  ) => NativeScanner;
   compressFrames(
     data: Buffer,
     parts: Uint32Array,
@@ -204,10 +215,7 @@ function load(): Binding {
       binding = createRequire(import.meta.url)(bindingPath) as Binding;
       binding.tuneAllocator();
     } catch (e) {
-      throw new OcichunkError(
-        'EINTERNAL',
-        `native core not built (${bindingPath}): run "npm run build" (${(e as Error).message})`,
-      );
+      throw new OcichunkError('EINTERNAL', `native core not built (${bindingPath}): run "npm run build" (${(e as Error).message})`);
     }
   }
   return binding;
@@ -258,12 +266,18 @@ export const native = {
   },
   compressFrames: async (data: Buffer, parts: Uint32Array, counts: Uint32Array, level: number, threads: number, out?: Buffer) => {
     const r = await wrapAsync('compression', () => load().compressFrames(data, parts, counts, level, threads, out));
-    return { data: r.data ?? out!.subarray(0, r.sizes.reduce((a, b) => a + b, 0)), sizes: r.sizes };
+    return {
+      data:
+        r.data ??
+        out!.subarray(
+          0,
+          r.sizes.reduce((a, b) => a + b, 0),
+        ),
+      sizes: r.sizes,
+    };
   },
-  decompressFrames: (data: Buffer, frames: Uint32Array, threads: number) =>
-    wrapAsync('decompression', () => load().decompressFrames(data, frames, threads)),
-  hashRanges: (data: Buffer, ranges: Uint32Array, threads: number) =>
-    wrapAsync('hashing', () => load().hashRanges(data, ranges, threads)),
+  decompressFrames: (data: Buffer, frames: Uint32Array, threads: number) => wrapAsync('decompression', () => load().decompressFrames(data, frames, threads)),
+  hashRanges: (data: Buffer, ranges: Uint32Array, threads: number) => wrapAsync('hashing', () => load().hashRanges(data, ranges, threads)),
   /** SHA-256 digest and size of a file, computed off the JS thread. */
   hashFile: async (p: string): Promise<{ digest: string; size: number }> => {
     const r = await wrapAsync(`hashing ${p}`, () => load().hashFile(p));
@@ -285,7 +299,12 @@ export const native = {
     const r = wrapSync('TOC check', () => load().checkToc(blob));
     return {
       json: r.json ?? undefined,
-      violations: r.violations.map((v) => ({ code: v.code, message: v.message, ...(v.layer != null ? { layer: v.layer } : {}), ...(v.path != null ? { path: v.path } : {}) })),
+      violations: r.violations.map((v) => ({
+        code: v.code,
+        message: v.message,
+        ...(v.layer != null ? { layer: v.layer } : {}),
+        ...(v.path != null ? { path: v.path } : {}),
+      })),
       more: r.more,
     };
   },
@@ -311,6 +330,12 @@ export const native = {
     };
   },
   /** Mount a TOC's merged tree read-only with FUSE; `fetch([id, ...chunks])` is called for chunks missing from the cache. */
-  mountLazy: (toc: NativeCheckedToc, mountpoint: string, cacheDir: string, record: boolean, flags: MountFlags, fetch: (msg: number[]) => void): NativeLazyMount =>
-    wrapSync(`mount ${mountpoint}`, () => load().mountLazy(raw(toc), mountpoint, cacheDir, record, flags, fetch)),
+  mountLazy: (
+    toc: NativeCheckedToc,
+    mountpoint: string,
+    cacheDir: string,
+    record: boolean,
+    flags: MountFlags,
+    fetch: (msg: number[]) => void,
+  ): NativeLazyMount => wrapSync(`mount ${mountpoint}`, () => load().mountLazy(raw(toc), mountpoint, cacheDir, record, flags, fetch)),
 };

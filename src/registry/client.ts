@@ -57,7 +57,18 @@ interface Req {
 }
 
 const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
-const RETRY_ERRNO = new Set(['ECONNRESET', 'ECONNREFUSED', 'ETIMEDOUT', 'EPIPE', 'ECONNABORTED', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH', 'ERR_STREAM_PREMATURE_CLOSE', 'UND_ERR_SOCKET']);
+const RETRY_ERRNO = new Set([
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ETIMEDOUT',
+  'EPIPE',
+  'ECONNABORTED',
+  'EAI_AGAIN',
+  'ENETUNREACH',
+  'EHOSTUNREACH',
+  'ERR_STREAM_PREMATURE_CLOSE',
+  'UND_ERR_SOCKET',
+]);
 
 /** A network error; `transient` ones (resets, timeouts, 408/429/5xx) may succeed when tried again. */
 function netError(message: string, transient: boolean, cause?: unknown): OcichunkError {
@@ -80,7 +91,8 @@ export function isLocalHost(host: string): boolean {
 function tlsHint(e: NodeJS.ErrnoException): string {
   const code = e?.code ?? '';
   if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS_CERT/.test(code)) return ' (to skip certificate verification, use --insecure)';
-  if (code === 'EPROTO' || /wrong version number|packet length too long/.test(e?.message ?? '')) return ' (the registry may speak plain HTTP: use --plain-http)';
+  if (code === 'EPROTO' || /wrong version number|packet length too long/.test(e?.message ?? ''))
+    return ' (the registry may speak plain HTTP: use --plain-http)';
   return '';
 }
 
@@ -187,7 +199,9 @@ export class RegistryClient {
     this.stats.requests++;
     return new Promise((resolve, reject) => {
       const tls = url.protocol === 'https:';
-      const req = (tls ? https : http).request(url, { method, headers, agent: tls ? this.httpsAgent : this.httpAgent, timeout: this.timeout }, (res) => resolve(res));
+      const req = (tls ? https : http).request(url, { method, headers, agent: tls ? this.httpsAgent : this.httpAgent, timeout: this.timeout }, (res) =>
+        resolve(res),
+      );
       req.on('timeout', () => req.destroy(Object.assign(new Error(`no data for ${this.timeout} ms`), { code: 'ETIMEDOUT' })));
       req.on('error', reject);
       if (body === undefined) req.end();
@@ -250,7 +264,11 @@ export class RegistryClient {
     }
     if (res.statusCode !== 200) {
       const t = await errorText(res);
-      const who = creds?.identityToken ? `the identity token${creds.username ? ` of ${creds.username}` : ''}` : creds ? `user ${creds.username}` : 'anonymous access';
+      const who = creds?.identityToken
+        ? `the identity token${creds.username ? ` of ${creds.username}` : ''}`
+        : creds
+          ? `user ${creds.username}`
+          : 'anonymous access';
       throw new OcichunkError('EAUTH', `${this.host}: token server refused ${who} for ${scopes.join(' ')} (HTTP ${res.statusCode}${t ? ': ' + t : ''})`);
     }
     const j = JSON.parse((await readBody(res, 1 << 20, 'token')).toString()) as { token?: string; access_token?: string; expires_in?: number };
@@ -311,7 +329,12 @@ export class RegistryClient {
         }
         continue;
       }
-      if ((st === 301 || st === 302 || st === 303 || st === 307 || st === 308) && res.headers.location && redirects < 5 && (r.method === 'GET' || r.method === 'HEAD')) {
+      if (
+        (st === 301 || st === 302 || st === 303 || st === 307 || st === 308) &&
+        res.headers.location &&
+        redirects < 5 &&
+        (r.method === 'GET' || r.method === 'HEAD')
+      ) {
         await drain(res);
         url = new URL(res.headers.location, url);
         redirects++;
@@ -334,7 +357,10 @@ export class RegistryClient {
     const detail = t ? ` (${t})` : '';
     if (st === 401) {
       const creds = await this.credentials();
-      throw new OcichunkError('EAUTH', `${what}: ${this.host}/${repo}: authentication failed${creds ? ` for user ${creds.username}` : ' (no credentials)'}${detail}`);
+      throw new OcichunkError(
+        'EAUTH',
+        `${what}: ${this.host}/${repo}: authentication failed${creds ? ` for user ${creds.username}` : ' (no credentials)'}${detail}`,
+      );
     }
     if (st === 403) throw new OcichunkError('EAUTH', `${what}: ${this.host}/${repo}: access denied${detail}`);
     if (st === 404) throw new OcichunkError('ENOTFOUND', `${what}: ${this.host}/${repo}: not found${detail}`);
@@ -351,7 +377,13 @@ export class RegistryClient {
   // ---- manifests ----
 
   async getManifest(repo: string, ref: string, what: string): Promise<{ bytes: Buffer; mediaType: string; digest: string }> {
-    const res = await this.request({ method: 'GET', url: `/v2/${repo}/manifests/${ref}`, headers: { accept: MANIFEST_ACCEPT }, scopes: RegistryClient.pull(repo), what });
+    const res = await this.request({
+      method: 'GET',
+      url: `/v2/${repo}/manifests/${ref}`,
+      headers: { accept: MANIFEST_ACCEPT },
+      scopes: RegistryClient.pull(repo),
+      what,
+    });
     if (res.statusCode !== 200) await this.fail(res, what, repo);
     const bytes = await readBody(res, MAX_MANIFEST, what, this.stats);
     const digest = sha256Digest(bytes);
@@ -374,7 +406,13 @@ export class RegistryClient {
   }
 
   async headManifest(repo: string, ref: string, what: string): Promise<Descriptor | undefined> {
-    const res = await this.request({ method: 'HEAD', url: `/v2/${repo}/manifests/${ref}`, headers: { accept: MANIFEST_ACCEPT }, scopes: RegistryClient.pull(repo), what });
+    const res = await this.request({
+      method: 'HEAD',
+      url: `/v2/${repo}/manifests/${ref}`,
+      headers: { accept: MANIFEST_ACCEPT },
+      scopes: RegistryClient.pull(repo),
+      what,
+    });
     await drain(res);
     if (res.statusCode === 404) return undefined;
     if (res.statusCode !== 200) await this.fail(res, what, repo);
@@ -425,7 +463,13 @@ export class RegistryClient {
 
   /** The referrers API's answer, or undefined when the registry does not offer the API. */
   async referrers(repo: string, digest: string, what: string): Promise<ImageIndex | undefined> {
-    const res = await this.request({ method: 'GET', url: `/v2/${repo}/referrers/${digest}`, headers: { accept: MT.ociIndex }, scopes: RegistryClient.pull(repo), what });
+    const res = await this.request({
+      method: 'GET',
+      url: `/v2/${repo}/referrers/${digest}`,
+      headers: { accept: MT.ociIndex },
+      scopes: RegistryClient.pull(repo),
+      what,
+    });
     if (res.statusCode !== 200) {
       await drain(res);
       return undefined;
@@ -471,7 +515,8 @@ export class RegistryClient {
         const headers: OutgoingHttpHeaders = off > 0 ? { range: `bytes=${off}-` } : {};
         const res = await client.request({ method: 'GET', url: `/v2/${repo}/blobs/${desc.digest}`, headers, scopes: RegistryClient.pull(repo), what });
         let skip = 0;
-        if (off > 0 && res.statusCode === 200) skip = off; // ranges ignored: the whole blob again
+        if (off > 0 && res.statusCode === 200)
+          skip = off; // ranges ignored: the whole blob again
         else if (off > 0 && res.statusCode === 206) {
           const start = Number(/bytes (\d+)-/.exec(String(res.headers['content-range'] ?? ''))?.[1] ?? NaN);
           if (start !== off) {
@@ -537,7 +582,8 @@ export class RegistryClient {
         if (b.length !== length) throw Object.assign(new Error(`short range: ${b.length} of ${length} bytes`), { code: 'ECONNRESET' });
         return { bytes: b };
       } catch (e) {
-        if (e instanceof OcichunkError || !isRetriableError(e) || cuts >= this.retries) throw e instanceof OcichunkError ? e : netError(`${what}: ${(e as Error).message}`, false, e);
+        if (e instanceof OcichunkError || !isRetriableError(e) || cuts >= this.retries)
+          throw e instanceof OcichunkError ? e : netError(`${what}: ${(e as Error).message}`, false, e);
         await this.wait(cuts, what, (e as Error).message);
       }
     }
@@ -548,7 +594,13 @@ export class RegistryClient {
     const u = `/v2/${repo}/blobs/uploads/?mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(from)}`;
     let res: IncomingMessage;
     try {
-      res = await this.request({ method: 'POST', url: u, headers: { 'content-length': 0 }, scopes: [...RegistryClient.push(repo), ...RegistryClient.pull(from)], what });
+      res = await this.request({
+        method: 'POST',
+        url: u,
+        headers: { 'content-length': 0 },
+        scopes: [...RegistryClient.push(repo), ...RegistryClient.pull(from)],
+        what,
+      });
     } catch (e) {
       // a mount is an optimisation: refused scopes or a failing endpoint mean a normal upload
       if (e instanceof OcichunkError && (e.code === 'EAUTH' || e.code === 'ENETWORK')) return false;
@@ -560,7 +612,9 @@ export class RegistryClient {
       // the registry opened an upload instead; cancel it
       const loc = res.headers.location;
       if (loc) {
-        const del = await this.request({ method: 'DELETE', url: new URL(loc, this.base), scopes: RegistryClient.push(repo), what, retry: false }).catch(() => undefined);
+        const del = await this.request({ method: 'DELETE', url: new URL(loc, this.base), scopes: RegistryClient.push(repo), what, retry: false }).catch(
+          () => undefined,
+        );
         if (del) await drain(del);
       }
       return false;
@@ -570,7 +624,13 @@ export class RegistryClient {
   }
 
   private async startUpload(repo: string, what: string): Promise<URL> {
-    const res = await this.request({ method: 'POST', url: `/v2/${repo}/blobs/uploads/`, headers: { 'content-length': 0 }, scopes: RegistryClient.push(repo), what });
+    const res = await this.request({
+      method: 'POST',
+      url: `/v2/${repo}/blobs/uploads/`,
+      headers: { 'content-length': 0 },
+      scopes: RegistryClient.push(repo),
+      what,
+    });
     if (res.statusCode !== 202) await this.fail(res, what, repo);
     await drain(res);
     const loc = res.headers.location;
@@ -659,7 +719,14 @@ export class RegistryClient {
           off = at.offset;
           loc = at.loc;
         }
-        const res = await this.request({ method: 'PUT', url: RegistryClient.withDigest(loc, desc.digest), headers: { 'content-length': 0 }, scopes: RegistryClient.push(repo), what, retry: false });
+        const res = await this.request({
+          method: 'PUT',
+          url: RegistryClient.withDigest(loc, desc.digest),
+          headers: { 'content-length': 0 },
+          scopes: RegistryClient.push(repo),
+          what,
+          retry: false,
+        });
         if (res.statusCode !== 201) await this.fail(res, what, repo);
         await drain(res);
         this.checkStored(res, desc.digest, what, repo);
@@ -714,7 +781,17 @@ const clients = new Map<string, { client: RegistryClient; holders: number }>();
  * last holder releases it (their close()).
  */
 export function acquireClient(host: string, opts: RegistryOptions = {}): { client: RegistryClient; release(): void } {
-  const key = JSON.stringify([host, opts.plainHttp, opts.insecure, opts.creds, opts.authfile, opts.retries, opts.backoffMs, opts.timeoutMs, opts.uploadChunkSize]);
+  const key = JSON.stringify([
+    host,
+    opts.plainHttp,
+    opts.insecure,
+    opts.creds,
+    opts.authfile,
+    opts.retries,
+    opts.backoffMs,
+    opts.timeoutMs,
+    opts.uploadChunkSize,
+  ]);
   let e = clients.get(key);
   if (!e) {
     e = { client: new RegistryClient(host, opts), holders: 0 };

@@ -54,9 +54,7 @@ export class VerifyingStream extends Transform {
       return;
     }
     const check = (got: string) =>
-      got === this.digest
-        ? cb()
-        : cb(new OcichunkError('EDIGEST', `${this.what}: digest mismatch: expected ${this.digest}, content hashes to ${got}`));
+      got === this.digest ? cb() : cb(new OcichunkError('EDIGEST', `${this.what}: digest mismatch: expected ${this.digest}, content hashes to ${got}`));
     if (this.hash) check('sha256:' + this.hash.digest('hex'));
     else this.external!.then(check, (e: unknown) => cb(e as Error));
   }
@@ -169,13 +167,14 @@ export class BlobStore {
     const p = this.blobPath(desc.digest);
     const src = fs.createReadStream(p, { highWaterMark: READ_SIZE });
     // the digest is computed by a native thread reading the same file; the stream only counts bytes
-    const v = new VerifyingStream(desc.digest, desc.size, what, native.hashFile(p).then((r) => r.digest));
+    const v = new VerifyingStream(
+      desc.digest,
+      desc.size,
+      what,
+      native.hashFile(p).then((r) => r.digest),
+    );
     src.on('error', (e: NodeJS.ErrnoException) =>
-      v.destroy(
-        e.code === 'ENOENT'
-          ? new OcichunkError('ENOTFOUND', `${what}: blob ${desc.digest} is missing from ${this.root}`)
-          : e,
-      ),
+      v.destroy(e.code === 'ENOENT' ? new OcichunkError('ENOTFOUND', `${what}: blob ${desc.digest} is missing from ${this.root}`) : e),
     );
     return src.pipe(v);
   }

@@ -145,11 +145,7 @@ export interface StaleFile {
  * `prefixes` followed by an owner tag. Directories (spool directories of other versions) go whole.
  * Files that vanish meanwhile are skipped; a missing `dir` is empty.
  */
-export async function cleanStale(
-  dir: string,
-  prefixes: string[],
-  opts: { dryRun?: boolean; unknownGraceMs?: number } = {},
-): Promise<StaleFile[]> {
+export async function cleanStale(dir: string, prefixes: string[], opts: { dryRun?: boolean; unknownGraceMs?: number } = {}): Promise<StaleFile[]> {
   let names: string[];
   try {
     names = await fsp.readdir(dir);

@@ -4,14 +4,7 @@
  */
 import type { Readable } from 'node:stream';
 import { OcichunkError } from '../errors.js';
-import {
-  MT,
-  checkDescriptor,
-  parseJson,
-  parseManifestDoc,
-  type Descriptor,
-  type ImageManifest,
-} from '../oci/types.js';
+import { MT, checkDescriptor, parseJson, parseManifestDoc, type Descriptor, type ImageManifest } from '../oci/types.js';
 import { sha256Digest, type RangeReader } from '../store/blobstore.js';
 import { sniff } from '../layer/compression.js';
 import { parseLayoutIndex, pickRef } from './oci-layout.js';
@@ -154,7 +147,7 @@ export class DockerArchiveSource extends ArchiveSource {
     const layers: Descriptor[] = [];
     for (const l of entry.Layers) {
       const { digest, size } = await this.tar.digestOf(l);
-      const head = size >= 4 ? (await this.tar.ranges(l).read(0, 4)) : Buffer.alloc(4);
+      const head = size >= 4 ? await this.tar.ranges(l).read(0, 4) : Buffer.alloc(4);
       this.memberOf.set(digest, l);
       layers.push({ mediaType: SNIFFED_TYPE[sniff(head)], digest, size });
     }

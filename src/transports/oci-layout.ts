@@ -63,10 +63,7 @@ export function pickRef(idx: ImageIndex, ref: string | undefined, where: string)
   if (ref === undefined) {
     if (idx.manifests.length === 1) return idx.manifests[0];
     const tags = idx.manifests.map((m) => m.annotations?.[REF_ANNOTATION]).filter(Boolean);
-    throw new OcichunkError(
-      'EUSAGE',
-      `${where} holds ${idx.manifests.length} images; name one of them: ${tags.join(', ') || '(untagged)'}`,
-    );
+    throw new OcichunkError('EUSAGE', `${where} holds ${idx.manifests.length} images; name one of them: ${tags.join(', ') || '(untagged)'}`);
   }
   const found = idx.manifests.filter((m) => m.annotations?.[REF_ANNOTATION] === ref);
   if (found.length === 0) {

@@ -98,8 +98,7 @@ export class RegistrySource implements ImageSource {
     if (client) {
       this.client = client;
       this.release = () => {};
-    }
-    else ({ client: this.client, release: this.release } = acquireClient(ref.apiHost, opts));
+    } else ({ client: this.client, release: this.release } = acquireClient(ref.apiHost, opts));
   }
   get name(): string {
     return formatDockerRef(this.ref);
@@ -143,7 +142,12 @@ export class RegistrySource implements ImageSource {
     }
   }
   transferReport(): TransferReport {
-    return { endpoint: this.client.host, bytesDownloaded: this.client.stats.bytesDownloaded, requests: this.client.stats.requests, retries: this.client.stats.retries };
+    return {
+      endpoint: this.client.host,
+      bytesDownloaded: this.client.stats.bytesDownloaded,
+      requests: this.client.stats.requests,
+      retries: this.client.stats.retries,
+    };
   }
   async close(): Promise<void> {
     this.release();
@@ -433,7 +437,10 @@ export class RegistrySink implements ImageSink {
       }
       return undefined;
     });
-    return collectChunkedManifests(this.asSource(), found.filter((d): d is Descriptor => !!d));
+    return collectChunkedManifests(
+      this.asSource(),
+      found.filter((d): d is Descriptor => !!d),
+    );
   }
 
   asSource(): ImageSource {

@@ -18,7 +18,8 @@ export class Limiter {
       return await task();
     } finally {
       const next = this.waiting.shift();
-      if (next) next(); // the slot passes on: `running` stays
+      if (next)
+        next(); // the slot passes on: `running` stays
       else this.running--;
     }
   }

@@ -11,7 +11,11 @@ import { madeDirs } from './env.js';
 afterAll(() => {
   if (process.env.OCICHUNK_KEEP_TMP) return;
   const dirs = madeDirs.splice(0);
-  const mounts = fs.readFileSync('/proc/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1]).filter(Boolean);
+  const mounts = fs
+    .readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[1])
+    .filter(Boolean);
   for (const m of mounts) if (dirs.some((d) => m.startsWith(d + '/'))) spawnSync('umount', ['-l', m]);
   for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
 });

@@ -23,7 +23,10 @@ export async function mounted(
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<MountStats & { detached?: boolean }> {
   fs.mkdirSync(mnt, { recursive: true });
-  const proc: ChildProcess = spawn(process.execPath, [path.join(REPO, 'bin', 'ocichunk.js'), 'mount', ref, mnt, '--json', ...extra], { stdio: ['ignore', 'pipe', 'pipe'], env });
+  const proc: ChildProcess = spawn(process.execPath, [path.join(REPO, 'bin', 'ocichunk.js'), 'mount', ref, mnt, '--json', ...extra], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env,
+  });
   let out = '';
   let err = '';
   proc.stdout!.on('data', (d: Buffer) => (out += d));

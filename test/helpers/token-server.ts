@@ -45,7 +45,12 @@ export class TokenServer {
 
   /** Every token request so far: who asked and for which scopes. */
   asked(): Array<{ user?: string; scopes: string[]; ok: boolean; grant?: string }> {
-    return fs.readFileSync(this.log, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    return fs
+      .readFileSync(this.log, 'utf8')
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l));
   }
 
   reset(): void {
