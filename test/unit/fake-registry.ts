@@ -38,7 +38,7 @@ export class FakeRegistry {
     await new Promise((r) => this.server.close(r));
   }
 
-  private handle(req: http.IncomingMessage, body: Buffer, res: http.ServerResponse): void {
+  private handle(req: http.IncomingMessage, body: Buffer, res: http.ServerResponse) {
     const url = new URL(req.url!, `http://${this.host}`);
     const method = req.method!;
     this.log.push(`${method} ${url.pathname}`);
