@@ -3,11 +3,26 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { must, mustAsync } from './run.js';
 
-export type Kind = 'file' | 'dir' | 'symlink' | 'hardlink' | 'char';
-/** [name, kind, data (file) or target (links)], with options: mode, owner, mtime, `zeros` (a file of that many zero bytes, streamed), `from` (a host file's bytes), device numbers */
+export type Kind = 'file' | 'dir' | 'symlink' | 'hardlink' | 'char' | 'block' | 'fifo';
+/** [name, kind, data (file) or target (links)], with options: mode, owner, mtime, `zeros` (a file of that many zero bytes, streamed), `from` (a host file's bytes), device numbers, xattrs (PAX SCHILY.xattr records) */
 export type Member =
   | [string, Kind, string?]
-  | [string, Kind, string | null, { mode?: number; uid?: number; gid?: number; mtime?: number; zeros?: number; from?: string; major?: number; minor?: number }];
+  | [
+      string,
+      Kind,
+      string | null,
+      {
+        mode?: number;
+        uid?: number;
+        gid?: number;
+        mtime?: number;
+        zeros?: number;
+        from?: string;
+        major?: number;
+        minor?: number;
+        xattrs?: Record<string, string>;
+      },
+    ];
 
 const PY_TAR = `import tarfile,io,json,sys
 class Zeros(io.RawIOBase):
@@ -20,6 +35,7 @@ with tarfile.open(sys.argv[1],'w',format=tarfile.PAX_FORMAT) as t:
     for name,kind,arg,o in ms:
         ti=tarfile.TarInfo(name); ti.mode=o.get('mode',0o755 if kind=='dir' else 0o644)
         ti.uid=o.get('uid',0); ti.gid=o.get('gid',0); ti.mtime=o.get('mtime',1700000000)
+        for k,v in o.get('xattrs',{}).items(): ti.pax_headers['SCHILY.xattr.'+k]=v
         if kind=='file':
             if 'zeros' in o:
                 ti.size=o['zeros']; t.addfile(ti,io.BufferedReader(Zeros(o['zeros']),1<<20))
@@ -31,8 +47,10 @@ with tarfile.open(sys.argv[1],'w',format=tarfile.PAX_FORMAT) as t:
             ti.type=tarfile.DIRTYPE; t.addfile(ti)
         elif kind=='symlink':
             ti.type=tarfile.SYMTYPE; ti.linkname=arg; t.addfile(ti)
-        elif kind=='char':
-            ti.type=tarfile.CHRTYPE; ti.devmajor=o.get('major',1); ti.devminor=o.get('minor',3); t.addfile(ti)
+        elif kind in ('char','block'):
+            ti.type=tarfile.CHRTYPE if kind=='char' else tarfile.BLKTYPE; ti.devmajor=o.get('major',1); ti.devminor=o.get('minor',3); t.addfile(ti)
+        elif kind=='fifo':
+            ti.type=tarfile.FIFOTYPE; t.addfile(ti)
         else:
             ti.type=tarfile.LNKTYPE; ti.linkname=arg; t.addfile(ti)`;
 

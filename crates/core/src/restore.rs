@@ -88,7 +88,6 @@ pub struct Writer {
     open: Option<File>,
     dirs: HashMap<String, OwnedFd>,
     as_root: bool,
-    root_mode: u32,
     summary: Summary,
 }
 
@@ -104,21 +103,16 @@ impl Writer {
     /// empty or absent) and create its directories, symlinks, devices and FIFOs.
     pub fn open(target: &Path, img: Arc<Checked>) -> Result<Writer> {
         let tp = target.display().to_string();
-        let root_mode = match std::fs::symlink_metadata(target) {
+        match std::fs::symlink_metadata(target) {
             Ok(m) if m.is_dir() => {
                 let mut it = std::fs::read_dir(target).map_err(|e| Error::io(&tp, &e))?;
                 if it.next().is_some() {
                     return Err(Error::unsafe_input(format!("{tp}: the restore target must be empty or absent (it is not: nothing in it is trusted or kept)")));
                 }
-                use std::os::unix::fs::PermissionsExt;
-                m.permissions().mode() & 0o7777
             }
             Ok(_) => return Err(Error::unsafe_input(format!("{tp}: the restore target exists and is not a directory"))),
-            Err(_) => {
-                std::fs::create_dir_all(target).map_err(|e| Error::io(format_args!("mkdir {tp}"), &e))?;
-                0o755
-            }
-        };
+            Err(_) => std::fs::create_dir_all(target).map_err(|e| Error::io(format_args!("mkdir {tp}"), &e))?,
+        }
         let c = cstr(&tp)?;
         // SAFETY: valid C string.
         let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
@@ -156,7 +150,6 @@ impl Writer {
             dirs: HashMap::new(),
             // SAFETY: no arguments.
             as_root: unsafe { libc::geteuid() } == 0,
-            root_mode,
             summary: Summary { entries, files: 0, file_bytes: 0, dirs: 0, hardlinks: 0 },
         };
         w.skeleton()?;
@@ -350,12 +343,8 @@ impl Writer {
             }
         }
         self.dirs.clear();
-        if self.img.tree.node(ROOT).entry.is_some() {
-            self.set_meta("", ROOT)?;
-        } else {
-            // SAFETY: valid descriptor.
-            check(unsafe { libc::fchmod(self.root.as_raw_fd(), self.root_mode) }, "chmod", &self.target.display().to_string())?;
-        }
+        // the root as every reader shows it: its entry, or the implicit root (0755, 0:0, mtime 0)
+        self.set_meta("", ROOT)?;
         Ok(self.summary)
     }
 }
