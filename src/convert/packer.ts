@@ -6,24 +6,14 @@
  * is placed.
  */
 import { OcichunkError } from '../errors.js';
-import { native, type CompressedBatch, type NativePackWriter } from '../native/index.js';
+import { native, type CompressedBatch, type NativePackWriter, type PackSpec } from '../native/index.js';
 import type { BlobWriter } from '../store/blobstore.js';
 import type { ImageSink } from '../transports/types.js';
 import type { ChunkIndex } from './chunk-index.js';
 import type { Spool } from './scan.js';
 
-export interface PackOptions {
-  level: number;
-  threads: number;
-  /** Chunks shorter than this are grouped with their neighbours. */
-  groupBelow: number;
-  /** A group frame is closed once it reaches this many bytes. */
-  groupTarget: number;
-  /** Packs are cut at frame boundaries once they reach this size. */
-  packTarget: number;
-  /** Uncompressed bytes per compression batch. */
-  batchBytes: number;
-}
+/** The writer's options (docs/format.md §5: frame grouping, pack size, compression). */
+export type PackOptions = PackSpec;
 
 export interface PackResult {
   digest: string;

@@ -137,11 +137,17 @@ export interface NativePackWriter {
 }
 
 export interface PackSpec {
+  /** zstd level */
   level: number;
+  /** compression threads (0: the default pool) */
   threads: number;
+  /** Chunks shorter than this are grouped with their neighbours. */
   groupBelow: number;
+  /** A group frame is closed once it reaches this many bytes. */
   groupTarget: number;
+  /** Packs are cut before a frame that would take them past this size. */
   packTarget: number;
+  /** Uncompressed bytes per compression batch. */
   batchBytes: number;
 }
 
