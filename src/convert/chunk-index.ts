@@ -71,34 +71,12 @@ export class ChunkIndex {
     return this.internAll(digestBytes(hexes), Uint32Array.from(lengths));
   }
 
-  /** Id of a known chunk (hex digest), or undefined. */
-  lookup(hex: string): number | undefined {
-    const d = Buffer.from(hex, 'hex');
-    if (d.length !== 32) return undefined;
-    const id = this.dict.lookup(d);
-    return id >= 0 ? id : undefined;
-  }
-
   hex(id: number): string {
     return this.dict.hex(id);
   }
 
   length(id: number): number {
     return this.dict.length(id);
-  }
-
-  /** Not placed yet (neither stored nor claimed by this conversion). */
-  unplaced(id: number): boolean {
-    return this.dict.unplaced(id);
-  }
-
-  /** Taken by this conversion: its frame is being written. */
-  claim(id: number): void {
-    this.dict.claim(id);
-  }
-
-  unclaim(id: number): void {
-    this.dict.unclaim(id);
   }
 
   setLoc(id: number, loc: Location): void {
@@ -121,14 +99,6 @@ export class ChunkIndex {
     return l ? { pack: l.pack, off: l.offset, clen: l.compressedLen, ulen: l.len, inner: l.inner } : undefined;
   }
 
-  /** Where the chunk's bytes are in the spool, or -1. */
-  spoolOff(id: number): number {
-    return this.dict.spooled(id)?.[0] ?? -1;
-  }
-  /** Length of the frame the chunk was compressed into alone in the spool, or -1 (raw bytes). */
-  spoolClen(id: number): number {
-    return this.dict.spooled(id)?.[1] ?? -1;
-  }
   setSpool(id: number, off: number, clen = -1): void {
     this.dict.setSpooled(id, off, clen);
   }
