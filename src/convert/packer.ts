@@ -28,6 +28,11 @@ export class Packer {
   /** resolves when every batch submitted so far has been written, in order */
   private inflight: Promise<void> = Promise.resolve();
   private outstanding: Array<Promise<void>> = [];
+  /** output buffers of compressions, used in turn */
+  private readonly outs: Buffer[] = [];
+  private readonly outBytes: number;
+  private submitted = 0;
+  private spoolRun = Buffer.alloc(0);
   private writer: BlobWriter | undefined;
   private layerPackStart = 0;
   readonly packs: PackResult[] = [];
@@ -40,6 +45,8 @@ export class Packer {
     opts: PackOptions,
   ) {
     this.w = native.packWriter(opts);
+    // a batch's frames: about batchBytes, plus the frame that closed it, plus zstd's bound
+    this.outBytes = opts.batchBytes + (opts.batchBytes >>> 6) + opts.groupTarget + (1 << 20);
   }
 
   beginLayer(): void {
@@ -65,7 +72,9 @@ export class Packer {
     let bytes = 0;
     const flush = async () => {
       if (!ids.length) return;
-      const buf = Buffer.allocUnsafe(bytes);
+      // one buffer for every run (the writer copies what it takes before place() returns)
+      if (this.spoolRun.length < bytes) this.spoolRun = Buffer.allocUnsafe(Math.max(bytes, 9 << 20));
+      const buf = this.spoolRun;
       const positions = new Uint32Array(ids.length);
       let at = 0;
       for (let k = 0; k < ids.length; ) {
@@ -121,23 +130,26 @@ export class Packer {
   private async submit(ready: number): Promise<void> {
     for (let i = 0; i < ready; i++) {
       while (this.outstanding.length >= 2) await this.outstanding.shift();
-      const work = this.w.compressNext();
+      // two batches at most are outstanding, so the one before the last is written: its output
+      // buffer is free again (fresh buffers per batch cost page faults and GC time)
+      const out = (this.outs[this.submitted++ % 2] ??= Buffer.allocUnsafe(this.outBytes));
+      const work = this.w.compressNext(out);
       work.catch(() => {}); // surfaced through inflight
       const before = this.inflight;
-      this.inflight = Promise.all([work, before]).then(([c]) => this.write(c));
+      this.inflight = Promise.all([work, before]).then(([c]) => this.write(c.data ?? out, c));
       this.inflight.catch(() => {}); // surfaced by the next await of inflight
       this.outstanding.push(this.inflight);
     }
   }
 
   /** Append a compressed batch's frames to packs, where the writer says. */
-  private async write(c: CompressedBatch): Promise<void> {
+  private async write(data: Buffer, c: CompressedBatch): Promise<void> {
     const rows = this.w.land(this.chunkIndex.dict, c.frames, c.ids);
     // frames for one pack lie back to back in `data`: written as one view, never copied
     let from = -1;
     let to = -1;
     const flush = async () => {
-      if (from >= 0 && to > from) await this.writer!.write(c.data.subarray(from, to));
+      if (from >= 0 && to > from) await this.writer!.write(data.subarray(from, to));
       from = to = -1;
     };
     for (let r = 0; r < rows.length; r += 4) {

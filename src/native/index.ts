@@ -115,9 +115,9 @@ export interface NativeChunkDict {
   resolveWritten(number: number, digest: string): void;
 }
 
-/** A compressed batch of frames: back to back in `data`; `frames` holds [compressedLength, length, chunks] per frame, `ids` their chunks. */
+/** A compressed batch of frames: back to back in `data` (absent: in the buffer given to compressNext); `frames` holds [compressedLength, length, chunks] per frame, `ids` their chunks. */
 export interface CompressedBatch {
-  data: Buffer;
+  data?: Buffer | null;
   frames: Uint32Array;
   ids: Uint32Array;
 }
@@ -129,7 +129,8 @@ export interface NativePackWriter {
   place(dict: NativeChunkDict, data: Uint8Array, ids: Uint32Array, positions: Uint32Array): number;
   placeCompressed(dict: NativeChunkDict, id: number, frame: Uint8Array): number;
   finishLayer(): number;
-  compressNext(): Promise<CompressedBatch>;
+  /** into `out` when the frames fit (untouched until it resolves) */
+  compressNext(out?: Buffer): Promise<CompressedBatch>;
   /** rows [flags (1: commit the open pack first, 2: open pack `pack` first), pack, start, length] */
   land(dict: NativeChunkDict, frames: Uint32Array, ids: Uint32Array): Uint32Array;
   packClosed(): void;

@@ -81,6 +81,12 @@ fn compress_each(data: &[u8], parts: &[(usize, usize)], counts: &[u32], level: i
     run(threads, || frames.par_iter().map(|f| compress_frame(f, level)).collect::<Result<Vec<_>>>())?
 }
 
+/// One zstd frame per slice, compressed on `threads` (0: the default pool), in order.
+pub fn compress_slices(frames: &[&[u8]], level: i32, threads: usize) -> Result<Vec<Vec<u8>>> {
+    check_level(level)?;
+    run(threads, || frames.par_iter().map(|f| compress_frame(&[f], level)).collect::<Result<Vec<_>>>())?
+}
+
 pub fn compress_frames(data: &[u8], parts: &[(usize, usize)], counts: &[u32], level: i32, threads: usize) -> Result<Frames> {
     let out = compress_each(data, parts, counts, level, threads)?;
     Ok(Frames { sizes: out.iter().map(|f| f.len() as u32).collect(), data: out.concat() })

@@ -1026,11 +1026,12 @@ pub struct PackWriter {
     inner: pack::FrameWriter,
 }
 
-/// A compressed batch: frames back to back in `data`; per frame `[compressedLength, length, chunks]`
-/// in `frames`, their chunk ids in order in `ids`.
+/// A compressed batch: frames back to back in `data` (absent: in the buffer given to
+/// `compressNext`); per frame `[compressedLength, length, chunks]` in `frames`, their chunk ids in
+/// order in `ids`.
 #[napi(object)]
 pub struct CompressedBatch {
-    pub data: Buffer,
+    pub data: Option<Buffer>,
     pub frames: Uint32Array,
     pub ids: Uint32Array,
 }
@@ -1040,18 +1041,20 @@ pub struct PackCompressTask {
     level: i32,
     threads: usize,
     recycle: pack::Recycler,
+    out: Option<Buffer>,
 }
 
 impl Work for PackCompressTask {
     type Output = pack::Compressed;
     type JsValue = CompressedBatch;
     fn compute(&mut self) -> CoreResult<Self::Output> {
-        pack::compress(self.sealed.take().unwrap_or_default(), self.level, self.threads, Some(&self.recycle))
+        let out = self.out.as_mut().map(|b| b.as_mut());
+        pack::compress(self.sealed.take().unwrap_or_default(), self.level, self.threads, Some(&self.recycle), out)
     }
     fn resolve(&mut self, _env: Env, c: Self::Output) -> Result<Self::JsValue> {
         let frames: Vec<u32> = c.frames.iter().flat_map(|f| [f.compressed_len, f.len, f.ids.len() as u32]).collect();
         let ids: Vec<u32> = c.frames.into_iter().flat_map(|f| f.ids).collect();
-        Ok(CompressedBatch { data: c.data.into(), frames: frames.into(), ids: ids.into() })
+        Ok(CompressedBatch { data: c.data.map(Into::into), frames: frames.into(), ids: ids.into() })
     }
 }
 
@@ -1109,12 +1112,13 @@ impl PackWriter {
         self.inner.ready() as u32
     }
 
-    /// Compress the oldest sealed batch (taken now) off the JS thread.
+    /// Compress the oldest sealed batch (taken now) off the JS thread, into `out` when the frames
+    /// fit (it must not be touched until this resolves).
     #[napi(ts_return_type = "Promise<CompressedBatch>")]
-    pub fn compress_next(&mut self, env: Env) -> Result<AsyncTask<Coded<PackCompressTask>>> {
+    pub fn compress_next(&mut self, env: Env, out: Option<Buffer>) -> Result<AsyncTask<Coded<PackCompressTask>>> {
         let sealed = self.inner.take_ready().ok_or_else(|| err(env, CoreError::invalid("no sealed batch to compress")))?;
         let o = self.inner.options();
-        Ok(Coded::task(PackCompressTask { sealed: Some(sealed), level: o.level, threads: o.threads, recycle: self.inner.recycler() }))
+        Ok(Coded::task(PackCompressTask { sealed: Some(sealed), level: o.level, threads: o.threads, recycle: self.inner.recycler(), out }))
     }
 
     /// Land a compressed batch (in the order they were taken): its chunks get their locations; rows

@@ -18,9 +18,15 @@ use crate::{batch, Error, Result};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-/// Batch buffers handed back after compression, for the next batches (a fresh buffer of several
-/// MiB costs its page faults every time).
-pub type Recycler = Arc<Mutex<Vec<Vec<u8>>>>;
+/// Buffers handed back after compression for the next batches and group frames (fresh buffers
+/// cost page faults every time).
+pub type Recycler = Arc<Mutex<Spare>>;
+
+#[derive(Default)]
+pub struct Spare {
+    batches: Vec<Vec<u8>>,
+    groups: Vec<Vec<u8>>,
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct PackOptions {
@@ -33,24 +39,29 @@ pub struct PackOptions {
     pub batch_bytes: u64,
 }
 
-/// A closed frame: its raw bytes at `raw[start..start + len]` of its batch, or compressed already.
+/// A closed frame's bytes: in its batch's buffer, a group frame's own buffer, or compressed already.
+enum Bytes {
+    Raw { start: usize },
+    Group(Vec<u8>),
+    Pre(Vec<u8>),
+}
+
 struct FrameSpec {
-    start: usize,
+    bytes: Bytes,
     len: u32,
-    pre: Option<Vec<u8>>,
     ids: Vec<u32>,
 }
 
-/// Closed frames waiting to be compressed, in order.
+/// Closed frames waiting to be compressed, in order; big chunks' bytes are in `raw`.
 #[derive(Default)]
 pub struct Sealed {
     raw: Vec<u8>,
     frames: Vec<FrameSpec>,
 }
 
-/// A sealed batch compressed: its frames back to back in `data`.
+/// A sealed batch compressed: its frames back to back in `data` (None: in the caller's buffer).
 pub struct Compressed {
-    pub data: Vec<u8>,
+    pub data: Option<Vec<u8>>,
     pub frames: Vec<Landing>,
 }
 
@@ -62,43 +73,65 @@ pub struct Landing {
     pub ids: Vec<u32>,
 }
 
-/// Compress a sealed batch's frames (the ones not compressed already), on `threads`; its buffer
-/// goes back to `recycle` (see [`FrameWriter::recycler`]).
-pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler>) -> Result<Compressed> {
-    let parts: Vec<(usize, usize)> = s.frames.iter().filter(|f| f.pre.is_none()).map(|f| (f.start, f.len as usize)).collect();
-    let out = batch::compress_frames(&s.raw, &parts, &vec![1; parts.len()], level, threads);
+/// Compress a sealed batch's frames (the ones not compressed already) on `threads`, into `out`
+/// when they fit (else into a new buffer); the batch's buffer goes back to `recycle`
+/// ([`FrameWriter::recycler`]).
+pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler>, out: Option<&mut [u8]>) -> Result<Compressed> {
+    let slices: Vec<&[u8]> = s
+        .frames
+        .iter()
+        .filter_map(|f| match &f.bytes {
+            Bytes::Raw { start } => Some(&s.raw[*start..*start + f.len as usize]),
+            Bytes::Group(g) => Some(&g[..]),
+            Bytes::Pre(_) => None,
+        })
+        .collect();
+    let made = batch::compress_slices(&slices, level, threads);
+    drop(slices);
+    let Sealed { raw, frames: specs } = s;
+    let mut spare = Spare::default();
+    if recycle.is_some() {
+        spare.batches.push(raw);
+    }
+    let mut made = made?.into_iter();
+    let mut parts: Vec<Vec<u8>> = Vec::with_capacity(specs.len());
+    let mut frames = Vec::with_capacity(specs.len());
+    for f in specs {
+        let c = match f.bytes {
+            Bytes::Pre(p) => p,
+            Bytes::Group(g) => {
+                if recycle.is_some() {
+                    spare.groups.push(g);
+                }
+                made.next().expect("a compressed frame per slice")
+            }
+            Bytes::Raw { .. } => made.next().expect("a compressed frame per slice"),
+        };
+        let clen = u32::try_from(c.len()).map_err(|_| Error::invalid(format!("a frame of {} compressed bytes", c.len())))?;
+        frames.push(Landing { compressed_len: clen, len: f.len, ids: f.ids });
+        parts.push(c);
+    }
     if let Some(r) = recycle {
         let mut pool = r.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < 4 {
-            pool.push(s.raw);
+        for b in spare.batches.into_iter().take(4usize.saturating_sub(pool.batches.len())) {
+            pool.batches.push(b);
+        }
+        for g in spare.groups.into_iter().take(64usize.saturating_sub(pool.groups.len())) {
+            pool.groups.push(g);
         }
     }
-    let out = out?;
-    if parts.len() == s.frames.len() {
-        // nothing compressed before: the frames are already back to back
-        let frames = s.frames.into_iter().zip(&out.sizes).map(|(f, &clen)| Landing { compressed_len: clen, len: f.len, ids: f.ids }).collect();
-        return Ok(Compressed { data: out.data, frames });
-    }
-    let mut data = Vec::with_capacity(out.data.len() + s.frames.iter().filter_map(|f| f.pre.as_ref()).map(Vec::len).sum::<usize>());
-    let mut frames = Vec::with_capacity(s.frames.len());
-    let (mut at, mut k) = (0usize, 0usize);
-    for f in s.frames {
-        let clen = match f.pre {
-            Some(p) => {
-                data.extend_from_slice(&p);
-                p.len()
+    let total: usize = parts.iter().map(Vec::len).sum();
+    let data = match out {
+        Some(o) if o.len() >= total => {
+            let mut at = 0;
+            for p in &parts {
+                o[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
             }
-            None => {
-                let n = out.sizes[k] as usize;
-                data.extend_from_slice(&out.data[at..at + n]);
-                at += n;
-                k += 1;
-                n
-            }
-        };
-        let clen = u32::try_from(clen).map_err(|_| Error::invalid(format!("a frame of {clen} compressed bytes")))?;
-        frames.push(Landing { compressed_len: clen, len: f.len, ids: f.ids });
-    }
+            None
+        }
+        _ => Some(parts.concat()),
+    };
     Ok(Compressed { data, frames })
 }
 
@@ -181,7 +214,7 @@ impl FrameWriter {
 
     fn seal(&mut self) {
         if !self.cur.frames.is_empty() {
-            let reused = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let reused = self.pool.lock().unwrap_or_else(|p| p.into_inner()).batches.pop();
             let raw = match reused {
                 Some(mut v) => {
                     v.clear();
@@ -197,12 +230,17 @@ impl FrameWriter {
 
     fn close_group(&mut self) {
         if !self.group_ids.is_empty() {
-            let start = self.cur.raw.len();
-            self.cur.raw.extend_from_slice(&self.group);
-            let len = self.group.len() as u32;
-            self.group.clear();
+            let next = match self.pool.lock().unwrap_or_else(|p| p.into_inner()).groups.pop() {
+                Some(mut v) => {
+                    v.clear();
+                    v
+                }
+                None => Vec::with_capacity(self.o.group_target as usize),
+            };
+            let bytes = std::mem::replace(&mut self.group, next);
+            let len = bytes.len() as u32;
             let ids = std::mem::take(&mut self.group_ids);
-            self.close_frame(FrameSpec { start, len, pre: None, ids });
+            self.close_frame(FrameSpec { bytes: Bytes::Group(bytes), len, ids });
         }
     }
 
@@ -220,7 +258,7 @@ impl FrameWriter {
         if len >= self.o.group_below {
             let start = self.cur.raw.len();
             self.cur.raw.extend_from_slice(bytes);
-            self.close_frame(FrameSpec { start, len, pre: None, ids: vec![id] });
+            self.close_frame(FrameSpec { bytes: Bytes::Raw { start }, len, ids: vec![id] });
             return Ok(());
         }
         if !self.group_ids.is_empty() && self.group.len() as u64 + u64::from(len) > u64::from(self.o.group_target) {
@@ -246,7 +284,7 @@ impl FrameWriter {
         }
         dict.claim(id);
         self.placed.push(id);
-        self.close_frame(FrameSpec { start: 0, len, pre: Some(frame), ids: vec![id] });
+        self.close_frame(FrameSpec { bytes: Bytes::Pre(frame), len, ids: vec![id] });
         Ok(())
     }
 
@@ -344,13 +382,14 @@ mod tests {
         w.begin_layer();
         let drain = |w: &mut FrameWriter, dict: &mut ChunkDict, packs: &mut Vec<Vec<u8>>| {
             while let Some(s) = w.take_ready() {
-                let c = compress(s, 3, 1, Some(&w.recycler())).unwrap();
+                let c = compress(s, 3, 1, Some(&w.recycler()), None).unwrap();
+                let data = c.data.clone().unwrap();
                 for wr in w.land(dict, &c.frames).unwrap() {
                     if wr.open {
                         assert_eq!(wr.pack as usize, packs.len());
                         packs.push(Vec::new());
                     }
-                    packs[wr.pack as usize].extend_from_slice(&c.data[wr.start..wr.start + wr.len]);
+                    packs[wr.pack as usize].extend_from_slice(&data[wr.start..wr.start + wr.len]);
                 }
             }
         };
@@ -449,8 +488,10 @@ mod tests {
         let f = crate::frame::compress_frame(&[&b], 3).unwrap();
         w.place_compressed(&mut dict, id, f.clone()).unwrap();
         w.finish_layer();
-        let c = compress(w.take_ready().unwrap(), 3, 1, None).unwrap();
-        assert_eq!(c.data, f);
+        let mut out = vec![0u8; 1 << 16];
+        let c = compress(w.take_ready().unwrap(), 3, 1, None, Some(&mut out)).unwrap();
+        assert!(c.data.is_none(), "it fits the caller's buffer");
+        assert_eq!(&out[..f.len()], &f[..]);
         let wr = w.land(&mut dict, &c.frames).unwrap();
         assert_eq!(wr, vec![Write { close_before: false, open: true, pack: 0, start: 0, len: f.len() }]);
     }
