@@ -107,6 +107,30 @@ fn opaque_and_whiteout_through_symlinks_stay_inside() {
 }
 
 #[test]
+fn a_layers_markers_leave_what_the_same_layer_wrote_through_a_symlink() {
+    // OCI image spec: whiteouts apply to the layers below only. `l/new` lands in `real`, which the
+    // same layer makes opaque; `o/c` replaces `other/c`, which the same layer whites out.
+    let v = toc(vec![
+        vec![link("l", "real"), link("o", "/other"), dir("other"), file("other/c"), dir("real"), file("real/old"), dir("real/sub"), file("real/sub/x")],
+        vec![file("l/new"), file("l/sub/y"), file("o/c"), wh("other/c"), opq("real")],
+    ]);
+    assert_eq!(listing(&v), ["l -> real", "o -> /other", "other dir", "other/c reg", "real dir", "real/new reg", "real/sub dir", "real/sub/y reg"]);
+    // a whiteout of a directory this layer wrote into (through a link) keeps it, emptied of the rest
+    let v = toc(vec![vec![link("a", "d"), dir("d"), file("d/old")], vec![file("a/new"), wh("d")]]);
+    assert_eq!(listing(&v), ["a -> d", "d dir", "d/new reg"]);
+}
+
+#[test]
+fn names_removed_with_their_directory_leave_the_link_count() {
+    let v = toc(vec![vec![dir("d"), file("d/f"), hard("h", "d/f"), dir("o"), file("o/g"), hard("x", "o/g")], vec![wh("d"), opq("o")]]);
+    let (_, tree) = check(&v).unwrap();
+    assert_eq!(listing(&v), ["h reg", "o dir", "x reg"]);
+    for name in ["h", "x"] {
+        assert_eq!(tree.node(tree.node(ROOT).children[name]).nlink, 1, "{name}");
+    }
+}
+
+#[test]
 fn implied_parents_and_directory_metadata() {
     let v = toc(vec![vec![file("p/q/r")], vec![json!({ "path": "p", "type": "dir", "mode": 0o700, "uid": 5 })]]);
     let (t, tree) = check(&v).unwrap();

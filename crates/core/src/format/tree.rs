@@ -9,6 +9,10 @@
 //!   directory keeps its children and takes the new metadata, xattrs included).
 //! - `whiteout` removes the name (and its subtree) from its resolved parent; `opaque` empties the
 //!   directory its whole path resolves to (a symlink to a directory is followed, inside the root).
+//!   Both remove only what the layers below left, never what the same layer wrote (the OCI image
+//!   spec: whiteouts apply to lower layers only): canonical order puts a path's whiteout before
+//!   the layer's entry there, but a symlinked parent can lead a write to a path a marker of the
+//!   same layer covers (umoci keeps such writes; containerd too, for opaque directories).
 //! - `hardlink` shares the inode its target has at that point (target's parent resolved, the
 //!   target itself not followed); it must exist and must not be a directory.
 //!
@@ -17,7 +21,7 @@
 
 use super::toc::{Entry, Kind, Toc};
 use super::{limits, Class, Report};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 pub type NodeId = u32;
 
@@ -61,9 +65,12 @@ impl Tree {
 
     /// Apply every layer. Violations go to `r`; building stops after the first layer that has any.
     pub fn build(toc: &Toc, r: &mut Report) -> Tree {
-        let mut b = Builder { toc, t: Tree { nodes: Vec::with_capacity(toc.entry_count() + 1) } };
+        let n = toc.entry_count() + 1;
+        let mut b = Builder { toc, t: Tree { nodes: Vec::with_capacity(n) }, layer: 0, stamp: Vec::with_capacity(n), links: HashSet::new() };
         b.new_node(NodeKind::Dir, None);
         for (li, layer) in toc.layers.iter().enumerate() {
+            b.layer = li as u32 + 1;
+            b.links.clear();
             for (ei, e) in layer.entries.iter().enumerate() {
                 if let Err((class, m)) = b.apply(e, (li as u32, ei as u32)) {
                     r.push(class, Some(li as u32), Some(&e.path), m);
@@ -204,6 +211,14 @@ impl Tree {
 struct Builder<'t> {
     toc: &'t Toc,
     t: Tree,
+    /// The layer being applied, numbered from 1.
+    layer: u32,
+    /// Per node, the last layer that wrote it: made it, or (directories) took it again as its
+    /// entry or put something in it (the directories on the way to its entries, resolved). What
+    /// the layer being applied wrote is left alone by its whiteouts and opaque markers.
+    stamp: Vec<u32>,
+    /// The names this layer gave nodes it did not make (hardlink entries), as (directory, name).
+    links: HashSet<(NodeId, &'t str)>,
 }
 
 enum Resolved {
@@ -225,9 +240,10 @@ fn node_kind(k: Kind) -> Option<NodeKind> {
 
 type Fail = (Class, String);
 
-impl Builder<'_> {
+impl<'t> Builder<'t> {
     fn new_node(&mut self, kind: NodeKind, entry: Option<(u32, u32)>) -> NodeId {
         self.t.nodes.push(Node { kind, entry, nlink: 1, children: BTreeMap::new() });
+        self.stamp.push(self.layer);
         (self.t.nodes.len() - 1) as NodeId
     }
 
@@ -286,17 +302,77 @@ impl Builder<'_> {
                 _ => return Err((Class::Corrupt, format!("{c:?} on the way is not a directory"))),
             }
         }
+        if make {
+            // an entry goes there: every directory on the way holds something of this layer
+            for &(d, _) in &stack {
+                self.stamp[d as usize] = self.layer;
+            }
+        }
         Ok(Resolved::Dir(stack.last().unwrap().0))
     }
 
     fn unlink(&mut self, dir: NodeId, name: &str) {
         if let Some(old) = self.kids(dir).remove(name) {
-            let n = &mut self.t.nodes[old as usize];
-            n.nlink = n.nlink.saturating_sub(1);
+            self.detach(old);
         }
     }
 
-    fn apply(&mut self, e: &Entry, at: (u32, u32)) -> Result<(), Fail> {
+    /// A node lost a name: it loses a link, and so does everything below it, removed with it (a
+    /// file of a removed directory may keep a name elsewhere).
+    fn detach(&mut self, id: NodeId) {
+        let mut todo = vec![id];
+        while let Some(id) = todo.pop() {
+            let n = &mut self.t.nodes[id as usize];
+            n.nlink = n.nlink.saturating_sub(1);
+            if n.kind == NodeKind::Dir {
+                todo.extend(std::mem::take(&mut n.children).into_values());
+            }
+        }
+    }
+
+    /// Did the layer being applied write `name` in `dir` (or, a directory, something below it)?
+    fn is_upper(&self, dir: NodeId, name: &str, node: NodeId) -> bool {
+        // a node this layer made has only names this layer gave it
+        if self.stamp[node as usize] == self.layer {
+            return true;
+        }
+        let links: &HashSet<(NodeId, &str)> = &self.links;
+        !links.is_empty() && links.contains(&(dir, name))
+    }
+
+    /// A whiteout of `name` in `dir`: removes it, unless this layer wrote it (then only what the
+    /// layers below left inside it goes).
+    fn white_out(&mut self, dir: NodeId, name: &str) {
+        let Some(&c) = self.t.nodes[dir as usize].children.get(name) else { return };
+        if !self.is_upper(dir, name, c) {
+            self.unlink(dir, name);
+        } else if self.t.nodes[c as usize].kind == NodeKind::Dir {
+            self.make_opaque(c);
+        }
+    }
+
+    /// An opaque directory: everything the layers below left in it goes, what this layer wrote
+    /// stays (and directories it wrote into are emptied of the rest the same way).
+    fn make_opaque(&mut self, d: NodeId) {
+        let mut todo = vec![d];
+        while let Some(d) = todo.pop() {
+            let kids = std::mem::take(&mut self.t.nodes[d as usize].children);
+            let mut kept = BTreeMap::new();
+            for (name, c) in kids {
+                if !self.is_upper(d, &name, c) {
+                    self.detach(c);
+                    continue;
+                }
+                if self.t.nodes[c as usize].kind == NodeKind::Dir {
+                    todo.push(c);
+                }
+                kept.insert(name, c);
+            }
+            self.t.nodes[d as usize].children = kept;
+        }
+    }
+
+    fn apply(&mut self, e: &'t Entry, at: (u32, u32)) -> Result<(), Fail> {
         if e.path == "." {
             return match e.kind {
                 Kind::Dir => {
@@ -304,7 +380,7 @@ impl Builder<'_> {
                     Ok(())
                 }
                 Kind::Opaque => {
-                    self.kids(ROOT).clear();
+                    self.make_opaque(ROOT);
                     Ok(())
                 }
                 k => Err((Class::Unsafe, format!("the root can only be a directory (not {})", k.name()))),
@@ -315,13 +391,13 @@ impl Builder<'_> {
         match e.kind {
             Kind::Whiteout => {
                 if let Resolved::Dir(d) = self.resolve_dir(parents, false)? {
-                    self.unlink(d, name);
+                    self.white_out(d, name);
                 }
                 Ok(())
             }
             Kind::Opaque => {
                 if let Resolved::Dir(d) = self.resolve_dir(&comps, false)? {
-                    self.kids(d).clear();
+                    self.make_opaque(d);
                 }
                 Ok(())
             }
@@ -340,6 +416,7 @@ impl Builder<'_> {
                     return Err((Class::Unsafe, format!("hardlink target {link:?} is a directory")));
                 }
                 let Resolved::Dir(dir) = self.resolve_dir(parents, true)? else { unreachable!() };
+                self.links.insert((dir, name));
                 if self.t.nodes[dir as usize].children.get(*name) == Some(&target) {
                     return Ok(());
                 }
@@ -355,6 +432,7 @@ impl Builder<'_> {
                 if kind == NodeKind::Dir {
                     if let Some(o) = old.filter(|&o| self.t.nodes[o as usize].kind == NodeKind::Dir) {
                         self.t.nodes[o as usize].entry = Some(at);
+                        self.stamp[o as usize] = self.layer;
                         return Ok(());
                     }
                 }
