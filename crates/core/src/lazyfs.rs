@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 struct Node {
     attr: FileAttr,
@@ -168,6 +168,15 @@ fn kind_of(s: &str) -> Result<FileType> {
     })
 }
 
+/// An mtime of the TOC (whole seconds since the epoch, before it too) as the mount shows it.
+fn system_time(secs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
 impl Shared {
     /// `img`: a checked TOC; the mount serves its merged view.
     pub fn new(img: Arc<Checked>, cache: PathBuf, fetcher: Box<dyn Fetcher>, record: bool) -> Result<Shared> {
@@ -179,7 +188,7 @@ impl Shared {
                 FileType::RegularFile => Some(img.file(i.ino).ok_or_else(|| Error::invalid(format!("inode {}: no chunk map", i.ino)))?),
                 _ => None,
             };
-            let t = if i.mtime >= 0 { UNIX_EPOCH + Duration::from_secs(i.mtime as u64) } else { UNIX_EPOCH };
+            let t = system_time(i.mtime);
             let attr = FileAttr {
                 ino: i.ino,
                 size: i.size,
@@ -562,6 +571,18 @@ mod tests {
         std::fs::write(dir.path().join("sha256").join(&h[..2]).join(&h), vec![0u8; data.len()]).unwrap();
         let fresh = Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap();
         assert!(fresh.read(f, 0, 4096).is_err());
+    }
+
+    #[test]
+    fn mtimes_before_1970_are_kept() {
+        for secs in [0, 1, 1_700_000_000, 253_402_300_799, -1, -31_536_000, -253_402_300_799] {
+            let t = system_time(secs);
+            let back = match t.duration_since(UNIX_EPOCH) {
+                Ok(d) => d.as_secs() as i64,
+                Err(e) => -(e.duration().as_secs() as i64),
+            };
+            assert_eq!(back, secs);
+        }
     }
 
     #[test]
