@@ -21,6 +21,8 @@ export interface Node extends DiskNode {
 export type Tree = Map<string, Node>;
 export type Field = keyof Node;
 
+const bytewise = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
+
 /** Every field a listing may hold, in the order a line shows them. */
 export const FIELDS: readonly Field[] = ['type', 'mode', 'uid', 'gid', 'size', 'sha256', 'link', 'rdev', 'xattrs', 'mtime', 'nlink', 'group'];
 
@@ -30,10 +32,7 @@ function line(p: string, n: Node): string {
   if (n.sha256 !== undefined) cols.push(`sha256=${n.sha256}`);
   if (n.link !== undefined) cols.push(`link=${JSON.stringify(n.link)}`);
   if (n.rdev !== undefined) cols.push(`rdev=${n.rdev}`);
-  if (n.xattrs !== undefined) {
-    const sorted = Object.fromEntries(Object.entries(n.xattrs).sort(([a], [b]) => Buffer.compare(Buffer.from(a), Buffer.from(b))));
-    cols.push(`xattrs=${JSON.stringify(sorted)}`);
-  }
+  if (n.xattrs !== undefined) cols.push(`xattrs=${show('xattrs', n.xattrs)}`);
   if (n.mtime !== undefined) cols.push(`mtime=${n.mtime}`);
   if (n.nlink !== undefined) cols.push(`nlink=${n.nlink}`);
   if (n.group !== undefined) cols.push(`group=${JSON.stringify(n.group)}`);
@@ -84,17 +83,34 @@ export function parseListing(text: string): Tree {
   return t;
 }
 
+/** A field's value as a listing line shows it (xattrs in name order). */
+function show(f: Field, v: unknown): string {
+  if (v === undefined) return '(none)';
+  if (f === 'mode') return (v as number).toString(8).padStart(4, '0');
+  if (f === 'xattrs') return JSON.stringify(Object.fromEntries(Object.entries(v as object).sort(([a], [b]) => bytewise(a, b))));
+  return typeof v === 'string' && f !== 'link' && f !== 'group' ? v : JSON.stringify(v);
+}
+
+/**
+ * The differences between an expected and a shown tree, one readable line each: a path only one
+ * of them has, or a field of a path with both values (`path: mode 4755 expected, 0755 shown`).
+ */
+export function diffListings(expected: Tree, got: Tree, limit = 50): string[] {
+  const out: string[] = [];
+  for (const [p, e] of expected) {
+    const g = got.get(p);
+    if (!g) out.push(`${JSON.stringify(p)}: missing (expected ${e.type})`);
+    else for (const f of FIELDS) if (show(f, e[f]) !== show(f, g[f])) out.push(`${JSON.stringify(p)}: ${f} ${show(f, e[f])} expected, ${show(f, g[f])} shown`);
+  }
+  for (const [p, g] of got) if (!expected.has(p)) out.push(`${JSON.stringify(p)}: not expected (${g.type} shown)`);
+  return out.length > limit ? [...out.slice(0, limit), `... and ${out.length - limit} more`] : out;
+}
+
 /** A node with only `fields`, in the listing's field order (so that two projections compare as JSON). */
 function pick(n: Node, fields: ReadonlySet<Field>, mtime: boolean): Node {
   const out: Record<string, unknown> = {};
   for (const f of FIELDS) if (fields.has(f) && n[f] !== undefined && (f !== 'mtime' || mtime)) out[f] = n[f];
   return out as unknown as Node;
-}
-
-/** The tree with every node's fields in the listing's order (two trees then compare as JSON). */
-export function canonical(t: Tree): Tree {
-  const all = new Set(FIELDS);
-  return new Map([...t].map(([p, n]) => [p, pick(n, all, true)]));
 }
 
 /**
@@ -119,7 +135,7 @@ export function project(expected: Tree, got: Tree, fields: readonly Field[], roo
 export function setGroups(t: Tree, byKey: Map<string | number, string[]>): void {
   for (const g of byKey.values()) {
     if (g.length < 2) continue;
-    const min = [...g].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)))[0];
+    const min = [...g].sort(bytewise)[0];
     for (const p of g) t.get(p)!.group = min;
   }
 }
