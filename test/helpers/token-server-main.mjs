@@ -11,8 +11,15 @@ const [keyFile, certFile, usersFile, logFile] = process.argv.slice(2);
 const key = createPrivateKey(fs.readFileSync(keyFile));
 const der = new X509Certificate(fs.readFileSync(certFile)).raw.toString('base64');
 const users = JSON.parse(fs.readFileSync(usersFile, 'utf8'));
+/** @param {string | Buffer} b */
 const b64url = (b) => Buffer.from(b).toString('base64url');
 
+/**
+ * @param {http.ServerResponse} res
+ * @param {string | undefined} user
+ * @param {string[]} scopes
+ * @param {string | null} service
+ */
 function issue(res, user, scopes, service) {
   const access = user
     ? scopes.map((s) => {
@@ -38,7 +45,7 @@ const server = http.createServer((req, res) => {
     req.on('end', () => {
       const f = new URLSearchParams(body);
       const scopes = (f.get('scope') ?? '').split(' ').filter(Boolean);
-      const user = (users.__refresh ?? {})[f.get('refresh_token')];
+      const user = users.__refresh?.[f.get('refresh_token') ?? ''];
       fs.appendFileSync(logFile, JSON.stringify({ user, scopes, ok: !!user, grant: f.get('grant_type') }) + '\n');
       if (f.get('grant_type') !== 'refresh_token' || !user) {
         res.writeHead(401, { 'content-type': 'application/json' });
@@ -64,5 +71,5 @@ const server = http.createServer((req, res) => {
   } else fs.appendFileSync(logFile, JSON.stringify({ scopes, ok: true }) + '\n');
   issue(res, user, scopes, u.searchParams.get('service'));
 });
-server.listen(0, '127.0.0.1', () => process.stdout.write(`${server.address().port}\n`));
+server.listen(0, '127.0.0.1', () => process.stdout.write(`${/** @type {import('node:net').AddressInfo} */ (server.address()).port}\n`));
 process.on('SIGTERM', () => server.close(() => process.exit(0)));

@@ -53,16 +53,30 @@ pub fn decompress_frame(frame: &[u8], expected_len: usize) -> Result<Vec<u8>> {
     })
 }
 
-/// Decompress a whole buffer (one or more frames) of at most `max_len` bytes of output.
+/// Decompress a whole buffer (one or more frames) of at most `max_len` bytes of output. The output
+/// grows by doubling but never beyond `max_len` bytes, whatever the input claims or holds.
 pub fn decompress_bytes(data: &[u8], max_len: usize) -> Result<Vec<u8>> {
     use std::io::Read;
     let mut dec = zstd::stream::read::Decoder::new(data).map_err(|e| Error::corrupt(format!("zstd: {e}")))?;
     let mut out = Vec::new();
-    let n = (&mut dec).take(max_len as u64 + 1).read_to_end(&mut out).map_err(|e| Error::corrupt(format!("zstd: {e}")))?;
-    if n > max_len {
-        return Err(Error::corrupt(format!("decompressed data exceeds {max_len} bytes")));
+    let mut piece = vec![0u8; (64 << 10).min(max_len.saturating_add(1))];
+    loop {
+        let n = match dec.read(&mut piece) {
+            Ok(0) => return Ok(out),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::corrupt(format!("zstd: {e}"))),
+        };
+        if n > max_len - out.len() {
+            return Err(Error::corrupt(format!("decompressed data exceeds {max_len} bytes")));
+        }
+        if out.len() + n > out.capacity() {
+            // read_to_end would double past the limit (a 128 MiB cap, a 256 MiB buffer)
+            let cap = (out.capacity() * 2).clamp(out.len() + n, max_len);
+            out.reserve_exact(cap - out.len());
+        }
+        out.extend_from_slice(&piece[..n]);
     }
-    Ok(out)
 }
 
 #[cfg(test)]
