@@ -30,7 +30,16 @@ function issue(res, user, scopes, service) {
   const now = Math.floor(Date.now() / 1000);
   const header = b64url(JSON.stringify({ alg: 'RS256', typ: 'JWT', x5c: [der] }));
   const claims = b64url(
-    JSON.stringify({ iss: 'ocichunk-test-issuer', sub: user ?? '', aud: service, exp: now + 600, nbf: now - 30, iat: now, jti: randomBytes(8).toString('hex'), access }),
+    JSON.stringify({
+      iss: 'ocichunk-test-issuer',
+      sub: user ?? '',
+      aud: service,
+      exp: now + 600,
+      nbf: now - 30,
+      iat: now,
+      jti: randomBytes(8).toString('hex'),
+      access,
+    }),
   );
   const sig = b64url(sign('RSA-SHA256', Buffer.from(`${header}.${claims}`), key));
   res.writeHead(200, { 'content-type': 'application/json' });
