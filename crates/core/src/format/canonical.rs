@@ -141,7 +141,10 @@ pub fn canonical(h: &Header, o: &CanonOptions) -> Result<Option<CanonEntry>> {
             e.xattrs.push((text(n, &what)?, v.to_vec()));
         }
     }
+    // a name given twice: the later record wins (as PAX says of repeated keywords)
+    e.xattrs.reverse();
     e.xattrs.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    e.xattrs.dedup_by(|later, kept| later.0 == kept.0);
     match h.flag {
         0 | b'0' | b'7' => {
             e.size = h.size as u64;
@@ -301,6 +304,8 @@ mod tests {
         let e = one(&hdr(b'0', b"f", b"", &x));
         assert_eq!(e.xattrs, vec![("security.capability".to_string(), vec![1]), ("user.b".to_string(), vec![0xff, 0])]);
         assert_eq!(one(&hdr(b'0', b"f", b"", &[])).xattrs, vec![]);
+        let twice: [(&[u8], &[u8]); 3] = [(b"SCHILY.xattr.user.a", b"1"), (b"SCHILY.xattr.user.b", b"x"), (b"SCHILY.xattr.user.a", b"2")];
+        assert_eq!(one(&hdr(b'0', b"f", b"", &twice)).xattrs, vec![("user.a".to_string(), b"2".to_vec()), ("user.b".to_string(), b"x".to_vec())]);
     }
 
     #[test]

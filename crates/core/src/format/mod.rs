@@ -3,6 +3,7 @@
 //! merged tree that every reader builds from it. Every command that reads a chunked image runs
 //! [`check_toc`] before anything else; `restore` writes the [`tree::Tree`] it returns.
 
+pub mod build;
 pub mod canonical;
 pub mod dict;
 pub mod file;

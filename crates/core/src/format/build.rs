@@ -1,0 +1,792 @@
+//! The writer side of the TOC (docs/format.md §2, §4): a converted layer's canonical entries in
+//! canonical order ([`LayerDraft`]), the TOC's chunk, frame and pack tables numbered in order of
+//! first reference ([`TocBuilder`]), and the one JSON encoding of it. The encoding is compact JSON
+//! with a fixed key order, so the same model always gives the same bytes; the layer content digest
+//! ([`layer_content_digest`]) hashes the same encoding with chunk digests in place of indices.
+
+use super::canonical::CanonEntry;
+use super::dict::{ChunkDict, PackName};
+use super::toc::{self, order_key, Kind, PrefetchRange};
+use crate::{Error, Result};
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+/// A canonical entry of a converted layer and, for a regular file, its chunk ids (dictionary ids).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Draft {
+    pub entry: CanonEntry,
+    pub chunks: Option<Vec<u32>>,
+}
+
+/// Figures of a layer's entries as the tar gave them (before later entries replaced earlier ones).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DraftStats {
+    pub entries: u64,
+    pub files: u64,
+    pub file_bytes: u64,
+}
+
+/// For one path: whiteout < the entry < opaque (the order docs/format.md §4 gives a layer's entries).
+fn rank(k: Kind) -> u8 {
+    match k {
+        Kind::Whiteout => 0,
+        Kind::Opaque => 2,
+        _ => 1,
+    }
+}
+
+const KINDS: [Option<Kind>; 10] = [
+    None,
+    Some(Kind::Reg),
+    Some(Kind::Dir),
+    Some(Kind::Symlink),
+    Some(Kind::Hardlink),
+    Some(Kind::Char),
+    Some(Kind::Block),
+    Some(Kind::Fifo),
+    Some(Kind::Whiteout),
+    Some(Kind::Opaque),
+];
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| Error::invalid("encoded entries: truncated"))?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default()))
+    }
+    fn f64(&mut self) -> Result<f64> {
+        Ok(f64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn text(&mut self) -> Result<String> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| Error::invalid("encoded entries: text is not UTF-8"))
+    }
+}
+
+/// The inverse of [`super::canonical::encode_entry`]: `count` entries (None for headers without one).
+pub fn decode_entries(buf: &[u8], count: usize) -> Result<Vec<Option<CanonEntry>>> {
+    let mut c = Cursor { b: buf, at: 0 };
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let code = c.take(1)?[0];
+        let kind = *KINDS.get(code as usize).ok_or_else(|| Error::invalid(format!("encoded entries: unknown kind {code}")))?;
+        let Some(kind) = kind else {
+            out.push(None);
+            continue;
+        };
+        let mode = c.u32()?;
+        let [uid, gid, size, mtime] = [c.f64()?, c.f64()?, c.f64()?, c.f64()?];
+        let (major, minor) = (c.u32()?, c.u32()?);
+        let path = c.text()?;
+        let link = c.text()?;
+        let mut xattrs = Vec::with_capacity(c.u32()? as usize);
+        for _ in 0..xattrs.capacity() {
+            let name = c.text()?;
+            xattrs.push((name, c.bytes()?.to_vec()));
+        }
+        out.push(Some(CanonEntry {
+            kind,
+            path,
+            mode,
+            uid: uid as u64,
+            gid: gid as u64,
+            size: size as u64,
+            mtime: mtime as i64,
+            link: matches!(kind, Kind::Symlink | Kind::Hardlink).then_some(link),
+            dev: matches!(kind, Kind::Char | Kind::Block).then_some((major, minor)),
+            xattrs,
+        }));
+    }
+    if c.at != buf.len() {
+        return Err(Error::invalid(format!("encoded entries: {} bytes left over", buf.len() - c.at)));
+    }
+    Ok(out)
+}
+
+/// One layer being converted: its entries as the scan reports them, then each regular file's
+/// chunks as they are cut; [`LayerDraft::finish`] puts them in canonical order.
+#[derive(Default)]
+pub struct LayerDraft {
+    /// Expect canonical order and report the first entry that breaks it.
+    sorted: bool,
+    last: Option<(Vec<u8>, u8)>,
+    /// per tar header of the layer: the index of its regular file in `drafts`
+    files: Vec<Option<u32>>,
+    drafts: Vec<Draft>,
+    pub stats: DraftStats,
+}
+
+impl LayerDraft {
+    pub fn new(sorted: bool) -> Self {
+        LayerDraft { sorted, ..Default::default() }
+    }
+
+    /// The next tar headers' entries (encoded by the scan). In sorted mode: the path of the first
+    /// entry out of canonical order, if any (the layer must then be converted again, unsorted).
+    pub fn add_entries(&mut self, encoded: &[u8], count: usize) -> Result<Option<String>> {
+        for e in decode_entries(encoded, count)? {
+            let Some(e) = e else {
+                self.files.push(None);
+                continue;
+            };
+            self.stats.entries += 1;
+            if self.sorted {
+                let key = order_key(&e.path);
+                let r = rank(e.kind);
+                if let Some((k, lr)) = &self.last {
+                    if key < *k || (key == *k && r <= *lr) {
+                        return Ok(Some(e.path));
+                    }
+                }
+                self.last = Some((key, r));
+            }
+            let reg = e.kind == Kind::Reg;
+            if reg {
+                self.stats.files += 1;
+                self.stats.file_bytes += e.size;
+            }
+            self.files.push(reg.then_some(self.drafts.len() as u32));
+            self.drafts.push(Draft { chunks: reg.then(Vec::new), entry: e });
+        }
+        Ok(None)
+    }
+
+    /// Chunks of tar header `header`'s content, in file order (dropped if the header is not a
+    /// regular file: content nobody keeps).
+    pub fn add_chunks(&mut self, header: u32, ids: &[u32]) -> Result<()> {
+        let f = *self.files.get(header as usize).ok_or_else(|| Error::invalid(format!("chunks for tar header {header} before its entry")))?;
+        if let Some(f) = f {
+            if let Some(c) = self.drafts[f as usize].chunks.as_mut() {
+                c.extend_from_slice(ids);
+            }
+        }
+        Ok(())
+    }
+
+    /// The layer in canonical order (see [`canonical_order`]).
+    pub fn finish(self) -> Vec<Draft> {
+        canonical_order(self.drafts)
+    }
+}
+
+/// A layer's entries in canonical order (docs/format.md §4): the last entry per path wins (a
+/// whiteout or opaque marker and an entry of one path are kept side by side); a hardlink group of
+/// this layer keeps its content at the member first in canonical order and the others link to it;
+/// hardlinks carry only their target; entries sorted by path bytes with `/` first, then whiteout,
+/// entry, opaque marker.
+pub fn canonical_order(list: Vec<Draft>) -> Vec<Draft> {
+    let mut slot: HashMap<(u8, String), usize> = HashMap::with_capacity(list.len());
+    let mut kept: Vec<Draft> = Vec::with_capacity(list.len());
+    for d in list {
+        match slot.entry((rank(d.entry.kind), d.entry.path.clone())) {
+            std::collections::hash_map::Entry::Occupied(o) => kept[*o.get()] = d,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(kept.len());
+                kept.push(d);
+            }
+        }
+    }
+    let by_path: HashMap<&str, usize> = kept.iter().enumerate().filter(|(_, d)| rank(d.entry.kind) == 1).map(|(i, d)| (d.entry.path.as_str(), i)).collect();
+    // hardlink groups by the entry they end at (chains followed up to 64 hops; targets in lower
+    // layers, directories and chains that never end are left as they are)
+    let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+    let mut group_of: HashMap<usize, usize> = HashMap::new();
+    for (i, d) in kept.iter().enumerate() {
+        if d.entry.kind != Kind::Hardlink {
+            continue;
+        }
+        let mut t = d.entry.link.as_deref().and_then(|l| by_path.get(l).copied());
+        let mut hops = 0;
+        while let Some(ti) = t {
+            if kept[ti].entry.kind != Kind::Hardlink || hops >= 64 {
+                break;
+            }
+            t = kept[ti].entry.link.as_deref().and_then(|l| by_path.get(l).copied());
+            hops += 1;
+        }
+        let Some(ti) = t else { continue };
+        if matches!(kept[ti].entry.kind, Kind::Hardlink | Kind::Dir) {
+            continue;
+        }
+        let g = *group_of.entry(ti).or_insert_with(|| {
+            groups.push((ti, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
+    }
+    for (target, links) in groups {
+        let holder = std::iter::once(target)
+            .chain(links.iter().copied())
+            .min_by(|&a, &b| order_key(&kept[a].entry.path).cmp(&order_key(&kept[b].entry.path)))
+            .unwrap_or(target);
+        let holder_path = kept[holder].entry.path.clone();
+        let content = Draft { entry: CanonEntry { path: holder_path.clone(), ..kept[target].entry.clone() }, chunks: kept[target].chunks.clone() };
+        for m in std::iter::once(target).chain(links) {
+            if m == holder {
+                kept[m] = content.clone();
+            } else {
+                kept[m] = Draft { entry: hardlink(kept[m].entry.path.clone(), holder_path.clone()), chunks: None };
+            }
+        }
+    }
+    for d in kept.iter_mut() {
+        if d.entry.kind == Kind::Hardlink {
+            let link = d.entry.link.take().unwrap_or_default();
+            d.entry = hardlink(std::mem::take(&mut d.entry.path), link);
+        }
+    }
+    let mut keyed: Vec<(Vec<u8>, u8, Draft)> = kept.into_iter().map(|d| (order_key(&d.entry.path), rank(d.entry.kind), d)).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    keyed.into_iter().map(|(_, _, d)| d).collect()
+}
+
+fn hardlink(path: String, link: String) -> CanonEntry {
+    CanonEntry { kind: Kind::Hardlink, path, mode: 0, uid: 0, gid: 0, size: 0, mtime: 0, link: Some(link), dev: None, xattrs: Vec::new() }
+}
+
+/// A TOC entry as the model of a converted layer (the reverse of what [`write_entry`] writes).
+pub fn entry_from_toc(e: &toc::Entry) -> CanonEntry {
+    CanonEntry {
+        kind: e.kind,
+        path: e.path.clone(),
+        mode: e.mode.unwrap_or(0),
+        uid: e.uid.unwrap_or(0) as u64,
+        gid: e.gid.unwrap_or(0) as u64,
+        size: e.size.unwrap_or(0),
+        mtime: e.mtime.unwrap_or(0),
+        link: e.link.clone(),
+        dev: matches!(e.kind, Kind::Char | Kind::Block).then(|| (e.dev_major.unwrap_or(0), e.dev_minor.unwrap_or(0))),
+        xattrs: e.xattrs.clone().unwrap_or_default(),
+    }
+}
+
+/// How an entry's chunks are written: TOC indices, or (for the content digest) their digests.
+enum ChunkNames<'a> {
+    Indices(&'a [u32]),
+    Digests(Vec<String>),
+}
+
+fn json_str(o: &mut Vec<u8>, s: &str) {
+    // serde_json escapes exactly as JSON.stringify does for well-formed strings: \" \\ \b \f \n \r
+    // \t, other control characters as \u00xx (lower case), everything else as it is
+    serde_json::to_writer(&mut *o, s).unwrap_or_default();
+}
+
+fn num(o: &mut Vec<u8>, key: &str, v: impl std::fmt::Display) {
+    o.extend_from_slice(b",\"");
+    o.extend_from_slice(key.as_bytes());
+    o.extend_from_slice(b"\":");
+    let mut s = String::new();
+    let _ = write!(s, "{v}");
+    o.extend_from_slice(s.as_bytes());
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding.
+pub fn base64_encode(o: &mut Vec<u8>, b: &[u8]) {
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        o.push(B64[(n >> 18) as usize & 63]);
+        o.push(B64[(n >> 12) as usize & 63]);
+        o.push(if c.len() > 1 { B64[(n >> 6) as usize & 63] } else { b'=' });
+        o.push(if c.len() > 2 { B64[n as usize & 63] } else { b'=' });
+    }
+}
+
+/// One entry's JSON: `path`, `type`, then what its kind carries (mode; uid, gid, mtime when not 0;
+/// size and chunks of a file; the link; device numbers; xattrs when there are any), in that order.
+fn write_entry(o: &mut Vec<u8>, e: &CanonEntry, chunks: Option<ChunkNames>) {
+    o.extend_from_slice(b"{\"path\":");
+    json_str(o, &e.path);
+    o.extend_from_slice(b",\"type\":\"");
+    o.extend_from_slice(e.kind.name().as_bytes());
+    o.push(b'"');
+    match e.kind {
+        Kind::Whiteout | Kind::Opaque => {}
+        Kind::Hardlink => {
+            o.extend_from_slice(b",\"link\":");
+            json_str(o, e.link.as_deref().unwrap_or(""));
+        }
+        k => {
+            num(o, "mode", e.mode);
+            if e.uid != 0 {
+                num(o, "uid", e.uid);
+            }
+            if e.gid != 0 {
+                num(o, "gid", e.gid);
+            }
+            if e.mtime != 0 {
+                num(o, "mtime", e.mtime);
+            }
+            if k == Kind::Reg {
+                num(o, "size", e.size);
+                o.extend_from_slice(b",\"chunks\":[");
+                match chunks {
+                    Some(ChunkNames::Indices(ix)) => {
+                        for (n, c) in ix.iter().enumerate() {
+                            if n > 0 {
+                                o.push(b',');
+                            }
+                            let _ = write!(Buf(o), "{c}");
+                        }
+                    }
+                    Some(ChunkNames::Digests(ds)) => {
+                        for (n, d) in ds.iter().enumerate() {
+                            if n > 0 {
+                                o.push(b',');
+                            }
+                            json_str(o, d);
+                        }
+                    }
+                    None => {}
+                }
+                o.push(b']');
+            }
+            if k == Kind::Symlink {
+                o.extend_from_slice(b",\"link\":");
+                json_str(o, e.link.as_deref().unwrap_or(""));
+            }
+            if matches!(k, Kind::Char | Kind::Block) {
+                let (major, minor) = e.dev.unwrap_or((0, 0));
+                num(o, "devMajor", major);
+                num(o, "devMinor", minor);
+            }
+            if !e.xattrs.is_empty() {
+                o.extend_from_slice(b",\"xattrs\":{");
+                for (n, (k, v)) in e.xattrs.iter().enumerate() {
+                    if n > 0 {
+                        o.push(b',');
+                    }
+                    json_str(o, k);
+                    o.extend_from_slice(b":\"");
+                    base64_encode(o, v);
+                    o.push(b'"');
+                }
+                o.push(b'}');
+            }
+        }
+    }
+    o.push(b'}');
+}
+
+struct Buf<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Buf<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// SHA-256 over a layer's entries, each as its TOC JSON with chunk digests in place of chunk
+/// indices, one per line: a function of the layer's files and the conversion options only, not of
+/// the TOC that holds them (trust records compare it).
+pub fn layer_content_digest<'a>(entries: impl IntoIterator<Item = (&'a CanonEntry, Option<Vec<String>>)>) -> String {
+    let mut h = Sha256::new();
+    let mut line = Vec::new();
+    for (e, chunks) in entries {
+        line.clear();
+        write_entry(&mut line, e, chunks.map(ChunkNames::Digests));
+        line.push(b'\n');
+        h.update(&line);
+    }
+    format!("sha256:{}", hex(&h.finalize()))
+}
+
+fn hex(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        let _ = write!(s, "{x:02x}");
+    }
+    s
+}
+
+/// The content digest of every layer of a (checked) TOC.
+pub fn toc_layer_digests(t: &toc::Toc) -> Vec<String> {
+    t.layers
+        .iter()
+        .map(|l| {
+            let entries: Vec<(CanonEntry, Option<Vec<String>>)> = l
+                .entries
+                .iter()
+                .map(|e| {
+                    (
+                        entry_from_toc(e),
+                        e.chunks.as_ref().map(|cs| cs.iter().map(|&c| t.chunks.get(c as usize).map(|c| c.digest.to_string()).unwrap_or_default()).collect()),
+                    )
+                })
+                .collect();
+            layer_content_digest(entries.iter().map(|(e, c)| (e, c.clone())))
+        })
+        .collect()
+}
+
+/// The chunker as the TOC records it: its kind, then the parameters given.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkerRecord {
+    pub kind: String,
+    pub min: Option<u32>,
+    pub avg: Option<u32>,
+    pub max: Option<u32>,
+    pub size: Option<u32>,
+}
+
+/// What a built TOC names, besides its JSON.
+#[derive(Debug, Default)]
+pub struct Built {
+    pub json: Vec<u8>,
+    pub packs: Vec<String>,
+    pub chunks: u32,
+    pub unique_chunk_bytes: u64,
+    /// chunks the dictionary held before this image (ids below `stored_before`)
+    pub reused_chunks: u32,
+    /// compressed bytes of every frame the TOC names
+    pub image_frame_bytes: u64,
+    /// chunk ids whose location came from a destination's TOC and is not verified yet
+    pub foreign: Vec<u32>,
+    /// [`layer_content_digest`] of each layer
+    pub layer_digests: Vec<String>,
+}
+
+/// A TOC being assembled: converted layers in order, then [`TocBuilder::build`].
+pub struct TocBuilder {
+    version: u32,
+    chunker: ChunkerRecord,
+    prefetch: Option<Vec<PrefetchRange>>,
+    layers: Vec<Vec<Draft>>,
+}
+
+impl TocBuilder {
+    pub fn new(version: u32, chunker: ChunkerRecord, prefetch: Option<Vec<PrefetchRange>>) -> Self {
+        TocBuilder { version, chunker, prefetch: prefetch.filter(|p| !p.is_empty()), layers: Vec::new() }
+    }
+
+    pub fn add_layer(&mut self, entries: Vec<Draft>) {
+        self.layers.push(entries);
+    }
+
+    /// Layer `layer` of an earlier conversion's (checked) TOC, its chunks interned in `dict` (they
+    /// are known there: the TOC was read into it). Returns its figures.
+    pub fn add_toc_layer(&mut self, dict: &mut ChunkDict, t: &toc::Toc, layer: usize) -> Result<DraftStats> {
+        let l = t.layers.get(layer).ok_or_else(|| Error::invalid(format!("TOC has no layer {layer}")))?;
+        let mut ids: HashMap<u32, u32> = HashMap::new();
+        let mut stats = DraftStats::default();
+        let mut out = Vec::with_capacity(l.entries.len());
+        for e in &l.entries {
+            stats.entries += 1;
+            let chunks = match &e.chunks {
+                Some(cs) => Some(
+                    cs.iter()
+                        .map(|&c| match ids.get(&c) {
+                            Some(&id) => Ok(id),
+                            None => {
+                                let ch = t.chunks.get(c as usize).ok_or_else(|| Error::corrupt(format!("TOC chunk {c} does not exist")))?;
+                                let (id, _) = dict.intern(&ch.digest.0, ch.len as u32);
+                                ids.insert(c, id);
+                                Ok(id)
+                            }
+                        })
+                        .collect::<Result<Vec<u32>>>()?,
+                ),
+                None => None,
+            };
+            if e.kind == Kind::Reg {
+                stats.files += 1;
+                stats.file_bytes += e.size.unwrap_or(0);
+            }
+            out.push(Draft { entry: entry_from_toc(e), chunks });
+        }
+        self.layers.push(out);
+        Ok(stats)
+    }
+
+    /// Number packs, frames and chunks in order of first reference (layers, entries, chunks in
+    /// order) and encode the TOC. `written[n]` is the digest of the conversion's `n`th new pack.
+    pub fn build(&self, dict: &ChunkDict, written: &[String], stored_before: u32) -> Result<Built> {
+        let mut b = Built::default();
+        let mut pack_ix: HashMap<u32, u32> = HashMap::new();
+        let mut pack_of_name: HashMap<String, u32> = HashMap::new();
+        let mut frame_ix: HashMap<(u32, u64), u32> = HashMap::new();
+        let mut chunk_ix: HashMap<u32, u32> = HashMap::new();
+        let mut frames = Vec::new();
+        let mut chunks = Vec::new();
+        let mut layers = Vec::new();
+        let mut ix = Vec::new();
+        for (li, layer) in self.layers.iter().enumerate() {
+            layers.extend_from_slice(if li == 0 { b"{\"entries\":[" } else { b",{\"entries\":[" });
+            let mut digests_of: Vec<(&CanonEntry, Option<Vec<String>>)> = Vec::with_capacity(layer.len());
+            for (n, d) in layer.iter().enumerate() {
+                ix.clear();
+                for &id in d.chunks.iter().flatten() {
+                    if let Some(&ci) = chunk_ix.get(&id) {
+                        ix.push(ci);
+                        continue;
+                    }
+                    if id as usize >= dict.len() {
+                        return Err(Error::invalid(format!("chunk id {id} of {}", dict.len())));
+                    }
+                    let loc = dict.location(id).ok_or_else(|| Error::invalid(format!("chunk {} was never placed", hex(dict.digest(id)))))?;
+                    let pi = match pack_ix.get(&loc.pack) {
+                        Some(&p) => p,
+                        None => {
+                            let name = match dict.pack_name(loc.pack) {
+                                PackName::Stored(d) => d.clone(),
+                                PackName::Written(n) => {
+                                    written.get(*n as usize).cloned().ok_or_else(|| Error::invalid(format!("pack {n} of this conversion has no digest")))?
+                                }
+                            };
+                            // two table entries may name one digest (a written pack resolved later)
+                            let p = *pack_of_name.entry(name.clone()).or_insert_with(|| {
+                                b.packs.push(name);
+                                b.packs.len() as u32 - 1
+                            });
+                            pack_ix.insert(loc.pack, p);
+                            p
+                        }
+                    };
+                    let fi = match frame_ix.get(&(pi, loc.offset)) {
+                        Some(&f) => f,
+                        None => {
+                            let f = frame_ix.len() as u32;
+                            frame_ix.insert((pi, loc.offset), f);
+                            let _ = write!(Buf(&mut frames), "{}[{},{},{},{}]", if f == 0 { "" } else { "," }, pi, loc.offset, loc.compressed_len, loc.len);
+                            b.image_frame_bytes += loc.compressed_len as u64;
+                            f
+                        }
+                    };
+                    let ci = b.chunks;
+                    b.chunks += 1;
+                    chunk_ix.insert(id, ci);
+                    let _ = write!(
+                        Buf(&mut chunks),
+                        "{}[\"{}\",{},{},{}]",
+                        if ci == 0 { "" } else { "," },
+                        hex(dict.digest(id)),
+                        fi,
+                        loc.inner,
+                        dict.chunk_len(id)
+                    );
+                    if dict.is_foreign(id) {
+                        b.foreign.push(id);
+                    }
+                    b.unique_chunk_bytes += dict.chunk_len(id) as u64;
+                    if id < stored_before {
+                        b.reused_chunks += 1;
+                    }
+                    ix.push(ci);
+                }
+                if n > 0 {
+                    layers.push(b',');
+                }
+                write_entry(&mut layers, &d.entry, d.chunks.as_ref().map(|_| ChunkNames::Indices(&ix)));
+                digests_of.push((&d.entry, d.chunks.as_ref().map(|cs| cs.iter().map(|&id| hex(dict.digest(id))).collect())));
+            }
+            layers.extend_from_slice(b"]}");
+            b.layer_digests.push(layer_content_digest(digests_of));
+        }
+        let o = &mut b.json;
+        let _ = write!(Buf(o), "{{\"version\":{},\"chunker\":{{\"kind\":", self.version);
+        json_str(o, &self.chunker.kind);
+        for (k, v) in [("min", self.chunker.min), ("avg", self.chunker.avg), ("max", self.chunker.max), ("size", self.chunker.size)] {
+            if let Some(v) = v {
+                num(o, k, v);
+            }
+        }
+        o.extend_from_slice(b"},\"packs\":[");
+        for (n, p) in b.packs.iter().enumerate() {
+            if n > 0 {
+                o.push(b',');
+            }
+            json_str(o, p);
+        }
+        o.extend_from_slice(b"],\"frames\":[");
+        o.extend_from_slice(&frames);
+        o.extend_from_slice(b"],\"chunks\":[");
+        o.extend_from_slice(&chunks);
+        o.extend_from_slice(b"],\"layers\":[");
+        o.extend_from_slice(&layers);
+        o.push(b']');
+        if let Some(p) = &self.prefetch {
+            o.extend_from_slice(b",\"prefetch\":[");
+            for (n, (path, off, len)) in p.iter().enumerate() {
+                o.extend_from_slice(if n > 0 { b",[" } else { b"[" });
+                json_str(o, path);
+                let _ = write!(Buf(o), ",{off},{len}]");
+            }
+            o.push(b']');
+        }
+        o.push(b'}');
+        Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::canonical::encode_entry;
+    use crate::format::dict::Location;
+
+    fn ent(kind: Kind, path: &str, link: Option<&str>) -> CanonEntry {
+        CanonEntry { kind, path: path.into(), mode: 0o644, uid: 0, gid: 0, size: 0, mtime: 0, link: link.map(Into::into), dev: None, xattrs: vec![] }
+    }
+    fn reg(path: &str, chunks: &[u32]) -> Draft {
+        Draft { entry: CanonEntry { size: chunks.len() as u64, ..ent(Kind::Reg, path, None) }, chunks: Some(chunks.to_vec()) }
+    }
+    fn other(kind: Kind, path: &str, link: Option<&str>) -> Draft {
+        Draft { entry: ent(kind, path, link), chunks: None }
+    }
+    fn show(l: &[Draft]) -> Vec<String> {
+        l.iter()
+            .map(|d| {
+                let mut s = format!("{} {}", d.entry.path, d.entry.kind.name());
+                if let Some(t) = &d.entry.link {
+                    s += &format!(" -> {t}");
+                }
+                if let Some(c) = &d.chunks {
+                    s += &format!(" {c:?}");
+                }
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn last_entry_per_path_sorted_with_slash_first_whiteouts_before_what_they_hide() {
+        let out = canonical_order(vec![
+            reg("b", &[1]),
+            reg("a.d", &[2]),
+            other(Kind::Dir, "a", None),
+            reg("a/z", &[3]),
+            reg("b", &[4]),
+            other(Kind::Whiteout, "c", None),
+            other(Kind::Dir, "c", None),
+            other(Kind::Opaque, "a", None),
+        ]);
+        assert_eq!(show(&out), ["a dir", "a opaque", "a/z reg [3]", "a.d reg [2]", "b reg [4]", "c whiteout", "c dir"]);
+    }
+
+    #[test]
+    fn a_hardlink_group_holds_its_content_at_its_first_path() {
+        let out = canonical_order(vec![
+            reg("z", &[9]),
+            other(Kind::Hardlink, "b", Some("z")),
+            other(Kind::Hardlink, "m", Some("b")),
+            other(Kind::Hardlink, "x", Some("lower/file")),
+        ]);
+        assert_eq!(show(&out), ["b reg [9]", "m hardlink -> b", "x hardlink -> lower/file", "z hardlink -> b"]);
+        // hardlinks carry nothing but their target; links to directories and endless chains stay
+        let mut l = other(Kind::Hardlink, "h", Some("d"));
+        l.entry.mode = 0o755;
+        let out = canonical_order(vec![other(Kind::Dir, "d", None), l, other(Kind::Hardlink, "p", Some("q")), other(Kind::Hardlink, "q", Some("p"))]);
+        assert_eq!(show(&out), ["d dir", "h hardlink -> d", "p hardlink -> q", "q hardlink -> p"]);
+        assert_eq!(out[1].entry.mode, 0);
+    }
+
+    #[test]
+    fn entries_decode_as_the_scan_encodes_them() {
+        let mut e = ent(Kind::Char, "dev/null", None);
+        e.dev = Some((1, 3));
+        e.xattrs = vec![("user.a".into(), vec![0, 255])];
+        e.mtime = -5;
+        let mut buf = Vec::new();
+        encode_entry(&mut buf, Some(&e));
+        encode_entry(&mut buf, None);
+        encode_entry(&mut buf, Some(&ent(Kind::Symlink, "s", Some("../t"))));
+        let got = decode_entries(&buf, 3).unwrap();
+        assert_eq!(got, vec![Some(e), None, Some(ent(Kind::Symlink, "s", Some("../t")))]);
+        assert!(decode_entries(&buf[..buf.len() - 1], 3).is_err());
+        assert!(decode_entries(&buf, 2).is_err());
+    }
+
+    #[test]
+    fn sorted_drafts_report_the_first_entry_out_of_order() {
+        let enc = |es: &[CanonEntry]| {
+            let mut b = Vec::new();
+            es.iter().for_each(|e| encode_entry(&mut b, Some(e)));
+            b
+        };
+        let mut d = LayerDraft::new(true);
+        assert_eq!(d.add_entries(&enc(&[ent(Kind::Dir, "a", None), ent(Kind::Reg, "a/b", None), ent(Kind::Reg, "a.b", None)]), 3).unwrap(), None);
+        assert_eq!(d.add_entries(&enc(&[ent(Kind::Reg, "a/c", None)]), 1).unwrap(), Some("a/c".into()));
+        let mut d = LayerDraft::new(false);
+        assert_eq!(d.add_entries(&enc(&[ent(Kind::Reg, "b", None), ent(Kind::Dir, "a", None)]), 2).unwrap(), None);
+        d.add_chunks(0, &[7, 8]).unwrap();
+        d.add_chunks(1, &[9]).unwrap(); // a directory's "content": dropped
+        assert!(d.add_chunks(2, &[1]).is_err());
+        assert_eq!(d.stats, DraftStats { entries: 2, files: 1, file_bytes: 0 });
+        assert_eq!(show(&d.finish()), ["a dir", "b reg [7, 8]"]);
+    }
+
+    #[test]
+    fn base64_as_javascript_writes_it() {
+        let b = |v: &[u8]| {
+            let mut o = Vec::new();
+            base64_encode(&mut o, v);
+            String::from_utf8(o).unwrap()
+        };
+        assert_eq!([b(b""), b(b"f"), b(b"fo"), b(b"foo"), b(b"\xff\xfe\xfd\x00")], ["", "Zg==", "Zm8=", "Zm9v", "//79AA=="]);
+    }
+
+    #[test]
+    fn a_built_toc_passes_the_check_and_its_digests_do_not_depend_on_numbering() {
+        let mut dict = ChunkDict::new();
+        let d = |n: u8| [n; 32];
+        let (a, _) = dict.intern(&d(1), 10);
+        let (b, _) = dict.intern(&d(2), 20);
+        let p = dict.pack_ref(PackName::Written(0));
+        dict.set_location(a, Location { pack: p, offset: 0, compressed_len: 9, len: 30, inner: 0 });
+        dict.set_location(b, Location { pack: p, offset: 0, compressed_len: 9, len: 30, inner: 10 });
+        let mut x = ent(Kind::Reg, "dir/f\n\"é", None);
+        x.size = 30;
+        x.uid = 1000;
+        x.mtime = -1;
+        x.xattrs = vec![("security.capability".into(), vec![1, 2, 3, 4])];
+        let layer = vec![other(Kind::Dir, "dir", None), Draft { entry: x.clone(), chunks: Some(vec![b, a]) }, other(Kind::Hardlink, "g", Some("dir/f\n\"é"))];
+        let chunker = ChunkerRecord { kind: "cdc".into(), min: Some(1), avg: Some(2), max: Some(4), size: None };
+        let mut t = TocBuilder::new(1, chunker.clone(), Some(vec![("g".into(), 0, 5)]));
+        t.add_layer(layer.clone());
+        let built = t.build(&dict, &[format!("sha256:{}", "ab".repeat(32))], 1).unwrap();
+        let json = String::from_utf8(built.json.clone()).unwrap();
+        assert!(json.starts_with(r#"{"version":1,"chunker":{"kind":"cdc","min":1,"avg":2,"max":4},"packs":["sha256:abab"#), "{json}");
+        assert!(json.contains(r#""frames":[[0,0,9,30]],"chunks":[["0202"#), "{json}");
+        assert!(
+            json.contains(
+                r#"{"path":"dir/f\n\"é","type":"reg","mode":420,"uid":1000,"mtime":-1,"size":30,"chunks":[0,1],"xattrs":{"security.capability":"AQIDBA=="}}"#
+            ),
+            "{json}"
+        );
+        assert!(json.ends_with(r#"{"path":"g","type":"hardlink","link":"dir/f\n\"é"}]}],"prefetch":[["g",0,5]]}"#), "{json}");
+        assert_eq!((built.chunks, built.reused_chunks, built.unique_chunk_bytes, built.image_frame_bytes), (2, 1, 30, 9));
+        let blob = crate::frame::compress_frame(&[&built.json], 3).unwrap();
+        let Ok((checked, _, _)) = crate::format::check_toc(&blob) else { panic!("built TOC fails the check") };
+        assert_eq!(toc_layer_digests(&checked), built.layer_digests);
+        // the same layer taken from that TOC into another dictionary and TOC: same content digest
+        let mut other_dict = ChunkDict::new();
+        other_dict.intern(&d(9), 1);
+        let mut t2 = TocBuilder::new(1, chunker, None);
+        let stats = t2.add_toc_layer(&mut other_dict, &checked, 0).unwrap();
+        assert_eq!(stats, DraftStats { entries: 3, files: 1, file_bytes: 30 });
+        assert!(t2.build(&other_dict, &[], 0).is_err(), "chunks without a location");
+        let q = other_dict.pack_ref(PackName::Stored("sha256:x".into()));
+        for id in 1..3 {
+            other_dict.set_location(id, Location { pack: q, offset: 5, compressed_len: 9, len: 30, inner: 0 });
+        }
+        let again = t2.build(&other_dict, &[], 0).unwrap();
+        assert_eq!(again.layer_digests, built.layer_digests);
+        assert_ne!(again.json, built.json);
+    }
+}
