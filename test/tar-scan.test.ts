@@ -14,7 +14,7 @@ import tar from 'tar-stream';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { canonicalize, type RawHeader } from './helpers/canonical-oracle.js';
 import { decodeHeaders } from './helpers/tar-headers.js';
-import { decodeEntries } from '../src/layer/entries.js';
+import { decodeEntries } from './helpers/entries.js';
 import type { CanonOptions, Entry } from '../src/layer/entry.js';
 import { native, type ScanBatch } from '../src/native/index.js';
 import { image, tmpdir } from './helpers/env.js';

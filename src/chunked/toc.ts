@@ -1,9 +1,10 @@
 /**
  * The table of contents (docs/format.md): canonical entries per layer plus the chunk, frame and pack
- * tables that locate every byte. Encoded as compact JSON, then zstd. Same model -> same bytes.
+ * tables that locate every byte. Encoded as compact JSON, then zstd, by the format's one writer
+ * (crates/core/src/format/build.rs); here the model readers use and the checked way in.
  */
 import { OcichunkError } from '../errors.js';
-import type { Entry, EntryType } from '../layer/entry.js';
+import type { EntryType } from '../layer/entry.js';
 import { native, type ChunkerSpec, type NativeCheckedToc } from '../native/index.js';
 
 /** One zstd frame of a pack (on the wire a row `[pack, offset, compressedLength, length]`). */
@@ -72,49 +73,6 @@ function fromWire(w: TocWire): Toc {
     frames: w.frames.map(([pack, offset, compressedLength, length]) => ({ pack, offset, compressedLength, length })),
     chunks: w.chunks.map(([digest, frame, offset, length]) => ({ digest, frame, offset, length })),
   };
-}
-
-function toWire(t: Toc): TocWire {
-  // key order is the encoding's: same model, same bytes
-  const w: TocWire = {
-    version: t.version,
-    chunker: t.chunker,
-    packs: t.packs,
-    frames: t.frames.map((f) => [f.pack, f.offset, f.compressedLength, f.length]),
-    chunks: t.chunks.map((c) => [c.digest, c.frame, c.offset, c.length]),
-    layers: t.layers,
-  };
-  if (t.prefetch) w.prefetch = t.prefetch;
-  return w;
-}
-
-export function toTocEntry(e: Entry, chunks: number[] | undefined): TocEntry {
-  const t: TocEntry = { path: e.path, type: e.type };
-  if (e.type === 'whiteout' || e.type === 'opaque') return t;
-  if (e.type === 'hardlink') {
-    t.link = e.link;
-    return t;
-  }
-  t.mode = e.mode;
-  if (e.uid) t.uid = e.uid;
-  if (e.gid) t.gid = e.gid;
-  if (e.mtime) t.mtime = e.mtime;
-  if (e.type === 'reg') {
-    t.size = e.size;
-    t.chunks = chunks ?? [];
-  }
-  if (e.type === 'symlink') t.link = e.link;
-  if (e.type === 'char' || e.type === 'block') {
-    t.devMajor = e.devMajor ?? 0;
-    t.devMinor = e.devMinor ?? 0;
-  }
-  if (e.xattrs?.length) t.xattrs = Object.fromEntries(e.xattrs.map(([k, v]) => [k, v.toString('base64')]));
-  return t;
-}
-
-export function encodeToc(toc: Toc, level: number): { json: Buffer; blob: Buffer } {
-  const json = Buffer.from(JSON.stringify(toWire(toc)));
-  return { json, blob: native.compressSync(json, level) };
 }
 
 /** Largest TOC blob a reader fetches (its JSON is limited to 128 MiB: crates/core/src/format). */

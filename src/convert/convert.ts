@@ -7,12 +7,11 @@
 import os from 'node:os';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { resolveImage, type ResolvedImage } from '../chunked/image.js';
-import { decodeToc, encodeToc, FRAME_MAX, toTocEntry, type Toc, type TocEntry } from '../chunked/toc.js';
+import { FRAME_MAX } from '../chunked/toc.js';
 import { sha256Digest } from '../store/blobstore.js';
 import { newSpoolPath } from '../store/owner.js';
 import { OcichunkError, withContext } from '../errors.js';
-import { TYPE_ORDER, pathKey, type Entry } from '../layer/entry.js';
-import { native, type ChunkerSpec } from '../native/index.js';
+import { native, type BuiltToc, type ChunkerSpec, type NativeCheckedToc, type NativeLayerDraft, type NativeTocBuilder } from '../native/index.js';
 import { ANN, CHUNKED_PLATFORM, CMT, FORMAT_VERSION } from '../oci/chunked-media.js';
 import {
   MT,
@@ -31,10 +30,10 @@ import type { BlobWriter } from '../store/blobstore.js';
 import type { ImageSink, ImageSource, TransferReport } from '../transports/types.js';
 import type { TransportOptions } from '../ref.js';
 import { Packer } from './packer.js';
-import { ConvertTrust, layerContentDigest, locationKey } from './trust.js';
+import { ConvertTrust, locationKey } from './trust.js';
 import { ChunkIndex } from './chunk-index.js';
 import { throwIfAborted } from '../util/abort.js';
-import { LayerScanner, OutOfOrder, Spool, type LayerInput, type ScannedEntry } from './scan.js';
+import { LayerScanner, OutOfOrder, Spool, type LayerInput } from './scan.js';
 
 /**
  * Chunks below DEFAULT_GROUP_BELOW share zstd frames of about DEFAULT_FRAME_SIZE bytes (with the
@@ -153,86 +152,14 @@ function teeInto(writer: BlobWriter): Transform {
   });
 }
 
-/** Last entry wins per path; hardlink groups hold their content at their first path in canonical order; sorted. */
-export function canonicalOrder(scanned: ScannedEntry[]): ScannedEntry[] {
-  const last = new Map<string, ScannedEntry>();
-  for (const s of scanned) {
-    const cls = s.entry.type === 'whiteout' ? 'w' : s.entry.type === 'opaque' ? 'o' : 'e';
-    last.set(`${cls}\0${s.entry.path}`, s);
-  }
-  const list = [...last.values()];
-  const byPath = new Map<string, ScannedEntry>();
-  for (const s of list) if (s.entry.type !== 'whiteout' && s.entry.type !== 'opaque') byPath.set(s.entry.path, s);
-  // hardlink groups
-  const groups = new Map<ScannedEntry, ScannedEntry[]>();
-  for (const s of list) {
-    if (s.entry.type !== 'hardlink') continue;
-    let t = byPath.get(s.entry.link!);
-    for (let hops = 0; t && t.entry.type === 'hardlink' && hops < 64; hops++) t = byPath.get(t.entry.link!);
-    if (!t || t.entry.type === 'hardlink' || t.entry.type === 'dir') continue; // target in a lower layer
-    let g = groups.get(t);
-    if (!g) groups.set(t, (g = []));
-    g.push(s);
-  }
-  for (const [target, links] of groups) {
-    const members = [target, ...links];
-    let holder = members[0];
-    for (const m of members) if (Buffer.compare(pathKey(m.entry.path), pathKey(holder.entry.path)) < 0) holder = m;
-    const content = { entry: { ...target.entry }, chunks: target.chunks };
-    for (const m of members) {
-      if (m === holder) {
-        m.entry = { ...content.entry, path: holder.entry.path };
-        m.chunks = content.chunks;
-      } else {
-        m.entry = { path: m.entry.path, type: 'hardlink', link: holder.entry.path, mode: 0, uid: 0, gid: 0, size: 0, mtime: 0 };
-        m.chunks = undefined;
-      }
-    }
-  }
-  for (const s of list) {
-    if (s.entry.type === 'hardlink' && !groups.has(s)) {
-      s.entry = { path: s.entry.path, type: 'hardlink', link: s.entry.link, mode: 0, uid: 0, gid: 0, size: 0, mtime: 0 };
-    }
-  }
-  const keyed = list.map((s) => ({ s, k: pathKey(s.entry.path) }));
-  keyed.sort((a, b) => Buffer.compare(a.k, b.k) || TYPE_ORDER[a.s.entry.type] - TYPE_ORDER[b.s.entry.type]);
-  return keyed.map((x) => x.s);
-}
-
-/** A layer's entries as a previous conversion recorded them, with chunk ids from the chunk index. */
-function fromToc(toc: Toc, layer: number, chunkIndex: ChunkIndex): ScannedEntry[] {
-  const used = [...new Set(toc.layers[layer].entries.flatMap((t) => t.chunks ?? []))];
-  const { ids } = chunkIndex.internHex(
-    used.map((c) => toc.chunks[c].digest),
-    used.map((c) => toc.chunks[c].length),
-  );
-  const idOf = new Map(used.map((c, k) => [c, ids[k]]));
-  return toc.layers[layer].entries.map((t) => {
-    const entry: Entry = {
-      path: t.path,
-      type: t.type,
-      mode: t.mode ?? 0,
-      uid: t.uid ?? 0,
-      gid: t.gid ?? 0,
-      size: t.size ?? 0,
-      mtime: t.mtime ?? 0,
-      ...(t.link !== undefined ? { link: t.link } : {}),
-      ...(t.devMajor !== undefined ? { devMajor: t.devMajor, devMinor: t.devMinor } : {}),
-      ...(t.xattrs ? { xattrs: Object.entries(t.xattrs).map(([k, v]) => [k, Buffer.from(v, 'base64')] as [string, Buffer]) } : {}),
-    };
-    const chunks = t.chunks?.map((c) => idOf.get(c)!);
-    return { entry, chunks };
-  });
-}
-
 /**
  * A converted layer that may stand in for reading `layerDigest` again: one this process derived, or
  * one found in the destination whose content this user's own earlier conversion recorded.
  */
-async function trustedLayer(ctx: Ctx, layerDigest: string): Promise<{ toc: Toc; layer: number } | undefined> {
+async function trustedLayer(ctx: Ctx, layerDigest: string): Promise<{ toc: NativeCheckedToc; layer: number } | undefined> {
   for (const c of ctx.chunkIndex.layerCache.get(`${layerDigest} ${ctx.entryOptions}`) ?? []) {
-    const toc = decodeToc(c.tocBlob, c.what);
-    if (c.trusted || (await ctx.trust.trustsLayer(layerDigest, ctx.entryOptions, layerContentDigest(toc, c.layer)))) return { toc, layer: c.layer };
+    const toc = native.openToc(c.tocBlob, c.what);
+    if (c.trusted || (await ctx.trust.trustsLayer(layerDigest, ctx.entryOptions, toc.layerDigests()[c.layer]))) return { toc, layer: c.layer };
   }
   return undefined;
 }
@@ -382,7 +309,7 @@ async function copyManifestTree(src: ImageSource, sink: ImageSink, desc: Descrip
 }
 
 /** Read one layer through a scanner, copying the original blob into the sink when it lacks it. */
-async function scanLayer(src: ImageSource, sink: ImageSink, layer: Descriptor, what: string, scanner: LayerScanner): Promise<ScannedEntry[]> {
+async function scanLayer(src: ImageSource, sink: ImageSink, layer: Descriptor, what: string, scanner: LayerScanner): Promise<NativeLayerDraft> {
   const present = await sinkHasOrMounts(src, sink, layer);
   const file = src.blobFile?.(layer);
   // A local blob is linked or copied by the kernel while we read it; its content is verified by
@@ -671,9 +598,9 @@ function mergeReports(a: TransferReport | undefined, b: TransferReport | undefin
 }
 
 /** One platform: scan and pack every layer, write the TOC, the chunked manifest and the original's blobs. */
-/** What the layers of one image came to: their canonical entries, and figures for the result. */
+/** What the layers of one image came to: their canonical entries (in the TOC builder), and figures for the result. */
 interface ConvertedLayers {
-  layers: Array<{ entries: ScannedEntry[] }>;
+  toc: NativeTocBuilder;
   /** indexes of the layers taken from an earlier conversion (not read) */
   reused: Set<number>;
   entries: number;
@@ -691,7 +618,14 @@ interface ConvertedLayers {
 async function convertLayers(img: ResolvedImage, ctx: Ctx, progress: (p: ConvertProgress) => void): Promise<ConvertedLayers> {
   const { src, sink, chunkIndex, packer, spool, scanOpts } = ctx;
   const manifest = img.original!.manifest;
-  const out: ConvertedLayers = { layers: [], reused: new Set(), entries: 0, files: 0, fileBytes: 0, chunkRefs: 0, onePassLayers: 0 };
+  const toc = native.tocBuilder(FORMAT_VERSION, ctx.chunker, ctx.prefetch);
+  const out: ConvertedLayers = { toc, reused: new Set(), entries: 0, files: 0, fileBytes: 0, chunkRefs: 0, onePassLayers: 0 };
+  const count = (s: { entries: number; files: number; fileBytes: number; chunkRefs: number }) => {
+    out.entries += s.entries;
+    out.files += s.files;
+    out.fileBytes += s.fileBytes;
+    out.chunkRefs += s.chunkRefs;
+  };
   for (const [i, layer] of manifest.layers.entries()) {
     const what = `${src.name} layer ${i} (${layer.digest})`;
     throwIfAborted(ctx.signal, `convert ${src.name}`);
@@ -699,105 +633,33 @@ async function convertLayers(img: ResolvedImage, ctx: Ctx, progress: (p: Convert
     const reuse = await trustedLayer(ctx, layer.digest);
     if (reuse) {
       out.reused.add(i);
-      const ordered = fromToc(reuse.toc, reuse.layer, chunkIndex);
+      count(toc.addTocLayer(chunkIndex.dict, reuse.toc, reuse.layer));
       await copyBlob(src, sink, layer, what);
-      for (const s of ordered) {
-        out.entries++;
-        if (s.entry.type === 'reg') {
-          out.files++;
-          out.fileBytes += s.entry.size;
-        }
-        out.chunkRefs += s.chunks?.length ?? 0;
-      }
-      out.layers.push({ entries: ordered });
       continue;
     }
     // Most layers arrive in canonical order (tar --sort=name, directory walks): chunks are packed
     // as they stream by. If an entry breaks the order, the layer is read again with a spool.
     const mark = chunkIndex.mark();
     packer.beginLayer();
-    let scanner = new LayerScanner(scanOpts, chunkIndex, spool, packer);
-    let ordered: ScannedEntry[];
+    let draft: NativeLayerDraft;
     try {
-      ordered = canonicalOrder(await scanLayer(src, sink, layer, what, scanner));
+      draft = await scanLayer(src, sink, layer, what, new LayerScanner(scanOpts, chunkIndex, spool, packer));
+      count(draft.stats);
+      toc.addDraft(draft);
       out.onePassLayers++;
     } catch (e) {
       if (!(e instanceof OutOfOrder)) throw e;
       await packer.rollbackLayer();
       chunkIndex.truncate(mark);
-      scanner = new LayerScanner(scanOpts, chunkIndex, spool);
-      ordered = canonicalOrder(await scanLayer(src, sink, layer, what, scanner));
+      draft = await scanLayer(src, sink, layer, what, new LayerScanner(scanOpts, chunkIndex, spool));
+      count(draft.stats);
+      const ordered = toc.addDraft(draft);
       progress({ phase: 'pack', layer: i, layers: manifest.layers.length });
-      await packer.placeFromSpool(
-        ordered.flatMap((s) => (s.chunks ? [s.chunks] : [])),
-        spool,
-      );
+      await packer.placeFromSpool(ordered, spool);
     }
-    out.entries += scanner.stats.entries;
-    out.files += scanner.stats.files;
-    out.fileBytes += scanner.stats.fileBytes;
-    out.chunkRefs += scanner.stats.chunkRefs;
     await packer.finishLayer();
-    out.layers.push({ entries: ordered });
   }
   return out;
-}
-
-/** A TOC built from converted layers, with figures about the chunks it names. */
-interface BuiltToc {
-  toc: Toc;
-  uniqueChunkBytes: number;
-  /** chunks stored before this image's conversion started */
-  reusedChunks: number;
-  /** compressed bytes of every frame the image names */
-  imageFrameBytes: number;
-  /** chunks this image takes from locations a destination's TOC claimed */
-  foreign: number[];
-}
-
-/** TOC building: packs, frames and chunks numbered in order of first reference. */
-function buildToc(layers: ConvertedLayers['layers'], ctx: Ctx, storedBefore: number): BuiltToc {
-  const { chunkIndex, packer } = ctx;
-  const packIdx = new Map<string, number>();
-  const frameIdx = new Map<string, number>();
-  const chunkIdx = new Map<number, number>();
-  const toc: Toc = { version: FORMAT_VERSION, chunker: ctx.chunker, packs: [], frames: [], chunks: [], layers: [] };
-  if (ctx.prefetch?.length) toc.prefetch = ctx.prefetch;
-  const packDigest = (p: string | number) => (typeof p === 'number' ? packer.packs[p].digest : p);
-  const built: BuiltToc = { toc, uniqueChunkBytes: 0, reusedChunks: 0, imageFrameBytes: 0, foreign: [] };
-  const tocIndex = (id: number): number => {
-    let ci = chunkIdx.get(id);
-    if (ci !== undefined) return ci;
-    const loc = chunkIndex.loc(id);
-    if (!loc) throw new OcichunkError('EINTERNAL', `chunk ${chunkIndex.hex(id)} was never placed`);
-    const pd = packDigest(loc.pack);
-    let pi = packIdx.get(pd);
-    if (pi === undefined) {
-      pi = toc.packs.length;
-      packIdx.set(pd, pi);
-      toc.packs.push(pd);
-    }
-    const fk = `${pi}:${loc.off}`;
-    let fi = frameIdx.get(fk);
-    if (fi === undefined) {
-      fi = toc.frames.length;
-      frameIdx.set(fk, fi);
-      toc.frames.push({ pack: pi, offset: loc.off, compressedLength: loc.clen, length: loc.ulen });
-      built.imageFrameBytes += loc.clen;
-    }
-    ci = toc.chunks.length;
-    chunkIdx.set(id, ci);
-    toc.chunks.push({ digest: chunkIndex.hex(id), frame: fi, offset: loc.inner, length: chunkIndex.length(id) });
-    if (chunkIndex.isForeign(id)) built.foreign.push(id);
-    built.uniqueChunkBytes += chunkIndex.length(id);
-    if (id < storedBefore) built.reusedChunks++;
-    return ci;
-  };
-  for (const layer of layers) {
-    const tocEntries: TocEntry[] = layer.entries.map((s) => toTocEntry(s.entry as Entry, s.chunks?.map(tocIndex)));
-    toc.layers.push({ entries: tocEntries });
-  }
-  return built;
 }
 
 /**
@@ -808,13 +670,13 @@ function buildToc(layers: ConvertedLayers['layers'], ctx: Ctx, storedBefore: num
 async function publishPlatform(
   img: ResolvedImage,
   ctx: Ctx,
-  toc: Toc,
+  built: BuiltToc,
   reused: Set<number>,
 ): Promise<{ originalManifest: Descriptor; chunkedManifest: Descriptor; tocBytes: number; tocUncompressedBytes: number }> {
   const { src, sink, chunkIndex, packer, entryOptions } = ctx;
   const original = img.original!;
   const manifest = original.manifest;
-  const { json, blob } = encodeToc(toc, Math.max(ctx.level, 10));
+  const { json, blob } = built;
   const tocStored = await sink.putBlob(blob);
   chunkIndex.rememberLayers(
     manifest.layers.map((l) => l.digest),
@@ -824,7 +686,7 @@ async function publishPlatform(
     true,
   );
   for (const [i, l] of manifest.layers.entries()) {
-    if (!reused.has(i)) await ctx.trust.recordLayer(l.digest, entryOptions, layerContentDigest(toc, i));
+    if (!reused.has(i)) await ctx.trust.recordLayer(l.digest, entryOptions, built.layerDigests[i]);
   }
   const packSize = (d: string) => {
     const mine = packer.packs.find((p) => p.digest === d);
@@ -844,7 +706,7 @@ async function publishPlatform(
         size: tocStored.size,
         annotations: { [ANN.tocUncompressedSize]: String(json.length) },
       },
-      ...toc.packs.map((d) => ({ mediaType: CMT.pack, digest: d, size: packSize(d) })),
+      ...built.packs.map((d) => ({ mediaType: CMT.pack, digest: d, size: packSize(d) })),
     ],
     ...(ctx.attach === 'referrer' ? { subject: { mediaType: original.desc.mediaType, digest: original.desc.digest, size: original.desc.size } } : {}),
     annotations: {
@@ -886,11 +748,16 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
   const before = { chunks: chunkIndex.mark(), packs: packer.packs.length, frames: packer.frameCount, bytes: packer.storedBytes };
   const layers = await convertLayers(img, ctx, progress);
   progress({ phase: 'write' });
-  const built = buildToc(layers.layers, ctx, before.chunks);
-  const chunksVerified = await checkForeignLocations(ctx, built.foreign);
-  const published = await publishPlatform(img, ctx, built.toc, layers.reused);
+  // the TOC: packs, frames and chunks numbered in order of first reference (crates/core/src/format/build.rs)
+  const built = layers.toc.build(
+    chunkIndex.dict,
+    packer.packs.map((p) => p.digest),
+    before.chunks,
+    Math.max(ctx.level, 10),
+  );
+  const chunksVerified = await checkForeignLocations(ctx, Array.from(built.foreign));
+  const published = await publishPlatform(img, ctx, built, layers.reused);
   progress({ phase: 'write' });
-  const { toc } = built;
   return {
     platform: platformString(original.desc.platform ?? img.platform),
     originalManifest: published.originalManifest,
@@ -901,9 +768,9 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
     fileBytes: layers.fileBytes,
     bytesIn: original.manifest.layers.reduce((a, l) => a + l.size, 0),
     chunkRefs: layers.chunkRefs,
-    uniqueChunks: toc.chunks.length,
+    uniqueChunks: built.chunks,
     uniqueChunkBytes: built.uniqueChunkBytes,
-    newChunks: toc.chunks.length - built.reusedChunks,
+    newChunks: built.chunks - built.reusedChunks,
     reusedChunks: built.reusedChunks,
     newFrames: packer.frameCount - before.frames,
     newPacks: packer.packs.length - before.packs,

@@ -60,10 +60,10 @@ export class Packer {
   }
 
   /**
-   * Pass 2 of unsorted layers: place the chunks of these files, in order, from the spool (those not
-   * placed yet). Raw chunks are read in runs of up to 8 MiB (adjacent spool ranges in one read).
+   * Pass 2 of unsorted layers: place the layer's chunks in canonical order from the spool (those
+   * not placed yet). Raw chunks are read in runs of up to 8 MiB (adjacent spool ranges in one read).
    */
-  async placeFromSpool(files: Iterable<readonly number[]>, spool: Spool): Promise<void> {
+  async placeFromSpool(chunks: Uint32Array, spool: Spool): Promise<void> {
     const { dict } = this.chunkIndex;
     const seen = new Set<number>();
     let ids: number[] = [];
@@ -96,28 +96,26 @@ export class Packer {
       bytes = 0;
       await this.placeAll(list, positions, buf);
     };
-    for (const chunks of files) {
-      for (const id of chunks) {
-        if (seen.has(id)) continue;
-        seen.add(id);
-        if (!dict.unplaced(id)) continue;
-        const sp = dict.spooled(id);
-        if (!sp) throw new OcichunkError('EINTERNAL', `chunk ${dict.hex(id)} has no bytes to place`);
-        const [off, clen] = sp;
-        if (clen < 0) {
-          const len = dict.length(id);
-          ids.push(id);
-          where.push(off, len);
-          bytes += len;
-          if (bytes >= 8 << 20) await flush();
-          continue;
-        }
-        // a large chunk, compressed into its own frame during the scan: the same bytes as here
-        await flush();
-        const frame = Buffer.allocUnsafe(clen);
-        spool.readInto(frame, 0, clen, off);
-        await this.submit(this.w.placeCompressed(dict, id, frame));
+    for (const id of chunks) {
+      if (seen.has(id)) continue;
+      seen.add(id);
+      if (!dict.unplaced(id)) continue;
+      const sp = dict.spooled(id);
+      if (!sp) throw new OcichunkError('EINTERNAL', `chunk ${dict.hex(id)} has no bytes to place`);
+      const [off, clen] = sp;
+      if (clen < 0) {
+        const len = dict.length(id);
+        ids.push(id);
+        where.push(off, len);
+        bytes += len;
+        if (bytes >= 8 << 20) await flush();
+        continue;
       }
+      // a large chunk, compressed into its own frame during the scan: the same bytes as here
+      await flush();
+      const frame = Buffer.allocUnsafe(clen);
+      spool.readInto(frame, 0, clen, off);
+      await this.submit(this.w.placeCompressed(dict, id, frame));
     }
     await flush();
   }

@@ -1,15 +1,15 @@
 /**
  * Pass 1 over a layer: the native scan (crates/core/src/tarscan.rs) undoes compression, parses the
- * tar and cuts and hashes file contents in batches; here entries are canonicalized and chunks
- * deduplicated. In sorted mode new chunks go straight to the packer; otherwise they go to a spool
- * file and pass 2 packs them in canonical order.
+ * tar into canonical entries and cuts and hashes file contents in batches; the layer's draft
+ * (crates/core/src/format/build.rs) collects entries and chunks, and here chunks are deduplicated.
+ * In sorted mode new chunks go straight to the packer; otherwise they go to a spool file and pass 2
+ * packs them in canonical order.
  */
 import fs from 'node:fs';
 import { OcichunkError } from '../errors.js';
 import type { Readable } from 'node:stream';
-import { TYPE_ORDER, pathKey, type CanonOptions, type Entry } from '../layer/entry.js';
-import { decodeEntries } from '../layer/entries.js';
-import { native, type ChunkerSpec, type ScanBatch, type ScanStep } from '../native/index.js';
+import type { CanonOptions } from '../layer/entry.js';
+import { native, type ChunkerSpec, type NativeLayerDraft, type ScanBatch, type ScanStep } from '../native/index.js';
 import type { Packer } from './packer.js';
 import type { ChunkIndex } from './chunk-index.js';
 import { throwIfAborted } from '../util/abort.js';
@@ -24,17 +24,11 @@ export class OutOfOrder extends Error {
 /** A layer blob as a stream, or as a local file the native scan reads (and verifies) itself. */
 export type LayerInput = { stream: Readable } | { file: string; digest: string; size: number };
 
-export interface ScannedEntry {
-  entry: Entry;
-  /** Chunk ids in file order (regular files). */
-  chunks?: number[];
-}
-
 interface Seg {
-  file: ScannedEntry;
+  /** the tar header (of the layer) whose content it is */
+  header: number;
   start: number;
   len: number;
-  eof: boolean;
 }
 
 /** A scan batch's chunks: how many per segment, their lengths and binary SHA-256s, in order. */
@@ -96,10 +90,6 @@ export class Spool {
 }
 
 export interface ScanStats {
-  entries: number;
-  files: number;
-  fileBytes: number;
-  chunkRefs: number;
   newChunks: number;
   newChunkBytes: number;
 }
@@ -107,10 +97,9 @@ export interface ScanStats {
 export class LayerScanner {
   /** Every batch taken so far has been absorbed (chunks interned, placed or spooled), in order. */
   private placed: Promise<void> = Promise.resolve();
-  readonly stats: ScanStats = { entries: 0, files: 0, fileBytes: 0, chunkRefs: 0, newChunks: 0, newChunkBytes: 0 };
-
-  private lastKey: Buffer | undefined;
-  private lastType = 0;
+  readonly stats: ScanStats = { newChunks: 0, newChunkBytes: 0 };
+  /** the layer's entries and their chunks (canonical order checked in sorted mode) */
+  readonly draft: NativeLayerDraft;
 
   /**
    * sorted mode (packer given): the layer is expected in canonical order, new chunks go straight to
@@ -122,32 +111,26 @@ export class LayerScanner {
     private readonly chunkIndex: ChunkIndex,
     private readonly spool: Spool,
     private readonly packer?: Packer,
-  ) {}
+  ) {
+    this.draft = native.layerDraft(!!packer);
+  }
 
   /**
    * Read a layer blob (tar, gzip'd or zstd'd). The native scan undoes compression, parses the tar,
    * cuts and hashes file contents off the JS thread; batches come back in order and are absorbed
    * here while the next ones are read.
    */
-  async scan(input: LayerInput, layer: string): Promise<ScannedEntry[]> {
-    const out: ScannedEntry[] = [];
-    /** per tar header (in layer order): its scanned entry, or a sink for contents nobody keeps */
-    const byHeader: ScannedEntry[] = [];
-    const discard = (): ScannedEntry => ({ entry: { path: '', type: 'reg', mode: 0, uid: 0, gid: 0, size: 0, mtime: 0 }, chunks: [] });
+  async scan(input: LayerInput, layer: string): Promise<NativeLayerDraft> {
     const inFlight: Array<Promise<void>> = [];
     const scanner = native.layerScanner('auto', this.opts.chunker, this.opts.batchBytes, this.opts.threads, undefined, {
       sourceDateEpoch: this.opts.sourceDateEpoch,
       keepMtime: this.opts.keepMtime,
     });
     const take = (b: ScanBatch) => {
-      decodeEntries(b.headers, b.entries).forEach((e, i) => {
-        byHeader[b.firstEntry + i] = (e && this.entry(e, out)) ?? discard();
-      });
+      const late = this.draft.addEntries(b.headers, b.entries);
+      if (late !== null) throw new OutOfOrder(late);
       const segs: Seg[] = [];
-      for (let i = 0; i < b.segs.length; i += 4) {
-        const file = byHeader[b.segs[i]];
-        segs.push({ file: file.chunks ? file : discard(), start: b.segs[i + 1], len: b.segs[i + 2], eof: b.segs[i + 3] === 1 });
-      }
+      for (let i = 0; i < b.segs.length; i += 4) segs.push({ header: b.segs[i], start: b.segs[i + 1], len: b.segs[i + 2] });
       const buf = scanner.bytes(b);
       const batch: Batch = { buf, segs };
       const done = this.placed.then(() => this.absorb(batch, b)).then(() => scanner.done(b));
@@ -204,7 +187,7 @@ export class LayerScanner {
       }
       for (const b of (await scanner.finish()).batches) take(b);
       await this.placed;
-      return out;
+      return this.draft;
     } catch (e) {
       await this.placed.catch(() => {});
       // content that does not parse may simply not be the blob the descriptor names: say so
@@ -219,32 +202,18 @@ export class LayerScanner {
     }
   }
 
-  /** A tar header as a scanned entry (undefined for entries without meaning); checks the order in sorted mode. */
-  private entry(entry: Entry, out: ScannedEntry[]): ScannedEntry {
-    this.stats.entries++;
-    if (this.packer) {
-      const key = pathKey(entry.path);
-      const t = TYPE_ORDER[entry.type];
-      const c = this.lastKey ? Buffer.compare(key, this.lastKey) : 1;
-      if (c < 0 || (c === 0 && t <= this.lastType)) throw new OutOfOrder(entry.path);
-      this.lastKey = key;
-      this.lastType = t;
-    }
-    const rec: ScannedEntry = { entry };
-    out.push(rec);
-    if (entry.type === 'reg') {
-      rec.chunks = [];
-      this.stats.files++;
-      this.stats.fileBytes += entry.size;
-    }
-    return rec;
-  }
-
   /** The batch's chunks in the chunk index: their ids, and which of them it did not know. */
   private intern(b: Batch, r: ChunkRows): ReturnType<ChunkIndex['internAll']> {
     let n = 0;
     for (let si = 0; si < b.segs.length; si++) n += r.counts[si];
-    return this.chunkIndex.internAll(r.digests.subarray(0, n * 32), r.lengths.subarray(0, n));
+    const interned = this.chunkIndex.internAll(r.digests.subarray(0, n * 32), r.lengths.subarray(0, n));
+    // each file's chunks, in order (batches are absorbed in order)
+    this.draft.addChunks(
+      Uint32Array.from(b.segs, (s) => s.header),
+      r.counts.subarray(0, b.segs.length),
+      interned.ids,
+    );
+    return interned;
   }
 
   private async absorb(b: Batch, r: ChunkRows): Promise<void> {
@@ -279,8 +248,6 @@ export class LayerScanner {
       for (let k = 0; k < r.counts[si]; k++, ci++) {
         const len = r.lengths[ci];
         const id = ids[ci];
-        s.file.chunks!.push(id);
-        this.stats.chunkRefs++;
         if (fresh(ci) && len >= this.opts.groupBelow) {
           this.stats.newChunks++;
           this.stats.newChunkBytes += len;
@@ -323,8 +290,6 @@ export class LayerScanner {
       let pos = s.start;
       for (let k = 0; k < r.counts[si]; k++, ci++) {
         const len = r.lengths[ci];
-        s.file.chunks!.push(ids[ci]);
-        this.stats.chunkRefs++;
         if (fresh(ci)) {
           this.stats.newChunks++;
           this.stats.newChunkBytes += len;

@@ -9,8 +9,9 @@
  *   in a destination is reused only when its content digest equals the one this user's own
  *   conversion of the same source layer (same entry options) recorded; anything else is derived
  *   again from the source layer, whose digest is verified while it is read. The content digest is
- *   the SHA-256 of the layer's entries with chunk indexes replaced by chunk digests: a function of
- *   the layer's files and the options, whatever TOC or destination holds it.
+ *   the SHA-256 of the layer's entries with chunk indexes replaced by chunk digests
+ *   (crates/core/src/format/build.rs `layer_content_digest`): a function of the layer's files and
+ *   the options, whatever TOC or destination holds it.
  * - **Chunk locations.** A TOC may claim that chunk D lies at some frame of a pack when it does not.
  *   A location this user's own conversion wrote (or verified by reading) is recorded per pack; any
  *   other location a conversion reuses is read and hashed first, and a mismatch refuses the
@@ -20,24 +21,12 @@
  * Records live under `$XDG_CACHE_HOME/ocichunk/trust` (~/.cache/ocichunk/trust): `layers/<options>/<layer hex>`
  * and `packs/<pack hex>` (one line per chunk: offset, offset in frame, length, digest).
  */
-import { createHash } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { Toc } from '../chunked/toc.js';
 import { tempName } from '../store/owner.js';
 
 export const DEFAULT_TRUST_DIR = path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'ocichunk', 'trust');
-
-/** SHA-256 of TOC layer `layer`'s entries, chunks named by digest (independent of the TOC's numbering). */
-export function layerContentDigest(toc: Toc, layer: number): string {
-  const h = createHash('sha256');
-  for (const e of toc.layers[layer].entries) {
-    h.update(JSON.stringify(e.chunks ? { ...e, chunks: e.chunks.map((c) => toc.chunks[c].digest) } : e));
-    h.update('\n');
-  }
-  return `sha256:${h.digest('hex')}`;
-}
 
 /** A chunk's place in a pack, as a record line: frame offset, offset in the frame, length, digest. */
 export function locationKey(off: number, inner: number, length: number, hex: string): string {

@@ -33,7 +33,7 @@ export interface ScanBatch {
   /** index of the pool buffer holding the batch's bytes; release it (done()) when finished with it */
   buffer: number;
   length: number;
-  /** per tar header: its canonical entry (format/canonical.rs encode_entry; src/layer/entries.ts), or with no `canon`, the raw header (tarscan.rs encode_header) */
+  /** per tar header: its canonical entry (format/canonical.rs encode_entry; read by format/build.rs decode_entries), or with no `canon`, the raw header (tarscan.rs encode_header) */
   headers: Buffer;
   firstEntry: number;
   entries: number;
@@ -78,6 +78,50 @@ export interface NativeCheckedToc {
   view(): Buffer;
   /** rows of [chunk, fromInChunk, toInChunk, atInOutput] for a read of a regular file */
   plan(ino: number, offset: number, length: number): Float64Array;
+  /** the content digest of each layer: its entries with chunk digests for indices (crates/core/src/format/build.rs) */
+  layerDigests(): string[];
+}
+
+/** Figures of a converted layer's entries as the tar gave them. */
+export interface DraftStats {
+  entries: number;
+  files: number;
+  fileBytes: number;
+  /** chunks of file contents, repeats counted */
+  chunkRefs: number;
+}
+
+/** One layer being converted (crates/core/src/format/build.rs LayerDraft). */
+export interface NativeLayerDraft {
+  /** a scan batch's entries; in sorted mode the path of the first entry out of canonical order, else null */
+  addEntries(encoded: Buffer, count: number): string | null;
+  /** `counts[k]` ids of `ids`, in order, are chunks of tar header `headers[k]` */
+  addChunks(headers: Uint32Array, counts: Uint32Array, ids: Uint32Array): void;
+  readonly stats: DraftStats;
+}
+
+/** A TOC built from converted layers (crates/core/src/format/build.rs). */
+export interface BuiltToc {
+  json: Buffer;
+  blob: Buffer;
+  packs: string[];
+  chunks: number;
+  uniqueChunkBytes: number;
+  reusedChunks: number;
+  imageFrameBytes: number;
+  /** chunk ids whose location a destination claimed and that are not verified yet */
+  foreign: Uint32Array;
+  layerDigests: string[];
+}
+
+/** A TOC being assembled: layers in order, then build (crates/core/src/format/build.rs TocBuilder). */
+export interface NativeTocBuilder {
+  /** takes the draft in canonical order; its files' chunk ids in that order */
+  addDraft(draft: NativeLayerDraft): Uint32Array;
+  /** layer `layer` of an earlier conversion's TOC as it is, its chunks interned in `dict` */
+  addTocLayer(dict: NativeChunkDict, toc: NativeCheckedToc, layer: number): DraftStats;
+  /** `written[n]`: digest of this conversion's pack n; ids below storedBefore count as reused */
+  build(dict: NativeChunkDict, written: string[], storedBefore: number, level: number): BuiltToc;
 }
 
 /** Where a chunk's frame is: `inner` bytes into the frame at `offset` in pack `pack` (a stored pack's digest, or the number of a pack being written). */
@@ -156,6 +200,8 @@ interface Binding {
   ChunkDict: new () => NativeChunkDict;
   PackWriter: new (o: PackSpec) => NativePackWriter;
   CheckedToc: new (blob: Buffer) => NativeCheckedToc;
+  LayerDraft: new (sorted: boolean) => NativeLayerDraft;
+  TocBuilder: new (version: number, chunker: ChunkerSpec, prefetchPaths?: string[] | null, prefetchRanges?: Float64Array | null) => NativeTocBuilder;
   chunkCachePath(dir: string, hex: string): string;
   checkToc(blob: Buffer): {
     json?: Buffer | null;
@@ -206,9 +252,9 @@ export interface MountFlags {
 
 /** The binding's own object behind a wrapper (native calls that take a CheckedToc need it). */
 const RAW = Symbol('native');
-function raw(t: NativeCheckedToc): NativeCheckedToc {
-  const r = (t as NativeCheckedToc & { [RAW]?: NativeCheckedToc })[RAW];
-  if (!r) throw new OcichunkError('EINTERNAL', 'not a TOC opened by native.openToc');
+function raw<T extends object>(t: T): T {
+  const r = (t as T & { [RAW]?: T })[RAW];
+  if (!r) throw new OcichunkError('EINTERNAL', 'not an object made by native');
   return r;
 }
 
@@ -322,8 +368,40 @@ export const native = {
       json: () => t.json(),
       view: () => wrapSync(what, () => t.view()),
       plan: (ino: number, offset: number, length: number) => wrapSync(what, () => t.plan(ino, offset, length)),
+      layerDigests: () => t.layerDigests(),
       [RAW]: t,
     } as NativeCheckedToc;
+  },
+  /** One layer being converted: the scan's entries and chunks, in canonical order for a TocBuilder. */
+  layerDraft: (sorted: boolean): NativeLayerDraft => {
+    const d = new (load().LayerDraft)(sorted);
+    return {
+      addEntries: (encoded: Buffer, count: number) => wrapSync('layer entries', () => d.addEntries(encoded, count)),
+      addChunks: (headers: Uint32Array, counts: Uint32Array, ids: Uint32Array) => wrapSync('layer chunks', () => d.addChunks(headers, counts, ids)),
+      get stats() {
+        return d.stats;
+      },
+      [RAW]: d,
+    } as NativeLayerDraft;
+  },
+  /** A TOC of converted layers (the format's one writer: canonical order, numbering, JSON). */
+  tocBuilder: (version: number, chunker: ChunkerSpec, prefetch?: Array<[string, number, number]>): NativeTocBuilder => {
+    const b = wrapSync('TOC', () =>
+      prefetch?.length
+        ? new (load().TocBuilder)(
+            version,
+            chunker,
+            prefetch.map((p) => p[0]),
+            Float64Array.from(prefetch.flatMap((p) => [p[1], p[2]])),
+          )
+        : new (load().TocBuilder)(version, chunker, null, null),
+    );
+    return {
+      addDraft: (d: NativeLayerDraft) => wrapSync('TOC', () => b.addDraft(raw(d))),
+      addTocLayer: (dict: NativeChunkDict, toc: NativeCheckedToc, layer: number) => wrapSync('TOC', () => b.addTocLayer(dict, raw(toc), layer)),
+      build: (dict: NativeChunkDict, written: string[], storedBefore: number, level: number) =>
+        wrapSync('TOC', () => b.build(dict, written, storedBefore, level)),
+    };
   },
   /** The cache file of a chunk (crates/core/src/cache.rs owns the layout). */
   chunkCachePath: (dir: string, hex: string) => wrapSync('chunk cache', () => load().chunkCachePath(dir, hex)),

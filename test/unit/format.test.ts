@@ -1,16 +1,15 @@
 /**
  * Unit tier: the format's rules on hand-written TOCs, without images: the merged tree every reader
  * shows (whiteouts, opaque directories, symlinked parents resolved inside the root, hardlinks,
- * replaced directories), the offset -> chunk lookup, TOC refusals with their codes, and the
- * canonical order a converted layer is written in.
+ * replaced directories), the offset -> chunk lookup and TOC refusals with their codes. (The canonical
+ * order a converted layer is written in is tested with its owner, crates/core/src/format/build.rs.)
  */
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { encodeToc, openToc, type Toc, type TocEntry } from '../../src/chunked/toc.js';
-import { canonicalOrder } from '../../src/convert/convert.js';
-import type { ScannedEntry } from '../../src/convert/scan.js';
-import { TYPE_ORDER, pathKey, type Entry } from '../../src/layer/entry.js';
+import { openToc, type Toc, type TocEntry } from '../../src/chunked/toc.js';
+import { TYPE_ORDER, pathKey } from '../../src/layer/entry.js';
 import { MergedTree } from '../../src/lazy/tree.js';
+import { tocBlob } from '../helpers/toc.js';
 
 const PACK = `sha256:${'ab'.repeat(32)}`;
 const hex = (s: string) => createHash('sha256').update(s).digest('hex');
@@ -44,7 +43,7 @@ function tocOf(layers: TocEntry[][], content: Record<string, string> = {}, chunk
 }
 
 function tree(toc: Toc): MergedTree {
-  const { toc: t, checked } = openToc(encodeToc(toc, 3).blob, 'test TOC');
+  const { toc: t, checked } = openToc(tocBlob(toc), 'test TOC');
   return new MergedTree(t, checked);
 }
 
@@ -180,27 +179,5 @@ describe('TOC refusals carry codes', () => {
     }
     expect(err).toMatchObject({ code });
     expect((err as Error).message).toMatch(message);
-  });
-});
-
-describe('canonical order of a converted layer', () => {
-  const reg = (path: string, chunks: number[] = []): ScannedEntry => ({
-    entry: { path, type: 'reg', mode: 0o644, uid: 0, gid: 0, size: chunks.length, mtime: 0 },
-    chunks,
-  });
-  const e = (path: string, type: Entry['type'], link?: string): ScannedEntry => ({
-    entry: { path, type, mode: 0, uid: 0, gid: 0, size: 0, mtime: 0, ...(link ? { link } : {}) },
-  });
-  const show = (l: ScannedEntry[]) =>
-    l.map((s) => `${s.entry.path} ${s.entry.type}${s.entry.link ? ` -> ${s.entry.link}` : ''}${s.chunks ? ` [${s.chunks}]` : ''}`);
-
-  it('keeps the last entry per path, sorts by path bytes with / first, whiteouts before what they hide', () => {
-    const out = canonicalOrder([reg('b', [1]), reg('a.d', [2]), e('a', 'dir'), reg('a/z', [3]), reg('b', [4]), e('c', 'whiteout'), e('c', 'dir')]);
-    expect(show(out)).toEqual(['a dir', 'a/z reg [3]', 'a.d reg [2]', 'b reg [4]', 'c whiteout', 'c dir']);
-  });
-
-  it('gives a hardlink group its content at the first path in canonical order', () => {
-    const out = canonicalOrder([reg('z', [9]), e('b', 'hardlink', 'z'), e('m', 'hardlink', 'b'), e('x', 'hardlink', 'lower/file')]);
-    expect(show(out)).toEqual(['b reg [9]', 'm hardlink -> b', 'x hardlink -> lower/file', 'z hardlink -> b']);
   });
 });

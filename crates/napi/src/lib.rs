@@ -13,6 +13,7 @@
 use napi::bindgen_prelude::*;
 use napi::{Env, Task};
 use napi_derive::napi;
+use ocichunk_core::format::build;
 use ocichunk_core::format::dict::PackName;
 use ocichunk_core::format::pack;
 use ocichunk_core::{batch, chunker::ChunkerParams, format, frame, fsx, restore, tarscan, Code, Error as CoreError};
@@ -559,6 +560,153 @@ impl CheckedToc {
         }
         let rows: Vec<f64> = f.pieces(offset as u64, length as u64).flat_map(|p| [p.chunk as f64, p.from as f64, p.to as f64, p.at as f64]).collect();
         Ok(rows.into())
+    }
+}
+
+#[napi]
+impl CheckedToc {
+    /// The content digest of each layer (`format::build::layer_content_digest`).
+    #[napi]
+    pub fn layer_digests(&self) -> Vec<String> {
+        build::toc_layer_digests(&self.inner.toc)
+    }
+}
+
+// ---- the format: writing a TOC ----
+
+#[napi(object)]
+pub struct DraftStats {
+    /// entries as the tar gave them (later ones of a path included)
+    pub entries: f64,
+    pub files: f64,
+    pub file_bytes: f64,
+    pub chunk_refs: f64,
+}
+
+fn draft_stats(s: build::DraftStats) -> DraftStats {
+    DraftStats { entries: s.entries as f64, files: s.files as f64, file_bytes: s.file_bytes as f64, chunk_refs: s.chunk_refs as f64 }
+}
+
+/// One layer being converted (`format::build::LayerDraft`): the scan's entries, then each file's
+/// chunks; a `TocBuilder` takes it in canonical order.
+#[napi]
+pub struct LayerDraft {
+    inner: Option<build::LayerDraft>,
+}
+
+impl LayerDraft {
+    fn draft(&mut self, env: Env) -> Result<&mut build::LayerDraft> {
+        self.inner.as_mut().ok_or_else(|| err(env, CoreError::invalid("layer draft already taken")))
+    }
+}
+
+#[napi]
+impl LayerDraft {
+    /// `sorted`: the layer is expected in canonical order (`addEntries` reports the first entry that is not).
+    #[napi(constructor)]
+    pub fn new(sorted: bool) -> Self {
+        LayerDraft { inner: Some(build::LayerDraft::new(sorted)) }
+    }
+
+    /// The next `count` tar headers' entries as a scan batch encodes them; in sorted mode the path
+    /// of the first entry out of canonical order (nothing after it is taken), else null.
+    #[napi]
+    pub fn add_entries(&mut self, env: Env, encoded: &[u8], count: u32) -> Result<Option<String>> {
+        self.draft(env)?.add_entries(encoded, count as usize).map_err(|e| err(env, e))
+    }
+
+    /// Chunks of a batch: `counts[k]` chunk ids of `ids`, in order, belong to tar header `headers[k]`.
+    #[napi]
+    pub fn add_chunks(&mut self, env: Env, headers: &[u32], counts: &[u32], ids: &[u32]) -> Result<()> {
+        if headers.len() != counts.len() || counts.iter().map(|&c| c as usize).sum::<usize>() != ids.len() {
+            return Err(err(env, CoreError::invalid("chunks: headers, counts and ids do not match")));
+        }
+        let d = self.draft(env)?;
+        let mut at = 0;
+        for (&h, &c) in headers.iter().zip(counts) {
+            d.add_chunks(h, &ids[at..at + c as usize]).map_err(|e| err(env, e))?;
+            at += c as usize;
+        }
+        Ok(())
+    }
+
+    #[napi(getter)]
+    pub fn stats(&mut self, env: Env) -> Result<DraftStats> {
+        Ok(draft_stats(self.draft(env)?.stats))
+    }
+}
+
+#[napi(object)]
+pub struct BuiltToc {
+    pub json: Buffer,
+    /// the JSON compressed (the TOC blob)
+    pub blob: Buffer,
+    pub packs: Vec<String>,
+    pub chunks: u32,
+    pub unique_chunk_bytes: f64,
+    pub reused_chunks: u32,
+    pub image_frame_bytes: f64,
+    /// chunk ids whose location a destination claimed and nobody verified yet
+    pub foreign: Uint32Array,
+    pub layer_digests: Vec<String>,
+}
+
+/// A TOC being assembled (`format::build::TocBuilder`): layers in order, then `build`.
+#[napi]
+pub struct TocBuilder {
+    inner: build::TocBuilder,
+}
+
+#[napi]
+impl TocBuilder {
+    /// `prefetch`: paths, and per path `[offset, length]` in `prefetchRanges`.
+    #[napi(constructor)]
+    pub fn new(env: Env, version: u32, chunker: ChunkerSpec, prefetch_paths: Option<Vec<String>>, prefetch_ranges: Option<&[f64]>) -> Result<Self> {
+        params(&chunker).map_err(|e| err(env, e))?;
+        let paths = prefetch_paths.unwrap_or_default();
+        let ranges = prefetch_ranges.unwrap_or_default();
+        if ranges.len() != 2 * paths.len() || ranges.iter().any(|&v| !(v >= 0.0 && v.fract() == 0.0 && v <= (1u64 << 53) as f64)) {
+            return Err(err(env, CoreError::invalid("prefetch: paths and ranges do not match")));
+        }
+        let prefetch: Vec<_> = paths.into_iter().enumerate().map(|(i, p)| (p, ranges[2 * i] as u64, ranges[2 * i + 1] as u64)).collect();
+        let record = build::ChunkerRecord { kind: chunker.kind, min: chunker.min, avg: chunker.avg, max: chunker.max, size: chunker.size };
+        Ok(TocBuilder { inner: build::TocBuilder::new(version, record, Some(prefetch)) })
+    }
+
+    /// Take a converted layer in canonical order; returns its files' chunk ids in that order (what
+    /// a second pass packs).
+    #[napi]
+    pub fn add_draft(&mut self, env: Env, draft: &mut LayerDraft) -> Result<Uint32Array> {
+        let d = draft.inner.take().ok_or_else(|| err(env, CoreError::invalid("layer draft already taken")))?;
+        let entries = d.finish();
+        let ids: Vec<u32> = entries.iter().flat_map(|d| d.chunks.iter().flatten().copied()).collect();
+        self.inner.add_layer(entries);
+        Ok(ids.into())
+    }
+
+    /// Layer `layer` of an earlier conversion's TOC, as it is; its chunks interned in `dict`.
+    #[napi]
+    pub fn add_toc_layer(&mut self, env: Env, dict: &mut ChunkDict, toc: &CheckedToc, layer: u32) -> Result<DraftStats> {
+        self.inner.add_toc_layer(&mut dict.inner, &toc.inner.toc, layer as usize).map(draft_stats).map_err(|e| err(env, e))
+    }
+
+    /// Number packs, frames and chunks in order of first reference and encode the TOC; `written[n]`
+    /// is the digest of this conversion's `n`th pack, ids below `storedBefore` count as reused.
+    #[napi]
+    pub fn build(&self, env: Env, dict: &ChunkDict, written: Vec<String>, stored_before: u32, level: i32) -> Result<BuiltToc> {
+        let b = self.inner.build(&dict.inner, &written, stored_before).map_err(|e| err(env, e))?;
+        let blob = frame::compress_frame(&[&b.json], level).map_err(|e| err(env, e))?;
+        Ok(BuiltToc {
+            blob: blob.into(),
+            json: b.json.into(),
+            packs: b.packs,
+            chunks: b.chunks,
+            unique_chunk_bytes: b.unique_chunk_bytes as f64,
+            reused_chunks: b.reused_chunks,
+            image_frame_bytes: b.image_frame_bytes as f64,
+            foreign: b.foreign.into(),
+            layer_digests: b.layer_digests,
+        })
     }
 }
 

@@ -25,6 +25,8 @@ pub struct DraftStats {
     pub entries: u64,
     pub files: u64,
     pub file_bytes: u64,
+    /// chunks of file contents, repeats counted (contents of headers without a file included)
+    pub chunk_refs: u64,
 }
 
 /// For one path: whiteout < the entry < opaque (the order docs/format.md §4 gives a layer's entries).
@@ -168,6 +170,7 @@ impl LayerDraft {
     /// regular file: content nobody keeps).
     pub fn add_chunks(&mut self, header: u32, ids: &[u32]) -> Result<()> {
         let f = *self.files.get(header as usize).ok_or_else(|| Error::invalid(format!("chunks for tar header {header} before its entry")))?;
+        self.stats.chunk_refs += ids.len() as u64;
         if let Some(f) = f {
             if let Some(c) = self.drafts[f as usize].chunks.as_mut() {
                 c.extend_from_slice(ids);
@@ -488,6 +491,7 @@ impl TocBuilder {
         let mut out = Vec::with_capacity(l.entries.len());
         for e in &l.entries {
             stats.entries += 1;
+            stats.chunk_refs += e.chunks.as_ref().map_or(0, |c| c.len() as u64);
             let chunks = match &e.chunks {
                 Some(cs) => Some(
                     cs.iter()
@@ -727,7 +731,7 @@ mod tests {
         d.add_chunks(0, &[7, 8]).unwrap();
         d.add_chunks(1, &[9]).unwrap(); // a directory's "content": dropped
         assert!(d.add_chunks(2, &[1]).is_err());
-        assert_eq!(d.stats, DraftStats { entries: 2, files: 1, file_bytes: 0 });
+        assert_eq!(d.stats, DraftStats { entries: 2, files: 1, file_bytes: 0, chunk_refs: 3 });
         assert_eq!(show(&d.finish()), ["a dir", "b reg [7, 8]"]);
     }
 
@@ -779,7 +783,7 @@ mod tests {
         other_dict.intern(&d(9), 1);
         let mut t2 = TocBuilder::new(1, chunker, None);
         let stats = t2.add_toc_layer(&mut other_dict, &checked, 0).unwrap();
-        assert_eq!(stats, DraftStats { entries: 3, files: 1, file_bytes: 30 });
+        assert_eq!(stats, DraftStats { entries: 3, files: 1, file_bytes: 30, chunk_refs: 2 });
         assert!(t2.build(&other_dict, &[], 0).is_err(), "chunks without a location");
         let q = other_dict.pack_ref(PackName::Stored("sha256:x".into()));
         for id in 1..3 {

@@ -1,10 +1,10 @@
 /**
- * Canonical entries as the native layer scan hands them over (crates/core/src/format/canonical.rs
- * `encode_entry`: the one owner of what a tar header means). Text is UTF-8, checked natively;
- * xattr values are raw bytes.
+ * Test-side reader of the canonical entries the native layer scan hands over
+ * (crates/core/src/format/canonical.rs `encode_entry`; the converter reads them natively in
+ * crates/core/src/format/build.rs). Text is UTF-8, xattr values are raw bytes.
  */
-import { OcichunkError } from '../errors.js';
-import type { Entry, EntryType } from './entry.js';
+import { OcichunkError } from '../../src/errors.js';
+import type { Entry, EntryType } from '../../src/layer/entry.js';
 
 const KINDS: Array<EntryType | null> = [null, 'reg', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo', 'whiteout', 'opaque'];
 
