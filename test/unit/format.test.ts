@@ -7,9 +7,8 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { openToc, type Toc, type TocEntry } from '../../src/chunked/toc.js';
-import { TYPE_ORDER, pathKey } from '../../src/layer/entry.js';
 import { MergedTree } from '../../src/lazy/tree.js';
-import { tocBlob } from '../helpers/toc.js';
+import { compareEntries, tocBlob } from '../helpers/toc.js';
 
 const PACK = `sha256:${'ab'.repeat(32)}`;
 const hex = (s: string) => createHash('sha256').update(s).digest('hex');
@@ -35,7 +34,7 @@ function tocOf(layers: TocEntry[][], content: Record<string, string> = {}, chunk
       }
       return { mode: 0o644, ...e, size: data.length, chunks };
     });
-    sorted.sort((a, b) => Buffer.compare(pathKey(a.path), pathKey(b.path)) || TYPE_ORDER[a.type] - TYPE_ORDER[b.type]);
+    sorted.sort(compareEntries);
     toc.layers.push({ entries: sorted });
   }
   toc.frames.push({ pack: 0, offset: 0, compressedLength: Math.max(1, frameLen), length: Math.max(1, frameLen) });
