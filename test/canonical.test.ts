@@ -48,9 +48,9 @@ describe('canonical conversion', () => {
   it('gives the same TOC and packs for GNU tar sorted, PAX unsorted and Python tarfile inputs', async () => {
     const tars = path.join(work, 'tars');
     fs.mkdirSync(tars);
-    // 1. GNU tar, sorted, fixed mtime, GNU format
-    must('tar', ['--sort=name', '--mtime=@1', '--format=gnu', '--numeric-owner', '-cf', path.join(tars, 'gnu.tar'), '-C', src, '.']);
-    // 2. GNU tar, PAX format, reverse order, real mtimes, owner names, './' prefixes
+    // 1. GNU tar, sorted, GNU format
+    must('tar', ['--sort=name', '--format=gnu', '--numeric-owner', '-cf', path.join(tars, 'gnu.tar'), '-C', src, '.']);
+    // 2. GNU tar, PAX format (sub-second mtimes), reverse order, owner names, './' prefixes
     const names = fs
       .readdirSync(src)
       .sort()
@@ -68,7 +68,7 @@ with tarfile.open(sys.argv[2],'w',format=tarfile.USTAR_FORMAT) as t:
         for n in sorted(files+[d for d in dirs if os.path.islink(os.path.join(root,d))],reverse=True)+[None]:
             p=root if n is None else os.path.join(root,n)
             ti=t.gettarinfo(p,arcname=os.path.relpath(p,src))
-            ti.uname='someone'; ti.gname='somegroup'; ti.mtime=1700000000
+            ti.uname='someone'; ti.gname='somegroup'
             if ti.isreg():
                 with open(p,'rb') as f: t.addfile(ti,f)
             else: t.addfile(ti)`,
@@ -97,20 +97,30 @@ with tarfile.open(sys.argv[2],'w',format=tarfile.USTAR_FORMAT) as t:
     expect(results[2].packs).toEqual(results[0].packs);
   });
 
-  it('keeps mtimes with keepMtime (different TOC) while the packs stay the same', async () => {
+  it('keeps mtimes by default; --source-date-epoch clamps them (another TOC), the packs stay the same', async () => {
     const tarFile = path.join(work, 'mt.tar');
     must('tar', ['--sort=name', '--format=pax', '-cf', tarFile, '-C', src, '.']);
     const inDir = path.join(work, 'in-mt');
     writeLayout(inDir, 'x', [plainLayer(fs.readFileSync(tarFile))]);
     await convert(`oci:${inDir}:x`, `oci:${work}/out-mt-a:x`, {});
-    await convert(`oci:${inDir}:x`, `oci:${work}/out-mt-b:x`, { keepMtime: true });
+    await convert(`oci:${inDir}:x`, `oci:${work}/out-mt-b:x`, { sourceDateEpoch: 0 });
     await convert(`oci:${inDir}:x`, `oci:${work}/out-mt-c:x`, { sourceDateEpoch: 1000 });
     const a = chunkedOf(`${work}/out-mt-a`);
     const b = chunkedOf(`${work}/out-mt-b`);
     const c = chunkedOf(`${work}/out-mt-c`);
     expect(b.toc).not.toBe(a.toc);
     expect(c.toc).not.toBe(a.toc);
+    expect(c.toc).not.toBe(b.toc);
     expect(b.packs).toEqual(a.packs);
     expect(c.packs).toEqual(a.packs);
+    // the default TOC holds each file's own mtime (whole seconds); clamped ones hold at most the epoch
+    const entries = (layout: string, digest: string) =>
+      JSON.parse(native.decompressSync(blob(layout, digest), 64 << 20).toString()).layers[0].entries as Array<{ path: string; type: string; mtime?: number }>;
+    const kept = entries(`${work}/out-mt-a`, a.toc);
+    const files = kept.filter((e) => e.type === 'reg');
+    expect(files.length).toBeGreaterThan(50);
+    for (const e of files) expect(e.mtime ?? 0).toBe(Math.floor(fs.lstatSync(path.join(src, e.path)).mtimeMs / 1000));
+    expect(entries(`${work}/out-mt-b`, b.toc).every((e) => e.mtime === undefined)).toBe(true);
+    expect(entries(`${work}/out-mt-c`, c.toc).every((e) => (e.mtime ?? 0) <= 1000)).toBe(true);
   });
 });

@@ -43,8 +43,11 @@ export function builder(y: Argv) {
     .option('chunk-max', { type: 'string', describe: 'cdc: maximum chunk size (default 256k); file: largest single chunk (default 64m)' })
     .option('chunk-size', { type: 'string', describe: 'fixed: chunk size (default 1m)' })
     .option('zstd-level', { type: 'number', default: 3, describe: 'zstd level of chunk frames (1-22)' })
-    .option('source-date-epoch', { type: 'number', describe: 'clamp mtimes to this time (default: $SOURCE_DATE_EPOCH, else 0)' })
-    .option('keep-mtime', { type: 'boolean', default: false, describe: 'keep file mtimes instead of clamping them' })
+    .option('source-date-epoch', {
+      type: 'number',
+      describe: 'clamp mtimes to at most this time (default: $SOURCE_DATE_EPOCH; unset: mtimes are kept). Changes the files: tools that trust mtimes see it',
+    })
+    .option('keep-mtime', { type: 'boolean', default: false, describe: 'keep mtimes even when $SOURCE_DATE_EPOCH is set (the default otherwise)' })
     .option('pack-size', { type: 'string', default: '64m', describe: 'target size of pack blobs' })
     .option('tmpdir', { type: 'string', describe: 'where to spool new chunks and stage uploads (default: system temp)' })
     .option('prefetch-list', { type: 'string', describe: 'a read trace (ocichunk mount --record-trace) stored in the TOC: mounts fetch it first' });
@@ -97,7 +100,6 @@ export async function run(a: Args): Promise<unknown> {
     zstdLevel: a['zstd-level'],
     threads: a.threads,
     sourceDateEpoch: sourceDateEpoch(a),
-    keepMtime: a['keep-mtime'],
     packTarget: parseSize(a['pack-size'], '--pack-size'),
     ...framesOf(a),
     ...(a['prefetch-list']

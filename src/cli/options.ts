@@ -87,15 +87,23 @@ export function chunkerOf(a: { chunker: string; 'chunk-min'?: string; 'chunk-avg
   }
 }
 
-export function sourceDateEpoch(a: { 'source-date-epoch'?: number }): number {
-  if (a['source-date-epoch'] !== undefined) return a['source-date-epoch'];
+/** The time mtimes are clamped to: --source-date-epoch, else $SOURCE_DATE_EPOCH; none (mtimes kept) without either or with --keep-mtime. */
+export function sourceDateEpoch(a: { 'source-date-epoch'?: number; 'keep-mtime'?: boolean }): number | undefined {
+  if (a['source-date-epoch'] !== undefined) {
+    if (a['keep-mtime']) throw new OcichunkError('EUSAGE', '--keep-mtime and --source-date-epoch exclude each other');
+    if (!Number.isSafeInteger(a['source-date-epoch']) || a['source-date-epoch'] < 0) {
+      throw new OcichunkError('EUSAGE', `--source-date-epoch must be a non-negative integer (got ${a['source-date-epoch']})`);
+    }
+    return a['source-date-epoch'];
+  }
+  if (a['keep-mtime']) return undefined;
   const env = process.env.SOURCE_DATE_EPOCH;
   if (env !== undefined && env !== '') {
     const n = Number(env);
     if (!Number.isSafeInteger(n) || n < 0) throw new OcichunkError('EUSAGE', `SOURCE_DATE_EPOCH must be a non-negative integer (got ${JSON.stringify(env)})`);
     return n;
   }
-  return 0;
+  return undefined;
 }
 
 export interface FrameArgs {

@@ -61,8 +61,12 @@ export interface ConvertOptions {
   chunker?: ChunkerSpec;
   zstdLevel?: number;
   threads?: number;
+  /**
+   * Clamp every mtime to at most this (seconds since the epoch), as reproducible builds do: a
+   * change of the files (tools that trust mtimes, Python's bytecode among them, see other
+   * files). Default: mtimes are kept (whole seconds).
+   */
   sourceDateEpoch?: number;
-  keepMtime?: boolean;
   tmpDir?: string;
   groupBelow?: number;
   groupTarget?: number;
@@ -444,7 +448,7 @@ async function conversionContext(src: ImageSource, sink: ImageSink, opts: Conver
     level,
     groupBelow,
     sourceDateEpoch: opts.sourceDateEpoch ?? 0,
-    keepMtime: !!opts.keepMtime,
+    keepMtime: opts.sourceDateEpoch === undefined,
     signal: opts.signal,
   };
   // what shapes TOC entries and chunk digests: a layer converted before with these is not read again

@@ -1,6 +1,6 @@
 /**
  * A comparable snapshot of a directory tree: type, mode, owner, content hash, link targets, xattrs,
- * device numbers and hardlink groups of every path (mtimes only when asked).
+ * device numbers, hardlink groups and (unless asked not to) whole-second mtimes of every path.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -32,7 +32,7 @@ function typeOf(st: fs.Stats): string {
   return 'socket';
 }
 
-export function snapshot(root: string, opts: { mtime?: boolean } = {}): Map<string, Node> {
+export function snapshot(root: string, opts: { mtime?: boolean } = { mtime: true }): Map<string, Node> {
   const out = new Map<string, Node>();
   const inodes = new Map<string, string[]>();
   const walk = (rel: string) => {
@@ -50,7 +50,7 @@ export function snapshot(root: string, opts: { mtime?: boolean } = {}): Map<stri
     if (n.type === 'char' || n.type === 'block') n.rdev = `${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}`;
     const names = native.llistxattr(abs).sort();
     if (names.length) n.xattrs = Object.fromEntries(names.map((x) => [x, native.lgetxattr(abs, x).toString('base64')]));
-    if (opts.mtime && n.type !== 'symlink') n.mtime = Math.floor(st.mtimeMs / 1000);
+    if (opts.mtime) n.mtime = Math.floor(st.mtimeMs / 1000);
     if (n.type !== 'dir' && st.nlink > 1) {
       const k = `${st.dev}:${st.ino}`;
       const g = inodes.get(k) ?? [];
