@@ -103,6 +103,8 @@ export interface PlatformResult {
   platform: string;
   originalManifest: Descriptor;
   chunkedManifest: Descriptor;
+  /** the image's content digest (its files, whatever frames, packs or destination hold them; the chunked manifest's annotation) */
+  contentDigest: string;
   layers: number;
   entries: number;
   files: number;
@@ -717,6 +719,8 @@ async function publishPlatform(
       [ANN.version]: String(FORMAT_VERSION),
       [ANN.entryOptions]: entryOptions,
       [ANN.sourceLayers]: JSON.stringify(manifest.layers.map((l) => l.digest)),
+      [ANN.contentDigest]: built.contentDigest,
+      ...(ctx.scanOpts.keepMtime ? {} : { [ANN.sourceDateEpoch]: String(ctx.scanOpts.sourceDateEpoch) }),
     },
   };
   // Original blobs first (config, manifest byte-identical), then the chunked manifest.
@@ -766,6 +770,7 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
     platform: platformString(original.desc.platform ?? img.platform),
     originalManifest: published.originalManifest,
     chunkedManifest: published.chunkedManifest,
+    contentDigest: built.contentDigest,
     layers: original.manifest.layers.length,
     entries: layers.entries,
     files: layers.files,

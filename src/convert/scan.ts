@@ -104,12 +104,13 @@ export class LayerScanner {
   /**
    * sorted mode (packer given): the layer is expected in canonical order, new chunks go straight to
    * the packer and OutOfOrder is thrown at the first entry that breaks the order. spool mode (no
-   * packer): new chunks are spooled for a second pass in canonical order.
+   * packer): new chunks are spooled for a second pass in canonical order. Neither: chunks are only
+   * hashed and named (what a content digest needs).
    */
   constructor(
     private readonly opts: ScanOptions,
     private readonly chunkIndex: ChunkIndex,
-    private readonly spool: Spool,
+    private readonly spool?: Spool,
     private readonly packer?: Packer,
   ) {
     this.draft = native.layerDraft(!!packer);
@@ -218,6 +219,11 @@ export class LayerScanner {
 
   private async absorb(b: Batch, r: ChunkRows): Promise<void> {
     if (this.packer) return this.absorbSorted(b, r);
+    if (!this.spool) {
+      this.intern(b, r);
+      return;
+    }
+    const spool = this.spool;
     const { ids, fresh } = this.intern(b, r);
     let ci = 0;
     const writes: Array<Promise<void>> = [];
@@ -231,7 +237,7 @@ export class LayerScanner {
       let runLen = 0;
       const flushRun = () => {
         if (runLen > 0) {
-          const { at, written } = this.spool.append(b.buf, runStart, runLen);
+          const { at, written } = spool.append(b.buf, runStart, runLen);
           writes.push(written);
           // assign spool offsets to the chunks in this run
           let o = at;
@@ -270,7 +276,7 @@ export class LayerScanner {
     if (bigIds.length) {
       const parts = new Uint32Array(bigParts);
       const r = await native.compressFrames(b.buf, parts, new Uint32Array(bigIds.length).fill(1), this.opts.level, this.opts.threads);
-      const { at, written } = this.spool.append(r.data, 0, r.data.length);
+      const { at, written } = spool.append(r.data, 0, r.data.length);
       writes.push(written);
       let o = at;
       bigIds.forEach((id, k) => {

@@ -80,6 +80,8 @@ export interface NativeCheckedToc {
   plan(ino: number, offset: number, length: number): Float64Array;
   /** the content digest of each layer: its entries with chunk digests for indices (crates/core/src/format/build.rs) */
   layerDigests(): string[];
+  /** the image's content digest (over layerDigests) */
+  contentDigest(): string;
 }
 
 /** Figures of a converted layer's entries as the tar gave them. */
@@ -98,6 +100,8 @@ export interface NativeLayerDraft {
   /** `counts[k]` ids of `ids`, in order, are chunks of tar header `headers[k]` */
   addChunks(headers: Uint32Array, counts: Uint32Array, ids: Uint32Array): void;
   readonly stats: DraftStats;
+  /** takes the draft: its layer's content digest as a TOC built from it would give */
+  contentDigest(dict: NativeChunkDict): string;
 }
 
 /** A TOC built from converted layers (crates/core/src/format/build.rs). */
@@ -112,6 +116,7 @@ export interface BuiltToc {
   /** chunk ids whose location a destination claimed and that are not verified yet */
   foreign: Uint32Array;
   layerDigests: string[];
+  contentDigest: string;
 }
 
 /** A TOC being assembled: layers in order, then build (crates/core/src/format/build.rs TocBuilder). */
@@ -203,6 +208,7 @@ interface Binding {
   LayerDraft: new (sorted: boolean) => NativeLayerDraft;
   TocBuilder: new (version: number, chunker: ChunkerSpec, prefetchPaths?: string[] | null, prefetchRanges?: Float64Array | null) => NativeTocBuilder;
   chunkCachePath(dir: string, hex: string): string;
+  imageContentDigest(layerDigests: string[]): string;
   checkToc(blob: Buffer): {
     json?: Buffer | null;
     violations: Array<{ code: string; layer?: number | null; path?: string | null; message: string }>;
@@ -369,6 +375,7 @@ export const native = {
       view: () => wrapSync(what, () => t.view()),
       plan: (ino: number, offset: number, length: number) => wrapSync(what, () => t.plan(ino, offset, length)),
       layerDigests: () => t.layerDigests(),
+      contentDigest: () => t.contentDigest(),
       [RAW]: t,
     } as NativeCheckedToc;
   },
@@ -381,6 +388,7 @@ export const native = {
       get stats() {
         return d.stats;
       },
+      contentDigest: (dict: NativeChunkDict) => wrapSync('layer content digest', () => d.contentDigest(dict)),
       [RAW]: d,
     } as NativeLayerDraft;
   },
@@ -403,6 +411,8 @@ export const native = {
         wrapSync('TOC', () => b.build(dict, written, storedBefore, level)),
     };
   },
+  /** The image content digest of its layers' content digests (crates/core/src/format/build.rs). */
+  imageContentDigest: (layerDigests: string[]) => load().imageContentDigest(layerDigests),
   /** The cache file of a chunk (crates/core/src/cache.rs owns the layout). */
   chunkCachePath: (dir: string, hex: string) => wrapSync('chunk cache', () => load().chunkCachePath(dir, hex)),
   /** Create a checked TOC's tree (but file contents) in an empty or absent `target`. */

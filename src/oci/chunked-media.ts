@@ -24,4 +24,11 @@ export const ANN = {
   sourceLayers: 'org.ocichunk.source.layers',
   /** Fingerprint of the options that shape TOC entries and chunk digests (chunker, mtime handling). */
   entryOptions: 'org.ocichunk.entry-options',
+  /**
+   * The image's content digest: of its files as the TOC holds them (entries with chunk digests for
+   * chunk numbers), whatever frames, packs or destination hold them (docs/format.md §9).
+   */
+  contentDigest: 'org.ocichunk.content.digest',
+  /** Present when mtimes were clamped: the time they were clamped to (seconds since the epoch). */
+  sourceDateEpoch: 'org.ocichunk.source-date-epoch',
 } as const;

@@ -570,6 +570,12 @@ impl CheckedToc {
     pub fn layer_digests(&self) -> Vec<String> {
         build::toc_layer_digests(&self.inner.toc)
     }
+
+    /// The image's content digest (`format::build::image_content_digest`).
+    #[napi]
+    pub fn content_digest(&self) -> String {
+        build::image_content_digest(&build::toc_layer_digests(&self.inner.toc))
+    }
 }
 
 // ---- the format: writing a TOC ----
@@ -634,6 +640,13 @@ impl LayerDraft {
     pub fn stats(&mut self, env: Env) -> Result<DraftStats> {
         Ok(draft_stats(self.draft(env)?.stats))
     }
+
+    /// Take the draft and give its layer's content digest, as a TOC built from it would.
+    #[napi]
+    pub fn content_digest(&mut self, env: Env, dict: &ChunkDict) -> Result<String> {
+        let d = self.inner.take().ok_or_else(|| err(env, CoreError::invalid("layer draft already taken")))?;
+        Ok(build::draft_content_digest(d, &dict.inner))
+    }
 }
 
 #[napi(object)]
@@ -649,6 +662,13 @@ pub struct BuiltToc {
     /// chunk ids whose location a destination claimed and nobody verified yet
     pub foreign: Uint32Array,
     pub layer_digests: Vec<String>,
+    pub content_digest: String,
+}
+
+/// The image content digest of these layer content digests.
+#[napi]
+pub fn image_content_digest(layer_digests: Vec<String>) -> String {
+    build::image_content_digest(&layer_digests)
 }
 
 /// A TOC being assembled (`format::build::TocBuilder`): layers in order, then `build`.
@@ -706,6 +726,7 @@ impl TocBuilder {
             image_frame_bytes: b.image_frame_bytes as f64,
             foreign: b.foreign.into(),
             layer_digests: b.layer_digests,
+            content_digest: b.content_digest,
         })
     }
 }

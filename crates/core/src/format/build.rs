@@ -418,6 +418,25 @@ fn hex(b: &[u8]) -> String {
     s
 }
 
+/// The image's content digest: SHA-256 over its layers' content digests, one per line. It names
+/// the files an image holds (with the conversion's options), whatever frames, packs, TOC numbering
+/// or destination hold them.
+pub fn image_content_digest(layer_digests: &[String]) -> String {
+    let mut h = Sha256::new();
+    for d in layer_digests {
+        h.update(d.as_bytes());
+        h.update(b"\n");
+    }
+    format!("sha256:{}", hex(&h.finalize()))
+}
+
+/// The content digest of a layer draft (canonical order, chunk digests from `dict`), as a TOC
+/// built from it would give (what `verify --against-original` derives from an original layer).
+pub fn draft_content_digest(draft: LayerDraft, dict: &ChunkDict) -> String {
+    let entries = draft.finish();
+    layer_content_digest(entries.iter().map(|d| (&d.entry, d.chunks.as_ref().map(|cs| cs.iter().map(|&id| hex(dict.digest(id))).collect()))))
+}
+
 /// The content digest of every layer of a (checked) TOC.
 pub fn toc_layer_digests(t: &toc::Toc) -> Vec<String> {
     t.layers
@@ -463,6 +482,8 @@ pub struct Built {
     pub foreign: Vec<u32>,
     /// [`layer_content_digest`] of each layer
     pub layer_digests: Vec<String>,
+    /// [`image_content_digest`]
+    pub content_digest: String,
 }
 
 /// A TOC being assembled: converted layers in order, then [`TocBuilder::build`].
@@ -602,6 +623,7 @@ impl TocBuilder {
             layers.extend_from_slice(b"]}");
             b.layer_digests.push(layer_content_digest(digests_of));
         }
+        b.content_digest = image_content_digest(&b.layer_digests);
         let o = &mut b.json;
         let _ = write!(Buf(o), "{{\"version\":{},\"chunker\":{{\"kind\":", self.version);
         json_str(o, &self.chunker.kind);
@@ -778,6 +800,16 @@ mod tests {
         let blob = crate::frame::compress_frame(&[&built.json], 3).unwrap();
         let Ok((checked, _, _)) = crate::format::check_toc(&blob) else { panic!("built TOC fails the check") };
         assert_eq!(toc_layer_digests(&checked), built.layer_digests);
+        assert_eq!(image_content_digest(&built.layer_digests), built.content_digest);
+        // a draft of the same layer gives the same content digest
+        let mut draft = LayerDraft::new(false);
+        let mut enc = Vec::new();
+        for d in [&layer[2], &layer[1], &layer[0]] {
+            crate::format::canonical::encode_entry(&mut enc, Some(&d.entry));
+        }
+        draft.add_entries(&enc, 3).unwrap();
+        draft.add_chunks(1, &[b, a]).unwrap();
+        assert_eq!(draft_content_digest(draft, &dict), built.layer_digests[0]);
         // the same layer taken from that TOC into another dictionary and TOC: same content digest
         let mut other_dict = ChunkDict::new();
         other_dict.intern(&d(9), 1);
