@@ -6,8 +6,10 @@
  * without an entry for it): those mtimes are left out of the expected listing, so readers are not
  * compared on them. umoci runs with umask 022 (it makes implied parents with mode 0777 & ~umask).
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { Containerd } from '../helpers/containerd.js';
 import { gzipLayer, writeLayout } from '../helpers/layout.js';
 import { must } from '../helpers/run.js';
 import { pyTar } from '../helpers/tars.js';
@@ -37,4 +39,39 @@ export function umociTree(layout: string, dir: string): Tree {
   for (const n of t.values()) if (n.mtime !== undefined && n.mtime >= since && n.mtime <= until) delete n.mtime;
   fs.rmSync(bundle, { recursive: true, force: true });
   return t;
+}
+
+/**
+ * The tree containerd's runtime view shows of the layout's `orig`: the image imported into a
+ * private containerd (its applier unpacks each layer into an overlayfs snapshot), a read-only view
+ * of the top snapshot mounted as overlayfs, as a container would see its root.
+ */
+const SNAP = process.env.OCICHUNK_SNAP ?? 'native';
+export function containerdTree(ctrd: Containerd, layout: string, name: string, dir: string): Tree {
+  const ctr = (args: string[]) => {
+    const r = ctrd.ctr(args);
+    if (r.code !== 0) throw new Error(`ctr ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+    return r.stdout;
+  };
+  const archive = path.join(dir, 'orig.oci.tar');
+  must('tar', ['-cf', archive, '-C', layout, '.']);
+  ctr(['images', 'import', '--base-name', `conformance/${name}`, '--snapshotter', SNAP, archive]);
+  // the top snapshot is named by the chain ID of the image's diff IDs
+  const blob = (d: string) => fs.readFileSync(path.join(layout, 'blobs', 'sha256', d.slice(7)));
+  const index = JSON.parse(fs.readFileSync(path.join(layout, 'index.json'), 'utf8'));
+  const manifest = JSON.parse(blob(index.manifests[0].digest).toString());
+  const diffIds: string[] = JSON.parse(blob(manifest.config.digest).toString()).rootfs.diff_ids;
+  const chain = diffIds.reduce((c, d) => (c ? `sha256:${createHash('sha256').update(`${c} ${d}`).digest('hex')}` : d), '');
+  const key = `conformance-view-${name}`;
+  const target = path.join(dir, 'containerd-view');
+  fs.mkdirSync(target);
+  // the mount command comes with the view (a view no lease holds may be collected at any time)
+  const mount = ctr(['snapshots', '--snapshotter', SNAP, 'view', '--target', target, key, chain]);
+  must('sh', ['-c', mount]);
+  try {
+    return diskTree(target);
+  } finally {
+    must('umount', [target]);
+    ctrd.ctr(['snapshots', '--snapshotter', SNAP, 'rm', key]);
+  }
 }
