@@ -30,7 +30,8 @@ function pythonImports(root: string): { fromBytecode: number; stale: string[] } 
 }
 
 describe('mtimes are kept by default', () => {
-  it.each(['base', 'py', 'app2', 'big'])('restore of %s gives the tree umoci unpacks, mtimes included', async (name) => {
+  // (the largest test image, big, is compared the same way, mtimes included, by benchmarks/restore.sh)
+  it.each(['base', 'py', 'app2'])('restore of %s gives the tree umoci unpacks, mtimes included', async (name) => {
     const bundle = path.join(work, `umoci-${name}`);
     must('umoci', ['unpack', '--image', `${image(name)}:latest`, bundle]);
     const reference = snapshot(path.join(bundle, 'rootfs'));

@@ -65,20 +65,28 @@ export async function restoreChunked(img: ChunkedImage, target: string, opts: Re
   const toc = img.toc;
   const seq = writer.chunkSequence();
   let written = 0;
+  // the next batch is fetched (read, decompressed, verified) while this one is written
+  const fetchFrom = (i: number) => {
+    let bytes = 0;
+    let j = i;
+    while (j < seq.length && (j === i || bytes + toc.chunks[seq[j]].length <= batchBytes)) bytes += toc.chunks[seq[j++]].length;
+    const got = reader.fetch(seq.subarray(i, j));
+    got.catch(() => {}); // awaited below
+    return { i, j, bytes, got };
+  };
+  let next = seq.length ? fetchFrom(0) : undefined;
   try {
-    let i = 0;
-    while (i < seq.length) {
+    while (next) {
       throwIfAborted(opts.signal, `restore into ${root} (a partial tree is left there, mode 0700)`);
-      let bytes = 0;
-      let j = i;
-      while (j < seq.length && (j === i || bytes + toc.chunks[seq[j]].length <= batchBytes)) bytes += toc.chunks[seq[j++]].length;
-      const got = await reader.fetch(seq.subarray(i, j));
-      await writer.write(Array.from(seq.subarray(i, j), (c) => got.get(c)!));
+      const { i, j, bytes, got } = next;
+      const chunks = await got;
+      next = j < seq.length ? fetchFrom(j) : undefined;
+      await writer.write(Array.from(seq.subarray(i, j), (c) => chunks.get(c)!));
       written += bytes;
       opts.onProgress?.({ bytes: written, done: j, chunks: seq.length });
-      i = j;
     }
   } finally {
+    await next?.got.catch(() => {});
     await reader.close();
   }
   const s = writer.finish();
