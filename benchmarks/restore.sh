@@ -5,7 +5,8 @@
 #   - a valid image holding one 5 GiB file (zeros: one unique chunk), restored with flat memory
 # Wall seconds and peak RSS (/usr/bin/time) for each; the restored tree is compared with umoci's.
 # Usage: benchmarks/restore.sh [IMAGE_LAYOUT_DIR[:TAG]]   (default: the cached `big` test image)
-#        ROUNDS=N alternating rounds (default 3, best of each); HUGE=0 skips the 5 GiB case. Results: a table on stdout, JSON in $OUT/results.json.
+#        ROUNDS=N alternating rounds (default 3, best of each); HUGE=0 skips the 5 GiB case,
+#        REGISTRY=0 the restore from a local docker-registry. Results: a table on stdout, JSON in $OUT/results.json.
 source "$(dirname "$0")/common.sh"
 command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
 command -v umoci >/dev/null || { echo "needs umoci (apt-get install umoci)" >&2; exit 1; }
@@ -45,6 +46,32 @@ print('yes' if tree(sys.argv[1]) == tree(sys.argv[2]) else 'no')
 PY
 )
 rm -rf "$OUT/umoci" "$OUT/restored"
+
+# from a registry (a local docker-registry on 127.0.0.1): restore straight from it, against
+# pulling the original into a layout (skopeo) and unpacking it (umoci)
+rs=""; ps=""
+if [ "${REGISTRY:-1}" != 0 ] && command -v docker-registry > /dev/null && command -v skopeo > /dev/null; then
+  port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+  mkdir -p "$OUT/registry"
+  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$OUT/registry" "$port" > "$OUT/registry.yml"
+  docker-registry serve "$OUT/registry.yml" > "$OUT/registry.log" 2>&1 &
+  regpid=$!
+  trap 'kill $regpid 2>/dev/null || true' EXIT
+  for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/v2/" > /dev/null && break; sleep 0.1; done
+  ocichunk convert "oci:$dir:$tag" "docker://127.0.0.1:$port/img:1" --quiet > /dev/null
+  for _ in $(seq "${ROUNDS:-3}"); do
+    rm -rf "$OUT/pulled" "$OUT/umoci" "$OUT/restored"
+    s0=$(date +%s.%N)
+    skopeo copy --quiet --src-tls-verify=false "docker://127.0.0.1:$port/img:1" "oci:$OUT/pulled:img" > /dev/null
+    umoci unpack --image "$OUT/pulled:img" "$OUT/umoci" > /dev/null
+    s=$(printf %.2f "$(echo "$(date +%s.%N) - $s0" | bc)")
+    if [ -z "$ps" ] || [ "$(echo "$s < $ps" | bc)" = 1 ]; then ps=$s; fi
+    read -r s _ < <(measure node "$repo/bin/ocichunk.js" restore "docker://127.0.0.1:$port/img:1" "$OUT/restored" --quiet)
+    if [ -z "$rs" ] || [ "$(echo "$s < $rs" | bc)" = 1 ]; then rs=$s; fi
+  done
+  rm -rf "$OUT/pulled" "$OUT/umoci" "$OUT/restored" "$OUT/registry"
+  kill $regpid 2>/dev/null || true
+fi
 
 hs=""; hk=""
 if [ "${HUGE:-1}" != 0 ]; then
@@ -87,9 +114,12 @@ ratio=$(echo "scale=2; $os / $us" | bc)
 printf '%-44s %8s %10s\n' "" "seconds" "peak RSS"
 printf '%-44s %8s %7s MiB\n' "umoci unpack of the original" "$us" "$((uk / 1024))"
 printf '%-44s %8s %7s MiB   (%sx umoci; same tree: %s)\n' "ocichunk restore of the chunked image" "$os" "$((ok / 1024))" "$ratio" "$same"
+[ -n "$rs" ] && printf '%-44s %8s\n' "registry: skopeo copy + umoci unpack" "$ps"
+[ -n "$rs" ] && printf '%-44s %8s %11s(%sx)\n' "registry: ocichunk restore" "$rs" "" "$(echo "scale=2; $rs / $ps" | bc)"
 [ -n "$hs" ] && printf '%-44s %8s %7s MiB\n' "ocichunk restore, one 5 GiB file" "$hs" "$((hk / 1024))"
 cat > "$OUT/results.json" <<EOF
 {"image": "$dir:$tag", "umoci": {"seconds": $us, "rssKiB": $uk}, "restore": {"seconds": $os, "rssKiB": $ok, "sameTree": "$same"},
+ "registry": {"pullUnpackSeconds": "${ps}", "restoreSeconds": "${rs}"},
  "huge": {"seconds": "${hs}", "rssKiB": "${hk}"}}
 EOF
 echo "results: $OUT/results.json" >&2
