@@ -11,7 +11,7 @@ import type { Descriptor } from '../oci/types.js';
 import type { ImageSource } from '../transports/types.js';
 import { throwIfAborted } from '../util/abort.js';
 import { ChunkIndex } from './chunk-index.js';
-import { LayerScanner, type LayerInput } from './scan.js';
+import { canonOf, LayerScanner, type LayerInput } from './scan.js';
 
 export interface ContentOptions {
   chunker: ChunkerSpec;
@@ -32,8 +32,7 @@ export async function originalContentDigests(src: ImageSource, layers: Descripto
     batchBytes: 8 << 20,
     level: 3,
     groupBelow: 0,
-    sourceDateEpoch: opts.sourceDateEpoch ?? 0,
-    keepMtime: opts.sourceDateEpoch === undefined,
+    ...canonOf(opts.sourceDateEpoch),
     signal: opts.signal,
   };
   const out: string[] = [];

@@ -33,7 +33,7 @@ import { Packer } from './packer.js';
 import { ConvertTrust, locationKey } from './trust.js';
 import { ChunkIndex } from './chunk-index.js';
 import { throwIfAborted } from '../util/abort.js';
-import { LayerScanner, OutOfOrder, Spool, type LayerInput } from './scan.js';
+import { canonOf, LayerScanner, OutOfOrder, Spool, type LayerInput } from './scan.js';
 
 /**
  * Chunks below DEFAULT_GROUP_BELOW share zstd frames of about DEFAULT_FRAME_SIZE bytes (with the
@@ -449,8 +449,7 @@ async function conversionContext(src: ImageSource, sink: ImageSink, opts: Conver
     batchBytes,
     level,
     groupBelow,
-    sourceDateEpoch: opts.sourceDateEpoch ?? 0,
-    keepMtime: opts.sourceDateEpoch === undefined,
+    ...canonOf(opts.sourceDateEpoch),
     signal: opts.signal,
   };
   // what shapes TOC entries and chunk digests: a layer converted before with these is not read again

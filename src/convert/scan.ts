@@ -54,6 +54,11 @@ export interface ScanOptions extends CanonOptions {
   signal?: AbortSignal;
 }
 
+/** How the options shape canonical entries: mtimes kept, unless clamped to `sourceDateEpoch`. */
+export function canonOf(sourceDateEpoch: number | undefined): CanonOptions {
+  return { sourceDateEpoch: sourceDateEpoch ?? 0, keepMtime: sourceDateEpoch === undefined };
+}
+
 export class Spool {
   private fd: number;
   size = 0;

@@ -565,7 +565,7 @@ impl CheckedToc {
 
 #[napi]
 impl CheckedToc {
-    /// The content digest of each layer (`format::build::layer_content_digest`).
+    /// The content digest of each layer (`format::build::LayerDigest`).
     #[napi]
     pub fn layer_digests(&self) -> Vec<String> {
         build::toc_layer_digests(&self.inner.toc)

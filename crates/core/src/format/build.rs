@@ -2,7 +2,7 @@
 //! canonical order ([`LayerDraft`]), the TOC's chunk, frame and pack tables numbered in order of
 //! first reference ([`TocBuilder`]), and the one JSON encoding of it. The encoding is compact JSON
 //! with a fixed key order, so the same model always gives the same bytes; the layer content digest
-//! ([`layer_content_digest`]) hashes the same encoding with chunk digests in place of indices.
+//! ([`LayerDigest`]) hashes the same encoding with chunk digests in place of indices.
 
 use super::canonical::CanonEntry;
 use super::dict::{ChunkDict, PackName};
@@ -279,7 +279,7 @@ pub fn entry_from_toc(e: &toc::Entry) -> CanonEntry {
 /// How an entry's chunks are written: TOC indices, or (for the content digest) their digests.
 enum ChunkNames<'a> {
     Indices(&'a [u32]),
-    Digests(Vec<String>),
+    Digests(&'a [&'a str]),
 }
 
 fn json_str(o: &mut Vec<u8>, s: &str) {
@@ -395,19 +395,27 @@ impl std::fmt::Write for Buf<'_> {
     }
 }
 
-/// SHA-256 over a layer's entries, each as its TOC JSON with chunk digests in place of chunk
-/// indices, one per line: a function of the layer's files and the conversion options only, not of
-/// the TOC that holds them (trust records compare it).
-pub fn layer_content_digest<'a>(entries: impl IntoIterator<Item = (&'a CanonEntry, Option<Vec<String>>)>) -> String {
-    let mut h = Sha256::new();
-    let mut line = Vec::new();
-    for (e, chunks) in entries {
-        line.clear();
-        write_entry(&mut line, e, chunks.map(ChunkNames::Digests));
-        line.push(b'\n');
-        h.update(&line);
+/// The layer content digest, fed entry by entry: SHA-256 over a layer's entries, each as its TOC
+/// JSON with chunk digests in place of chunk indices, one per line. A function of the layer's files
+/// and the conversion options only, not of the TOC that holds them (trust records compare it).
+#[derive(Default)]
+pub struct LayerDigest {
+    h: Sha256,
+    line: Vec<u8>,
+}
+
+impl LayerDigest {
+    /// The next entry, with its chunks' hex digests (a regular file) or none.
+    pub fn add(&mut self, e: &CanonEntry, chunks: Option<&[&str]>) {
+        self.line.clear();
+        write_entry(&mut self.line, e, chunks.map(ChunkNames::Digests));
+        self.line.push(b'\n');
+        self.h.update(&self.line);
     }
-    format!("sha256:{}", hex(&h.finalize()))
+
+    pub fn finish(self) -> String {
+        format!("sha256:{}", hex(&self.h.finalize()))
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -433,26 +441,27 @@ pub fn image_content_digest(layer_digests: &[String]) -> String {
 /// The content digest of a layer draft (canonical order, chunk digests from `dict`), as a TOC
 /// built from it would give (what `verify --against-original` derives from an original layer).
 pub fn draft_content_digest(draft: LayerDraft, dict: &ChunkDict) -> String {
-    let entries = draft.finish();
-    layer_content_digest(entries.iter().map(|d| (&d.entry, d.chunks.as_ref().map(|cs| cs.iter().map(|&id| hex(dict.digest(id))).collect()))))
+    let mut ld = LayerDigest::default();
+    for d in draft.finish() {
+        let hexes: Option<Vec<String>> = d.chunks.as_ref().map(|cs| cs.iter().map(|&id| hex(dict.digest(id))).collect());
+        let names: Option<Vec<&str>> = hexes.as_ref().map(|h| h.iter().map(String::as_str).collect());
+        ld.add(&d.entry, names.as_deref());
+    }
+    ld.finish()
 }
 
 /// The content digest of every layer of a (checked) TOC.
 pub fn toc_layer_digests(t: &toc::Toc) -> Vec<String> {
+    let hexes: Vec<String> = t.chunks.iter().map(|c| c.digest.to_string()).collect();
     t.layers
         .iter()
         .map(|l| {
-            let entries: Vec<(CanonEntry, Option<Vec<String>>)> = l
-                .entries
-                .iter()
-                .map(|e| {
-                    (
-                        entry_from_toc(e),
-                        e.chunks.as_ref().map(|cs| cs.iter().map(|&c| t.chunks.get(c as usize).map(|c| c.digest.to_string()).unwrap_or_default()).collect()),
-                    )
-                })
-                .collect();
-            layer_content_digest(entries.iter().map(|(e, c)| (e, c.clone())))
+            let mut ld = LayerDigest::default();
+            for e in &l.entries {
+                let names: Option<Vec<&str>> = e.chunks.as_ref().map(|cs| cs.iter().map(|&c| hexes.get(c as usize).map_or("", String::as_str)).collect());
+                ld.add(&entry_from_toc(e), names.as_deref());
+            }
+            ld.finish()
         })
         .collect()
 }
@@ -480,7 +489,7 @@ pub struct Built {
     pub image_frame_bytes: u64,
     /// chunk ids whose location came from a destination's TOC and is not verified yet
     pub foreign: Vec<u32>,
-    /// [`layer_content_digest`] of each layer
+    /// [`LayerDigest`] of each layer
     pub layer_digests: Vec<String>,
     /// [`image_content_digest`]
     pub content_digest: String,
@@ -547,13 +556,15 @@ impl TocBuilder {
         let mut pack_of_name: HashMap<String, u32> = HashMap::new();
         let mut frame_ix: HashMap<(u32, u64), u32> = HashMap::new();
         let mut chunk_ix: HashMap<u32, u32> = HashMap::new();
+        // each TOC chunk's hex digest, by TOC index (the chunk table and the layer digests use it)
+        let mut chunk_hex: Vec<String> = Vec::new();
         let mut frames = Vec::new();
         let mut chunks = Vec::new();
         let mut layers = Vec::new();
         let mut ix = Vec::new();
         for (li, layer) in self.layers.iter().enumerate() {
             layers.extend_from_slice(if li == 0 { b"{\"entries\":[" } else { b",{\"entries\":[" });
-            let mut digests_of: Vec<(&CanonEntry, Option<Vec<String>>)> = Vec::with_capacity(layer.len());
+            let mut ld = LayerDigest::default();
             for (n, d) in layer.iter().enumerate() {
                 ix.clear();
                 for &id in d.chunks.iter().flatten() {
@@ -596,11 +607,12 @@ impl TocBuilder {
                     let ci = b.chunks;
                     b.chunks += 1;
                     chunk_ix.insert(id, ci);
+                    chunk_hex.push(hex(dict.digest(id)));
                     let _ = write!(
                         Buf(&mut chunks),
                         "{}[\"{}\",{},{},{}]",
                         if ci == 0 { "" } else { "," },
-                        hex(dict.digest(id)),
+                        chunk_hex[ci as usize],
                         fi,
                         loc.inner,
                         dict.chunk_len(id)
@@ -618,10 +630,11 @@ impl TocBuilder {
                     layers.push(b',');
                 }
                 write_entry(&mut layers, &d.entry, d.chunks.as_ref().map(|_| ChunkNames::Indices(&ix)));
-                digests_of.push((&d.entry, d.chunks.as_ref().map(|cs| cs.iter().map(|&id| hex(dict.digest(id))).collect())));
+                let names: Option<Vec<&str>> = d.chunks.as_ref().map(|_| ix.iter().map(|&ci| chunk_hex[ci as usize].as_str()).collect());
+                ld.add(&d.entry, names.as_deref());
             }
             layers.extend_from_slice(b"]}");
-            b.layer_digests.push(layer_content_digest(digests_of));
+            b.layer_digests.push(ld.finish());
         }
         b.content_digest = image_content_digest(&b.layer_digests);
         let o = &mut b.json;
