@@ -11,7 +11,7 @@
 //! [`Writer::chunk_sequence`] and hands them over batch by batch; a file of any size needs no more
 //! memory than one batch.
 
-use crate::format::tree::{NodeId, NodeKind, ROOT};
+use crate::format::tree::{Meta, NodeId, NodeKind, ROOT};
 use crate::format::{Checked, Entry, Report};
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -282,10 +282,7 @@ impl Writer {
 
     fn set_meta(&mut self, path: &str, id: NodeId) -> Result<()> {
         let kind = self.img.tree.node(id).kind;
-        let (mode, uid, gid, mtime, xattrs) = match self.entry(id) {
-            Some(e) => (e.mode.unwrap_or(0), e.uid.unwrap_or(0), e.gid.unwrap_or(0), e.mtime.unwrap_or(0), e.xattrs.clone().unwrap_or_default()),
-            None => (0o755, 0, 0, 0, Vec::new()),
-        };
+        let Meta { mode, uid, gid, mtime, xattrs } = self.img.tree.meta(&self.img.toc, id);
         let (pfd, name) = if path.is_empty() { (None, cstr(".")?) } else { (Some(self.dir_of(path)?), cstr(parent_and_name(path).1)?) };
         let dfd = pfd.unwrap_or(self.root.as_raw_fd());
         let shown = if path.is_empty() { self.target.display().to_string() } else { path.to_string() };

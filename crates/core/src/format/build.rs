@@ -110,6 +110,7 @@ pub fn decode_entries(buf: &[u8], count: usize) -> Result<Vec<Option<CanonEntry>
             link: matches!(kind, Kind::Symlink | Kind::Hardlink).then_some(link),
             dev: matches!(kind, Kind::Char | Kind::Block).then_some((major, minor)),
             xattrs,
+            link_meta: false,
         }));
     }
     if c.at != buf.len() {
@@ -187,9 +188,11 @@ impl LayerDraft {
 
 /// A layer's entries in canonical order (docs/format.md §4): the last entry per path wins (a
 /// whiteout or opaque marker and an entry of one path are kept side by side); a hardlink group of
-/// this layer keeps its content at the member first in canonical order and the others link to it;
-/// hardlinks carry only their target; entries sorted by path bytes with `/` first, then whiteout,
-/// entry, opaque marker.
+/// this layer keeps its content at the member first in canonical order and the others link to it
+/// (carrying only their target; the group's entry holds the inode's metadata with the link headers'
+/// applied in tar order, [`apply_link_meta`]); a hardlink to what the layer does not hold carries
+/// its header's metadata; entries sorted by path bytes with `/` first, then whiteout, entry, opaque
+/// marker.
 pub fn canonical_order(list: Vec<Draft>) -> Vec<Draft> {
     let mut slot: HashMap<(u8, String), usize> = HashMap::with_capacity(list.len());
     let mut kept: Vec<Draft> = Vec::with_capacity(list.len());
@@ -230,14 +233,21 @@ pub fn canonical_order(list: Vec<Draft>) -> Vec<Draft> {
         });
         groups[g].1.push(i);
     }
+    let mut grouped = vec![false; kept.len()];
     for (target, links) in groups {
         let holder = std::iter::once(target)
             .chain(links.iter().copied())
             .min_by(|&a, &b| order_key(&kept[a].entry.path).cmp(&order_key(&kept[b].entry.path)))
             .unwrap_or(target);
         let holder_path = kept[holder].entry.path.clone();
-        let content = Draft { entry: CanonEntry { path: holder_path.clone(), ..kept[target].entry.clone() }, chunks: kept[target].chunks.clone() };
+        // the inode's metadata as containerd leaves it: each link header's applied in tar order
+        let mut inode = CanonEntry { path: holder_path.clone(), ..kept[target].entry.clone() };
+        for &m in &links {
+            apply_link_meta(&mut inode, &kept[m].entry);
+        }
+        let content = Draft { entry: inode, chunks: kept[target].chunks.clone() };
         for m in std::iter::once(target).chain(links) {
+            grouped[m] = true;
             if m == holder {
                 kept[m] = content.clone();
             } else {
@@ -245,10 +255,11 @@ pub fn canonical_order(list: Vec<Draft>) -> Vec<Draft> {
             }
         }
     }
-    for d in kept.iter_mut() {
-        if d.entry.kind == Kind::Hardlink {
-            let link = d.entry.link.take().unwrap_or_default();
-            d.entry = hardlink(std::mem::take(&mut d.entry.path), link);
+    for (d, grouped) in kept.iter_mut().zip(grouped) {
+        if d.entry.kind == Kind::Hardlink && !grouped {
+            // a target this layer does not hold: the link carries its header's metadata
+            let e = &mut d.entry;
+            (e.size, e.dev, e.link_meta) = (0, None, true);
         }
     }
     let mut keyed: Vec<(Vec<u8>, u8, Draft)> = kept.into_iter().map(|d| (order_key(&d.entry.path), rank(d.entry.kind), d)).collect();
@@ -256,8 +267,24 @@ pub fn canonical_order(list: Vec<Draft>) -> Vec<Draft> {
     keyed.into_iter().map(|(_, _, d)| d).collect()
 }
 
+/// What a link header does to its inode in containerd's applier: owner, xattrs (set over the
+/// inode's), mode (not on a symlink), mtime.
+pub fn apply_link_meta(inode: &mut CanonEntry, link: &CanonEntry) {
+    (inode.uid, inode.gid, inode.mtime) = (link.uid, link.gid, link.mtime);
+    if inode.kind != Kind::Symlink {
+        inode.mode = link.mode;
+    }
+    if !link.xattrs.is_empty() {
+        let mut m: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = inode.xattrs.drain(..).map(|(k, v)| (k.into_bytes(), v)).collect();
+        for (k, v) in &link.xattrs {
+            m.insert(k.as_bytes().to_vec(), v.clone());
+        }
+        inode.xattrs = m.into_iter().map(|(k, v)| (String::from_utf8(k).unwrap_or_default(), v)).collect();
+    }
+}
+
 fn hardlink(path: String, link: String) -> CanonEntry {
-    CanonEntry { kind: Kind::Hardlink, path, mode: 0, uid: 0, gid: 0, size: 0, mtime: 0, link: Some(link), dev: None, xattrs: Vec::new() }
+    CanonEntry { kind: Kind::Hardlink, path, mode: 0, uid: 0, gid: 0, size: 0, mtime: 0, link: Some(link), dev: None, xattrs: Vec::new(), link_meta: false }
 }
 
 /// A TOC entry as the model of a converted layer (the reverse of what [`write_entry`] writes).
@@ -273,6 +300,7 @@ pub fn entry_from_toc(e: &toc::Entry) -> CanonEntry {
         link: e.link.clone(),
         dev: matches!(e.kind, Kind::Char | Kind::Block).then(|| (e.dev_major.unwrap_or(0), e.dev_minor.unwrap_or(0))),
         xattrs: e.xattrs.clone().unwrap_or_default(),
+        link_meta: e.kind == Kind::Hardlink && e.mode.is_some(),
     }
 }
 
@@ -320,7 +348,7 @@ fn write_entry(o: &mut Vec<u8>, e: &CanonEntry, chunks: Option<ChunkNames>) {
     o.push(b'"');
     match e.kind {
         Kind::Whiteout | Kind::Opaque => {}
-        Kind::Hardlink => {
+        Kind::Hardlink if !e.link_meta => {
             o.extend_from_slice(b",\"link\":");
             json_str(o, e.link.as_deref().unwrap_or(""));
         }
@@ -359,7 +387,7 @@ fn write_entry(o: &mut Vec<u8>, e: &CanonEntry, chunks: Option<ChunkNames>) {
                 }
                 o.push(b']');
             }
-            if k == Kind::Symlink {
+            if matches!(k, Kind::Symlink | Kind::Hardlink) {
                 o.extend_from_slice(b",\"link\":");
                 json_str(o, e.link.as_deref().unwrap_or(""));
             }
@@ -680,7 +708,19 @@ mod tests {
     use crate::format::dict::Location;
 
     fn ent(kind: Kind, path: &str, link: Option<&str>) -> CanonEntry {
-        CanonEntry { kind, path: path.into(), mode: 0o644, uid: 0, gid: 0, size: 0, mtime: 0, link: link.map(Into::into), dev: None, xattrs: vec![] }
+        CanonEntry {
+            kind,
+            path: path.into(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 0,
+            link: link.map(Into::into),
+            dev: None,
+            xattrs: vec![],
+            link_meta: false,
+        }
     }
     fn reg(path: &str, chunks: &[u32]) -> Draft {
         Draft { entry: CanonEntry { size: chunks.len() as u64, ..ent(Kind::Reg, path, None) }, chunks: Some(chunks.to_vec()) }
@@ -727,12 +767,41 @@ mod tests {
             other(Kind::Hardlink, "x", Some("lower/file")),
         ]);
         assert_eq!(show(&out), ["b reg [9]", "m hardlink -> b", "x hardlink -> lower/file", "z hardlink -> b"]);
-        // hardlinks carry nothing but their target; links to directories and endless chains stay
+        // links within the group carry nothing but their target; a link to what this layer does
+        // not hold carries its header's metadata for the inode
+        assert_eq!([out[1].entry.link_meta, out[2].entry.link_meta, out[3].entry.link_meta], [false, true, false]);
+        assert_eq!((out[1].entry.mode, out[2].entry.mode), (0, 0o644));
+        // links to directories and endless chains stay as they are (the tree refuses them)
         let mut l = other(Kind::Hardlink, "h", Some("d"));
         l.entry.mode = 0o755;
         let out = canonical_order(vec![other(Kind::Dir, "d", None), l, other(Kind::Hardlink, "p", Some("q")), other(Kind::Hardlink, "q", Some("p"))]);
         assert_eq!(show(&out), ["d dir", "h hardlink -> d", "p hardlink -> q", "q hardlink -> p"]);
-        assert_eq!(out[1].entry.mode, 0);
+        assert_eq!((out[1].entry.mode, out[1].entry.link_meta), (0o755, true));
+    }
+
+    #[test]
+    fn link_headers_give_their_metadata_to_the_inode_in_tar_order() {
+        let mut f = reg("f", &[1]);
+        (f.entry.mode, f.entry.uid, f.entry.mtime) = (0o640, 7, 100);
+        f.entry.xattrs = vec![("user.a".into(), b"1".to_vec()), ("user.b".into(), b"2".to_vec())];
+        let mut h1 = other(Kind::Hardlink, "h1", Some("f"));
+        (h1.entry.mode, h1.entry.uid, h1.entry.mtime) = (0o600, 1, 200);
+        h1.entry.xattrs = vec![("user.b".into(), b"two".to_vec()), ("user.c".into(), b"3".to_vec())];
+        let mut a = other(Kind::Hardlink, "a", Some("f"));
+        (a.entry.mode, a.entry.uid, a.entry.mtime) = (0o444, 2, 300);
+        let out = canonical_order(vec![f, h1, a]);
+        assert_eq!(show(&out), ["a reg [1]", "f hardlink -> a", "h1 hardlink -> a"]);
+        let e = &out[0].entry;
+        // the last link header's owner, mode and mtime; xattrs set over the file's
+        assert_eq!((e.mode, e.uid, e.mtime), (0o444, 2, 300));
+        assert_eq!(e.xattrs, [("user.a".into(), b"1".to_vec()), ("user.b".into(), b"two".to_vec()), ("user.c".into(), b"3".to_vec())]);
+        // a symlink's mode is not changed by a link to it
+        let mut s = other(Kind::Symlink, "s", Some("t"));
+        s.entry.mode = 0o777;
+        let mut l = other(Kind::Hardlink, "t2", Some("s"));
+        (l.entry.mode, l.entry.mtime) = (0o600, 5);
+        let out = canonical_order(vec![s, l]);
+        assert_eq!((out[0].entry.mode, out[0].entry.mtime), (0o777, 5));
     }
 
     #[test]
@@ -794,7 +863,9 @@ mod tests {
         x.uid = 1000;
         x.mtime = -1;
         x.xattrs = vec![("security.capability".into(), vec![1, 2, 3, 4])];
-        let layer = vec![other(Kind::Dir, "dir", None), Draft { entry: x.clone(), chunks: Some(vec![b, a]) }, other(Kind::Hardlink, "g", Some("dir/f\n\"é"))];
+        // a link header with its target's metadata, as tar writers give it
+        let g = Draft { entry: CanonEntry { kind: Kind::Hardlink, path: "g".into(), size: 0, link: Some(x.path.clone()), ..x.clone() }, chunks: None };
+        let layer = vec![other(Kind::Dir, "dir", None), Draft { entry: x.clone(), chunks: Some(vec![b, a]) }, g];
         let chunker = ChunkerRecord { kind: "cdc".into(), min: Some(1), avg: Some(2), max: Some(4), size: None };
         let mut t = TocBuilder::new(1, chunker.clone(), Some(vec![("g".into(), 0, 5)]));
         t.add_layer(layer.clone());

@@ -39,6 +39,10 @@ pub struct CanonEntry {
     pub dev: Option<(u32, u32)>,
     /// sorted by name bytes
     pub xattrs: Vec<(String, Vec<u8>)>,
+    /// hardlinks: mode, owner, mtime and xattrs are applied to the linked inode, as containerd
+    /// applies a link header's (a target in a lower layer; within a layer they are folded into
+    /// the group's entry, docs/format.md §3)
+    pub link_meta: bool,
 }
 
 const WH: &str = ".wh.";
@@ -118,7 +122,19 @@ pub fn canonical(h: &Header, o: &CanonOptions) -> Result<Option<CanonEntry>> {
         Ok(v as u64)
     };
     let (uid, gid) = (id(b"uid", h.uid)?, id(b"gid", h.gid)?);
-    let mut e = CanonEntry { kind: Kind::Reg, path, mode: h.mode & 0o7777, uid, gid, size: 0, mtime: mtime as i64, link: None, dev: None, xattrs: Vec::new() };
+    let mut e = CanonEntry {
+        kind: Kind::Reg,
+        path,
+        mode: h.mode & 0o7777,
+        uid,
+        gid,
+        size: 0,
+        mtime: mtime as i64,
+        link: None,
+        dev: None,
+        xattrs: Vec::new(),
+        link_meta: false,
+    };
     let (dir, leaf) = match e.path.rfind('/') {
         Some(i) => (&e.path[..i], &e.path[i + 1..]),
         None => (".", e.path.as_str()),

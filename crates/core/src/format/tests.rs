@@ -98,9 +98,10 @@ fn symlinked_parents_resolve_inside_the_root() {
 
 #[test]
 fn opaque_and_whiteout_through_symlinks_stay_inside() {
-    // an absolute target that does not exist in the image: nothing to empty, nothing outside
+    // an absolute target that does not exist in the image: made inside the root (as containerd
+    // makes a marker's parents), nothing outside
     let v = toc(vec![vec![link("a", "/etc"), file("f")], vec![opq("a"), wh("a/passwd")]]);
-    assert_eq!(listing(&v), ["a -> /etc", "f reg"]);
+    assert_eq!(listing(&v), ["a -> /etc", "etc dir (implied)", "f reg"]);
     // a directory replaced by a symlink, then written through: the write follows it, inside the root
     let v = toc(vec![vec![dir("d"), dir("t")], vec![link("d", "/t")], vec![file("d/x")]]);
     assert_eq!(listing(&v), ["d -> /t", "t dir", "t/x reg"]);
@@ -349,4 +350,55 @@ fn view_gives_inodes_for_readers() {
     let n = by_ino(root.children[2].1);
     assert_eq!((n.kind, n.rdev, n.dev_major, n.dev_minor), ("char", (1 << 8) | 3, Some(1), Some(3)));
     assert_eq!(view.inodes.len(), 5, "hardlinks once");
+}
+
+/// Metadata of the node at `path` as readers show it: (mode, uid, mtime, xattr names).
+fn meta_at(v: &Value, path: &str) -> (u32, u32, i64, Vec<String>) {
+    let (toc, tree) = check(v).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut found = None;
+    tree.walk(|p, _, _, id, _| {
+        if p == path {
+            found = Some(id);
+        }
+    });
+    let id = if path == "." { ROOT } else { found.unwrap_or_else(|| panic!("{path} not in the tree")) };
+    let m = tree.meta(&toc, id);
+    (m.mode, m.uid, m.mtime, m.xattrs.into_iter().map(|x| x.0).collect())
+}
+
+#[test]
+fn merge_rules_follow_containerds_applier() {
+    // the root's own entry is never applied: 0755, 0:0, mtime 0, no xattrs
+    let root = json!({ "path": ".", "type": "dir", "mode": 0o700, "uid": 5, "mtime": 99, "xattrs": { "user.r": "eA==" } });
+    assert_eq!(meta_at(&toc(vec![vec![root, file("f")]]), "."), (0o755, 0, 0, vec![]));
+    // a directory entry over a directory: its mode, owner and mtime, the xattrs of both (its own win)
+    let d1 = json!({ "path": "d", "type": "dir", "mode": 0o755, "xattrs": { "user.a": "MQ==", "user.b": "Mg==" } });
+    let d2 = json!({ "path": "d", "type": "dir", "mode": 0o711, "uid": 3, "mtime": 7, "xattrs": { "user.b": "dHdv" } });
+    let v = toc(vec![vec![d1], vec![d2]]);
+    assert_eq!(meta_at(&v, "d"), (0o711, 3, 7, vec!["user.a".into(), "user.b".into()]));
+    let (toc_, tree) = check(&v).unwrap();
+    let id = tree.node(ROOT).children["d"];
+    assert_eq!(tree.meta(&toc_, id).xattrs[1].1, b"two");
+    // mtimes containerd cannot set show as 0
+    let old = json!({ "path": "old", "type": "reg", "mode": 0o644, "mtime": -86400, "size": 5, "chunks": [0] });
+    let new = json!({ "path": "new", "type": "reg", "mode": 0o644, "mtime": 9_223_372_037i64, "size": 5, "chunks": [0] });
+    let last = json!({ "path": "last", "type": "reg", "mode": 0o644, "mtime": 9_223_372_036i64, "size": 5, "chunks": [0] });
+    let v = toc(vec![vec![last, new, old]]);
+    assert_eq!([meta_at(&v, "old").2, meta_at(&v, "new").2, meta_at(&v, "last").2], [0, 0, 9_223_372_036]);
+    // a whiteout or opaque marker under a missing directory makes it
+    let v = toc(vec![vec![file("f")], vec![wh("a/b/gone"), opq("c/d")]]);
+    assert_eq!(listing(&v), ["a dir (implied)", "a/b dir (implied)", "c dir (implied)", "c/d dir (implied)", "f reg"]);
+    // a hardlink to a lower layer's file that carries metadata gives it to the inode, every name
+    let f = json!({ "path": "f", "type": "reg", "mode": 0o640, "uid": 7, "mtime": 1, "size": 5, "chunks": [0], "xattrs": { "user.a": "MQ==" } });
+    let h = json!({ "path": "h", "type": "hardlink", "mode": 0o600, "uid": 2, "mtime": 3, "link": "f", "xattrs": { "user.b": "Mg==" } });
+    let v = toc(vec![vec![f], vec![h, hard("h2", "f")]]);
+    assert_eq!(meta_at(&v, "f"), (0o600, 2, 3, vec!["user.a".into(), "user.b".into()]));
+    assert_eq!(meta_at(&v, "h2"), meta_at(&v, "f"));
+    // a link to a symlink keeps the symlink's mode
+    let s = link("s", "f");
+    let h = json!({ "path": "h", "type": "hardlink", "mode": 0o600, "mtime": 3, "link": "s" });
+    assert_eq!(meta_at(&toc(vec![vec![s], vec![h]]), "s"), (0o777, 0, 3, vec![]));
+    // metadata on a hardlink comes with a mode, as on other entries
+    let h = json!({ "path": "h", "type": "hardlink", "uid": 2, "link": "f" });
+    assert!(messages(&toc(vec![vec![file("f")], vec![h]])).iter().any(|m| m.contains("field uid does not belong to a hardlink entry")));
 }

@@ -483,12 +483,14 @@ impl Toc {
         let k = e.kind;
         let misplaced =
             |field: &str, present: bool, allowed: bool| (present && !allowed).then(|| format!("field {field} does not belong to a {} entry", k.name()));
+        // a hardlink may carry metadata for its inode: then with a mode, as other entries
+        let meta = k.has_meta() || (k == Kind::Hardlink && e.mode.is_some());
         let checks = [
-            misplaced("mode", e.mode.is_some(), k.has_meta()),
-            misplaced("uid", e.uid.is_some(), k.has_meta()),
-            misplaced("gid", e.gid.is_some(), k.has_meta()),
-            misplaced("mtime", e.mtime.is_some(), k.has_meta()),
-            misplaced("xattrs", e.xattrs.is_some(), k.has_meta()),
+            misplaced("mode", e.mode.is_some(), meta),
+            misplaced("uid", e.uid.is_some(), meta),
+            misplaced("gid", e.gid.is_some(), meta),
+            misplaced("mtime", e.mtime.is_some(), meta),
+            misplaced("xattrs", e.xattrs.is_some(), meta),
             misplaced("size", e.size.is_some(), k == Kind::Reg),
             misplaced("chunks", e.chunks.is_some(), k == Kind::Reg),
             misplaced("link", e.link.is_some(), matches!(k, Kind::Symlink | Kind::Hardlink)),
@@ -498,7 +500,7 @@ impl Toc {
         for m in checks.into_iter().flatten() {
             bad(m);
         }
-        if k.has_meta() {
+        if meta {
             match e.mode {
                 None => bad(format!("{} entry has no mode", k.name())),
                 Some(m) if m > 0o7777 => bad(format!("mode {m:#o} has bits beyond 07777")),

@@ -1,12 +1,13 @@
 //! The merged tree: the layers of a TOC applied in order, as containerd's applier unpacks tar
-//! layers, written once for every reader.
+//! layers, written once for every reader (docs/format.md §4 "Merging the layers").
 //!
 //! - An entry's parent directories are resolved inside the root like a chroot would (containerd's
 //!   `fs.RootPath`, umoci's securejoin): symlinks are followed, absolute targets start again at the
-//!   root, `..` stops at the root; missing parents are made (0755, root-owned, mtime 0). A parent
-//!   that is neither a directory nor a symlink is an error.
+//!   root, `..` stops at the root; missing parents are made (0755, root-owned, mtime 0), for
+//!   whiteouts and opaque markers too. A parent that is neither a directory nor a symlink is an
+//!   error.
 //! - The last component is never followed: an entry replaces what is there (a directory over a
-//!   directory keeps its children and takes the new metadata, xattrs included).
+//!   directory keeps its children, takes the new metadata and sets its xattrs over the old ones).
 //! - `whiteout` removes the name (and its subtree) from its resolved parent; `opaque` empties the
 //!   directory its whole path resolves to (a symlink to a directory is followed, inside the root).
 //!   Both remove only what the layers below left, never what the same layer wrote (the OCI image
@@ -14,7 +15,10 @@
 //!   the layer's entry there, but a symlinked parent can lead a write to a path a marker of the
 //!   same layer covers (umoci keeps such writes; containerd too, for opaque directories).
 //! - `hardlink` shares the inode its target has at that point (target's parent resolved, the
-//!   target itself not followed); it must exist and must not be a directory.
+//!   target itself not followed); it must exist and must not be a directory. A hardlink with
+//!   metadata applies it to the inode, as containerd applies a link header's.
+//! - The root's own entry is not applied (containerd skips it); mtimes containerd cannot set show
+//!   as 0 ([`Tree::meta`]).
 //!
 //! The result holds no symlink on the way to any node, so a writer creating it under an empty
 //! directory never follows one. Every node's resolved path stays within `limits::PATH`.
@@ -40,6 +44,9 @@ pub struct Node {
     pub kind: NodeKind,
     /// (layer, entry index) holding the metadata (and content); None for a directory a layer only implied
     pub entry: Option<(u32, u32)>,
+    /// metadata merged from more than the entry (a directory entry over a directory keeps the
+    /// xattrs the new entry does not name); None: the entry's own
+    pub meta: Option<Box<Meta>>,
     /// names pointing at this node
     pub nlink: u32,
     /// directories: name -> node
@@ -53,6 +60,42 @@ pub struct Tree {
 
 pub const ROOT: NodeId = 0;
 
+/// The latest mtime containerd's applier sets (Go's `time.Unix(0, 1<<63-1)`, whole seconds); an
+/// mtime before 1970 or after this is shown as 0, as containerd shows it.
+pub const MTIME_SHOWN_MAX: i64 = 9_223_372_036;
+
+/// A node's metadata as every reader shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    /// sorted by name bytes
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+impl Meta {
+    fn of(kind: NodeKind, e: Option<&Entry>) -> Meta {
+        Meta {
+            mode: e.and_then(|e| e.mode).unwrap_or(if kind == NodeKind::Dir { 0o755 } else { 0 }),
+            uid: e.and_then(|e| e.uid).unwrap_or(0),
+            gid: e.and_then(|e| e.gid).unwrap_or(0),
+            mtime: e.and_then(|e| e.mtime).unwrap_or(0),
+            xattrs: e.and_then(|e| e.xattrs.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+/// `base`'s xattrs with `add`'s set over them (both sorted by name bytes; the result too).
+fn merge_xattrs(base: &[(String, Vec<u8>)], add: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    let mut m: BTreeMap<&[u8], &(String, Vec<u8>)> = base.iter().map(|x| (x.0.as_bytes(), x)).collect();
+    for x in add {
+        m.insert(x.0.as_bytes(), x);
+    }
+    m.into_values().cloned().collect()
+}
+
 impl Tree {
     pub fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id as usize]
@@ -61,6 +104,21 @@ impl Tree {
     /// The entry behind a node, if it has one.
     pub fn entry<'t>(&self, toc: &'t Toc, id: NodeId) -> Option<&'t Entry> {
         self.node(id).entry.map(|(l, i)| &toc.layers[l as usize].entries[i as usize])
+    }
+
+    /// A node's metadata as readers show it: its entry's (defaults for a directory a layer only
+    /// implied: 0755, 0:0, mtime 0), merged where the layers merged it; an mtime containerd cannot
+    /// set (before 1970, after [`MTIME_SHOWN_MAX`]) is 0.
+    pub fn meta(&self, toc: &Toc, id: NodeId) -> Meta {
+        let n = self.node(id);
+        let mut m = match &n.meta {
+            Some(m) => (**m).clone(),
+            None => Meta::of(n.kind, self.entry(toc, id)),
+        };
+        if !(0..=MTIME_SHOWN_MAX).contains(&m.mtime) {
+            m.mtime = 0;
+        }
+        m
     }
 
     /// Apply every layer. Violations go to `r`; building stops after the first layer that has any.
@@ -184,24 +242,25 @@ impl Tree {
         let (major, minor) = (e.and_then(|e| e.dev_major).unwrap_or(0), e.and_then(|e| e.dev_minor).unwrap_or(0));
         let link = e.and_then(|e| e.link.clone()).filter(|_| n.kind == NodeKind::Symlink);
         let subdirs = n.children.values().filter(|&&c| self.node(c).kind == NodeKind::Dir).count() as u32;
+        let m = self.meta(toc, id);
         InodeOut {
             ino: id as u64 + 1,
             kind,
-            mode: e.and_then(|e| e.mode).unwrap_or(if n.kind == NodeKind::Dir { 0o755 } else { 0 }),
-            uid: e.and_then(|e| e.uid).unwrap_or(0),
-            gid: e.and_then(|e| e.gid).unwrap_or(0),
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
             size: match n.kind {
                 NodeKind::Reg => e.and_then(|e| e.size).unwrap_or(0),
                 NodeKind::Symlink => link.as_ref().map_or(0, |l| l.len() as u64),
                 _ => 0,
             },
-            mtime: e.and_then(|e| e.mtime).unwrap_or(0),
+            mtime: m.mtime,
             nlink: if n.kind == NodeKind::Dir { 2 + subdirs } else { n.nlink },
             link,
             dev_major: dev.then_some(major),
             dev_minor: dev.then_some(minor),
             rdev: if dev { libc::makedev(major, minor) as u32 } else { 0 },
-            xattrs: e.and_then(|e| e.xattrs.clone()).unwrap_or_default(),
+            xattrs: m.xattrs,
             chunks: e.and_then(|e| e.chunks.clone()).filter(|_| n.kind == NodeKind::Reg).unwrap_or_default(),
             children: n.children.iter().map(|(k, &v)| (k.clone(), v as u64 + 1)).collect(),
         }
@@ -219,6 +278,13 @@ struct Builder<'t> {
     stamp: Vec<u32>,
     /// The names this layer gave nodes it did not make (hardlink entries), as (directory, name).
     links: HashSet<(NodeId, &'t str)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Make {
+    No,
+    Entry,
+    Marker,
 }
 
 enum Resolved {
@@ -242,7 +308,7 @@ type Fail = (Class, String);
 
 impl<'t> Builder<'t> {
     fn new_node(&mut self, kind: NodeKind, entry: Option<(u32, u32)>) -> NodeId {
-        self.t.nodes.push(Node { kind, entry, nlink: 1, children: BTreeMap::new() });
+        self.t.nodes.push(Node { kind, entry, meta: None, nlink: 1, children: BTreeMap::new() });
         self.stamp.push(self.layer);
         (self.t.nodes.len() - 1) as NodeId
     }
@@ -251,8 +317,11 @@ impl<'t> Builder<'t> {
         &mut self.t.nodes[d as usize].children
     }
 
-    /// Resolve the directory `comps` lead to, inside the root. `make`: create what is missing.
-    fn resolve_dir(&mut self, comps: &[&str], make: bool) -> Result<Resolved, Fail> {
+    /// Resolve the directory `comps` lead to, inside the root. `make`: create what is missing
+    /// (`Make::Entry`: an entry goes there, so every directory on the way holds something of this
+    /// layer; `Make::Marker`: a whiteout or opaque marker, which writes nothing).
+    fn resolve_dir(&mut self, comps: &[&str], make: Make) -> Result<Resolved, Fail> {
+        let (make, mark) = (make != Make::No, make == Make::Entry);
         // (directory, byte length of its resolved path)
         let mut stack: Vec<(NodeId, usize)> = vec![(ROOT, 0)];
         let mut todo: Vec<String> = comps.iter().rev().map(|s| s.to_string()).collect();
@@ -302,8 +371,7 @@ impl<'t> Builder<'t> {
                 _ => return Err((Class::Corrupt, format!("{c:?} on the way is not a directory"))),
             }
         }
-        if make {
-            // an entry goes there: every directory on the way holds something of this layer
+        if mark {
             for &(d, _) in &stack {
                 self.stamp[d as usize] = self.layer;
             }
@@ -375,10 +443,9 @@ impl<'t> Builder<'t> {
     fn apply(&mut self, e: &'t Entry, at: (u32, u32)) -> Result<(), Fail> {
         if e.path == "." {
             return match e.kind {
-                Kind::Dir => {
-                    self.t.nodes[ROOT as usize].entry = Some(at);
-                    Ok(())
-                }
+                // containerd's applier skips an entry that resolves to the root: the root keeps
+                // what the snapshot's directory has (here 0755, 0:0, mtime 0, no xattrs)
+                Kind::Dir => Ok(()),
                 Kind::Opaque => {
                     self.make_opaque(ROOT);
                     Ok(())
@@ -389,14 +456,15 @@ impl<'t> Builder<'t> {
         let comps: Vec<&str> = e.path.split('/').collect();
         let (name, parents) = comps.split_last().unwrap();
         match e.kind {
+            // a marker's missing parents are made, as containerd makes every header's parents
             Kind::Whiteout => {
-                if let Resolved::Dir(d) = self.resolve_dir(parents, false)? {
+                if let Resolved::Dir(d) = self.resolve_dir(parents, Make::Marker)? {
                     self.white_out(d, name);
                 }
                 Ok(())
             }
             Kind::Opaque => {
-                if let Resolved::Dir(d) = self.resolve_dir(&comps, false)? {
+                if let Resolved::Dir(d) = self.resolve_dir(&comps, Make::Marker)? {
                     self.make_opaque(d);
                 }
                 Ok(())
@@ -405,7 +473,7 @@ impl<'t> Builder<'t> {
                 let link = e.link.as_deref().unwrap_or("");
                 let lcomps: Vec<&str> = link.split('/').collect();
                 let (lname, lparents) = lcomps.split_last().unwrap();
-                let target = match self.resolve_dir(lparents, false)? {
+                let target = match self.resolve_dir(lparents, Make::No)? {
                     Resolved::Dir(d) => self.t.nodes[d as usize].children.get(*lname).copied(),
                     Resolved::Missing => None,
                 };
@@ -415,8 +483,19 @@ impl<'t> Builder<'t> {
                 if self.t.nodes[target as usize].kind == NodeKind::Dir {
                     return Err((Class::Unsafe, format!("hardlink target {link:?} is a directory")));
                 }
-                let Resolved::Dir(dir) = self.resolve_dir(parents, true)? else { unreachable!() };
+                let Resolved::Dir(dir) = self.resolve_dir(parents, Make::Entry)? else { unreachable!() };
                 self.links.insert((dir, name));
+                if e.mode.is_some() {
+                    // the link's metadata goes to the inode, as containerd applies a link header's
+                    let kind = self.t.nodes[target as usize].kind;
+                    let mut m = self.t.node(target).meta.as_deref().cloned().unwrap_or_else(|| Meta::of(kind, self.t.entry(self.toc, target)));
+                    (m.uid, m.gid, m.mtime) = (e.uid.unwrap_or(0), e.gid.unwrap_or(0), e.mtime.unwrap_or(0));
+                    if kind != NodeKind::Symlink {
+                        m.mode = e.mode.unwrap_or(0);
+                    }
+                    m.xattrs = merge_xattrs(&m.xattrs, e.xattrs.as_deref().unwrap_or_default());
+                    self.t.nodes[target as usize].meta = Some(Box::new(m));
+                }
                 if self.t.nodes[dir as usize].children.get(*name) == Some(&target) {
                     return Ok(());
                 }
@@ -427,11 +506,23 @@ impl<'t> Builder<'t> {
             }
             k => {
                 let kind = node_kind(k).unwrap();
-                let Resolved::Dir(dir) = self.resolve_dir(parents, true)? else { unreachable!() };
+                let Resolved::Dir(dir) = self.resolve_dir(parents, Make::Entry)? else { unreachable!() };
                 let old = self.t.nodes[dir as usize].children.get(*name).copied();
                 if kind == NodeKind::Dir {
                     if let Some(o) = old.filter(|&o| self.t.nodes[o as usize].kind == NodeKind::Dir) {
-                        self.t.nodes[o as usize].entry = Some(at);
+                        // the new metadata, but the xattrs the new entry does not name stay (as
+                        // containerd sets a directory entry's xattrs on the directory there)
+                        let below = self
+                            .t
+                            .node(o)
+                            .meta
+                            .as_deref()
+                            .map_or_else(|| self.t.entry(self.toc, o).and_then(|e| e.xattrs.clone()).unwrap_or_default(), |m| m.xattrs.clone());
+                        let own = e.xattrs.as_deref().unwrap_or_default();
+                        let merged = merge_xattrs(&below, own);
+                        let n = &mut self.t.nodes[o as usize];
+                        n.entry = Some(at);
+                        n.meta = (merged.len() != own.len()).then(|| Box::new(Meta { xattrs: merged, ..Meta::of(NodeKind::Dir, Some(e)) }));
                         self.stamp[o as usize] = self.layer;
                         return Ok(());
                     }
