@@ -180,6 +180,40 @@ describe('lazy pull from a registry', () => {
     expect(nodes.some((n) => n.type === 'symlink')).toBe(true);
   });
 
+  it('mount --layers: overlayfs stacking the layer directories shows that tree too, and runs python3', async () => {
+    const bundle = path.join(work, 'umoci-app-layers');
+    must('umoci', ['unpack', '--image', `${image('app')}:latest`, bundle]);
+    const reference = snapshot(path.join(bundle, 'rootfs'));
+    const mnt = path.join(work, 'mnt-layers');
+    const merged = path.join(work, 'merged-layers');
+    fs.mkdirSync(merged, { recursive: true });
+    let got = new Map<string, Node>();
+    let dirs: string[] = [];
+    let whiteouts = 0;
+    await mounted(app, mnt, ['--layers', '--cache', path.join(work, 'cache-tree')], () => {
+      dirs = fs.readdirSync(mnt).sort();
+      // the second layer of app removes files of the base: overlay whiteouts (0/0 devices)
+      const walk = (d: string) => {
+        for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+          if (e.isCharacterDevice() && fs.lstatSync(path.join(d, e.name)).rdev === 0) whiteouts++;
+          else if (e.isDirectory()) walk(path.join(d, e.name));
+        }
+      };
+      walk(path.join(mnt, '1'));
+      const lower = [...dirs].reverse().map((d) => path.join(mnt, d));
+      must('mount', ['-t', 'overlay', 'overlay', '-o', `ro,lowerdir=${lower.join(':')}`, merged]);
+      try {
+        got = snapshot(merged);
+        expect(must('chroot', [merged, '/bin/sh', '-c', 'ls /etc/os-release && echo ok']).stdout).toContain('ok');
+      } finally {
+        must('umount', [merged]);
+      }
+    });
+    expect(dirs).toEqual(['0', '1']);
+    expect(whiteouts).toBeGreaterThan(0);
+    expect(diffTrees(reference, got)).toEqual([]);
+  });
+
   it('a second image sharing the base fetches only the chunks the cache lacks', async () => {
     const cache = path.join(work, 'cache');
     const files = (d: string) =>

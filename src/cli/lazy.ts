@@ -111,6 +111,12 @@ export const mount = {
         type: 'boolean',
         default: false,
         describe: "let the image's device nodes be opened: trusts the image with the host's devices (default nodev)",
+      })
+      .option('layers', {
+        type: 'boolean',
+        default: false,
+        describe:
+          'show each layer as an overlayfs layer directory (0, 1, ... lowest first; whiteouts as 0/0 devices, opaque xattrs), for a snapshotter to stack with overlayfs',
       }),
   run: async (
     a: Common &
@@ -123,6 +129,7 @@ export const mount = {
         'allow-other': boolean;
         'allow-suid': boolean;
         'allow-dev': boolean;
+        layers: boolean;
       },
   ): Promise<unknown> => {
     // handlers first, so that whoever waits for the message below may signal at once; a signal
@@ -143,10 +150,12 @@ export const mount = {
       allowOther: a['allow-other'],
       allowSuid: a['allow-suid'],
       allowDev: a['allow-dev'],
+      layers: a.layers,
       onWarning: a.quiet ? undefined : (m) => process.stderr.write(`ocichunk mount: ${m}\n`),
     });
     up = true;
-    if (!a.quiet) process.stderr.write(`mounted ${img.name} at ${a.mountpoint} (TOC ${bytes(img.tocBytes)}); SIGINT or SIGTERM unmounts\n`);
+    const what = a.layers ? `layers 0-${img.layerCount - 1} of ${img.name}` : img.name;
+    if (!a.quiet) process.stderr.write(`mounted ${what} at ${a.mountpoint} (TOC ${bytes(img.tocBytes)}); SIGINT or SIGTERM unmounts\n`);
     await stop;
     const s = await img.unmount();
     if (s.detached && !a.quiet) process.stderr.write(`ocichunk mount: ${a.mountpoint} was busy: detached (programs still using it lose it now)\n`);

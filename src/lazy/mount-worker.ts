@@ -9,7 +9,7 @@ import { MountCore, type MountOptions } from './mount.js';
 
 export type ToWorker = { type: 'stats' } | { type: 'unmount' };
 export type FromWorker =
-  | { type: 'ready'; name: string; tocBytes: number }
+  | { type: 'ready'; name: string; tocBytes: number; layerCount: number }
   | { type: 'error'; code: string; message: string }
   | { type: 'warning'; message: string }
   | { type: 'retry'; message: string }
@@ -28,7 +28,7 @@ try {
     },
     onWarning: (message) => send({ type: 'warning', message }),
   });
-  send({ type: 'ready', name: m.image.name, tocBytes: m.image.image.tocBytes });
+  send({ type: 'ready', name: m.image.name, tocBytes: m.image.image.tocBytes, layerCount: m.image.image.toc.layers.length });
   port.on('message', async (msg: ToWorker) => {
     try {
       if (msg.type === 'stats') send({ type: 'stats', stats: m.stats() });

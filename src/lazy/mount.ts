@@ -29,6 +29,12 @@ export interface MountOptions extends LazyOpenOptions {
   allowSuid?: boolean;
   /** Let device nodes of the image be opened: trusts the image with the host's devices. Off by default (nodev). */
   allowDev?: boolean;
+  /**
+   * Show each layer as an overlayfs layer directory (`0`, `1`, ... lowest first: whiteouts as 0/0
+   * character devices, `trusted.overlay.opaque` on replaced directories) instead of the merged
+   * tree; overlayfs stacking them shows the merged tree (docs/format.md §4).
+   */
+  layers?: boolean;
 }
 
 export interface MountStats extends LazyStats {
@@ -93,8 +99,10 @@ export class MountCore {
     try {
       const st = await fs.stat(mountpoint).catch(() => undefined);
       if (!st?.isDirectory()) throw new OcichunkError('EUSAGE', `mount point ${mountpoint} is not a directory`);
+      // a trace names paths of the merged tree, which the layer view does not number
+      if (opts.recordTrace && opts.layers) throw new OcichunkError('EUSAGE', 'a read trace is recorded from the merged tree, not from --layers');
       if (opts.recordTrace) m.notePaths();
-      const flags = { allowOther: !!opts.allowOther, allowSuid: !!opts.allowSuid, allowDev: !!opts.allowDev };
+      const flags = { allowOther: !!opts.allowOther, allowSuid: !!opts.allowSuid, allowDev: !!opts.allowDev, layers: !!opts.layers };
       // the addon merges the TOC with the format module itself (the same tree ls and cat read)
       m.handle = native.mountLazy(image.image.checked, path.resolve(mountpoint), image.cache!.dir, !!opts.recordTrace, flags, (msg) => m.onFetch(msg));
     } catch (e) {

@@ -20,6 +20,8 @@ export class MountedImage {
     readonly name: string,
     readonly mountpoint: string,
     readonly tocBytes: number,
+    /** layers of the image (the directories of a --layers mount) */
+    readonly layerCount: number,
   ) {
     worker.on('message', (m: FromWorker) => {
       if (m.type === 'stats' || m.type === 'unmounted') this.waiting.shift()?.resolve(m.stats);
@@ -43,7 +45,7 @@ export class MountedImage {
       const onMessage = (m: FromWorker) => {
         if (m.type === 'warning') onWarning?.(m.message);
         else if (m.type === 'retry') onWarning?.(m.message);
-        else if (m.type === 'ready') resolve(new MountedImage(worker, m.name, mountpoint, m.tocBytes));
+        else if (m.type === 'ready') resolve(new MountedImage(worker, m.name, mountpoint, m.tocBytes, m.layerCount));
         else if (m.type === 'error') {
           worker.off('message', onMessage);
           reject(new OcichunkError(m.code as ErrorCode, m.message));

@@ -12,6 +12,7 @@ import { LazyImage } from '../../src/lazy/reader.js';
 import { mapLimit } from '../../src/util/limit.js';
 import { REPO } from '../helpers/env.js';
 import { mounted } from '../helpers/mount.js';
+import { must } from '../helpers/run.js';
 import { snapshot } from '../helpers/tree.js';
 import { FIELDS, type Field, type Node, setGroups, type Tree } from './listing.js';
 
@@ -158,6 +159,34 @@ export const READERS: Reader[] = [
       const r = await cliBytes(['restore', ref, target]);
       if (r.code !== 0) throw new Error(`restore exited ${r.code}: ${r.stderr}`);
       return diskTree(target);
+    },
+  },
+  {
+    // the per-layer view a snapshotter stacks: overlayfs over the layer directories, an empty
+    // directory below them (overlayfs wants two lower directories without an upper one)
+    name: 'ocichunk mount --layers, stacked by overlayfs',
+    fields: FIELDS,
+    tree: async (ref, work) => {
+      let t: Tree = new Map();
+      const mnt = path.join(work, 'layers');
+      const merged = path.join(work, 'merged');
+      const empty = path.join(work, 'empty');
+      fs.mkdirSync(merged);
+      fs.mkdirSync(empty);
+      await mounted(ref, mnt, ['--layers', '--cache', path.join(work, 'cache')], () => {
+        const layers = fs
+          .readdirSync(mnt)
+          .map(Number)
+          .sort((a, b) => b - a)
+          .map((n) => path.join(mnt, String(n)));
+        must('mount', ['-t', 'overlay', 'overlay', '-o', `ro,lowerdir=${[...layers, empty].join(':')}`, merged]);
+        try {
+          t = diskTree(merged);
+        } finally {
+          must('umount', [merged]);
+        }
+      });
+      return t;
     },
   },
   {

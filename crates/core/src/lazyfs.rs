@@ -178,14 +178,22 @@ fn system_time(secs: i64) -> SystemTime {
 }
 
 impl Shared {
-    /// `img`: a checked TOC; the mount serves its merged view.
-    pub fn new(img: Arc<Checked>, cache: PathBuf, fetcher: Box<dyn Fetcher>, record: bool) -> Result<Shared> {
-        let view = img.tree.view(&img.toc);
+    /// `img`: a checked TOC; the mount serves its merged view, or (`layers`) each layer as an
+    /// overlayfs layer directory (`format::layers`).
+    pub fn new(img: Arc<Checked>, cache: PathBuf, fetcher: Box<dyn Fetcher>, record: bool, layers: bool) -> Result<Shared> {
+        let view = if layers {
+            crate::format::layers::layer_views(&img.toc).map_err(|r| match r.violations.first() {
+                Some(v) => Error::new(v.class.error_code(), v.to_string()),
+                None => Error::invalid("layer view"),
+            })?
+        } else {
+            img.tree.view(&img.toc)
+        };
         let mut nodes = HashMap::with_capacity(view.inodes.len());
         for i in view.inodes {
             let kind = kind_of(i.kind)?;
             let file = match kind {
-                FileType::RegularFile => Some(img.file(i.ino).ok_or_else(|| Error::invalid(format!("inode {}: no chunk map", i.ino)))?),
+                FileType::RegularFile => Some(i.node.and_then(|id| img.file_of(id)).ok_or_else(|| Error::invalid(format!("inode {}: no chunk map", i.ino)))?),
                 _ => None,
             };
             let t = system_time(i.mtime);
@@ -560,7 +568,7 @@ mod tests {
             let v = view();
             v.tree.view(&v.toc).inodes[0].children[0].1
         };
-        let shared = Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap();
+        let shared = Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false, false).unwrap();
         let mut out = Vec::new();
         for off in (0..data.len()).step_by(128 * 1024) {
             out.extend(shared.read(f, off as u64, 128 * 1024).unwrap());
@@ -569,7 +577,7 @@ mod tests {
         assert_eq!(shared.stats.chunks_hashed.load(Ordering::Relaxed), 1);
         // a damaged cache file is still caught: a fresh mount reads and hashes it again
         std::fs::write(dir.path().join("sha256").join(&h[..2]).join(&h), vec![0u8; data.len()]).unwrap();
-        let fresh = Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap();
+        let fresh = Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false, false).unwrap();
         assert!(fresh.read(f, 0, 4096).is_err());
     }
 
@@ -619,7 +627,7 @@ mod tests {
             let v = view();
             v.tree.view(&v.toc).inodes[0].children[0].1
         };
-        let shared = Arc::new(Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false).unwrap());
+        let shared = Arc::new(Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false, false).unwrap());
         let barrier = Arc::new(std::sync::Barrier::new(8));
         let threads: Vec<_> = (0..8u64)
             .map(|k| {

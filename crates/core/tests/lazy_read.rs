@@ -111,7 +111,7 @@ fn fixture(record: bool) -> Fixture {
     let requests = Arc::new(Mutex::new(Vec::new()));
     let data = chunks[..CHUNKS].concat();
     let fetcher = FakeFetcher { cache: cache.clone(), chunks, mode: mode.clone(), requests: requests.clone() };
-    let shared = Shared::new(checked, cache.clone(), Box::new(fetcher), record).unwrap();
+    let shared = Shared::new(checked, cache.clone(), Box::new(fetcher), record, false).unwrap();
     Fixture { _dir: dir, cache, shared, mode, requests, data, ino }
 }
 

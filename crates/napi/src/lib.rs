@@ -985,17 +985,20 @@ pub struct MountFlags {
     pub allow_other: bool,
     pub allow_suid: bool,
     pub allow_dev: bool,
+    /// each layer as an overlayfs layer directory (`format::layers`) instead of the merged tree
+    pub layers: Option<bool>,
 }
 
-/// Mount a chunked image's merged tree read-only at `mountpoint`, reading chunks from
-/// `cache_dir` and asking `fetch` for missing ones.
+/// Mount a chunked image's merged tree (or its layers) read-only at `mountpoint`, reading chunks
+/// from `cache_dir` and asking `fetch` for missing ones.
 #[napi]
 pub fn mount_lazy(env: Env, toc: &CheckedToc, mountpoint: String, cache_dir: String, record: bool, flags: MountFlags, fetch: JsFunction) -> Result<LazyMount> {
     let tsfn: ThreadsafeFunction<Vec<u32>, ErrorStrategy::Fatal> =
         fetch.create_threadsafe_function(0, |ctx: ThreadSafeCallContext<Vec<u32>>| Ok(vec![ctx.value]))?;
     let pending = Arc::new(Mutex::new(Pending::default()));
     let fetcher = JsFetcher { tsfn: tsfn.clone(), pending: pending.clone() };
-    let shared = Arc::new(lazyfs::Shared::new(toc.inner.clone(), cache_dir.into(), Box::new(fetcher), record).map_err(|e| err(env, e))?);
+    let shared =
+        Arc::new(lazyfs::Shared::new(toc.inner.clone(), cache_dir.into(), Box::new(fetcher), record, flags.layers.unwrap_or(false)).map_err(|e| err(env, e))?);
     let flags = lazyfs::MountFlags { allow_other: flags.allow_other, allow_suid: flags.allow_suid, allow_dev: flags.allow_dev };
     let mount = lazyfs::mount(shared, Path::new(&mountpoint), flags).map_err(|e| err(env, e))?;
     Ok(LazyMount { mount: Some(mount), pending, tsfn: Some(tsfn) })

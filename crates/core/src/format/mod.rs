@@ -7,6 +7,7 @@ pub mod build;
 pub mod canonical;
 pub mod dict;
 pub mod file;
+pub mod layers;
 pub mod pack;
 pub mod toc;
 pub mod tree;
@@ -174,7 +175,11 @@ impl Checked {
     /// The chunk map of the regular file with inode number `ino` of the merged view (node id + 1);
     /// None for any other inode. Made on first use, then kept.
     pub fn file(&self, ino: u64) -> Option<Arc<FileMap>> {
-        let id = tree::NodeId::try_from(ino.checked_sub(1)?).ok()?;
+        self.file_of(tree::NodeId::try_from(ino.checked_sub(1)?).ok()?)
+    }
+
+    /// The chunk map of the merged tree's regular file `id`; None for any other node.
+    pub fn file_of(&self, id: tree::NodeId) -> Option<Arc<FileMap>> {
         if self.tree.nodes.get(id as usize)?.kind != tree::NodeKind::Reg {
             return None;
         }

@@ -1,9 +1,10 @@
 //! Unit tests of the format reader: strict decoding, every rule, the merged tree's semantics, and a
 //! bounded fuzz run over mutated TOCs (no input may panic, hang or pass the check inconsistently).
 
-use super::tree::{NodeKind, ROOT};
+use super::tree::{NodeId, NodeKind, ROOT};
 use super::*;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 
 const HEX: &str = "aa00000000000000000000000000000000000000000000000000000000000000";
 const HEX2: &str = "bb00000000000000000000000000000000000000000000000000000000000000";
@@ -236,10 +237,12 @@ fn walk_visits_deep_trees_without_recursion() {
 #[test]
 fn fuzz_toc_check() {
     let secs: u64 = std::env::var("OCICHUNK_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let seeds = [
+    let mut seeds = vec![
         toc(vec![vec![dir("a"), file("a/x"), link("l", "/a"), hard("h", "a/x")], vec![wh("a/x"), opq("l"), file("l/y"), dir("z")]]),
         toc(vec![vec![link("a", "../../b"), file("f")], vec![file("a/c"), hard("g", "f")], vec![opq("."), dir("b")]]),
     ];
+    seeds.extend(layer_cases());
+    let mut passed = 0;
     let atoms: Vec<Value> = vec![
         json!(null),
         json!(-1),
@@ -316,10 +319,13 @@ fn fuzz_toc_check() {
                 names += 1;
             });
             assert!(names <= t.entry_count() * 3 + 1);
+            // the layer views stacked by overlayfs show the same tree
+            assert_layers_show_the_tree(&v);
+            passed += 1;
         }
         runs += 1;
     }
-    eprintln!("fuzz_toc_check: {runs} mutated TOCs in {secs} s");
+    eprintln!("fuzz_toc_check: {runs} mutated TOCs in {secs} s, {passed} valid (their layer views checked)");
     assert!(runs > 10, "{runs} runs");
 }
 
@@ -401,4 +407,139 @@ fn merge_rules_follow_containerds_applier() {
     // metadata on a hardlink comes with a mode, as on other entries
     let h = json!({ "path": "h", "type": "hardlink", "uid": 2, "link": "f" });
     assert!(messages(&toc(vec![vec![file("f")], vec![h]])).iter().any(|m| m.contains("field uid does not belong to a hardlink entry")));
+}
+
+/// overlayfs over the layer directories of [`layers::layer_views`] (bottom to top; a char 0/0 is a
+/// whiteout, `trusted.overlay.opaque` hides what is below): path -> (kind, mode, uid, mtime,
+/// xattrs, link, content node, inode).
+type Shown = std::collections::BTreeMap<String, (String, u32, u32, i64, Vec<(String, Vec<u8>)>, Option<String>, Option<NodeId>, (usize, u64), u32)>;
+
+fn overlay(v: &tree::TreeOut) -> Shown {
+    use std::collections::BTreeMap;
+    let by: HashMap<u64, &tree::InodeOut> = v.inodes.iter().map(|i| (i.ino, i)).collect();
+    #[derive(Clone)]
+    struct M {
+        ino: (usize, u64),
+        kids: BTreeMap<String, M>,
+        dir: bool,
+    }
+    fn copy(by: &HashMap<u64, &tree::InodeOut>, layer: usize, ino: u64) -> M {
+        let i = by[&ino];
+        let dir = i.kind == "dir";
+        let kids = i.children.iter().filter(|(_, c)| !is_wh(by[c])).map(|(n, c)| (n.clone(), copy(by, layer, *c))).collect();
+        M { ino: (layer, ino), kids, dir }
+    }
+    fn is_wh(i: &tree::InodeOut) -> bool {
+        i.kind == "char" && i.rdev == 0
+    }
+    fn merge(by: &HashMap<u64, &tree::InodeOut>, layer: usize, low: &mut M, ino: u64) {
+        low.ino = (layer, ino);
+        for (n, c) in &by[&ino].children {
+            let ci = by[c];
+            if is_wh(ci) {
+                low.kids.remove(n);
+            } else if ci.kind == "dir" && !ci.xattrs.iter().any(|x| x.0 == layers::OPAQUE_XATTR) && low.kids.get(n).is_some_and(|m| m.dir) {
+                merge(by, layer, low.kids.get_mut(n).unwrap(), *c);
+            } else {
+                low.kids.insert(n.clone(), copy(by, layer, *c));
+            }
+        }
+    }
+    let top = by[&1];
+    let mut root = M { ino: (0, 1), kids: BTreeMap::new(), dir: true };
+    let mut order: Vec<(usize, u64)> = top.children.iter().map(|(n, l)| (n.parse().unwrap(), *l)).collect();
+    order.sort();
+    assert_eq!(order.iter().map(|o| o.0).collect::<Vec<_>>(), (0..order.len()).collect::<Vec<_>>());
+    for (li, l) in order {
+        merge(&by, li, &mut root, l);
+    }
+    let mut out = Shown::new();
+    fn list(by: &HashMap<u64, &tree::InodeOut>, m: &M, path: &str, out: &mut Shown) {
+        let i = by[&m.ino.1];
+        let mut xattrs = i.xattrs.clone();
+        xattrs.retain(|x| x.0 != layers::OPAQUE_XATTR);
+        let nlink = if i.kind == "dir" { 0 } else { i.nlink };
+        out.insert(path.to_string(), (i.kind.to_string(), i.mode, i.uid, i.mtime, xattrs, i.link.clone(), i.node.filter(|_| i.kind == "reg"), m.ino, nlink));
+        for (n, c) in &m.kids {
+            list(by, c, &if path == "." { n.clone() } else { format!("{path}/{n}") }, out);
+        }
+    }
+    list(&by, &root, ".", &mut out);
+    out
+}
+
+/// The merged view as [`overlay`] shows it (the inode: the node).
+fn merged(v: &Value) -> Shown {
+    let (toc, tree) = check(v).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut out = Shown::new();
+    let mut add = |p: &str, id: NodeId| {
+        let i = tree.inode_out(&toc, id, id as u64 + 1);
+        let nlink = if i.kind == "dir" { 0 } else { i.nlink };
+        out.insert(p.to_string(), (i.kind.to_string(), i.mode, i.uid, i.mtime, i.xattrs, i.link, i.node.filter(|_| i.kind == "reg"), (0, id as u64), nlink));
+    };
+    add(".", ROOT);
+    tree.walk(|p, _, _, id, _| add(p, id));
+    out
+}
+
+/// Overlay of the layer views shows the merged tree: every field, and the same names share an
+/// inode (the layer a name shows from may differ; inodes are compared as groups).
+fn assert_layers_show_the_tree(v: &Value) {
+    let (toc, _) = check(v).unwrap();
+    let views = layers::layer_views(&toc).unwrap_or_else(|e| panic!("{:?}", e.violations));
+    let got = overlay(&views);
+    let want = merged(v);
+    let strip = |s: &Shown| s.iter().map(|(p, t)| (p.clone(), (t.0.clone(), t.1, t.2, t.3, t.4.clone(), t.5.clone(), t.6, t.8))).collect::<Vec<_>>();
+    assert_eq!(strip(&got), strip(&want));
+    // hardlink groups: names sharing an inode in one share it in the other
+    let groups = |s: &Shown| {
+        let mut g: HashMap<(usize, u64), Vec<String>> = HashMap::new();
+        for (p, t) in s {
+            if t.0 != "dir" {
+                g.entry(t.7).or_default().push(p.clone());
+            }
+        }
+        let mut v: Vec<Vec<String>> = g.into_values().collect();
+        v.sort();
+        v
+    };
+    assert_eq!(groups(&got), groups(&want));
+}
+
+#[test]
+fn layer_views_stacked_by_overlayfs_show_the_merged_tree() {
+    for v in &layer_cases() {
+        assert_layers_show_the_tree(v);
+    }
+}
+
+/// Multi-layer TOCs exercising every merge rule (also fuzz seeds).
+fn layer_cases() -> Vec<Value> {
+    let meta = |p: &str, mode: u32, mtime: i64| json!({ "path": p, "type": "dir", "mode": mode, "mtime": mtime, "xattrs": { "user.x": "eA==" } });
+    let cases = vec![
+        // whiteouts, opaque markers, replacements of every kind
+        toc(vec![
+            vec![dir("a"), file("a/x"), dir("a/y"), file("a/y/z"), dir("b"), file("b/old"), dir("b/sub"), file("c"), file("d"), dir("e"), file("e/f")],
+            vec![wh("a/x"), opq("b"), file("b/new"), dir("c"), file("c/in"), link("d", "a"), file("e")],
+            vec![wh("b"), dir("b"), file("b/again"), wh("e"), dir("e")],
+        ]),
+        // symlinked parents: a write through a link lands where the tree has it
+        toc(vec![
+            vec![link("lib", "/real"), dir("real"), file("real/base"), link("rel", "../../../../real")],
+            vec![file("lib/f1"), dir("lib/sub"), file("lib/sub/deep"), wh("rel/base"), file("rel/f2")],
+        ]),
+        // hardlinks within a layer and to a lower layer; a group losing a name
+        toc(vec![
+            vec![file("f"), hard("g", "f"), hard("h", "f"), file("z")],
+            vec![wh("g"), hard("k", "f")],
+            vec![json!({ "path": "m", "type": "hardlink", "mode": 0o600, "uid": 3, "mtime": 9, "link": "z" })],
+        ]),
+        // a group that only loses a name
+        toc(vec![vec![file("f"), hard("g", "f"), file("z")], vec![wh("g")]]),
+        // a directory entry over a directory: new metadata, xattrs merged, children kept
+        toc(vec![vec![meta("d", 0o755, 1), file("d/keep")], vec![json!({ "path": "d", "type": "dir", "mode": 0o700, "mtime": 2 })], vec![]]),
+        // the root made opaque; markers under missing directories
+        toc(vec![vec![file("top"), dir("x"), file("x/y")], vec![opq("."), wh("n/o/p"), file("only"), opq("q/r")]]),
+    ];
+    cases
 }

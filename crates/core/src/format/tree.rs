@@ -39,7 +39,7 @@ pub enum NodeKind {
     Fifo,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Node {
     pub kind: NodeKind,
     /// (layer, entry index) holding the metadata (and content); None for a directory a layer only implied
@@ -53,7 +53,7 @@ pub struct Node {
     pub children: BTreeMap<String, NodeId>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Tree {
     pub nodes: Vec<Node>,
 }
@@ -121,8 +121,19 @@ impl Tree {
         m
     }
 
+    /// The root alone: the tree below the first layer.
+    pub fn empty() -> Tree {
+        Tree { nodes: vec![Node { kind: NodeKind::Dir, entry: None, meta: None, nlink: 1, children: BTreeMap::new() }] }
+    }
+
     /// Apply every layer. Violations go to `r`; building stops after the first layer that has any.
     pub fn build(toc: &Toc, r: &mut Report) -> Tree {
+        Tree::build_each(toc, r, |_, _| {})
+    }
+
+    /// [`Tree::build`], calling `f(layer index, tree so far)` after each layer applied without
+    /// violations.
+    pub fn build_each(toc: &Toc, r: &mut Report, mut f: impl FnMut(u32, &Tree)) -> Tree {
         let n = toc.entry_count() + 1;
         let mut b = Builder { toc, t: Tree { nodes: Vec::with_capacity(n) }, layer: 0, stamp: Vec::with_capacity(n), links: HashSet::new() };
         b.new_node(NodeKind::Dir, None);
@@ -137,6 +148,7 @@ impl Tree {
             if !r.is_empty() {
                 break;
             }
+            f(li as u32, &b.t);
         }
         b.t
     }
@@ -183,6 +195,9 @@ impl Tree {
 #[derive(Debug, serde::Serialize)]
 pub struct InodeOut {
     pub ino: u64,
+    /// the node of the merged tree whose content a regular file has
+    #[serde(skip)]
+    pub node: Option<NodeId>,
     pub kind: &'static str,
     pub mode: u32,
     pub uid: u32,
@@ -218,16 +233,17 @@ pub struct TreeOut {
 impl Tree {
     /// The view for readers (ls, cat, the mount): inode numbers are node ids + 1.
     pub fn view(&self, toc: &Toc) -> TreeOut {
-        let mut inodes = vec![self.inode(toc, ROOT)];
+        let mut inodes = vec![self.inode_out(toc, ROOT, ROOT as u64 + 1)];
         self.walk(|_, _, _, id, first| {
             if first {
-                inodes.push(self.inode(toc, id));
+                inodes.push(self.inode_out(toc, id, id as u64 + 1));
             }
         });
         TreeOut { chunks: toc.chunks.iter().map(|c| (c.digest.to_string(), c.len)).collect(), inodes }
     }
 
-    fn inode(&self, toc: &Toc, id: NodeId) -> InodeOut {
+    /// Node `id` as inode number `ino`, its children numbered as in [`Tree::view`].
+    pub fn inode_out(&self, toc: &Toc, id: NodeId, ino: u64) -> InodeOut {
         let n = self.node(id);
         let e = self.entry(toc, id);
         let kind = match n.kind {
@@ -244,7 +260,8 @@ impl Tree {
         let subdirs = n.children.values().filter(|&&c| self.node(c).kind == NodeKind::Dir).count() as u32;
         let m = self.meta(toc, id);
         InodeOut {
-            ino: id as u64 + 1,
+            ino,
+            node: Some(id),
             kind,
             mode: m.mode,
             uid: m.uid,
