@@ -13,6 +13,8 @@ export type ErrorCode =
   | 'EAUTH' // a registry refused our credentials or denied access
   | 'ELOCKED' // a layout is locked by another process (or busy with writers, for gc) past the timeout
   | 'ECANCELED' // the caller aborted the work (AbortSignal; SIGINT/SIGTERM in the CLI)
+  | 'EEXIST' // the object to create exists already (a snapshot key)
+  | 'EPRECONDITION' // the object's state forbids the operation (removing a snapshot with children)
   | 'EINTERNAL';
 
 export class OcichunkError extends Error {
@@ -84,5 +86,7 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   EAUTH: 10,
   ELOCKED: 11,
   ECANCELED: 130,
+  EEXIST: 12,
+  EPRECONDITION: 13,
   EINTERNAL: 1,
 };

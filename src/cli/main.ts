@@ -9,6 +9,7 @@ import * as gcCmd from './gc.js';
 import * as inspectCmd from './inspect.js';
 import { cat as catCmd, lazyBenchCmd, ls as lsCmd, mount as mountCmd } from './lazy.js';
 import * as restoreCmd from './restore.js';
+import * as snapshotterCmd from './snapshotter.js';
 import * as verifyCmd from './verify.js';
 
 interface Cmd {
@@ -18,7 +19,20 @@ interface Cmd {
   run: (a: never) => Promise<unknown>;
 }
 
-const COMMANDS: Cmd[] = [convertCmd, restoreCmd, verifyCmd, inspectCmd, analyzeCmd, lsCmd, catCmd, mountCmd, lazyBenchCmd, gcCmd, demoCmd] as unknown as Cmd[];
+const COMMANDS: Cmd[] = [
+  convertCmd,
+  restoreCmd,
+  verifyCmd,
+  inspectCmd,
+  analyzeCmd,
+  lsCmd,
+  catCmd,
+  mountCmd,
+  lazyBenchCmd,
+  snapshotterCmd,
+  gcCmd,
+  demoCmd,
+] as unknown as Cmd[];
 
 export async function main(argv: string[]): Promise<number> {
   let output: unknown;

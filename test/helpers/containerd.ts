@@ -2,13 +2,17 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { sh, stopProcess } from './run.js';
+import { sh, shAsync, stopProcess } from './run.js';
 
 export class Containerd {
   readonly sock: string;
   private proc?: ChildProcess;
   private log: string;
-  constructor(readonly dir: string) {
+  /** `extraConfig`: more lines for config.toml (e.g. a `[proxy_plugins.NAME]` section). */
+  constructor(
+    readonly dir: string,
+    readonly extraConfig: string[] = [],
+  ) {
     this.sock = path.join(dir, 'containerd.sock');
     this.log = path.join(dir, 'containerd.log');
   }
@@ -28,6 +32,7 @@ export class Containerd {
         `  address = "${this.sock}.ttrpc"`,
         '[debug]',
         `  address = "${this.sock}.debug"`,
+        ...this.extraConfig,
       ].join('\n'),
     );
     const out = fs.openSync(this.log, 'a');
@@ -42,6 +47,11 @@ export class Containerd {
 
   ctr(args: string[]) {
     return sh('ctr', ['--address', this.sock, '--namespace', 'ocichunk-test', ...args]);
+  }
+
+  /** ctr without blocking this process (pulls and runs that take a while). */
+  ctrAsync(args: string[]) {
+    return shAsync('ctr', ['--address', this.sock, '--namespace', 'ocichunk-test', ...args]);
   }
 
   async stop(): Promise<void> {
