@@ -70,6 +70,14 @@ fn open_beneath(root: RawFd, rel: &str) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+struct Meta<'a> {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    xattrs: &'a [(String, Vec<u8>)],
+}
+
 pub struct Summary {
     pub entries: u64,
     pub files: u64,
@@ -268,17 +276,60 @@ impl Writer {
         Ok(unsafe { File::from_raw_fd(fd) })
     }
 
-    /// Close the current file; create the files with no chunks that come before the next chunk.
+    /// Close the current file once all its chunks are written, its metadata set through its
+    /// descriptor; create the files with no chunks that come before the next chunk.
     fn advance(&mut self) -> Result<()> {
         while self.cur_file < self.files.len() && self.cur_chunk >= self.file_chunks(self.cur_file).len() {
-            if self.open.take().is_none() {
+            let f = match self.open.take() {
+                Some(f) => f,
                 // a file with no chunks (or one whose chunks were all written before it was opened)
-                self.create_file(self.cur_file)?;
-            }
+                None => self.create_file(self.cur_file)?,
+            };
+            self.file_meta(&f, self.primaries[self.files[self.cur_file]].1, self.cur_file)?;
             self.cur_file += 1;
             self.cur_chunk = 0;
         }
         Ok(())
+    }
+
+    /// Owner, mode, extended attributes and mtime of a regular file this writer created and
+    /// wrote, through its descriptor (after its last write).
+    fn file_meta(&self, f: &File, id: NodeId, file: usize) -> Result<()> {
+        let shown = || self.primaries[self.files[file]].0.as_str();
+        let fd = f.as_raw_fd();
+        let Meta { mode, uid, gid, mtime, xattrs } = self.meta_of(id);
+        // SAFETY (all below): a valid descriptor and C strings.
+        if self.as_root && unsafe { libc::fchown(fd, uid, gid) } < 0 {
+            return Err(os_err("chown", shown()));
+        }
+        if unsafe { libc::fchmod(fd, mode) } < 0 {
+            return Err(os_err("chmod", shown()));
+        }
+        for (k, v) in xattrs {
+            let kc = cstr(k)?;
+            if unsafe { libc::fsetxattr(fd, kc.as_ptr(), v.as_ptr().cast(), v.len(), 0) } < 0 {
+                return Err(os_err(&format!("setxattr {k:?}"), shown()));
+            }
+        }
+        let ts = libc::timespec { tv_sec: mtime as libc::time_t, tv_nsec: 0 };
+        if unsafe { libc::futimens(fd, [ts, ts].as_ptr()) } < 0 {
+            return Err(os_err("utimes", shown()));
+        }
+        Ok(())
+    }
+
+    /// A node's metadata: its entry's, or the implicit root's.
+    fn meta_of(&self, id: NodeId) -> Meta<'_> {
+        match self.entry(id) {
+            Some(e) => Meta {
+                mode: e.mode.unwrap_or(0),
+                uid: e.uid.unwrap_or(0),
+                gid: e.gid.unwrap_or(0),
+                mtime: e.mtime.unwrap_or(0),
+                xattrs: e.xattrs.as_deref().unwrap_or(&[]),
+            },
+            None => Meta { mode: 0o755, uid: 0, gid: 0, mtime: 0, xattrs: &[] },
+        }
     }
 
     /// The next chunks of the sequence, verified by the caller, in order.
@@ -317,10 +368,8 @@ impl Writer {
 
     fn set_meta(&mut self, path: &str, id: NodeId) -> Result<()> {
         let kind = self.img.tree.node(id).kind;
-        let (mode, uid, gid, mtime, xattrs) = match self.entry(id) {
-            Some(e) => (e.mode.unwrap_or(0), e.uid.unwrap_or(0), e.gid.unwrap_or(0), e.mtime.unwrap_or(0), e.xattrs.clone().unwrap_or_default()),
-            None => (0o755, 0, 0, 0, Vec::new()),
-        };
+        let Meta { mode, uid, gid, mtime, xattrs } = self.meta_of(id);
+        let xattrs = xattrs.to_vec();
         let (pfd, name) = if path.is_empty() { (None, cstr(".")?) } else { (Some(self.dir_of(path)?), cstr(parent_and_name(path).1)?) };
         let dfd = pfd.unwrap_or(self.root.as_raw_fd());
         let shown = if path.is_empty() { self.target.display().to_string() } else { path.to_string() };
@@ -347,7 +396,8 @@ impl Writer {
         Ok(())
     }
 
-    /// Hardlinks, then metadata (files first, directories deepest first, the root last).
+    /// Hardlinks, then metadata (symlinks, devices and FIFOs, then directories deepest first, the
+    /// root last).
     pub fn finish(mut self) -> Result<Summary> {
         self.skeleton()?;
         self.advance()?;
@@ -365,9 +415,10 @@ impl Writer {
             check(unsafe { libc::linkat(tfd, tname.as_ptr(), lfd, lname.as_ptr(), 0) }, "link", &path)?;
             self.summary.hardlinks += 1;
         }
+        // regular files got theirs when they were closed
         for i in 0..self.primaries.len() {
             let (path, id) = self.primaries[i].clone();
-            if self.img.tree.node(id).kind != NodeKind::Dir {
+            if !matches!(self.img.tree.node(id).kind, NodeKind::Dir | NodeKind::Reg) {
                 self.set_meta(&path, id)?;
             }
         }
