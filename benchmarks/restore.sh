@@ -19,14 +19,17 @@ measure() { /usr/bin/time -f '%e %M' -o "$OUT/m.txt" "$@" > /dev/null; cat "$OUT
 ocichunk convert "oci:$dir:$tag" "oci:$OUT/chunked:img" --quiet > /dev/null
 cat "$dir"/blobs/sha256/* "$OUT"/chunked/blobs/sha256/* > /dev/null   # warm the page cache for both
 
-# ROUNDS alternating runs of each (default 3); the best of each is reported
-us=""; uk=""; os=""; ok=""
-for _ in $(seq "${ROUNDS:-3}"); do
+# ROUNDS alternating runs of each (default 3); the best of each is reported, every round on stderr
+us=""; uk=""; os=""; ok=""; rounds=""
+for r in $(seq "${ROUNDS:-3}"); do
   rm -rf "$OUT/umoci" "$OUT/restored"
   read -r s k < <(measure umoci unpack --image "$dir:$tag" "$OUT/umoci")
   if [ -z "$us" ] || [ "$(echo "$s < $us" | bc)" = 1 ]; then us=$s; uk=$k; fi
+  u=$s
   read -r s k < <(measure node "$repo/bin/ocichunk.js" restore "oci:$OUT/chunked:img" "$OUT/restored" --quiet)
   if [ -z "$os" ] || [ "$(echo "$s < $os" | bc)" = 1 ]; then os=$s; ok=$k; fi
+  echo "round $r: umoci unpack $u s, ocichunk restore $s s ($(echo "scale=2; $s / $u" | bc)x)" >&2
+  rounds="$rounds${rounds:+, }[$u, $s]"
 done
 # the same tree: names, types, modes, owners, devices, link targets, contents, mtimes
 same=$(python3 - "$OUT/umoci/rootfs" "$OUT/restored" <<'PY'
@@ -59,15 +62,17 @@ if [ "${REGISTRY:-1}" != 0 ] && command -v docker-registry > /dev/null && comman
   trap 'kill $regpid 2>/dev/null || true' EXIT
   for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/v2/" > /dev/null && break; sleep 0.1; done
   ocichunk convert "oci:$dir:$tag" "docker://127.0.0.1:$port/img:1" --quiet > /dev/null
-  for _ in $(seq "${ROUNDS:-3}"); do
+  for r in $(seq "${ROUNDS:-3}"); do
     rm -rf "$OUT/pulled" "$OUT/umoci" "$OUT/restored"
     s0=$(date +%s.%N)
     skopeo copy --quiet --src-tls-verify=false "docker://127.0.0.1:$port/img:1" "oci:$OUT/pulled:img" > /dev/null
     umoci unpack --image "$OUT/pulled:img" "$OUT/umoci" > /dev/null
     s=$(printf %.2f "$(echo "$(date +%s.%N) - $s0" | bc)")
     if [ -z "$ps" ] || [ "$(echo "$s < $ps" | bc)" = 1 ]; then ps=$s; fi
+    p=$s
     read -r s _ < <(measure node "$repo/bin/ocichunk.js" restore "docker://127.0.0.1:$port/img:1" "$OUT/restored" --quiet)
     if [ -z "$rs" ] || [ "$(echo "$s < $rs" | bc)" = 1 ]; then rs=$s; fi
+    echo "registry round $r: skopeo copy + umoci unpack $p s, ocichunk restore $s s ($(echo "scale=2; $s / $p" | bc)x)" >&2
   done
   rm -rf "$OUT/pulled" "$OUT/umoci" "$OUT/restored" "$OUT/registry"
   kill $regpid 2>/dev/null || true
@@ -119,6 +124,7 @@ printf '%-44s %8s %7s MiB   (%sx umoci; same tree: %s)\n' "ocichunk restore of t
 [ -n "$hs" ] && printf '%-44s %8s %7s MiB\n' "ocichunk restore, one 5 GiB file" "$hs" "$((hk / 1024))"
 cat > "$OUT/results.json" <<EOF
 {"image": "$dir:$tag", "umoci": {"seconds": $us, "rssKiB": $uk}, "restore": {"seconds": $os, "rssKiB": $ok, "sameTree": "$same"},
+ "rounds": [$rounds],
  "registry": {"pullUnpackSeconds": "${ps}", "restoreSeconds": "${rs}"},
  "huge": {"seconds": "${hs}", "rssKiB": "${hk}"}}
 EOF
