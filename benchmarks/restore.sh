@@ -7,6 +7,11 @@
 # Usage: benchmarks/restore.sh [IMAGE_LAYOUT_DIR[:TAG]]   (default: the cached `big` test image)
 #        ROUNDS=N alternating rounds (default 3, best of each); HUGE=0 skips the 5 GiB case,
 #        REGISTRY=0 the restore from a local docker-registry. Results: a table on stdout, JSON in $OUT/results.json.
+# Every round writes into new directories, kept until the end (FRESH=0: removed before the next
+# round, as before), and each timed command starts after a sync. On ext4 without a journal,
+# creating an inode skips, one inode-table lookup each, every free inode of the group deleted in the
+# last minutes (fs/ext4/ialloc.c recently_deleted): right after removing the previous round's
+# trees, that scan took more than half of a restore's CPU time (py), for umoci too.
 source "$(dirname "$0")/common.sh"
 command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
 command -v umoci >/dev/null || { echo "needs umoci (apt-get install umoci)" >&2; exit 1; }
@@ -14,22 +19,28 @@ OUT=${OUT:-$(mktemp -d /tmp/ocichunk-bench-XXXXXX)}
 mkdir -p "$OUT"
 ocichunk() { node "$repo/bin/ocichunk.js" "$@"; }
 # seconds and peak KiB of a command: "S KIB"
-measure() { /usr/bin/time -f '%e %M' -o "$OUT/m.txt" "$@" > /dev/null; cat "$OUT/m.txt"; }
+measure() { sync; /usr/bin/time -f '%e %M' -o "$OUT/m.txt" "$@" > /dev/null; cat "$OUT/m.txt"; }
+fresh=${FRESH:-1}
+# the directory of round $2 for $1 (the same one every round with FRESH=0, emptied first)
+rdir() { if [ "$fresh" = 0 ]; then rm -rf "$OUT/$1"; echo "$OUT/$1"; else echo "$OUT/$1-$2"; fi; }
 
 ocichunk convert "oci:$dir:$tag" "oci:$OUT/chunked:img" --quiet > /dev/null
 cat "$dir"/blobs/sha256/* "$OUT"/chunked/blobs/sha256/* > /dev/null   # warm the page cache for both
 
-# ROUNDS alternating runs of each (default 3); the best of each is reported
-us=""; uk=""; os=""; ok=""
-for _ in $(seq "${ROUNDS:-3}"); do
-  rm -rf "$OUT/umoci" "$OUT/restored"
-  read -r s k < <(measure umoci unpack --image "$dir:$tag" "$OUT/umoci")
+# ROUNDS alternating runs of each (default 3); the best of each is reported, every round on stderr
+us=""; uk=""; os=""; ok=""; rounds=""
+for r in $(seq "${ROUNDS:-3}"); do
+  ud=$(rdir umoci "$r"); od=$(rdir restored "$r")
+  read -r s k < <(measure umoci unpack --image "$dir:$tag" "$ud")
   if [ -z "$us" ] || [ "$(echo "$s < $us" | bc)" = 1 ]; then us=$s; uk=$k; fi
-  read -r s k < <(measure node "$repo/bin/ocichunk.js" restore "oci:$OUT/chunked:img" "$OUT/restored" --quiet)
+  u=$s
+  read -r s k < <(measure node "$repo/bin/ocichunk.js" restore "oci:$OUT/chunked:img" "$od" --quiet)
   if [ -z "$os" ] || [ "$(echo "$s < $os" | bc)" = 1 ]; then os=$s; ok=$k; fi
+  echo "round $r: umoci unpack $u s, ocichunk restore $s s ($(echo "scale=2; $s / $u" | bc)x)" >&2
+  rounds="$rounds${rounds:+, }[$u, $s]"
 done
 # the same tree: names, types, modes, owners, devices, link targets, contents, mtimes
-same=$(python3 - "$OUT/umoci/rootfs" "$OUT/restored" <<'PY'
+same=$(python3 - "$ud/rootfs" "$od" <<'PY'
 import hashlib, os, stat, sys
 def tree(root):
     out = {}
@@ -45,7 +56,6 @@ def tree(root):
 print('yes' if tree(sys.argv[1]) == tree(sys.argv[2]) else 'no')
 PY
 )
-rm -rf "$OUT/umoci" "$OUT/restored"
 
 # from a registry (a local docker-registry on 127.0.0.1): restore straight from it, against
 # pulling the original into a layout (skopeo) and unpacking it (umoci)
@@ -59,19 +69,24 @@ if [ "${REGISTRY:-1}" != 0 ] && command -v docker-registry > /dev/null && comman
   trap 'kill $regpid 2>/dev/null || true' EXIT
   for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/v2/" > /dev/null && break; sleep 0.1; done
   ocichunk convert "oci:$dir:$tag" "docker://127.0.0.1:$port/img:1" --quiet > /dev/null
-  for _ in $(seq "${ROUNDS:-3}"); do
-    rm -rf "$OUT/pulled" "$OUT/umoci" "$OUT/restored"
+  for r in $(seq "${ROUNDS:-3}"); do
+    pd=$(rdir pulled "$r"); ud=$(rdir reg-umoci "$r"); od=$(rdir reg-restored "$r")
+    sync
     s0=$(date +%s.%N)
-    skopeo copy --quiet --src-tls-verify=false "docker://127.0.0.1:$port/img:1" "oci:$OUT/pulled:img" > /dev/null
-    umoci unpack --image "$OUT/pulled:img" "$OUT/umoci" > /dev/null
+    skopeo copy --quiet --src-tls-verify=false "docker://127.0.0.1:$port/img:1" "oci:$pd:img" > /dev/null
+    umoci unpack --image "$pd:img" "$ud" > /dev/null
     s=$(printf %.2f "$(echo "$(date +%s.%N) - $s0" | bc)")
     if [ -z "$ps" ] || [ "$(echo "$s < $ps" | bc)" = 1 ]; then ps=$s; fi
-    read -r s _ < <(measure node "$repo/bin/ocichunk.js" restore "docker://127.0.0.1:$port/img:1" "$OUT/restored" --quiet)
+    p=$s
+    read -r s _ < <(measure node "$repo/bin/ocichunk.js" restore "docker://127.0.0.1:$port/img:1" "$od" --quiet)
     if [ -z "$rs" ] || [ "$(echo "$s < $rs" | bc)" = 1 ]; then rs=$s; fi
+    echo "registry round $r: skopeo copy + umoci unpack $p s, ocichunk restore $s s ($(echo "scale=2; $s / $p" | bc)x)" >&2
   done
-  rm -rf "$OUT/pulled" "$OUT/umoci" "$OUT/restored" "$OUT/registry"
+  rm -rf "$OUT/registry"
   kill $regpid 2>/dev/null || true
 fi
+
+rm -rf "$OUT"/umoci* "$OUT"/restored* "$OUT"/pulled* "$OUT"/reg-umoci* "$OUT"/reg-restored*
 
 hs=""; hk=""
 if [ "${HUGE:-1}" != 0 ]; then
@@ -119,6 +134,7 @@ printf '%-44s %8s %7s MiB   (%sx umoci; same tree: %s)\n' "ocichunk restore of t
 [ -n "$hs" ] && printf '%-44s %8s %7s MiB\n' "ocichunk restore, one 5 GiB file" "$hs" "$((hk / 1024))"
 cat > "$OUT/results.json" <<EOF
 {"image": "$dir:$tag", "umoci": {"seconds": $us, "rssKiB": $uk}, "restore": {"seconds": $os, "rssKiB": $ok, "sameTree": "$same"},
+ "rounds": [$rounds],
  "registry": {"pullUnpackSeconds": "${ps}", "restoreSeconds": "${rs}"},
  "huge": {"seconds": "${hs}", "rssKiB": "${hk}"}}
 EOF

@@ -32,25 +32,16 @@ export class ChunkReader {
     return r;
   }
 
-  /** Fetch, decompress and verify the given chunks (TOC chunk indices). */
-  async fetch(chunkIdxs: Iterable<number>): Promise<Map<number, Buffer>> {
+  /**
+   * Read the compressed bytes of the given frames (TOC frame indices, in pack order): adjacent
+   * frames of a pack with one positional read. `at[k]`: where frame `frames[k]` starts in `comp`.
+   */
+  async readFrames(frames: ArrayLike<number>): Promise<{ comp: Buffer; at: Uint32Array }> {
     const toc = this.img.toc;
-    const frameSet = new Set<number>();
-    const wanted = [...new Set(chunkIdxs)];
-    for (const c of wanted) frameSet.add(toc.chunks[c].frame);
-    const frames = [...frameSet].sort((a, b) => {
-      const fa = toc.frames[a];
-      const fb = toc.frames[b];
-      return fa.pack - fb.pack || fa.offset - fb.offset;
-    });
-    let totalU = 0;
-    for (const f of frames) totalU += toc.frames[f].length;
-    const triplets = new Uint32Array(frames.length * 3);
-    const outOff = new Map<number, number>();
+    const at = new Uint32Array(frames.length);
     let cpos = 0;
-    let upos = 0;
     // coalesce reads of frames adjacent in the same pack; run the reads concurrently (remote packs)
-    const runs: Array<{ i: number; j: number; pi: number; off: number; end: number; cpos: number }> = [];
+    const runs: Array<{ pi: number; off: number; end: number; cpos: number }> = [];
     let i = 0;
     while (i < frames.length) {
       const { pack: pi, offset: off } = toc.frames[frames[i]];
@@ -69,15 +60,8 @@ export class ChunkReader {
         end = off + toc.frames[frames[i]].compressedLength;
         j = i + 1;
       }
-      runs.push({ i, j, pi, off, end, cpos });
-      for (let k = i; k < j; k++) {
-        const f = toc.frames[frames[k]];
-        triplets[k * 3] = cpos + (f.offset - off);
-        triplets[k * 3 + 1] = f.compressedLength;
-        triplets[k * 3 + 2] = f.length;
-        outOff.set(frames[k], upos);
-        upos += f.length;
-      }
+      runs.push({ pi, off, end, cpos });
+      for (let k = i; k < j; k++) at[k] = cpos + (toc.frames[frames[k]].offset - off);
       cpos += end - off;
       i = j;
     }
@@ -89,6 +73,34 @@ export class ChunkReader {
       this.bytesRead += data.length;
     });
     this.framesRead += frames.length;
+    return { comp, at };
+  }
+
+  /** Fetch, decompress and verify the given chunks (TOC chunk indices). */
+  async fetch(chunkIdxs: Iterable<number>): Promise<Map<number, Buffer>> {
+    const toc = this.img.toc;
+    const frameSet = new Set<number>();
+    const wanted = [...new Set(chunkIdxs)];
+    for (const c of wanted) frameSet.add(toc.chunks[c].frame);
+    const frames = [...frameSet].sort((a, b) => {
+      const fa = toc.frames[a];
+      const fb = toc.frames[b];
+      return fa.pack - fb.pack || fa.offset - fb.offset;
+    });
+    let totalU = 0;
+    for (const f of frames) totalU += toc.frames[f].length;
+    const { comp, at } = await this.readFrames(frames);
+    const triplets = new Uint32Array(frames.length * 3);
+    const outOff = new Map<number, number>();
+    let upos = 0;
+    frames.forEach((fi, k) => {
+      const f = toc.frames[fi];
+      triplets[k * 3] = at[k];
+      triplets[k * 3 + 1] = f.compressedLength;
+      triplets[k * 3 + 2] = f.length;
+      outOff.set(fi, upos);
+      upos += f.length;
+    });
     let out: Buffer;
     try {
       out = await native.decompressFrames(comp, triplets, this.threads);

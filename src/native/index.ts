@@ -68,6 +68,19 @@ interface NativeScanner {
 export interface NativeRestoreWriter {
   chunkSequence(): Uint32Array;
   write(chunks: Buffer[]): Promise<void>;
+  /** create the directories, symlinks, devices and FIFOs (else the first write or `finish` does) */
+  skeleton(): Promise<void>;
+  /** read frames from these files (the TOC's packs, in order) when `prepare` is given none */
+  openPacks(paths: string[]): void;
+  /** the TOC frames chunks `start..end` of the sequence need, in pack order */
+  frames(start: number, end: number): Uint32Array;
+  /**
+   * Fetch chunks `start..end` of the sequence natively: frames from `comp` (pairs of frame index and
+   * offset in `framesAt`) or from the pack files, decompressed, every chunk compared with its
+   * digest. -1: ready for `writePrepared(start)`; else the TOC index of a chunk that does not match.
+   */
+  prepare(start: number, end: number, comp: Buffer | undefined, framesAt: Uint32Array | undefined, threads: number): Promise<number>;
+  writePrepared(start: number): Promise<void>;
   finish(): { entries: number; files: number; fileBytes: number; dirs: number; hardlinks: number };
 }
 
@@ -415,12 +428,18 @@ export const native = {
   imageContentDigest: (layerDigests: string[]) => load().imageContentDigest(layerDigests),
   /** The cache file of a chunk (crates/core/src/cache.rs owns the layout). */
   chunkCachePath: (dir: string, hex: string) => wrapSync('chunk cache', () => load().chunkCachePath(dir, hex)),
-  /** Create a checked TOC's tree (but file contents) in an empty or absent `target`. */
+  /** Write a checked TOC's tree into an empty or absent `target` (made now; the rest by the writer). */
   restoreWriter: (target: string, toc: NativeCheckedToc): NativeRestoreWriter => {
     const w = wrapSync(`restore into ${target}`, () => new (load().RestoreWriter)(target, raw(toc)));
     return {
       chunkSequence: () => wrapSync('restore', () => w.chunkSequence()),
       write: (chunks: Buffer[]) => wrapAsync('restore', () => w.write(chunks)),
+      skeleton: () => wrapAsync('restore', () => w.skeleton()),
+      openPacks: (paths: string[]) => wrapSync('restore', () => w.openPacks(paths)),
+      frames: (start: number, end: number) => wrapSync('restore', () => w.frames(start, end)),
+      prepare: (start: number, end: number, comp: Buffer | undefined, framesAt: Uint32Array | undefined, threads: number) =>
+        wrapAsync('restore', () => w.prepare(start, end, comp, framesAt, threads)),
+      writePrepared: (start: number) => wrapAsync('restore', () => w.writePrepared(start)),
       finish: () => wrapSync('restore', () => w.finish()),
     };
   },

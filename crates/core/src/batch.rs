@@ -5,8 +5,13 @@ use crate::frame::{check_level, compress_frame, decompress_frame};
 use crate::{Code, Error, Result};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
+
+thread_local! {
+    static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
 
 pub(crate) fn pool(threads: usize) -> Result<Option<Arc<rayon::ThreadPool>>> {
     if threads == 0 {
@@ -38,7 +43,7 @@ fn named_pool(role: &'static str, threads: usize) -> Result<Arc<rayon::ThreadPoo
     Ok(p)
 }
 
-fn run<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<T> {
+pub(crate) fn run<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<T> {
     Ok(match pool(threads)? {
         Some(p) => p.install(f),
         None => f(),
@@ -123,6 +128,22 @@ pub fn decompress_frames(data: &[u8], frames: &[(usize, usize, usize)], threads:
             .collect::<Result<Vec<_>>>()
     })??;
     Ok(out.concat())
+}
+
+/// Decompress one frame into `out`, which its content must fill exactly (no new memory: restore
+/// decompresses into buffers it reuses batch after batch).
+pub fn decompress_frame_into(frame: &[u8], out: &mut [u8]) -> Result<()> {
+    DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| Error::io("zstd init", &e))?);
+        }
+        let n = d.as_mut().unwrap().decompress_to_buffer(frame, out).map_err(|e| Error::corrupt(format!("zstd: {e}")))?;
+        if n != out.len() {
+            return Err(Error::corrupt(format!("frame holds {n} bytes, expected {}", out.len())));
+        }
+        Ok(())
+    })
 }
 
 pub fn hash_ranges(data: &[u8], ranges: &[(usize, usize)], threads: usize) -> Result<Vec<u8>> {

@@ -768,6 +768,72 @@ fn writer_op<T>(w: &SharedWriter, f: impl FnOnce(&mut restore::Writer) -> CoreRe
 #[napi]
 pub struct RestoreWriter {
     inner: SharedWriter,
+    fetcher: std::sync::Arc<restore::Fetcher>,
+    /// verified batches waiting for `writePrepared`, by the sequence index they start at
+    ready: std::sync::Arc<std::sync::Mutex<HashMap<u32, restore::Batch>>>,
+}
+
+pub struct RestorePrepareTask {
+    fetcher: std::sync::Arc<restore::Fetcher>,
+    ready: std::sync::Arc<std::sync::Mutex<HashMap<u32, restore::Batch>>>,
+    start: u32,
+    end: u32,
+    comp: Option<Buffer>,
+    frames: Vec<(u32, usize)>,
+    threads: usize,
+}
+
+impl Work for RestorePrepareTask {
+    type Output = i64;
+    type JsValue = i64;
+    fn compute(&mut self) -> CoreResult<i64> {
+        let given = self.comp.as_ref().map(|c| restore::Given { bytes: c.as_ref(), frames: &self.frames });
+        match self.fetcher.prepare(self.start as usize, self.end as usize, given, self.threads)? {
+            restore::Prepared::Mismatch(c) => Ok(c as i64),
+            restore::Prepared::Ready(b) => {
+                self.ready.lock().map_err(|_| poisoned())?.insert(self.start, b);
+                Ok(-1)
+            }
+        }
+    }
+    fn resolve(&mut self, _env: Env, o: i64) -> Result<i64> {
+        Ok(o)
+    }
+}
+
+pub struct RestoreSkeletonTask {
+    inner: SharedWriter,
+}
+
+impl Work for RestoreSkeletonTask {
+    type Output = ();
+    type JsValue = ();
+    fn compute(&mut self) -> CoreResult<()> {
+        writer_op(&self.inner, |w| w.skeleton())
+    }
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<()> {
+        Ok(())
+    }
+}
+
+pub struct RestoreWritePreparedTask {
+    inner: SharedWriter,
+    fetcher: std::sync::Arc<restore::Fetcher>,
+    batch: Option<restore::Batch>,
+}
+
+impl Work for RestoreWritePreparedTask {
+    type Output = ();
+    type JsValue = ();
+    fn compute(&mut self) -> CoreResult<()> {
+        let b = self.batch.take().ok_or_else(|| CoreError::invalid("no prepared batch starts there"))?;
+        let r = writer_op(&self.inner, |w| w.write_batch(&b));
+        self.fetcher.recycle(b);
+        r
+    }
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<()> {
+        Ok(())
+    }
 }
 
 pub struct RestoreWriteTask {
@@ -789,12 +855,62 @@ impl Work for RestoreWriteTask {
 
 #[napi]
 impl RestoreWriter {
-    /// Checks the TOC, merges its layers, makes `target` (empty or absent) and its directories,
-    /// symlinks, devices and FIFOs.
+    /// Checks the TOC, merges its layers, makes `target` (empty or absent); `skeleton` (or the
+    /// first write, or `finish`) creates its directories, symlinks, devices and FIFOs.
     #[napi(constructor)]
     pub fn new(env: Env, target: String, toc: &CheckedToc) -> Result<Self> {
         let w = restore::Writer::open(Path::new(&target), toc.inner.clone()).map_err(|e| err(env, e))?;
-        Ok(RestoreWriter { inner: std::sync::Arc::new(std::sync::Mutex::new(Some(w))) })
+        let fetcher = std::sync::Arc::new(w.fetcher());
+        Ok(RestoreWriter { inner: std::sync::Arc::new(std::sync::Mutex::new(Some(w))), fetcher, ready: Default::default() })
+    }
+
+    /// Create the directories, symlinks, devices and FIFOs off the JS thread (else the first
+    /// write or `finish` does), while the first batch is fetched.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn skeleton(&self) -> AsyncTask<Coded<RestoreSkeletonTask>> {
+        Coded::task(RestoreSkeletonTask { inner: self.inner.clone() })
+    }
+
+    /// Read frames from these files (the TOC's packs, in order) when `prepare` is given none.
+    #[napi]
+    pub fn open_packs(&self, env: Env, paths: Vec<String>) -> Result<()> {
+        let paths: Vec<std::path::PathBuf> = paths.into_iter().map(Into::into).collect();
+        self.fetcher.open_packs(&paths).map_err(|e| err(env, e))
+    }
+
+    /// The TOC frames chunks `start..end` of the sequence need, in pack order.
+    #[napi]
+    pub fn frames(&self, env: Env, start: u32, end: u32) -> Result<Uint32Array> {
+        self.fetcher.frames(start as usize, end as usize).map(Into::into).map_err(|e| err(env, e))
+    }
+
+    /// Fetch chunks `start..end` of the sequence off the JS thread: their frames (from `comp`,
+    /// frame `frames[2k]` at offset `frames[2k + 1]`, or read from the pack files), decompressed and
+    /// every chunk compared with its digest. Resolves to -1 when the batch is ready for
+    /// `writePrepared(start)`, or to the TOC index of a chunk whose bytes do not match.
+    #[napi(ts_return_type = "Promise<number>")]
+    pub fn prepare(
+        &self,
+        env: Env,
+        start: u32,
+        end: u32,
+        comp: Option<Buffer>,
+        frames: Option<Uint32Array>,
+        threads: u32,
+    ) -> Result<AsyncTask<Coded<RestorePrepareTask>>> {
+        let f = frames.as_deref().unwrap_or(&[]);
+        if !f.len().is_multiple_of(2) || comp.is_some() != frames.is_some() {
+            return Err(err(env, CoreError::invalid("prepare: compressed bytes and [frame, offset] pairs go together")));
+        }
+        let frames = f.chunks(2).map(|p| (p[0], p[1] as usize)).collect();
+        Ok(Coded::task(RestorePrepareTask { fetcher: self.fetcher.clone(), ready: self.ready.clone(), start, end, comp, frames, threads: threads as usize }))
+    }
+
+    /// Write the batch `prepare` made of the chunks from `start` on, off the JS thread.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn write_prepared(&self, start: u32) -> AsyncTask<Coded<RestoreWritePreparedTask>> {
+        let batch = self.ready.lock().ok().and_then(|mut r| r.remove(&start));
+        Coded::task(RestoreWritePreparedTask { inner: self.inner.clone(), fetcher: self.fetcher.clone(), batch })
     }
 
     /// TOC chunk indexes in the order `write` takes them.
