@@ -7,6 +7,7 @@
  * `ctr run` then runs python3 on overlayfs over those lazy layers. What the registry served is
  * read from its own access log.
  */
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -70,6 +71,11 @@ function stateOf(root: string): Record<string, { id: string; kind: string; remot
   return fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')).snapshots : {};
 }
 
+/** After a restart: containerd's calls fail (unavailable) until its reconnect backoff reaches the new process. */
+async function reconnected(): Promise<void> {
+  await settled(async () => (await ctrd.ctrAsync(['snapshots', '--snapshotter', 'ocichunk', 'ls'])).code === 0, 150);
+}
+
 async function settled(check: () => boolean | Promise<boolean>, tries = 100): Promise<void> {
   for (let i = 0; i < tries && !(await check()); i++) await new Promise((r) => setTimeout(r, 100));
 }
@@ -125,6 +131,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  if (process.env.OCICHUNK_KEEP_LOG && snap) fs.copyFileSync(snap.log, process.env.OCICHUNK_KEEP_LOG);
   for (const t of (await ctrd?.ctrAsync(['task', 'ls', '-q']))?.stdout.split('\n').filter(Boolean) ?? []) {
     await ctrd.ctrAsync(['task', 'kill', '--signal', 'SIGKILL', t]);
     await settled(async () => (await ctrd.ctrAsync(['task', 'rm', t])).code === 0);
@@ -141,6 +148,8 @@ afterAll(async () => {
       // gone
     }
   }
+  // and what their mounts leave when a test failed midway
+  if (work) for (const m of mountsUnder(work).reverse()) spawnSync('umount', ['-l', m]);
   await reg?.stop();
 });
 
@@ -221,6 +230,7 @@ describe('containerd with the ocichunk snapshotter: lazy layers', () => {
     expect(await snap.stop('SIGTERM')).toBe(0);
     expect(mountsUnder(images)).toEqual(fuse); // the mount processes outlive the snapshotter
     await snap.start(['--cache', cache]);
+    await reconnected();
     expect(snap.logText()).toMatch(/adopted 2 running image mount\(s\)/);
     expect(await snapshotList()).toEqual(withLong);
     expect(await run(py, 'c3', PY)).toBe('[1]\n');
@@ -229,7 +239,7 @@ describe('containerd with the ocichunk snapshotter: lazy layers', () => {
 
     expect(await snap.stop('SIGKILL')).toBe('SIGKILL');
     await snap.start(['--cache', cache]);
-    await settled(async () => (await ctrd.ctrAsync(['snapshots', '--snapshotter', 'ocichunk', 'ls'])).code === 0);
+    await reconnected();
     expect(await snapshotList()).toEqual(withLong);
     expect(mountsUnder(images)).toEqual(fuse);
     expect(await run(py, 'c4', PY)).toBe('[1]\n');
@@ -245,6 +255,7 @@ describe('containerd with the ocichunk snapshotter: lazy layers', () => {
     await settled(() => !fs.existsSync(`/proc/${pids[0]}`));
     expect(await snap.stop('SIGTERM')).toBe(0);
     await snap.start(['--cache', cache]);
+    await reconnected();
     expect(snap.logText()).toMatch(/detached \d+ mount\(s\) left under .* by mount processes that are gone/);
     expect(await run(py, 'c5', PY)).toBe('[1]\n');
     expect(await run(app, 'c6', PY_MIN)).toBe('[1]\n');

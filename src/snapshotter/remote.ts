@@ -349,9 +349,16 @@ export class RemoteLayers implements LayerProvider {
     if (t.timeoutMs !== undefined) args.push('--timeout', String(t.timeoutMs / 1000));
     if (o.platform) args.push('--platform', platformString(o.platform));
     const log = fs.openSync(`${mnt}.log`, 'a');
-    const env = { ...process.env, ...(t.creds ? { OCICHUNK_CREDS: t.creds } : {}) };
+    const env = { MALLOC_ARENA_MAX: '2', ...process.env, ...(t.creds ? { OCICHUNK_CREDS: t.creds } : {}) };
     // as containerd does with its shims: the mount must outlive a restart of the snapshotter
-    const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', log, log], env });
+    // a small young generation and few malloc arenas: ~120 MiB instead of ~180 MiB for the py
+    // image (OCICHUNK_MOUNT_NODE_FLAGS replaces the flags; "--max-semi-space-size=1 --lite-mode": ~105 MiB)
+    const flags = (process.env.OCICHUNK_MOUNT_NODE_FLAGS ?? '--max-semi-space-size=1').split(' ').filter(Boolean);
+    const child = spawn(process.execPath, [...flags, ...args], {
+      detached: true,
+      stdio: ['ignore', log, log],
+      env,
+    });
     fs.closeSync(log);
     child.unref();
     let exited: string | undefined;
