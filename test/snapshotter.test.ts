@@ -4,8 +4,8 @@
  * docker-registry on 127.0.0.1 (one converted in place, so its tag is an index with the chunked
  * manifest beside the original; one not converted), unpacked and run through the snapshotter.
  * Restarts (SIGTERM and kill -9) between runs and during a burst of changes; cleanup leaves no
- * mount and no directory. Lazy (remote) layers are not here yet: every layer takes the ordinary
- * path, containerd downloads and applies it.
+ * mount and no directory. `ctr images pull` passes no image labels: every layer takes the ordinary
+ * path, containerd downloads and applies it (lazy layers: snapshotter-lazy.test.ts).
  */
 import fs from 'node:fs';
 import path from 'node:path';

@@ -1,4 +1,5 @@
 /** `ls` and `cat`: read a chunked image without pulling it (only the TOC and the chunks read are fetched). */
+import fs from 'node:fs/promises';
 import type { Argv } from 'yargs';
 import { MountedImage } from '../lazy/mounted.js';
 import { LazyImage, type LazyStat } from '../lazy/reader.js';
@@ -117,6 +118,10 @@ export const mount = {
         default: false,
         describe:
           'show each layer as an overlayfs layer directory (0, 1, ... lowest first; whiteouts as 0/0 devices, opaque xattrs), for a snapshotter to stack with overlayfs',
+      })
+      .option('ready-file', {
+        type: 'string',
+        describe: 'once mounted, write {pid, image, layerCount, layerUsage, tocBytes} as JSON to this file (for a supervisor such as the snapshotter)',
       }),
   run: async (
     a: Common &
@@ -130,6 +135,7 @@ export const mount = {
         'allow-suid': boolean;
         'allow-dev': boolean;
         layers: boolean;
+        'ready-file'?: string;
       },
   ): Promise<unknown> => {
     // handlers first, so that whoever waits for the message below may signal at once; a signal
@@ -154,6 +160,11 @@ export const mount = {
       onWarning: a.quiet ? undefined : (m) => process.stderr.write(`ocichunk mount: ${m}\n`),
     });
     up = true;
+    if (a['ready-file']) {
+      const info = { pid: process.pid, image: img.name, layerCount: img.layerCount, layerUsage: img.layerUsage, tocBytes: img.tocBytes };
+      await fs.writeFile(`${a['ready-file']}.tmp`, JSON.stringify(info) + '\n');
+      await fs.rename(`${a['ready-file']}.tmp`, a['ready-file']);
+    }
     const what = a.layers ? `layers 0-${img.layerCount - 1} of ${img.name}` : img.name;
     if (!a.quiet) process.stderr.write(`mounted ${what} at ${a.mountpoint} (TOC ${bytes(img.tocBytes)}); SIGINT or SIGTERM unmounts\n`);
     await stop;

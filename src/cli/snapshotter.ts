@@ -1,7 +1,9 @@
 /** `snapshotter`: serve containerd's snapshots API on a unix socket until SIGINT/SIGTERM. */
 import type { Argv } from 'yargs';
+import { RemoteLayers } from '../snapshotter/remote.js';
 import { SnapshotterServer, type LogEvent } from '../snapshotter/server.js';
 import { terminalText } from './format.js';
+import { parseSize, platformOf } from './options.js';
 
 export const command = 'snapshotter';
 export const describe =
@@ -12,6 +14,17 @@ interface Args {
   address: string;
   'log-level': 'debug' | 'info' | 'warn' | 'error';
   'log-json': boolean;
+  lazy: boolean;
+  cache?: string;
+  'cache-max': string;
+  'lookup-timeout': number;
+  platform?: string;
+  creds?: string;
+  authfile?: string;
+  'plain-http': boolean;
+  insecure: boolean;
+  retries: number;
+  timeout: number;
 }
 
 export function builder(y: Argv) {
@@ -23,7 +36,28 @@ export function builder(y: Argv) {
       default: 'info' as const,
       describe: 'log lines on stderr from this level up (debug: every call)',
     })
-    .option('log-json', { type: 'boolean', default: false, describe: 'log one JSON object per line' });
+    .option('log-json', { type: 'boolean', default: false, describe: 'log one JSON object per line' })
+    .option('lazy', {
+      type: 'boolean',
+      default: true,
+      describe: 'serve layers of converted images lazily when a Prepare names the image (CRI or ctr-remote labels); --no-lazy: containerd applies every layer',
+    })
+    .option('cache', { type: 'string', describe: 'chunk cache directory, shared with ocichunk mount and every image (default ~/.cache/ocichunk/chunks)' })
+    .option('cache-max', { type: 'string', default: '2g', describe: 'evict least recently used chunks beyond this size' })
+    .option('lookup-timeout', {
+      type: 'number',
+      default: 20,
+      describe: "seconds to find and mount a layer's image; after that containerd downloads and applies the layer",
+    })
+    .option('platform', { type: 'string', describe: 'os/arch[/variant] to pick from a multi-platform image (default: this host)' })
+    .option('creds', { type: 'string', describe: 'registry credentials USER:PASSWORD (default: auth file / credential helpers)' })
+    .option('authfile', { type: 'string', describe: 'auth file (default: $REGISTRY_AUTH_FILE, containers auth.json, ~/.docker/config.json)' })
+    .option('plain-http', { type: 'boolean', default: false, describe: 'talk HTTP to registries (automatic for localhost)' })
+    .option('insecure', { type: 'boolean', default: false, describe: 'do not verify registry TLS certificates' })
+    .option('retries', { type: 'number', default: 5, describe: 'retries of a failing registry request' })
+    .option('timeout', { type: 'number', default: 60, describe: 'seconds without data before a registry connection is given up (and retried)' })
+    .group(['lazy', 'cache', 'cache-max', 'lookup-timeout', 'platform'], 'Lazy layers:')
+    .group(['creds', 'authfile', 'plain-http', 'insecure', 'retries', 'timeout'], 'Registry options:');
 }
 
 const LEVELS = { debug: 0, info: 1, warn: 2, error: 3 } as const;
@@ -50,7 +84,26 @@ export async function run(a: Args): Promise<unknown> {
     process.on('SIGINT', on);
     process.on('SIGTERM', on);
   });
-  server = await SnapshotterServer.start({ root: a.root, address: a.address, onLog: log });
+  const creds = a.creds ?? process.env.OCICHUNK_CREDS;
+  const layers = a.lazy
+    ? new RemoteLayers({
+        root: a.root,
+        ...(a.cache ? { cacheDir: a.cache } : {}),
+        cacheMaxBytes: parseSize(a['cache-max'], '--cache-max'),
+        lookupTimeoutMs: a['lookup-timeout'] * 1000,
+        platform: platformOf(a),
+        transport: {
+          ...(creds ? { creds } : {}),
+          ...(a.authfile ? { authfile: a.authfile } : {}),
+          plainHttp: a['plain-http'],
+          insecure: a.insecure,
+          retries: a.retries,
+          timeoutMs: a.timeout * 1000,
+        },
+        onEvent: (e) => log(e),
+      })
+    : undefined;
+  server = await SnapshotterServer.start({ root: a.root, address: a.address, layers, onLog: log });
   const sig = await stop;
   log({ level: 'info', msg: `${sig}: stopping` });
   await server.stop();

@@ -7,9 +7,15 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { OcichunkError } from '../errors.js';
 import { MountCore, type MountOptions } from './mount.js';
 
+/** What a layer holds, from its TOC entries: file bytes and entries (a snapshotter's Usage of the layer). */
+export interface LayerUsage {
+  size: number;
+  inodes: number;
+}
+
 export type ToWorker = { type: 'stats' } | { type: 'unmount' };
 export type FromWorker =
-  | { type: 'ready'; name: string; tocBytes: number; layerCount: number }
+  | { type: 'ready'; name: string; tocBytes: number; layerCount: number; layerUsage: LayerUsage[] }
   | { type: 'error'; code: string; message: string }
   | { type: 'warning'; message: string }
   | { type: 'retry'; message: string }
@@ -28,7 +34,11 @@ try {
     },
     onWarning: (message) => send({ type: 'warning', message }),
   });
-  send({ type: 'ready', name: m.image.name, tocBytes: m.image.image.tocBytes, layerCount: m.image.image.toc.layers.length });
+  const layerUsage = m.image.image.toc.layers.map((l) => ({
+    size: l.entries.reduce((a, e) => a + (e.type === 'reg' ? (e.size ?? 0) : 0), 0),
+    inodes: l.entries.length,
+  }));
+  send({ type: 'ready', name: m.image.name, tocBytes: m.image.image.tocBytes, layerCount: m.image.image.toc.layers.length, layerUsage });
   port.on('message', async (msg: ToWorker) => {
     try {
       if (msg.type === 'stats') send({ type: 'stats', stats: m.stats() });

@@ -6,9 +6,10 @@
 import { Worker } from 'node:worker_threads';
 import { OcichunkError, type ErrorCode } from '../errors.js';
 import type { MountOptions, MountStats } from './mount.js';
-import type { FromWorker } from './mount-worker.js';
+import type { FromWorker, LayerUsage } from './mount-worker.js';
 
 export type { MountOptions, MountStats } from './mount.js';
+export type { LayerUsage } from './mount-worker.js';
 
 export class MountedImage {
   /** answers come in the order questions were asked */
@@ -22,6 +23,8 @@ export class MountedImage {
     readonly tocBytes: number,
     /** layers of the image (the directories of a --layers mount) */
     readonly layerCount: number,
+    /** per layer: file bytes and entries, from the TOC */
+    readonly layerUsage: LayerUsage[],
   ) {
     worker.on('message', (m: FromWorker) => {
       if (m.type === 'stats' || m.type === 'unmounted') this.waiting.shift()?.resolve(m.stats);
@@ -45,7 +48,7 @@ export class MountedImage {
       const onMessage = (m: FromWorker) => {
         if (m.type === 'warning') onWarning?.(m.message);
         else if (m.type === 'retry') onWarning?.(m.message);
-        else if (m.type === 'ready') resolve(new MountedImage(worker, m.name, mountpoint, m.tocBytes, m.layerCount));
+        else if (m.type === 'ready') resolve(new MountedImage(worker, m.name, mountpoint, m.tocBytes, m.layerCount, m.layerUsage));
         else if (m.type === 'error') {
           worker.off('message', onMessage);
           reject(new OcichunkError(m.code as ErrorCode, m.message));

@@ -8,7 +8,8 @@
  * committed under the target name at once and answers AlreadyExists, so containerd fetches and
  * applies nothing (docs/design/snapshotter-plan.md §1, "Layer already exists").
  *
- * None is implemented yet: without a provider every layer takes the ordinary path.
+ * remote.ts implements it for ocichunk images (`RemoteLayers`); without a provider every layer
+ * takes the ordinary path.
  */
 import type { Usage } from './state.js';
 
@@ -35,15 +36,24 @@ export interface RemoteLayer {
 
 export interface LayerProvider {
   /**
+   * At start, with the root's lock held, before anything else: clear what a previous process left
+   * (mounts of a killed snapshotter under the root). Optional.
+   */
+  start?(): Promise<void>;
+  /**
    * Serve this layer lazily at `<dir>/fs`, or return undefined to let containerd download and
    * apply it. A rejection is treated like undefined (the store falls back and logs why).
    */
   prepare(req: PrepareRequest): Promise<RemoteLayer | undefined>;
   /** At start: serve a remote layer again from its persisted record. */
   restore(layer: { name: string; dir: string; labels: Record<string, string>; remote: Record<string, unknown> }): Promise<void>;
+  /** At start, after restore() was called for every remote snapshot. Optional. */
+  restored?(): Promise<void>;
   /**
    * Before the store deletes a snapshot directory (Remove, Cleanup, leftovers at start): stop
    * serving anything under `dir` (detach its mounts). Called for every directory, remote or not.
    */
   release(dir: string): Promise<void>;
+  /** When the store closes (the snapshotter stops): stop serving every layer. Optional. */
+  close?(): Promise<void>;
 }

@@ -162,6 +162,7 @@ export class SnapshotStore {
       s.state = await readState(abs);
       await fsp.rm(path.join(abs, 'state.json.tmp'), { force: true });
       s.userxattr = needsUserXattr(abs);
+      await opts.layers?.start?.();
       const removed = await s.removeOrphans();
       if (removed.length)
         s.event('info', `removed ${removed.length} snapshot director${removed.length === 1 ? 'y' : 'ies'} no snapshot uses: ${removed.join(', ')}`);
@@ -170,7 +171,9 @@ export class SnapshotStore {
         if (!opts.layers) s.event('warn', `snapshot ${name} is a remote layer, but no layer provider is configured: its directory is empty`);
         else await opts.layers.restore({ name, dir: s.dirOf(r.id), labels: r.labels, remote: r.remote });
       }
+      await opts.layers?.restored?.();
     } catch (e) {
+      await opts.layers?.close?.().catch(() => undefined);
       s.unlock();
       throw e;
     }
@@ -182,7 +185,11 @@ export class SnapshotStore {
     if (this.closed) return;
     this.closed = true;
     await this.queue.catch(() => undefined);
-    this.unlock?.();
+    try {
+      await this.opts.layers?.close?.();
+    } finally {
+      this.unlock?.();
+    }
   }
 
   private event(level: StoreEvent['level'], msg: string): void {

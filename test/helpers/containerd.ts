@@ -54,6 +54,11 @@ export class Containerd {
     return shAsync('ctr', ['--address', this.sock, '--namespace', 'ocichunk-test', ...args]);
   }
 
+  /** ctr-remote (stargz-snapshotter's client: `image rpull` passes the layers' image and digest as labels). */
+  ctrRemoteAsync(args: string[]) {
+    return shAsync('ctr-remote', ['--address', this.sock, '--namespace', 'ocichunk-test', ...args]);
+  }
+
   async stop(): Promise<void> {
     await stopProcess(this.proc);
     // leave no mounts behind

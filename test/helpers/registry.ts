@@ -34,6 +34,15 @@ export function dirBytes(dir: string): number {
   return n;
 }
 
+/** A request as the registry's access log (Apache combined format, on by default) records it. */
+export interface AccessEntry {
+  method: string;
+  path: string;
+  status: number;
+  /** body bytes sent */
+  bytes: number;
+}
+
 export class Registry {
   host = '';
   readonly data: string;
@@ -109,6 +118,21 @@ export class Registry {
     } catch {
       return undefined;
     }
+  }
+
+  /** The requests of the registry's own access log, from byte `since` of the log on (see logSize()). */
+  accessLog(since = 0): AccessEntry[] {
+    const text = fs.readFileSync(this.logFile).subarray(since).toString('utf8');
+    const out: AccessEntry[] = [];
+    for (const m of text.matchAll(/^\S+ - \S+ \[[^\]]*\] "(\w+) (\S+) [^"]*" (\d{3}) (\d+|-)/gm)) {
+      out.push({ method: m[1], path: m[2], status: Number(m[3]), bytes: m[4] === '-' ? 0 : Number(m[4]) });
+    }
+    return out;
+  }
+
+  /** Where the log ends now: accessLog(logSize()) later gives the requests made in between. */
+  logSize(): number {
+    return fs.statSync(this.logFile).size;
   }
 
   /** Bytes of blob data the registry stores. */

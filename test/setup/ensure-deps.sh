@@ -11,7 +11,7 @@ SUDO=""
 declare -A NEED=(
   [skopeo]=skopeo [umoci]=umoci [buildah]=buildah [debootstrap]=debootstrap [containerd]=containerd
   [ctr]=containerd [runc]=runc [zstd]=zstd [setfattr]=attr [fakeroot]=fakeroot [python3]=python3
-  [docker-registry]=docker-registry [htpasswd]=apache2-utils [openssl]=openssl [curl]=curl [chromium]=chromium [/usr/bin/time]=time [bc]=bc [fusermount3]=fuse3
+  [docker-registry]=docker-registry [htpasswd]=apache2-utils [openssl]=openssl [curl]=curl [chromium]=chromium [/usr/bin/time]=time [bc]=bc [fusermount3]=fuse3 [ctr-remote]=stargz-snapshotter
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
