@@ -1,7 +1,8 @@
 /** `snapshotter`: serve containerd's snapshots API on a unix socket until SIGINT/SIGTERM. */
 import type { Argv } from 'yargs';
-import { RemoteLayers } from '../snapshotter/remote.js';
-import { SnapshotterServer, type LogEvent } from '../snapshotter/server.js';
+// the server (gRPC) loads when the command runs: other commands do not pay for it
+import type { RemoteLayers as RemoteLayersT } from '../snapshotter/remote.js';
+import type { LogEvent, SnapshotterServer } from '../snapshotter/server.js';
 import { terminalText } from './format.js';
 import { parseSize, platformOf } from './options.js';
 
@@ -85,7 +86,8 @@ export async function run(a: Args): Promise<unknown> {
     process.on('SIGTERM', on);
   });
   const creds = a.creds ?? process.env.OCICHUNK_CREDS;
-  const layers = a.lazy
+  const [{ RemoteLayers }, { SnapshotterServer }] = await Promise.all([import('../snapshotter/remote.js'), import('../snapshotter/server.js')]);
+  const layers: RemoteLayersT | undefined = a.lazy
     ? new RemoteLayers({
         root: a.root,
         ...(a.cache ? { cacheDir: a.cache } : {}),
