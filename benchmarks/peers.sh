@@ -18,7 +18,8 @@
 # benchmarks/peers/{estargz,soci} with go.mod (stargz-snapshotter/estargz v0.19.1, soci-snapshotter
 # v0.16.1; SOCI's cgo links Debian's zlib1g-dev libz.a) and nydus-image from the crate nydus-rs 2.2.0
 # (cargo install --locked; ~10 min on 1 job). Needs root (FUSE mount, chroot), go, cargo, zstd.
-# Usage: bash benchmarks/peers.sh   Results: Markdown tables on stdout, JSON in $OUT/results.json.
+# Usage: bash benchmarks/peers.sh   Results: Markdown tables on stdout, JSON in $OUT/results.json;
+# traces in $OCICHUNK_PEERS_CACHE/traces. PEERS_SMOKE=1: py, two corpus images and one trace only.
 set -euo pipefail
 source "$(dirname "$0")/common.sh" # $here, $repo, $cache; builds the big test image if missing
 PEERS=${OCICHUNK_PEERS_CACHE:-$HOME/.cache/ocichunk/peers}
@@ -38,7 +39,7 @@ export PATH=$PATH:/usr/local/go/bin
 command -v go > /dev/null || { echo "peers.sh needs go" >&2; exit 1; }
 [ -f /usr/lib/x86_64-linux-gnu/libz.a ] || apt-get install -y -q zlib1g-dev >&2
 log "building the Go helpers (estargz, soci) into $PEERS/bin"
-(cd "$here/peers" && GOFLAGS=-mod=readonly CARGO_BUILD_JOBS=1 nice -n 19 go build -o "$PEERS/bin/" ./estargz ./soci)
+(cd "$here/peers" && GOFLAGS="-mod=readonly -p=1" nice -n 19 go build -o "$PEERS/bin/" ./estargz ./soci)
 NYDUS=$PEERS/nydus/bin/nydus-image
 if [ ! -x "$NYDUS" ] || [ "$(cat "$PEERS/nydus/version" 2>/dev/null)" != "$NYDUS_VERSION" ]; then
   log "cargo install nydus-rs $NYDUS_VERSION (nydus-image; one job, niced)"
