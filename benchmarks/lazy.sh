@@ -4,6 +4,7 @@
 # unpack of the original vs ocichunk mounts with a cold, prefetched and warm chunk cache.
 # Needs root (chroot, FUSE). Usage: benchmarks/lazy.sh [LINK] [COMMAND]
 #   LINK default 50ms,100mbit; COMMAND default: python3 -c 'import json; print(json.dumps([1]))'
+#   LAZY_JSON=1: lazy-bench's JSON (bytes and requests of each scenario) instead of its table
 #   OCICHUNK_REPO: the build to measure (default this checkout; an A/B runs it once per build, e.g.
 #   with the worktree benchmarks/ab.sh made for a revision)
 set -euo pipefail
@@ -31,4 +32,4 @@ ref=docker://127.0.0.1:$port/bench/py:1
 skopeo copy --quiet --dest-tls-verify=false "oci:$cache/layouts/py:latest" "$ref"
 bin=${OCICHUNK_REPO:-$repo}/bin/ocichunk.js
 node "$bin" convert "$ref" "$ref" --quiet > /dev/null
-node "$bin" lazy-bench "$ref" --run "$cmd" --link "$link" --quiet
+node "$bin" lazy-bench "$ref" --run "$cmd" --link "$link" --quiet ${LAZY_JSON:+--json}
