@@ -11,7 +11,9 @@
 # round, as before), and each timed command starts after a sync. On ext4 without a journal,
 # creating an inode skips, one inode-table lookup each, every free inode of the group deleted in the
 # last minutes (fs/ext4/ialloc.c recently_deleted): right after removing the previous round's
-# trees, that scan took more than half of a restore's CPU time (py), for umoci too.
+# trees, that scan took more than half of a restore's CPU time (py), for umoci too; other processes'
+# deletions do the same, so as root the trees go to a new ext4 filesystem of their own (a loop
+# device; TARGET_FS=host writes them under $OUT instead).
 source "$(dirname "$0")/common.sh"
 command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
 command -v umoci >/dev/null || { echo "needs umoci (apt-get install umoci)" >&2; exit 1; }
@@ -21,8 +23,25 @@ ocichunk() { node "$repo/bin/ocichunk.js" "$@"; }
 # seconds and peak KiB of a command: "S KIB"
 measure() { sync; /usr/bin/time -f '%e %M' -o "$OUT/m.txt" "$@" > /dev/null; cat "$OUT/m.txt"; }
 fresh=${FRESH:-1}
+# Where the trees are written: as root, by default a new ext4 filesystem of its own (a sparse file
+# mounted on a loop device), so that no other process's deletions slow inode allocation for either
+# tool (TARGET_FS=host: under $OUT, as before)
+T=$OUT
+regpid=""
+cleanup() {
+  if [ -n "$regpid" ]; then kill "$regpid" 2>/dev/null || true; fi
+  if [ "$T" != "$OUT" ]; then umount "$T" || umount -l "$T" || true; rm -f "$OUT/fs.img"; fi
+}
+trap cleanup EXIT
+if [ "${TARGET_FS:-loop}" = loop ] && [ "$(id -u)" = 0 ]; then
+  truncate -s 32G "$OUT/fs.img"
+  mkfs.ext4 -q -F "$OUT/fs.img"
+  mkdir -p "$OUT/fs"
+  mount -o loop "$OUT/fs.img" "$OUT/fs"
+  T=$OUT/fs
+fi
 # the directory of round $2 for $1 (the same one every round with FRESH=0, emptied first)
-rdir() { if [ "$fresh" = 0 ]; then rm -rf "$OUT/$1"; echo "$OUT/$1"; else echo "$OUT/$1-$2"; fi; }
+rdir() { if [ "$fresh" = 0 ]; then rm -rf "${T:?}/$1"; echo "$T/$1"; else echo "$T/$1-$2"; fi; }
 
 ocichunk convert "oci:$dir:$tag" "oci:$OUT/chunked:img" --quiet > /dev/null
 cat "$dir"/blobs/sha256/* "$OUT"/chunked/blobs/sha256/* > /dev/null   # warm the page cache for both
@@ -66,7 +85,6 @@ if [ "${REGISTRY:-1}" != 0 ] && command -v docker-registry > /dev/null && comman
   printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$OUT/registry" "$port" > "$OUT/registry.yml"
   docker-registry serve "$OUT/registry.yml" > "$OUT/registry.log" 2>&1 &
   regpid=$!
-  trap 'kill $regpid 2>/dev/null || true' EXIT
   for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/v2/" > /dev/null && break; sleep 0.1; done
   ocichunk convert "oci:$dir:$tag" "docker://127.0.0.1:$port/img:1" --quiet > /dev/null
   for r in $(seq "${ROUNDS:-3}"); do
@@ -86,7 +104,7 @@ if [ "${REGISTRY:-1}" != 0 ] && command -v docker-registry > /dev/null && comman
   kill $regpid 2>/dev/null || true
 fi
 
-rm -rf "$OUT"/umoci* "$OUT"/restored* "$OUT"/pulled* "$OUT"/reg-umoci* "$OUT"/reg-restored*
+rm -rf "$T"/umoci* "$T"/restored* "$T"/pulled* "$T"/reg-umoci* "$T"/reg-restored*
 
 hs=""; hk=""
 if [ "${HUGE:-1}" != 0 ]; then
