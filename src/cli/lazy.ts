@@ -1,7 +1,7 @@
 /** `ls` and `cat`: read a chunked image without pulling it (only the TOC and the chunks read are fetched). */
 import fs from 'node:fs/promises';
 import type { Argv } from 'yargs';
-import { MountedImage } from '../lazy/mounted.js';
+import { mountInThisThread } from '../lazy/mounted.js';
 import { LazyImage, type LazyStat } from '../lazy/reader.js';
 import { lazyBench } from '../lazy/bench.js';
 import { parseLink } from '../lazy/link.js';
@@ -119,6 +119,11 @@ export const mount = {
         describe:
           'show each layer as an overlayfs layer directory (0, 1, ... lowest first; whiteouts as 0/0 devices, opaque xattrs), for a snapshotter to stack with overlayfs',
       })
+      .option('memory-cache', {
+        type: 'string',
+        default: '64m',
+        describe: "verified chunks kept in memory, so that reads of a chunk's pieces hash it once (the kernel caches file pages itself)",
+      })
       .option('ready-file', {
         type: 'string',
         describe: 'once mounted, write {pid, image, layerCount, layerUsage, tocBytes} as JSON to this file (for a supervisor such as the snapshotter)',
@@ -135,6 +140,7 @@ export const mount = {
         'allow-suid': boolean;
         'allow-dev': boolean;
         layers: boolean;
+        'memory-cache': string;
         'ready-file'?: string;
       },
   ): Promise<unknown> => {
@@ -146,7 +152,8 @@ export const mount = {
       process.once('SIGINT', on('SIGINT'));
       process.once('SIGTERM', on('SIGTERM'));
     });
-    const img = await MountedImage.mount(a.image, a.mountpoint, {
+    // this process does nothing else: the mount runs on its main thread (no worker isolate)
+    const img = await mountInThisThread(a.image, a.mountpoint, {
       platform: platformOf(a),
       transport: transportOf(a),
       cacheDir: a['no-cache'] ? false : a.cache,
@@ -157,6 +164,7 @@ export const mount = {
       allowSuid: a['allow-suid'],
       allowDev: a['allow-dev'],
       layers: a.layers,
+      memoryCacheBytes: parseSize(a['memory-cache'], '--memory-cache'),
       onWarning: a.quiet ? undefined : (m) => process.stderr.write(`ocichunk mount: ${m}\n`),
     });
     up = true;
