@@ -87,6 +87,9 @@ export async function readTrace(file: string): Promise<TraceRead[]> {
   return out;
 }
 
+/** Uncompressed bytes of the frames one prefetch batch fetches (at least one frame). */
+const PREFETCH_BATCH_BYTES = 4 << 20;
+
 export class MountCore {
   private readonly paths = new Map<number, string>();
   private trace: TraceRead[] = [];
@@ -195,12 +198,33 @@ export class MountCore {
       if (n?.type !== 'reg' || !n.chunks!.length) continue;
       for (const p of tree.plan(n, r.offset, r.length)) want.add(p.chunk);
     }
-    const list = [...want];
-    // in batches, so that reads arriving meanwhile are not queued behind one huge fetch
-    for (let i = 0; i < list.length; i += 256) {
-      await this.image.cacheChunks(list.slice(i, i + 256));
-      this.prefetched += Math.min(256, list.length - i);
+    // the mount serves everything from the native tree: this one was only for planning
+    this.image.releaseTree();
+    // in batches of at most 256 chunks in frames of at most PREFETCH_BATCH_BYTES: reads arriving
+    // meanwhile are not queued behind one huge fetch, and a batch's buffers (its frames, fetched
+    // and decompressed whole) stay small
+    const { chunks, frames } = this.image.image.toc;
+    let batch: number[] = [];
+    let seen = new Set<number>();
+    let bytes = 0;
+    const flush = async () => {
+      if (!batch.length) return;
+      await this.image.cacheChunks(batch).finally(() => this.collectSoon());
+      this.prefetched += batch.length;
+      batch = [];
+      seen = new Set();
+      bytes = 0;
+    };
+    for (const c of want) {
+      const f = chunks[c].frame;
+      if (!seen.has(f) && batch.length && (bytes + frames[f].length > PREFETCH_BATCH_BYTES || batch.length >= 256)) await flush();
+      if (!seen.has(f)) {
+        seen.add(f);
+        bytes += frames[f].length;
+      }
+      batch.push(c);
     }
+    await flush();
   }
 
   /** Reads made through the mount so far (recording on). */

@@ -87,6 +87,11 @@ export class LazyImage {
     return this.merged;
   }
 
+  /** Drop the JavaScript tree (made again if asked for). */
+  releaseTree(): void {
+    this.merged = undefined;
+  }
+
   get name(): string {
     return this.src.name;
   }
