@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Lazy pull: `ocichunk lazy-bench` for python3 in the `py` test image (Debian bookworm + python3),
 # served by a local docker-registry (started here) behind a simulated WAN link: a full pull +
-# unpack of the original vs ocichunk mounts with a cold, prefetched and warm chunk cache.
-# Needs root (chroot, FUSE). Usage: benchmarks/lazy.sh [LINK] [COMMAND]
-#   LINK default 50ms,100mbit; COMMAND default: python3 -c 'import json; print(json.dumps([1]))'
+# unpack of the original vs ocichunk mounts with a cold, prefetched and warm chunk cache; with
+# SCENARIOS=containerd (or all) the same in containerd: `ctr images pull` + `ctr run` (overlayfs)
+# vs the ocichunk snapshotter (`ctr-remote image rpull`) with a cold, prefetched and warm cache.
+# Needs root (chroot, FUSE; containerd, ctr, ctr-remote for those).
+# Usage: benchmarks/lazy.sh [LINK] [COMMAND] [SCENARIOS]
+#   LINK default 50ms,100mbit; COMMAND default: python3 -c 'import json; print(json.dumps([1]))';
+#   SCENARIOS default mount (lazy-bench --scenarios)
 #   LAZY_JSON=1: lazy-bench's JSON (bytes and requests of each scenario) instead of its table
 #   OCICHUNK_REPO: the build to measure (default this checkout; an A/B runs it once per build, e.g.
 #   with the worktree benchmarks/ab.sh made for a revision)
@@ -13,6 +17,7 @@ repo=$(dirname "$here")
 cache=${OCICHUNK_IMAGE_CACHE:-$HOME/.cache/ocichunk/images}
 link=${1:-50ms,100mbit}
 cmd=${2:-"/usr/bin/python3 -c 'import json; print(json.dumps([1]))'"}
+scenarios=${3:-mount}
 [ -d "$cache/layouts/py" ] || bash "$repo/test/images/build-images.sh" >&2
 OUT=${OUT:-$(mktemp -d /tmp/ocichunk-lazy-XXXXXX)}
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -32,4 +37,4 @@ ref=docker://127.0.0.1:$port/bench/py:1
 skopeo copy --quiet --dest-tls-verify=false "oci:$cache/layouts/py:latest" "$ref"
 bin=${OCICHUNK_REPO:-$repo}/bin/ocichunk.js
 node "$bin" convert "$ref" "$ref" --quiet > /dev/null
-node "$bin" lazy-bench "$ref" --run "$cmd" --link "$link" --quiet ${LAZY_JSON:+--json}
+node "$bin" lazy-bench "$ref" --run "$cmd" --link "$link" --scenarios "$scenarios" --quiet ${LAZY_JSON:+--json}

@@ -294,6 +294,63 @@ describe('lazy pull from a registry', () => {
     expect(warm.bytesFetched).toBeLessThan(cold.bytesFetched / 5);
   });
 
+  it('lazy-bench in containerd: ctr run after a full pull, and on the ocichunk snapshotter with a cold, prefetched and warm cache', async () => {
+    type Rss = { containerd?: number; snapshotter?: number; mounts?: number; mountProcesses?: number };
+    const r = await cliJsonAsync<{
+      imageBytes: number;
+      results: Array<{
+        scenario: string;
+        seconds: number;
+        firstOutputSeconds: number;
+        bytesFetched: number;
+        requests: number;
+        shareOfImage: number;
+        exitCode: number;
+        output: string;
+        peakRss?: Rss;
+      }>;
+    }>([
+      'lazy-bench',
+      py,
+      '--run',
+      "/usr/bin/python3 -c 'import json; print(json.dumps([1]))'",
+      '--link',
+      '5ms,1gbit',
+      '--scenarios',
+      'containerd',
+      '--tmpdir',
+      work,
+    ]);
+    expect(r.results.map((x) => x.scenario)).toEqual(['containerd-pull', 'containerd-cold', 'containerd-prefetch', 'containerd-warm']);
+    for (const x of r.results) {
+      expect(x.exitCode, x.output).toBe(0);
+      expect(x.output).toBe('[1]\n');
+      expect(x.firstOutputSeconds).toBeGreaterThan(0);
+      expect(x.firstOutputSeconds).toBeLessThanOrEqual(x.seconds);
+      expect(x.peakRss?.containerd).toBeGreaterThan(10);
+    }
+    const [full, cold, pre, warm] = r.results;
+    console.log(
+      `lazy-bench containerd: ${r.results.map((x) => `${x.scenario} ${x.firstOutputSeconds.toFixed(2)} s, ${x.bytesFetched} B, RSS ${JSON.stringify(x.peakRss)}`).join('; ')}`,
+    );
+    // containerd downloads every layer; the snapshotter's mounts fetch what the command reads
+    expect(full.bytesFetched).toBeGreaterThanOrEqual(r.imageBytes);
+    expect(full.peakRss?.snapshotter).toBeUndefined();
+    expect(cold.shareOfImage).toBeLessThan(0.15);
+    expect(pre.requests).toBeLessThan(cold.requests + 10);
+    expect(warm.bytesFetched).toBeLessThan(cold.bytesFetched / 5);
+    for (const x of [cold, pre, warm]) {
+      expect(x.peakRss?.mountProcesses).toBe(1);
+      expect(x.peakRss?.snapshotter).toBeGreaterThan(10);
+      expect(x.peakRss?.snapshotter).toBeLessThan(150);
+      expect(x.peakRss?.mounts).toBeGreaterThan(10);
+      expect(x.peakRss?.mounts).toBeLessThan(150);
+    }
+    // nothing left behind
+    expect(fs.readdirSync(work).filter((f) => f.startsWith('ocichunk-lazy-bench-'))).toEqual([]);
+    expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(path.join(work, 'ocichunk-lazy-bench-'));
+  });
+
   it('unmounts on SIGINT even while a program is using the mount (detached, not hung)', async () => {
     const mnt = path.join(work, 'mnt-busy');
     let inside: ChildProcess | undefined;

@@ -183,7 +183,7 @@ describe('containerd with the ocichunk snapshotter: lazy layers', () => {
     expect(mountsUnder(path.join(snap.root, 'images')).length).toBe(1);
     expect(mountsUnder(path.join(snap.root, 'snapshots')).length).toBe(pyLayers.length);
     expect(mem.peak).toBeLessThan(100);
-    expect(mountMem.peak).toBeLessThan(250);
+    expect(mountMem.peak).toBeLessThan(125);
   });
 
   it('a second container of the same image fetches nothing', async () => {

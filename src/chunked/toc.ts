@@ -137,5 +137,7 @@ export function openToc(blob: Buffer, what: string): OpenedToc {
     if (violations.length) throw new TocError(what, violations, more);
     throw e;
   }
-  return { checked, toc: fromWire(JSON.parse(checked.json().toString('utf8')) as TocWire) };
+  const json = checked.takeJson();
+  if (!json) throw new OcichunkError('EINTERNAL', `${what}: the checked TOC's JSON was taken before`);
+  return { checked, toc: fromWire(JSON.parse(json.toString('utf8')) as TocWire) };
 }

@@ -1,9 +1,9 @@
 /** `ls` and `cat`: read a chunked image without pulling it (only the TOC and the chunks read are fetched). */
 import fs from 'node:fs/promises';
 import type { Argv } from 'yargs';
-import { MountedImage } from '../lazy/mounted.js';
+import { mountInThisThread } from '../lazy/mounted.js';
 import { LazyImage, type LazyStat } from '../lazy/reader.js';
-import { lazyBench } from '../lazy/bench.js';
+import { lazyBench, parseScenarios } from '../lazy/bench.js';
 import { parseLink } from '../lazy/link.js';
 import { bytes, ProgressLine, quoteName } from './format.js';
 import { common, parseSize, platformOf, transportOf, type Common } from './options.js';
@@ -119,6 +119,11 @@ export const mount = {
         describe:
           'show each layer as an overlayfs layer directory (0, 1, ... lowest first; whiteouts as 0/0 devices, opaque xattrs), for a snapshotter to stack with overlayfs',
       })
+      .option('memory-cache', {
+        type: 'string',
+        default: '64m',
+        describe: "verified chunks kept in memory, so that reads of a chunk's pieces hash it once (the kernel caches file pages itself)",
+      })
       .option('ready-file', {
         type: 'string',
         describe: 'once mounted, write {pid, image, layerCount, layerUsage, tocBytes} as JSON to this file (for a supervisor such as the snapshotter)',
@@ -135,6 +140,7 @@ export const mount = {
         'allow-suid': boolean;
         'allow-dev': boolean;
         layers: boolean;
+        'memory-cache': string;
         'ready-file'?: string;
       },
   ): Promise<unknown> => {
@@ -146,7 +152,8 @@ export const mount = {
       process.once('SIGINT', on('SIGINT'));
       process.once('SIGTERM', on('SIGTERM'));
     });
-    const img = await MountedImage.mount(a.image, a.mountpoint, {
+    // this process does nothing else: the mount runs on its main thread (no worker isolate)
+    const img = await mountInThisThread(a.image, a.mountpoint, {
       platform: platformOf(a),
       transport: transportOf(a),
       cacheDir: a['no-cache'] ? false : a.cache,
@@ -157,6 +164,7 @@ export const mount = {
       allowSuid: a['allow-suid'],
       allowDev: a['allow-dev'],
       layers: a.layers,
+      memoryCacheBytes: parseSize(a['memory-cache'], '--memory-cache'),
       onWarning: a.quiet ? undefined : (m) => process.stderr.write(`ocichunk mount: ${m}\n`),
     });
     up = true;
@@ -177,14 +185,22 @@ export const mount = {
 
 export const lazyBenchCmd = {
   command: 'lazy-bench <image>',
-  describe: 'Time a command after a full pull, and on mounts with a cold, prefetched and warm cache, through a simulated WAN link (root: uses chroot)',
+  describe:
+    'Time a command after a full pull, and on mounts with a cold, prefetched and warm cache, through a simulated WAN link; or in containerd, with and without the ocichunk snapshotter (root: uses chroot, FUSE, containerd)',
   builder: (y: Argv) =>
     common(y)
       .positional('image', { type: 'string', demandOption: true, describe: 'a converted image, docker://HOST/REPO:TAG' })
-      .option('run', { type: 'string', demandOption: true, describe: 'the command, run with /bin/sh -c in a chroot of the image' })
+      .option('run', { type: 'string', demandOption: true, describe: 'the command, run with /bin/sh -c in a chroot of the image (or its container)' })
       .option('link', { type: 'string', default: '50ms,100mbit', describe: 'round-trip time and bandwidth of the simulated link' })
+      .option('scenarios', {
+        type: 'string',
+        default: 'mount',
+        describe:
+          'comma-separated: pull+unpack, mount-cold, mount-prefetch, mount-warm (group: mount), containerd-pull, containerd-cold, containerd-prefetch, containerd-warm (group: containerd: needs containerd, ctr, ctr-remote), or all',
+      })
       .option('tmpdir', { type: 'string', describe: 'where to unpack, mount and cache (default: system temp)' }),
-  run: async (a: Common & { image: string; run: string; link: string; tmpdir?: string }): Promise<unknown> => {
+  run: async (a: Common & { image: string; run: string; link: string; scenarios: string; tmpdir?: string }): Promise<unknown> => {
+    const scenarios = parseScenarios(a.scenarios);
     const line = new ProgressLine(a);
     const r = await lazyBench(a.image, {
       run: a.run,
@@ -192,24 +208,35 @@ export const lazyBenchCmd = {
       platform: platformOf(a),
       transport: transportOf(a),
       tmpDir: a.tmpdir,
+      scenarios,
       onProgress: (s) => line.event(s),
     }).finally(() => line.done());
     if (a.json) return r;
+    const mib = (n?: number) => (n === undefined ? '' : `${n.toFixed(0)} MiB`);
+    const withRss = r.results.some((x) => x.peakRss);
     const rows = [
-      ['scenario', 'time', 'fetched', 'requests', 'of image', 'exit'],
+      ['scenario', 'to output', 'to end', 'fetched', 'requests', 'of image', 'exit', ...(withRss ? ['containerd', 'snapshotter', 'mounts'] : [])],
       ...r.results.map((x) => [
         x.scenario,
+        `${x.firstOutputSeconds.toFixed(2)} s`,
         `${x.seconds.toFixed(2)} s`,
         bytes(x.bytesFetched),
         String(x.requests),
         `${(x.shareOfImage * 100).toFixed(1)}%`,
         String(x.exitCode),
+        ...(withRss ? [mib(x.peakRss?.containerd), mib(x.peakRss?.snapshotter), mib(x.peakRss?.mounts)] : []),
       ]),
     ];
     const w = rows[0].map((_, i) => Math.max(...rows.map((row) => row[i].length)));
+    const notes = [];
+    if (withRss) notes.push("memory: peak RSS (VmHWM); mounts: the snapshotter's mount processes, added up");
+    const full = r.results.find((x) => x.scenario === 'containerd-pull');
+    const cold = r.results.find((x) => x.scenario === 'containerd-cold');
+    if (full && cold) notes.push(`containerd-cold / containerd-pull, time to output: ${(cold.firstOutputSeconds / full.firstOutputSeconds).toFixed(2)}x`);
     return [
       `${r.image}: ${JSON.stringify(r.command)} over ${a.link} (image: ${bytes(r.imageBytes)} compressed)`,
       ...rows.map((row) => row.map((c, i) => (i === 0 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ')),
+      ...notes,
     ].join('\n');
   },
 };

@@ -18,6 +18,10 @@ interface Args {
   lazy: boolean;
   cache?: string;
   'cache-max': string;
+  'mount-memory-cache': string;
+  /** false: --no-prefetch (yargs negates the option) */
+  prefetch?: string | false;
+  'no-prefetch'?: boolean;
   'lookup-timeout': number;
   platform?: string;
   creds?: string;
@@ -45,6 +49,16 @@ export function builder(y: Argv) {
     })
     .option('cache', { type: 'string', describe: 'chunk cache directory, shared with ocichunk mount and every image (default ~/.cache/ocichunk/chunks)' })
     .option('cache-max', { type: 'string', default: '2g', describe: 'evict least recently used chunks beyond this size' })
+    .option('mount-memory-cache', {
+      type: 'string',
+      default: '4m',
+      describe: "verified chunks each image's mount process keeps in memory (ocichunk mount --memory-cache)",
+    })
+    .option('prefetch', {
+      type: 'string',
+      describe: "a read trace (ocichunk mount --record-trace) whose chunks every image's mount prefetches (default: the image's prefetch list, if any)",
+    })
+    .option('no-prefetch', { type: 'boolean', describe: "do not prefetch images' prefetch lists" })
     .option('lookup-timeout', {
       type: 'number',
       default: 20,
@@ -57,7 +71,7 @@ export function builder(y: Argv) {
     .option('insecure', { type: 'boolean', default: false, describe: 'do not verify registry TLS certificates' })
     .option('retries', { type: 'number', default: 5, describe: 'retries of a failing registry request' })
     .option('timeout', { type: 'number', default: 60, describe: 'seconds without data before a registry connection is given up (and retried)' })
-    .group(['lazy', 'cache', 'cache-max', 'lookup-timeout', 'platform'], 'Lazy layers:')
+    .group(['lazy', 'cache', 'cache-max', 'mount-memory-cache', 'prefetch', 'no-prefetch', 'lookup-timeout', 'platform'], 'Lazy layers:')
     .group(['creds', 'authfile', 'plain-http', 'insecure', 'retries', 'timeout'], 'Registry options:');
 }
 
@@ -92,6 +106,8 @@ export async function run(a: Args): Promise<unknown> {
         root: a.root,
         ...(a.cache ? { cacheDir: a.cache } : {}),
         cacheMaxBytes: parseSize(a['cache-max'], '--cache-max'),
+        mountMemoryCacheBytes: parseSize(a['mount-memory-cache'], '--mount-memory-cache'),
+        ...(a['no-prefetch'] || a.prefetch === false ? { prefetch: false as const } : a.prefetch ? { prefetch: a.prefetch } : {}),
         lookupTimeoutMs: a['lookup-timeout'] * 1000,
         platform: platformOf(a),
         transport: {

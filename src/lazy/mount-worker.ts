@@ -5,13 +5,9 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { OcichunkError } from '../errors.js';
-import { MountCore, type MountOptions } from './mount.js';
+import { type LayerUsage, MountCore, type MountOptions } from './mount.js';
 
-/** What a layer holds, from its TOC entries: file bytes and entries (a snapshotter's Usage of the layer). */
-export interface LayerUsage {
-  size: number;
-  inodes: number;
-}
+export type { LayerUsage } from './mount.js';
 
 export type ToWorker = { type: 'stats' } | { type: 'unmount' };
 export type FromWorker =
@@ -34,11 +30,8 @@ try {
     },
     onWarning: (message) => send({ type: 'warning', message }),
   });
-  const layerUsage = m.image.image.toc.layers.map((l) => ({
-    size: l.entries.reduce((a, e) => a + (e.type === 'reg' ? (e.size ?? 0) : 0), 0),
-    inodes: l.entries.length,
-  }));
-  send({ type: 'ready', name: m.image.name, tocBytes: m.image.image.tocBytes, layerCount: m.image.image.toc.layers.length, layerUsage });
+  const layerUsage = m.layerUsage;
+  send({ type: 'ready', name: m.image.name, tocBytes: m.image.image.tocBytes, layerCount: m.layerUsage.length, layerUsage });
   port.on('message', async (msg: ToWorker) => {
     try {
       if (msg.type === 'stats') send({ type: 'stats', stats: m.stats() });

@@ -35,6 +35,12 @@ export interface MountOptions extends LazyOpenOptions {
    * tree; overlayfs stacking them shows the merged tree (docs/format.md §4).
    */
   layers?: boolean;
+  /**
+   * Bytes of verified chunks the mount keeps in memory (default 64 MiB): pieces of a chunk read one
+   * after another hash it once. Reads go through the kernel's page cache, so little is gained beyond
+   * what concurrent reads of large chunks need.
+   */
+  memoryCacheBytes?: number;
 }
 
 export interface MountStats extends LazyStats {
@@ -47,6 +53,12 @@ export interface MountStats extends LazyStats {
   /** chunks read from the cache and verified by the mount (each once while it stays in memory) */
   chunksHashed: number;
   prefetchedChunks: number;
+}
+
+/** What a layer holds, from its TOC entries: file bytes and entries (a snapshotter's Usage of the layer). */
+export interface LayerUsage {
+  size: number;
+  inodes: number;
 }
 
 export interface TraceRead {
@@ -75,11 +87,16 @@ export async function readTrace(file: string): Promise<TraceRead[]> {
   return out;
 }
 
+/** Uncompressed bytes of the frames one prefetch batch fetches (at least one frame). */
+const PREFETCH_BATCH_BYTES = 4 << 20;
+
 export class MountCore {
   private readonly paths = new Map<number, string>();
   private trace: TraceRead[] = [];
   private prefetched = 0;
   private handle: NativeLazyMount | undefined;
+  /** per layer of the TOC: file bytes and entries */
+  readonly layerUsage: LayerUsage[];
   private tmpCache: string | undefined;
   /** Resolves when the background prefetch is done. */
   prefetchDone: Promise<void> = Promise.resolve();
@@ -88,7 +105,16 @@ export class MountCore {
     readonly image: LazyImage,
     readonly mountpoint: string,
     private readonly opts: MountOptions,
-  ) {}
+  ) {
+    const toc = image.image.toc;
+    this.layerUsage = toc.layers.map((l) => ({
+      size: l.entries.reduce((a, e) => a + (e.type === 'reg' ? (e.size ?? 0) : 0), 0),
+      inodes: l.entries.length,
+    }));
+    // the native side serves every call from its own checked TOC, and the JavaScript tree (a
+    // trace's paths, a prefetch) comes from it too: the decoded entries are not needed any more
+    toc.layers = toc.layers.map(() => ({ entries: [] }));
+  }
 
   static async mount(ref: string, mountpoint: string, opts: MountOptions = {}): Promise<MountCore> {
     let tmpCache: string | undefined;
@@ -102,7 +128,13 @@ export class MountCore {
       // a trace names paths of the merged tree, which the layer view does not number
       if (opts.recordTrace && opts.layers) throw new OcichunkError('EUSAGE', 'a read trace is recorded from the merged tree, not from --layers');
       if (opts.recordTrace) m.notePaths();
-      const flags = { allowOther: !!opts.allowOther, allowSuid: !!opts.allowSuid, allowDev: !!opts.allowDev, layers: !!opts.layers };
+      const flags = {
+        allowOther: !!opts.allowOther,
+        allowSuid: !!opts.allowSuid,
+        allowDev: !!opts.allowDev,
+        layers: !!opts.layers,
+        ...(opts.memoryCacheBytes !== undefined ? { verifiedBytes: opts.memoryCacheBytes } : {}),
+      };
       // the addon merges the TOC with the format module itself (the same tree ls and cat read)
       m.handle = native.mountLazy(image.image.checked, path.resolve(mountpoint), image.cache!.dir, !!opts.recordTrace, flags, (msg) => m.onFetch(msg));
     } catch (e) {
@@ -133,10 +165,29 @@ export class MountCore {
   private onFetch(msg: number[]): void {
     const [id, ...chunks] = msg;
     // into the cache, which the addon reads: answers from memory alone would leave it missing there
-    this.image.cacheChunks(chunks).then(
-      () => this.handle?.complete(id),
-      (e: Error) => this.handle?.complete(id, e.message),
-    );
+    this.image
+      .cacheChunks(chunks)
+      .then(
+        () => this.handle?.complete(id),
+        (e: Error) => this.handle?.complete(id, e.message),
+      )
+      .finally(() => this.collectSoon());
+  }
+
+  private gcTimer: NodeJS.Timeout | undefined;
+
+  /**
+   * With --expose-gc (the snapshotter's mount processes): a full collection once fetches have
+   * paused for a moment. The buffers of a fetch (compressed ranges, decompressed frames) outlive
+   * it until V8 collects the objects that hold them, which it does late for memory outside its
+   * heap: without this a mount process grows by ~20 MiB during a container's start.
+   */
+  private collectSoon(): void {
+    const gc = (globalThis as { gc?: () => void }).gc;
+    if (!gc) return;
+    clearTimeout(this.gcTimer);
+    this.gcTimer = setTimeout(gc, 100);
+    this.gcTimer.unref();
   }
 
   private async prefetchReads(reads: TraceRead[]): Promise<void> {
@@ -147,12 +198,33 @@ export class MountCore {
       if (n?.type !== 'reg' || !n.chunks!.length) continue;
       for (const p of tree.plan(n, r.offset, r.length)) want.add(p.chunk);
     }
-    const list = [...want];
-    // in batches, so that reads arriving meanwhile are not queued behind one huge fetch
-    for (let i = 0; i < list.length; i += 256) {
-      await this.image.cacheChunks(list.slice(i, i + 256));
-      this.prefetched += Math.min(256, list.length - i);
+    // the mount serves everything from the native tree: this one was only for planning
+    this.image.releaseTree();
+    // in batches of at most 256 chunks in frames of at most PREFETCH_BATCH_BYTES: reads arriving
+    // meanwhile are not queued behind one huge fetch, and a batch's buffers (its frames, fetched
+    // and decompressed whole) stay small
+    const { chunks, frames } = this.image.image.toc;
+    let batch: number[] = [];
+    let seen = new Set<number>();
+    let bytes = 0;
+    const flush = async () => {
+      if (!batch.length) return;
+      await this.image.cacheChunks(batch).finally(() => this.collectSoon());
+      this.prefetched += batch.length;
+      batch = [];
+      seen = new Set();
+      bytes = 0;
+    };
+    for (const c of want) {
+      const f = chunks[c].frame;
+      if (!seen.has(f) && batch.length && (bytes + frames[f].length > PREFETCH_BATCH_BYTES || batch.length >= 256)) await flush();
+      if (!seen.has(f)) {
+        seen.add(f);
+        bytes += frames[f].length;
+      }
+      batch.push(c);
     }
+    await flush();
   }
 
   /** Reads made through the mount so far (recording on). */

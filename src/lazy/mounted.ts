@@ -1,17 +1,51 @@
 /**
- * A mounted chunked image (`ocichunk mount`, `mountImage()`): the mount and its fetches run in a
- * worker thread (mount-worker.ts), so reads through the mount never depend on this thread's event
- * loop: it may be busy, or blocked in a synchronous call that itself reads from the mount.
+ * A mounted chunked image: MountedImage runs the mount and its fetches in a worker thread
+ * (mount-worker.ts), so reads through the mount never depend on this thread's event loop: it may be
+ * busy, or blocked in a synchronous call that itself reads from the mount. `ocichunk mount`, a
+ * process that does nothing else, serves it on its main thread (mountInThisThread).
  */
 import { Worker } from 'node:worker_threads';
 import { OcichunkError, type ErrorCode } from '../errors.js';
-import type { MountOptions, MountStats } from './mount.js';
-import type { FromWorker, LayerUsage } from './mount-worker.js';
+import { type LayerUsage, MountCore, type MountOptions, type MountStats } from './mount.js';
+import type { FromWorker } from './mount-worker.js';
 
-export type { MountOptions, MountStats } from './mount.js';
-export type { LayerUsage } from './mount-worker.js';
+export type { LayerUsage, MountOptions, MountStats } from './mount.js';
 
-export class MountedImage {
+/** A mounted image, whichever thread serves it. */
+export interface ImageMount {
+  readonly name: string;
+  readonly mountpoint: string;
+  readonly tocBytes: number;
+  /** layers of the image (the directories of a --layers mount) */
+  readonly layerCount: number;
+  /** per layer: file bytes and entries, from the TOC */
+  readonly layerUsage: LayerUsage[];
+  stats(): Promise<MountStats>;
+  /** Unmount (a busy mount point is detached), write the trace; the final figures. */
+  unmount(): Promise<MountStats>;
+}
+
+/**
+ * The mount served on this thread's own event loop (MountCore), for a process that does nothing
+ * else while the image is mounted: `ocichunk mount`, one process per image under the snapshotter.
+ * It saves the worker's V8 isolate (about 25 MiB of memory). Never in a process that may block
+ * its event loop, or read the mount synchronously: a read that needs a fetch would wait forever.
+ */
+export async function mountInThisThread(ref: string, mountpoint: string, opts: MountOptions = {}): Promise<ImageMount> {
+  const core = await MountCore.mount(ref, mountpoint, opts);
+  const { name, image } = core.image;
+  return {
+    name,
+    mountpoint,
+    tocBytes: image.tocBytes,
+    layerCount: core.layerUsage.length,
+    layerUsage: core.layerUsage,
+    stats: async () => core.stats(),
+    unmount: () => core.unmount(),
+  };
+}
+
+export class MountedImage implements ImageMount {
   /** answers come in the order questions were asked */
   private waiting: Array<{ resolve: (v: unknown) => void; reject: (e: Error) => void }> = [];
   private exited = false;

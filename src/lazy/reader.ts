@@ -47,7 +47,7 @@ const MAX_LINKS = 40;
 const VERIFIED_BYTES = 64 << 20;
 
 export class LazyImage {
-  readonly tree: MergedTree;
+  private merged: MergedTree | undefined;
   private readonly chunks: ChunkReader;
   private readonly inflight = new Map<number, Promise<Buffer>>();
   /** verified chunks, least recently used first: pieces of one chunk read one after another hash it once */
@@ -63,7 +63,6 @@ export class LazyImage {
     concurrency: number,
     private readonly signal?: AbortSignal,
   ) {
-    this.tree = new MergedTree(image.toc, image.checked);
     this.chunks = new ChunkReader(image, 0, concurrency);
   }
 
@@ -77,6 +76,20 @@ export class LazyImage {
       await src.close();
       throw e;
     }
+  }
+
+  /**
+   * The merged tree as JavaScript objects, made on first use: a mount serves every FUSE call from
+   * the native tree, and needs this one only to name a trace's paths or to plan a prefetch.
+   */
+  get tree(): MergedTree {
+    this.merged ??= new MergedTree(this.image.toc, this.image.checked);
+    return this.merged;
+  }
+
+  /** Drop the JavaScript tree (made again if asked for). */
+  releaseTree(): void {
+    this.merged = undefined;
   }
 
   get name(): string {

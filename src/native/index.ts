@@ -86,7 +86,8 @@ export interface NativeRestoreWriter {
 
 /** A TOC checked and merged once (crates/core/src/format Checked); readers ask it where bytes are. */
 export interface NativeCheckedToc {
-  json(): Buffer;
+  /** the TOC's JSON, handed over once (the native side does not keep it): undefined after the first call */
+  takeJson(): Buffer | undefined;
   /** the merged view (crates/core/src/format/tree.rs TreeOut) as JSON */
   view(): Buffer;
   /** rows of [chunk, fromInChunk, toInChunk, atInOutput] for a read of a regular file */
@@ -267,6 +268,10 @@ export interface MountFlags {
   allowSuid: boolean;
   /** device nodes can be opened (else nodev) */
   allowDev: boolean;
+  /** each layer as an overlayfs layer directory instead of the merged tree */
+  layers?: boolean;
+  /** bytes of verified chunks the mount keeps in memory (default 64 MiB) */
+  verifiedBytes?: number;
 }
 
 /** The binding's own object behind a wrapper (native calls that take a CheckedToc need it). */
@@ -384,7 +389,7 @@ export const native = {
   openToc: (blob: Buffer, what: string): NativeCheckedToc => {
     const t = wrapSync(what, () => new (load().CheckedToc)(blob));
     return {
-      json: () => t.json(),
+      takeJson: () => t.takeJson() ?? undefined,
       view: () => wrapSync(what, () => t.view()),
       plan: (ino: number, offset: number, length: number) => wrapSync(what, () => t.plan(ino, offset, length)),
       layerDigests: () => t.layerDigests(),

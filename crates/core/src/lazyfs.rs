@@ -52,11 +52,13 @@ pub struct FsStats {
 struct Verified {
     map: HashMap<u32, (Arc<Vec<u8>>, u64)>,
     bytes: usize,
+    /// at most this many bytes kept (but always the last chunk, whatever its size)
+    budget: usize,
     tick: u64,
 }
 
-/// Bytes of verified chunks kept in memory by a mount.
-const VERIFIED_BYTES: usize = 64 << 20;
+/// Bytes of verified chunks a mount keeps in memory unless told otherwise ([`Shared::verified_budget`]).
+pub const VERIFIED_BYTES: usize = 64 << 20;
 
 impl Verified {
     fn get(&mut self, c: u32) -> Option<Arc<Vec<u8>>> {
@@ -74,7 +76,7 @@ impl Verified {
         if let Some((old, _)) = self.map.insert(c, (b, self.tick)) {
             self.bytes -= old.len();
         }
-        while self.bytes > VERIFIED_BYTES && self.map.len() > 1 {
+        while self.bytes > self.budget && self.map.len() > 1 {
             let (&oldest, _) = self.map.iter().min_by_key(|(_, e)| e.1).unwrap();
             let (b, _) = self.map.remove(&oldest).unwrap();
             self.bytes -= b.len();
@@ -226,11 +228,19 @@ impl Shared {
             img,
             cache,
             fetcher,
-            verified: Mutex::new(Verified { map: HashMap::new(), bytes: 0, tick: 0 }),
+            verified: Mutex::new(Verified { map: HashMap::new(), bytes: 0, budget: VERIFIED_BYTES, tick: 0 }),
             loading: Mutex::new(HashMap::new()),
             stats: FsStats::default(),
             trace: if record { Some(Mutex::new(Vec::new())) } else { None },
         })
+    }
+
+    /// Keep at most `bytes` of verified chunks in memory (default [`VERIFIED_BYTES`]; the last one
+    /// read is kept whatever its size). Reads through the kernel's page cache seldom come back for a
+    /// chunk: the budget only spares hashing a chunk again while reads of its pieces go on.
+    pub fn verified_budget(self, bytes: usize) -> Shared {
+        self.verified.lock().unwrap().budget = bytes;
+        self
     }
 
     fn chunk_path(&self, c: u32) -> PathBuf {

@@ -537,10 +537,10 @@ impl CheckedToc {
         Ok(CheckedToc { inner: std::sync::Arc::new(c) })
     }
 
-    /// The TOC's JSON.
+    /// The TOC's JSON, handed over once (the checked TOC does not keep it): null after the first call.
     #[napi]
-    pub fn json(&self) -> Buffer {
-        self.inner.json.clone().into()
+    pub fn take_json(&self) -> Option<Buffer> {
+        self.inner.take_json().map(Into::into)
     }
 
     /// The merged view every reader shows (`format::tree::TreeOut` as JSON).
@@ -1103,6 +1103,8 @@ pub struct MountFlags {
     pub allow_dev: bool,
     /// each layer as an overlayfs layer directory (`format::layers`) instead of the merged tree
     pub layers: Option<bool>,
+    /// bytes of verified chunks kept in memory (default `lazyfs::VERIFIED_BYTES`, 64 MiB)
+    pub verified_bytes: Option<f64>,
 }
 
 /// Mount a chunked image's merged tree (or its layers) read-only at `mountpoint`, reading chunks
@@ -1113,8 +1115,13 @@ pub fn mount_lazy(env: Env, toc: &CheckedToc, mountpoint: String, cache_dir: Str
         fetch.create_threadsafe_function(0, |ctx: ThreadSafeCallContext<Vec<u32>>| Ok(vec![ctx.value]))?;
     let pending = Arc::new(Mutex::new(Pending::default()));
     let fetcher = JsFetcher { tsfn: tsfn.clone(), pending: pending.clone() };
-    let shared =
-        Arc::new(lazyfs::Shared::new(toc.inner.clone(), cache_dir.into(), Box::new(fetcher), record, flags.layers.unwrap_or(false)).map_err(|e| err(env, e))?);
+    let budget = match flags.verified_bytes {
+        None => lazyfs::VERIFIED_BYTES,
+        Some(b) if b >= 0.0 && b <= usize::MAX as f64 => b as usize,
+        Some(b) => return Err(err(env, CoreError::invalid(format!("verified chunk budget of {b} bytes")))),
+    };
+    let shared = lazyfs::Shared::new(toc.inner.clone(), cache_dir.into(), Box::new(fetcher), record, flags.layers.unwrap_or(false)).map_err(|e| err(env, e))?;
+    let shared = Arc::new(shared.verified_budget(budget));
     let flags = lazyfs::MountFlags { allow_other: flags.allow_other, allow_suid: flags.allow_suid, allow_dev: flags.allow_dev };
     let mount = lazyfs::mount(shared, Path::new(&mountpoint), flags).map_err(|e| err(env, e))?;
     Ok(LazyMount { mount: Some(mount), pending, tsfn: Some(tsfn) })

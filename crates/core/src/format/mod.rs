@@ -154,8 +154,8 @@ pub fn check_toc(blob: &[u8]) -> Result<(Toc, Tree, Vec<u8>), Report> {
 pub struct Checked {
     pub toc: Toc,
     pub tree: Tree,
-    /// the TOC's JSON, as stored
-    pub json: Vec<u8>,
+    /// the TOC's JSON, as stored, until a reader takes it ([`Checked::take_json`])
+    json: Mutex<Option<Vec<u8>>>,
     files: Mutex<HashMap<tree::NodeId, Arc<FileMap>>>,
 }
 
@@ -169,7 +169,13 @@ impl Checked {
     /// [`check_toc`], kept together.
     pub fn open(blob: &[u8]) -> Result<Checked, Report> {
         let (toc, tree, json) = check_toc(blob)?;
-        Ok(Checked { toc, tree, json, files: Mutex::new(HashMap::new()) })
+        Ok(Checked { toc, tree, json: Mutex::new(Some(json)), files: Mutex::new(HashMap::new()) })
+    }
+
+    /// The TOC's JSON, as stored, handed over once (a reader that decodes it keeps its own model;
+    /// the checked TOC needs it no more): None after the first call.
+    pub fn take_json(&self) -> Option<Vec<u8>> {
+        self.json.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The chunk map of the regular file with inode number `ino` of the merged view (node id + 1);
