@@ -7,12 +7,8 @@ import { parsePlatform, type Platform } from '../oci/types.js';
 import type { TransportOptions } from '../ref.js';
 import type { ProgressMode } from './format.js';
 
-export interface Common {
-  json: boolean;
-  quiet: boolean;
-  progress?: ProgressMode;
-  platform?: string;
-  threads: number;
+/** The registry options (docker://) every command that talks to registries takes. */
+export interface RegistryArgs {
   creds?: string;
   authfile?: string;
   'plain-http': boolean;
@@ -21,8 +17,16 @@ export interface Common {
   timeout: number;
 }
 
+export interface Common extends RegistryArgs {
+  json: boolean;
+  quiet: boolean;
+  progress?: ProgressMode;
+  platform?: string;
+  threads: number;
+}
+
 export function common<T>(y: Argv<T>) {
-  return y
+  const withCommon = y
     .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON on stdout' })
     .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'no progress or retry messages on stderr' })
     .option('progress', {
@@ -31,7 +35,12 @@ export function common<T>(y: Argv<T>) {
       describe: 'progress on stderr: auto (a live line on a TTY, else none), plain (one line per step/transfer), none',
     })
     .option('platform', { type: 'string', describe: 'os/arch[/variant] to pick from a multi-platform image (default: this host)' })
-    .option('threads', { type: 'number', default: 0, describe: 'worker threads for hashing/compression (0 = all cores)' })
+    .option('threads', { type: 'number', default: 0, describe: 'worker threads for hashing/compression (0 = all cores)' });
+  return registryOptions(withCommon);
+}
+
+export function registryOptions<T>(y: Argv<T>) {
+  return y
     .option('creds', { type: 'string', describe: 'registry credentials USER:PASSWORD (default: auth file / credential helpers)' })
     .option('authfile', { type: 'string', describe: 'auth file (default: $REGISTRY_AUTH_FILE, containers auth.json, ~/.docker/config.json)' })
     .option('plain-http', { type: 'boolean', default: false, describe: 'talk HTTP to registries (automatic for localhost)' })
@@ -41,8 +50,8 @@ export function common<T>(y: Argv<T>) {
     .group(['creds', 'authfile', 'plain-http', 'insecure', 'retries', 'timeout'], 'Registry options (docker://):');
 }
 
-/** Registry options from the common flags; retries are reported on stderr unless quiet. */
-export function transportOf(a: Common, extra: TransportOptions = {}): TransportOptions {
+/** Registry options from their flags (credentials also from $OCICHUNK_CREDS). */
+export function registryTransportOf(a: RegistryArgs): TransportOptions {
   const creds = a.creds ?? process.env.OCICHUNK_CREDS;
   return {
     ...(creds ? { creds } : {}),
@@ -51,6 +60,13 @@ export function transportOf(a: Common, extra: TransportOptions = {}): TransportO
     insecure: a.insecure,
     retries: a.retries,
     timeoutMs: a.timeout * 1000,
+  };
+}
+
+/** Registry options from the common flags; retries are reported on stderr unless quiet. */
+export function transportOf(a: Common, extra: TransportOptions = {}): TransportOptions {
+  return {
+    ...registryTransportOf(a),
     onRetry: a.quiet ? undefined : (r) => process.stderr.write(`retry ${r.attempt}: ${r.what}: ${r.reason} (waiting ${r.delayMs} ms)\n`),
     ...extra,
   };

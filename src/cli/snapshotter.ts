@@ -4,13 +4,13 @@ import type { Argv } from 'yargs';
 import type { RemoteLayers as RemoteLayersT } from '../snapshotter/remote.js';
 import type { LogEvent, SnapshotterServer } from '../snapshotter/server.js';
 import { terminalText } from './format.js';
-import { parseSize, platformOf } from './options.js';
+import { parseSize, platformOf, type RegistryArgs, registryOptions, registryTransportOf } from './options.js';
 
 export const command = 'snapshotter';
 export const describe =
   'Serve containerd\'s snapshots API on a unix socket (a proxy snapshotter: [proxy_plugins.ocichunk] type = "snapshot"); SIGINT or SIGTERM stops it';
 
-interface Args {
+interface Args extends RegistryArgs {
   root: string;
   address: string;
   'log-level': 'debug' | 'info' | 'warn' | 'error';
@@ -24,16 +24,10 @@ interface Args {
   'no-prefetch'?: boolean;
   'lookup-timeout': number;
   platform?: string;
-  creds?: string;
-  authfile?: string;
-  'plain-http': boolean;
-  insecure: boolean;
-  retries: number;
-  timeout: number;
 }
 
 export function builder(y: Argv) {
-  return y
+  return registryOptions(y)
     .option('root', { type: 'string', demandOption: true, describe: 'directory of the state and the snapshots (made mode 0700)' })
     .option('address', { type: 'string', demandOption: true, describe: "unix socket to serve on (the proxy plugin's address in containerd's config)" })
     .option('log-level', {
@@ -65,14 +59,7 @@ export function builder(y: Argv) {
       describe: "seconds to find and mount a layer's image; after that containerd downloads and applies the layer",
     })
     .option('platform', { type: 'string', describe: 'os/arch[/variant] to pick from a multi-platform image (default: this host)' })
-    .option('creds', { type: 'string', describe: 'registry credentials USER:PASSWORD (default: auth file / credential helpers)' })
-    .option('authfile', { type: 'string', describe: 'auth file (default: $REGISTRY_AUTH_FILE, containers auth.json, ~/.docker/config.json)' })
-    .option('plain-http', { type: 'boolean', default: false, describe: 'talk HTTP to registries (automatic for localhost)' })
-    .option('insecure', { type: 'boolean', default: false, describe: 'do not verify registry TLS certificates' })
-    .option('retries', { type: 'number', default: 5, describe: 'retries of a failing registry request' })
-    .option('timeout', { type: 'number', default: 60, describe: 'seconds without data before a registry connection is given up (and retried)' })
-    .group(['lazy', 'cache', 'cache-max', 'mount-memory-cache', 'prefetch', 'no-prefetch', 'lookup-timeout', 'platform'], 'Lazy layers:')
-    .group(['creds', 'authfile', 'plain-http', 'insecure', 'retries', 'timeout'], 'Registry options:');
+    .group(['lazy', 'cache', 'cache-max', 'mount-memory-cache', 'prefetch', 'no-prefetch', 'lookup-timeout', 'platform'], 'Lazy layers:');
 }
 
 const LEVELS = { debug: 0, info: 1, warn: 2, error: 3 } as const;
@@ -99,7 +86,6 @@ export async function run(a: Args): Promise<unknown> {
     process.on('SIGINT', on);
     process.on('SIGTERM', on);
   });
-  const creds = a.creds ?? process.env.OCICHUNK_CREDS;
   const [{ RemoteLayers }, { SnapshotterServer }] = await Promise.all([import('../snapshotter/remote.js'), import('../snapshotter/server.js')]);
   const layers: RemoteLayersT | undefined = a.lazy
     ? new RemoteLayers({
@@ -110,14 +96,7 @@ export async function run(a: Args): Promise<unknown> {
         ...(a['no-prefetch'] || a.prefetch === false ? { prefetch: false as const } : a.prefetch ? { prefetch: a.prefetch } : {}),
         lookupTimeoutMs: a['lookup-timeout'] * 1000,
         platform: platformOf(a),
-        transport: {
-          ...(creds ? { creds } : {}),
-          ...(a.authfile ? { authfile: a.authfile } : {}),
-          plainHttp: a['plain-http'],
-          insecure: a.insecure,
-          retries: a.retries,
-          timeoutMs: a.timeout * 1000,
-        },
+        transport: registryTransportOf(a),
         onEvent: (e) => log(e),
       })
     : undefined;
