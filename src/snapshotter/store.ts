@@ -131,9 +131,25 @@ function needsUserXattr(root: string): boolean {
   }
 }
 
+/** A Prepare whose key is held while its provider looks the layer up (see `SnapshotStore.prepare`). */
+interface Hold {
+  parent?: string;
+  /** the snapshot directory's id, once made */
+  id?: string;
+}
+
+/** Thrown inside a section once a layer is committed as remote: answered AlreadyExists. */
+class Remote {}
+
 export class SnapshotStore {
   private state: StateFile = emptyState();
   private queue: Promise<unknown> = Promise.resolve();
+  /** keys of Prepares whose lookup is under way (see `prepare`) */
+  private pending = new Set<string>();
+  /** those Prepares */
+  private holds = new Set<Hold>();
+  /** layers (target names) being prepared by such a Prepare: settles when it is done */
+  private preparing = new Map<string, Promise<void>>();
   private unlock?: () => void;
   private readonly indexOff = overlayIndexOff();
   private userxattr = false;
@@ -300,7 +316,31 @@ export class SnapshotStore {
   }
 
   prepare(key: string, parent: string | undefined, labels: Record<string, string> = {}): Promise<Mount[]> {
-    return this.exclusive(() => this.create('active', key, parent || undefined, labels));
+    const p = parent || undefined;
+    const target = nonEmpty(labels)[LABEL_TARGET];
+    if (!target || !this.opts.layers) return this.exclusive(() => this.create('active', key, p, labels));
+    // a layer a provider may serve: its lookup (which may take up to the provider's time limit)
+    // runs outside the one-change-at-a-time section, so other calls go on meanwhile. The key is
+    // held until it is done, and a second Prepare of the same layer waits for the first (then
+    // finds the layer committed, or prepares it the ordinary way)
+    const busy = this.preparing.get(target);
+    if (busy) return busy.then(() => this.prepare(key, parent, labels));
+    const run = this.exclusive(async () => this.reserve(key, p)).then(async (hold) => {
+      this.holds.add(hold);
+      try {
+        return await this.create('active', key, p, labels, hold);
+      } finally {
+        this.pending.delete(key);
+        this.holds.delete(hold);
+      }
+    });
+    const done = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.preparing.set(target, done);
+    void done.then(() => this.preparing.delete(target));
+    return run;
   }
 
   view(key: string, parent: string | undefined, labels: Record<string, string> = {}): Promise<Mount[]> {
@@ -313,7 +353,14 @@ export class SnapshotStore {
       const p = this.record(parent);
       if (p.kind !== 'committed') throw err('EUSAGE', `parent ${parent} is not a committed snapshot`);
     }
-    if (Object.hasOwn(this.state.snapshots, key)) throw err('EEXIST', `snapshot ${key} already exists`);
+    if (Object.hasOwn(this.state.snapshots, key) || this.pending.has(key)) throw err('EEXIST', `snapshot ${key} already exists`);
+  }
+
+  /** The first half of a Prepare a provider may serve: the checks, and the key held. */
+  private async reserve(key: string, parent: string | undefined): Promise<Hold> {
+    this.checkNew(key, parent);
+    this.pending.add(key);
+    return { parent };
   }
 
   /** A free id (skipping directories a crash left behind, in case they are still there). */
@@ -345,8 +392,13 @@ export class SnapshotStore {
     }
   }
 
-  private async create(kind: Kind, key: string, parent: string | undefined, given: Record<string, string>): Promise<Mount[]> {
-    this.checkNew(key, parent);
+  /**
+   * Make a snapshot. Without `hold`, all of it runs in the caller's exclusive section. With one
+   * (a reserved Prepare, see `prepare`), the provider's lookup runs outside it, and the state is
+   * read and changed in exclusive sections before and after.
+   */
+  private async create(kind: Kind, key: string, parent: string | undefined, given: Record<string, string>, hold?: Hold): Promise<Mount[]> {
+    if (!hold) this.checkNew(key, parent);
     const labels = nonEmpty(given);
     const parentRec = parent !== undefined ? this.state.snapshots[parent] : undefined;
     const target = labels[LABEL_TARGET];
@@ -357,47 +409,59 @@ export class SnapshotStore {
       if (t.kind === 'committed' && t.parent === parent) throw err('EEXIST', `target snapshot ${target} already exists`);
       provider = undefined; // something else holds that name: the ordinary path
     }
-    const td = await this.makeDir(kind, parentRec);
-    const next = this.copyState();
-    const id = this.allocId(next);
-    const dir = this.dirOf(id);
+    // in a held Prepare, the sections that read or change the state
+    const section = <T>(fn: () => Promise<T>): Promise<T> => (hold ? this.exclusive(fn) : fn());
+    const { td, id, dir, parentDirs } = await section(async () => {
+      const td = await this.makeDir(kind, parentRec);
+      // the id is taken now: nextId moves on in memory (and on disk with the next change)
+      const id = this.allocId(this.state);
+      if (hold) hold.id = id; // its directory is in use (Cleanup leaves it) until the Prepare is done
+      const dir = this.dirOf(id);
+      const parentDirs = parentRec ? [parentRec.id, ...this.parentIds(parentRec)].map((i) => this.dirOf(i)) : [];
+      await fsp.rename(td, dir);
+      await fsyncDir(path.join(this.root, SNAPSHOTS));
+      return { td, id, dir, parentDirs };
+    });
     const now = new Date().toISOString();
     let remote: RemoteLayer | undefined;
     try {
-      await fsp.rename(td, dir);
-      await fsyncDir(path.join(this.root, SNAPSHOTS));
       if (provider) {
-        const parentDirs = parentRec ? [parentRec.id, ...this.parentIds(parentRec)].map((i) => this.dirOf(i)) : [];
         remote = await provider.prepare({ key, parent, labels, dir, parentDirs }).catch((e: unknown) => {
           this.event('warn', `layer ${target}: not remote (${(e as Error).message}); containerd applies it`);
           return undefined;
         });
       }
-      if (!remote) {
-        const rec: SnapshotRecord = { id, kind, ...(parent !== undefined ? { parent } : {}), labels, created: now, updated: now };
-        next.snapshots[key] = rec;
+      return await section(async () => {
+        // the parent may not have gone meanwhile (a held key and target cannot have been taken)
+        if (hold && parent !== undefined && !Object.hasOwn(this.state.snapshots, parent)) throw err('ENOTFOUND', `snapshot ${parent} does not exist`);
+        const next = this.copyState();
+        if (!remote) {
+          const rec: SnapshotRecord = { id, kind, ...(parent !== undefined ? { parent } : {}), labels, created: now, updated: now };
+          next.snapshots[key] = rec;
+          await this.commitState(next);
+          return this.mountsOf(rec);
+        }
+        next.snapshots[target] = {
+          id,
+          kind: 'committed',
+          ...(parent !== undefined ? { parent } : {}),
+          labels: nonEmpty({ ...labels, ...remote.labels }),
+          created: now,
+          updated: now,
+          usage: remote.usage,
+          remote: remote.remote,
+        };
         await this.commitState(next);
-        return this.mountsOf(rec);
-      }
-      next.snapshots[target] = {
-        id,
-        kind: 'committed',
-        ...(parent !== undefined ? { parent } : {}),
-        labels: nonEmpty({ ...labels, ...remote.labels }),
-        created: now,
-        updated: now,
-        usage: remote.usage,
-        remote: remote.remote,
-      };
-      await this.commitState(next);
+        this.event('info', `layer ${target} is remote: committed at once`);
+        throw new Remote();
+      });
     } catch (e) {
+      if (e instanceof Remote) throw err('EEXIST', `target snapshot ${target} already exists`);
       if (remote) await provider?.release(dir).catch(() => undefined);
       await fsp.rm(td, { recursive: true, force: true });
       await fsp.rm(dir, { recursive: true, force: true });
       throw e;
     }
-    this.event('info', `layer ${target} is remote: committed at once`);
-    throw err('EEXIST', `target snapshot ${target} already exists`);
   }
 
   /** Commit an active snapshot as `name` (its labels: the ones given here, as containerd's storage does). */
@@ -480,6 +544,7 @@ export class SnapshotStore {
 
   private async removeOrphans(): Promise<string[]> {
     const used = new Set(Object.values(this.state.snapshots).map((r) => r.id));
+    for (const h of this.holds) if (h.id) used.add(h.id);
     const removed: string[] = [];
     for (const d of await fsp.readdir(path.join(this.root, SNAPSHOTS))) {
       if (used.has(d)) continue;

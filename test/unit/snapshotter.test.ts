@@ -323,4 +323,40 @@ describe('LayerProvider seam', () => {
     expect(calls).toContain(`release ${id}`);
     expect(fs.readdirSync(path.join(root, 'snapshots'))).toEqual([]);
   });
+
+  it('a slow lookup holds up no other call; a second Prepare of that layer waits for it; Cleanup leaves its directory', async () => {
+    const root = path.join(tmpdir('snap'), 'root');
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let asked = 0;
+    const p: LayerProvider = {
+      async prepare(req) {
+        asked++;
+        await gate; // a registry that takes its time
+        fs.writeFileSync(path.join(req.dir, 'fs', 'served'), req.key);
+        return { labels: {}, remote: { layer: req.labels['containerd.io/snapshot.ref'] }, usage: { size: 0, inodes: 1 } };
+      },
+      async restore() {},
+      async release() {},
+    };
+    const { client: c } = await serve(root, p);
+    const labels = { 'containerd.io/snapshot.ref': 'sha256:slow' };
+    const first = statusOf(c.prepare('ns/1/extract-1 sha256:slow', '', labels));
+    const second = statusOf(c.prepare('ns/2/extract-2 sha256:slow', '', labels));
+    // meanwhile: other changes, reads and a Cleanup go through
+    await c.prepare('other');
+    await c.commit('base', 'other');
+    expect((await c.list([])).infos.map((i) => i.name)).toEqual(['base']);
+    await c.cleanup();
+    expect(fs.readdirSync(path.join(root, 'snapshots')).length).toBe(2); // base's and the held Prepare's
+    expect(await statusOf(c.prepare('ns/1/extract-1 sha256:slow', ''))).toBe(status.ALREADY_EXISTS); // its key is held
+    expect(asked).toBe(1);
+    release();
+    expect(await first).toBe(status.ALREADY_EXISTS);
+    // the second waited, then found the layer committed: the provider was asked once
+    expect(await second).toBe(status.ALREADY_EXISTS);
+    expect(asked).toBe(1);
+    expect((await c.stat('sha256:slow')).kind).toBe(KIND.COMMITTED);
+    expect(fs.readFileSync(path.join(root, 'snapshots', idOf(root, 'sha256:slow'), 'fs', 'served'), 'utf8')).toBe('ns/1/extract-1 sha256:slow');
+  });
 });
