@@ -15,7 +15,7 @@ import { Containerd } from './helpers/containerd.js';
 import { image, REPO, tmpdir } from './helpers/env.js';
 import { Registry, type AccessEntry } from './helpers/registry.js';
 import { cliAsync, must } from './helpers/run.js';
-import { SnapshotterProc } from './helpers/snapshotter.js';
+import { CtrSession, mountsUnder, SnapshotterProc, settled, snapshotState } from './helpers/snapshotter.js';
 
 let work: string;
 let reg: Registry;
@@ -33,51 +33,20 @@ const PY = ['/usr/bin/python3', '-c', 'import json; print(json.dumps([1]))'];
 /** app and app2 have python3-minimal (no json module) */
 const PY_MIN = ['/usr/bin/python3', '-c', 'print([1])'];
 
-const RUN = Math.random().toString(36).slice(2, 8);
-const cid = (name: string) => `${name}-${RUN}`;
-
-function mountsUnder(dir: string): string[] {
-  return fs
-    .readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4])
-    .filter((m) => m && (m === dir || m.startsWith(dir + '/')));
-}
-
-async function ctrOk(args: string[], remote = false): Promise<string> {
-  const r = remote ? await ctrd.ctrRemoteAsync(args) : await ctrd.ctrAsync(args);
-  if (r.code !== 0)
-    throw new Error(
-      `${remote ? 'ctr-remote' : 'ctr'} ${args.join(' ')} exited ${r.code}\n${r.stderr}\n${r.stdout}\n--- snapshotter log ---\n${snap.logText().slice(-5000)}`,
-    );
-  return r.stdout;
-}
-
+const session = new CtrSession(
+  () => ctrd,
+  () => snap,
+);
+const cid = (name: string) => session.cid(name);
+const ctrOk = (args: string[], remote = false) => session.ok(args, remote);
 const rpull = (ref: string) => ctrOk(['image', 'rpull', '--snapshotter', 'ocichunk', '--plain-http', ref], true);
 const run = (ref: string, name: string, cmd: string[]) => ctrOk(['run', '--snapshotter', 'ocichunk', '--rm', ref, cid(name), ...cmd]);
-
-async function snapshotList(): Promise<string[]> {
-  const out = await ctrOk(['snapshots', '--snapshotter', 'ocichunk', 'ls']);
-  return out
-    .split('\n')
-    .slice(1)
-    .map((l) => l.trim().replace(/\s+/g, ' '))
-    .filter(Boolean)
-    .sort();
-}
-
-function stateOf(root: string): Record<string, { id: string; kind: string; remote?: { chunked: string; layer: number } }> {
-  const file = path.join(root, 'state.json');
-  return fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')).snapshots : {};
-}
+const snapshotList = () => session.snapshotList();
+const stateOf = (root: string) => snapshotState<{ id: string; kind: string; remote?: { chunked: string; layer: number } }>(root);
 
 /** After a restart: containerd's calls fail (unavailable) until its reconnect backoff reaches the new process. */
 async function reconnected(): Promise<void> {
   await settled(async () => (await ctrd.ctrAsync(['snapshots', '--snapshotter', 'ocichunk', 'ls'])).code === 0, 150);
-}
-
-async function settled(check: () => boolean | Promise<boolean>, tries = 100): Promise<void> {
-  for (let i = 0; i < tries && !(await check()); i++) await new Promise((r) => setTimeout(r, 100));
 }
 
 /** Blob GETs in an access log slice, and the bytes they sent. */
@@ -132,11 +101,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   if (process.env.OCICHUNK_KEEP_LOG && snap) fs.copyFileSync(snap.log, process.env.OCICHUNK_KEEP_LOG);
-  for (const t of (await ctrd?.ctrAsync(['task', 'ls', '-q']))?.stdout.split('\n').filter(Boolean) ?? []) {
-    await ctrd.ctrAsync(['task', 'kill', '--signal', 'SIGKILL', t]);
-    await settled(async () => (await ctrd.ctrAsync(['task', 'rm', t])).code === 0);
-  }
-  for (const c of (await ctrd?.ctrAsync(['containers', 'ls', '-q']))?.stdout.split('\n').filter(Boolean) ?? []) await ctrd.ctrAsync(['containers', 'rm', c]);
+  if (ctrd) await session.removeAll();
   await ctrd?.stop();
   await snap?.stop();
   // mount processes a failed test left (they outlive the snapshotter by design)
@@ -260,9 +225,7 @@ describe('containerd with the ocichunk snapshotter: lazy layers', () => {
     expect(await run(py, 'c5', PY)).toBe('[1]\n');
     expect(await run(app, 'c6', PY_MIN)).toBe('[1]\n');
 
-    await ctrOk(['task', 'kill', '--signal', 'SIGKILL', cid('long')]);
-    await settled(async () => (await ctrd.ctrAsync(['task', 'rm', cid('long')])).code === 0);
-    await ctrOk(['containers', 'rm', cid('long')]);
+    await session.removeContainer(cid('long'));
     await settled(async () => (await snapshotList()).length === before.length);
     expect(await snapshotList()).toEqual(before);
   });
@@ -288,14 +251,7 @@ describe('containerd with the ocichunk snapshotter: lazy layers', () => {
     };
     // not cached (nothing read it yet; made sure)
     for (const c of where.chunks) fs.rmSync(path.join(cache, 'sha256', c.slice(0, 2), c), { force: true });
-    const hex = where.pack.split(':')[1];
-    const blob = path.join(reg.data, 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data');
-    const fd = fs.openSync(blob, 'r+');
-    const b = Buffer.alloc(8);
-    fs.readSync(fd, b, 0, 8, where.off + Math.floor(where.clen / 2));
-    for (let i = 0; i < 8; i++) b[i] ^= 0x5a;
-    fs.writeSync(fd, b, 0, 8, where.off + Math.floor(where.clen / 2));
-    fs.closeSync(fd);
+    reg.flipBytes(where.pack, where.off + Math.floor(where.clen / 2));
     const out = await run(py, 'c-tamper', ['/bin/sh', '-c', `cat ${target} > /tmp/got 2>/tmp/err; echo rc=$?; cat /tmp/err; wc -c < /tmp/got`]);
     expect(out).toMatch(/^rc=1\n.*Input\/output error\n0\n$/);
     for (const c of where.chunks) expect(fs.existsSync(path.join(cache, 'sha256', c.slice(0, 2), c))).toBe(false);

@@ -14,7 +14,7 @@ import { Containerd } from './helpers/containerd.js';
 import { image, tmpdir } from './helpers/env.js';
 import { Registry } from './helpers/registry.js';
 import { cliAsync } from './helpers/run.js';
-import { SnapshotterProc } from './helpers/snapshotter.js';
+import { CtrSession, mountsUnder, SnapshotterProc, settled, snapshotState } from './helpers/snapshotter.js';
 import { SnapshotsClient } from './helpers/snapshots-client.js';
 
 let work: string;
@@ -25,47 +25,14 @@ let converted: string; // an index: the original manifest and the chunked one
 let plain: string; // an image as any registry has it
 const CMD = ['/bin/sh', '-c', 'cat /etc/debian_version; echo hello > /tmp/f; cat /tmp/f'];
 
-/** Mount points (mountinfo field 5) under a directory. */
-function mountsUnder(dir: string): string[] {
-  return fs
-    .readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4])
-    .filter((m) => m && (m === dir || m.startsWith(dir + '/')));
-}
-
-async function ctrOk(args: string[]): Promise<string> {
-  const r = await ctrd.ctrAsync(args);
-  if (r.code !== 0)
-    throw new Error(`ctr ${args.join(' ')} exited ${r.code}\n${r.stderr}\n${r.stdout}\n--- snapshotter log ---\n${snap.logText().slice(-4000)}`);
-  return r.stdout;
-}
-
-/** `ctr snapshots ls` of the ocichunk snapshotter, sorted lines without the header. */
-async function snapshotList(): Promise<string[]> {
-  const out = await ctrOk(['snapshots', '--snapshotter', 'ocichunk', 'ls']);
-  return out
-    .split('\n')
-    .slice(1)
-    .map((l) => l.trim().replace(/\s+/g, ' '))
-    .filter(Boolean)
-    .sort();
-}
-
-/** The snapshotter's own records, read from its state file. */
-function stateOf(root: string): Record<string, { id: string; kind: string; parent?: string }> {
-  const file = path.join(root, 'state.json');
-  return fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')).snapshots : {}; // none before the first change
-}
-
-/** Wait until containerd's garbage collection caught up (it removes snapshots in the background). */
-async function settled(check: () => boolean | Promise<boolean>): Promise<void> {
-  for (let i = 0; i < 100 && !(await check()); i++) await new Promise((r) => setTimeout(r, 100));
-}
-
-/** Container ids unique to this run (runc's state lives in /run, outside the private containerd). */
-const RUN = Math.random().toString(36).slice(2, 8);
-const cid = (name: string) => `${name}-${RUN}`;
+const session = new CtrSession(
+  () => ctrd,
+  () => snap,
+);
+const ctrOk = (args: string[]) => session.ok(args);
+const snapshotList = () => session.snapshotList();
+const cid = (name: string) => session.cid(name);
+const stateOf = (root: string) => snapshotState(root);
 
 beforeAll(async () => {
   work = tmpdir('snapshotter');
@@ -84,12 +51,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  // a failed test may leave a task running: its shim would outlive containerd
-  for (const t of (await ctrd?.ctrAsync(['task', 'ls', '-q']))?.stdout.split('\n').filter(Boolean) ?? []) {
-    await ctrd.ctrAsync(['task', 'kill', '--signal', 'SIGKILL', t]);
-    await settled(async () => (await ctrd.ctrAsync(['task', 'rm', t])).code === 0);
-  }
-  for (const c of (await ctrd?.ctrAsync(['containers', 'ls', '-q']))?.stdout.split('\n').filter(Boolean) ?? []) await ctrd.ctrAsync(['containers', 'rm', c]);
+  if (ctrd) await session.removeAll();
   await ctrd?.stop();
   await snap?.stop();
   await reg?.stop();
@@ -157,9 +119,7 @@ describe('containerd with the ocichunk snapshotter (ordinary layers)', () => {
     expect(
       await ctrOk(['task', 'exec', '--exec-id', 'e1', cid('long'), '/bin/sh', '-c', 'cat /etc/debian_version >/dev/null && echo ok > /tmp/g && cat /tmp/g']),
     ).toBe('ok\n');
-    await ctrOk(['task', 'kill', '--signal', 'SIGKILL', cid('long')]);
-    await settled(async () => (await ctrd.ctrAsync(['task', 'rm', cid('long')])).code === 0);
-    await ctrOk(['containers', 'rm', cid('long')]);
+    await session.removeContainer(cid('long'));
     await settled(async () => (await snapshotList()).length === before.length);
     expect(await snapshotList()).toEqual(before);
   });

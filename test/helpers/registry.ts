@@ -135,6 +135,25 @@ export class Registry {
     return fs.statSync(this.logFile).size;
   }
 
+  /** Where the registry stores a blob's bytes. */
+  blobFile(digest: string): string {
+    const hex = digest.split(':')[1];
+    return path.join(this.data, 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data');
+  }
+
+  /** Damage a stored blob: flip 8 bytes at `offset` (its digest no longer matches what it holds). */
+  flipBytes(digest: string, offset: number): void {
+    const fd = fs.openSync(this.blobFile(digest), 'r+');
+    try {
+      const b = Buffer.alloc(8);
+      fs.readSync(fd, b, 0, 8, offset);
+      for (let i = 0; i < 8; i++) b[i] ^= 0x5a;
+      fs.writeSync(fd, b, 0, 8, offset);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
   /** Bytes of blob data the registry stores. */
   storedBytes(): number {
     return dirBytes(path.join(this.data, 'docker', 'registry', 'v2', 'blobs'));

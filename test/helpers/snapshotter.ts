@@ -3,6 +3,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import type { Containerd } from './containerd.js';
 import { REPO } from './env.js';
 
 export class SnapshotterProc {
@@ -68,4 +69,81 @@ export class SnapshotterProc {
     clearTimeout(t);
     return r;
   }
+}
+
+/**
+ * What the containerd tests of the snapshotter do with `ctr` against a private containerd and a
+ * snapshotter: checked calls (a failure shows the snapshotter's log), its snapshot listing and
+ * state, waits for containerd's background work, container ids unique to the run.
+ */
+export class CtrSession {
+  /** container ids unique to this run (runc's state lives in /run, outside the private containerd) */
+  private readonly run = Math.random().toString(36).slice(2, 8);
+  constructor(
+    private readonly ctrd: () => Containerd,
+    private readonly snap: () => SnapshotterProc,
+  ) {}
+
+  cid(name: string): string {
+    return `${name}-${this.run}`;
+  }
+
+  /** `ctr` (or `ctr-remote`) that must succeed; its stdout. */
+  async ok(args: string[], remote = false): Promise<string> {
+    const c = this.ctrd();
+    const r = remote ? await c.ctrRemoteAsync(args) : await c.ctrAsync(args);
+    if (r.code !== 0)
+      throw new Error(
+        `${remote ? 'ctr-remote' : 'ctr'} ${args.join(' ')} exited ${r.code}\n${r.stderr}\n${r.stdout}\n--- snapshotter log ---\n${this.snap().logText().slice(-5000)}`,
+      );
+    return r.stdout;
+  }
+
+  /** `ctr snapshots ls` of the ocichunk snapshotter, sorted lines without the header. */
+  async snapshotList(): Promise<string[]> {
+    const out = await this.ok(['snapshots', '--snapshotter', 'ocichunk', 'ls']);
+    return out
+      .split('\n')
+      .slice(1)
+      .map((l) => l.trim().replace(/\s+/g, ' '))
+      .filter(Boolean)
+      .sort();
+  }
+
+  /** Kill a container's task and remove it and the container. */
+  async removeContainer(id: string): Promise<void> {
+    await this.ok(['task', 'kill', '--signal', 'SIGKILL', id]);
+    await settled(async () => (await this.ctrd().ctrAsync(['task', 'rm', id])).code === 0);
+    await this.ok(['containers', 'rm', id]);
+  }
+
+  /** Every task and container a failed test may have left (a running shim would outlive containerd). */
+  async removeAll(): Promise<void> {
+    const c = this.ctrd();
+    for (const t of (await c.ctrAsync(['task', 'ls', '-q'])).stdout.split('\n').filter(Boolean)) {
+      await c.ctrAsync(['task', 'kill', '--signal', 'SIGKILL', t]);
+      await settled(async () => (await c.ctrAsync(['task', 'rm', t])).code === 0);
+    }
+    for (const id of (await c.ctrAsync(['containers', 'ls', '-q'])).stdout.split('\n').filter(Boolean)) await c.ctrAsync(['containers', 'rm', id]);
+  }
+}
+
+/** Wait (up to tries x 100 ms) until containerd's background work caught up. */
+export async function settled(check: () => boolean | Promise<boolean>, tries = 100): Promise<void> {
+  for (let i = 0; i < tries && !(await check()); i++) await new Promise((r) => setTimeout(r, 100));
+}
+
+/** Mount points at or below `dir`, from /proc/self/mountinfo. */
+export function mountsUnder(dir: string): string[] {
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((m) => m && (m === dir || m.startsWith(dir + '/')));
+}
+
+/** The snapshotter's own records, read from its state file (none before the first change). */
+export function snapshotState<T = { id: string; kind: string; parent?: string }>(root: string): Record<string, T> {
+  const file = path.join(root, 'state.json');
+  return fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')).snapshots : {};
 }

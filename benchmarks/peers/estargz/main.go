@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"ocichunk.dev/benchmarks/peers/internal/peerio"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -24,8 +25,7 @@ import (
 )
 
 func die(err error) {
-	fmt.Fprintln(os.Stderr, "estargz:", err)
-	os.Exit(1)
+	peerio.Die("estargz", err)
 }
 
 func section(path string) (*os.File, *io.SectionReader) {
@@ -60,17 +60,10 @@ func convert(format, outDir string, layers []string) {
 		if err != nil {
 			die(fmt.Errorf("%s: %w", l, err))
 		}
-		out, err := os.Create(filepath.Join(outDir, strconv.Itoa(i)+".blob"))
-		if err != nil {
-			die(err)
-		}
-		if _, err := io.Copy(out, blob); err != nil {
+		if err := peerio.WriteFile(filepath.Join(outDir, strconv.Itoa(i)+".blob"), blob); err != nil {
 			die(err)
 		}
 		if err := blob.Close(); err != nil {
-			die(err)
-		}
-		if err := out.Close(); err != nil {
 			die(err)
 		}
 		f.Close()

@@ -12,7 +12,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
+	"ocichunk.dev/benchmarks/peers/internal/peerio"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -22,8 +22,7 @@ import (
 )
 
 func die(err error) {
-	fmt.Fprintln(os.Stderr, "soci:", err)
-	os.Exit(1)
+	peerio.Die("soci", err)
 }
 
 func build(span int64, outDir string, layers []string) {
@@ -40,14 +39,7 @@ func build(span int64, outDir string, layers []string) {
 		if err != nil {
 			die(err)
 		}
-		out, err := os.Create(filepath.Join(outDir, strconv.Itoa(i)+".ztoc"))
-		if err != nil {
-			die(err)
-		}
-		if _, err := io.Copy(out, r); err != nil {
-			die(err)
-		}
-		if err := out.Close(); err != nil {
+		if err := peerio.WriteFile(filepath.Join(outDir, strconv.Itoa(i)+".ztoc"), r); err != nil {
 			die(err)
 		}
 	}
