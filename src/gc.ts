@@ -25,7 +25,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { decodeToc } from './chunked/toc.js';
 import { OcichunkError, withContext } from './errors.js';
-import { CMT } from './oci/chunked-media.js';
+import { isTocType } from './oci/chunked-media.js';
 import { isIndexType, isManifestType, parseManifestDoc, type Descriptor } from './oci/types.js';
 import { parseRef } from './ref.js';
 import { BlobStore } from './store/blobstore.js';
@@ -86,7 +86,7 @@ async function reachable(dir: string, store: BlobStore, roots: Descriptor[]): Pr
     if (walked.has(d.digest)) return;
     walked.add(d.digest);
     if (depth > 32) throw new OcichunkError('EUNSUPPORTED', `${what}: references nested too deep`);
-    const isDoc = isIndexType(d.mediaType) || isManifestType(d.mediaType) || d.mediaType === CMT.toc;
+    const isDoc = isIndexType(d.mediaType) || isManifestType(d.mediaType) || isTocType(d.mediaType);
     if (!isDoc) {
       if (!(await store.has(d.digest))) {
         missing.push(d.digest);
@@ -106,8 +106,8 @@ async function reachable(dir: string, store: BlobStore, roots: Descriptor[]): Pr
     }
     const children: Descriptor[] = [];
     try {
-      const bytes = await store.readAll(d, what, d.mediaType === CMT.toc ? TOC_MAX : undefined);
-      if (d.mediaType === CMT.toc) {
+      const bytes = await store.readAll(d, what, isTocType(d.mediaType) ? TOC_MAX : undefined);
+      if (isTocType(d.mediaType)) {
         for (const p of decodeToc(bytes, what).packs) keep.add(p);
         return;
       }

@@ -28,11 +28,13 @@ export interface ImageStats {
   packBytes: number;
   tocBytes: number;
   tocUncompressedBytes: number;
+  /** the digest table blob (TOC version 2): 32 bytes per chunk, fetched by a lazy reader in sections */
+  digestTableBytes: number;
   /** fileBytes / uniqueChunkBytes */
   dedupRatio: number;
   /** uniqueChunkBytes / frameBytes */
   compressionRatio: number;
-  /** originalLayerBytes / (frameBytes + tocBytes) */
+  /** originalLayerBytes / (frameBytes + tocBytes + digestTableBytes) */
   sizeVsOriginal: number;
 }
 
@@ -52,6 +54,7 @@ export interface LayoutStats {
     /** Bytes of distinct pack blobs on disk. */
     packBytes: number;
     tocBytes: number;
+    digestTableBytes: number;
     dedupRatio: number;
   };
 }
@@ -98,9 +101,10 @@ export function imageStats(c: ChunkedImage, reference: string): ImageStats {
     packBytes,
     tocBytes: c.tocBytes,
     tocUncompressedBytes: Number(c.tocDesc.annotations?.['org.ocichunk.toc.uncompressed-size'] ?? 0),
+    digestTableBytes: c.digestsDesc?.size ?? 0,
     dedupRatio: uniqueChunkBytes ? fileBytes / uniqueChunkBytes : 1,
     compressionRatio: frameBytes ? uniqueChunkBytes / frameBytes : 1,
-    sizeVsOriginal: frameBytes + c.tocBytes ? originalLayerBytes / (frameBytes + c.tocBytes) : 0,
+    sizeVsOriginal: frameBytes + c.tocBytes ? originalLayerBytes / (frameBytes + c.tocBytes + (c.digestsDesc?.size ?? 0)) : 0,
   };
 }
 
@@ -121,6 +125,7 @@ export async function inspectLayout(dir: string, platform?: Platform): Promise<L
   const chunkUse = new Map<string, { len: number; images: number }>();
   const packs = new Map<string, number>();
   let tocBytes = 0;
+  let digestTableBytes = 0;
   for (const tag of [...new Set(tags)].sort()) {
     const src = new OciLayoutSource(dir, tag);
     let c: ChunkedImage;
@@ -132,6 +137,7 @@ export async function inspectLayout(dir: string, platform?: Platform): Promise<L
     }
     images.push(imageStats(c, src.name));
     tocBytes += c.tocBytes;
+    digestTableBytes += c.digestsDesc?.size ?? 0;
     for (const p of c.packs) packs.set(p.digest, p.size);
     for (const { digest: hex, length: len } of c.toc.chunks) {
       const u = chunkUse.get(hex);
@@ -164,6 +170,7 @@ export async function inspectLayout(dir: string, platform?: Platform): Promise<L
       packs: packs.size,
       packBytes: [...packs.values()].reduce((a, b) => a + b, 0),
       tocBytes,
+      digestTableBytes,
       dedupRatio: uniqueChunkBytes ? fileBytes / uniqueChunkBytes : 1,
     },
   };

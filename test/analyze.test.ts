@@ -113,8 +113,8 @@ describe('ocichunk analyze', () => {
     const out = path.join(work, 'layout');
     let stored = 0;
     for (const [i, l] of layouts().entries()) {
-      const r = cliJson<{ bytesStored: number; tocBytes: number }>(['convert', `oci:${l}:latest`, `oci:${out}:img${i}`]);
-      stored += r.bytesStored + r.tocBytes;
+      const r = cliJson<{ bytesStored: number; tocBytes: number; digestTableBytes: number }>(['convert', `oci:${l}:latest`, `oci:${out}:img${i}`]);
+      stored += r.bytesStored + r.tocBytes + r.digestTableBytes;
     }
     const cdc = strat('cdc:16k/64k/256k');
     expect(Math.abs(cdc.storedBytes - stored) / stored).toBeLessThan(0.01);

@@ -12,7 +12,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { convert, type OcichunkError } from '../src/index.js';
 import { native } from '../src/native/index.js';
 import { REPO, tmpdir } from './helpers/env.js';
-import { forgeChunked, plainLayer, readIndex, writeLayout } from './helpers/layout.js';
+import { blob, forgeChunked, plainLayer, putRaw, readIndex, writeLayout } from './helpers/layout.js';
 import { mounted, mountLine } from './helpers/mount.js';
 import { mustAsync, sh } from './helpers/run.js';
 import { pyTar, pyTarFileAsync, type Member } from './helpers/tars.js';
@@ -219,7 +219,7 @@ describe('crafted TOCs with valid digests', () => {
       'a 1 GiB chunk',
       (t) => {
         t.frames[0][3] = 2 ** 30;
-        t.chunks[0][3] = 2 ** 30;
+        t.chunks[0][2] = 2 ** 30;
       },
       5,
       /frame 0.*out of range|chunk 0/,
@@ -259,7 +259,7 @@ describe('crafted TOCs with valid digests', () => {
     ['file size that the chunks do not add up to', (t) => void (entry(t, 'etc/big').size = 5), 5, /chunks add up to 70000 bytes, size is 5/],
     ['a chunk index out of range', (t) => void entry(t, 'etc/big').chunks.push(99), 5, /chunk index 99 does not exist/],
     ['xattr value not base64', (t) => void (entry(t, 'etc/hostname').xattrs = { 'user.x': '!!' }), 5, /xattr "user.x": value is not base64/],
-    ['an unknown TOC version', (t) => void (t.version = 2), 4, /TOC version 2 is not supported/],
+    ['an unknown TOC version', (t) => void (t.version = 3), 4, /TOC version 3 is not supported/],
     ['a TOC that inflates past 128 MiB', (_t, text) => text.slice(0, -1) + ' '.repeat(200 << 20) + '}', 5, /over|exceeds|limit|too large|128/i],
     [
       'more than 2^20 entries in a small TOC',
@@ -292,6 +292,92 @@ describe('crafted TOCs with valid digests', () => {
     }
     // the restore target was never created
     expect(fs.readdirSync(work).filter((d) => d.startsWith('r-') && fs.existsSync(path.join(work, d)))).toEqual([]);
+  });
+
+  /**
+   * A copy of the base image whose digest table is replaced by `edit` of it. `toc`: what of the TOC
+   * follows the new table: nothing (the manifest names a table the TOC does not), its blob digest
+   * only (stale section hashes), or blob and section hashes (a TOC author can recompute them all).
+   */
+  function forgedTable(edit: (table: Buffer) => Buffer, toc: 'none' | 'blob' | 'all'): string {
+    const out = path.join(work, `forged-${n++}`);
+    fs.cpSync(base, out, { recursive: true });
+    forgeChunked(
+      out,
+      'x',
+      {
+        manifest: (m) => {
+          const table = edit(blob(out, m.layers[1].digest));
+          const put = putRaw(out, table);
+          if (toc !== 'none') {
+            const t = JSON.parse(zstd.decompress(blob(out, m.layers[0].digest)).toString());
+            const s = t.digests.section * 32;
+            const hashes: Buffer[] = [];
+            for (let o = 0; o < table.length; o += s)
+              hashes.push(
+                createHash('sha256')
+                  .update(table.subarray(o, o + s))
+                  .digest(),
+              );
+            t.digests.blob = put.digest;
+            if (toc === 'all') t.digests.sections = Buffer.concat(hashes).toString('base64');
+            Object.assign(m.layers[0], putRaw(out, zstd.compress(Buffer.from(JSON.stringify(t)))));
+          }
+          Object.assign(m.layers[1], put);
+        },
+      },
+      zstd,
+    );
+    return out;
+  }
+
+  it("a digest table that is not the TOC's, or that names other bytes: every reader refuses it", () => {
+    const flip = (t: Buffer) => {
+      const c = Buffer.from(t);
+      for (let o = 5; o < c.length; o += 32) c[o] ^= 1;
+      return c;
+    };
+    const readers = (ref: string, target: string): string[][] => [
+      ['restore', ref, target],
+      ['cat', ref, '/etc/hostname'],
+      ['verify', ref],
+    ];
+    // a table the TOC's section hashes do not cover (the manifest names it, the TOC does not)
+    for (const [out, codes, msg] of [
+      // the manifest names a table the TOC does not
+      [forgedTable(flip, 'none'), [5], /must be the TOC's digest table sha256:[0-9a-f]{64} of \d+ bytes/],
+      // sections that do not hash to what the TOC says
+      [forgedTable(flip, 'blob'), [5], /digest table section \d+: content hashes to sha256:[0-9a-f]{64}, the TOC says/],
+      // a consistent table of other digests: the chunks do not match them
+      [forgedTable(flip, 'all'), [6], /does not match its digest/],
+      // a digest listed twice: refused where the whole table is read, else its chunk does not match
+      [forgedTable((t) => Buffer.concat([t.subarray(0, 32), t.subarray(0, t.length - 32)]), 'all'), [5, 6], /listed twice|does not match its digest/],
+      [forgedTable((t) => t.subarray(0, t.length - 32), 'all'), [5], /digest table/],
+    ] as Array<[string, number[], RegExp]>) {
+      const target = path.join(work, `r-${n++}`);
+      for (const args of readers(`oci:${out}:x`, target)) {
+        const r = run(args);
+        expect(codes, `${args[0]}: ${r.stderr}`).toContain(r.code);
+        expect(r.stderr, args[0]).toMatch(msg);
+        expect(r.stderr, args[0]).not.toMatch(/EINTERNAL|\n\s+at /);
+        expect(r.stdout, args[0]).toBe('');
+        if (args[0] !== 'restore') continue;
+        // refused before writing: no target; a chunk found bad while writing: a partial tree, closed (0700)
+        if (r.code === 5) expect(fs.existsSync(target)).toBe(false);
+        else expect(fs.statSync(target).mode & 0o777).toBe(0o700);
+      }
+    }
+    // a manifest without the table the TOC names
+    const out = path.join(work, `forged-${n++}`);
+    fs.cpSync(base, out, { recursive: true });
+    forgeChunked(out, 'x', { manifest: (m) => m.layers.splice(1, 1) }, zstd);
+    const target = path.join(work, `r-${n++}`);
+    for (const args of readers(`oci:${out}:x`, target)) {
+      const r = run(args);
+      expect(r.code, `${args[0]}: ${r.stderr}`).toBe(5);
+      expect(r.stderr).toMatch(/must be the TOC's digest table sha256:[0-9a-f]{64} of \d+ bytes/);
+    }
+    expect(fs.existsSync(target)).toBe(false);
   });
 
   it('verify lists every violation it finds, not only the first', () => {
@@ -376,8 +462,8 @@ describe('chunk locations a destination claims', () => {
     ]);
     await convert(`oci:${evil}:x`, `oci:${layout}:x`, { trustDir: path.join(work, 'attacker-trust2') });
     forge(layout, (toc) => {
-      const [ca, cb] = toc.chunks;
-      [ca[2], cb[2]] = [cb[2], ca[2]];
+      const [ca, cb] = toc.chunks; // [frame, offsetInFrame, length]
+      [ca[1], cb[1]] = [cb[1], ca[1]];
     });
     const victim = path.join(work, 'victim-chunks-src');
     writeLayout(victim, 'x', [

@@ -240,7 +240,8 @@ describe('containerd with the ocichunk snapshotter: lazy layers', () => {
       const frames = new Set(n.chunks.map((c) => img.image.toc.chunks[c].frame));
       const { frame: fi } = img.image.toc.chunks[n.chunks[0]];
       const { pack: pi, offset: off, compressedLength: clen } = img.image.toc.frames[fi];
-      const chunks = img.image.toc.chunks.filter((c) => frames.has(c.frame)).map((c) => c.digest);
+      const ids = img.image.toc.chunks.flatMap((c, i) => (frames.has(c.frame) ? [i] : []));
+      const chunks = await img.chunkDigests(ids);
       console.log(JSON.stringify({ pack: img.image.toc.packs[pi], off, clen, chunks }));
       await img.close();`;
     const where = JSON.parse(must(process.execPath, ['--input-type=module', '-e', code]).stdout) as {

@@ -4,7 +4,9 @@
     simulate.py FORMAT DIR TRACE        prints JSON
 
 FORMAT and DIR:
-  ocichunk     an OCI layout holding one converted image (its chunked manifest and TOC)
+  ocichunk     an OCI layout holding one converted image (its chunked manifest and TOC; for a
+               version 2 TOC the digest table sections of the chunks of every frame fetched are
+               fetched too, adjacent ones in one range)
   chunks       DIR/N.json for layer N, as `estargz index` (eStargz, zstd:chunked) prints them,
                or one DIR/0.json for the merged tree, as `nydus.py index` prints it for a merged
                Nydus bootstrap: per regular file its chunks with the compressed range
@@ -59,8 +61,22 @@ class Ocichunk:
         self.toc_requests = 1
         toc = json.loads(subprocess.run(['zstd', '-dcq', blob(toc_desc['digest'])], check=True, capture_output=True).stdout)
         self.frames = toc['frames']
-        self.chunks = toc['chunks']
+        # rows [frame, offset, length] (version 2) or [hex, frame, offset, length] (version 1)
+        self.chunks = [c[-3:] for c in toc['chunks']]
         self.layers = [{norm(e['path']): e for e in l['entries']} for l in toc['layers']]
+        # version 2: a chunk is checked against its digest table section, fetched with its frame;
+        # the frames' other chunks come along (a reader caches them), so their sections do too
+        self.section = toc['digests']['section'] if 'digests' in toc else 0
+        self.by_frame = {}
+        for i, (frame, _, _) in enumerate(self.chunks):
+            self.by_frame.setdefault(frame, []).append(i)
+
+    def sections(self, frame):
+        n, s = len(self.chunks), self.section
+        out = []
+        for sec in sorted(set(c // s for c in self.by_frame[frame])):
+            out.append(('digests', sec * s * 32, min(n, (sec + 1) * s) * 32))
+        return out
 
     def entry(self, path, below=None):
         for li in reversed(range(len(self.layers) if below is None else below + 1)):
@@ -80,10 +96,12 @@ class Ocichunk:
             return None
         out, pos = [], 0
         for ci in e['chunks']:
-            _, frame, _, clen = self.chunks[ci]
+            frame, _, clen = self.chunks[ci]
             if pos < off + length and pos + clen > off:
                 pack, coff, csize, _ = self.frames[frame]
                 out.append((pack, coff, coff + csize))
+                if self.section:
+                    out.extend(self.sections(frame))
             pos += clen
         return out, e['size']
 
@@ -158,7 +176,7 @@ def simulate(fmt, reads):
             continue
         us, size = found
         read_bytes += max(0, min(size, off + length) - off)
-        new = sorted(set(u for u in us if u not in fetched))
+        new = sorted(set(u for u in us if u not in fetched), key=lambda u: (str(u[0]), u[1], u[2]))
         fetched.update(new)
         units_fetched += len(new)
         # one batch: ranges of the same blob that touch or overlap are one request

@@ -69,6 +69,7 @@ export interface StrategyResult {
   /** What would be stored: distinct layers (layer), or packs of per-chunk zstd frames + TOCs. */
   storedBytes: number;
   packBytes: number;
+  /** TOCs and their digest tables */
   tocBytes: number;
   /** Distinct units (layers or chunks) and references to them. */
   units: number;
@@ -121,8 +122,9 @@ function takeToc(sink: CountingSink, r: ConvertResult, what: string): Toc {
   if (!m) throw new OcichunkError('EINTERNAL', `${what}: chunked manifest not kept`);
   const p = parseManifestDoc(m, r.chunkedManifest.mediaType, what);
   if (p.kind !== 'manifest') throw new OcichunkError('EINTERNAL', `${what}: not a manifest`);
-  const tocDesc = p.doc.layers.find((l) => l.mediaType === CMT.toc)!;
-  return decodeToc(sink.take(tocDesc.digest)!, what);
+  const tocDesc = p.doc.layers[0];
+  const table = p.doc.layers.find((l) => l.mediaType === CMT.digests);
+  return decodeToc(sink.take(tocDesc.digest)!, what, table ? sink.take(table.digest) : undefined);
 }
 
 /** The images' layers, from their manifests (what a registry stores: the layer level). */
@@ -236,10 +238,10 @@ async function chunkStrategy(
       takeToc(sink, r, `${L.names[i]} (${s.name})`),
     );
     packBytes += r.bytesStored;
-    tocBytes += r.tocBytes;
+    tocBytes += r.tocBytes + r.digestTableBytes;
     unitRefs += r.chunkRefs;
     fileBytes += r.fileBytes;
-    perImage.push({ image: L.names[i], marginalStoredBytes: r.bytesStored + r.tocBytes, marginalUniqueBytes: 0 });
+    perImage.push({ image: L.names[i], marginalStoredBytes: r.bytesStored + r.tocBytes + r.digestTableBytes, marginalUniqueBytes: 0 });
   }
   const stored = packBytes + tocBytes;
   return {

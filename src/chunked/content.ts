@@ -8,11 +8,25 @@ import { native } from '../native/index.js';
 import { mapLimit } from '../util/limit.js';
 import type { RangeReader } from '../store/blobstore.js';
 import type { ChunkedImage } from './image.js';
+import { addDigestSection } from './toc.js';
+
+/** Where a lazy reader keeps digest table sections: content-addressed, like chunks (the chunk cache). */
+export interface SectionCache {
+  get(hex: string): Promise<Buffer | undefined>;
+  put(hex: string, bytes: Buffer): Promise<boolean>;
+}
 
 export class ChunkReader {
   private readers = new Map<number, Promise<RangeReader>>();
+  private digestReader: Promise<RangeReader> | undefined;
+  /** sections being loaded: a second read of the same section waits for the first */
+  private sectionsLoading = new Map<number, Promise<void>>();
   bytesRead = 0;
   framesRead = 0;
+  /** digest table bytes fetched (sections; a lazy reader's) */
+  digestBytesRead = 0;
+  /** where digest table sections are kept between runs (a lazy reader's chunk cache) */
+  sectionCache: SectionCache | undefined;
 
   constructor(
     private readonly img: ChunkedImage,
@@ -76,6 +90,69 @@ export class ChunkReader {
     return { comp, at };
   }
 
+  /**
+   * Load the digests of these chunks where they are not loaded (a version 2 TOC opened with
+   * `lazyDigests`): their digest table sections from the section cache, else (unless `localOnly`)
+   * fetched from the digest table blob, adjacent sections in one range, each checked against the
+   * TOC before use. Returns the chunks whose digest is still unknown (only with `localOnly`).
+   */
+  async loadDigests(chunkIdxs: Iterable<number>, localOnly = false): Promise<number[]> {
+    const { checked } = this.img;
+    const chunks = Uint32Array.from(chunkIdxs);
+    const waits: Array<Promise<void>> = [];
+    const todo: number[] = [];
+    for (const i of checked.missingDigestSections(chunks)) {
+      const p = this.sectionsLoading.get(i);
+      if (p) waits.push(p);
+      else todo.push(i);
+    }
+    if (todo.length) {
+      const work = this.loadSections(todo, localOnly);
+      for (const i of todo) {
+        const p = work.then(() => {});
+        this.sectionsLoading.set(i, p);
+        p.catch(() => {}).finally(() => this.sectionsLoading.delete(i));
+      }
+      waits.push(work);
+    }
+    await Promise.all(waits);
+    return localOnly ? [...chunks].filter((c) => !this.img.toc.chunks[c].digest) : [];
+  }
+
+  private async loadSections(sections: number[], localOnly: boolean): Promise<void> {
+    const img = this.img;
+    const opened = { checked: img.checked, toc: img.toc };
+    const fetch: number[] = [];
+    for (const i of sections) {
+      const kept = await this.sectionCache?.get(img.checked.digestSectionHash(i));
+      if (kept) addDigestSection(opened, i, kept);
+      else fetch.push(i);
+    }
+    if (!fetch.length || localOnly) return;
+    if (!img.digestsDesc) throw new OcichunkError('EINTERNAL', `${img.image.source.name}: chunk digests missing and no digest table`);
+    this.digestReader ??= img.image.source.openRanges(img.digestsDesc);
+    const reader = await this.digestReader;
+    // adjacent sections in one range
+    const runs: number[][] = [];
+    for (const i of fetch) {
+      const last = runs[runs.length - 1];
+      if (last && last[last.length - 1] === i - 1) last.push(i);
+      else runs.push([i]);
+    }
+    await mapLimit(runs, this.concurrency, async (run) => {
+      const [off] = img.checked.digestSectionSpan(run[0]);
+      const [lastOff, lastLen] = img.checked.digestSectionSpan(run[run.length - 1]);
+      const data = await reader.read(off, lastOff + lastLen - off);
+      this.digestBytesRead += data.length;
+      for (const i of run) {
+        const [o, l] = img.checked.digestSectionSpan(i);
+        const bytes = data.subarray(o - off, o - off + l);
+        addDigestSection(opened, i, bytes);
+        await this.sectionCache?.put(img.checked.digestSectionHash(i), Buffer.from(bytes));
+      }
+    });
+  }
+
   /** Fetch, decompress and verify the given chunks (TOC chunk indices). */
   async fetch(chunkIdxs: Iterable<number>): Promise<Map<number, Buffer>> {
     const toc = this.img.toc;
@@ -89,7 +166,8 @@ export class ChunkReader {
     });
     let totalU = 0;
     for (const f of frames) totalU += toc.frames[f].length;
-    const { comp, at } = await this.readFrames(frames);
+    // the digests these chunks are checked against, fetched with the frames (one round trip)
+    const [{ comp, at }] = await Promise.all([this.readFrames(frames), this.loadDigests(wanted)]);
     const triplets = new Uint32Array(frames.length * 3);
     const outOff = new Map<number, number>();
     let upos = 0;
@@ -131,5 +209,7 @@ export class ChunkReader {
   async close(): Promise<void> {
     for (const r of this.readers.values()) await (await r).close();
     this.readers.clear();
+    if (this.digestReader) await (await this.digestReader).close();
+    this.digestReader = undefined;
   }
 }

@@ -3,7 +3,7 @@
  * config, and — when present — the ocichunk chunked manifest next to it in the index.
  */
 import { OcichunkError } from '../errors.js';
-import { CMT, ANN } from '../oci/chunked-media.js';
+import { CMT, ANN, isTocType } from '../oci/chunked-media.js';
 import {
   hostPlatform,
   isIndexType,
@@ -19,7 +19,7 @@ import {
   type Platform,
 } from '../oci/types.js';
 import type { ImageSource } from '../transports/types.js';
-import { openToc, TOC_MAX_BLOB, type Toc } from './toc.js';
+import { loadDigestTable, openToc, TOC_MAX_BLOB, type Toc } from './toc.js';
 import type { NativeCheckedToc } from '../native/index.js';
 
 export interface ManifestRef {
@@ -116,31 +116,77 @@ export interface ChunkedImage {
   /** the TOC checked and merged by the format module (crates/core/src/format): restore, the tree and the mount use it */
   checked: NativeCheckedToc;
   tocBytes: number;
+  /** version 2: the digest table blob (loaded whole unless opened with `lazyDigests`) */
+  digestsDesc?: Descriptor;
+  /** bytes of the digest table read (the whole blob, or the sections a lazy reader needed) */
+  digestBytes: number;
   packs: Descriptor[];
 }
 
-/** Open the chunked manifest of a resolved image and decode its TOC. */
-export async function openChunked(img: ResolvedImage): Promise<ChunkedImage> {
+export interface OpenChunkedOptions {
+  /**
+   * Load no chunk digest now (version 2): a lazy reader loads the digest table sections of the
+   * chunks it reads (ChunkReader). By default the whole table is read and checked.
+   */
+  lazyDigests?: boolean;
+}
+
+/** Open the chunked manifest of a resolved image and decode its TOC (and its digest table). */
+export async function openChunked(img: ResolvedImage, opts: OpenChunkedOptions = {}): Promise<ChunkedImage> {
   const m = img.chunked;
   if (!m) {
     throw new OcichunkError('ENOTFOUND', `${img.source.name}: no ocichunk chunked manifest for ${platformString(img.platform)} (convert it first)`);
   }
-  const tocDesc = m.manifest.layers.find((l) => l.mediaType === CMT.toc);
-  if (!tocDesc) throw new OcichunkError('ECORRUPT', `${img.source.name}: chunked manifest ${m.desc.digest} has no TOC layer`);
+  const tocDesc = m.manifest.layers[0];
+  if (!tocDesc || !isTocType(tocDesc.mediaType)) {
+    throw new OcichunkError('ECORRUPT', `${img.source.name}: chunked manifest ${m.desc.digest} has no TOC as its first layer`);
+  }
+  for (const l of m.manifest.layers.slice(1)) {
+    if (l.mediaType !== CMT.digests && l.mediaType !== CMT.pack) {
+      throw new OcichunkError('EUNSUPPORTED', `${img.source.name}: unknown layer media type ${l.mediaType} in chunked manifest`);
+    }
+  }
   const what = `${img.source.name} TOC ${tocDesc.digest}`;
   if (tocDesc.size > TOC_MAX_BLOB)
     throw new OcichunkError('ECORRUPT', `${what}: TOC blob of ${tocDesc.size} bytes is over the format's limit (${TOC_MAX_BLOB})`);
   const blob = await img.source.readBlob(tocDesc, what, TOC_MAX_BLOB);
-  const { toc, checked } = openToc(blob, what);
+  const opened = openToc(blob, what);
+  const { toc, checked } = opened;
+  const info = checked.digestInfo();
+  const v1 = tocDesc.mediaType === CMT.tocV1;
+  if (v1 !== (info.version === 1)) {
+    throw new OcichunkError('ECORRUPT', `${what}: a version ${info.version} TOC under media type ${tocDesc.mediaType}`);
+  }
+  const tables = m.manifest.layers.filter((l) => l.mediaType === CMT.digests);
+  let digestsDesc: Descriptor | undefined;
+  let digestBytes = 0;
+  if (info.blob) {
+    digestsDesc = tables[0];
+    if (tables.length !== 1 || m.manifest.layers[1] !== digestsDesc || digestsDesc.digest !== info.blob || digestsDesc.size !== info.blobSize) {
+      throw new OcichunkError('ECORRUPT', `${what}: the chunked manifest's second layer must be the TOC's digest table ${info.blob} of ${info.blobSize} bytes`);
+    }
+    if (!opts.lazyDigests) {
+      const table = await img.source.readBlob(digestsDesc, `${img.source.name} digest table ${digestsDesc.digest}`, info.blobSize);
+      loadDigestTable(opened, table);
+      digestBytes = table.length;
+    }
+  } else if (tables.length) {
+    throw new OcichunkError('ECORRUPT', `${what}: a version 1 TOC has no digest table, the manifest lists one`);
+  }
   const packs = m.manifest.layers.filter((l) => l.mediaType === CMT.pack);
   const byDigest = new Map(packs.map((p) => [p.digest, p]));
   for (const p of toc.packs) {
     if (!byDigest.has(p)) throw new OcichunkError('ECORRUPT', `${what}: pack ${p} is not a layer of the chunked manifest`);
   }
-  for (const l of m.manifest.layers) {
-    if (l.mediaType !== CMT.toc && l.mediaType !== CMT.pack) {
-      throw new OcichunkError('EUNSUPPORTED', `${img.source.name}: unknown layer media type ${l.mediaType} in chunked manifest`);
-    }
-  }
-  return { image: img, manifest: m, tocDesc, toc, checked, tocBytes: blob.length, packs: toc.packs.map((p) => byDigest.get(p)!) };
+  return {
+    image: img,
+    manifest: m,
+    tocDesc,
+    toc,
+    checked,
+    tocBytes: blob.length,
+    ...(digestsDesc ? { digestsDesc } : {}),
+    digestBytes,
+    packs: toc.packs.map((p) => byDigest.get(p)!),
+  };
 }

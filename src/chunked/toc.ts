@@ -18,9 +18,15 @@ export interface TocFrame {
   length: number;
 }
 
-/** One chunk of file content (on the wire a row `[sha256 hex, frame, offsetInFrame, length]`). */
+/**
+ * One chunk of file content (on the wire a row `[frame, offsetInFrame, length]`; in version 1
+ * `[sha256 hex, frame, offsetInFrame, length]`).
+ */
 export interface TocChunk {
-  /** sha256 hex of its bytes */
+  /**
+   * sha256 hex of its bytes: from the digest table (version 2) once loaded and checked (whole, or
+   * the sections a lazy reader needed: `loadDigestTable`, `addDigestSection`); '' until then
+   */
   digest: string;
   /** index into `frames` */
   frame: number;
@@ -53,6 +59,8 @@ export interface Toc {
   packs: string[];
   frames: TocFrame[];
   chunks: TocChunk[];
+  /** version 2: the digest table blob, chunks per section, the sections' SHA-256s (base64) */
+  digests?: { blob: string; section: number; sections: string };
   layers: Array<{ entries: TocEntry[] }>;
   /**
    * Optional: what a lazy reader should fetch first (`convert --prefetch-list`), in order:
@@ -64,14 +72,16 @@ export interface Toc {
 /** The TOC's JSON: the frame and chunk tables are rows of numbers (compact, and what digests cover). */
 export type TocWire = Omit<Toc, 'frames' | 'chunks'> & {
   frames: Array<[number, number, number, number]>;
-  chunks: Array<[string, number, number, number]>;
+  chunks: Array<[number, number, number] | [string, number, number, number]>;
 };
 
 function fromWire(w: TocWire): Toc {
   return {
     ...w,
     frames: w.frames.map(([pack, offset, compressedLength, length]) => ({ pack, offset, compressedLength, length })),
-    chunks: w.chunks.map(([digest, frame, offset, length]) => ({ digest, frame, offset, length })),
+    chunks: w.chunks.map((r) =>
+      r.length === 4 ? { digest: r[0], frame: r[1], offset: r[2], length: r[3] } : { digest: '', frame: r[0], offset: r[1], length: r[2] },
+    ),
   };
 }
 
@@ -113,8 +123,12 @@ export class TocError extends OcichunkError {
   }
 }
 
-/** Decode and validate a TOC (every command runs this before anything else). */
-export function decodeToc(blob: Buffer, what: string): Toc {
+/**
+ * Decode and validate a TOC (every command runs this before anything else); with its digest table
+ * (version 2) every chunk's digest is loaded and checked too.
+ */
+export function decodeToc(blob: Buffer, what: string, digestTable?: Buffer): Toc {
+  if (digestTable) return openToc(blob, what, digestTable).toc;
   const { json, violations, more } = checkToc(blob);
   if (!json) throw new TocError(what, violations, more);
   return fromWire(JSON.parse(json.toString('utf8')) as TocWire);
@@ -127,8 +141,11 @@ export interface OpenedToc {
   checked: NativeCheckedToc;
 }
 
-/** Decode, check and merge a TOC once, for a reader (restore, ls and cat, the mount). */
-export function openToc(blob: Buffer, what: string): OpenedToc {
+/**
+ * Decode, check and merge a TOC once, for a reader (restore, ls and cat, the mount). `digestTable`:
+ * the version 2 TOC's digest table blob (its digest checked by whoever read it), loaded whole.
+ */
+export function openToc(blob: Buffer, what: string, digestTable?: Buffer): OpenedToc {
   let checked: NativeCheckedToc;
   try {
     checked = native.openToc(blob, what);
@@ -139,5 +156,21 @@ export function openToc(blob: Buffer, what: string): OpenedToc {
   }
   const json = checked.takeJson();
   if (!json) throw new OcichunkError('EINTERNAL', `${what}: the checked TOC's JSON was taken before`);
-  return { checked, toc: fromWire(JSON.parse(json.toString('utf8')) as TocWire) };
+  const opened = { checked, toc: fromWire(JSON.parse(json.toString('utf8')) as TocWire) };
+  if (digestTable) loadDigestTable(opened, digestTable);
+  return opened;
+}
+
+/** Load a version 2 TOC's whole digest table (each section checked against the TOC) into both models. */
+export function loadDigestTable({ checked, toc }: OpenedToc, table: Buffer): void {
+  checked.loadDigests(table);
+  for (let c = 0; c < toc.chunks.length; c++) toc.chunks[c].digest = table.toString('hex', c * 32, c * 32 + 32);
+}
+
+/** Load section `i` of a version 2 TOC's digest table, checked against the TOC; false if it was loaded. */
+export function addDigestSection({ checked, toc }: OpenedToc, i: number, bytes: Buffer): boolean {
+  if (!checked.addDigestSection(i, bytes)) return false;
+  const first = i * checked.digestInfo().section;
+  for (let k = 0; k * 32 < bytes.length; k++) toc.chunks[first + k].digest = bytes.toString('hex', k * 32, k * 32 + 32);
+  return true;
 }

@@ -130,7 +130,7 @@ function summary(r: ConvertResult): string {
     ],
     ['dedup ratio', ratio(r.dedupRatio)],
     ['bytes stored (new packs)', `${bytes(r.bytesStored)} in ${r.newPacks} pack(s)`],
-    ['image frames + TOC', `${bytes(r.imageFrameBytes)} + ${bytes(r.tocBytes)}`],
+    ['image frames + TOC + digest table', `${bytes(r.imageFrameBytes)} + ${bytes(r.tocBytes)} + ${bytes(r.digestTableBytes)}`],
   ];
   const t = r.transfer;
   if (t && t.blobsUploaded !== undefined) {

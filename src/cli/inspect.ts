@@ -30,6 +30,7 @@ function imageText(s: ImageStats): string {
       ['frames', `${s.frames} (${bytes(s.frameBytes)} compressed)`],
       ['packs', `${s.packs} (${bytes(s.packBytes)})`],
       ['TOC', `${bytes(s.tocBytes)} (${bytes(s.tocUncompressedBytes)} uncompressed)`],
+      ['digest table', bytes(s.digestTableBytes)],
       ['original layers', `${s.originalLayers} (${bytes(s.originalLayerBytes)})`],
       ['dedup / compression', `${ratio(s.dedupRatio)} / ${ratio(s.compressionRatio)}`],
       ['original / chunked size', ratio(s.sizeVsOriginal)],

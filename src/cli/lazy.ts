@@ -82,7 +82,7 @@ export const cat = {
       if (a.json) return { image: img.name, path: a.path, size: st.size, ...s };
       if (a.stats) {
         process.stderr.write(
-          `${a.path}: ${bytes(st.size)}; fetched ${bytes(s.packBytesFetched)} of packs (${s.chunksFetched} chunks) + TOC ${bytes(s.tocBytes)}; ${s.cacheHits} chunks from the cache\n`,
+          `${a.path}: ${bytes(st.size)}; fetched ${bytes(s.packBytesFetched)} of packs (${s.chunksFetched} chunks) + TOC ${bytes(s.tocBytes)} + digests ${bytes(s.digestBytesFetched)}; ${s.cacheHits} chunks from the cache\n`,
         );
       }
       return undefined;
@@ -179,7 +179,7 @@ export const mount = {
     const s = await img.unmount();
     if (s.detached && !a.quiet) process.stderr.write(`ocichunk mount: ${a.mountpoint} was busy: detached (programs still using it lose it now)\n`);
     if (a.json) return { image: img.name, mountpoint: a.mountpoint, ...s };
-    return `unmounted ${a.mountpoint}: ${s.reads} reads, ${bytes(s.fileBytesServed)} served; fetched ${bytes(s.packBytesFetched)} of packs (${s.chunksFetched} chunks) + TOC ${bytes(s.tocBytes)}${s.prefetchedChunks ? `, ${s.prefetchedChunks} chunks prefetched` : ''}`;
+    return `unmounted ${a.mountpoint}: ${s.reads} reads, ${bytes(s.fileBytesServed)} served; fetched ${bytes(s.packBytesFetched)} of packs (${s.chunksFetched} chunks) + TOC ${bytes(s.tocBytes)} + digests ${bytes(s.digestBytesFetched)}${s.prefetchedChunks ? `, ${s.prefetchedChunks} chunks prefetched` : ''}`;
   },
 };
 

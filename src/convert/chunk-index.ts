@@ -10,7 +10,7 @@
 import { decodeToc, TOC_MAX_BLOB, type Toc } from '../chunked/toc.js';
 import { OcichunkError } from '../errors.js';
 import { native, type NativeChunkDict } from '../native/index.js';
-import { ANN, CMT } from '../oci/chunked-media.js';
+import { ANN, CMT, isTocType } from '../oci/chunked-media.js';
 import { parseManifestDoc } from '../oci/types.js';
 import type { ImageSink } from '../transports/types.js';
 
@@ -44,7 +44,7 @@ export class ChunkIndex {
    * (the TOC blob, compressed and decoded only when the layer comes again, and the layer's index in
    * it), the ones this process derived first.
    */
-  readonly layerCache = new Map<string, Array<{ tocBlob: Buffer; layer: number; what: string; trusted: boolean }>>();
+  readonly layerCache = new Map<string, Array<{ tocBlob: Buffer; digestTable?: Buffer; layer: number; what: string; trusted: boolean }>>();
 
   get size(): number {
     return this.dict.size;
@@ -125,10 +125,10 @@ export class ChunkIndex {
    * Remember a converted layer, so that the same layer digest need not be read again. `trusted`:
    * this process derived it from the layer (else a converter checks it first: layer-trust.ts).
    */
-  rememberLayers(layerDigests: string[], entryOptions: string, tocBlob: Buffer, what: string, trusted: boolean): void {
+  rememberLayers(layerDigests: string[], entryOptions: string, toc: { tocBlob: Buffer; digestTable?: Buffer }, what: string, trusted: boolean): void {
     layerDigests.forEach((d, j) => {
       const key = `${d} ${entryOptions}`;
-      const c = { tocBlob, layer: j, what, trusted };
+      const c = { ...toc, layer: j, what, trusted };
       const list = this.layerCache.get(key);
       if (!list) this.layerCache.set(key, [c]);
       else if (trusted) list.unshift(c);
@@ -143,18 +143,22 @@ export class ChunkIndex {
       const what = `chunked manifest ${desc.digest}`;
       const parsed = parseManifestDoc(await src.readBlob(desc, what), desc.mediaType, what);
       if (parsed.kind !== 'manifest') continue;
-      const tocDesc = parsed.doc.layers.find((l) => l.mediaType === CMT.toc);
-      if (!tocDesc) continue;
+      const tocDesc = parsed.doc.layers[0];
+      if (!tocDesc || !isTocType(tocDesc.mediaType)) continue;
+      const tableDesc = parsed.doc.layers.find((l) => l.mediaType === CMT.digests);
       const packs = parsed.doc.layers.filter((l) => l.mediaType === CMT.pack);
       let complete = true;
       for (const p of packs) if (!(await sink.hasBlob(p))) complete = false;
-      if (!complete || !(await sink.hasBlob(tocDesc))) continue;
+      if (!complete || !(await sink.hasBlob(tocDesc)) || (tableDesc && !(await sink.hasBlob(tableDesc)))) continue;
       for (const p of packs) this.packSizes.set(p.digest, p.size);
-      if (tocDesc.size > TOC_MAX_BLOB) continue;
+      if (tocDesc.size > TOC_MAX_BLOB || (tableDesc && tableDesc.size > TOC_MAX_BLOB)) continue;
       const tocBlob = await src.readBlob(tocDesc, `${what} TOC`, TOC_MAX_BLOB);
+      const digestTable = tableDesc ? await src.readBlob(tableDesc, `${what} digest table`, TOC_MAX_BLOB) : undefined;
       let toc: Toc;
       try {
-        toc = decodeToc(tocBlob, `${what} TOC`);
+        // a version 2 TOC needs its digest table: the chunks are known by their digests
+        toc = decodeToc(tocBlob, `${what} TOC`, digestTable);
+        if (toc.chunks.some((c) => !c.digest)) continue;
       } catch {
         continue; // a TOC that breaks the format's rules contributes nothing
       }
@@ -162,7 +166,7 @@ export class ChunkIndex {
       try {
         const layers = JSON.parse(ann[ANN.sourceLayers] ?? '[]') as string[];
         if (Array.isArray(layers) && layers.length === toc.layers.length && ann[ANN.entryOptions] && layers.every((d) => typeof d === 'string')) {
-          this.rememberLayers(layers, ann[ANN.entryOptions], tocBlob, `${what} TOC`, false);
+          this.rememberLayers(layers, ann[ANN.entryOptions], { tocBlob, ...(digestTable ? { digestTable } : {}) }, `${what} TOC`, false);
         }
       } catch {
         // a manifest without a usable layer list only contributes its chunks

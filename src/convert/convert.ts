@@ -125,6 +125,8 @@ export interface PlatformResult {
   imageFrameBytes: number;
   tocBytes: number;
   tocUncompressedBytes: number;
+  /** the digest table blob (docs/format.md §3 "Chunk digests"): 32 bytes per chunk of the TOC */
+  digestTableBytes: number;
   /** Layers that arrived in canonical order and were packed in one pass (the others were read twice, spooled). */
   onePassLayers: number;
   /** Layers not read at all: the sink holds a conversion of the same layer blob with the same entry options. */
@@ -165,6 +167,7 @@ function teeInto(writer: BlobWriter): Transform {
 async function trustedLayer(ctx: Ctx, layerDigest: string): Promise<{ toc: NativeCheckedToc; layer: number } | undefined> {
   for (const c of ctx.chunkIndex.layerCache.get(`${layerDigest} ${ctx.entryOptions}`) ?? []) {
     const toc = native.openToc(c.tocBlob, c.what);
+    if (c.digestTable) toc.loadDigests(c.digestTable);
     if (c.trusted || (await ctx.trust.trustsLayer(layerDigest, ctx.entryOptions, toc.layerDigests()[c.layer]))) return { toc, layer: c.layer };
   }
   return undefined;
@@ -547,6 +550,7 @@ function totals(results: PlatformResult[]): PlatformResult {
     imageFrameBytes: sum('imageFrameBytes'),
     tocBytes: sum('tocBytes'),
     tocUncompressedBytes: sum('tocUncompressedBytes'),
+    digestTableBytes: sum('digestTableBytes'),
     onePassLayers: sum('onePassLayers'),
     reusedLayers: sum('reusedLayers'),
     chunksVerified: sum('chunksVerified'),
@@ -677,16 +681,20 @@ async function publishPlatform(
   ctx: Ctx,
   built: BuiltToc,
   reused: Set<number>,
-): Promise<{ originalManifest: Descriptor; chunkedManifest: Descriptor; tocBytes: number; tocUncompressedBytes: number }> {
+): Promise<{ originalManifest: Descriptor; chunkedManifest: Descriptor; tocBytes: number; tocUncompressedBytes: number; digestTableBytes: number }> {
   const { src, sink, chunkIndex, packer, entryOptions } = ctx;
   const original = img.original!;
   const manifest = original.manifest;
   const { json, blob } = built;
   const tocStored = await sink.putBlob(blob);
+  const tableStored = await sink.putBlob(built.digestTable);
+  if (tableStored.digest !== built.digestTableDigest) {
+    throw new OcichunkError('EINTERNAL', `digest table stored as ${tableStored.digest}, the TOC names ${built.digestTableDigest}`);
+  }
   chunkIndex.rememberLayers(
     manifest.layers.map((l) => l.digest),
     entryOptions,
-    blob,
+    { tocBlob: blob, digestTable: built.digestTable },
     `${src.name} chunked TOC ${tocStored.digest}`,
     true,
   );
@@ -711,6 +719,7 @@ async function publishPlatform(
         size: tocStored.size,
         annotations: { [ANN.tocUncompressedSize]: String(json.length) },
       },
+      { mediaType: CMT.digests, digest: tableStored.digest, size: tableStored.size },
       ...built.packs.map((d) => ({ mediaType: CMT.pack, digest: d, size: packSize(d) })),
     ],
     ...(ctx.attach === 'referrer' ? { subject: { mediaType: original.desc.mediaType, digest: original.desc.digest, size: original.desc.size } } : {}),
@@ -743,6 +752,7 @@ async function publishPlatform(
     },
     tocBytes: blob.length,
     tocUncompressedBytes: json.length,
+    digestTableBytes: built.digestTable.length,
   };
 }
 
@@ -786,6 +796,7 @@ async function convertPlatform(img: ResolvedImage, ctx: Ctx): Promise<PlatformRe
     imageFrameBytes: built.imageFrameBytes,
     tocBytes: published.tocBytes,
     tocUncompressedBytes: published.tocUncompressedBytes,
+    digestTableBytes: published.digestTableBytes,
     onePassLayers: layers.onePassLayers,
     reusedLayers: layers.reused.size,
     chunksVerified,

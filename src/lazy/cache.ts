@@ -51,20 +51,30 @@ export class ChunkCache {
 
   /** The chunk's bytes if cached and intact. */
   async get(hex: string): Promise<Buffer | undefined> {
+    const b = await this.read(hex);
+    if (b) this.stats.hits++;
+    else this.stats.misses++;
+    return b;
+  }
+
+  /**
+   * Digest table sections (docs/format.md §3) live here too, under their own digests; reading them
+   * is not counted with the chunks.
+   */
+  readonly sections = { get: (hex: string) => this.read(hex), put: (hex: string, bytes: Buffer) => this.put(hex, bytes, false) };
+
+  private async read(hex: string): Promise<Buffer | undefined> {
     let b: Buffer;
     try {
       b = await fsp.readFile(this.pathOf(hex));
     } catch {
-      this.stats.misses++;
       return undefined;
     }
     if (createHash('sha256').update(b).digest('hex') !== hex) {
       this.stats.corrupt++;
-      this.stats.misses++;
       await fsp.rm(this.pathOf(hex), { force: true });
       return undefined;
     }
-    this.stats.hits++;
     // most recently used: eviction goes by mtime
     const now = new Date();
     fsp.utimes(this.pathOf(hex), now, now).catch(() => {});
@@ -72,7 +82,7 @@ export class ChunkCache {
   }
 
   /** Store verified chunk bytes (the caller checked the digest); false if it was there already. */
-  async put(hex: string, bytes: Buffer): Promise<boolean> {
+  async put(hex: string, bytes: Buffer, count = true): Promise<boolean> {
     const final = this.pathOf(hex);
     if (fs.existsSync(final)) return false;
     const tmp = path.join(this.dir, 'tmp', `${hex}.${process.pid}.${randomBytes(4).toString('hex')}`);
@@ -84,8 +94,10 @@ export class ChunkCache {
       await fsp.rm(tmp, { force: true });
       throw new OcichunkError('EIO', `chunk cache ${this.dir}: ${(e as Error).message}`, { cause: e });
     }
-    this.stats.stored++;
-    this.stats.storedBytes += bytes.length;
+    if (count) {
+      this.stats.stored++;
+      this.stats.storedBytes += bytes.length;
+    }
     if (this.approxBytes >= 0) this.approxBytes += bytes.length;
     await this.maybeEvict();
     return true;

@@ -34,6 +34,8 @@ export interface LazyStats {
   /** compressed bytes fetched from pack blobs, and the TOC's size */
   packBytesFetched: number;
   tocBytes: number;
+  /** bytes of the digest table fetched (its sections the reads needed) */
+  digestBytesFetched: number;
   chunksFetched: number;
   /** file bytes returned by read() */
   bytesRead: number;
@@ -64,12 +66,14 @@ export class LazyImage {
     private readonly signal?: AbortSignal,
   ) {
     this.chunks = new ChunkReader(image, 0, concurrency);
+    // digest table sections are content-addressed: kept in the chunk cache too
+    this.chunks.sectionCache = cache?.sections;
   }
 
   static async open(ref: string, opts: LazyOpenOptions = {}): Promise<LazyImage> {
     const src = await openSource(ref, opts.transport);
     try {
-      const img = await openChunked(await resolveImage(src, opts.platform));
+      const img = await openChunked(await resolveImage(src, opts.platform), { lazyDigests: true });
       const cache = opts.cacheDir === false ? undefined : await ChunkCache.open(opts.cacheDir ?? DEFAULT_CACHE_DIR, opts.cacheMaxBytes ?? DEFAULT_CACHE_MAX);
       return new LazyImage(img, src, cache, opts.concurrency ?? 8, opts.signal);
     } catch (e) {
@@ -178,11 +182,22 @@ export class LazyImage {
     return out;
   }
 
+  /** The sha256 hex digests of TOC chunks (their digest table sections loaded where needed). */
+  async chunkDigests(idxs: number[]): Promise<string[]> {
+    await this.chunks.loadDigests(idxs);
+    return idxs.map((c) => this.image.toc.chunks[c].digest);
+  }
+
   /** Bytes of TOC chunks, from the cache or fetched together (one batch of range requests). */
   async chunkBytes(idxs: number[]): Promise<Buffer[]> {
     const toc = this.image.toc;
     const result = new Array<Buffer | Promise<Buffer> | undefined>(idxs.length);
     const missing = new Set<number>();
+    // digests known from the sections cached locally; the others are fetched with their frames
+    await this.chunks.loadDigests(
+      idxs.filter((c) => !this.verified.has(c)),
+      true,
+    );
     for (const [k, c] of idxs.entries()) {
       const kept = this.verified.get(c);
       if (kept) {
@@ -191,7 +206,8 @@ export class LazyImage {
         result[k] = kept;
         continue;
       }
-      const cached = this.inflight.get(c) ?? (missing.has(c) ? undefined : await this.cache?.get(toc.chunks[c].digest));
+      const hex = toc.chunks[c].digest;
+      const cached = this.inflight.get(c) ?? (missing.has(c) || !hex ? undefined : await this.cache?.get(hex));
       if (cached) result[k] = cached;
       else missing.add(c);
     }
@@ -215,10 +231,13 @@ export class LazyImage {
     const toc = this.image.toc;
     const waits: Array<Promise<Buffer>> = [];
     const missing = new Set<number>();
-    for (const c of new Set(idxs)) {
+    const wanted = new Set(idxs);
+    await this.chunks.loadDigests(wanted, true);
+    for (const c of wanted) {
       const p = this.inflight.get(c);
+      const hex = toc.chunks[c].digest;
       if (p) waits.push(p);
-      else if (!fs.existsSync(cache.pathOf(toc.chunks[c].digest))) missing.add(c);
+      else if (!hex || !fs.existsSync(cache.pathOf(hex))) missing.add(c);
     }
     if (missing.size) {
       this.fetchMissing(missing);
@@ -280,6 +299,7 @@ export class LazyImage {
     return {
       packBytesFetched: this.chunks.bytesRead,
       tocBytes: this.image.tocBytes,
+      digestBytesFetched: this.chunks.digestBytesRead,
       chunksFetched: this.chunksFetched,
       bytesRead: this.bytesRead,
       cacheHits: this.cache?.stats.hits ?? 0,

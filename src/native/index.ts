@@ -92,10 +92,34 @@ export interface NativeCheckedToc {
   view(): Buffer;
   /** rows of [chunk, fromInChunk, toInChunk, atInOutput] for a read of a regular file */
   plan(ino: number, offset: number, length: number): Float64Array;
-  /** the content digest of each layer: its entries with chunk digests for indices (crates/core/src/format/build.rs) */
+  /** the content digest of each layer: its entries with chunk digests for indices (crates/core/src/format/build.rs); needs every digest loaded */
   layerDigests(): string[];
   /** the image's content digest (over layerDigests) */
   contentDigest(): string;
+  /** where the chunk digests are (crates/core/src/format/digests.rs): version 2 names the digest table blob */
+  digestInfo(): DigestInfo;
+  /** load the whole digest table (its blob digest checked by the caller); throws ECORRUPT if it is not the TOC's */
+  loadDigests(table: Buffer): void;
+  /** load section `i` of the digest table, checked against the TOC (ECORRUPT if not); false if loaded before */
+  addDigestSection(i: number, bytes: Buffer): boolean;
+  /** the digest table sections, in order, holding digests of these chunks not loaded yet */
+  missingDigestSections(chunks: Uint32Array): Uint32Array;
+  /** [offset, length] of section `i` in the digest table blob */
+  digestSectionSpan(i: number): [number, number];
+  /** sha256 hex of section `i` (what the TOC says it hashes to) */
+  digestSectionHash(i: number): string;
+}
+
+/** Where a TOC's chunk digests are (crates/core/src/format/digests.rs). */
+export interface DigestInfo {
+  version: number;
+  /** version 2: sha256:<hex> of the digest table blob, its size, chunks per section, sections */
+  blob?: string;
+  blobSize: number;
+  section: number;
+  sections: number;
+  /** every chunk digest is loaded */
+  complete: boolean;
 }
 
 /** Figures of a converted layer's entries as the tar gave them. */
@@ -127,6 +151,9 @@ export interface BuiltToc {
   uniqueChunkBytes: number;
   reusedChunks: number;
   imageFrameBytes: number;
+  /** the digest table blob (docs/format.md §3) and its sha256:<hex> */
+  digestTable: Buffer;
+  digestTableDigest: string;
   /** chunk ids whose location a destination claimed and that are not verified yet */
   foreign: Uint32Array;
   layerDigests: string[];
@@ -392,8 +419,17 @@ export const native = {
       takeJson: () => t.takeJson() ?? undefined,
       view: () => wrapSync(what, () => t.view()),
       plan: (ino: number, offset: number, length: number) => wrapSync(what, () => t.plan(ino, offset, length)),
-      layerDigests: () => t.layerDigests(),
-      contentDigest: () => t.contentDigest(),
+      layerDigests: () => wrapSync(what, () => t.layerDigests()),
+      contentDigest: () => wrapSync(what, () => t.contentDigest()),
+      digestInfo: () => {
+        const d = t.digestInfo();
+        return { ...d, blob: d.blob ?? undefined };
+      },
+      loadDigests: (table: Buffer) => wrapSync(`${what}: digest table`, () => t.loadDigests(table)),
+      addDigestSection: (i: number, bytes: Buffer) => wrapSync(`${what}: digest table`, () => t.addDigestSection(i, bytes)),
+      missingDigestSections: (chunks: Uint32Array) => t.missingDigestSections(chunks),
+      digestSectionSpan: (i: number) => t.digestSectionSpan(i) as [number, number],
+      digestSectionHash: (i: number) => t.digestSectionHash(i),
       [RAW]: t,
     } as NativeCheckedToc;
   },

@@ -1,15 +1,25 @@
 /** Media types and annotations of the ocichunk format (docs/format.md). Constants only. */
-export const FORMAT_VERSION = 1;
+/** The TOC version this converter writes (readers read 1 and 2: docs/format.md §7). */
+export const FORMAT_VERSION = 2;
 export const CMT = {
   /** artifactType of the chunked image manifest. */
   artifact: 'application/vnd.ocichunk.image.v1',
   /** Config media type of the chunked manifest: the original config's bytes under a type runtimes will not unpack. */
   config: 'application/vnd.ocichunk.image.config.v1+json',
-  /** The table of contents: zstd-compressed JSON. */
-  toc: 'application/vnd.ocichunk.toc.v1.json+zstd',
+  /** The table of contents: zstd-compressed JSON, version 2 (chunk digests in the digest table). */
+  toc: 'application/vnd.ocichunk.toc.v2.json+zstd',
+  /** A version 1 TOC (chunk digests in its rows): read, no longer written. */
+  tocV1: 'application/vnd.ocichunk.toc.v1.json+zstd',
+  /** The digest table of a version 2 TOC: 32 raw bytes of SHA-256 per chunk, in TOC chunk order. */
+  digests: 'application/vnd.ocichunk.digests.v1',
   /** A pack: concatenated independent zstd frames (itself a valid zstd stream). */
   pack: 'application/vnd.ocichunk.pack.v1+zstd',
 } as const;
+
+/** A TOC layer's media type (either version). */
+export function isTocType(mediaType: string): boolean {
+  return mediaType === CMT.toc || mediaType === CMT.tocV1;
+}
 
 /** The platform of a chunked manifest's index entry: matches no real platform, so runtimes skip it. */
 export const CHUNKED_PLATFORM = { os: 'unknown', architecture: 'unknown' } as const;

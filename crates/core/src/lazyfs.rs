@@ -243,8 +243,9 @@ impl Shared {
         self
     }
 
-    fn chunk_path(&self, c: u32) -> PathBuf {
-        crate::cache::chunk_path(&self.cache, &self.img.toc.chunks[c as usize].digest.to_string())
+    /// Where chunk `c` is cached; None while its digest is not loaded (the fetcher loads it).
+    fn chunk_path(&self, c: u32) -> Option<PathBuf> {
+        Some(crate::cache::chunk_path(&self.cache, &self.img.toc.digests.hex(c)?))
     }
 
     /// A chunk verified before, or from the cache if present and intact (a damaged entry is removed).
@@ -269,11 +270,11 @@ impl Shared {
 
     /// Read a chunk from the cache and verify it (kept in memory if intact, removed if not).
     fn load(&self, c: u32) -> Option<Arc<Vec<u8>>> {
-        let p = self.chunk_path(c);
+        let p = self.chunk_path(c)?;
         let b = std::fs::read(&p).ok()?;
         self.stats.chunks_hashed.fetch_add(1, Ordering::Relaxed);
         let want = &self.img.toc.chunks[c as usize];
-        if b.len() as u64 != want.len || sha256(&b) != want.digest.0 {
+        if b.len() as u64 != want.len || Some(sha256(&b)) != self.img.toc.digests.get(c) {
             let _ = std::fs::remove_file(&p);
             return None;
         }
@@ -332,7 +333,7 @@ impl Shared {
                     if pieces.last().is_some_and(|p| p.pos >= pos) {
                         continue; // the read's own last chunk
                     }
-                    if !self.chunk_path(c).exists() {
+                    if self.chunk_path(c).is_none_or(|p| !p.exists()) {
                         want.push(c);
                     }
                 }

@@ -603,7 +603,7 @@ impl Fetcher {
                     for &c in &wanted[k] {
                         let ch = &toc.chunks[c as usize];
                         let got: [u8; 32] = Sha256::digest(&dst[ch.offset as usize..(ch.offset + ch.len) as usize]).into();
-                        if got != ch.digest.0 {
+                        if Some(got) != toc.digests.get(c) {
                             return Ok(Some(c));
                         }
                     }

@@ -565,17 +565,79 @@ impl CheckedToc {
 
 #[napi]
 impl CheckedToc {
-    /// The content digest of each layer (`format::build::LayerDigest`).
+    /// The content digest of each layer (`format::build::LayerDigest`); needs every chunk digest.
     #[napi]
-    pub fn layer_digests(&self) -> Vec<String> {
-        build::toc_layer_digests(&self.inner.toc)
+    pub fn layer_digests(&self, env: Env) -> Result<Vec<String>> {
+        build::toc_layer_digests(&self.inner.toc).map_err(|e| err(env, e))
     }
 
-    /// The image's content digest (`format::build::image_content_digest`).
+    /// The image's content digest (`format::build::image_content_digest`); needs every chunk digest.
     #[napi]
-    pub fn content_digest(&self) -> String {
-        build::image_content_digest(&build::toc_layer_digests(&self.inner.toc))
+    pub fn content_digest(&self, env: Env) -> Result<String> {
+        Ok(build::image_content_digest(&self.layer_digests(env)?))
     }
+
+    /// Where the chunk digests are (`format::digests`): the TOC's version, and for version 2 the
+    /// digest table blob, its size and its sections.
+    #[napi]
+    pub fn digest_info(&self) -> DigestInfo {
+        let t = &self.inner.toc;
+        let d = &t.digests;
+        DigestInfo {
+            version: t.version as u32,
+            blob: d.table_ref().map(|r| r.blob.clone()),
+            blob_size: d.blob_size() as f64,
+            section: d.table_ref().map_or(0, |r| r.section),
+            sections: d.sections() as u32,
+            complete: d.complete(),
+        }
+    }
+
+    /// Load the whole digest table (its blob digest checked by the caller): every section checked
+    /// against the TOC.
+    #[napi]
+    pub fn load_digests(&self, env: Env, blob: Buffer) -> Result<()> {
+        self.inner.toc.digests.load(&blob).map_err(|m| err(env, CoreError::corrupt(m)))
+    }
+
+    /// Load section `i` of the digest table, checked against the TOC; false if loaded before.
+    #[napi]
+    pub fn add_digest_section(&self, env: Env, i: u32, bytes: Buffer) -> Result<bool> {
+        self.inner.toc.digests.add_section(i, &bytes).map_err(|m| err(env, CoreError::corrupt(m)))
+    }
+
+    /// The digest table sections, in order, holding digests of `chunks` not loaded yet.
+    #[napi]
+    pub fn missing_digest_sections(&self, chunks: Uint32Array) -> Uint32Array {
+        self.inner.toc.digests.missing_sections(chunks.iter().copied()).into()
+    }
+
+    /// SHA-256 hex of section `i` as the TOC states it ("" if there is no such section).
+    #[napi]
+    pub fn digest_section_hash(&self, i: u32) -> String {
+        self.inner.toc.digests.table_ref().and_then(|r| r.hashes.get(i as usize)).map_or_else(String::new, |h| ocichunk_core::format::digests::hex(h))
+    }
+
+    /// `[offset, length]` of section `i` in the digest table blob.
+    #[napi]
+    pub fn digest_section_span(&self, i: u32) -> Vec<f64> {
+        let (o, l) = self.inner.toc.digests.section_span(i);
+        vec![o as f64, l as f64]
+    }
+}
+
+/// [`CheckedToc::digest_info`].
+#[napi(object)]
+pub struct DigestInfo {
+    pub version: u32,
+    /// `sha256:<hex>` of the digest table blob (version 2)
+    pub blob: Option<String>,
+    pub blob_size: f64,
+    /// chunks per section (version 2)
+    pub section: u32,
+    pub sections: u32,
+    /// every chunk digest is loaded
+    pub complete: bool,
 }
 
 // ---- the format: writing a TOC ----
@@ -663,6 +725,9 @@ pub struct BuiltToc {
     pub foreign: Uint32Array,
     pub layer_digests: Vec<String>,
     pub content_digest: String,
+    /// the digest table blob (docs/format.md §3), and its digest
+    pub digest_table: Buffer,
+    pub digest_table_digest: String,
 }
 
 /// The image content digest of these layer content digests.
@@ -727,6 +792,8 @@ impl TocBuilder {
             foreign: b.foreign.into(),
             layer_digests: b.layer_digests,
             content_digest: b.content_digest,
+            digest_table: b.digest_table.into(),
+            digest_table_digest: b.digest_table_digest,
         })
     }
 }

@@ -6,6 +6,7 @@
 
 use super::canonical::CanonEntry;
 use super::dict::{ChunkDict, PackName};
+use super::digests;
 use super::toc::{self, order_key, Kind, PrefetchRange};
 use crate::{Error, Result};
 use sha2::{Digest as _, Sha256};
@@ -479,9 +480,9 @@ pub fn draft_content_digest(draft: LayerDraft, dict: &ChunkDict) -> String {
 }
 
 /// The content digest of every layer of a (checked) TOC.
-pub fn toc_layer_digests(t: &toc::Toc) -> Vec<String> {
-    let hexes: Vec<String> = t.chunks.iter().map(|c| c.digest.to_string()).collect();
-    t.layers
+pub fn toc_layer_digests(t: &toc::Toc) -> Result<Vec<String>> {
+    let hexes: Vec<String> = t.digests.all().ok_or_else(not_loaded)?.iter().map(|d| hex(d)).collect();
+    Ok(t.layers
         .iter()
         .map(|l| {
             let mut ld = LayerDigest::default();
@@ -491,7 +492,11 @@ pub fn toc_layer_digests(t: &toc::Toc) -> Vec<String> {
             }
             ld.finish()
         })
-        .collect()
+        .collect())
+}
+
+fn not_loaded() -> Error {
+    Error::invalid("the TOC's chunk digests are not loaded (its digest table is needed)")
 }
 
 /// The chunker as the TOC records it: its kind, then the parameters given.
@@ -521,6 +526,10 @@ pub struct Built {
     pub layer_digests: Vec<String>,
     /// [`image_content_digest`]
     pub content_digest: String,
+    /// the digest table blob (docs/format.md §3): 32 bytes per chunk, in TOC order
+    pub digest_table: Vec<u8>,
+    /// `sha256:<hex>` of `digest_table`
+    pub digest_table_digest: String,
 }
 
 /// A TOC being assembled: converted layers in order, then [`TocBuilder::build`].
@@ -544,6 +553,9 @@ impl TocBuilder {
     /// are known there: the TOC was read into it). Returns its figures.
     pub fn add_toc_layer(&mut self, dict: &mut ChunkDict, t: &toc::Toc, layer: usize) -> Result<DraftStats> {
         let l = t.layers.get(layer).ok_or_else(|| Error::invalid(format!("TOC has no layer {layer}")))?;
+        if !t.digests.complete() {
+            return Err(not_loaded());
+        }
         let mut ids: HashMap<u32, u32> = HashMap::new();
         let mut stats = DraftStats::default();
         let mut out = Vec::with_capacity(l.entries.len());
@@ -557,7 +569,8 @@ impl TocBuilder {
                             Some(&id) => Ok(id),
                             None => {
                                 let ch = t.chunks.get(c as usize).ok_or_else(|| Error::corrupt(format!("TOC chunk {c} does not exist")))?;
-                                let (id, _) = dict.intern(&ch.digest.0, ch.len as u32);
+                                let digest = t.digests.get(c).ok_or_else(not_loaded)?;
+                                let (id, _) = dict.intern(&digest, ch.len as u32);
                                 ids.insert(c, id);
                                 Ok(id)
                             }
@@ -579,13 +592,17 @@ impl TocBuilder {
     /// Number packs, frames and chunks in order of first reference (layers, entries, chunks in
     /// order) and encode the TOC. `written[n]` is the digest of the conversion's `n`th new pack.
     pub fn build(&self, dict: &ChunkDict, written: &[String], stored_before: u32) -> Result<Built> {
+        if self.version as u64 != toc::VERSION {
+            return Err(Error::invalid(format!("this writer writes TOC version {}, not {}", toc::VERSION, self.version)));
+        }
         let mut b = Built::default();
         let mut pack_ix: HashMap<u32, u32> = HashMap::new();
         let mut pack_of_name: HashMap<String, u32> = HashMap::new();
         let mut frame_ix: HashMap<(u32, u64), u32> = HashMap::new();
         let mut chunk_ix: HashMap<u32, u32> = HashMap::new();
-        // each TOC chunk's hex digest, by TOC index (the chunk table and the layer digests use it)
+        // each TOC chunk's hex digest, by TOC index (the layer digests use it), and its digest (the table)
         let mut chunk_hex: Vec<String> = Vec::new();
+        let mut table: Vec<[u8; 32]> = Vec::new();
         let mut frames = Vec::new();
         let mut chunks = Vec::new();
         let mut layers = Vec::new();
@@ -636,15 +653,8 @@ impl TocBuilder {
                     b.chunks += 1;
                     chunk_ix.insert(id, ci);
                     chunk_hex.push(hex(dict.digest(id)));
-                    let _ = write!(
-                        Buf(&mut chunks),
-                        "{}[\"{}\",{},{},{}]",
-                        if ci == 0 { "" } else { "," },
-                        chunk_hex[ci as usize],
-                        fi,
-                        loc.inner,
-                        dict.chunk_len(id)
-                    );
+                    table.push(*dict.digest(id));
+                    let _ = write!(Buf(&mut chunks), "{}[{},{},{}]", if ci == 0 { "" } else { "," }, fi, loc.inner, dict.chunk_len(id));
                     if dict.is_foreign(id) {
                         b.foreign.push(id);
                     }
@@ -684,7 +694,12 @@ impl TocBuilder {
         o.extend_from_slice(&frames);
         o.extend_from_slice(b"],\"chunks\":[");
         o.extend_from_slice(&chunks);
-        o.extend_from_slice(b"],\"layers\":[");
+        let (blob, r) = digests::build_table(&table, digests::SECTION);
+        o.extend_from_slice(b"],\"digests\":{\"blob\":");
+        json_str(o, &r.blob);
+        let _ = write!(Buf(o), ",\"section\":{},\"sections\":\"", r.section);
+        base64_encode(o, &r.hashes.concat());
+        o.extend_from_slice(b"\"},\"layers\":[");
         o.extend_from_slice(&layers);
         o.push(b']');
         if let Some(p) = &self.prefetch {
@@ -697,6 +712,8 @@ impl TocBuilder {
             o.push(b']');
         }
         o.push(b'}');
+        b.digest_table = blob;
+        b.digest_table_digest = r.blob;
         Ok(b)
     }
 }
@@ -867,12 +884,15 @@ mod tests {
         let g = Draft { entry: CanonEntry { kind: Kind::Hardlink, path: "g".into(), size: 0, link: Some(x.path.clone()), ..x.clone() }, chunks: None };
         let layer = vec![other(Kind::Dir, "dir", None), Draft { entry: x.clone(), chunks: Some(vec![b, a]) }, g];
         let chunker = ChunkerRecord { kind: "cdc".into(), min: Some(1), avg: Some(2), max: Some(4), size: None };
-        let mut t = TocBuilder::new(1, chunker.clone(), Some(vec![("g".into(), 0, 5)]));
+        let mut t = TocBuilder::new(2, chunker.clone(), Some(vec![("g".into(), 0, 5)]));
         t.add_layer(layer.clone());
         let built = t.build(&dict, &[format!("sha256:{}", "ab".repeat(32))], 1).unwrap();
         let json = String::from_utf8(built.json.clone()).unwrap();
-        assert!(json.starts_with(r#"{"version":1,"chunker":{"kind":"cdc","min":1,"avg":2,"max":4},"packs":["sha256:abab"#), "{json}");
-        assert!(json.contains(r#""frames":[[0,0,9,30]],"chunks":[["0202"#), "{json}");
+        assert!(json.starts_with(r#"{"version":2,"chunker":{"kind":"cdc","min":1,"avg":2,"max":4},"packs":["sha256:abab"#), "{json}");
+        assert!(json.contains(r#""frames":[[0,0,9,30]],"chunks":[[0,10,20],[0,0,10]],"digests":{"blob":"sha256:"#), "{json}");
+        let mut table = [[2u8; 32], [1u8; 32]].concat();
+        assert_eq!(built.digest_table, table);
+        assert_eq!(built.digest_table_digest, format!("sha256:{}", hex(&Sha256::digest(&table))));
         assert!(
             json.contains(
                 r#"{"path":"dir/f\n\"é","type":"reg","mode":420,"uid":1000,"mtime":-1,"size":30,"chunks":[0,1],"xattrs":{"security.capability":"AQIDBA=="}}"#
@@ -883,7 +903,13 @@ mod tests {
         assert_eq!((built.chunks, built.reused_chunks, built.unique_chunk_bytes, built.image_frame_bytes), (2, 1, 30, 9));
         let blob = crate::frame::compress_frame(&[&built.json], 3).unwrap();
         let Ok((checked, _, _)) = crate::format::check_toc(&blob) else { panic!("built TOC fails the check") };
-        assert_eq!(toc_layer_digests(&checked), built.layer_digests);
+        assert!(toc_layer_digests(&checked).is_err(), "digests not loaded");
+        assert!(TocBuilder::new(2, chunker.clone(), None).add_toc_layer(&mut ChunkDict::new(), &checked, 0).is_err(), "digests not loaded");
+        table[0] ^= 1;
+        assert!(checked.digests.load(&table).is_err());
+        table[0] ^= 1;
+        checked.digests.load(&table).unwrap();
+        assert_eq!(toc_layer_digests(&checked).unwrap(), built.layer_digests);
         assert_eq!(image_content_digest(&built.layer_digests), built.content_digest);
         // a draft of the same layer gives the same content digest
         let mut draft = LayerDraft::new(false);
@@ -897,7 +923,7 @@ mod tests {
         // the same layer taken from that TOC into another dictionary and TOC: same content digest
         let mut other_dict = ChunkDict::new();
         other_dict.intern(&d(9), 1);
-        let mut t2 = TocBuilder::new(1, chunker, None);
+        let mut t2 = TocBuilder::new(2, chunker, None);
         let stats = t2.add_toc_layer(&mut other_dict, &checked, 0).unwrap();
         assert_eq!(stats, DraftStats { entries: 3, files: 1, file_bytes: 30, chunk_refs: 2 });
         assert!(t2.build(&other_dict, &[], 0).is_err(), "chunks without a location");

@@ -54,7 +54,7 @@ pub fn layer_views(toc: &Toc) -> Result<TreeOut, Report> {
     for l in layers_out {
         inodes.extend(l);
     }
-    Ok(TreeOut { chunks: toc.chunks.iter().map(|c| (c.digest.to_string(), c.len)).collect(), inodes })
+    Ok(TreeOut { inodes })
 }
 
 /// The layer that turned `a` into `b`, as inodes numbered from `*next` (its root first).

@@ -6,6 +6,7 @@
 pub mod build;
 pub mod canonical;
 pub mod dict;
+pub mod digests;
 pub mod file;
 pub mod layers;
 pub mod pack;
@@ -13,6 +14,7 @@ pub mod toc;
 pub mod tree;
 
 pub use dict::ChunkDict;
+pub use digests::DigestTable;
 pub use file::{FileMap, Piece};
 pub use toc::{decode, Chunk, Entry, Frame, Kind, Toc};
 pub use tree::Tree;

@@ -21,6 +21,19 @@ fn toc(layers: Vec<Vec<Value>>) -> Value {
     })
 }
 
+/// The same TOC as version 2 writes it: rows without digests, the digests in a table (returned).
+fn toc_v2(layers: Vec<Vec<Value>>) -> (Value, Vec<u8>) {
+    let mut v = toc(layers);
+    let d = |h: &str| toc::parse_hex32(h).unwrap().0;
+    let (table, r) = digests::build_table(&[d(HEX), d(HEX2)], 1);
+    let mut sections = Vec::new();
+    build::base64_encode(&mut sections, &r.hashes.concat());
+    v["version"] = json!(2);
+    v["chunks"] = json!([[0, 0, 5], [0, 5, 5]]);
+    v["digests"] = json!({ "blob": r.blob, "section": 1, "sections": String::from_utf8(sections).unwrap() });
+    (v, table)
+}
+
 fn blob(v: &Value) -> Vec<u8> {
     crate::frame::compress_frame(&[serde_json::to_string(v).unwrap().as_bytes()], 3).unwrap()
 }
@@ -235,6 +248,46 @@ fn walk_visits_deep_trees_without_recursion() {
 /// Mutations of valid TOCs: every outcome is a clean Ok or Err, never a panic; what passes builds
 /// a tree whose every name resolves without a symlink. Bounded by OCICHUNK_FUZZ_SECS (default 5).
 #[test]
+fn a_version_2_toc_keeps_its_digests_in_the_table() {
+    let (v, table) = toc_v2(vec![vec![file("f")]]);
+    let (t, _) = check(&v).unwrap();
+    assert_eq!(t.chunks[1], Chunk { frame: 0, offset: 5, len: 5 });
+    assert_eq!(t.digests.get(0), None);
+    t.digests.load(&table).unwrap();
+    assert_eq!(t.digests.hex(1).unwrap(), HEX2);
+    // every shape a version 2 TOC must not have
+    let mut cases: Vec<(Value, &str)> = Vec::new();
+    let mut bad = |f: &dyn Fn(&mut Value), msg: &'static str| {
+        let mut w = v.clone();
+        f(&mut w);
+        cases.push((w, msg));
+    };
+    bad(&|w| w["chunks"][0] = json!([HEX, 0, 0, 5]), "chunk rows are [frame, offset, length], without a digest");
+    bad(&|w| w.as_object_mut().unwrap().remove("digests").map(drop).unwrap_or(()), "has no digests field");
+    bad(&|w| w["digests"]["section"] = json!(0), "section of 0 chunks is out of range");
+    bad(&|w| w["digests"]["blob"] = json!("sha256:xyz"), "is not a sha256 digest");
+    bad(&|w| w["digests"]["sections"] = json!("AAAA"), "sections hold 3 bytes, 2 chunks in sections of 1 need 64");
+    bad(&|w| w["digests"]["sections"] = json!("!!"), "sections is not base64");
+    bad(&|w| w["digests"]["extra"] = json!(1), "unknown field `extra`");
+    bad(&|w| w["chunks"][0] = json!([0, 0, 5, 1]), "chunk row is too long");
+    bad(&|w| w["version"] = json!(1), "a version 1 TOC has no digests field");
+    bad(
+        &|w| {
+            w["version"] = json!(1);
+            w.as_object_mut().unwrap().remove("digests");
+        },
+        "every chunk row starts with its sha256 hex digest",
+    );
+    for (w, msg) in cases {
+        let r = check_toc(&blob(&w)).err().unwrap_or_else(|| panic!("accepted: {w}"));
+        assert!(r.violations.iter().any(|x| x.message.contains(msg)), "{msg}: {:?}", r.violations);
+    }
+    let mut v1 = toc(vec![vec![file("f")]]);
+    v1["digests"] = v["digests"].clone();
+    assert!(check(&v1).is_err(), "a version 1 TOC with a digests field");
+}
+
+#[test]
 fn fuzz_toc_check() {
     let secs: u64 = std::env::var("OCICHUNK_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let mut seeds = vec![
@@ -242,6 +295,8 @@ fn fuzz_toc_check() {
         toc(vec![vec![link("a", "../../b"), file("f")], vec![file("a/c"), hard("g", "f")], vec![opq("."), dir("b")]]),
     ];
     seeds.extend(layer_cases());
+    let (v2, table) = toc_v2(vec![vec![dir("a"), file("a/x"), link("l", "/a"), hard("h", "a/x")], vec![wh("a/x"), file("l/y")]]);
+    seeds.push(v2);
     let mut passed = 0;
     let atoms: Vec<Value> = vec![
         json!(null),
@@ -321,6 +376,14 @@ fn fuzz_toc_check() {
             assert!(names <= t.entry_count() * 3 + 1);
             // the layer views stacked by overlayfs show the same tree
             assert_layers_show_the_tree(&v);
+            // a version 2 TOC takes its digest table, or a section of it, only as the TOC states it
+            if t.digests.table_ref().is_some() {
+                let i = next(3) as u32;
+                let (o, l) = t.digests.section_span(i);
+                let part = table.get(o as usize..(o + l) as usize).unwrap_or(&table[..0]);
+                let _ = t.digests.add_section(i, part);
+                let _ = t.digests.load(&table);
+            }
             passed += 1;
         }
         runs += 1;
@@ -340,7 +403,7 @@ fn view_gives_inodes_for_readers() {
     ]]);
     let (t, tree) = check(&v).unwrap();
     let view = tree.view(&t);
-    assert_eq!(view.chunks, vec![(HEX.to_string(), 5), (HEX2.to_string(), 5)]);
+    assert_eq!((t.digests.hex(0).unwrap(), t.digests.hex(1).unwrap()), (HEX.to_string(), HEX2.to_string()));
     let root = &view.inodes[0];
     assert_eq!((root.ino, root.kind, root.nlink), (1, "dir", 3));
     let names: Vec<&str> = root.children.iter().map(|(n, _)| n.as_str()).collect();

@@ -3,6 +3,7 @@
 //! (so no two readers can see different values), and tables are counted while they are read, so a
 //! TOC cannot make a reader allocate more than the limits allow.
 
+use super::digests::{self, DigestTable, TableRef};
 use super::{limits, Class, Report};
 use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -109,11 +110,10 @@ impl From<(u32, u64, u64, u64)> for Frame {
     }
 }
 
-/// One chunk of file content; in the JSON a row `[sha256 hex, frame, offsetInFrame, length]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(from = "(Hex32, u32, u64, u64)")]
+/// One chunk of file content; in the JSON a row `[frame, offsetInFrame, length]` (version 2) or
+/// `[sha256 hex, frame, offsetInFrame, length]` (version 1). Its digest is in [`Toc::digests`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chunk {
-    pub digest: Hex32,
     /// index into `frames`
     pub frame: u32,
     /// where the chunk starts in the frame's uncompressed bytes
@@ -121,10 +121,68 @@ pub struct Chunk {
     pub len: u64,
 }
 
-impl From<(Hex32, u32, u64, u64)> for Chunk {
-    fn from((digest, frame, offset, len): (Hex32, u32, u64, u64)) -> Self {
-        Chunk { digest, frame, offset, len }
+/// A row of `chunks` as written: with its digest in version 1.
+struct ChunkRow {
+    digest: Option<Hex32>,
+    chunk: Chunk,
+}
+
+impl<'de> Deserialize<'de> for ChunkRow {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// The first element: a hex digest (version 1) or the frame index (version 2).
+        enum First {
+            Hex(Hex32),
+            Frame(u32),
+        }
+        impl<'de> Deserialize<'de> for First {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = First;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("a frame index or 64 lowercase hex digits")
+                    }
+                    fn visit_str<E: de::Error>(self, s: &str) -> Result<First, E> {
+                        parse_hex32(s).map(First::Hex).ok_or_else(|| E::invalid_value(de::Unexpected::Str(s), &self))
+                    }
+                    fn visit_u64<E: de::Error>(self, v: u64) -> Result<First, E> {
+                        u32::try_from(v).map(First::Frame).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ChunkRow;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a chunk row [frame, offset, length] or [sha256 hex, frame, offset, length]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ChunkRow, A::Error> {
+                let short = || de::Error::custom("chunk row is too short");
+                let (digest, frame) = match seq.next_element::<First>()?.ok_or_else(short)? {
+                    First::Hex(h) => (Some(h), seq.next_element::<u32>()?.ok_or_else(short)?),
+                    First::Frame(f) => (None, f),
+                };
+                let offset = seq.next_element::<u64>()?.ok_or_else(short)?;
+                let len = seq.next_element::<u64>()?.ok_or_else(short)?;
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(de::Error::custom("chunk row is too long"));
+                }
+                Ok(ChunkRow { digest, chunk: Chunk { frame, offset, len } })
+            }
+        }
+        d.deserialize_seq(V)
     }
+}
+
+/// `digests` of a version 2 TOC: `{"blob": "sha256:<hex>", "section": n, "sections": "<base64>"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireDigests {
+    blob: String,
+    section: u32,
+    sections: String,
 }
 
 /// Extended attributes: (name, value), in document order.
@@ -172,20 +230,97 @@ pub struct Chunker {
     pub kind: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// The TOC as written, before its chunk digests are sorted out of the rows.
+#[derive(Deserialize)]
+struct Wire {
+    version: u64,
+    chunker: Chunker,
+    #[serde(deserialize_with = "packs")]
+    packs: Vec<String>,
+    #[serde(deserialize_with = "frames")]
+    frames: Vec<Frame>,
+    #[serde(deserialize_with = "chunks")]
+    chunks: Vec<ChunkRow>,
+    #[serde(default, deserialize_with = "some")]
+    digests: Option<WireDigests>,
+    #[serde(deserialize_with = "layers")]
+    layers: Vec<Layer>,
+    #[serde(default, deserialize_with = "prefetch")]
+    prefetch: Option<Vec<PrefetchRange>>,
+}
+
+#[derive(Debug)]
 pub struct Toc {
     pub version: u64,
     pub chunker: Chunker,
-    #[serde(deserialize_with = "packs")]
     pub packs: Vec<String>,
-    #[serde(deserialize_with = "frames")]
     pub frames: Vec<Frame>,
-    #[serde(deserialize_with = "chunks")]
     pub chunks: Vec<Chunk>,
-    #[serde(deserialize_with = "layers")]
+    /// the chunks' SHA-256 digests: from the rows (version 1) or a digest table (version 2)
+    pub digests: DigestTable,
     pub layers: Vec<Layer>,
-    #[serde(default, deserialize_with = "prefetch")]
     pub prefetch: Option<Vec<PrefetchRange>>,
+}
+
+impl Wire {
+    /// The model, or what is wrong with the digests' shape for the TOC's version.
+    fn into_toc(self, r: &mut Report) -> Option<Toc> {
+        let n = self.chunks.len();
+        let mut bad = |m: String| r.push(Class::Corrupt, None, None, m);
+        let inline = self.chunks.iter().filter(|c| c.digest.is_some()).count();
+        let digests = match (self.version, self.digests) {
+            (1, None) if inline == n => DigestTable::inline(self.chunks.iter().map(|c| c.digest.map(|h| h.0).unwrap_or_default()).collect()),
+            (1, Some(_)) => {
+                bad("a version 1 TOC has no digests field".into());
+                return None;
+            }
+            (1, None) => {
+                bad("version 1: every chunk row starts with its sha256 hex digest".into());
+                return None;
+            }
+            (_, None) => {
+                bad(format!("version {} TOC has no digests field", self.version));
+                return None;
+            }
+            (_, Some(_)) if inline > 0 => {
+                bad(format!("version {}: chunk rows are [frame, offset, length], without a digest", self.version));
+                return None;
+            }
+            (_, Some(w)) => {
+                if w.blob.strip_prefix("sha256:").is_none_or(|h| parse_hex32(h).is_none()) {
+                    bad(format!("digests: blob {:?} is not a sha256 digest", w.blob));
+                    return None;
+                }
+                if w.section == 0 || w.section > digests::SECTION_MAX {
+                    bad(format!("digests: section of {} chunks is out of range (1 to {})", w.section, digests::SECTION_MAX));
+                    return None;
+                }
+                let want = n.div_ceil(w.section as usize) * 32;
+                let hashes = match base64_decode(&w.sections) {
+                    Some(b) if b.len() == want => b.chunks_exact(32).map(|h| h.try_into().unwrap_or([0; 32])).collect(),
+                    Some(b) => {
+                        bad(format!("digests: sections hold {} bytes, {n} chunks in sections of {} need {want}", b.len(), w.section));
+                        return None;
+                    }
+                    None => {
+                        bad("digests: sections is not base64".into());
+                        return None;
+                    }
+                };
+                DigestTable::external(n, TableRef { blob: w.blob, section: w.section, hashes })
+            }
+        };
+        Some(Toc {
+            version: self.version,
+            chunker: self.chunker,
+            packs: self.packs,
+            frames: self.frames,
+            chunks: self.chunks.into_iter().map(|c| c.chunk).collect(),
+            digests,
+            layers: self.layers,
+            prefetch: self.prefetch,
+        })
+    }
 }
 
 /// A present field must hold a value of its type: `null` is refused (JavaScript's `??` would read
@@ -242,7 +377,7 @@ fn packs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
 fn frames<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Frame>, D::Error> {
     bounded(d, limits::CHUNKS, "frames", false)
 }
-fn chunks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Chunk>, D::Error> {
+fn chunks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ChunkRow>, D::Error> {
     bounded(d, limits::CHUNKS, "chunks", false)
 }
 fn layers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Layer>, D::Error> {
@@ -350,14 +485,14 @@ pub fn decode(json: &[u8]) -> Result<Toc, Report> {
         version: serde_json::Value,
     }
     if let Ok(V { version }) = serde_json::from_slice::<V>(json) {
-        if version.as_u64() != Some(crate::format::toc::VERSION) {
-            r.push(Class::Unsupported, None, None, format!("TOC version {version} is not supported (this reader: {VERSION})"));
+        if !version.as_u64().is_some_and(|v| VERSIONS.contains(&v)) {
+            r.push(Class::Unsupported, None, None, format!("TOC version {version} is not supported (this reader: 1 and {VERSION})"));
             return Err(r);
         }
     }
     ENTRY_BUDGET.with(|b| b.set(limits::ENTRIES));
-    match from_slice_strict::<Toc>(json) {
-        Ok(t) => Ok(t),
+    match from_slice_strict::<Wire>(json) {
+        Ok(w) => w.into_toc(&mut r).ok_or(r),
         Err(e) => {
             fail(e, &mut r);
             Err(r)
@@ -365,7 +500,10 @@ pub fn decode(json: &[u8]) -> Result<Toc, Report> {
     }
 }
 
-pub const VERSION: u64 = 1;
+/// The version this writer writes.
+pub const VERSION: u64 = 2;
+/// The versions this reader reads.
+pub const VERSIONS: [u64; 2] = [1, 2];
 
 fn from_slice_strict<T: DeserializeOwned>(json: &[u8]) -> serde_json::Result<T> {
     let mut de = serde_json::Deserializer::from_slice(json);
@@ -433,11 +571,15 @@ impl Toc {
                 );
             }
         }
-        let mut digests = std::collections::HashSet::with_capacity(self.chunks.len());
-        for (i, &Chunk { digest: h, frame: f, offset: off, len }) in self.chunks.iter().enumerate() {
-            if !digests.insert(h) {
-                r.push(Class::Corrupt, None, None, format!("chunk {i}: sha256:{h} is listed twice"));
+        if let Some(all) = self.digests.table_ref().is_none().then(|| self.digests.all()).flatten() {
+            let mut seen = std::collections::HashSet::with_capacity(all.len());
+            for (i, h) in all.iter().enumerate() {
+                if !seen.insert(h) {
+                    r.push(Class::Corrupt, None, None, format!("chunk {i}: sha256:{} is listed twice", Hex32(*h)));
+                }
             }
+        }
+        for (i, &Chunk { frame: f, offset: off, len }) in self.chunks.iter().enumerate() {
             let Some(fr) = self.frames.get(f as usize) else {
                 r.push(Class::Corrupt, None, None, format!("chunk {i}: frame {f} does not exist"));
                 continue;

@@ -222,11 +222,9 @@ pub struct InodeOut {
     pub children: Vec<(String, u64)>,
 }
 
-/// The merged view as readers take it: the chunk table (hex, length) and every reachable inode,
-/// root (ino 1) first, hardlinks once.
+/// The merged view as readers take it: every reachable inode, root (ino 1) first, hardlinks once.
 #[derive(Debug, serde::Serialize)]
 pub struct TreeOut {
-    pub chunks: Vec<(String, u64)>,
     pub inodes: Vec<InodeOut>,
 }
 
@@ -239,7 +237,7 @@ impl Tree {
                 inodes.push(self.inode_out(toc, id, id as u64 + 1));
             }
         });
-        TreeOut { chunks: toc.chunks.iter().map(|c| (c.digest.to_string(), c.len)).collect(), inodes }
+        TreeOut { inodes }
     }
 
     /// Node `id` as inode number `ino`, its children numbered as in [`Tree::view`].
