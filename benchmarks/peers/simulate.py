@@ -6,7 +6,8 @@
 FORMAT and DIR:
   ocichunk     an OCI layout holding one converted image (its chunked manifest and TOC; for a
                version 2 TOC the digest table sections of the chunks of every frame fetched are
-               fetched too, adjacent ones in one range)
+               fetched too, adjacent ones in one range, and the dictionary of every frame that
+               was compressed with one, once)
   chunks       DIR/N.json for layer N, as `estargz index` (eStargz, zstd:chunked) prints them,
                or one DIR/0.json for the merged tree, as `nydus.py index` prints it for a merged
                Nydus bootstrap: per regular file its chunks with the compressed range
@@ -61,6 +62,8 @@ class Ocichunk:
         self.toc_requests = 1
         toc = json.loads(subprocess.run(['zstd', '-dcq', blob(toc_desc['digest'])], check=True, capture_output=True).stdout)
         self.frames = toc['frames']
+        # a frame compressed with a dictionary needs the dictionary's frame too (once)
+        self.dicts = toc.get('dicts', [])
         # rows [frame, offset, length] (version 2) or [hex, frame, offset, length] (version 1)
         self.chunks = [c[-3:] for c in toc['chunks']]
         self.layers = [{norm(e['path']): e for e in l['entries']} for l in toc['layers']]
@@ -98,8 +101,11 @@ class Ocichunk:
         for ci in e['chunks']:
             frame, _, clen = self.chunks[ci]
             if pos < off + length and pos + clen > off:
-                pack, coff, csize, _ = self.frames[frame]
+                pack, coff, csize = self.frames[frame][:3]
                 out.append((pack, coff, coff + csize))
+                if len(self.frames[frame]) > 4:
+                    dpack, doff, dsize, _ = self.dicts[self.frames[frame][4]]
+                    out.append((dpack, doff, doff + dsize))
                 if self.section:
                     out.extend(self.sections(frame))
             pos += clen

@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { decodeToc, type Toc } from '../chunked/toc.js';
 import { resolveImage } from '../chunked/image.js';
-import { convertImage, type ConvertOptions, type ConvertResult } from '../convert/convert.js';
+import { convertImage, DEFAULT_ZSTD_LEVEL, type ConvertOptions, type ConvertResult } from '../convert/convert.js';
 import { OcichunkError } from '../errors.js';
 import type { ChunkerSpec } from '../native/index.js';
 import { CMT } from '../oci/chunked-media.js';
@@ -110,9 +110,10 @@ export interface AnalyzeOptions {
   parquet?: string;
   /** DuckDB's memory limit for the chunk table (e.g. "1GB"); beyond it, it spills to tmpDir. */
   memoryLimit?: string;
-  /** Frame grouping, as `convert` takes it. */
+  /** Frame grouping and dictionaries, as `convert` takes them. */
   groupBelow?: number;
   groupTarget?: number;
+  dictSize?: number;
   onProgress?: (p: { strategy: string; image: string; index: number; images: number }) => void;
 }
 
@@ -218,12 +219,13 @@ async function chunkStrategy(
     try {
       const co: ConvertOptions = {
         chunker: s.chunker,
-        zstdLevel: opts.zstdLevel ?? 3,
+        zstdLevel: opts.zstdLevel ?? DEFAULT_ZSTD_LEVEL,
         threads: opts.threads,
         tmpDir: opts.tmpDir,
         platform: opts.platform,
         groupBelow: opts.groupBelow,
         groupTarget: opts.groupTarget,
+        dictSize: opts.dictSize,
         chunkIndex,
       };
       r = await convertImage(src, sink, co);
@@ -304,7 +306,7 @@ export async function analyze(refs: string[], opts: AnalyzeOptions = {}): Promis
     if (opts.parquet) await table.writeParquet(opts.parquet);
     return {
       images: L.names,
-      zstdLevel: opts.zstdLevel ?? 3,
+      zstdLevel: opts.zstdLevel ?? DEFAULT_ZSTD_LEVEL,
       strategies: results,
       sharing: sharingStrategy ? sql.sharing : { strategy: 'layer', bytes: [] },
       topDuplicates: sql.topDuplicates,

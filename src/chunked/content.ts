@@ -25,6 +25,9 @@ export class ChunkReader {
   framesRead = 0;
   /** digest table bytes fetched (sections; a lazy reader's) */
   digestBytesRead = 0;
+  /** bytes of dictionary frames read */
+  dictBytesRead = 0;
+  private dictsLoading = new Map<number, Promise<void>>();
   /** where digest table sections are kept between runs (a lazy reader's chunk cache) */
   sectionCache: SectionCache | undefined;
 
@@ -153,6 +156,42 @@ export class ChunkReader {
     });
   }
 
+  /**
+   * Load the dictionaries these TOC frames were compressed with (docs/format.md §5): each one's
+   * frame read from its pack and decompressed, once per reader.
+   */
+  async loadDictionaries(frames: Iterable<number>): Promise<void> {
+    const { toc, checked } = this.img;
+    const waits: Array<Promise<void>> = [];
+    const seen = new Set<number>();
+    for (const f of frames) {
+      const d = toc.frames[f].dict;
+      if (d === undefined || seen.has(d) || checked.hasDictionary(d)) continue;
+      seen.add(d);
+      let p = this.dictsLoading.get(d);
+      if (!p) {
+        const { pack, offset, compressedLength, length } = toc.dicts![d];
+        p = (async () => {
+          const comp = await (await this.reader(pack)).read(offset, compressedLength);
+          this.dictBytesRead += comp.length;
+          let raw: Buffer;
+          try {
+            raw = await native.decompressFrames(comp, Uint32Array.of(0, compressedLength, length), 0);
+          } catch (e) {
+            throw new OcichunkError('ECORRUPT', `${this.img.image.source.name}: dictionary ${d} in pack ${toc.packs[pack]}: ${(e as Error).message}`, {
+              cause: e,
+            });
+          }
+          checked.setDictionary(d, raw);
+        })();
+        this.dictsLoading.set(d, p);
+        p.catch(() => this.dictsLoading.delete(d));
+      }
+      waits.push(p);
+    }
+    await Promise.all(waits);
+  }
+
   /** Fetch, decompress and verify the given chunks (TOC chunk indices). */
   async fetch(chunkIdxs: Iterable<number>): Promise<Map<number, Buffer>> {
     const toc = this.img.toc;
@@ -167,7 +206,7 @@ export class ChunkReader {
     let totalU = 0;
     for (const f of frames) totalU += toc.frames[f].length;
     // the digests these chunks are checked against, fetched with the frames (one round trip)
-    const [{ comp, at }] = await Promise.all([this.readFrames(frames), this.loadDigests(wanted)]);
+    const [{ comp, at }] = await Promise.all([this.readFrames(frames), this.loadDigests(wanted), this.loadDictionaries(frames)]);
     const triplets = new Uint32Array(frames.length * 3);
     const outOff = new Map<number, number>();
     let upos = 0;
@@ -181,7 +220,7 @@ export class ChunkReader {
     });
     let out: Buffer;
     try {
-      out = await native.decompressFrames(comp, triplets, this.threads);
+      out = await this.img.checked.decompressFrames(comp, triplets, Uint32Array.from(frames), this.threads);
     } catch (e) {
       throw new OcichunkError('ECORRUPT', `${this.img.image.source.name}: ${(e as Error).message}`, { cause: e });
     }

@@ -16,7 +16,12 @@ export interface TocFrame {
   compressedLength: number;
   /** bytes it decompresses to */
   length: number;
+  /** index into `dicts`: the frame was compressed with that dictionary */
+  dict?: number;
 }
+
+/** A zstd dictionary: a zstd frame of it in a pack (on the wire `[pack, offset, compressedLength, length]`). */
+export type TocDict = TocFrame;
 
 /**
  * One chunk of file content (on the wire a row `[frame, offsetInFrame, length]`; in version 1
@@ -57,6 +62,8 @@ export interface Toc {
   version: number;
   chunker: ChunkerSpec;
   packs: string[];
+  /** zstd dictionaries frames were compressed with (docs/format.md §5) */
+  dicts?: TocDict[];
   frames: TocFrame[];
   chunks: TocChunk[];
   /** version 2: the digest table blob, chunks per section, the sections' SHA-256s (base64) */
@@ -70,15 +77,24 @@ export interface Toc {
 }
 
 /** The TOC's JSON: the frame and chunk tables are rows of numbers (compact, and what digests cover). */
-export type TocWire = Omit<Toc, 'frames' | 'chunks'> & {
-  frames: Array<[number, number, number, number]>;
+export type TocWire = Omit<Toc, 'frames' | 'chunks' | 'dicts'> & {
+  dicts?: Array<[number, number, number, number]>;
+  frames: Array<[number, number, number, number] | [number, number, number, number, number]>;
   chunks: Array<[number, number, number] | [string, number, number, number]>;
 };
 
-function fromWire(w: TocWire): Toc {
+function fromWire(wire: TocWire): Toc {
+  const { dicts, ...w } = wire;
   return {
     ...w,
-    frames: w.frames.map(([pack, offset, compressedLength, length]) => ({ pack, offset, compressedLength, length })),
+    ...(dicts ? { dicts: dicts.map(([pack, offset, compressedLength, length]) => ({ pack, offset, compressedLength, length })) } : {}),
+    frames: w.frames.map(([pack, offset, compressedLength, length, dict]) => ({
+      pack,
+      offset,
+      compressedLength,
+      length,
+      ...(dict === undefined ? {} : { dict }),
+    })),
     chunks: w.chunks.map((r) =>
       r.length === 4 ? { digest: r[0], frame: r[1], offset: r[2], length: r[3] } : { digest: '', frame: r[0], offset: r[1], length: r[2] },
     ),

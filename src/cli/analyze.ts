@@ -19,7 +19,6 @@ export function builder(y: Argv) {
       default: DEFAULT_STRATEGIES,
       describe: 'strategies: layer, file, fixed:SIZE, cdc:MIN/AVG/MAX (comma-separated or repeated)',
     })
-    .option('zstd-level', { type: 'number', default: 3, describe: 'zstd level of chunk frames' })
     .option('csv', { type: 'string', describe: 'also write one row per strategy to this CSV file' })
     .option('parquet', { type: 'string', describe: 'also write one row per chunk occurrence to this Parquet file (via embedded DuckDB)' })
     .option('html', { type: 'string', describe: 'also write a self-contained HTML report with charts (opens offline)' })
@@ -35,7 +34,6 @@ type Args = Common &
   FrameArgs & {
     images: string[];
     chunker: string[];
-    'zstd-level': number;
     csv?: string;
     html?: string;
     parquet?: string;
@@ -67,7 +65,6 @@ export async function run(a: Args): Promise<unknown> {
   const line = new ProgressLine(a);
   const r = await analyze(a.images, {
     strategies: a.chunker,
-    zstdLevel: a['zstd-level'],
     platform: platformOf(a),
     threads: a.threads,
     transport: transportOf(a),

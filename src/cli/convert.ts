@@ -42,7 +42,6 @@ export function builder(y: Argv) {
     .option('chunk-avg', { type: 'string', describe: 'cdc: average chunk size (default 64k)' })
     .option('chunk-max', { type: 'string', describe: 'cdc: maximum chunk size (default 256k); file: largest single chunk (default 64m)' })
     .option('chunk-size', { type: 'string', describe: 'fixed: chunk size (default 1m)' })
-    .option('zstd-level', { type: 'number', default: 3, describe: 'zstd level of chunk frames (1-22)' })
     .option('source-date-epoch', {
       type: 'number',
       describe: 'clamp mtimes to at most this time (default: $SOURCE_DATE_EPOCH; unset: mtimes are kept). Changes the files: tools that trust mtimes see it',
@@ -61,7 +60,6 @@ type Args = Common &
     'all-platforms': boolean;
     attach: 'index' | 'referrer';
     concurrency: number;
-    'zstd-level': number;
     'source-date-epoch'?: number;
     'keep-mtime': boolean;
     'pack-size': string;
@@ -97,7 +95,6 @@ export async function run(a: Args): Promise<unknown> {
     allPlatforms: a['all-platforms'],
     attach: a.attach,
     chunker: chunkerOf(a as never),
-    zstdLevel: a['zstd-level'],
     threads: a.threads,
     sourceDateEpoch: sourceDateEpoch(a),
     packTarget: parseSize(a['pack-size'], '--pack-size'),

@@ -22,7 +22,6 @@ export async function run(a: { out: string }): Promise<unknown> {
     source: `oci:${example}:latest`,
     destination: `oci:${a.out}:latest`,
     chunker: 'cdc',
-    'zstd-level': 3,
     'keep-mtime': false,
     'pack-size': '64m',
     'all-platforms': false,

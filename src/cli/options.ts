@@ -1,7 +1,7 @@
 /** Options shared by several commands, and their translation into library options. */
 import type { Argv } from 'yargs';
 import { OcichunkError } from '../errors.js';
-import { DEFAULT_FRAME_SIZE, DEFAULT_GROUP_BELOW } from '../convert/convert.js';
+import { DEFAULT_DICT_SIZE, DEFAULT_FRAME_SIZE, DEFAULT_GROUP_BELOW, DEFAULT_ZSTD_LEVEL } from '../convert/convert.js';
 import type { ChunkerSpec } from '../native/index.js';
 import { parsePlatform, type Platform } from '../oci/types.js';
 import type { TransportOptions } from '../ref.js';
@@ -125,6 +125,8 @@ export function sourceDateEpoch(a: { 'source-date-epoch'?: number; 'keep-mtime'?
 export interface FrameArgs {
   'frame-size'?: string;
   'group-below'?: string;
+  'zstd-level'?: number;
+  'dict-size'?: string;
 }
 
 /** --frame-size / --group-below, for convert and for analyze (which predicts what convert stores). */
@@ -139,12 +141,20 @@ export function frameOptions<T>(y: Argv<T>) {
       type: 'string',
       default: `${DEFAULT_GROUP_BELOW >> 10}k`,
       describe: 'chunks smaller than this are grouped into shared frames; larger ones get a frame each',
+    })
+    .option('zstd-level', { type: 'number', default: DEFAULT_ZSTD_LEVEL, describe: 'zstd level of chunk frames (1-22)' })
+    .option('dict-size', {
+      type: 'string',
+      default: `${DEFAULT_DICT_SIZE >> 10}k`,
+      describe: "each layer's zstd dictionary, trained from its first chunks and used by all its frames (0: none)",
     });
 }
 
 /** The library's frame options; absent flags leave the library defaults. */
-export function framesOf(a: FrameArgs): { groupTarget?: number; groupBelow?: number } {
+export function framesOf(a: FrameArgs): { groupTarget?: number; groupBelow?: number; zstdLevel?: number; dictSize?: number } {
   return {
+    ...(a['zstd-level'] !== undefined ? { zstdLevel: a['zstd-level'] } : {}),
+    ...(a['dict-size'] !== undefined ? { dictSize: a['dict-size'] === '0' ? 0 : parseSize(a['dict-size'], '--dict-size') } : {}),
     ...(a['frame-size'] !== undefined ? { groupTarget: parseSize(a['frame-size'], '--frame-size') } : {}),
     ...(a['group-below'] !== undefined ? { groupBelow: parseSize(a['group-below'], '--group-below') } : {}),
   };

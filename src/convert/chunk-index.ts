@@ -9,7 +9,7 @@
  */
 import { decodeToc, TOC_MAX_BLOB, type Toc } from '../chunked/toc.js';
 import { OcichunkError } from '../errors.js';
-import { native, type NativeChunkDict } from '../native/index.js';
+import { native, type DictFrameLocation, type NativeChunkDict } from '../native/index.js';
 import { ANN, CMT, isTocType } from '../oci/chunked-media.js';
 import { parseManifestDoc } from '../oci/types.js';
 import type { ImageSink } from '../transports/types.js';
@@ -21,6 +21,8 @@ export interface Location {
   clen: number;
   ulen: number;
   inner: number;
+  /** the dictionary the frame was compressed with: where its frame is */
+  dict?: DictFrameLocation;
 }
 
 /** Binary SHA-256s of hex digests, back to back (ECORRUPT for one that is not 64 hex digits). */
@@ -96,7 +98,7 @@ export class ChunkIndex {
   /** Where the chunk's frame is, or undefined if it is not placed (or only claimed). */
   loc(id: number): Location | undefined {
     const l = this.dict.location(id);
-    return l ? { pack: l.pack, off: l.offset, clen: l.compressedLen, ulen: l.len, inner: l.inner } : undefined;
+    return l ? { pack: l.pack, off: l.offset, clen: l.compressedLen, ulen: l.len, inner: l.inner, ...(l.dict ? { dict: l.dict } : {}) } : undefined;
   }
 
   setSpool(id: number, off: number, clen = -1): void {
@@ -177,8 +179,10 @@ export class ChunkIndex {
       );
       toc.chunks.forEach(({ frame: fi, offset: inner }, k) => {
         if (!fresh(k)) return;
-        const { pack: pi, offset, compressedLength: compressedLen, length: len } = toc.frames[fi];
-        this.dict.setForeign(ids[k], { pack: toc.packs[pi], offset, compressedLen, len, inner });
+        const { pack: pi, offset, compressedLength: compressedLen, length: len, dict: di } = toc.frames[fi];
+        const d = di === undefined ? undefined : toc.dicts![di];
+        const dict = d ? { pack: toc.packs[d.pack], offset: d.offset, compressedLen: d.compressedLength, len: d.length } : undefined;
+        this.dict.setForeign(ids[k], { pack: toc.packs[pi], offset, compressedLen, len, inner, ...(dict ? { dict } : {}) });
         this.storedChunks++;
       });
     }

@@ -33,6 +33,7 @@ export async function originalContentDigests(src: ImageSource, layers: Descripto
     level: 3,
     groupBelow: 0,
     ...canonOf(opts.sourceDateEpoch),
+    precompress: false,
     signal: opts.signal,
   };
   const out: string[] = [];

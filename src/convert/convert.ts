@@ -11,7 +11,15 @@ import { FRAME_MAX } from '../chunked/toc.js';
 import { sha256Digest } from '../store/blobstore.js';
 import { newSpoolPath } from '../store/owner.js';
 import { OcichunkError, withContext } from '../errors.js';
-import { native, type BuiltToc, type ChunkerSpec, type NativeCheckedToc, type NativeLayerDraft, type NativeTocBuilder } from '../native/index.js';
+import {
+  native,
+  type BuiltToc,
+  type ChunkerSpec,
+  type DictFrameLocation,
+  type NativeCheckedToc,
+  type NativeLayerDraft,
+  type NativeTocBuilder,
+} from '../native/index.js';
 import { ANN, CHUNKED_PLATFORM, CMT, FORMAT_VERSION } from '../oci/chunked-media.js';
 import {
   MT,
@@ -40,8 +48,17 @@ import { canonOf, LayerScanner, OutOfOrder, Spool, type LayerInput } from './sca
  * default chunker that is every chunk: a big file's chunks share frames too). Chosen by
  * benchmarks/frames.sh: storage against the bytes a lazy reader fetches per read.
  */
-export const DEFAULT_FRAME_SIZE = 512 << 10;
-export const DEFAULT_GROUP_BELOW = 256 << 10;
+export const DEFAULT_FRAME_SIZE = 64 << 10;
+export const DEFAULT_GROUP_BELOW = 32 << 10;
+/** zstd level of frames. */
+export const DEFAULT_ZSTD_LEVEL = 6;
+/**
+ * Bytes of each layer's zstd dictionary (docs/format.md §5), trained from the layer's first
+ * DICT_SAMPLE_FACTOR times as many bytes of new chunks: small frames compress almost as well as
+ * big ones (benchmarks/peers.sh: the corpus stored, and cold starts).
+ */
+export const DEFAULT_DICT_SIZE = 112 << 10;
+export const DICT_SAMPLE_FACTOR = 100;
 export const DEFAULT_CHUNKER: ChunkerSpec = { kind: 'cdc', min: 16 << 10, avg: 64 << 10, max: 256 << 10 };
 
 export interface ConvertProgress {
@@ -70,6 +87,8 @@ export interface ConvertOptions {
   tmpDir?: string;
   groupBelow?: number;
   groupTarget?: number;
+  /** Bytes of each layer's zstd dictionary (0: none); default DEFAULT_DICT_SIZE. */
+  dictSize?: number;
   /**
    * The chunk index of `sink`, kept by a caller that converts many images into one sink (e.g.
    * analyze): the sink's TOCs are then not read again. It must describe everything the sink stores.
@@ -185,7 +204,7 @@ async function checkForeignLocations(ctx: Ctx, ids: number[]): Promise<number> {
   for (const id of ids) {
     const loc = chunkIndex.loc(id)!;
     const pack = loc.pack as string;
-    if (await trust.knowsLocation(pack, locationKey(loc.off, loc.inner, chunkIndex.length(id), chunkIndex.hex(id)))) chunkIndex.trustLoc(id);
+    if (await trust.knowsLocation(pack, locationKey(loc.off, loc.inner, chunkIndex.length(id), chunkIndex.hex(id), loc.dict))) chunkIndex.trustLoc(id);
     else byPack.set(pack, [...(byPack.get(pack) ?? []), id]);
   }
   let verified = 0;
@@ -197,10 +216,33 @@ async function checkForeignLocations(ctx: Ctx, ids: number[]): Promise<number> {
     try {
       for (let i = 0; i < list.length; i += 1024) {
         const part = list.slice(i, i + 1024);
-        const frames = new Map<number, { clen: number; ulen: number }>();
+        const frames = new Map<number, { clen: number; ulen: number; dict?: DictFrameLocation }>();
         for (const id of part) {
           const l = chunkIndex.loc(id)!;
-          frames.set(l.off, { clen: l.clen, ulen: l.ulen });
+          frames.set(l.off, { clen: l.clen, ulen: l.ulen, ...(l.dict ? { dict: l.dict } : {}) });
+        }
+        // the dictionaries of those frames, read from where the destination's TOCs say they are
+        const dictKey = (d: DictFrameLocation) => `${d.pack}@${d.offset}`;
+        const dictIx = new Map<string, number>();
+        const dicts: Buffer[] = [];
+        for (const f of frames.values()) {
+          if (!f.dict || dictIx.has(dictKey(f.dict))) continue;
+          const d = f.dict;
+          const dsize = chunkIndex.packSizes.get(String(d.pack));
+          if (dsize === undefined) throw new OcichunkError('EINTERNAL', `size of pack ${d.pack} unknown`);
+          const r = d.pack === pack ? reader : await dst.openRanges({ mediaType: CMT.pack, digest: String(d.pack), size: dsize });
+          try {
+            const comp = await r.read(d.offset, d.compressedLen);
+            dicts.push(await native.decompressFrames(comp, Uint32Array.of(0, d.compressedLen, d.len), 0));
+          } catch (e) {
+            throw new OcichunkError(
+              'EDIGEST',
+              `${ctx.sink.name}: pack ${d.pack} does not hold the dictionary a chunked manifest there claims (${(e as Error).message})`,
+            );
+          } finally {
+            if (r !== reader) await r.close();
+          }
+          dictIx.set(dictKey(d), dicts.length - 1);
         }
         const offs = [...frames.keys()];
         const comp = await Promise.all(offs.map((o) => reader.read(o, frames.get(o)!.clen)));
@@ -216,7 +258,13 @@ async function checkForeignLocations(ctx: Ctx, ids: number[]): Promise<number> {
           upos += f.ulen;
         });
         const what = `${ctx.sink.name}: pack ${pack}`;
-        const out = await native.decompressFrames(Buffer.concat(comp), triplets, 0).catch((e: unknown) => {
+        const frameDicts = Int32Array.from(
+          offs.map((o) => {
+            const d = frames.get(o)!.dict;
+            return d ? dictIx.get(dictKey(d))! : -1;
+          }),
+        );
+        const out = await native.decompressFrames(Buffer.concat(comp), triplets, 0, dicts, frameDicts).catch((e: unknown) => {
           throw new OcichunkError(
             'EDIGEST',
             `${what} does not hold the frames a chunked manifest there claims (${(e as Error).message}); remove that image (ocichunk gc) or convert into another destination`,
@@ -238,7 +286,7 @@ async function checkForeignLocations(ctx: Ctx, ids: number[]): Promise<number> {
             );
           }
           const l = chunkIndex.loc(id)!;
-          good.push(locationKey(l.off, l.inner, chunkIndex.length(id), hex));
+          good.push(locationKey(l.off, l.inner, chunkIndex.length(id), hex, l.dict));
           chunkIndex.trustLoc(id);
         });
         verified += part.length;
@@ -259,7 +307,7 @@ async function recordWritten(ctx: Ctx, firstNew: number): Promise<void> {
     const l = chunkIndex.loc(id);
     if (!l || typeof l.pack !== 'string') continue;
     const keys = byPack.get(l.pack) ?? [];
-    keys.push(locationKey(l.off, l.inner, chunkIndex.length(id), chunkIndex.hex(id)));
+    keys.push(locationKey(l.off, l.inner, chunkIndex.length(id), chunkIndex.hex(id), l.dict));
     byPack.set(l.pack, keys);
   }
   for (const [pack, keys] of byPack) await ctx.trust.recordLocations(pack, keys);
@@ -428,7 +476,9 @@ async function imagesToConvert(src: ImageSource, opts: ConvertOptions): Promise<
 /** The conversion's context: the chunk index of the sink, the packer, the spool, the options that shape entries. */
 async function conversionContext(src: ImageSource, sink: ImageSink, opts: ConvertOptions, progress: (p: ConvertProgress) => void): Promise<Ctx> {
   const chunker = opts.chunker ?? DEFAULT_CHUNKER;
-  const level = opts.zstdLevel ?? 3;
+  const level = opts.zstdLevel ?? DEFAULT_ZSTD_LEVEL;
+  const dictSize = opts.dictSize ?? DEFAULT_DICT_SIZE;
+  if (dictSize !== 0 && (dictSize < 1024 || dictSize > 1 << 20)) throw new OcichunkError('EUSAGE', `dictionary size ${dictSize}: 0 (none) or 1 KiB to 1 MiB`);
   const threads = opts.threads ?? 0;
   if ((opts.groupTarget ?? 0) > FRAME_MAX) throw new OcichunkError('EUSAGE', `frame size ${opts.groupTarget} is over the format's limit of ${FRAME_MAX} bytes`);
   // a caller converting many images into one sink (analyze) keeps the chunk index between calls
@@ -445,6 +495,8 @@ async function conversionContext(src: ImageSource, sink: ImageSink, opts: Conver
     groupTarget: opts.groupTarget ?? DEFAULT_FRAME_SIZE,
     packTarget: opts.packTarget ?? 64 << 20,
     batchBytes,
+    dictSize,
+    dictSample: dictSize * DICT_SAMPLE_FACTOR,
   });
   const scanOpts = {
     chunker,
@@ -452,6 +504,8 @@ async function conversionContext(src: ImageSource, sink: ImageSink, opts: Conver
     batchBytes,
     level,
     groupBelow,
+    // a frame compressed in the scan would lack the layer's dictionary: spooled raw instead
+    precompress: dictSize === 0,
     ...canonOf(opts.sourceDateEpoch),
     signal: opts.signal,
   };

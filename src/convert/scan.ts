@@ -50,6 +50,8 @@ export interface ScanOptions extends CanonOptions {
   /** zstd level, and the size from which a chunk is its own frame (spool mode compresses those at once). */
   level: number;
   groupBelow: number;
+  /** compress a big chunk at once in spool mode (not when frames use a dictionary trained later) */
+  precompress: boolean;
   /** checked between batches: a canceled scan stops within one batch */
   signal?: AbortSignal;
 }
@@ -259,7 +261,7 @@ export class LayerScanner {
       for (let k = 0; k < r.counts[si]; k++, ci++) {
         const len = r.lengths[ci];
         const id = ids[ci];
-        if (fresh(ci) && len >= this.opts.groupBelow) {
+        if (fresh(ci) && len >= this.opts.groupBelow && this.opts.precompress) {
           this.stats.newChunks++;
           this.stats.newChunkBytes += len;
           bigParts.push(pos, len);

@@ -108,6 +108,11 @@ export interface NativeCheckedToc {
   digestSectionSpan(i: number): [number, number];
   /** sha256 hex of section `i` (what the TOC says it hashes to) */
   digestSectionHash(i: number): string;
+  /** load dictionary `i` of the TOC (decompressed from its frame; its length checked) */
+  setDictionary(i: number, raw: Buffer): void;
+  hasDictionary(i: number): boolean;
+  /** decompress frames [offset, length, uncompressed length] of `data` that are TOC frames `tocFrames`, each with its (loaded) dictionary */
+  decompressFrames(data: Buffer, frames: Uint32Array, tocFrames: Uint32Array, threads: number): Promise<Buffer>;
 }
 
 /** Where a TOC's chunk digests are (crates/core/src/format/digests.rs). */
@@ -177,6 +182,16 @@ export interface ChunkLocation {
   compressedLen: number;
   len: number;
   inner: number;
+  /** the frame's dictionary, if it was compressed with one: where its frame is */
+  dict?: DictFrameLocation | null;
+}
+
+/** Where a dictionary's zstd frame is (docs/format.md §5). */
+export interface DictFrameLocation {
+  pack: string | number;
+  offset: number;
+  compressedLen: number;
+  len: number;
 }
 
 /** The chunk dictionary of a conversion (crates/core/src/format/dict.rs): ids are ranks of arrival. */
@@ -240,6 +255,9 @@ export interface PackSpec {
   packTarget: number;
   /** Uncompressed bytes per compression batch. */
   batchBytes: number;
+  /** Bytes of each layer's zstd dictionary (0: none), and of the sample it is trained from. */
+  dictSize?: number;
+  dictSample?: number;
 }
 
 interface Binding {
@@ -272,7 +290,7 @@ interface Binding {
     threads: number,
     out?: Buffer,
   ): Promise<{ data?: Buffer | null; sizes: Uint32Array }>;
-  decompressFrames(data: Buffer, frames: Uint32Array, threads: number): Promise<Buffer>;
+  decompressFrames(data: Buffer, frames: Uint32Array, threads: number, dicts?: Buffer[] | null, frameDicts?: Int32Array | null): Promise<Buffer>;
   hashRanges(data: Buffer, ranges: Uint32Array, threads: number): Promise<Buffer>;
   hashFile(p: string): Promise<string>;
   compressSync(data: Buffer, level: number): Buffer;
@@ -380,7 +398,9 @@ export const native = {
       sizes: r.sizes,
     };
   },
-  decompressFrames: (data: Buffer, frames: Uint32Array, threads: number) => wrapAsync('decompression', () => load().decompressFrames(data, frames, threads)),
+  /** Frame `i` with `dicts[frameDicts[i]]` where that is not -1. */
+  decompressFrames: (data: Buffer, frames: Uint32Array, threads: number, dicts?: Buffer[], frameDicts?: Int32Array) =>
+    wrapAsync('decompression', () => load().decompressFrames(data, frames, threads, dicts ?? null, frameDicts ?? null)),
   hashRanges: (data: Buffer, ranges: Uint32Array, threads: number) => wrapAsync('hashing', () => load().hashRanges(data, ranges, threads)),
   /** SHA-256 digest and size of a file, computed off the JS thread. */
   hashFile: async (p: string): Promise<{ digest: string; size: number }> => {
@@ -430,6 +450,10 @@ export const native = {
       missingDigestSections: (chunks: Uint32Array) => t.missingDigestSections(chunks),
       digestSectionSpan: (i: number) => t.digestSectionSpan(i) as [number, number],
       digestSectionHash: (i: number) => t.digestSectionHash(i),
+      setDictionary: (i: number, raw: Buffer) => wrapSync(`${what}: dictionary ${i}`, () => t.setDictionary(i, raw)),
+      hasDictionary: (i: number) => t.hasDictionary(i),
+      decompressFrames: (data: Buffer, frames: Uint32Array, tocFrames: Uint32Array, threads: number) =>
+        wrapAsync(what, () => t.decompressFrames(data, frames, tocFrames, threads)),
       [RAW]: t,
     } as NativeCheckedToc;
   },

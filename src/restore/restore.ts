@@ -112,6 +112,8 @@ export async function restoreChunked(img: ChunkedImage, target: string, opts: Re
     got.catch(() => {}); // awaited below
     return { i, j, bytes, got };
   };
+  // the dictionaries the frames were compressed with, before any frame is decompressed
+  if (toc.dicts?.length) await reader.loadDictionaries(toc.frames.keys());
   let next = seq.length ? fetchFrom(0) : undefined;
   try {
     // directories and the like are created while the first batch is fetched

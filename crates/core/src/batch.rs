@@ -1,7 +1,7 @@
 //! Batch entry points used by the binding: many segments, frames or ranges per call, in parallel
 //! with rayon. Output bytes never depend on the thread count.
 
-use crate::frame::{check_level, compress_frame, decompress_frame};
+use crate::frame::{check_level, compress_frame};
 use crate::{Code, Error, Result};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -114,20 +114,37 @@ pub fn compress_frames_into(data: &[u8], parts: &[(usize, usize)], counts: &[u32
 }
 
 /// `frames`: (offset, len, expected uncompressed len); output is the frames' contents concatenated.
-pub fn decompress_frames(data: &[u8], frames: &[(usize, usize, usize)], threads: usize) -> Result<Vec<u8>> {
+/// Decompress frames `(offset, length, uncompressed length)` of `data`, frame `i` with `dicts[i]`
+/// if given (`dicts` empty: none), into one buffer.
+pub fn decompress_frames(
+    data: &[u8],
+    frames: &[(usize, usize, usize)],
+    dicts: &[Option<std::sync::Arc<crate::frame::Dictionary>>],
+    threads: usize,
+) -> Result<Vec<u8>> {
     let slices = frames.iter().map(|&(o, l, u)| range(data, o, l, "frame").map(|s| (s, u))).collect::<Result<Vec<_>>>()?;
+    if !dicts.is_empty() && dicts.len() != frames.len() {
+        return Err(Error::invalid(format!("{} dictionaries for {} frames", dicts.len(), frames.len())));
+    }
     let total: usize = slices.iter().map(|s| s.1).sum();
     if total > (4usize << 30) {
         return Err(Error::invalid(format!("{total} bytes of output is too much for one call")));
     }
-    let out = run(threads, || {
-        slices
-            .par_iter()
-            .enumerate()
-            .map(|(i, &(s, u))| decompress_frame(s, u).map_err(|e| if e.code() == Code::Corrupt { e.context(format_args!("frame {i}")) } else { e }))
-            .collect::<Result<Vec<_>>>()
+    let mut out = vec![0u8; total];
+    let mut parts: Vec<&mut [u8]> = Vec::with_capacity(slices.len());
+    let mut rest = &mut out[..];
+    for &(_, u) in &slices {
+        let (a, b) = rest.split_at_mut(u);
+        parts.push(a);
+        rest = b;
+    }
+    run(threads, || {
+        parts.into_par_iter().zip(slices.par_iter()).enumerate().try_for_each(|(i, (dst, &(s, _)))| {
+            let d = dicts.get(i).and_then(|d| d.as_deref());
+            crate::frame::decompress_frame_with(s, dst, d).map_err(|e| if e.code() == Code::Corrupt { e.context(format_args!("frame {i}")) } else { e })
+        })
     })??;
-    Ok(out.concat())
+    Ok(out)
 }
 
 /// Decompress one frame into `out`, which its content must fill exactly (no new memory: restore
@@ -219,7 +236,7 @@ mod tests {
                 r
             })
             .collect();
-        assert_eq!(decompress_frames(&f1.data, &trip, 2).unwrap(), &d[..64 * 65536]);
+        assert_eq!(decompress_frames(&f1.data, &trip, &[], 2).unwrap(), &d[..64 * 65536]);
     }
 
     #[test]
@@ -234,6 +251,6 @@ mod tests {
         let d = vec![0u8; 10];
         assert!(matches!(hash_ranges(&d, &[(5, 10)], 0), Err(e) if e.code() == Code::Invalid));
         assert!(compress_frames(&d, &[(0, 5)], &[2], 3, 0).is_err());
-        assert!(matches!(decompress_frames(&d, &[(0, 10, 5)], 0), Err(e) if e.code() == Code::Corrupt && e.message().starts_with("frame 0: ")));
+        assert!(matches!(decompress_frames(&d, &[(0, 10, 5)], &[], 0), Err(e) if e.code() == Code::Corrupt && e.message().starts_with("frame 0: ")));
     }
 }

@@ -202,7 +202,7 @@ mod tests {
             let e = frame::decompress_bytes(b"not zstd at all", 100).unwrap_err();
             assert_eq!(e.code(), Code::Corrupt);
             no_prefix(&e);
-            let e = batch::decompress_frames(b"not zstd at all", &[(0, 15, 10)], 1).unwrap_err();
+            let e = batch::decompress_frames(b"not zstd at all", &[(0, 15, 10)], &[], 1).unwrap_err();
             assert!(e.code() == Code::Corrupt && e.message().starts_with("frame 0: zstd: "), "{e}");
             assert_eq!(batch::hash_ranges(b"abc", &[(2, 2)], 1).unwrap_err().code(), Code::Invalid);
             assert_eq!(ChunkerParams::Cdc { min: 1, avg: 2, max: 3 }.validate().unwrap_err().code(), Code::Invalid);

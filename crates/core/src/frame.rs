@@ -53,6 +53,105 @@ pub fn decompress_frame(frame: &[u8], expected_len: usize) -> Result<Vec<u8>> {
     })
 }
 
+/// A zstd dictionary (docs/format.md §5): prepared once for compressing at one level and for
+/// decompressing. Frames compressed with it name it by the id in its header.
+pub struct Dictionary {
+    raw: Vec<u8>,
+    cdict: Option<zstd::zstd_safe::CDict<'static>>,
+    ddict: zstd::zstd_safe::DDict<'static>,
+}
+
+impl std::fmt::Debug for Dictionary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dictionary").field("bytes", &self.raw.len()).finish()
+    }
+}
+
+impl Dictionary {
+    /// For decompressing only.
+    pub fn for_reading(raw: Vec<u8>) -> Dictionary {
+        let ddict = zstd::zstd_safe::DDict::create(&raw);
+        Dictionary { raw, cdict: None, ddict }
+    }
+
+    /// For compressing at `level` and decompressing.
+    pub fn for_writing(raw: Vec<u8>, level: i32) -> Result<Dictionary> {
+        check_level(level)?;
+        let cdict = Some(zstd::zstd_safe::CDict::create(&raw, level));
+        let ddict = zstd::zstd_safe::DDict::create(&raw);
+        Ok(Dictionary { raw, cdict, ddict })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.raw
+    }
+}
+
+thread_local! {
+    static DICT_CCTX: RefCell<Option<zstd::zstd_safe::CCtx<'static>>> = const { RefCell::new(None) };
+    static DICT_DCTX: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
+}
+
+/// One frame of `src` compressed with `dict` (at the level it was prepared for), content size in
+/// the header, no checksum.
+pub fn compress_frame_with(src: &[u8], dict: &Dictionary) -> Result<Vec<u8>> {
+    let cdict = dict.cdict.as_ref().ok_or_else(|| Error::invalid("dictionary prepared for reading only"))?;
+    DICT_CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        let cctx = c.get_or_insert_with(zstd::zstd_safe::CCtx::create);
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(src.len()));
+        cctx.compress_using_cdict(&mut out, src, cdict).map_err(|e| Error::invalid(format!("zstd: {}", zstd::zstd_safe::get_error_name(e))))?;
+        Ok(out)
+    })
+}
+
+/// Decompress one frame into `out`, which it must fill exactly; with `dict` when the frame was
+/// compressed with one.
+pub fn decompress_frame_with(frame: &[u8], out: &mut [u8], dict: Option<&Dictionary>) -> Result<()> {
+    let Some(dict) = dict else { return crate::batch::decompress_frame_into(frame, out) };
+    let n = DICT_DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        let dctx = d.get_or_insert_with(zstd::zstd_safe::DCtx::create);
+        dctx.decompress_using_ddict(&mut *out, frame, &dict.ddict).map_err(|e| Error::corrupt(format!("zstd: {}", zstd::zstd_safe::get_error_name(e))))
+    })?;
+    if n != out.len() {
+        return Err(Error::corrupt(format!("frame holds {n} bytes, expected {}", out.len())));
+    }
+    Ok(())
+}
+
+/// Train a dictionary of at most `size` bytes from samples (`data`, cut at `sizes`), for frames of
+/// `level`: fastCover with fixed parameters, single-threaded, so the same samples always give the
+/// same dictionary (with the zstd version pinned in Cargo.lock). None when zstd finds too little
+/// to learn from.
+pub fn train_dictionary(data: &[u8], sizes: &[usize], size: usize, level: i32) -> Option<Vec<u8>> {
+    use zstd_sys::*;
+    if sizes.iter().sum::<usize>() != data.len() || sizes.is_empty() {
+        return None;
+    }
+    let mut out = vec![0u8; size];
+    let params = ZDICT_fastCover_params_t {
+        k: 1024,
+        d: 8,
+        f: 20,
+        steps: 0,
+        nbThreads: 0,
+        splitPoint: 1.0,
+        accel: 1,
+        shrinkDict: 0,
+        shrinkDictMaxRegression: 0,
+        zParams: ZDICT_params_t { compressionLevel: level, notificationLevel: 0, dictID: 0 },
+    };
+    // SAFETY: `out` has room for `size` bytes; `sizes` adds up to `data.len()` (checked above).
+    let r = unsafe { ZDICT_trainFromBuffer_fastCover(out.as_mut_ptr().cast(), out.len(), data.as_ptr().cast(), sizes.as_ptr(), sizes.len() as u32, params) };
+    // SAFETY: a plain function of the returned code
+    if unsafe { ZDICT_isError(r) } != 0 {
+        return None;
+    }
+    out.truncate(r);
+    Some(out)
+}
+
 /// Decompress a whole buffer (one or more frames) of at most `max_len` bytes of output. The output
 /// grows by doubling but never beyond `max_len` bytes, whatever the input claims or holds.
 pub fn decompress_bytes(data: &[u8], max_len: usize) -> Result<Vec<u8>> {
@@ -108,6 +207,30 @@ mod tests {
         assert!(r.is_err() || r.unwrap() != d);
         assert!(decompress_frame(b"not zstd at all", 10).is_err());
         assert!(decompress_bytes(&compress_frame(&[&d], 3).unwrap(), 1000).is_err());
+    }
+
+    #[test]
+    fn dictionaries_train_the_same_and_round_trip() {
+        let samples: Vec<Vec<u8>> =
+            (0..2000).map(|i| format!("import json, sys # module {i}\ndef f{i}(x):\n    return x * {}\n", i * 7).repeat(1 + i % 5).into_bytes()).collect();
+        let sizes: Vec<usize> = samples.iter().map(Vec::len).collect();
+        let data = samples.concat();
+        let a = train_dictionary(&data, &sizes, 16 << 10, 6).unwrap();
+        assert_eq!(train_dictionary(&data, &sizes, 16 << 10, 6).unwrap(), a, "deterministic");
+        assert!(a.len() <= 16 << 10);
+        let d = Dictionary::for_writing(a.clone(), 6).unwrap();
+        let src = samples[77].clone();
+        let f = compress_frame_with(&src, &d).unwrap();
+        assert!(f.len() < compress_frame(&[&src], 6).unwrap().len(), "the dictionary helps");
+        assert_eq!(zstd::zstd_safe::get_frame_content_size(&f).unwrap(), Some(src.len() as u64));
+        let mut out = vec![0u8; src.len()];
+        decompress_frame_with(&f, &mut out, Some(&Dictionary::for_reading(a))).unwrap();
+        assert_eq!(out, src);
+        // without it, or into a buffer of another size: errors, never garbage
+        assert!(decompress_frame_with(&f, &mut out, None).is_err());
+        let mut short = vec![0u8; src.len() - 1];
+        assert!(decompress_frame_with(&f, &mut short, Some(&d)).is_err());
+        assert!(train_dictionary(b"ab", &[1], 1024, 3).is_none(), "sizes must add up");
     }
 
     #[test]

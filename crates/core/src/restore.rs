@@ -13,7 +13,7 @@
 //! parallel, every chunk hashed and compared with its digest) while the writer writes the one
 //! before ([`Writer::write_batch`]); batch buffers are reused, so no memory is faulted in anew.
 
-use crate::batch::{decompress_frame_into, run};
+use crate::batch::run;
 use crate::format::tree::{Meta, NodeId, NodeKind, ROOT};
 use crate::format::{Checked, Entry, Report};
 use crate::{Error, Result};
@@ -599,7 +599,8 @@ impl Fetcher {
                 .zip(src.par_iter())
                 .enumerate()
                 .map(|(k, (dst, &(o, l)))| {
-                    decompress_frame_into(&bytes[o..o + l], dst).map_err(|e| e.context(format_args!("frame {}", frames[k])))?;
+                    let dict = self.img.frame_dict(frames[k])?;
+                    crate::frame::decompress_frame_with(&bytes[o..o + l], dst, dict.as_deref()).map_err(|e| e.context(format_args!("frame {}", frames[k])))?;
                     for &c in &wanted[k] {
                         let ch = &toc.chunks[c as usize];
                         let got: [u8; 32] = Sha256::digest(&dst[ch.offset as usize..(ch.offset + ch.len) as usize]).into();

@@ -173,6 +173,7 @@ pub fn compress_frames(
 pub struct DecompressTask {
     data: Buffer,
     frames: Vec<(usize, usize, usize)>,
+    dicts: Vec<Option<std::sync::Arc<ocichunk_core::frame::Dictionary>>>,
     threads: usize,
 }
 
@@ -180,17 +181,41 @@ impl Work for DecompressTask {
     type Output = Vec<u8>;
     type JsValue = Buffer;
     fn compute(&mut self) -> CoreResult<Self::Output> {
-        batch::decompress_frames(&self.data, &self.frames, self.threads)
+        batch::decompress_frames(&self.data, &self.frames, &self.dicts, self.threads)
     }
     fn resolve(&mut self, _env: Env, o: Self::Output) -> Result<Self::JsValue> {
         Ok(o.into())
     }
 }
 
+/// Decompress frames `(offset, length, uncompressed length)` of `data`; frame `i` with dictionary
+/// `dicts[frameDicts[i]]` where that is not -1.
 #[napi(ts_return_type = "Promise<Buffer>")]
-pub fn decompress_frames(env: Env, data: Buffer, frames: Uint32Array, threads: u32) -> Result<AsyncTask<Coded<DecompressTask>>> {
+pub fn decompress_frames(
+    env: Env,
+    data: Buffer,
+    frames: Uint32Array,
+    threads: u32,
+    dicts: Option<Vec<Buffer>>,
+    frame_dicts: Option<Int32Array>,
+) -> Result<AsyncTask<Coded<DecompressTask>>> {
     let frames = triplets(&frames, "frames").map_err(|e| err(env, e))?;
-    Ok(Coded::task(DecompressTask { data, frames, threads: threads as usize }))
+    let prepared: Vec<_> = dicts.unwrap_or_default().iter().map(|d| std::sync::Arc::new(frame::Dictionary::for_reading(d.to_vec()))).collect();
+    let dicts = match frame_dicts {
+        None => Vec::new(),
+        Some(fd) if fd.len() == frames.len() => fd
+            .iter()
+            .map(|&i| {
+                if i < 0 {
+                    Ok(None)
+                } else {
+                    prepared.get(i as usize).cloned().map(Some).ok_or_else(|| err(env, CoreError::invalid(format!("no dictionary {i}"))))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?,
+        Some(fd) => return Err(err(env, CoreError::invalid(format!("{} dictionary indexes for {} frames", fd.len(), frames.len())))),
+    };
+    Ok(Coded::task(DecompressTask { data, frames, dicts, threads: threads as usize }))
 }
 
 // ---- hashRanges ----
@@ -616,6 +641,37 @@ impl CheckedToc {
     #[napi]
     pub fn digest_section_hash(&self, i: u32) -> String {
         self.inner.toc.digests.table_ref().and_then(|r| r.hashes.get(i as usize)).map_or_else(String::new, |h| ocichunk_core::format::digests::hex(h))
+    }
+
+    /// Load dictionary `i` (decompressed from its frame; its length checked against the TOC).
+    #[napi]
+    pub fn set_dictionary(&self, env: Env, i: u32, raw: Buffer) -> Result<()> {
+        self.inner.set_dict(i, raw.to_vec()).map_err(|e| err(env, e))
+    }
+
+    /// Whether dictionary `i` is loaded.
+    #[napi]
+    pub fn has_dictionary(&self, i: u32) -> bool {
+        self.inner.dict(i).is_some()
+    }
+
+    /// Decompress frames `(offset, length, uncompressed length)` of `data`, which are the TOC's
+    /// frames `tocFrames` (each with its dictionary, which must be loaded), off the JS thread.
+    #[napi(ts_return_type = "Promise<Buffer>")]
+    pub fn decompress_frames(
+        &self,
+        env: Env,
+        data: Buffer,
+        frames: Uint32Array,
+        toc_frames: Uint32Array,
+        threads: u32,
+    ) -> Result<AsyncTask<Coded<DecompressTask>>> {
+        let frames = triplets(&frames, "frames").map_err(|e| err(env, e))?;
+        if toc_frames.len() != frames.len() {
+            return Err(err(env, CoreError::invalid(format!("{} TOC frames for {} frames", toc_frames.len(), frames.len()))));
+        }
+        let dicts = toc_frames.iter().map(|&f| self.inner.frame_dict(f)).collect::<CoreResult<Vec<_>>>().map_err(|e| err(env, e))?;
+        Ok(Coded::task(DecompressTask { data, frames, dicts, threads: threads as usize }))
     }
 
     /// `[offset, length]` of section `i` in the digest table blob.
@@ -1203,6 +1259,17 @@ pub struct ChunkLocation {
     pub compressed_len: u32,
     pub len: u32,
     pub inner: u32,
+    /// the dictionary the frame was compressed with, if any
+    pub dict: Option<DictFrameLocation>,
+}
+
+/// Where a dictionary's frame is (`format::dict::DictLocation`).
+#[napi(object)]
+pub struct DictFrameLocation {
+    pub pack: Either<String, u32>,
+    pub offset: f64,
+    pub compressed_len: u32,
+    pub len: u32,
 }
 
 /// The chunk dictionary of a conversion (`format::dict::ChunkDict`): chunk ids by digest, their
@@ -1226,11 +1293,22 @@ fn location(env: Env, dict: &mut format::ChunkDict, l: &ChunkLocation) -> Result
     if !(l.offset >= 0.0 && l.offset <= (1u64 << 53) as f64 && l.offset.fract() == 0.0) {
         return Err(err(env, CoreError::invalid(format!("chunk location at offset {}", l.offset))));
     }
-    let pack = dict.pack_ref(match &l.pack {
+    let name = |p: &Either<String, u32>| match p {
         Either::A(d) => PackName::Stored(d.clone()),
         Either::B(n) => PackName::Written(*n),
-    });
-    Ok(format::dict::Location { pack, offset: l.offset as u64, compressed_len: l.compressed_len, len: l.len, inner: l.inner })
+    };
+    let pack = dict.pack_ref(name(&l.pack));
+    let used = match &l.dict {
+        None => None,
+        Some(d) => {
+            if !(d.offset >= 0.0 && d.offset <= (1u64 << 53) as f64 && d.offset.fract() == 0.0) {
+                return Err(err(env, CoreError::invalid(format!("dictionary location at offset {}", d.offset))));
+            }
+            let p = dict.pack_ref(name(&d.pack));
+            Some(dict.dict_ref(format::dict::DictLocation { pack: p, offset: d.offset as u64, compressed_len: d.compressed_len, len: d.len }))
+        }
+    };
+    Ok(format::dict::Location { pack, offset: l.offset as u64, compressed_len: l.compressed_len, len: l.len, inner: l.inner, dict: used })
 }
 
 #[napi]
@@ -1316,15 +1394,20 @@ impl ChunkDict {
 
     #[napi]
     pub fn location(&self, env: Env, id: u32) -> Result<Option<ChunkLocation>> {
+        let name = |p: u32| match self.inner.pack_name(p) {
+            PackName::Stored(d) => Either::A(d.clone()),
+            PackName::Written(n) => Either::B(*n),
+        };
         Ok(self.inner.location(self.id(env, id)?).map(|l| ChunkLocation {
-            pack: match self.inner.pack_name(l.pack) {
-                PackName::Stored(d) => Either::A(d.clone()),
-                PackName::Written(n) => Either::B(*n),
-            },
+            pack: name(l.pack),
             offset: l.offset as f64,
             compressed_len: l.compressed_len,
             len: l.len,
             inner: l.inner,
+            dict: l.dict.map(|r| {
+                let d = self.inner.dict_location(r);
+                DictFrameLocation { pack: name(d.pack), offset: d.offset as f64, compressed_len: d.compressed_len, len: d.len }
+            }),
         }))
     }
 
@@ -1379,6 +1462,9 @@ pub struct PackSpec {
     pub group_target: u32,
     pub pack_target: f64,
     pub batch_bytes: f64,
+    /// bytes of each layer's zstd dictionary (absent or 0: none), and of the sample it is trained from
+    pub dict_size: Option<u32>,
+    pub dict_sample: Option<f64>,
 }
 
 /// The frame and pack writer (`format::pack::FrameWriter`): chunks placed in order become frames,
@@ -1414,7 +1500,8 @@ impl Work for PackCompressTask {
         pack::compress(self.sealed.take().unwrap_or_default(), self.level, self.threads, Some(&self.recycle), out)
     }
     fn resolve(&mut self, _env: Env, c: Self::Output) -> Result<Self::JsValue> {
-        let frames: Vec<u32> = c.frames.iter().flat_map(|f| [f.compressed_len, f.len, f.ids.len() as u32]).collect();
+        // the chunk count's top bit: compressed with the layer's dictionary
+        let frames: Vec<u32> = c.frames.iter().flat_map(|f| [f.compressed_len, f.len, f.ids.len() as u32 | (u32::from(f.dict) << 31)]).collect();
         let ids: Vec<u32> = c.frames.into_iter().flat_map(|f| f.ids).collect();
         Ok(CompressedBatch { data: c.data.map(Into::into), frames: frames.into(), ids: ids.into() })
     }
@@ -1432,6 +1519,8 @@ impl PackWriter {
             group_target: o.group_target,
             pack_target: bytes(o.pack_target)?,
             batch_bytes: bytes(o.batch_bytes)?,
+            dict_size: o.dict_size.unwrap_or(0),
+            dict_sample: o.dict_sample.map_or(Ok(0), bytes)?,
         };
         Ok(PackWriter { inner: pack::FrameWriter::new(o).map_err(|e| err(env, e))? })
     }
@@ -1469,9 +1558,9 @@ impl PackWriter {
 
     /// End of a layer's placements; returns how many sealed batches wait.
     #[napi]
-    pub fn finish_layer(&mut self) -> u32 {
-        self.inner.finish_layer();
-        self.inner.ready() as u32
+    pub fn finish_layer(&mut self, env: Env) -> Result<u32> {
+        self.inner.finish_layer().map_err(|e| err(env, e))?;
+        Ok(self.inner.ready() as u32)
     }
 
     /// Compress the oldest sealed batch (taken now) off the JS thread, into `out` when the frames
@@ -1491,9 +1580,9 @@ impl PackWriter {
         let mut list = Vec::with_capacity(frames.len() / 3);
         let mut k = 0usize;
         for f in frames.chunks_exact(3) {
-            let n = f[2] as usize;
+            let n = (f[2] & 0x7fff_ffff) as usize;
             let chunk_ids = ids.get(k..k + n).ok_or_else(|| err(env, CoreError::invalid("frame chunk counts past the ids given")))?;
-            list.push(pack::Landing { compressed_len: f[0], len: f[1], ids: chunk_ids.to_vec() });
+            list.push(pack::Landing { compressed_len: f[0], len: f[1], ids: chunk_ids.to_vec(), dict: f[2] >> 31 == 1 });
             k += n;
         }
         let writes = self.inner.land(&mut dict.inner, &list).map_err(|e| err(env, e))?;

@@ -599,6 +599,8 @@ impl TocBuilder {
         let mut pack_ix: HashMap<u32, u32> = HashMap::new();
         let mut pack_of_name: HashMap<String, u32> = HashMap::new();
         let mut frame_ix: HashMap<(u32, u64), u32> = HashMap::new();
+        let mut dict_ix: HashMap<u32, u32> = HashMap::new();
+        let mut dicts = Vec::new();
         let mut chunk_ix: HashMap<u32, u32> = HashMap::new();
         // each TOC chunk's hex digest, by TOC index (the layer digests use it), and its digest (the table)
         let mut chunk_hex: Vec<String> = Vec::new();
@@ -621,30 +623,47 @@ impl TocBuilder {
                         return Err(Error::invalid(format!("chunk id {id} of {}", dict.len())));
                     }
                     let loc = dict.location(id).ok_or_else(|| Error::invalid(format!("chunk {} was never placed", hex(dict.digest(id)))))?;
-                    let pi = match pack_ix.get(&loc.pack) {
-                        Some(&p) => p,
-                        None => {
-                            let name = match dict.pack_name(loc.pack) {
-                                PackName::Stored(d) => d.clone(),
-                                PackName::Written(n) => {
-                                    written.get(*n as usize).cloned().ok_or_else(|| Error::invalid(format!("pack {n} of this conversion has no digest")))?
-                                }
-                            };
-                            // two table entries may name one digest (a written pack resolved later)
-                            let p = *pack_of_name.entry(name.clone()).or_insert_with(|| {
-                                b.packs.push(name);
-                                b.packs.len() as u32 - 1
-                            });
-                            pack_ix.insert(loc.pack, p);
-                            p
+                    let mut pack_of = |r: u32, b: &mut Built| -> Result<u32> {
+                        if let Some(&p) = pack_ix.get(&r) {
+                            return Ok(p);
                         }
+                        let name = match dict.pack_name(r) {
+                            PackName::Stored(d) => d.clone(),
+                            PackName::Written(n) => {
+                                written.get(*n as usize).cloned().ok_or_else(|| Error::invalid(format!("pack {n} of this conversion has no digest")))?
+                            }
+                        };
+                        // two table entries may name one digest (a written pack resolved later)
+                        let p = *pack_of_name.entry(name.clone()).or_insert_with(|| {
+                            b.packs.push(name);
+                            b.packs.len() as u32 - 1
+                        });
+                        pack_ix.insert(r, p);
+                        Ok(p)
                     };
+                    let pi = pack_of(loc.pack, &mut b)?;
                     let fi = match frame_ix.get(&(pi, loc.offset)) {
                         Some(&f) => f,
                         None => {
                             let f = frame_ix.len() as u32;
                             frame_ix.insert((pi, loc.offset), f);
-                            let _ = write!(Buf(&mut frames), "{}[{},{},{},{}]", if f == 0 { "" } else { "," }, pi, loc.offset, loc.compressed_len, loc.len);
+                            let _ = write!(Buf(&mut frames), "{}[{},{},{},{}", if f == 0 { "" } else { "," }, pi, loc.offset, loc.compressed_len, loc.len);
+                            if let Some(r) = loc.dict {
+                                let di = match dict_ix.get(&r) {
+                                    Some(&d) => d,
+                                    None => {
+                                        let at = dict.dict_location(r);
+                                        let dp = pack_of(at.pack, &mut b)?;
+                                        let d = dict_ix.len() as u32;
+                                        dict_ix.insert(r, d);
+                                        let _ =
+                                            write!(Buf(&mut dicts), "{}[{},{},{},{}]", if d == 0 { "" } else { "," }, dp, at.offset, at.compressed_len, at.len);
+                                        d
+                                    }
+                                };
+                                let _ = write!(Buf(&mut frames), ",{di}");
+                            }
+                            frames.push(b']');
                             b.image_frame_bytes += loc.compressed_len as u64;
                             f
                         }
@@ -689,6 +708,10 @@ impl TocBuilder {
                 o.push(b',');
             }
             json_str(o, p);
+        }
+        if !dicts.is_empty() {
+            o.extend_from_slice(b"],\"dicts\":[");
+            o.extend_from_slice(&dicts);
         }
         o.extend_from_slice(b"],\"frames\":[");
         o.extend_from_slice(&frames);
@@ -873,8 +896,8 @@ mod tests {
         let (a, _) = dict.intern(&d(1), 10);
         let (b, _) = dict.intern(&d(2), 20);
         let p = dict.pack_ref(PackName::Written(0));
-        dict.set_location(a, Location { pack: p, offset: 0, compressed_len: 9, len: 30, inner: 0 });
-        dict.set_location(b, Location { pack: p, offset: 0, compressed_len: 9, len: 30, inner: 10 });
+        dict.set_location(a, Location { pack: p, offset: 0, compressed_len: 9, len: 30, inner: 0, dict: None });
+        dict.set_location(b, Location { pack: p, offset: 0, compressed_len: 9, len: 30, inner: 10, dict: None });
         let mut x = ent(Kind::Reg, "dir/f\n\"é", None);
         x.size = 30;
         x.uid = 1000;
@@ -929,7 +952,7 @@ mod tests {
         assert!(t2.build(&other_dict, &[], 0).is_err(), "chunks without a location");
         let q = other_dict.pack_ref(PackName::Stored("sha256:x".into()));
         for id in 1..3 {
-            other_dict.set_location(id, Location { pack: q, offset: 5, compressed_len: 9, len: 30, inner: 0 });
+            other_dict.set_location(id, Location { pack: q, offset: 5, compressed_len: 9, len: 30, inner: 0, dict: None });
         }
         let again = t2.build(&other_dict, &[], 0).unwrap();
         assert_eq!(again.layer_digests, built.layer_digests);

@@ -24,7 +24,8 @@ pub enum PackName {
 }
 
 /// Where a chunk's bytes are: `inner` bytes into the uncompressed frame that starts `offset` bytes
-/// into pack `pack` (an index into the pack table) and is `compressed_len` bytes long, `len` uncompressed.
+/// into pack `pack` (an index into the pack table) and is `compressed_len` bytes long, `len`
+/// uncompressed; compressed with dictionary `dict` (an index into the dictionary table), if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Location {
     pub pack: u32,
@@ -32,6 +33,17 @@ pub struct Location {
     pub compressed_len: u32,
     pub len: u32,
     pub inner: u32,
+    pub dict: Option<u32>,
+}
+
+/// Where a dictionary is (docs/format.md §5): a zstd frame of it, `offset` bytes into pack `pack`
+/// (an index into the pack table), `compressed_len` bytes long, `len` bytes of dictionary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DictLocation {
+    pub pack: u32,
+    pub offset: u64,
+    pub compressed_len: u32,
+    pub len: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +85,8 @@ pub struct ChunkDict {
     recs: Vec<Rec>,
     packs: Vec<PackName>,
     pack_refs: HashMap<PackName, u32>,
+    dicts: Vec<DictLocation>,
+    dict_refs: HashMap<(u32, u64), u32>,
 }
 
 impl ChunkDict {
@@ -186,6 +200,29 @@ impl ChunkDict {
         r
     }
 
+    /// A dictionary this conversion wrote: a new entry of the dictionary table (a layer written
+    /// again after a rollback writes its dictionary again, maybe at the same place).
+    pub fn add_dict(&mut self, at: DictLocation) -> u32 {
+        self.dicts.push(at);
+        self.dicts.len() as u32 - 1
+    }
+
+    /// The dictionary table's index of a stored dictionary at `at` (a destination's TOC names it;
+    /// added when new, one per pack and offset, the first location given wins).
+    pub fn dict_ref(&mut self, at: DictLocation) -> u32 {
+        if let Some(&r) = self.dict_refs.get(&(at.pack, at.offset)) {
+            return r;
+        }
+        let r = self.dicts.len() as u32;
+        self.dicts.push(at);
+        self.dict_refs.insert((at.pack, at.offset), r);
+        r
+    }
+
+    pub fn dict_location(&self, r: u32) -> DictLocation {
+        self.dicts[r as usize]
+    }
+
     pub fn pack_name(&self, r: u32) -> &PackName {
         &self.packs[r as usize]
     }
@@ -269,7 +306,7 @@ mod tests {
         assert_eq!(d.location(id), None);
         d.unclaim(id);
         assert!(d.unplaced(id));
-        let at = Location { pack: 3, offset: 1 << 40, compressed_len: 50, len: 300, inner: 200 };
+        let at = Location { pack: 3, offset: 1 << 40, compressed_len: 50, len: 300, inner: 200, dict: None };
         d.set_foreign(id, at);
         assert!(d.is_foreign(id) && !d.unplaced(id));
         assert_eq!(d.location(id), Some(at));

@@ -37,6 +37,9 @@ pub mod limits {
     /// Uncompressed bytes of one chunk and of one frame: a reader holds one frame at a time.
     pub const CHUNK: u64 = 64 << 20;
     pub const FRAME: u64 = 64 << 20;
+    /// One zstd dictionary (uncompressed), and the dictionaries of one TOC.
+    pub const DICT: u64 = 1 << 20;
+    pub const DICTS: usize = 1 << 12;
     /// A path (also once its parents are resolved through symlinks) and one of its components.
     pub const PATH: usize = 4095;
     pub const NAME: usize = 255;
@@ -159,6 +162,8 @@ pub struct Checked {
     /// the TOC's JSON, as stored, until a reader takes it ([`Checked::take_json`])
     json: Mutex<Option<Vec<u8>>>,
     files: Mutex<HashMap<tree::NodeId, Arc<FileMap>>>,
+    /// the TOC's dictionaries, as readers load them
+    dicts: Vec<std::sync::OnceLock<Arc<crate::frame::Dictionary>>>,
 }
 
 impl fmt::Debug for Checked {
@@ -171,7 +176,33 @@ impl Checked {
     /// [`check_toc`], kept together.
     pub fn open(blob: &[u8]) -> Result<Checked, Report> {
         let (toc, tree, json) = check_toc(blob)?;
-        Ok(Checked { toc, tree, json: Mutex::new(Some(json)), files: Mutex::new(HashMap::new()) })
+        let dicts = (0..toc.dicts.len()).map(|_| std::sync::OnceLock::new()).collect();
+        Ok(Checked { toc, tree, json: Mutex::new(Some(json)), files: Mutex::new(HashMap::new()), dicts })
+    }
+
+    /// Dictionary `i` of the TOC, decompressed from its frame by the reader (its length checked;
+    /// its content is not: a wrong one makes chunks that fail their digests). Loaded once.
+    pub fn set_dict(&self, i: u32, raw: Vec<u8>) -> crate::Result<()> {
+        let d = self.toc.dicts.get(i as usize).ok_or_else(|| crate::Error::invalid(format!("the TOC has no dictionary {i}")))?;
+        if raw.len() as u64 != d.len {
+            return Err(crate::Error::corrupt(format!("dictionary {i} holds {} bytes, the TOC says {}", raw.len(), d.len)));
+        }
+        let _ = self.dicts[i as usize].set(Arc::new(crate::frame::Dictionary::for_reading(raw)));
+        Ok(())
+    }
+
+    /// Dictionary `i`, if loaded.
+    pub fn dict(&self, i: u32) -> Option<Arc<crate::frame::Dictionary>> {
+        self.dicts.get(i as usize)?.get().cloned()
+    }
+
+    /// The dictionary TOC frame `f` needs: Ok(None) for a frame without one, an error if it is
+    /// not loaded.
+    pub fn frame_dict(&self, f: u32) -> crate::Result<Option<Arc<crate::frame::Dictionary>>> {
+        match self.toc.frames.get(f as usize).and_then(|fr| fr.dict) {
+            None => Ok(None),
+            Some(d) => self.dict(d).map(Some).ok_or_else(|| crate::Error::invalid(format!("dictionary {d} of frame {f} is not loaded"))),
+        }
     }
 
     /// The TOC's JSON, as stored, handed over once (a reader that decodes it keeps its own model;

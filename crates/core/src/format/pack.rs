@@ -13,10 +13,14 @@
 //! which gives every chunk its location in the [`ChunkDict`] and tells the caller what to write
 //! where. The caller owns the blob writers (a file, a registry upload): this module never does I/O.
 
-use super::dict::{ChunkDict, Location, PackName};
+use super::dict::{ChunkDict, DictLocation, Location, PackName};
+use crate::frame::Dictionary;
 use crate::{batch, Error, Result};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+
+/// zstd level of a stored dictionary's frame (it is small, and read by every cold reader of its layer).
+pub const DICT_FRAME_LEVEL: i32 = 19;
 
 /// Buffers handed back after compression for the next batches and group frames (fresh buffers
 /// cost page faults every time).
@@ -37,6 +41,10 @@ pub struct PackOptions {
     pub group_target: u32,
     pub pack_target: u64,
     pub batch_bytes: u64,
+    /// bytes of each layer's zstd dictionary (0: none): trained from the layer's first
+    /// `dict_sample` bytes of new chunks, used by every frame of the layer (docs/format.md §5)
+    pub dict_size: u32,
+    pub dict_sample: u64,
 }
 
 /// A closed frame's bytes: in its batch's buffer, a group frame's own buffer, or compressed already.
@@ -49,14 +57,17 @@ enum Bytes {
 struct FrameSpec {
     bytes: Bytes,
     len: u32,
+    /// its chunks; none for a dictionary's frame
     ids: Vec<u32>,
 }
 
-/// Closed frames waiting to be compressed, in order; big chunks' bytes are in `raw`.
+/// Closed frames waiting to be compressed, in order; big chunks' bytes are in `raw`. With `dict`,
+/// every frame is compressed with the layer's dictionary.
 #[derive(Default)]
 pub struct Sealed {
     raw: Vec<u8>,
     frames: Vec<FrameSpec>,
+    dict: Option<Arc<Dictionary>>,
 }
 
 /// A sealed batch compressed: its frames back to back in `data` (None: in the caller's buffer).
@@ -65,12 +76,14 @@ pub struct Compressed {
     pub frames: Vec<Landing>,
 }
 
-/// A compressed frame: its lengths and chunks.
+/// A compressed frame: its lengths and chunks (none: the frame holds the layer's dictionary), and
+/// whether it was compressed with the layer's dictionary.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Landing {
     pub compressed_len: u32,
     pub len: u32,
     pub ids: Vec<u32>,
+    pub dict: bool,
 }
 
 /// Compress a sealed batch's frames (the ones not compressed already) on `threads`, into `out`
@@ -86,9 +99,16 @@ pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler
             Bytes::Pre(_) => None,
         })
         .collect();
-    let made = batch::compress_slices(&slices, level, threads);
+    let made = match &s.dict {
+        None => batch::compress_slices(&slices, level, threads),
+        Some(d) => {
+            use rayon::prelude::*;
+            batch::run(threads, || slices.par_iter().map(|b| crate::frame::compress_frame_with(b, d)).collect::<Result<Vec<_>>>()).and_then(|r| r)
+        }
+    };
     drop(slices);
-    let Sealed { raw, frames: specs } = s;
+    let with_dict = s.dict.is_some();
+    let Sealed { raw, frames: specs, .. } = s;
     let mut spare = Spare::default();
     if recycle.is_some() {
         spare.batches.push(raw);
@@ -108,7 +128,8 @@ pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler
             Bytes::Raw { .. } => made.next().expect("a compressed frame per slice"),
         };
         let clen = u32::try_from(c.len()).map_err(|_| Error::invalid(format!("a frame of {} compressed bytes", c.len())))?;
-        frames.push(Landing { compressed_len: clen, len: f.len, ids: f.ids });
+        let dict = with_dict && !f.ids.is_empty();
+        frames.push(Landing { compressed_len: clen, len: f.len, ids: f.ids, dict });
         parts.push(c);
     }
     if let Some(r) = recycle {
@@ -162,12 +183,28 @@ pub struct FrameWriter {
     next_pack: u32,
     layer_first_pack: u32,
     pool: Recycler,
+    /// the layer's dictionary sample (chunks in placement order), and whether sealed batches are
+    /// held until it is trained
+    sample: Vec<u8>,
+    sample_sizes: Vec<usize>,
+    holding: bool,
+    layer_dict: Option<Arc<Dictionary>>,
+    /// the dictionary's frame, to go first into the layer's first batch
+    dict_frame: Option<(Vec<u8>, u32)>,
+    /// where the layer's dictionary landed (the dictionary table's index)
+    landed_dict: Option<u32>,
 }
 
 impl FrameWriter {
     pub fn new(o: PackOptions) -> Result<FrameWriter> {
         crate::frame::check_level(o.level)?;
-        if o.group_target == 0 || o.pack_target == 0 || o.batch_bytes == 0 || o.batch_bytes > 1 << 30 {
+        if o.group_target == 0
+            || o.pack_target == 0
+            || o.batch_bytes == 0
+            || o.batch_bytes > 1 << 30
+            || o.dict_size > super::limits::DICT as u32
+            || o.dict_sample > 1 << 30
+        {
             return Err(Error::invalid(format!("pack options {o:?}")));
         }
         Ok(FrameWriter {
@@ -182,6 +219,12 @@ impl FrameWriter {
             next_pack: 0,
             layer_first_pack: 0,
             pool: Recycler::default(),
+            sample: Vec::new(),
+            sample_sizes: Vec::new(),
+            holding: false,
+            layer_dict: None,
+            dict_frame: None,
+            landed_dict: None,
         })
     }
 
@@ -202,6 +245,55 @@ impl FrameWriter {
     pub fn begin_layer(&mut self) {
         self.placed.clear();
         self.layer_first_pack = self.next_pack;
+        self.reset_dict();
+    }
+
+    fn reset_dict(&mut self) {
+        self.sample = Vec::new();
+        self.sample_sizes = Vec::new();
+        self.holding = self.o.dict_size > 0;
+        self.layer_dict = None;
+        self.dict_frame = None;
+        self.landed_dict = None;
+    }
+
+    /// Take a placed chunk into the dictionary sample while it is being gathered; train when it is
+    /// full.
+    fn sample(&mut self, bytes: &[u8]) -> Result<()> {
+        if !self.holding {
+            return Ok(());
+        }
+        if bytes.len() >= 16 {
+            let room = self.o.dict_sample as usize - self.sample.len();
+            let n = bytes.len().min(room);
+            self.sample.extend_from_slice(&bytes[..n]);
+            self.sample_sizes.push(n);
+        }
+        if self.sample.len() as u64 >= self.o.dict_sample {
+            self.train()?;
+        }
+        Ok(())
+    }
+
+    /// Train the layer's dictionary from the sample (none from less than 4 times its size) and
+    /// release the batches held meanwhile.
+    fn train(&mut self) -> Result<()> {
+        if !self.holding {
+            return Ok(());
+        }
+        self.holding = false;
+        let size = self.o.dict_size as usize;
+        let sample = std::mem::take(&mut self.sample);
+        let sizes = std::mem::take(&mut self.sample_sizes);
+        if sample.len() < 4 * size || sizes.len() < 8 {
+            return Ok(());
+        }
+        if let Some(raw) = crate::frame::train_dictionary(&sample, &sizes, size, self.o.level) {
+            let frame = crate::frame::compress_frame(&[&raw], DICT_FRAME_LEVEL)?;
+            self.dict_frame = Some((frame, raw.len() as u32));
+            self.layer_dict = Some(Arc::new(Dictionary::for_writing(raw, self.o.level)?));
+        }
+        Ok(())
     }
 
     fn close_frame(&mut self, f: FrameSpec) {
@@ -222,7 +314,7 @@ impl FrameWriter {
                 }
                 None => Vec::with_capacity(self.cur.raw.capacity()),
             };
-            let next = Sealed { raw, frames: Vec::new() };
+            let next = Sealed { raw, frames: Vec::new(), dict: None };
             self.ready.push_back(std::mem::replace(&mut self.cur, next));
         }
         self.cur_bytes = 0;
@@ -255,6 +347,7 @@ impl FrameWriter {
         }
         dict.claim(id);
         self.placed.push(id);
+        self.sample(bytes)?;
         if len >= self.o.group_below {
             let start = self.cur.raw.len();
             self.cur.raw.extend_from_slice(bytes);
@@ -282,25 +375,44 @@ impl FrameWriter {
         if len < self.o.group_below {
             return Err(Error::invalid(format!("chunk {id} of {len} bytes belongs in a group frame")));
         }
+        if self.o.dict_size > 0 {
+            // compressed without the layer's dictionary: compressed again with it
+            let raw = crate::frame::decompress_frame(&frame, len as usize)?;
+            return self.place(dict, id, &raw);
+        }
         dict.claim(id);
         self.placed.push(id);
         self.close_frame(FrameSpec { bytes: Bytes::Pre(frame), len, ids: vec![id] });
         Ok(())
     }
 
-    /// End of a layer's placements: the group frame closes, what is left is sealed.
-    pub fn finish_layer(&mut self) {
+    /// End of a layer's placements: the group frame closes, what is left is sealed (and the
+    /// dictionary trained from what the sample holds, if it is not yet).
+    pub fn finish_layer(&mut self) -> Result<()> {
         self.close_group();
         self.seal();
+        self.train()
     }
 
-    /// Sealed batches waiting to be taken.
+    /// Sealed batches waiting to be taken (none while the layer's dictionary sample is gathered).
     pub fn ready(&self) -> usize {
-        self.ready.len()
+        if self.holding {
+            0
+        } else {
+            self.ready.len()
+        }
     }
 
     pub fn take_ready(&mut self) -> Option<Sealed> {
-        self.ready.pop_front()
+        if self.holding {
+            return None;
+        }
+        let mut s = self.ready.pop_front()?;
+        s.dict = self.layer_dict.clone();
+        if let Some((frame, len)) = self.dict_frame.take() {
+            s.frames.insert(0, FrameSpec { bytes: Bytes::Pre(frame), len, ids: Vec::new() });
+        }
+        Some(s)
     }
 
     /// A compressed batch lands, in the order batches were taken: its chunks get their locations
@@ -312,7 +424,7 @@ impl FrameWriter {
         }
         let mut out = Vec::with_capacity(frames.len());
         let mut at = 0usize;
-        for Landing { compressed_len: clen, len: ulen, ids } in frames {
+        for Landing { compressed_len: clen, len: ulen, ids, dict: with_dict } in frames {
             let mut close_before = false;
             if let Some((_, size)) = self.open {
                 if size > 0 && size + u64::from(*clen) > self.o.pack_target {
@@ -326,9 +438,18 @@ impl FrameWriter {
                 (self.next_pack - 1, 0)
             });
             let pref = dict.pack_ref(PackName::Written(pack));
+            if ids.is_empty() {
+                // the layer's dictionary, landing before any frame compressed with it
+                self.landed_dict = Some(dict.add_dict(DictLocation { pack: pref, offset: size, compressed_len: *clen, len: *ulen }));
+            }
+            let used = if *with_dict {
+                Some(self.landed_dict.ok_or_else(|| Error::invalid("a frame compressed with a dictionary that has not landed"))?)
+            } else {
+                None
+            };
             let mut inner = 0u32;
             for &id in ids {
-                dict.set_location(id, Location { pack: pref, offset: size, compressed_len: *clen, len: *ulen, inner });
+                dict.set_location(id, Location { pack: pref, offset: size, compressed_len: *clen, len: *ulen, inner, dict: used });
                 inner += dict.chunk_len(id);
             }
             self.open = Some((pack, size + u64::from(*clen)));
@@ -357,6 +478,7 @@ impl FrameWriter {
         self.ready.clear();
         self.open = None;
         self.next_pack = self.layer_first_pack;
+        self.reset_dict();
     }
 }
 
@@ -366,7 +488,7 @@ mod tests {
     use sha2::{Digest as _, Sha256};
 
     fn opts(batch_bytes: u64) -> PackOptions {
-        PackOptions { level: 3, threads: 1, group_below: 1000, group_target: 3000, pack_target: 10_000, batch_bytes }
+        PackOptions { level: 3, threads: 1, group_below: 1000, group_target: 3000, pack_target: 10_000, batch_bytes, dict_size: 0, dict_sample: 0 }
     }
 
     fn chunk(n: usize, len: usize) -> Vec<u8> {
@@ -400,7 +522,7 @@ mod tests {
             w.place(&mut dict, id, &b).unwrap();
             drain(&mut w, &mut dict, &mut packs);
         }
-        w.finish_layer();
+        w.finish_layer().unwrap();
         drain(&mut w, &mut dict, &mut packs);
         w.pack_closed();
         (dict, packs, ids)
@@ -466,6 +588,65 @@ mod tests {
         }
     }
 
+    /// Place chunks of these lengths with a dictionary per layer; returns the packs and locations.
+    fn run_dict(lens: &[usize], batch_bytes: u64) -> (ChunkDict, Vec<Vec<u8>>, Vec<u32>) {
+        let mut dict = ChunkDict::new();
+        let o = PackOptions { dict_size: 4096, dict_sample: 64 << 10, ..opts(batch_bytes) };
+        let mut w = FrameWriter::new(o).unwrap();
+        let mut packs: Vec<Vec<u8>> = Vec::new();
+        let mut ids = Vec::new();
+        w.begin_layer();
+        let drain = |w: &mut FrameWriter, dict: &mut ChunkDict, packs: &mut Vec<Vec<u8>>| {
+            while let Some(s) = w.take_ready() {
+                let c = compress(s, 3, 2, None, None).unwrap();
+                let data = c.data.clone().unwrap();
+                for wr in w.land(dict, &c.frames).unwrap() {
+                    if wr.open {
+                        packs.push(Vec::new());
+                    }
+                    packs[wr.pack as usize].extend_from_slice(&data[wr.start..wr.start + wr.len]);
+                }
+            }
+        };
+        for (n, &len) in lens.iter().enumerate() {
+            let b: Vec<u8> = format!("def f{}(x):\n    return json.dumps(x) # {}\n", n % 50, n).bytes().cycle().take(len).collect();
+            let (id, _) = dict.intern(&Sha256::digest(&b).into(), len as u32);
+            ids.push(id);
+            w.place(&mut dict, id, &b).unwrap();
+            drain(&mut w, &mut dict, &mut packs);
+        }
+        w.finish_layer().unwrap();
+        drain(&mut w, &mut dict, &mut packs);
+        (dict, packs, ids)
+    }
+
+    #[test]
+    fn a_layer_dictionary_is_trained_from_its_first_chunks_and_every_frame_uses_it() {
+        let lens: Vec<usize> = (0..400).map(|i| [300, 700, 1500, 90, 2500][i % 5] + i).collect();
+        let (d1, a, ids) = run_dict(&lens, 1);
+        let (_, b, _) = run_dict(&lens, 1 << 30);
+        assert_eq!(a, b, "the same bytes whatever the batching");
+        // the dictionary's frame comes first in the layer's first pack; every frame names it
+        let loc = d1.location(ids[0]).unwrap();
+        let r = loc.dict.expect("frames compressed with the layer's dictionary");
+        let at = d1.dict_location(r);
+        assert_eq!((at.offset, at.len), (0, 4096));
+        let raw = crate::frame::decompress_frame(&a[0][..at.compressed_len as usize], at.len as usize).unwrap();
+        let dict = Dictionary::for_reading(raw);
+        for (k, &len) in lens.iter().enumerate() {
+            let l = d1.location(ids[k]).unwrap();
+            assert_eq!(l.dict, Some(r), "chunk {k}");
+            let PackName::Written(p) = d1.pack_name(l.pack).clone() else { panic!("a stored pack") };
+            let f = &a[p as usize][l.offset as usize..(l.offset + u64::from(l.compressed_len)) as usize];
+            let mut out = vec![0u8; l.len as usize];
+            crate::frame::decompress_frame_with(f, &mut out, Some(&dict)).unwrap();
+            assert_eq!(Sha256::digest(&out[l.inner as usize..l.inner as usize + len]).as_slice(), d1.digest(ids[k]), "chunk {k}");
+        }
+        // a layer too small to learn from has no dictionary
+        let (d2, _, ids2) = run_dict(&[500, 600, 700], 1 << 20);
+        assert_eq!(d2.location(ids2[0]).unwrap().dict, None);
+    }
+
     #[test]
     fn repeats_are_placed_once_and_a_rollback_unplaces() {
         let mut dict = ChunkDict::new();
@@ -475,7 +656,7 @@ mod tests {
         w.begin_layer();
         w.place(&mut dict, id, &b).unwrap();
         w.place(&mut dict, id, &b).unwrap();
-        w.finish_layer();
+        w.finish_layer().unwrap();
         let s = w.take_ready().unwrap();
         assert_eq!(s.frames.len(), 1);
         assert!(w.take_ready().is_none());
@@ -487,7 +668,7 @@ mod tests {
         // a precompressed frame lands as given
         let f = crate::frame::compress_frame(&[&b], 3).unwrap();
         w.place_compressed(&mut dict, id, f.clone()).unwrap();
-        w.finish_layer();
+        w.finish_layer().unwrap();
         let mut out = vec![0u8; 1 << 16];
         let c = compress(w.take_ready().unwrap(), 3, 1, None, Some(&mut out)).unwrap();
         assert!(c.data.is_none(), "it fits the caller's buffer");

@@ -270,6 +270,15 @@ fn a_version_2_toc_keeps_its_digests_in_the_table() {
     bad(&|w| w["digests"]["sections"] = json!("!!"), "sections is not base64");
     bad(&|w| w["digests"]["extra"] = json!(1), "unknown field `extra`");
     bad(&|w| w["chunks"][0] = json!([0, 0, 5, 1]), "chunk row is too long");
+    bad(&|w| w["frames"][0] = json!([0, 0, 20, 10, 0]), "frame 0: dictionary 0 does not exist");
+    bad(
+        &|w| {
+            w["dicts"] = json!([[0, 100, 50, 2 << 20]]);
+            w["frames"][0] = json!([0, 0, 20, 10, 0]);
+        },
+        "dictionary 0: offset 100, 50 compressed / 2097152 bytes is out of range",
+    );
+    bad(&|w| w["frames"][0] = json!([0, 0, 20, 10, 0, 1]), "frame row is too long");
     bad(&|w| w["version"] = json!(1), "a version 1 TOC has no digests field");
     bad(
         &|w| {
@@ -285,6 +294,15 @@ fn a_version_2_toc_keeps_its_digests_in_the_table() {
     let mut v1 = toc(vec![vec![file("f")]]);
     v1["digests"] = v["digests"].clone();
     assert!(check(&v1).is_err(), "a version 1 TOC with a digests field");
+    let mut v1 = toc(vec![vec![file("f")]]);
+    v1["dicts"] = json!([[0, 100, 50, 1000]]);
+    assert!(check(&v1).is_err(), "a version 1 TOC with dictionaries");
+    // a frame with a dictionary that exists
+    let mut w = v.clone();
+    w["dicts"] = json!([[0, 100, 50, 1000]]);
+    w["frames"][0] = json!([0, 0, 20, 10, 0]);
+    let (t, _) = check(&w).unwrap();
+    assert_eq!(t.frames[0].dict, Some(0));
 }
 
 #[test]

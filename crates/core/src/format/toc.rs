@@ -91,9 +91,9 @@ impl fmt::Display for Hex32 {
     }
 }
 
-/// One zstd frame of a pack; in the JSON a row `[pack, offset, compressedLength, length]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(from = "(u32, u64, u64, u64)")]
+/// One zstd frame of a pack; in the JSON a row `[pack, offset, compressedLength, length]`, and a
+/// fifth element, the index into `dicts`, when it was compressed with a dictionary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame {
     /// index into `packs`
     pub pack: u32,
@@ -102,11 +102,49 @@ pub struct Frame {
     pub compressed_len: u64,
     /// bytes the frame decompresses to
     pub len: u64,
+    /// index into `dicts`
+    pub dict: Option<u32>,
 }
 
-impl From<(u32, u64, u64, u64)> for Frame {
+impl<'de> Deserialize<'de> for Frame {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Frame;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a frame row [pack, offset, compressedLength, length] or [pack, offset, compressedLength, length, dict]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Frame, A::Error> {
+                let short = || de::Error::custom("frame row is too short");
+                let pack = seq.next_element::<u32>()?.ok_or_else(short)?;
+                let offset = seq.next_element::<u64>()?.ok_or_else(short)?;
+                let compressed_len = seq.next_element::<u64>()?.ok_or_else(short)?;
+                let len = seq.next_element::<u64>()?.ok_or_else(short)?;
+                let dict = seq.next_element::<u32>()?;
+                if dict.is_some() && seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(de::Error::custom("frame row is too long"));
+                }
+                Ok(Frame { pack, offset, compressed_len, len, dict })
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// A zstd dictionary (docs/format.md §5): a zstd frame of it in a pack; in the JSON a row
+/// `[pack, offset, compressedLength, length]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(from = "(u32, u64, u64, u64)")]
+pub struct Dict {
+    pub pack: u32,
+    pub offset: u64,
+    pub compressed_len: u64,
+    pub len: u64,
+}
+
+impl From<(u32, u64, u64, u64)> for Dict {
     fn from((pack, offset, compressed_len, len): (u32, u64, u64, u64)) -> Self {
-        Frame { pack, offset, compressed_len, len }
+        Dict { pack, offset, compressed_len, len }
     }
 }
 
@@ -237,6 +275,8 @@ struct Wire {
     chunker: Chunker,
     #[serde(deserialize_with = "packs")]
     packs: Vec<String>,
+    #[serde(default, deserialize_with = "dicts")]
+    dicts: Option<Vec<Dict>>,
     #[serde(deserialize_with = "frames")]
     frames: Vec<Frame>,
     #[serde(deserialize_with = "chunks")]
@@ -254,6 +294,8 @@ pub struct Toc {
     pub version: u64,
     pub chunker: Chunker,
     pub packs: Vec<String>,
+    /// zstd dictionaries frames are compressed with (version 2; empty: none)
+    pub dicts: Vec<Dict>,
     pub frames: Vec<Frame>,
     pub chunks: Vec<Chunk>,
     /// the chunks' SHA-256 digests: from the rows (version 1) or a digest table (version 2)
@@ -269,6 +311,10 @@ impl Wire {
         let mut bad = |m: String| r.push(Class::Corrupt, None, None, m);
         let inline = self.chunks.iter().filter(|c| c.digest.is_some()).count();
         let digests = match (self.version, self.digests) {
+            (1, _) if self.dicts.is_some() || self.frames.iter().any(|f| f.dict.is_some()) => {
+                bad("a version 1 TOC has no dictionaries".into());
+                return None;
+            }
             (1, None) if inline == n => DigestTable::inline(self.chunks.iter().map(|c| c.digest.map(|h| h.0).unwrap_or_default()).collect()),
             (1, Some(_)) => {
                 bad("a version 1 TOC has no digests field".into());
@@ -314,6 +360,7 @@ impl Wire {
             version: self.version,
             chunker: self.chunker,
             packs: self.packs,
+            dicts: self.dicts.unwrap_or_default(),
             frames: self.frames,
             chunks: self.chunks.into_iter().map(|c| c.chunk).collect(),
             digests,
@@ -373,6 +420,9 @@ fn bounded<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D, max: usize, wha
 
 fn packs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     bounded(d, limits::PACKS, "packs", false)
+}
+fn dicts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Dict>>, D::Error> {
+    bounded(d, limits::DICTS, "dictionaries", false).map(Some)
 }
 fn frames<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Frame>, D::Error> {
     bounded(d, limits::CHUNKS, "frames", false)
@@ -557,10 +607,27 @@ impl Toc {
                 r.push(Class::Corrupt, None, None, format!("pack {p} is listed twice"));
             }
         }
+        let dbound = zstd::zstd_safe::compress_bound(limits::DICT as usize) as u64;
+        for (i, &Dict { pack: p, offset: off, compressed_len: clen, len: ulen }) in self.dicts.iter().enumerate() {
+            if p as usize >= self.packs.len() {
+                r.push(Class::Corrupt, None, None, format!("dictionary {i}: pack {p} does not exist"));
+            }
+            if clen == 0 || clen > dbound || ulen == 0 || ulen > limits::DICT || off > limits::FILE_SIZE {
+                r.push(
+                    Class::Corrupt,
+                    None,
+                    None,
+                    format!("dictionary {i}: offset {off}, {clen} compressed / {ulen} bytes is out of range (dictionaries hold 1 to {} bytes)", limits::DICT),
+                );
+            }
+        }
         let cbound = zstd::zstd_safe::compress_bound(limits::FRAME as usize) as u64;
-        for (i, &Frame { pack: p, offset: off, compressed_len: clen, len: ulen }) in self.frames.iter().enumerate() {
+        for (i, &Frame { pack: p, offset: off, compressed_len: clen, len: ulen, dict }) in self.frames.iter().enumerate() {
             if p as usize >= self.packs.len() {
                 r.push(Class::Corrupt, None, None, format!("frame {i}: pack {p} does not exist"));
+            }
+            if let Some(d) = dict.filter(|&d| d as usize >= self.dicts.len()) {
+                r.push(Class::Corrupt, None, None, format!("frame {i}: dictionary {d} does not exist"));
             }
             if clen == 0 || clen > cbound || ulen > limits::FRAME || off > limits::FILE_SIZE {
                 r.push(
