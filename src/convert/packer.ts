@@ -31,6 +31,7 @@ export class Packer {
   /** output buffers of compressions, used in turn */
   private readonly outs: Buffer[] = [];
   private readonly outBytes: number;
+  private readonly batchBytes: number;
   private submitted = 0;
   private spoolRun = Buffer.alloc(0);
   private writer: BlobWriter | undefined;
@@ -45,6 +46,7 @@ export class Packer {
     opts: PackOptions,
   ) {
     this.w = native.packWriter(opts);
+    this.batchBytes = opts.batchBytes;
     // a batch's frames: about batchBytes, plus the frame that closed it, plus zstd's bound
     this.outBytes = opts.batchBytes + (opts.batchBytes >>> 6) + opts.groupTarget + (1 << 20);
   }
@@ -61,7 +63,8 @@ export class Packer {
 
   /**
    * Pass 2 of unsorted layers: place the layer's chunks in canonical order from the spool (those
-   * not placed yet). Raw chunks are read in runs of up to 8 MiB (adjacent spool ranges in one read).
+   * not placed yet). Raw chunks are read in runs of about a batch (adjacent spool ranges in one
+   * read), into one buffer dropped at the end.
    */
   async placeFromSpool(chunks: Uint32Array, spool: Spool): Promise<void> {
     const { dict } = this.chunkIndex;
@@ -73,7 +76,7 @@ export class Packer {
     const flush = async () => {
       if (!ids.length) return;
       // one buffer for every run (the writer copies what it takes before place() returns)
-      if (this.spoolRun.length < bytes) this.spoolRun = Buffer.allocUnsafe(Math.max(bytes, 9 << 20));
+      if (this.spoolRun.length < bytes) this.spoolRun = Buffer.allocUnsafe(Math.max(bytes, this.batchBytes + (1 << 20)));
       const buf = this.spoolRun;
       const positions = new Uint32Array(ids.length);
       let at = 0;
@@ -108,7 +111,7 @@ export class Packer {
         ids.push(id);
         where.push(off, len);
         bytes += len;
-        if (bytes >= 8 << 20) await flush();
+        if (bytes >= this.batchBytes) await flush();
         continue;
       }
       // a large chunk, compressed into its own frame during the scan: the same bytes as here
@@ -118,6 +121,7 @@ export class Packer {
       await this.submit(this.w.placeCompressed(dict, id, frame));
     }
     await flush();
+    this.spoolRun = Buffer.alloc(0);
   }
 
   /**

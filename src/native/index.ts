@@ -257,6 +257,7 @@ interface Binding {
   coreVersion(): string;
   errorCodes(): string[];
   tuneAllocator(): void;
+  releaseFreeMemory(): void;
   mountLazy(toc: NativeCheckedToc, mountpoint: string, cacheDir: string, record: boolean, flags: MountFlags, fetch: (msg: number[]) => void): NativeLazyMount;
 }
 
@@ -369,6 +370,8 @@ export const native = {
   llistxattr: (p: string) => wrapSync(`listxattr ${p}`, () => load().llistxattr(p)),
   lgetxattr: (p: string, name: string) => wrapSync(`getxattr ${p} ${name}`, () => load().lgetxattr(p, name)),
   coreVersion: () => load().coreVersion(),
+  /** Return memory freed by native code to the system (between the stages of a conversion). */
+  releaseFreeMemory: () => load().releaseFreeMemory(),
   /** Every code the core's errors can carry (errors.ts NATIVE_CODES maps them). */
   errorCodes: () => load().errorCodes(),
   /** Decode a TOC under the format's limits and check every rule (crates/core/src/format). */

@@ -38,6 +38,15 @@ pub fn compress_frame(parts: &[&[u8]], level: i32) -> Result<Vec<u8>> {
     })
 }
 
+/// [`compress_frame`] with a compressor of its own, freed on return: for a large input compressed
+/// once at a high level (a TOC), whose compressor's tables (tens of MiB) the thread would keep.
+/// The same bytes as [`compress_frame`].
+pub fn compress_frame_once(data: &[u8], level: i32) -> Result<Vec<u8>> {
+    check_level(level)?;
+    let mut comp = zstd::bulk::Compressor::new(level).map_err(|e| Error::io("zstd init", &e))?;
+    comp.compress(data).map_err(|e| Error::io("zstd compress", &e))
+}
+
 /// Decompress one frame that must hold exactly `expected_len` bytes.
 pub fn decompress_frame(frame: &[u8], expected_len: usize) -> Result<Vec<u8>> {
     DCTX.with(|d| {

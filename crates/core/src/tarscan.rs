@@ -53,12 +53,18 @@ enum Slot {
 struct PoolState {
     slots: Vec<Slot>,
     closed: bool,
+    /// Buffers whose pages went back to the system (after closing).
+    dropped: Vec<bool>,
 }
 
 /// Batch buffers allocated once per scan and shared with the caller (the binding hands them to
 /// JavaScript once). A buffer is Free, being Filled by the scan, or HandedOut in a batch until the
-/// caller releases it; the scan writes only the buffer it fills. Memory lives until every holder
-/// drops its `Arc`.
+/// caller releases it; the scan writes only the buffer it fills. The address space lives until
+/// every holder drops its `Arc` (JavaScript's Buffers: when they are collected), but the memory
+/// does not: buffers are anonymous mappings, touched only when filled, and once the pool is closed
+/// every free buffer gives its pages back at once (a buffer handed out, when it is released).
+/// Without that a conversion kept every layer scan's buffers (~50 MiB each) until V8 collected
+/// the Buffers over them, which it has no reason to do (it does not count that memory).
 pub struct BufferPool {
     bufs: Vec<(*mut u8, usize)>,
     state: Mutex<PoolState>,
@@ -70,9 +76,33 @@ unsafe impl Send for BufferPool {}
 unsafe impl Sync for BufferPool {}
 
 impl BufferPool {
-    pub fn new(count: usize, size: usize) -> Arc<BufferPool> {
-        let bufs = (0..count).map(|_| (Box::into_raw(vec![0u8; size].into_boxed_slice()) as *mut u8, size)).collect();
-        Arc::new(BufferPool { bufs, state: Mutex::new(PoolState { slots: vec![Slot::Free; count], closed: false }), freed: Condvar::new() })
+    pub fn new(count: usize, size: usize) -> Result<Arc<BufferPool>> {
+        let mut bufs = Vec::with_capacity(count);
+        for _ in 0..count {
+            // SAFETY: a new private anonymous mapping (zero-filled, pages made when first written)
+            let p =
+                unsafe { libc::mmap(std::ptr::null_mut(), size.max(1), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+            if p == libc::MAP_FAILED {
+                let e = io::Error::last_os_error();
+                for &(p, n) in &bufs {
+                    // SAFETY: mapped above with this length
+                    unsafe { libc::munmap(p as *mut libc::c_void, n) };
+                }
+                return Err(Error::io(format_args!("batch buffers of {size} bytes"), &e));
+            }
+            bufs.push((p as *mut u8, size.max(1)));
+        }
+        let state = PoolState { slots: vec![Slot::Free; count], closed: false, dropped: vec![false; count] };
+        Ok(Arc::new(BufferPool { bufs, state: Mutex::new(state), freed: Condvar::new() }))
+    }
+    /// A closed pool's free buffer gives its pages back (it reads as zeros from then on).
+    fn give_back(&self, st: &mut PoolState, i: usize) {
+        if st.closed && st.slots[i] == Slot::Free && !st.dropped[i] {
+            st.dropped[i] = true;
+            let (p, n) = self.bufs[i];
+            // SAFETY: our mapping; nobody fills or reads a free buffer of a closed pool
+            unsafe { libc::madvise(p as *mut libc::c_void, n, libc::MADV_DONTNEED) };
+        }
     }
     /// Pointer and length of buffer `i`, for a caller that exposes it (without copying) elsewhere.
     pub fn raw(&self, i: usize) -> (*mut u8, usize) {
@@ -90,6 +120,7 @@ impl BufferPool {
         match st.slots.get(i as usize) {
             Some(Slot::HandedOut) => {
                 st.slots[i as usize] = Slot::Free;
+                self.give_back(&mut st, i as usize);
                 self.freed.notify_all();
                 Ok(())
             }
@@ -98,7 +129,11 @@ impl BufferPool {
     }
     /// Nobody will release buffers any more: a scan waiting for one gives up.
     pub fn close(&self) {
-        self.state.lock().unwrap().closed = true;
+        let mut st = self.state.lock().unwrap();
+        st.closed = true;
+        for i in 0..self.bufs.len() {
+            self.give_back(&mut st, i);
+        }
         self.freed.notify_all();
     }
     /// A free buffer of at least `size` bytes, waiting for one to be released if need be.
@@ -135,6 +170,7 @@ impl BufferPool {
         let mut st = self.state.lock().unwrap();
         if st.slots.get(i as usize) == Some(&Slot::Filling) {
             st.slots[i as usize] = Slot::Free;
+            self.give_back(&mut st, i as usize);
             self.freed.notify_all();
         }
     }
@@ -152,8 +188,8 @@ impl BufferPool {
 impl Drop for BufferPool {
     fn drop(&mut self) {
         for &(p, n) in &self.bufs {
-            // SAFETY: made by Box::into_raw of a boxed slice of this length in new()
-            unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n))) };
+            // SAFETY: mapped in new() with this length; the last holder is gone
+            unsafe { libc::munmap(p as *mut libc::c_void, n) };
         }
     }
 }
@@ -1318,7 +1354,7 @@ mod tests {
 
     /// The scan as the binding runs it: a thread fed with pieces, batches released as they come.
     fn run_threads(t: &[u8], compression: Compression, piece: usize, batch: usize, threads: usize) -> Result<Decoded> {
-        let pool = BufferPool::new(3, batch_size(DEFAULT_CDC, batch));
+        let pool = BufferPool::new(3, batch_size(DEFAULT_CDC, batch)).unwrap();
         let mut th = LayerScan::new(compression, DEFAULT_CDC, batch, threads, pool.clone(), None)?.spawn_stream()?;
         let mut d = Decoded { names: vec![], links: vec![], pax_path: vec![], files: vec![], chunks: vec![] };
         let take = |bs: Vec<Batch>, d: &mut Decoded| {
@@ -1420,7 +1456,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("blob");
         std::fs::write(&f, &z).unwrap();
-        let pool = BufferPool::new(2, batch_size(DEFAULT_CDC, 1 << 20));
+        let pool = BufferPool::new(2, batch_size(DEFAULT_CDC, 1 << 20)).unwrap();
         let s = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 20, 2, pool.clone(), None).unwrap();
         let mut s = s.spawn_file(&f).unwrap();
         let mut n = 0;
@@ -1468,7 +1504,7 @@ mod tests {
             entry(&mut t, &format!("d/{i:06}"), b'0', b"");
         }
         t.extend(blocks(2));
-        let pool = BufferPool::new(3, batch_size(DEFAULT_CDC, 1 << 20));
+        let pool = BufferPool::new(3, batch_size(DEFAULT_CDC, 1 << 20)).unwrap();
         let mut th = LayerScan::new(Compression::None, DEFAULT_CDC, 1 << 20, 2, pool.clone(), None).unwrap().spawn_stream().unwrap();
         let mut sizes = Vec::new();
         for p in [Some(t), None] {
@@ -1494,7 +1530,7 @@ mod tests {
         sizes.extend(th.finish().unwrap().iter().map(|b| b.headers.len()));
         assert!(sizes.len() > 1 && sizes.iter().all(|&s| s <= HEADERS_LIMIT + 4096), "{sizes:?}");
         // a buffer that was not handed out cannot be released
-        let pool = BufferPool::new(2, 1 << 16);
+        let pool = BufferPool::new(2, 1 << 16).unwrap();
         assert!(pool.release(0).is_err() && pool.release(7).is_err());
     }
 
@@ -1610,7 +1646,7 @@ mod tests {
 
     /// One scan of `t` in pieces of `piece` bytes, canonical entries, batches released as they come.
     fn fuzz_one(t: &[u8], piece: usize, keep_mtime: bool) -> Result<()> {
-        let pool = BufferPool::new(4, batch_size(DEFAULT_CDC, 1 << 16));
+        let pool = BufferPool::new(4, batch_size(DEFAULT_CDC, 1 << 16)).unwrap();
         let canon = CanonOptions { source_date_epoch: 0, keep_mtime };
         let mut scan = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 16, 1, pool.clone(), Some(canon))?;
         for p in t.chunks(piece) {

@@ -376,7 +376,7 @@ impl LayerScanner {
             k => return Err(CoreError::invalid(format!("unknown compression {k:?}"))),
         };
         let p = params(&chunker)?;
-        let pool = tarscan::BufferPool::new(buffers.clamp(2, 64) as usize, tarscan::batch_size(p, batch_bytes as usize));
+        let pool = tarscan::BufferPool::new(buffers.clamp(2, 64) as usize, tarscan::batch_size(p, batch_bytes as usize))?;
         let canon = match canon {
             Some(o) if !o.source_date_epoch.is_finite() || o.source_date_epoch.fract() != 0.0 => {
                 return Err(CoreError::invalid(format!("source date epoch {}", o.source_date_epoch)))
@@ -715,7 +715,7 @@ impl TocBuilder {
     #[napi]
     pub fn build(&self, env: Env, dict: &ChunkDict, written: Vec<String>, stored_before: u32, level: i32) -> Result<BuiltToc> {
         let b = self.inner.build(&dict.inner, &written, stored_before).map_err(|e| err(env, e))?;
-        let blob = frame::compress_frame(&[&b.json], level).map_err(|e| err(env, e))?;
+        let blob = frame::compress_frame_once(&b.json, level).map_err(|e| err(env, e))?;
         Ok(BuiltToc {
             blob: blob.into(),
             json: b.json.into(),
@@ -970,6 +970,12 @@ pub fn lgetxattr(env: Env, path: String, name: String) -> Result<Buffer> {
 #[napi]
 pub fn tune_allocator() {
     ocichunk_core::fsx::return_large_buffers();
+}
+
+/// Return freed memory to the system now (`fsx::release_free_memory`).
+#[napi]
+pub fn release_free_memory() {
+    ocichunk_core::fsx::release_free_memory();
 }
 
 #[napi]

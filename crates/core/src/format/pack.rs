@@ -339,8 +339,12 @@ impl FrameWriter {
     }
 
     /// The caller committed the open pack (at the end of a layer, after the last batch landed).
+    /// Buffers kept for the next batches go back to the allocator: what comes next (the next
+    /// layer's scan, the TOC) does not find them in use.
     pub fn pack_closed(&mut self) {
         self.open = None;
+        *self.pool.lock().unwrap_or_else(|p| p.into_inner()) = Spare::default();
+        self.cur = Sealed::default();
     }
 
     /// Forget the layer: its chunks are unplaced again, its packs' numbers free (the caller drops
