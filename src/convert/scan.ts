@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import { OcichunkError } from '../errors.js';
 import type { Readable } from 'node:stream';
 import type { CanonOptions } from '../layer/entry.js';
-import { native, type ChunkerSpec, type NativeLayerDraft, type ScanBatch, type ScanStep } from '../native/index.js';
+import { native, type ChunkerSpec, type NativeLayerDraft, type PageBuffers, type ScanBatch, type ScanStep } from '../native/index.js';
 import type { Packer } from './packer.js';
 import type { ChunkIndex } from './chunk-index.js';
 import { throwIfAborted } from '../util/abort.js';
@@ -112,7 +112,7 @@ export class LayerScanner {
   private placed: Promise<void> = Promise.resolve();
   readonly stats: ScanStats = { newChunks: 0, newChunkBytes: 0 };
   /** spool mode: where a batch's big chunks are compressed, reused batch after batch (absorbed one at a time) */
-  private frames = Buffer.alloc(0);
+  private frames: PageBuffers | undefined;
   /** the layer's entries and their chunks (canonical order checked in sorted mode) */
   readonly draft: NativeLayerDraft;
 
@@ -214,6 +214,7 @@ export class LayerScanner {
       throw e;
     } finally {
       scanner.close();
+      this.frames?.release();
       if ('stream' in input && !input.stream.destroyed) input.stream.destroy();
     }
   }
@@ -293,8 +294,11 @@ export class LayerScanner {
       // zstd's bound for each frame, with room to spare
       let bound = 0;
       for (let k = 1; k < bigParts.length; k += 2) bound += bigParts[k] + (bigParts[k] >>> 7) + 1024;
-      if (this.frames.length < bound) this.frames = Buffer.allocUnsafe(Math.max(bound, this.opts.batchBytes + (this.opts.batchBytes >>> 7)));
-      const r = await native.compressFrames(b.buf, parts, new Uint32Array(bigIds.length).fill(1), this.opts.level, this.opts.threads, this.frames);
+      if (!this.frames || this.frames.buffers[0].length < bound) {
+        this.frames?.release();
+        this.frames = native.pageBuffers(1, Math.max(bound, this.opts.batchBytes + (this.opts.batchBytes >>> 7)));
+      }
+      const r = await native.compressFrames(b.buf, parts, new Uint32Array(bigIds.length).fill(1), this.opts.level, this.opts.threads, this.frames.buffers[0]);
       const { at, written } = spool.append(r.data, 0, r.data.length);
       writes.push(written);
       let o = at;

@@ -38,6 +38,21 @@ pub fn compress_frame(parts: &[&[u8]], level: i32) -> Result<Vec<u8>> {
     })
 }
 
+/// [`compress_frame`] of one part into `dst` (at least zstd's bound for `data`, else an error);
+/// returns the frame's length. The same bytes as [`compress_frame`].
+pub fn compress_frame_into(data: &[u8], level: i32, dst: &mut [u8]) -> Result<usize> {
+    check_level(level)?;
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().map(|(l, _)| *l != level).unwrap_or(true) {
+            let comp = zstd::bulk::Compressor::new(level).map_err(|e| Error::io("zstd init", &e))?;
+            *c = Some((level, comp));
+        }
+        let (_, comp) = c.as_mut().unwrap();
+        comp.compress_to_buffer(data, dst).map_err(|e| Error::io("zstd compress", &e))
+    })
+}
+
 /// [`compress_frame`] with a compressor of its own, freed on return: for a large input compressed
 /// once at a high level (a TOC), whose compressor's tables (tens of MiB) the thread would keep.
 /// The same bytes as [`compress_frame`].

@@ -108,16 +108,6 @@ pub fn return_large_buffers() {
     }
 }
 
-/// Give the system back the free memory of every malloc arena (glibc keeps what is freed below an
-/// arena's top, and each thread that allocates gets an arena of its own): called between the stages
-/// of a conversion, so that what a stage freed is not counted while the next one peaks.
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

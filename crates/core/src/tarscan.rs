@@ -16,6 +16,7 @@
 use crate::batch::{scan_pool, sha256};
 use crate::chunker::{cut, ChunkerParams};
 use crate::format::canonical::{canonical, encode_entry, CanonOptions};
+use crate::mem::Pages;
 use crate::{Code, Error, Result};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, VecDeque};
@@ -63,35 +64,17 @@ struct PoolState {
 /// every holder drops its `Arc` (JavaScript's Buffers: when they are collected), but the memory
 /// does not: buffers are anonymous mappings, touched only when filled, and once the pool is closed
 /// every free buffer gives its pages back at once (a buffer handed out, when it is released).
-/// Without that a conversion kept every layer scan's buffers (~50 MiB each) until V8 collected
+/// Without that a conversion kept every layer scan's buffers (six batches each) until V8 collected
 /// the Buffers over them, which it has no reason to do (it does not count that memory).
 pub struct BufferPool {
-    bufs: Vec<(*mut u8, usize)>,
+    bufs: Vec<Pages>,
     state: Mutex<PoolState>,
     freed: Condvar,
 }
 
-// SAFETY: the raw buffers are only reached through the slot states above.
-unsafe impl Send for BufferPool {}
-unsafe impl Sync for BufferPool {}
-
 impl BufferPool {
     pub fn new(count: usize, size: usize) -> Result<Arc<BufferPool>> {
-        let mut bufs = Vec::with_capacity(count);
-        for _ in 0..count {
-            // SAFETY: a new private anonymous mapping (zero-filled, pages made when first written)
-            let p =
-                unsafe { libc::mmap(std::ptr::null_mut(), size.max(1), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
-            if p == libc::MAP_FAILED {
-                let e = io::Error::last_os_error();
-                for &(p, n) in &bufs {
-                    // SAFETY: mapped above with this length
-                    unsafe { libc::munmap(p as *mut libc::c_void, n) };
-                }
-                return Err(Error::io(format_args!("batch buffers of {size} bytes"), &e));
-            }
-            bufs.push((p as *mut u8, size.max(1)));
-        }
+        let bufs = (0..count).map(|_| Pages::new(size)).collect::<Result<Vec<_>>>()?;
         let state = PoolState { slots: vec![Slot::Free; count], closed: false, dropped: vec![false; count] };
         Ok(Arc::new(BufferPool { bufs, state: Mutex::new(state), freed: Condvar::new() }))
     }
@@ -99,14 +82,13 @@ impl BufferPool {
     fn give_back(&self, st: &mut PoolState, i: usize) {
         if st.closed && st.slots[i] == Slot::Free && !st.dropped[i] {
             st.dropped[i] = true;
-            let (p, n) = self.bufs[i];
-            // SAFETY: our mapping; nobody fills or reads a free buffer of a closed pool
-            unsafe { libc::madvise(p as *mut libc::c_void, n, libc::MADV_DONTNEED) };
+            // nobody fills or reads a free buffer of a closed pool
+            self.bufs[i].release();
         }
     }
     /// Pointer and length of buffer `i`, for a caller that exposes it (without copying) elsewhere.
     pub fn raw(&self, i: usize) -> (*mut u8, usize) {
-        self.bufs[i]
+        (self.bufs[i].as_ptr(), self.bufs[i].len())
     }
     pub fn len(&self) -> usize {
         self.bufs.len()
@@ -149,7 +131,7 @@ impl BufferPool {
         self.take_or_wait(size, false)
     }
     fn take_or_wait(&self, size: usize, wait: bool) -> Result<Option<(u32, *mut u8)>> {
-        if self.bufs.iter().any(|b| b.1 < size) || self.bufs.is_empty() {
+        if self.bufs.iter().any(|b| b.len() < size) || self.bufs.is_empty() {
             return Err(Error::invalid(format!("batch buffers must hold {size} bytes")));
         }
         let mut st = self.state.lock().unwrap();
@@ -158,7 +140,7 @@ impl BufferPool {
         }
         if let Some(i) = st.slots.iter().position(|&s| s == Slot::Free) {
             st.slots[i] = Slot::Filling;
-            return Ok(Some((i as u32, self.bufs[i].0)));
+            return Ok(Some((i as u32, self.bufs[i].as_ptr())));
         }
         if wait {
             drop(self.freed.wait(st).unwrap());
@@ -181,16 +163,7 @@ impl BufferPool {
     }
     #[cfg(test)]
     fn bytes(&self, b: &Batch) -> &[u8] {
-        unsafe { std::slice::from_raw_parts(self.bufs[b.buffer as usize].0, b.len) }
-    }
-}
-
-impl Drop for BufferPool {
-    fn drop(&mut self) {
-        for &(p, n) in &self.bufs {
-            // SAFETY: mapped in new() with this length; the last holder is gone
-            unsafe { libc::munmap(p as *mut libc::c_void, n) };
-        }
+        unsafe { std::slice::from_raw_parts(self.bufs[b.buffer as usize].as_ptr(), b.len) }
     }
 }
 

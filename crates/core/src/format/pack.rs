@@ -15,6 +15,7 @@
 
 use super::dict::{ChunkDict, Location, PackName};
 use crate::{batch, Error, Result};
+use rayon::prelude::*;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
@@ -75,41 +76,74 @@ pub struct Landing {
 
 /// Compress a sealed batch's frames (the ones not compressed already) on `threads`, into `out`
 /// when they fit (else into a new buffer); the batch's buffer goes back to `recycle`
-/// ([`FrameWriter::recycler`]).
+/// ([`FrameWriter::recycler`]). Each frame is compressed straight into its place in the output
+/// (room for zstd's bound each, closed up after), so compressing allocates nothing per frame.
 pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler>, out: Option<&mut [u8]>) -> Result<Compressed> {
-    let slices: Vec<&[u8]> = s
+    crate::frame::check_level(level)?;
+    // each frame's input (None: compressed already) and the room it takes in the output
+    let inputs: Vec<(Option<&[u8]>, usize)> = s
         .frames
         .iter()
-        .filter_map(|f| match &f.bytes {
-            Bytes::Raw { start } => Some(&s.raw[*start..*start + f.len as usize]),
-            Bytes::Group(g) => Some(&g[..]),
-            Bytes::Pre(_) => None,
+        .map(|f| match &f.bytes {
+            Bytes::Raw { start } => (Some(&s.raw[*start..*start + f.len as usize]), zstd::zstd_safe::compress_bound(f.len as usize)),
+            Bytes::Group(g) => (Some(&g[..]), zstd::zstd_safe::compress_bound(g.len())),
+            Bytes::Pre(p) => (None, p.len()),
         })
         .collect();
-    let made = batch::compress_slices(&slices, level, threads);
-    drop(slices);
+    let room: usize = inputs.iter().map(|i| i.1).sum();
+    let mut own = Vec::new();
+    let into_out = matches!(&out, Some(o) if o.len() >= room);
+    let dst: &mut [u8] = match out {
+        Some(o) if into_out => o,
+        _ => {
+            own = vec![0u8; room];
+            &mut own
+        }
+    };
+    // the frames' places, in order
+    let mut places: Vec<(Option<&[u8]>, &mut [u8])> = Vec::with_capacity(inputs.len());
+    let mut rest = &mut dst[..room];
+    for (i, (input, n)) in inputs.iter().enumerate() {
+        let (here, after) = std::mem::take(&mut rest).split_at_mut(*n);
+        if let (None, Bytes::Pre(p)) = (input, &s.frames[i].bytes) {
+            here.copy_from_slice(p);
+        }
+        places.push((*input, here));
+        rest = after;
+    }
+    let lens: Vec<usize> = batch::run(threads, || {
+        places
+            .par_iter_mut()
+            .map(|(input, here)| match input {
+                Some(d) => crate::frame::compress_frame_into(d, level, here),
+                None => Ok(here.len()),
+            })
+            .collect::<Result<Vec<_>>>()
+    })??;
+    drop(places);
+    drop(inputs);
+    // close up: frame i moves from its place down to the end of frame i - 1
+    let (mut at, mut from) = (0usize, 0usize);
+    let mut frames = Vec::with_capacity(s.frames.len());
     let Sealed { raw, frames: specs } = s;
     let mut spare = Spare::default();
     if recycle.is_some() {
         spare.batches.push(raw);
     }
-    let mut made = made?.into_iter();
-    let mut parts: Vec<Vec<u8>> = Vec::with_capacity(specs.len());
-    let mut frames = Vec::with_capacity(specs.len());
-    for f in specs {
-        let c = match f.bytes {
-            Bytes::Pre(p) => p,
-            Bytes::Group(g) => {
-                if recycle.is_some() {
-                    spare.groups.push(g);
-                }
-                made.next().expect("a compressed frame per slice")
-            }
-            Bytes::Raw { .. } => made.next().expect("a compressed frame per slice"),
+    for (f, &n) in specs.into_iter().zip(&lens) {
+        let room = match &f.bytes {
+            Bytes::Raw { .. } => zstd::zstd_safe::compress_bound(f.len as usize),
+            Bytes::Group(g) => zstd::zstd_safe::compress_bound(g.len()),
+            Bytes::Pre(p) => p.len(),
         };
-        let clen = u32::try_from(c.len()).map_err(|_| Error::invalid(format!("a frame of {} compressed bytes", c.len())))?;
+        dst.copy_within(from..from + n, at);
+        let clen = u32::try_from(n).map_err(|_| Error::invalid(format!("a frame of {n} compressed bytes")))?;
+        if let (Bytes::Group(g), true) = (f.bytes, recycle.is_some()) {
+            spare.groups.push(g);
+        }
         frames.push(Landing { compressed_len: clen, len: f.len, ids: f.ids });
-        parts.push(c);
+        at += n;
+        from += room;
     }
     if let Some(r) = recycle {
         let mut pool = r.lock().unwrap_or_else(|p| p.into_inner());
@@ -120,17 +154,11 @@ pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler
             pool.groups.push(g);
         }
     }
-    let total: usize = parts.iter().map(Vec::len).sum();
-    let data = match out {
-        Some(o) if o.len() >= total => {
-            let mut at = 0;
-            for p in &parts {
-                o[at..at + p.len()].copy_from_slice(p);
-                at += p.len();
-            }
-            None
-        }
-        _ => Some(parts.concat()),
+    let data = if into_out {
+        None
+    } else {
+        own.truncate(at);
+        Some(own)
     };
     Ok(Compressed { data, frames })
 }
