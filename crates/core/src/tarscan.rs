@@ -1074,29 +1074,54 @@ impl LayerScan {
         Ok(Threaded { link, stream, pool, eof: false, digest: None, last: None })
     }
 
-    /// Scan a file on a thread of its own, which reads, hashes (SHA-256) and parses it a few
-    /// batches ahead of the caller.
+    /// Scan a file on a thread of its own, which parses it a few batches ahead of the caller; a
+    /// second thread reads the file and hashes it (SHA-256) a few pieces ahead of the scan, so that
+    /// neither the reads nor the blob's digest take the scan's time (its inflate and parse are the
+    /// serial part of a conversion).
     pub fn spawn_file(self, path: &std::path::Path) -> Result<Threaded> {
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(format_args!("open {}", path.display()), &e))?;
         self.spawn(false, move |scan, _| {
-            use sha2::Digest;
-            use std::io::Read;
-            let mut hash = sha2::Sha256::new();
-            let mut size = 0u64;
-            let mut piece = vec![0u8; (1 << 20) - (64 << 10)];
-            loop {
-                let n = match f.read(&mut piece) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::io("read", &e)),
-                };
-                hash.update(&piece[..n]);
-                size += n as u64;
-                scan.push(&piece[..n])?;
+            const PIECE: usize = (1 << 20) - (64 << 10);
+            // pieces read, and pieces the scan is done with (to be read into again)
+            let (full, pieces) = mpsc::sync_channel::<Vec<u8>>(2);
+            let (empty, spare) = mpsc::channel::<Vec<u8>>();
+            let reader = std::thread::Builder::new()
+                .name("ocichunk-read".into())
+                .spawn(move || -> Result<FileDigest> {
+                    use sha2::Digest;
+                    use std::io::Read;
+                    let mut hash = sha2::Sha256::new();
+                    let mut size = 0u64;
+                    loop {
+                        let mut piece = spare.try_recv().unwrap_or_default();
+                        piece.resize(PIECE, 0);
+                        let n = loop {
+                            match f.read(&mut piece) {
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                                r => break r.map_err(|e| Error::io("read", &e))?,
+                            }
+                        };
+                        if n == 0 {
+                            break;
+                        }
+                        piece.truncate(n);
+                        hash.update(&piece);
+                        size += n as u64;
+                        if full.send(piece).is_err() {
+                            return Err(Error::new(Code::Io, "the layer scan was stopped"));
+                        }
+                    }
+                    let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                    Ok(FileDigest { digest: format!("sha256:{hex}"), size })
+                })
+                .map_err(|e| Error::io("read thread", &e))?;
+            // a failed scan drops `pieces`: the reader stops at its next piece
+            for piece in pieces {
+                scan.push(&piece)?;
+                let _ = empty.send(piece);
             }
-            let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-            Ok(Some(FileDigest { digest: format!("sha256:{hex}"), size }))
+            let digest = reader.join().map_err(|_| Error::new(Code::Io, "the read thread panicked"))??;
+            Ok(Some(digest))
         })
     }
 
