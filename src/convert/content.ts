@@ -11,7 +11,7 @@ import type { Descriptor } from '../oci/types.js';
 import type { ImageSource } from '../transports/types.js';
 import { throwIfAborted } from '../util/abort.js';
 import { ChunkIndex } from './chunk-index.js';
-import { canonOf, LayerScanner, type LayerInput } from './scan.js';
+import { canonOf, DEFAULT_BATCH_BYTES, LayerScanner, type LayerInput } from './scan.js';
 
 export interface ContentOptions {
   chunker: ChunkerSpec;
@@ -29,7 +29,7 @@ export async function originalContentDigests(src: ImageSource, layers: Descripto
   const scanOpts = {
     chunker: opts.chunker,
     threads: opts.threads ?? 0,
-    batchBytes: 8 << 20,
+    batchBytes: DEFAULT_BATCH_BYTES,
     level: 3,
     groupBelow: 0,
     ...canonOf(opts.sourceDateEpoch),

@@ -41,7 +41,7 @@ import { Packer } from './packer.js';
 import { ConvertTrust, locationKey } from './trust.js';
 import { ChunkIndex } from './chunk-index.js';
 import { throwIfAborted } from '../util/abort.js';
-import { canonOf, LayerScanner, OutOfOrder, Spool, type LayerInput } from './scan.js';
+import { canonOf, DEFAULT_BATCH_BYTES, LayerScanner, OutOfOrder, Spool, type LayerInput } from './scan.js';
 
 /**
  * Chunks below DEFAULT_GROUP_BELOW share zstd frames of about DEFAULT_FRAME_SIZE bytes (with the
@@ -486,7 +486,7 @@ async function conversionContext(src: ImageSource, sink: ImageSink, opts: Conver
   if (!opts.chunkIndex) await chunkIndex.loadFromSink(sink);
   // named for its owner; spools dead processes left in the temp dir are removed first (store/owner.ts)
   const spool = new Spool(await newSpoolPath(opts.tmpDir ?? os.tmpdir()));
-  const batchBytes = opts.batchBytes ?? 8 << 20;
+  const batchBytes = opts.batchBytes ?? DEFAULT_BATCH_BYTES;
   const groupBelow = opts.groupBelow ?? DEFAULT_GROUP_BELOW;
   const packer = new Packer(sink, chunkIndex, {
     level,
@@ -721,6 +721,7 @@ async function convertLayers(img: ResolvedImage, ctx: Ctx, progress: (p: Convert
       await packer.placeFromSpool(ordered, spool);
     }
     await packer.finishLayer();
+    native.releaseFreeMemory();
   }
   return out;
 }

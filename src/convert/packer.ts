@@ -6,7 +6,7 @@
  * is placed.
  */
 import { OcichunkError } from '../errors.js';
-import { native, type CompressedBatch, type NativePackWriter, type PackSpec } from '../native/index.js';
+import { native, type CompressedBatch, type NativePackWriter, type PackSpec, type PageBuffers } from '../native/index.js';
 import type { BlobWriter } from '../store/blobstore.js';
 import type { ImageSink } from '../transports/types.js';
 import type { ChunkIndex } from './chunk-index.js';
@@ -28,11 +28,13 @@ export class Packer {
   /** resolves when every batch submitted so far has been written, in order */
   private inflight: Promise<void> = Promise.resolve();
   private outstanding: Array<Promise<void>> = [];
-  /** output buffers of compressions, used in turn */
-  private readonly outs: Buffer[] = [];
+  /** output buffers of compressions, used in turn; their memory goes back at the end of each layer */
+  private outs: PageBuffers | undefined;
   private readonly outBytes: number;
+  private readonly batchBytes: number;
   private submitted = 0;
-  private spoolRun = Buffer.alloc(0);
+  /** pass 2: where spooled chunks are read, given back at the end of the pass */
+  private spoolRun: PageBuffers | undefined;
   private writer: BlobWriter | undefined;
   private layerPackStart = 0;
   readonly packs: PackResult[] = [];
@@ -45,6 +47,7 @@ export class Packer {
     opts: PackOptions,
   ) {
     this.w = native.packWriter(opts);
+    this.batchBytes = opts.batchBytes;
     // a batch's frames: about batchBytes, plus the frame that closed it, plus zstd's bound
     this.outBytes = opts.batchBytes + (opts.batchBytes >>> 6) + opts.groupTarget + (1 << 20);
   }
@@ -61,7 +64,8 @@ export class Packer {
 
   /**
    * Pass 2 of unsorted layers: place the layer's chunks in canonical order from the spool (those
-   * not placed yet). Raw chunks are read in runs of up to 8 MiB (adjacent spool ranges in one read).
+   * not placed yet). Raw chunks are read in runs of about a batch (adjacent spool ranges in one
+   * read), into one buffer dropped at the end.
    */
   async placeFromSpool(chunks: Uint32Array, spool: Spool): Promise<void> {
     const { dict } = this.chunkIndex;
@@ -70,11 +74,17 @@ export class Packer {
     /** [spool offset, length] of each id in `ids` */
     let where: number[] = [];
     let bytes = 0;
+    // one buffer for every run and frame read (the writer copies what it takes before place() returns)
+    const room = (n: number): Buffer => {
+      if (!this.spoolRun || this.spoolRun.buffers[0].length < n) {
+        this.spoolRun?.release();
+        this.spoolRun = native.pageBuffers(1, Math.max(n, this.batchBytes + (1 << 20)));
+      }
+      return this.spoolRun.buffers[0];
+    };
     const flush = async () => {
       if (!ids.length) return;
-      // one buffer for every run (the writer copies what it takes before place() returns)
-      if (this.spoolRun.length < bytes) this.spoolRun = Buffer.allocUnsafe(Math.max(bytes, 9 << 20));
-      const buf = this.spoolRun;
+      const buf = room(bytes);
       const positions = new Uint32Array(ids.length);
       let at = 0;
       for (let k = 0; k < ids.length; ) {
@@ -108,16 +118,17 @@ export class Packer {
         ids.push(id);
         where.push(off, len);
         bytes += len;
-        if (bytes >= 8 << 20) await flush();
+        if (bytes >= this.batchBytes) await flush();
         continue;
       }
       // a large chunk, compressed into its own frame during the scan: the same bytes as here
       await flush();
-      const frame = Buffer.allocUnsafe(clen);
+      const frame = room(clen).subarray(0, clen);
       spool.readInto(frame, 0, clen, off);
       await this.submit(this.w.placeCompressed(dict, id, frame));
     }
     await flush();
+    this.spoolRun?.release();
   }
 
   /**
@@ -130,7 +141,8 @@ export class Packer {
       while (this.outstanding.length >= 2) await this.outstanding.shift();
       // two batches at most are outstanding, so the one before the last is written: its output
       // buffer is free again (fresh buffers per batch cost page faults and GC time)
-      const out = (this.outs[this.submitted++ % 2] ??= Buffer.allocUnsafe(this.outBytes));
+      this.outs ??= native.pageBuffers(2, this.outBytes);
+      const out = this.outs.buffers[this.submitted++ % 2];
       const work = this.w.compressNext(out);
       work.catch(() => {}); // surfaced through inflight
       const before = this.inflight;
@@ -175,6 +187,7 @@ export class Packer {
     await this.submit(this.w.finishLayer());
     await this.inflight;
     this.outstanding = [];
+    this.outs?.release();
     await this.closePack();
     this.w.packClosed();
   }
@@ -182,6 +195,7 @@ export class Packer {
   /** Forget everything placed in this layer (its packs stay as unreferenced blobs). */
   async rollbackLayer(): Promise<void> {
     await this.inflight.catch(() => {});
+    this.outs?.release();
     await this.writer?.abort();
     this.writer = undefined;
     this.w.rollbackLayer(this.chunkIndex.dict);
@@ -192,6 +206,7 @@ export class Packer {
 
   async abort(): Promise<void> {
     await this.inflight.catch(() => {});
+    this.outs?.release();
     await this.writer?.abort();
     this.writer = undefined;
   }

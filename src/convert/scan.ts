@@ -9,10 +9,18 @@ import fs from 'node:fs';
 import { OcichunkError } from '../errors.js';
 import type { Readable } from 'node:stream';
 import type { CanonOptions } from '../layer/entry.js';
-import { native, type ChunkerSpec, type NativeLayerDraft, type ScanBatch, type ScanStep } from '../native/index.js';
+import { native, type ChunkerSpec, type NativeLayerDraft, type PageBuffers, type ScanBatch, type ScanStep } from '../native/index.js';
 import type { Packer } from './packer.js';
 import type { ChunkIndex } from './chunk-index.js';
 import { throwIfAborted } from '../util/abort.js';
+
+/**
+ * Bytes of file contents per scan batch and per batch of frames compressed together. Memory is a
+ * few batches deep (the scan's buffers, the frames being compressed and written), so this sets
+ * convert's memory; output never depends on it. 2 MiB still gives both cores work (8 MiB batches
+ * converted `big` no faster and peaked 80 MiB higher: benchmarks/rss.sh).
+ */
+export const DEFAULT_BATCH_BYTES = 2 << 20;
 
 /** Thrown in sorted mode when an entry arrives out of canonical order. */
 export class OutOfOrder extends Error {
@@ -105,6 +113,8 @@ export class LayerScanner {
   /** Every batch taken so far has been absorbed (chunks interned, placed or spooled), in order. */
   private placed: Promise<void> = Promise.resolve();
   readonly stats: ScanStats = { newChunks: 0, newChunkBytes: 0 };
+  /** spool mode: where a batch's big chunks are compressed, reused batch after batch (absorbed one at a time) */
+  private frames: PageBuffers | undefined;
   /** the layer's entries and their chunks (canonical order checked in sorted mode) */
   readonly draft: NativeLayerDraft;
 
@@ -206,6 +216,7 @@ export class LayerScanner {
       throw e;
     } finally {
       scanner.close();
+      this.frames?.release();
       if ('stream' in input && !input.stream.destroyed) input.stream.destroy();
     }
   }
@@ -282,7 +293,14 @@ export class LayerScanner {
     });
     if (bigIds.length) {
       const parts = new Uint32Array(bigParts);
-      const r = await native.compressFrames(b.buf, parts, new Uint32Array(bigIds.length).fill(1), this.opts.level, this.opts.threads);
+      // zstd's bound for each frame, with room to spare
+      let bound = 0;
+      for (let k = 1; k < bigParts.length; k += 2) bound += bigParts[k] + (bigParts[k] >>> 7) + 1024;
+      if (!this.frames || this.frames.buffers[0].length < bound) {
+        this.frames?.release();
+        this.frames = native.pageBuffers(1, Math.max(bound, this.opts.batchBytes + (this.opts.batchBytes >>> 7)));
+      }
+      const r = await native.compressFrames(b.buf, parts, new Uint32Array(bigIds.length).fill(1), this.opts.level, this.opts.threads, this.frames.buffers[0]);
       const { at, written } = spool.append(r.data, 0, r.data.length);
       writes.push(written);
       let o = at;

@@ -260,6 +260,12 @@ export interface PackSpec {
   dictSample?: number;
 }
 
+/** Buffers whose memory release() gives back at once (native.pageBuffers). */
+export interface PageBuffers {
+  buffers: Buffer[];
+  release: () => void;
+}
+
 interface Binding {
   ChunkDict: new () => NativeChunkDict;
   PackWriter: new (o: PackSpec) => NativePackWriter;
@@ -302,6 +308,8 @@ interface Binding {
   coreVersion(): string;
   errorCodes(): string[];
   tuneAllocator(): void;
+  releaseFreeMemory(): void;
+  PageBuffers: new (count: number, size: number) => { buffers(): Buffer[]; release(): void };
   mountLazy(toc: NativeCheckedToc, mountpoint: string, cacheDir: string, record: boolean, flags: MountFlags, fetch: (msg: number[]) => void): NativeLazyMount;
 }
 
@@ -416,6 +424,16 @@ export const native = {
   llistxattr: (p: string) => wrapSync(`listxattr ${p}`, () => load().llistxattr(p)),
   lgetxattr: (p: string, name: string) => wrapSync(`getxattr ${p} ${name}`, () => load().lgetxattr(p, name)),
   coreVersion: () => load().coreVersion(),
+  /**
+   * `count` Buffers of `size` bytes whose memory release() gives back to the system at once (V8
+   * frees a Buffer's memory only when it collects it); they read as zeros after, and can be used again.
+   */
+  pageBuffers: (count: number, size: number): PageBuffers => {
+    const p = wrapSync('buffers', () => new (load().PageBuffers)(count, size));
+    return { buffers: p.buffers(), release: () => p.release() };
+  },
+  /** Return memory freed by native code to the system (between the stages of a conversion). */
+  releaseFreeMemory: () => load().releaseFreeMemory(),
   /** Every code the core's errors can carry (errors.ts NATIVE_CODES maps them). */
   errorCodes: () => load().errorCodes(),
   /** Decode a TOC under the format's limits and check every rule (crates/core/src/format). */

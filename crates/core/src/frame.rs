@@ -38,6 +38,30 @@ pub fn compress_frame(parts: &[&[u8]], level: i32) -> Result<Vec<u8>> {
     })
 }
 
+/// [`compress_frame`] of one part into `dst` (at least zstd's bound for `data`, else an error);
+/// returns the frame's length. The same bytes as [`compress_frame`].
+pub fn compress_frame_into(data: &[u8], level: i32, dst: &mut [u8]) -> Result<usize> {
+    check_level(level)?;
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().map(|(l, _)| *l != level).unwrap_or(true) {
+            let comp = zstd::bulk::Compressor::new(level).map_err(|e| Error::io("zstd init", &e))?;
+            *c = Some((level, comp));
+        }
+        let (_, comp) = c.as_mut().unwrap();
+        comp.compress_to_buffer(data, dst).map_err(|e| Error::io("zstd compress", &e))
+    })
+}
+
+/// [`compress_frame`] with a compressor of its own, freed on return: for a large input compressed
+/// once at a high level (a TOC), whose compressor's tables (tens of MiB) the thread would keep.
+/// The same bytes as [`compress_frame`].
+pub fn compress_frame_once(data: &[u8], level: i32) -> Result<Vec<u8>> {
+    check_level(level)?;
+    let mut comp = zstd::bulk::Compressor::new(level).map_err(|e| Error::io("zstd init", &e))?;
+    comp.compress(data).map_err(|e| Error::io("zstd compress", &e))
+}
+
 /// Decompress one frame that must hold exactly `expected_len` bytes.
 pub fn decompress_frame(frame: &[u8], expected_len: usize) -> Result<Vec<u8>> {
     DCTX.with(|d| {
@@ -102,6 +126,16 @@ pub fn compress_frame_with(src: &[u8], dict: &Dictionary) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(src.len()));
         cctx.compress_using_cdict(&mut out, src, cdict).map_err(|e| Error::invalid(format!("zstd: {}", zstd::zstd_safe::get_error_name(e))))?;
         Ok(out)
+    })
+}
+
+/// [`compress_frame_with`] into `dst` (room for zstd's bound): the frame's length.
+pub fn compress_frame_with_into(src: &[u8], dict: &Dictionary, dst: &mut [u8]) -> Result<usize> {
+    let cdict = dict.cdict.as_ref().ok_or_else(|| Error::invalid("dictionary prepared for reading only"))?;
+    DICT_CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        let cctx = c.get_or_insert_with(zstd::zstd_safe::CCtx::create);
+        cctx.compress_using_cdict(dst, src, cdict).map_err(|e| Error::invalid(format!("zstd: {}", zstd::zstd_safe::get_error_name(e))))
     })
 }
 

@@ -9,6 +9,7 @@ pub mod format;
 pub mod frame;
 pub mod fsx;
 pub mod lazyfs;
+pub mod mem;
 pub mod restore;
 pub mod tarscan;
 

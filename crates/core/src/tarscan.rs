@@ -16,6 +16,7 @@
 use crate::batch::{scan_pool, sha256};
 use crate::chunker::{cut, ChunkerParams};
 use crate::format::canonical::{canonical, encode_entry, CanonOptions};
+use crate::mem::Pages;
 use crate::{Code, Error, Result};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, VecDeque};
@@ -53,30 +54,41 @@ enum Slot {
 struct PoolState {
     slots: Vec<Slot>,
     closed: bool,
+    /// Buffers whose pages went back to the system (after closing).
+    dropped: Vec<bool>,
 }
 
 /// Batch buffers allocated once per scan and shared with the caller (the binding hands them to
 /// JavaScript once). A buffer is Free, being Filled by the scan, or HandedOut in a batch until the
-/// caller releases it; the scan writes only the buffer it fills. Memory lives until every holder
-/// drops its `Arc`.
+/// caller releases it; the scan writes only the buffer it fills. The address space lives until
+/// every holder drops its `Arc` (JavaScript's Buffers: when they are collected), but the memory
+/// does not: buffers are anonymous mappings, touched only when filled, and once the pool is closed
+/// every free buffer gives its pages back at once (a buffer handed out, when it is released).
+/// Without that a conversion kept every layer scan's buffers (six batches each) until V8 collected
+/// the Buffers over them, which it has no reason to do (it does not count that memory).
 pub struct BufferPool {
-    bufs: Vec<(*mut u8, usize)>,
+    bufs: Vec<Pages>,
     state: Mutex<PoolState>,
     freed: Condvar,
 }
 
-// SAFETY: the raw buffers are only reached through the slot states above.
-unsafe impl Send for BufferPool {}
-unsafe impl Sync for BufferPool {}
-
 impl BufferPool {
-    pub fn new(count: usize, size: usize) -> Arc<BufferPool> {
-        let bufs = (0..count).map(|_| (Box::into_raw(vec![0u8; size].into_boxed_slice()) as *mut u8, size)).collect();
-        Arc::new(BufferPool { bufs, state: Mutex::new(PoolState { slots: vec![Slot::Free; count], closed: false }), freed: Condvar::new() })
+    pub fn new(count: usize, size: usize) -> Result<Arc<BufferPool>> {
+        let bufs = (0..count).map(|_| Pages::new(size)).collect::<Result<Vec<_>>>()?;
+        let state = PoolState { slots: vec![Slot::Free; count], closed: false, dropped: vec![false; count] };
+        Ok(Arc::new(BufferPool { bufs, state: Mutex::new(state), freed: Condvar::new() }))
+    }
+    /// A closed pool's free buffer gives its pages back (it reads as zeros from then on).
+    fn give_back(&self, st: &mut PoolState, i: usize) {
+        if st.closed && st.slots[i] == Slot::Free && !st.dropped[i] {
+            st.dropped[i] = true;
+            // nobody fills or reads a free buffer of a closed pool
+            self.bufs[i].release();
+        }
     }
     /// Pointer and length of buffer `i`, for a caller that exposes it (without copying) elsewhere.
     pub fn raw(&self, i: usize) -> (*mut u8, usize) {
-        self.bufs[i]
+        (self.bufs[i].as_ptr(), self.bufs[i].len())
     }
     pub fn len(&self) -> usize {
         self.bufs.len()
@@ -90,6 +102,7 @@ impl BufferPool {
         match st.slots.get(i as usize) {
             Some(Slot::HandedOut) => {
                 st.slots[i as usize] = Slot::Free;
+                self.give_back(&mut st, i as usize);
                 self.freed.notify_all();
                 Ok(())
             }
@@ -98,7 +111,11 @@ impl BufferPool {
     }
     /// Nobody will release buffers any more: a scan waiting for one gives up.
     pub fn close(&self) {
-        self.state.lock().unwrap().closed = true;
+        let mut st = self.state.lock().unwrap();
+        st.closed = true;
+        for i in 0..self.bufs.len() {
+            self.give_back(&mut st, i);
+        }
         self.freed.notify_all();
     }
     /// A free buffer of at least `size` bytes, waiting for one to be released if need be.
@@ -114,7 +131,7 @@ impl BufferPool {
         self.take_or_wait(size, false)
     }
     fn take_or_wait(&self, size: usize, wait: bool) -> Result<Option<(u32, *mut u8)>> {
-        if self.bufs.iter().any(|b| b.1 < size) || self.bufs.is_empty() {
+        if self.bufs.iter().any(|b| b.len() < size) || self.bufs.is_empty() {
             return Err(Error::invalid(format!("batch buffers must hold {size} bytes")));
         }
         let mut st = self.state.lock().unwrap();
@@ -123,7 +140,7 @@ impl BufferPool {
         }
         if let Some(i) = st.slots.iter().position(|&s| s == Slot::Free) {
             st.slots[i] = Slot::Filling;
-            return Ok(Some((i as u32, self.bufs[i].0)));
+            return Ok(Some((i as u32, self.bufs[i].as_ptr())));
         }
         if wait {
             drop(self.freed.wait(st).unwrap());
@@ -135,6 +152,7 @@ impl BufferPool {
         let mut st = self.state.lock().unwrap();
         if st.slots.get(i as usize) == Some(&Slot::Filling) {
             st.slots[i as usize] = Slot::Free;
+            self.give_back(&mut st, i as usize);
             self.freed.notify_all();
         }
     }
@@ -145,16 +163,7 @@ impl BufferPool {
     }
     #[cfg(test)]
     fn bytes(&self, b: &Batch) -> &[u8] {
-        unsafe { std::slice::from_raw_parts(self.bufs[b.buffer as usize].0, b.len) }
-    }
-}
-
-impl Drop for BufferPool {
-    fn drop(&mut self) {
-        for &(p, n) in &self.bufs {
-            // SAFETY: made by Box::into_raw of a boxed slice of this length in new()
-            unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n))) };
-        }
+        unsafe { std::slice::from_raw_parts(self.bufs[b.buffer as usize].as_ptr(), b.len) }
     }
 }
 
@@ -1065,29 +1074,54 @@ impl LayerScan {
         Ok(Threaded { link, stream, pool, eof: false, digest: None, last: None })
     }
 
-    /// Scan a file on a thread of its own, which reads, hashes (SHA-256) and parses it a few
-    /// batches ahead of the caller.
+    /// Scan a file on a thread of its own, which parses it a few batches ahead of the caller; a
+    /// second thread reads the file and hashes it (SHA-256) a few pieces ahead of the scan, so that
+    /// neither the reads nor the blob's digest take the scan's time (its inflate and parse are the
+    /// serial part of a conversion).
     pub fn spawn_file(self, path: &std::path::Path) -> Result<Threaded> {
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(format_args!("open {}", path.display()), &e))?;
         self.spawn(false, move |scan, _| {
-            use sha2::Digest;
-            use std::io::Read;
-            let mut hash = sha2::Sha256::new();
-            let mut size = 0u64;
-            let mut piece = vec![0u8; (1 << 20) - (64 << 10)];
-            loop {
-                let n = match f.read(&mut piece) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::io("read", &e)),
-                };
-                hash.update(&piece[..n]);
-                size += n as u64;
-                scan.push(&piece[..n])?;
+            const PIECE: usize = (1 << 20) - (64 << 10);
+            // pieces read, and pieces the scan is done with (to be read into again)
+            let (full, pieces) = mpsc::sync_channel::<Vec<u8>>(2);
+            let (empty, spare) = mpsc::channel::<Vec<u8>>();
+            let reader = std::thread::Builder::new()
+                .name("ocichunk-read".into())
+                .spawn(move || -> Result<FileDigest> {
+                    use sha2::Digest;
+                    use std::io::Read;
+                    let mut hash = sha2::Sha256::new();
+                    let mut size = 0u64;
+                    loop {
+                        let mut piece = spare.try_recv().unwrap_or_default();
+                        piece.resize(PIECE, 0);
+                        let n = loop {
+                            match f.read(&mut piece) {
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                                r => break r.map_err(|e| Error::io("read", &e))?,
+                            }
+                        };
+                        if n == 0 {
+                            break;
+                        }
+                        piece.truncate(n);
+                        hash.update(&piece);
+                        size += n as u64;
+                        if full.send(piece).is_err() {
+                            return Err(Error::new(Code::Io, "the layer scan was stopped"));
+                        }
+                    }
+                    let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                    Ok(FileDigest { digest: format!("sha256:{hex}"), size })
+                })
+                .map_err(|e| Error::io("read thread", &e))?;
+            // a failed scan drops `pieces`: the reader stops at its next piece
+            for piece in pieces {
+                scan.push(&piece)?;
+                let _ = empty.send(piece);
             }
-            let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-            Ok(Some(FileDigest { digest: format!("sha256:{hex}"), size }))
+            let digest = reader.join().map_err(|_| Error::new(Code::Io, "the read thread panicked"))??;
+            Ok(Some(digest))
         })
     }
 
@@ -1318,7 +1352,7 @@ mod tests {
 
     /// The scan as the binding runs it: a thread fed with pieces, batches released as they come.
     fn run_threads(t: &[u8], compression: Compression, piece: usize, batch: usize, threads: usize) -> Result<Decoded> {
-        let pool = BufferPool::new(3, batch_size(DEFAULT_CDC, batch));
+        let pool = BufferPool::new(3, batch_size(DEFAULT_CDC, batch)).unwrap();
         let mut th = LayerScan::new(compression, DEFAULT_CDC, batch, threads, pool.clone(), None)?.spawn_stream()?;
         let mut d = Decoded { names: vec![], links: vec![], pax_path: vec![], files: vec![], chunks: vec![] };
         let take = |bs: Vec<Batch>, d: &mut Decoded| {
@@ -1420,7 +1454,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("blob");
         std::fs::write(&f, &z).unwrap();
-        let pool = BufferPool::new(2, batch_size(DEFAULT_CDC, 1 << 20));
+        let pool = BufferPool::new(2, batch_size(DEFAULT_CDC, 1 << 20)).unwrap();
         let s = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 20, 2, pool.clone(), None).unwrap();
         let mut s = s.spawn_file(&f).unwrap();
         let mut n = 0;
@@ -1468,7 +1502,7 @@ mod tests {
             entry(&mut t, &format!("d/{i:06}"), b'0', b"");
         }
         t.extend(blocks(2));
-        let pool = BufferPool::new(3, batch_size(DEFAULT_CDC, 1 << 20));
+        let pool = BufferPool::new(3, batch_size(DEFAULT_CDC, 1 << 20)).unwrap();
         let mut th = LayerScan::new(Compression::None, DEFAULT_CDC, 1 << 20, 2, pool.clone(), None).unwrap().spawn_stream().unwrap();
         let mut sizes = Vec::new();
         for p in [Some(t), None] {
@@ -1494,7 +1528,7 @@ mod tests {
         sizes.extend(th.finish().unwrap().iter().map(|b| b.headers.len()));
         assert!(sizes.len() > 1 && sizes.iter().all(|&s| s <= HEADERS_LIMIT + 4096), "{sizes:?}");
         // a buffer that was not handed out cannot be released
-        let pool = BufferPool::new(2, 1 << 16);
+        let pool = BufferPool::new(2, 1 << 16).unwrap();
         assert!(pool.release(0).is_err() && pool.release(7).is_err());
     }
 
@@ -1610,7 +1644,7 @@ mod tests {
 
     /// One scan of `t` in pieces of `piece` bytes, canonical entries, batches released as they come.
     fn fuzz_one(t: &[u8], piece: usize, keep_mtime: bool) -> Result<()> {
-        let pool = BufferPool::new(4, batch_size(DEFAULT_CDC, 1 << 16));
+        let pool = BufferPool::new(4, batch_size(DEFAULT_CDC, 1 << 16)).unwrap();
         let canon = CanonOptions { source_date_epoch: 0, keep_mtime };
         let mut scan = LayerScan::new(Compression::Sniff, DEFAULT_CDC, 1 << 16, 1, pool.clone(), Some(canon))?;
         for p in t.chunks(piece) {

@@ -228,7 +228,7 @@ fn scan(t: &[u8], piece: usize, batch: usize, pool: &std::sync::Arc<BufferPool>)
 /// be entries or an error with a code of hostile input. Also the heap the scan held.
 fn scan_bounded(t: &[u8], piece: usize, batch: usize, what: &str) -> (Result<u64, (Code, String)>, usize) {
     // a pool per scan (a scan closes its pool when it ends), allocated before counting
-    let pool = BufferPool::new(4, batch_size(DEFAULT_CDC, batch));
+    let pool = BufferPool::new(4, batch_size(DEFAULT_CDC, batch)).unwrap();
     let (r, peak) = peak_of(|| scan(t, piece, batch, &pool));
     assert!(peak <= SCAN_BUDGET, "{what}: the scan held {} MiB of heap", peak / MIB);
     let r = r.map_err(|e| {

@@ -401,7 +401,7 @@ impl LayerScanner {
             k => return Err(CoreError::invalid(format!("unknown compression {k:?}"))),
         };
         let p = params(&chunker)?;
-        let pool = tarscan::BufferPool::new(buffers.clamp(2, 64) as usize, tarscan::batch_size(p, batch_bytes as usize));
+        let pool = tarscan::BufferPool::new(buffers.clamp(2, 64) as usize, tarscan::batch_size(p, batch_bytes as usize))?;
         let canon = match canon {
             Some(o) if !o.source_date_epoch.is_finite() || o.source_date_epoch.fract() != 0.0 => {
                 return Err(CoreError::invalid(format!("source date epoch {}", o.source_date_epoch)))
@@ -836,7 +836,9 @@ impl TocBuilder {
     #[napi]
     pub fn build(&self, env: Env, dict: &ChunkDict, written: Vec<String>, stored_before: u32, level: i32) -> Result<BuiltToc> {
         let b = self.inner.build(&dict.inner, &written, stored_before).map_err(|e| err(env, e))?;
-        let blob = frame::compress_frame(&[&b.json], level).map_err(|e| err(env, e))?;
+        // what numbering freed goes back before the compressor's tables (tens of MiB) are made
+        ocichunk_core::mem::release_free_memory();
+        let blob = frame::compress_frame_once(&b.json, level).map_err(|e| err(env, e))?;
         Ok(BuiltToc {
             blob: blob.into(),
             json: b.json.into(),
@@ -1093,6 +1095,52 @@ pub fn lgetxattr(env: Env, path: String, name: String) -> Result<Buffer> {
 #[napi]
 pub fn tune_allocator() {
     ocichunk_core::fsx::return_large_buffers();
+}
+
+/// Buffers of their own mappings (`mem::Pages`), shared with JavaScript without copies, whose
+/// memory `release()` gives back at a known time (V8 frees a Buffer's memory only when it collects
+/// it); they read as zeros after, and can be filled again.
+#[napi]
+pub struct PageBuffers {
+    pages: std::sync::Arc<Vec<ocichunk_core::mem::Pages>>,
+}
+
+#[napi]
+impl PageBuffers {
+    #[napi(constructor)]
+    pub fn new(env: Env, count: u32, size: f64) -> Result<Self> {
+        if !(size >= 0.0 && size <= (1u64 << 40) as f64) {
+            return Err(err(env, CoreError::invalid(format!("buffers of {size} bytes"))));
+        }
+        let pages = (0..count).map(|_| ocichunk_core::mem::Pages::new(size as usize)).collect::<CoreResult<Vec<_>>>().map_err(|e| err(env, e))?;
+        Ok(PageBuffers { pages: std::sync::Arc::new(pages) })
+    }
+
+    /// The buffers, as Buffers over the same memory (no copy).
+    #[napi(ts_return_type = "Buffer[]")]
+    pub fn buffers(&self, env: Env) -> Result<Vec<napi::JsBuffer>> {
+        (0..self.pages.len())
+            .map(|i| {
+                let (p, n) = (self.pages[i].as_ptr(), self.pages[i].len());
+                // SAFETY: the mapping lives until the last Arc is dropped; the finalizer holds one
+                unsafe { env.create_buffer_with_borrowed_data(p, n, self.pages.clone(), |keep, _env| drop(keep)) }.map(|b| b.into_raw())
+            })
+            .collect()
+    }
+
+    /// Give the memory back (nothing may be reading or writing the buffers meanwhile).
+    #[napi]
+    pub fn release(&self) {
+        for p in self.pages.iter() {
+            p.release();
+        }
+    }
+}
+
+/// Return freed memory to the system now (`mem::release_free_memory`).
+#[napi]
+pub fn release_free_memory() {
+    ocichunk_core::mem::release_free_memory();
 }
 
 #[napi]

@@ -694,7 +694,12 @@ impl TocBuilder {
             b.layer_digests.push(ld.finish());
         }
         b.content_digest = image_content_digest(&b.layer_digests);
+        drop(chunk_hex);
         let o = &mut b.json;
+        // the JSON in one allocation of its size (not doubled as it grows), each part freed once copied
+        let names: usize = b.packs.iter().map(|p| p.len() + 3).sum();
+        let prefetch: usize = self.prefetch.iter().flatten().map(|(p, ..)| 2 * p.len() + 48).sum();
+        o.reserve_exact(256 + names + frames.len() + chunks.len() + layers.len() + prefetch);
         let _ = write!(Buf(o), "{{\"version\":{},\"chunker\":{{\"kind\":", self.version);
         json_str(o, &self.chunker.kind);
         for (k, v) in [("min", self.chunker.min), ("avg", self.chunker.avg), ("max", self.chunker.max), ("size", self.chunker.size)] {
@@ -715,8 +720,10 @@ impl TocBuilder {
         }
         o.extend_from_slice(b"],\"frames\":[");
         o.extend_from_slice(&frames);
+        drop(frames);
         o.extend_from_slice(b"],\"chunks\":[");
         o.extend_from_slice(&chunks);
+        drop(chunks);
         let (blob, r) = digests::build_table(&table, digests::SECTION);
         o.extend_from_slice(b"],\"digests\":{\"blob\":");
         json_str(o, &r.blob);
@@ -724,6 +731,7 @@ impl TocBuilder {
         base64_encode(o, &r.hashes.concat());
         o.extend_from_slice(b"\"},\"layers\":[");
         o.extend_from_slice(&layers);
+        drop(layers);
         o.push(b']');
         if let Some(p) = &self.prefetch {
             o.extend_from_slice(b",\"prefetch\":[");

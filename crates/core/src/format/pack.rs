@@ -16,6 +16,7 @@
 use super::dict::{ChunkDict, DictLocation, Location, PackName};
 use crate::frame::Dictionary;
 use crate::{batch, Error, Result};
+use rayon::prelude::*;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
@@ -88,49 +89,81 @@ pub struct Landing {
 
 /// Compress a sealed batch's frames (the ones not compressed already) on `threads`, into `out`
 /// when they fit (else into a new buffer); the batch's buffer goes back to `recycle`
-/// ([`FrameWriter::recycler`]).
+/// ([`FrameWriter::recycler`]). Each frame is compressed straight into its place in the output
+/// (room for zstd's bound each, closed up after), so compressing allocates nothing per frame.
 pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler>, out: Option<&mut [u8]>) -> Result<Compressed> {
-    let slices: Vec<&[u8]> = s
+    crate::frame::check_level(level)?;
+    let dict = s.dict.clone();
+    let dict = dict.as_deref();
+    // each frame's input (None: compressed already) and the room it takes in the output
+    let inputs: Vec<(Option<&[u8]>, usize)> = s
         .frames
         .iter()
-        .filter_map(|f| match &f.bytes {
-            Bytes::Raw { start } => Some(&s.raw[*start..*start + f.len as usize]),
-            Bytes::Group(g) => Some(&g[..]),
-            Bytes::Pre(_) => None,
+        .map(|f| match &f.bytes {
+            Bytes::Raw { start } => (Some(&s.raw[*start..*start + f.len as usize]), zstd::zstd_safe::compress_bound(f.len as usize)),
+            Bytes::Group(g) => (Some(&g[..]), zstd::zstd_safe::compress_bound(g.len())),
+            Bytes::Pre(p) => (None, p.len()),
         })
         .collect();
-    let made = match &s.dict {
-        None => batch::compress_slices(&slices, level, threads),
-        Some(d) => {
-            use rayon::prelude::*;
-            batch::run(threads, || slices.par_iter().map(|b| crate::frame::compress_frame_with(b, d)).collect::<Result<Vec<_>>>()).and_then(|r| r)
+    let room: usize = inputs.iter().map(|i| i.1).sum();
+    let mut own = Vec::new();
+    let into_out = matches!(&out, Some(o) if o.len() >= room);
+    let dst: &mut [u8] = match out {
+        Some(o) if into_out => o,
+        _ => {
+            own = vec![0u8; room];
+            &mut own
         }
     };
-    drop(slices);
-    let with_dict = s.dict.is_some();
+    // the frames' places, in order
+    let mut places: Vec<(Option<&[u8]>, &mut [u8])> = Vec::with_capacity(inputs.len());
+    let mut rest = &mut dst[..room];
+    for (i, (input, n)) in inputs.iter().enumerate() {
+        let (here, after) = std::mem::take(&mut rest).split_at_mut(*n);
+        if let (None, Bytes::Pre(p)) = (input, &s.frames[i].bytes) {
+            here.copy_from_slice(p);
+        }
+        places.push((*input, here));
+        rest = after;
+    }
+    let lens: Vec<usize> = batch::run(threads, || {
+        places
+            .par_iter_mut()
+            .map(|(input, here)| match input {
+                Some(d) => match dict {
+                    Some(dict) => crate::frame::compress_frame_with_into(d, dict, here),
+                    None => crate::frame::compress_frame_into(d, level, here),
+                },
+                None => Ok(here.len()),
+            })
+            .collect::<Result<Vec<_>>>()
+    })??;
+    drop(places);
+    drop(inputs);
+    // close up: frame i moves from its place down to the end of frame i - 1
+    let (mut at, mut from) = (0usize, 0usize);
+    let mut frames = Vec::with_capacity(s.frames.len());
+    let with_dict = dict.is_some();
     let Sealed { raw, frames: specs, .. } = s;
     let mut spare = Spare::default();
     if recycle.is_some() {
         spare.batches.push(raw);
     }
-    let mut made = made?.into_iter();
-    let mut parts: Vec<Vec<u8>> = Vec::with_capacity(specs.len());
-    let mut frames = Vec::with_capacity(specs.len());
-    for f in specs {
-        let c = match f.bytes {
-            Bytes::Pre(p) => p,
-            Bytes::Group(g) => {
-                if recycle.is_some() {
-                    spare.groups.push(g);
-                }
-                made.next().expect("a compressed frame per slice")
-            }
-            Bytes::Raw { .. } => made.next().expect("a compressed frame per slice"),
+    for (f, &n) in specs.into_iter().zip(&lens) {
+        let room = match &f.bytes {
+            Bytes::Raw { .. } => zstd::zstd_safe::compress_bound(f.len as usize),
+            Bytes::Group(g) => zstd::zstd_safe::compress_bound(g.len()),
+            Bytes::Pre(p) => p.len(),
         };
-        let clen = u32::try_from(c.len()).map_err(|_| Error::invalid(format!("a frame of {} compressed bytes", c.len())))?;
+        dst.copy_within(from..from + n, at);
+        let clen = u32::try_from(n).map_err(|_| Error::invalid(format!("a frame of {n} compressed bytes")))?;
+        if let (Bytes::Group(g), true) = (f.bytes, recycle.is_some()) {
+            spare.groups.push(g);
+        }
         let dict = with_dict && !f.ids.is_empty();
         frames.push(Landing { compressed_len: clen, len: f.len, ids: f.ids, dict });
-        parts.push(c);
+        at += n;
+        from += room;
     }
     if let Some(r) = recycle {
         let mut pool = r.lock().unwrap_or_else(|p| p.into_inner());
@@ -141,17 +174,11 @@ pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler
             pool.groups.push(g);
         }
     }
-    let total: usize = parts.iter().map(Vec::len).sum();
-    let data = match out {
-        Some(o) if o.len() >= total => {
-            let mut at = 0;
-            for p in &parts {
-                o[at..at + p.len()].copy_from_slice(p);
-                at += p.len();
-            }
-            None
-        }
-        _ => Some(parts.concat()),
+    let data = if into_out {
+        None
+    } else {
+        own.truncate(at);
+        Some(own)
     };
     Ok(Compressed { data, frames })
 }
@@ -460,8 +487,12 @@ impl FrameWriter {
     }
 
     /// The caller committed the open pack (at the end of a layer, after the last batch landed).
+    /// Buffers kept for the next batches go back to the allocator: what comes next (the next
+    /// layer's scan, the TOC) does not find them in use.
     pub fn pack_closed(&mut self) {
         self.open = None;
+        *self.pool.lock().unwrap_or_else(|p| p.into_inner()) = Spare::default();
+        self.cur = Sealed::default();
     }
 
     /// Forget the layer: its chunks are unplaced again, its packs' numbers free (the caller drops
