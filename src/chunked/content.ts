@@ -25,7 +25,7 @@ export class ChunkReader {
   framesRead = 0;
   /** digest table bytes fetched (sections; a lazy reader's) */
   digestBytesRead = 0;
-  /** bytes of dictionary frames read */
+  /** bytes of dictionary frames read (counted in bytesRead too) */
   dictBytesRead = 0;
   private dictsLoading = new Map<number, Promise<void>>();
   /** where digest table sections are kept between runs (a lazy reader's chunk cache) */
@@ -174,6 +174,7 @@ export class ChunkReader {
         p = (async () => {
           const comp = await (await this.reader(pack)).read(offset, compressedLength);
           this.dictBytesRead += comp.length;
+          this.bytesRead += comp.length; // pack bytes too
           let raw: Buffer;
           try {
             raw = await native.decompressFrames(comp, Uint32Array.of(0, compressedLength, length), 0);
