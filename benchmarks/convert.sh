@@ -117,7 +117,7 @@ print(f"same files, layers re-tarred with tar --sort=name ({sj['onePassLayers']}
 print(f"ocichunk convert       {st:7.2f} s   = {st/z:.2f}x zstd time, peak RSS {int(srss)/1024:.0f} MiB")
 print(f"same content, other layer digests, into the layout holding its chunks: {prt:7.2f} s = {prt/pt:.2f}x (every byte read and hashed, nothing compressed)")
 print(f"the work alone (benchmarks/floor.mjs on the same bytes): scan = read + SHA-256 + tar + FastCDC + chunk SHA-256 {fl['scan']['wall']:.2f} s / {fl['scan']['cpu']:.2f} CPU-s;")
-print(f"  512 KiB zstd -3 frames {fl['compress']['wall']:.2f} s / {fl['compress']['cpu']:.2f} CPU-s; pack SHA-256 {fl['packHash']['cpu']:.2f} CPU-s")
+print(f"  64 KiB zstd -6 frames {fl['compress']['wall']:.2f} s / {fl['compress']['cpu']:.2f} CPU-s; pack SHA-256 {fl['packHash']['cpu']:.2f} CPU-s")
 print(f"  = {fl['cpuSeconds']:.2f} CPU-s, at best {fl['idealSeconds']:.2f} s on {fl['cores']} cores = {fl['idealSeconds']/z:.2f}x zstd time (sorted-input convert = {st/fl['idealSeconds']:.2f}x this floor, unsorted uncompressed input = {pt/fl['idealSeconds']:.2f}x)")
 print(f"  with the layers as stored (the scan inflates them: {fs_['scan']['cpu']:.2f} CPU-s): at best {fs_['idealSeconds']:.2f} s = {fs_['idealSeconds']/z:.2f}x zstd time (convert of the stored image = {c/fs_['idealSeconds']:.2f}x this floor)")
 print(f"stored size: {stored/zs:.3f}x zstd -3, {stored/gs:.3f}x gzip -6; TOC {cj['tocBytes']} B = {res['tocBytesPer10kFiles']/1024:.0f} KiB per 10k files")

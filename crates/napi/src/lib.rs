@@ -1568,7 +1568,10 @@ impl PackWriter {
             pack_target: bytes(o.pack_target)?,
             batch_bytes: bytes(o.batch_bytes)?,
             dict_size: o.dict_size.unwrap_or(0),
-            dict_sample: o.dict_sample.map_or(Ok(0), bytes)?,
+            dict_sample: match o.dict_sample {
+                Some(v) if v != 0.0 => bytes(v)?,
+                _ => 0,
+            },
         };
         Ok(PackWriter { inner: pack::FrameWriter::new(o).map_err(|e| err(env, e))? })
     }
