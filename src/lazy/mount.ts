@@ -42,7 +42,8 @@ export interface MountOptions extends LazyOpenOptions {
   wholeFileBytes?: number;
   /**
    * When a second file of a directory is read, the directory's other files are fetched in the
-   * background if they add up to at most this many bytes (default 8 MiB; 0: off).
+   * background if they add up to at most this many bytes (default 8 MiB, or 0 with a prefetch
+   * list; 0: off).
    */
   wholeDirBytes?: number;
   /**
@@ -63,8 +64,10 @@ export interface MountStats extends LazyStats {
   /** chunks read from the cache and verified by the mount (each once while it stays in memory) */
   chunksHashed: number;
   prefetchedChunks: number;
-  /** chunks fetched in the background because a file they belong to was being read */
+  /** chunks fetched in the background because a file they belong to (or its directory) was being read */
   readAheadChunks: number;
+  /** chunks waiting for a background fetch or being fetched (read-ahead and prefetch list) */
+  readAheadPending: number;
 }
 
 /** What a layer holds, from its TOC entries: file bytes and entries (a snapshotter's Usage of the layer). */
@@ -117,9 +120,16 @@ class Background {
   private running = 0;
   private closed = false;
   private listDone: (() => void) | undefined;
+  private drained: (() => void) | undefined;
   /** chunks of the hints and of the list fetched in the background */
   hinted = 0;
   listed = 0;
+  /** chunks queued or in batches running */
+  private inBatches = 0;
+
+  get pending(): number {
+    return this.hints.length + this.list.length + this.inBatches;
+  }
 
   constructor(
     private readonly image: LazyImage,
@@ -166,6 +176,7 @@ class Background {
       const batch = this.take();
       if (!batch) break;
       this.running++;
+      this.inBatches += batch.chunks.length;
       this.image
         .prefetchChunks(batch.chunks)
         .then(
@@ -179,6 +190,7 @@ class Background {
         )
         .finally(() => {
           this.running--;
+          this.inBatches -= batch.chunks.length;
           this.onBatch();
           this.pump();
         });
@@ -187,18 +199,20 @@ class Background {
       this.listDone?.();
       this.listDone = undefined;
     }
+    if (!this.running && this.closed) this.drained?.();
   }
 
   /**
-   * Start no more batches (an unmount: nobody is waiting for them). Those running are left to end
-   * on their own, their failures unreported.
+   * Start no more batches (an unmount: nobody is waiting for them); resolves once those running
+   * are over (a few, of about BACKGROUND_BATCH_BYTES each), their failures unreported.
    */
-  close(): void {
+  close(): Promise<void> {
     this.closed = true;
     this.hints.length = 0;
     this.list.length = 0;
     this.listDone?.();
     this.listDone = undefined;
+    return this.running ? new Promise((resolve) => (this.drained = resolve)) : Promise.resolve();
   }
 }
 
@@ -239,7 +253,14 @@ export class MountCore {
     const image = await LazyImage.open(ref, { ...opts, cacheDir: tmpCache ?? opts.cacheDir });
     const m = new MountCore(image, mountpoint, opts);
     m.tmpCache = tmpCache;
+    let reads: TraceRead[];
     try {
+      reads =
+        typeof opts.prefetch === 'string'
+          ? await readTrace(opts.prefetch)
+          : opts.prefetch === false
+            ? []
+            : (image.image.toc.prefetch ?? []).map(([p, offset, length]) => ({ path: p, offset, length }));
       const st = await fs.stat(mountpoint).catch(() => undefined);
       if (!st?.isDirectory()) throw new OcichunkError('EUSAGE', `mount point ${mountpoint} is not a directory`);
       // a trace names paths of the merged tree, which the layer view does not number
@@ -252,7 +273,8 @@ export class MountCore {
         layers: !!opts.layers,
         ...(opts.memoryCacheBytes !== undefined ? { verifiedBytes: opts.memoryCacheBytes } : {}),
         ...(opts.wholeFileBytes !== undefined ? { wholeFileBytes: opts.wholeFileBytes } : {}),
-        ...(opts.wholeDirBytes !== undefined ? { wholeDirBytes: opts.wholeDirBytes } : {}),
+        // a prefetch list says what is read: no guessing by directory then (unless asked)
+        ...(opts.wholeDirBytes !== undefined ? { wholeDirBytes: opts.wholeDirBytes } : reads.length ? { wholeDirBytes: 0 } : {}),
       };
       // the addon merges the TOC with the format module itself (the same tree ls and cat read)
       m.handle = native.mountLazy(image.image.checked, path.resolve(mountpoint), image.cache!.dir, !!opts.recordTrace, flags, (msg) => m.onFetch(msg));
@@ -261,12 +283,6 @@ export class MountCore {
       if (tmpCache) await fs.rm(tmpCache, { recursive: true, force: true });
       throw e;
     }
-    const reads =
-      typeof opts.prefetch === 'string'
-        ? await readTrace(opts.prefetch)
-        : opts.prefetch === false
-          ? []
-          : (image.image.toc.prefetch ?? []).map(([p, offset, length]) => ({ path: p, offset, length }));
     if (reads.length) m.prefetchDone = m.prefetchReads(reads).catch((e) => opts.onWarning?.(`prefetch: ${(e as Error).message}`));
     return m;
   }
@@ -338,8 +354,11 @@ export class MountCore {
     }
   }
 
+  /** The native figures of the mount once unmounted (the handle gone). */
+  private lastNative: ReturnType<NativeLazyMount['stats']> | undefined;
+
   stats(): MountStats {
-    const n = this.handle?.stats();
+    const n = this.handle?.stats() ?? this.lastNative;
     return {
       ...this.image.stats(),
       reads: n?.reads ?? 0,
@@ -349,6 +368,7 @@ export class MountCore {
       chunksHashed: n?.chunksHashed ?? 0,
       prefetchedChunks: this.background.listed,
       readAheadChunks: this.background.hinted,
+      readAheadPending: this.background.pending,
     };
   }
 
@@ -357,11 +377,14 @@ export class MountCore {
     const h = this.handle;
     if (!h) return this.stats();
     this.collectTrace();
-    const stats = this.stats();
-    if (h.unmount()) stats.detached = true;
+    this.lastNative = h.stats();
+    const detached = h.unmount();
     this.handle = undefined;
-    this.background.close();
+    // the figures include what the background fetches in flight brought
+    await this.background.close();
     await this.prefetchDone;
+    const stats = this.stats();
+    if (detached) stats.detached = true;
     if (this.opts.recordTrace) {
       // per path, overlapping and adjacent reads merged; paths in the order first read
       const byPath = new Map<string, Array<[number, number]>>();
