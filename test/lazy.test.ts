@@ -294,7 +294,16 @@ describe('lazy pull from a registry', () => {
   it('lazy-bench runs the command after a full pull and on cold, prefetched and warm mounts, through a simulated link', async () => {
     const r = await cliJsonAsync<{
       imageBytes: number;
-      results: Array<{ scenario: string; seconds: number; bytesFetched: number; requests: number; shareOfImage: number; exitCode: number; output: string }>;
+      results: Array<{
+        scenario: string;
+        seconds: number;
+        bytesFetched: number;
+        requests: number;
+        waits?: number;
+        shareOfImage: number;
+        exitCode: number;
+        output: string;
+      }>;
     }>(['lazy-bench', py, '--run', "/usr/bin/python3 -c 'import json; print(json.dumps([1]))'", '--link', '5ms,1gbit', '--tmpdir', work]);
     expect(r.results.map((x) => x.scenario)).toEqual(['pull+unpack', 'mount-cold', 'mount-prefetch', 'mount-warm']);
     for (const x of r.results) {
@@ -304,7 +313,9 @@ describe('lazy pull from a registry', () => {
     const [pull, cold, pre, warm] = r.results;
     expect(pull.bytesFetched).toBeGreaterThanOrEqual(r.imageBytes);
     expect(cold.shareOfImage).toBeLessThan(0.15);
-    expect(pre.requests).toBeLessThan(cold.requests);
+    // prefetched, fewer reads wait for the network (the requests may be more: the list is fetched in
+    // batches of about 1 MiB, several at once)
+    expect(pre.waits).toBeLessThan(cold.waits!);
     expect(warm.bytesFetched).toBeLessThan(cold.bytesFetched / 5);
   });
 

@@ -229,13 +229,14 @@ export const lazyBenchCmd = {
     const mib = (n?: number) => (n === undefined ? '' : `${n.toFixed(0)} MiB`);
     const withRss = r.results.some((x) => x.peakRss);
     const rows = [
-      ['scenario', 'to output', 'to end', 'fetched', 'requests', 'of image', 'exit', ...(withRss ? ['containerd', 'snapshotter', 'mounts'] : [])],
+      ['scenario', 'to output', 'to end', 'fetched', 'requests', 'waits', 'of image', 'exit', ...(withRss ? ['containerd', 'snapshotter', 'mounts'] : [])],
       ...r.results.map((x) => [
         x.scenario,
         `${x.firstOutputSeconds.toFixed(2)} s`,
         `${x.seconds.toFixed(2)} s`,
         bytes(x.bytesFetched),
         String(x.requests),
+        x.waits === undefined ? '-' : String(x.waits),
         `${(x.shareOfImage * 100).toFixed(1)}%`,
         String(x.exitCode),
         ...(withRss ? [mib(x.peakRss?.containerd), mib(x.peakRss?.snapshotter), mib(x.peakRss?.mounts)] : []),
