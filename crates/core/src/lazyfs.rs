@@ -713,6 +713,67 @@ mod tests {
         assert!(fresh.read(f, 0, 4096).is_err());
     }
 
+    /// Records the hints; fetches nothing.
+    #[derive(Clone, Default)]
+    struct Hints(Arc<Mutex<Vec<Vec<u32>>>>);
+    impl Fetcher for Hints {
+        fn fetch(&self, _: Vec<u32>, done: Box<dyn FnOnce(std::result::Result<(), String>) + Send>) {
+            done(Err("not cached".into()));
+        }
+        fn prefetch(&self, chunks: Vec<u32>) {
+            self.0.lock().unwrap().push(chunks);
+        }
+    }
+
+    #[test]
+    fn first_reads_hint_at_the_rest_of_the_file_and_a_second_file_at_the_directory() {
+        // d/a: chunks 0 and 1, d/b: chunk 2, d/c: chunk 3; the cache holds 0 and 2
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<Vec<u8>> = (0..4u8).map(|k| vec![k + 1; 1000]).collect();
+        let hexes: Vec<String> = data.iter().map(|d| hex(&sha256(d))).collect();
+        for k in [0, 2] {
+            let h = &hexes[k];
+            std::fs::create_dir_all(dir.path().join("sha256").join(&h[..2])).unwrap();
+            std::fs::write(dir.path().join("sha256").join(&h[..2]).join(h), &data[k]).unwrap();
+        }
+        let toc = serde_json::json!({
+            "version": 1, "chunker": { "kind": "cdc" }, "packs": [format!("sha256:{}", hexes[0])],
+            "frames": [[0, 0, 100, 4000]],
+            "chunks": (0..4).map(|k| serde_json::json!([hexes[k], 0, k * 1000, 1000])).collect::<Vec<_>>(),
+            "layers": [{ "entries": [
+                { "path": "d", "type": "dir", "mode": 0o755 },
+                { "path": "d/a", "type": "reg", "mode": 0o644, "size": 2000, "chunks": [0, 1] },
+                { "path": "d/b", "type": "reg", "mode": 0o644, "size": 1000, "chunks": [2] },
+                { "path": "d/c", "type": "reg", "mode": 0o644, "size": 1000, "chunks": [3] },
+            ] }],
+        });
+        let blob = crate::frame::compress_frame(&[toc.to_string().as_bytes()], 3).unwrap();
+        let view = || Arc::new(Checked::open(&blob).map_err(|r| r.violations).unwrap());
+        let ino = |name: &str| {
+            let v = view();
+            let t = v.tree.view(&v.toc);
+            let d = t.inodes[0].children.iter().find(|(n, _)| n == "d").unwrap().1;
+            t.inodes.iter().find(|i| i.ino == d).unwrap().children.iter().find(|(n, _)| n == name).unwrap().1
+        };
+        let hints = Hints::default();
+        let shared = Shared::new(view(), dir.path().to_path_buf(), Box::new(hints.clone()), false, false).unwrap();
+        assert_eq!(shared.read(ino("a"), 0, 100).unwrap(), data[0][..100]);
+        // the rest of a; one file of d read so far
+        assert_eq!(*hints.0.lock().unwrap(), vec![vec![1]]);
+        assert_eq!(shared.read(ino("a"), 0, 100).unwrap(), data[0][..100]);
+        assert_eq!(shared.read(ino("b"), 0, 1000).unwrap(), data[2]);
+        // b is cached whole; a second file of d: the files of d not read yet (c)
+        assert_eq!(*hints.0.lock().unwrap(), vec![vec![1], vec![3]]);
+        assert_eq!(shared.stats.prefetch_hints.load(Ordering::Relaxed), 2);
+
+        // both off: no hint
+        let quiet = Hints::default();
+        let shared = Shared::new(view(), dir.path().to_path_buf(), Box::new(quiet.clone()), false, false).unwrap().whole_file(0).whole_dir(0);
+        shared.read(ino("a"), 0, 100).unwrap();
+        shared.read(ino("b"), 0, 100).unwrap();
+        assert!(quiet.0.lock().unwrap().is_empty());
+    }
+
     #[test]
     fn mtimes_before_1970_are_kept() {
         for secs in [0, 1, 1_700_000_000, 253_402_300_799, -1, -31_536_000, -253_402_300_799] {
