@@ -109,7 +109,8 @@ const BACKGROUND_CONCURRENCY = 3;
 
 /**
  * The mount's background fetches: chunks likely read soon, fetched into the cache while programs
- * read: first what the mount hints at (the rest of a file being read), then the prefetch list.
+ * read: the prefetch list, then what the mount hints at (the rest of a file being read, the other
+ * files of a directory).
  * In batches of about BACKGROUND_BATCH_BYTES of frames, a few in flight at once: a read that
  * waits for a chunk of a batch waits for that batch only, and reads that miss are fetched at once,
  * beside these, never queued behind them.
@@ -151,9 +152,12 @@ class Background {
     return done;
   }
 
-  /** Take the next batch: whole frames, hints first. */
+  /**
+   * Take the next batch: whole frames; the prefetch list first (it was recorded in the order the
+   * files are read), then the hints.
+   */
   private take(): { chunks: number[]; listed: boolean } | undefined {
-    const q = this.hints.length ? this.hints : this.list;
+    const q = this.list.length ? this.list : this.hints;
     if (!q.length) return undefined;
     const { chunks, frames } = this.image.image.toc;
     const seen = new Set<number>();
