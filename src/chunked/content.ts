@@ -102,23 +102,28 @@ export class ChunkReader {
   async loadDigests(chunkIdxs: Iterable<number>, localOnly = false): Promise<number[]> {
     const { checked } = this.img;
     const chunks = Uint32Array.from(chunkIdxs);
-    const waits: Array<Promise<void>> = [];
-    const todo: number[] = [];
-    for (const i of checked.missingDigestSections(chunks)) {
-      const p = this.sectionsLoading.get(i);
-      if (p) waits.push(p);
-      else todo.push(i);
-    }
-    if (todo.length) {
-      const work = this.loadSections(todo, localOnly);
-      for (const i of todo) {
-        const p = work.then(() => {});
-        this.sectionsLoading.set(i, p);
-        p.catch(() => {}).finally(() => this.sectionsLoading.delete(i));
+    for (;;) {
+      const others: Array<Promise<void>> = [];
+      const todo: number[] = [];
+      for (const i of checked.missingDigestSections(chunks)) {
+        const p = this.sectionsLoading.get(i);
+        if (p) others.push(p);
+        else todo.push(i);
       }
-      waits.push(work);
+      const waits = [...others];
+      if (todo.length) {
+        const work = this.loadSections(todo, localOnly);
+        for (const i of todo) {
+          const p = work.then(() => {});
+          this.sectionsLoading.set(i, p);
+          p.catch(() => {}).finally(() => this.sectionsLoading.delete(i));
+        }
+        waits.push(work);
+      }
+      await Promise.all(waits);
+      // a load this one waited for may have looked in the section cache only: fetch what it left
+      if (localOnly || !others.length) break;
     }
-    await Promise.all(waits);
     return localOnly ? [...chunks].filter((c) => !this.img.toc.chunks[c].digest) : [];
   }
 

@@ -124,6 +124,16 @@ export const mount = {
         default: '64m',
         describe: "verified chunks kept in memory, so that reads of a chunk's pieces hash it once (the kernel caches file pages itself)",
       })
+      .option('read-ahead-file', {
+        type: 'string',
+        default: '16m',
+        describe: 'fetch a file of at most this size whole, in the background, when it is first read (0: only what reads need, and 1 MiB past each)',
+      })
+      .option('read-ahead-dir', {
+        type: 'string',
+        describe:
+          "when a second file of a directory is read, fetch the directory's other files in the background if they add up to at most this size (default 8m, or 0 with a prefetch list; 0: off)",
+      })
       .option('ready-file', {
         type: 'string',
         describe: 'once mounted, write {pid, image, layerCount, layerUsage, tocBytes} as JSON to this file (for a supervisor such as the snapshotter)',
@@ -141,6 +151,8 @@ export const mount = {
         'allow-dev': boolean;
         layers: boolean;
         'memory-cache': string;
+        'read-ahead-file': string;
+        'read-ahead-dir'?: string;
         'ready-file'?: string;
       },
   ): Promise<unknown> => {
@@ -165,6 +177,8 @@ export const mount = {
       allowDev: a['allow-dev'],
       layers: a.layers,
       memoryCacheBytes: parseSize(a['memory-cache'], '--memory-cache'),
+      wholeFileBytes: parseSize(a['read-ahead-file'], '--read-ahead-file'),
+      ...(a['read-ahead-dir'] !== undefined ? { wholeDirBytes: parseSize(a['read-ahead-dir'], '--read-ahead-dir') } : {}),
       onWarning: a.quiet ? undefined : (m) => process.stderr.write(`ocichunk mount: ${m}\n`),
     });
     up = true;
@@ -179,7 +193,7 @@ export const mount = {
     const s = await img.unmount();
     if (s.detached && !a.quiet) process.stderr.write(`ocichunk mount: ${a.mountpoint} was busy: detached (programs still using it lose it now)\n`);
     if (a.json) return { image: img.name, mountpoint: a.mountpoint, ...s };
-    return `unmounted ${a.mountpoint}: ${s.reads} reads, ${bytes(s.fileBytesServed)} served; fetched ${bytes(s.packBytesFetched)} of packs (${s.chunksFetched} chunks) + TOC ${bytes(s.tocBytes)} + digests ${bytes(s.digestBytesFetched)}${s.prefetchedChunks ? `, ${s.prefetchedChunks} chunks prefetched` : ''}`;
+    return `unmounted ${a.mountpoint}: ${s.reads} reads, ${bytes(s.fileBytesServed)} served; fetched ${bytes(s.packBytesFetched)} of packs (${s.chunksFetched} chunks) + TOC ${bytes(s.tocBytes)} + digests ${bytes(s.digestBytesFetched)}${s.prefetchedChunks ? `, ${s.prefetchedChunks} chunks prefetched` : ''}${s.readAheadChunks ? `, ${s.readAheadChunks} read ahead` : ''}`;
   },
 };
 
@@ -215,13 +229,14 @@ export const lazyBenchCmd = {
     const mib = (n?: number) => (n === undefined ? '' : `${n.toFixed(0)} MiB`);
     const withRss = r.results.some((x) => x.peakRss);
     const rows = [
-      ['scenario', 'to output', 'to end', 'fetched', 'requests', 'of image', 'exit', ...(withRss ? ['containerd', 'snapshotter', 'mounts'] : [])],
+      ['scenario', 'to output', 'to end', 'fetched', 'requests', 'waits', 'of image', 'exit', ...(withRss ? ['containerd', 'snapshotter', 'mounts'] : [])],
       ...r.results.map((x) => [
         x.scenario,
         `${x.firstOutputSeconds.toFixed(2)} s`,
         `${x.seconds.toFixed(2)} s`,
         bytes(x.bytesFetched),
         String(x.requests),
+        x.waits === undefined ? '-' : String(x.waits),
         `${(x.shareOfImage * 100).toFixed(1)}%`,
         String(x.exitCode),
         ...(withRss ? [mib(x.peakRss?.containerd), mib(x.peakRss?.snapshotter), mib(x.peakRss?.mounts)] : []),

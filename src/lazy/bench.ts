@@ -58,6 +58,8 @@ export interface ScenarioResult {
   output: string;
   /** containerd scenarios: peak resident memory (MiB) of containerd, the snapshotter, its mount processes */
   peakRss?: PeakRss;
+  /** mount scenarios: reads that waited for the network (fetches asked for by the mount) */
+  waits?: number;
 }
 
 export interface LazyBenchResult {
@@ -87,6 +89,7 @@ interface Ran {
   /** performance.now() at the command's end, if not when the body returns */
   endAt?: number;
   peakRss?: PeakRss;
+  waits?: number;
 }
 
 function exec(cmd: string, args: string[]): Promise<Ran> {
@@ -148,6 +151,7 @@ export async function lazyBench(ref: string, opts: LazyBenchOptions): Promise<La
         exitCode: r.code,
         output: r.out,
         ...(r.peakRss ? { peakRss: r.peakRss } : {}),
+        ...(r.waits !== undefined ? { waits: r.waits } : {}),
       });
     };
     const inChroot = (root: string) => exec('chroot', [root, '/bin/sh', '-c', opts.run]);
@@ -155,11 +159,14 @@ export async function lazyBench(ref: string, opts: LazyBenchOptions): Promise<La
       const mnt = path.join(work, `mnt-${results.length}`);
       await fs.mkdir(mnt);
       const m = await MountedImage.mount(via, mnt, { transport, platform: opts.platform, cacheDir: cache, ...extra });
+      let ran: Ran;
       try {
-        return await inChroot(mnt);
-      } finally {
+        ran = await inChroot(mnt);
+      } catch (e) {
         await m.unmount();
+        throw e;
       }
+      return { ...ran, waits: (await m.unmount()).fetchRequests };
     };
     const viaRef = via.replace(/^docker:\/\//, '');
     let runs = 0;

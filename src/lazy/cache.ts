@@ -29,6 +29,8 @@ export class ChunkCache {
   readonly stats: CacheStats = { hits: 0, misses: 0, stored: 0, storedBytes: 0, evicted: 0, corrupt: 0 };
   /** bytes in the cache, as last counted plus what this process added since */
   private approxBytes = -1;
+  /** directories of the cache made (or found) by this process */
+  private readonly dirs = new Set<string>();
 
   constructor(
     readonly dir: string = DEFAULT_CACHE_DIR,
@@ -87,9 +89,18 @@ export class ChunkCache {
     if (fs.existsSync(final)) return false;
     const tmp = path.join(this.dir, 'tmp', `${hex}.${process.pid}.${randomBytes(4).toString('hex')}`);
     try {
-      await fsp.mkdir(path.dirname(final), { recursive: true });
+      const dir = path.dirname(final);
+      if (!this.dirs.has(dir)) {
+        await fsp.mkdir(dir, { recursive: true });
+        this.dirs.add(dir);
+      }
       await fsp.writeFile(tmp, bytes, { mode: 0o644 });
-      await fsp.rename(tmp, final);
+      await fsp.rename(tmp, final).catch(async (e: NodeJS.ErrnoException) => {
+        // its directory removed meanwhile (by another process)
+        if (e.code !== 'ENOENT') throw e;
+        await fsp.mkdir(dir, { recursive: true });
+        await fsp.rename(tmp, final);
+      });
     } catch (e) {
       await fsp.rm(tmp, { force: true });
       throw new OcichunkError('EIO', `chunk cache ${this.dir}: ${(e as Error).message}`, { cause: e });

@@ -36,6 +36,17 @@ export interface MountOptions extends LazyOpenOptions {
    */
   layers?: boolean;
   /**
+   * Files of at most this many bytes are fetched whole, in the background, when first read
+   * (default 16 MiB; 0: only the chunks reads need, and 1 MiB past each).
+   */
+  wholeFileBytes?: number;
+  /**
+   * When a second file of a directory is read, the directory's other files are fetched in the
+   * background if they add up to at most this many bytes (default 8 MiB, or 0 with a prefetch
+   * list; 0: off).
+   */
+  wholeDirBytes?: number;
+  /**
    * Bytes of verified chunks the mount keeps in memory (default 64 MiB): pieces of a chunk read one
    * after another hash it once. Reads go through the kernel's page cache, so little is gained beyond
    * what concurrent reads of large chunks need.
@@ -53,6 +64,10 @@ export interface MountStats extends LazyStats {
   /** chunks read from the cache and verified by the mount (each once while it stays in memory) */
   chunksHashed: number;
   prefetchedChunks: number;
+  /** chunks fetched in the background because a file they belong to (or its directory) was being read */
+  readAheadChunks: number;
+  /** chunks waiting for a background fetch or being fetched (read-ahead and prefetch list) */
+  readAheadPending: number;
 }
 
 /** What a layer holds, from its TOC entries: file bytes and entries (a snapshotter's Usage of the layer). */
@@ -87,14 +102,129 @@ export async function readTrace(file: string): Promise<TraceRead[]> {
   return out;
 }
 
-/** Uncompressed bytes of the frames one prefetch batch fetches (at least one frame). */
-const PREFETCH_BATCH_BYTES = 4 << 20;
+/** Compressed bytes of the frames one background batch fetches (at least one frame). */
+const BACKGROUND_BATCH_BYTES = 1 << 20;
+/** Background batches (HTTP range requests, for the most part) in flight at once. */
+const BACKGROUND_CONCURRENCY = 3;
+
+/**
+ * The mount's background fetches: chunks likely read soon, fetched into the cache while programs
+ * read: the prefetch list, then what the mount hints at (the rest of a file being read, the other
+ * files of a directory).
+ * In batches of about BACKGROUND_BATCH_BYTES of frames, a few in flight at once: a read that
+ * waits for a chunk of a batch waits for that batch only, and reads that miss are fetched at once,
+ * beside these, never queued behind them.
+ */
+class Background {
+  private readonly hints: number[] = [];
+  private readonly list: number[] = [];
+  private running = 0;
+  private closed = false;
+  private listDone: (() => void) | undefined;
+  private drained: (() => void) | undefined;
+  /** chunks of the hints and of the list fetched in the background */
+  hinted = 0;
+  listed = 0;
+  /** chunks queued or in batches running */
+  private inBatches = 0;
+
+  get pending(): number {
+    return this.hints.length + this.list.length + this.inBatches;
+  }
+
+  constructor(
+    private readonly image: LazyImage,
+    private readonly onBatch: () => void,
+    private readonly onError: (msg: string) => void,
+  ) {}
+
+  hint(chunks: number[]): void {
+    if (this.closed) return;
+    for (const c of chunks) this.hints.push(c);
+    this.pump();
+  }
+
+  /** Queue the prefetch list; resolves once it is fetched (or the mount closes). */
+  prefetch(chunks: number[]): Promise<void> {
+    for (const c of chunks) this.list.push(c);
+    const done = new Promise<void>((resolve) => (this.listDone = resolve));
+    this.pump();
+    return done;
+  }
+
+  /**
+   * Take the next batch: whole frames; the prefetch list first (it was recorded in the order the
+   * files are read), then the hints.
+   */
+  private take(): { chunks: number[]; listed: boolean } | undefined {
+    const q = this.list.length ? this.list : this.hints;
+    if (!q.length) return undefined;
+    const { chunks, frames } = this.image.image.toc;
+    const seen = new Set<number>();
+    let bytes = 0;
+    let n = 0;
+    while (n < q.length && n < 256) {
+      const f = chunks[q[n]].frame;
+      if (!seen.has(f)) {
+        if (seen.size && bytes + frames[f].compressedLength > BACKGROUND_BATCH_BYTES) break;
+        seen.add(f);
+        bytes += frames[f].compressedLength;
+      }
+      n++;
+    }
+    return { chunks: q.splice(0, n), listed: q === this.list };
+  }
+
+  private pump(): void {
+    while (!this.closed && this.running < BACKGROUND_CONCURRENCY) {
+      const batch = this.take();
+      if (!batch) break;
+      this.running++;
+      this.inBatches += batch.chunks.length;
+      this.image
+        .prefetchChunks(batch.chunks)
+        .then(
+          () => {
+            if (batch.listed) this.listed += batch.chunks.length;
+            else this.hinted += batch.chunks.length;
+          },
+          (e: Error) => {
+            if (!this.closed) this.onError(`${batch.listed ? 'prefetch' : 'background fetch'}: ${e.message}`);
+          },
+        )
+        .finally(() => {
+          this.running--;
+          this.inBatches -= batch.chunks.length;
+          this.onBatch();
+          this.pump();
+        });
+    }
+    if (!this.running && (this.closed || !this.list.length)) {
+      this.listDone?.();
+      this.listDone = undefined;
+    }
+    if (!this.running && this.closed) this.drained?.();
+  }
+
+  /**
+   * Start no more batches (an unmount: nobody is waiting for them); resolves once those running
+   * are over (a few, of about BACKGROUND_BATCH_BYTES each), their failures unreported.
+   */
+  close(): Promise<void> {
+    this.closed = true;
+    this.hints.length = 0;
+    this.list.length = 0;
+    this.listDone?.();
+    this.listDone = undefined;
+    return this.running ? new Promise((resolve) => (this.drained = resolve)) : Promise.resolve();
+  }
+}
 
 export class MountCore {
   private readonly paths = new Map<number, string>();
   private trace: TraceRead[] = [];
-  private prefetched = 0;
   private handle: NativeLazyMount | undefined;
+  private readonly background: Background;
   /** per layer of the TOC: file bytes and entries */
   readonly layerUsage: LayerUsage[];
   private tmpCache: string | undefined;
@@ -114,6 +244,11 @@ export class MountCore {
     // the native side serves every call from its own checked TOC, and the JavaScript tree (a
     // trace's paths, a prefetch) comes from it too: the decoded entries are not needed any more
     toc.layers = toc.layers.map(() => ({ entries: [] }));
+    this.background = new Background(
+      image,
+      () => this.collectSoon(),
+      (msg) => opts.onWarning?.(msg),
+    );
   }
 
   static async mount(ref: string, mountpoint: string, opts: MountOptions = {}): Promise<MountCore> {
@@ -122,7 +257,14 @@ export class MountCore {
     const image = await LazyImage.open(ref, { ...opts, cacheDir: tmpCache ?? opts.cacheDir });
     const m = new MountCore(image, mountpoint, opts);
     m.tmpCache = tmpCache;
+    let reads: TraceRead[];
     try {
+      reads =
+        typeof opts.prefetch === 'string'
+          ? await readTrace(opts.prefetch)
+          : opts.prefetch === false
+            ? []
+            : (image.image.toc.prefetch ?? []).map(([p, offset, length]) => ({ path: p, offset, length }));
       const st = await fs.stat(mountpoint).catch(() => undefined);
       if (!st?.isDirectory()) throw new OcichunkError('EUSAGE', `mount point ${mountpoint} is not a directory`);
       // a trace names paths of the merged tree, which the layer view does not number
@@ -134,6 +276,9 @@ export class MountCore {
         allowDev: !!opts.allowDev,
         layers: !!opts.layers,
         ...(opts.memoryCacheBytes !== undefined ? { verifiedBytes: opts.memoryCacheBytes } : {}),
+        ...(opts.wholeFileBytes !== undefined ? { wholeFileBytes: opts.wholeFileBytes } : {}),
+        // a prefetch list says what is read: no guessing by directory then (unless asked)
+        ...(opts.wholeDirBytes !== undefined ? { wholeDirBytes: opts.wholeDirBytes } : reads.length ? { wholeDirBytes: 0 } : {}),
       };
       // the addon merges the TOC with the format module itself (the same tree ls and cat read)
       m.handle = native.mountLazy(image.image.checked, path.resolve(mountpoint), image.cache!.dir, !!opts.recordTrace, flags, (msg) => m.onFetch(msg));
@@ -142,12 +287,6 @@ export class MountCore {
       if (tmpCache) await fs.rm(tmpCache, { recursive: true, force: true });
       throw e;
     }
-    const reads =
-      typeof opts.prefetch === 'string'
-        ? await readTrace(opts.prefetch)
-        : opts.prefetch === false
-          ? []
-          : (image.image.toc.prefetch ?? []).map(([p, offset, length]) => ({ path: p, offset, length }));
     if (reads.length) m.prefetchDone = m.prefetchReads(reads).catch((e) => opts.onWarning?.(`prefetch: ${(e as Error).message}`));
     return m;
   }
@@ -164,6 +303,11 @@ export class MountCore {
 
   private onFetch(msg: number[]): void {
     const [id, ...chunks] = msg;
+    // id 0: a hint (chunks likely read soon), fetched in the background
+    if (id === 0) {
+      this.background.hint(chunks);
+      return;
+    }
     // into the cache, which the addon reads: answers from memory alone would leave it missing there
     this.image
       .cacheChunks(chunks)
@@ -200,31 +344,9 @@ export class MountCore {
     }
     // the mount serves everything from the native tree: this one was only for planning
     this.image.releaseTree();
-    // in batches of at most 256 chunks in frames of at most PREFETCH_BATCH_BYTES: reads arriving
-    // meanwhile are not queued behind one huge fetch, and a batch's buffers (its frames, fetched
-    // and decompressed whole) stay small
-    const { chunks, frames } = this.image.image.toc;
-    let batch: number[] = [];
-    let seen = new Set<number>();
-    let bytes = 0;
-    const flush = async () => {
-      if (!batch.length) return;
-      await this.image.cacheChunks(batch).finally(() => this.collectSoon());
-      this.prefetched += batch.length;
-      batch = [];
-      seen = new Set();
-      bytes = 0;
-    };
-    for (const c of want) {
-      const f = chunks[c].frame;
-      if (!seen.has(f) && batch.length && (bytes + frames[f].length > PREFETCH_BATCH_BYTES || batch.length >= 256)) await flush();
-      if (!seen.has(f)) {
-        seen.add(f);
-        bytes += frames[f].length;
-      }
-      batch.push(c);
-    }
-    await flush();
+    // in the background, in batches: reads arriving meanwhile are not queued behind one huge
+    // fetch, and a batch's buffers (its frames, fetched and decompressed whole) stay small
+    await this.background.prefetch([...want]);
   }
 
   /** Reads made through the mount so far (recording on). */
@@ -236,8 +358,11 @@ export class MountCore {
     }
   }
 
+  /** The native figures of the mount once unmounted (the handle gone). */
+  private lastNative: ReturnType<NativeLazyMount['stats']> | undefined;
+
   stats(): MountStats {
-    const n = this.handle?.stats();
+    const n = this.handle?.stats() ?? this.lastNative;
     return {
       ...this.image.stats(),
       reads: n?.reads ?? 0,
@@ -245,7 +370,9 @@ export class MountCore {
       fetchRequests: n?.fetchRequests ?? 0,
       chunksRequested: n?.chunksRequested ?? 0,
       chunksHashed: n?.chunksHashed ?? 0,
-      prefetchedChunks: this.prefetched,
+      prefetchedChunks: this.background.listed,
+      readAheadChunks: this.background.hinted,
+      readAheadPending: this.background.pending,
     };
   }
 
@@ -254,10 +381,14 @@ export class MountCore {
     const h = this.handle;
     if (!h) return this.stats();
     this.collectTrace();
-    const stats = this.stats();
-    if (h.unmount()) stats.detached = true;
+    this.lastNative = h.stats();
+    const detached = h.unmount();
     this.handle = undefined;
+    // the figures include what the background fetches in flight brought
+    await this.background.close();
     await this.prefetchDone;
+    const stats = this.stats();
+    if (detached) stats.detached = true;
     if (this.opts.recordTrace) {
       // per path, overlapping and adjacent reads merged; paths in the order first read
       const byPath = new Map<string, Array<[number, number]>>();

@@ -9,6 +9,7 @@ import { ChunkReader } from '../chunked/content.js';
 import { openChunked, resolveImage, type ChunkedImage } from '../chunked/image.js';
 import { OcichunkError } from '../errors.js';
 import { throwIfAborted } from '../util/abort.js';
+import { mapLimit } from '../util/limit.js';
 import type { Platform } from '../oci/types.js';
 import { openSource, type TransportOptions } from '../ref.js';
 import type { ImageSource, TransferReport } from '../transports/types.js';
@@ -45,8 +46,20 @@ export interface LazyStats {
 }
 
 const MAX_LINKS = 40;
+/** Chunks written to the cache at once (a fetched frame of small files may bring hundreds). */
+const STORE_CONCURRENCY = 8;
 /** Bytes of verified chunks kept in memory (at least the last one, whatever its size). */
 const VERIFIED_BYTES = 64 << 20;
+
+function deferred<T>(): { promise: Promise<T>; resolve: (v: T) => void; reject: (e: unknown) => void } {
+  let resolve!: (v: T) => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
 
 export class LazyImage {
   private merged: MergedTree | undefined;
@@ -73,7 +86,7 @@ export class LazyImage {
   static async open(ref: string, opts: LazyOpenOptions = {}): Promise<LazyImage> {
     const src = await openSource(ref, opts.transport);
     try {
-      const img = await openChunked(await resolveImage(src, opts.platform), { lazyDigests: true });
+      const img = await openChunked(await resolveImage(src, opts.platform, undefined, { readToc: true }), { lazyDigests: true });
       const cache = opts.cacheDir === false ? undefined : await ChunkCache.open(opts.cacheDir ?? DEFAULT_CACHE_DIR, opts.cacheMaxBytes ?? DEFAULT_CACHE_MAX);
       return new LazyImage(img, src, cache, opts.concurrency ?? 8, opts.signal);
     } catch (e) {
@@ -247,6 +260,29 @@ export class LazyImage {
   }
 
   /**
+   * Background fetch into the cache (the mount's read-ahead): the chunks neither cached nor being
+   * fetched already, in one batch. Waits for nothing else; resolves with the chunks it fetched.
+   */
+  async prefetchChunks(idxs: Iterable<number>): Promise<number> {
+    throwIfAborted(this.signal, this.name);
+    const cache = this.cache;
+    if (!cache) throw new OcichunkError('EINTERNAL', 'prefetchChunks needs a chunk cache');
+    const toc = this.image.toc;
+    const wanted = new Set<number>();
+    for (const c of idxs) if (!this.inflight.has(c)) wanted.add(c);
+    await this.chunks.loadDigests(wanted, true);
+    const missing = new Set<number>();
+    for (const c of wanted) {
+      const hex = toc.chunks[c].digest;
+      if (!this.inflight.has(c) && (!hex || !fs.existsSync(cache.pathOf(hex)))) missing.add(c);
+    }
+    if (!missing.size) return 0;
+    this.fetchMissing(missing);
+    await Promise.all([...missing].map((c) => this.inflight.get(c)));
+    return missing.size;
+  }
+
+  /**
    * Fetch chunks in one batch and put them into the cache (if any); until then `inflight` holds a
    * promise of each (resolved once the batch is in the cache).
    */
@@ -256,16 +292,32 @@ export class LazyImage {
     // share frames with their neighbours in the directory, which are likely read next
     const want = new Set(missing);
     if (this.cache) for (const c of missing) for (const s of this.frameChunks(toc.chunks[c].frame)) if (!this.inflight.has(s)) want.add(s);
-    const batch = this.chunks.fetch(want).then(async (got) => {
-      // counted: chunks that were fetched and were not cached before
-      if (!this.cache) this.chunksFetched += missing.size;
-      else for (const [c, b] of got) if (await this.cache.put(toc.chunks[c].digest, b)) this.chunksFetched++;
-      return got;
-    });
-    for (const c of missing) {
-      const p = batch.then((got) => got.get(c)!);
-      this.inflight.set(c, p);
-      p.catch(() => {}).finally(() => this.inflight.delete(c));
+    const batch = this.chunks.fetch(want);
+    const cache = this.cache;
+    // each chunk is ready once it is in the cache: those asked for are stored first (a frame of
+    // small files may bring hundreds along), a few at a time
+    const order = [...missing, ...[...want].filter((c) => !missing.has(c))];
+    const stored = new Map(order.map((c) => [c, deferred<Buffer>()]));
+    batch.then(
+      async (got) => {
+        await mapLimit(order, STORE_CONCURRENCY, async (c) => {
+          const b = got.get(c)!;
+          try {
+            // counted: chunks that were fetched and were not cached before
+            if (!cache ? missing.has(c) : await cache.put(toc.chunks[c].digest, b)) this.chunksFetched++;
+            stored.get(c)!.resolve(b);
+          } catch (e) {
+            stored.get(c)!.reject(e);
+          }
+        });
+      },
+      (e) => {
+        for (const d of stored.values()) d.reject(e);
+      },
+    );
+    for (const [c, { promise }] of stored) {
+      this.inflight.set(c, promise);
+      promise.catch(() => {}).finally(() => this.inflight.delete(c));
     }
   }
 

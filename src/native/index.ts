@@ -14,7 +14,17 @@ export interface ChunkerSpec {
 
 export interface NativeLazyMount {
   complete(id: number, error?: string): void;
-  stats(): { reads: number; bytesRead: number; fetchRequests: number; chunksRequested: number; cacheReads: number; chunksHashed: number; errors: number };
+  stats(): {
+    reads: number;
+    bytesRead: number;
+    fetchRequests: number;
+    chunksRequested: number;
+    cacheReads: number;
+    chunksHashed: number;
+    errors: number;
+    prefetchHints: number;
+    chunksHinted: number;
+  };
   takeTrace(): number[];
   /** true when the mount was busy and was detached (lazy unmount) */
   unmount(): boolean;
@@ -325,6 +335,10 @@ export interface MountFlags {
   layers?: boolean;
   /** bytes of verified chunks the mount keeps in memory (default 64 MiB) */
   verifiedBytes?: number;
+  /** files of at most this many bytes are fetched whole, in the background, when first read (default 16 MiB; 0: off) */
+  wholeFileBytes?: number;
+  /** when a second file of a directory is read, its other files are fetched in the background if they add up to at most this (default 8 MiB; 0: off) */
+  wholeDirBytes?: number;
 }
 
 /** The binding's own object behind a wrapper (native calls that take a CheckedToc need it). */

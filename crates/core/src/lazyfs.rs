@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,11 +28,18 @@ struct Node {
     file: Option<Arc<FileMap>>,
     children: Vec<(Vec<u8>, u64)>,
     index: HashMap<Vec<u8>, u64>,
+    /// read before (regular files): the first read asks for the rest of the file in the background
+    touched: AtomicBool,
+    /// directories: how many of their files were read
+    files_read: AtomicU32,
 }
 
 /// Asks for chunks to be put into the cache; `done` must be called once, from any thread.
 pub trait Fetcher: Send + Sync {
     fn fetch(&self, chunks: Vec<u32>, done: Box<dyn FnOnce(std::result::Result<(), String>) + Send>);
+    /// A hint: these chunks are likely read soon; fetch them into the cache in the background
+    /// (after the reads waiting for [`Fetcher::fetch`]). Nobody waits for it; it may be ignored.
+    fn prefetch(&self, _chunks: Vec<u32>) {}
 }
 
 #[derive(Default)]
@@ -45,6 +52,9 @@ pub struct FsStats {
     /// chunks read from the cache and hashed (once per chunk while it stays in the verified set)
     pub chunks_hashed: AtomicU64,
     pub errors: AtomicU64,
+    /// background fetches asked for (a file's first read: the rest of it), and their chunks
+    pub prefetch_hints: AtomicU64,
+    pub chunks_hinted: AtomicU64,
 }
 
 /// Chunks read from the cache and verified, kept in memory up to a byte budget (least recently
@@ -96,6 +106,12 @@ pub struct Shared {
     pub stats: FsStats,
     /// (ino, offset, length) of every read, when recording
     pub trace: Option<Mutex<Vec<(u64, u64, u32)>>>,
+    /// files of at most this many bytes are fetched whole (in the background) when first read
+    whole_file: u64,
+    /// a directory's files are fetched (in the background) when a second one is read, if they add up to at most this
+    whole_dir: u64,
+    /// the directory of each inode (its first name's)
+    parents: HashMap<u64, u64>,
 }
 
 pub struct LazyFs {
@@ -157,6 +173,16 @@ impl ReadPool {
 const TTL: Duration = Duration::from_secs(3600);
 /** Bytes of a file past a read whose missing chunks are fetched along with the read's own. */
 const FETCH_AHEAD: u64 = 1 << 20;
+/// Files up to this size are fetched whole, in the background, when first read ([`Shared::whole_file`]):
+/// programs go on reading (and page faults of mapped binaries and libraries land all over) the
+/// files they opened, and a frame's neighbours come along anyway, so the whole file costs few
+/// more bytes than the pieces read, and saves a round trip per later miss.
+pub const WHOLE_FILE_BYTES: u64 = 16 << 20;
+/// When a second file of a directory is read, the directory's other files are fetched in the
+/// background if they add up to at most this ([`Shared::whole_dir`]): a program that reads
+/// several files of a directory (modules of a package, say) is likely to read more of them, and
+/// one round trip for all of them beats one per file.
+pub const WHOLE_DIR_BYTES: u64 = 8 << 20;
 
 fn kind_of(s: &str) -> Result<FileType> {
     Ok(match s {
@@ -218,7 +244,25 @@ impl Shared {
             };
             let children: Vec<(Vec<u8>, u64)> = i.children.into_iter().map(|(n, c)| (n.into_bytes(), c)).collect();
             let index = children.iter().cloned().collect();
-            nodes.insert(i.ino, Node { attr, link: i.link.map(|l| l.into_bytes()), xattrs: i.xattrs, file, children, index });
+            nodes.insert(
+                i.ino,
+                Node {
+                    attr,
+                    link: i.link.map(|l| l.into_bytes()),
+                    xattrs: i.xattrs,
+                    file,
+                    children,
+                    index,
+                    touched: AtomicBool::new(false),
+                    files_read: AtomicU32::new(0),
+                },
+            );
+        }
+        let mut parents = HashMap::with_capacity(nodes.len());
+        for (&ino, n) in &nodes {
+            for (_, c) in &n.children {
+                parents.entry(*c).or_insert(ino);
+            }
         }
         if !nodes.get(&1).map(|n| n.attr.kind == FileType::Directory).unwrap_or(false) {
             return Err(Error::invalid("inode 1 must be the root directory"));
@@ -232,7 +276,17 @@ impl Shared {
             loading: Mutex::new(HashMap::new()),
             stats: FsStats::default(),
             trace: if record { Some(Mutex::new(Vec::new())) } else { None },
+            whole_file: WHOLE_FILE_BYTES,
+            whole_dir: WHOLE_DIR_BYTES,
+            parents,
         })
+    }
+
+    /// Fetch files of at most `bytes` whole, in the background, when they are first read (default
+    /// [`WHOLE_FILE_BYTES`]; 0: only what reads need, and [`FETCH_AHEAD`] past them).
+    pub fn whole_file(mut self, bytes: u64) -> Shared {
+        self.whole_file = bytes;
+        self
     }
 
     /// Keep at most `bytes` of verified chunks in memory (default [`VERIFIED_BYTES`]; the last one
@@ -284,7 +338,8 @@ impl Shared {
         Some(b)
     }
 
-    fn fetch_blocking(&self, chunks: Vec<u32>) -> std::result::Result<(), String> {
+    /// Ask the fetcher for chunks; the answer comes on the receiver.
+    fn fetch_start(&self, chunks: Vec<u32>) -> mpsc::Receiver<std::result::Result<(), String>> {
         let (tx, rx) = mpsc::channel();
         self.stats.fetch_requests.fetch_add(1, Ordering::Relaxed);
         self.stats.chunks_requested.fetch_add(chunks.len() as u64, Ordering::Relaxed);
@@ -294,10 +349,67 @@ impl Shared {
                 let _ = tx.send(r);
             }),
         );
+        rx
+    }
+
+    fn fetch_wait(rx: mpsc::Receiver<std::result::Result<(), String>>) -> std::result::Result<(), String> {
         match rx.recv_timeout(Duration::from_secs(600)) {
             Ok(r) => r,
             Err(_) => Err("no answer from the fetcher in 600 s".into()),
         }
+    }
+
+    /// When a second file of a directory is first read, fetch the directory's other files in the
+    /// background (if they add up to at most `whole_dir` bytes): after `hint_whole_file`, which
+    /// asks for the file being read first.
+    pub fn whole_dir(mut self, bytes: u64) -> Shared {
+        self.whole_dir = bytes;
+        self
+    }
+
+    /// Whether chunk `c` is in the cache (false while its digest is not loaded).
+    fn is_cached(&self, c: u32) -> bool {
+        self.chunk_path(c).is_some_and(|p| p.exists())
+    }
+
+    /// A file's first read: the rest of the file (if at most `whole_file` bytes) is asked for in the
+    /// background, but for `asked` (fetched for the read itself) and what the cache holds.
+    fn hint_whole_file(&self, ino: u64, n: &Node, file: &FileMap, asked: &[u32]) {
+        if n.touched.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let mut seen: std::collections::HashSet<u32> = asked.iter().copied().collect();
+        if n.attr.size <= self.whole_file {
+            let rest: Vec<u32> = file.chunks.iter().copied().filter(|&c| seen.insert(c) && !self.is_cached(c)).collect();
+            self.hint(rest);
+        }
+        self.hint_dir(ino, &mut seen);
+    }
+
+    /// A file of a directory read for the first time: at the second one, the directory's other
+    /// files (if they add up to at most `whole_dir` bytes) are asked for in the background.
+    fn hint_dir(&self, ino: u64, seen: &mut std::collections::HashSet<u32>) {
+        let Some(dir) = self.parents.get(&ino).and_then(|p| self.nodes.get(p)) else { return };
+        if self.whole_dir == 0 || dir.files_read.fetch_add(1, Ordering::Relaxed) != 1 {
+            return;
+        }
+        let files: Vec<&Node> =
+            dir.children.iter().filter_map(|(_, c)| self.nodes.get(c)).filter(|c| c.file.is_some() && !c.touched.load(Ordering::Relaxed)).collect();
+        if files.iter().map(|c| c.attr.size).sum::<u64>() > self.whole_dir {
+            return;
+        }
+        let rest: Vec<u32> =
+            files.iter().flat_map(|c| c.file.as_ref().unwrap().chunks.iter().copied()).filter(|&c| seen.insert(c) && !self.is_cached(c)).collect();
+        self.hint(rest);
+    }
+
+    fn hint(&self, chunks: Vec<u32>) {
+        if chunks.is_empty() {
+            return;
+        }
+        self.stats.prefetch_hints.fetch_add(1, Ordering::Relaxed);
+        self.stats.chunks_hinted.fetch_add(chunks.len() as u64, Ordering::Relaxed);
+        self.fetcher.prefetch(chunks);
     }
 
     /// Bytes [off, off+size) of a regular file.
@@ -319,6 +431,9 @@ impl Shared {
         for attempt in 0..3 {
             let missing: Vec<u32> = pieces.iter().zip(&got).filter(|(_, g)| g.is_none()).map(|(p, _)| p.chunk).collect();
             if missing.is_empty() {
+                if attempt == 0 {
+                    self.hint_whole_file(ino, n, file, &[]);
+                }
                 break;
             }
             if attempt == 2 {
@@ -333,12 +448,18 @@ impl Shared {
                     if pieces.last().is_some_and(|p| p.pos >= pos) {
                         continue; // the read's own last chunk
                     }
-                    if self.chunk_path(c).is_none_or(|p| !p.exists()) {
+                    if !self.is_cached(c) {
                         want.push(c);
                     }
                 }
             }
-            self.fetch_blocking(want).map_err(|m| (libc::EIO, m))?;
+            // the read's own chunks are asked for first, then (first read) the rest of the file
+            let asked = (attempt == 0).then(|| want.clone());
+            let rx = self.fetch_start(want);
+            if let Some(asked) = asked {
+                self.hint_whole_file(ino, n, file, &asked);
+            }
+            Self::fetch_wait(rx).map_err(|m| (libc::EIO, m))?;
             for (k, p) in pieces.iter().enumerate() {
                 if got[k].is_none() {
                     got[k] = self.cached(p.chunk);
@@ -590,6 +711,67 @@ mod tests {
         std::fs::write(dir.path().join("sha256").join(&h[..2]).join(&h), vec![0u8; data.len()]).unwrap();
         let fresh = Shared::new(view(), dir.path().to_path_buf(), Box::new(NoFetch), false, false).unwrap();
         assert!(fresh.read(f, 0, 4096).is_err());
+    }
+
+    /// Records the hints; fetches nothing.
+    #[derive(Clone, Default)]
+    struct Hints(Arc<Mutex<Vec<Vec<u32>>>>);
+    impl Fetcher for Hints {
+        fn fetch(&self, _: Vec<u32>, done: Box<dyn FnOnce(std::result::Result<(), String>) + Send>) {
+            done(Err("not cached".into()));
+        }
+        fn prefetch(&self, chunks: Vec<u32>) {
+            self.0.lock().unwrap().push(chunks);
+        }
+    }
+
+    #[test]
+    fn first_reads_hint_at_the_rest_of_the_file_and_a_second_file_at_the_directory() {
+        // d/a: chunks 0 and 1, d/b: chunk 2, d/c: chunk 3; the cache holds 0 and 2
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<Vec<u8>> = (0..4u8).map(|k| vec![k + 1; 1000]).collect();
+        let hexes: Vec<String> = data.iter().map(|d| hex(&sha256(d))).collect();
+        for k in [0, 2] {
+            let h = &hexes[k];
+            std::fs::create_dir_all(dir.path().join("sha256").join(&h[..2])).unwrap();
+            std::fs::write(dir.path().join("sha256").join(&h[..2]).join(h), &data[k]).unwrap();
+        }
+        let toc = serde_json::json!({
+            "version": 1, "chunker": { "kind": "cdc" }, "packs": [format!("sha256:{}", hexes[0])],
+            "frames": [[0, 0, 100, 4000]],
+            "chunks": (0..4).map(|k| serde_json::json!([hexes[k], 0, k * 1000, 1000])).collect::<Vec<_>>(),
+            "layers": [{ "entries": [
+                { "path": "d", "type": "dir", "mode": 0o755 },
+                { "path": "d/a", "type": "reg", "mode": 0o644, "size": 2000, "chunks": [0, 1] },
+                { "path": "d/b", "type": "reg", "mode": 0o644, "size": 1000, "chunks": [2] },
+                { "path": "d/c", "type": "reg", "mode": 0o644, "size": 1000, "chunks": [3] },
+            ] }],
+        });
+        let blob = crate::frame::compress_frame(&[toc.to_string().as_bytes()], 3).unwrap();
+        let view = || Arc::new(Checked::open(&blob).map_err(|r| r.violations).unwrap());
+        let ino = |name: &str| {
+            let v = view();
+            let t = v.tree.view(&v.toc);
+            let d = t.inodes[0].children.iter().find(|(n, _)| n == "d").unwrap().1;
+            t.inodes.iter().find(|i| i.ino == d).unwrap().children.iter().find(|(n, _)| n == name).unwrap().1
+        };
+        let hints = Hints::default();
+        let shared = Shared::new(view(), dir.path().to_path_buf(), Box::new(hints.clone()), false, false).unwrap();
+        assert_eq!(shared.read(ino("a"), 0, 100).unwrap(), data[0][..100]);
+        // the rest of a; one file of d read so far
+        assert_eq!(*hints.0.lock().unwrap(), vec![vec![1]]);
+        assert_eq!(shared.read(ino("a"), 0, 100).unwrap(), data[0][..100]);
+        assert_eq!(shared.read(ino("b"), 0, 1000).unwrap(), data[2]);
+        // b is cached whole; a second file of d: the files of d not read yet (c)
+        assert_eq!(*hints.0.lock().unwrap(), vec![vec![1], vec![3]]);
+        assert_eq!(shared.stats.prefetch_hints.load(Ordering::Relaxed), 2);
+
+        // both off: no hint
+        let quiet = Hints::default();
+        let shared = Shared::new(view(), dir.path().to_path_buf(), Box::new(quiet.clone()), false, false).unwrap().whole_file(0).whole_dir(0);
+        shared.read(ino("a"), 0, 100).unwrap();
+        shared.read(ino("b"), 0, 100).unwrap();
+        assert!(quiet.0.lock().unwrap().is_empty());
     }
 
     #[test]

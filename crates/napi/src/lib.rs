@@ -1171,7 +1171,8 @@ struct Pending {
 }
 
 /// Chunk requests from FUSE threads to JavaScript: `fetch([requestId, ...chunkIndexes])`, answered
-/// with `LazyMount.complete(requestId, error?)`.
+/// with `LazyMount.complete(requestId, error?)`; request id 0 is a background fetch (a hint: chunks
+/// likely read soon), which nobody waits for and which gets no answer.
 struct JsFetcher {
     tsfn: ThreadsafeFunction<Vec<u32>, ErrorStrategy::Fatal>,
     pending: Arc<Mutex<Pending>>,
@@ -1181,7 +1182,8 @@ impl lazyfs::Fetcher for JsFetcher {
     fn fetch(&self, chunks: Vec<u32>, done: Done) {
         let id = {
             let mut p = self.pending.lock().unwrap();
-            p.next = p.next.wrapping_add(1);
+            // 0 is a hint's id
+            p.next = p.next.checked_add(1).unwrap_or(1);
             let id = p.next;
             p.waiting.insert(id, done);
             id
@@ -1195,6 +1197,14 @@ impl lazyfs::Fetcher for JsFetcher {
             }
         }
     }
+
+    fn prefetch(&self, chunks: Vec<u32>) {
+        let mut msg = Vec::with_capacity(chunks.len() + 1);
+        msg.push(0);
+        msg.extend(chunks);
+        // a hint lost while unmounting is no loss
+        let _ = self.tsfn.call(msg, ThreadsafeFunctionCallMode::NonBlocking);
+    }
 }
 
 #[napi(object)]
@@ -1206,6 +1216,9 @@ pub struct MountStats {
     pub cache_reads: f64,
     pub chunks_hashed: f64,
     pub errors: f64,
+    /// background fetches asked for by first reads of files, and their chunks
+    pub prefetch_hints: f64,
+    pub chunks_hinted: f64,
 }
 
 #[napi]
@@ -1240,6 +1253,8 @@ impl LazyMount {
             cache_reads: g(|s| &s.cache_reads),
             chunks_hashed: g(|s| &s.chunks_hashed),
             errors: g(|s| &s.errors),
+            prefetch_hints: g(|s| &s.prefetch_hints),
+            chunks_hinted: g(|s| &s.chunks_hinted),
         }
     }
 
@@ -1276,6 +1291,12 @@ pub struct MountFlags {
     pub layers: Option<bool>,
     /// bytes of verified chunks kept in memory (default `lazyfs::VERIFIED_BYTES`, 64 MiB)
     pub verified_bytes: Option<f64>,
+    /// files of at most this many bytes are fetched whole when first read (default
+    /// `lazyfs::WHOLE_FILE_BYTES`, 16 MiB; 0: off)
+    pub whole_file_bytes: Option<f64>,
+    /// when a second file of a directory is read, its other files are fetched if they add up to at
+    /// most this many bytes (default `lazyfs::WHOLE_DIR_BYTES`, 8 MiB; 0: off)
+    pub whole_dir_bytes: Option<f64>,
 }
 
 /// Mount a chunked image's merged tree (or its layers) read-only at `mountpoint`, reading chunks
@@ -1292,7 +1313,14 @@ pub fn mount_lazy(env: Env, toc: &CheckedToc, mountpoint: String, cache_dir: Str
         Some(b) => return Err(err(env, CoreError::invalid(format!("verified chunk budget of {b} bytes")))),
     };
     let shared = lazyfs::Shared::new(toc.inner.clone(), cache_dir.into(), Box::new(fetcher), record, flags.layers.unwrap_or(false)).map_err(|e| err(env, e))?;
-    let shared = Arc::new(shared.verified_budget(budget));
+    let limit = |v: Option<f64>, default: u64, what: &str| match v {
+        None => Ok(default),
+        Some(b) if b >= 0.0 && b <= (1u64 << 53) as f64 => Ok(b as u64),
+        Some(b) => Err(err(env, CoreError::invalid(format!("{what} of {b} bytes")))),
+    };
+    let whole_file = limit(flags.whole_file_bytes, lazyfs::WHOLE_FILE_BYTES, "whole-file read-ahead")?;
+    let whole_dir = limit(flags.whole_dir_bytes, lazyfs::WHOLE_DIR_BYTES, "directory read-ahead")?;
+    let shared = Arc::new(shared.verified_budget(budget).whole_file(whole_file).whole_dir(whole_dir));
     let flags = lazyfs::MountFlags { allow_other: flags.allow_other, allow_suid: flags.allow_suid, allow_dev: flags.allow_dev };
     let mount = lazyfs::mount(shared, Path::new(&mountpoint), flags).map_err(|e| err(env, e))?;
     Ok(LazyMount { mount: Some(mount), pending, tsfn: Some(tsfn) })
