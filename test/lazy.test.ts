@@ -105,7 +105,15 @@ describe('lazy pull from a registry', () => {
     let digestBytes = 0;
     try {
       const n = img.tree.lookup('/usr/lib/python3.11/json/decoder.py')!;
-      for (const f of new Set(n.chunks!.map((c) => img.image.toc.chunks[c].frame))) frameBytes += img.image.toc.frames[f].compressedLength;
+      const dicts = new Set<number>();
+      for (const f of new Set(n.chunks!.map((c) => img.image.toc.chunks[c].frame))) {
+        frameBytes += img.image.toc.frames[f].compressedLength;
+        const d = img.image.toc.frames[f].dict;
+        if (d !== undefined) dicts.add(d);
+      }
+      // and the dictionary those frames were compressed with (pack bytes too)
+      for (const d of dicts) frameBytes += img.image.toc.dicts![d].compressedLength;
+      expect(dicts.size).toBe(1);
       // and the digest table sections of its chunks (without a cache, the frames' other chunks are not kept or checked)
       for (const i of img.image.checked.missingDigestSections(Uint32Array.from(n.chunks!))) digestBytes += img.image.checked.digestSectionSpan(i)[1];
     } finally {
@@ -440,7 +448,7 @@ describe('lazy pull from a registry', () => {
         await m.unmount();
       }
     };
-    const on = await readAhead('read-ahead', {});
+    const on = await readAhead('read-ahead', { wholeFileBytes: 16 << 20, wholeDirBytes: 8 << 20 });
     expect(on.readAhead).toBeGreaterThan(20);
     // everything was in the cache: no read had to wait for a fetch
     expect(on.libcAndDirFetches).toBe(0);

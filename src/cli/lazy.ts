@@ -126,13 +126,14 @@ export const mount = {
       })
       .option('read-ahead-file', {
         type: 'string',
-        default: '16m',
-        describe: 'fetch a file of at most this size whole, in the background, when it is first read (0: only what reads need, and 1 MiB past each)',
+        default: '0',
+        describe:
+          'fetch a file of at most this size whole, in the background, when it is first read (e.g. 16m: a cold start takes less time and fetches more; 0: only what reads need, and 1 MiB past each)',
       })
       .option('read-ahead-dir', {
         type: 'string',
         describe:
-          "when a second file of a directory is read, fetch the directory's other files in the background if they add up to at most this size (default 8m, or 0 with a prefetch list; 0: off)",
+          "when a second file of a directory is read, fetch the directory's other files in the background if they add up to at most this size (e.g. 8m; default 0: off)",
       })
       .option('ready-file', {
         type: 'string',
@@ -177,8 +178,8 @@ export const mount = {
       allowDev: a['allow-dev'],
       layers: a.layers,
       memoryCacheBytes: parseSize(a['memory-cache'], '--memory-cache'),
-      wholeFileBytes: parseSize(a['read-ahead-file'], '--read-ahead-file'),
-      ...(a['read-ahead-dir'] !== undefined ? { wholeDirBytes: parseSize(a['read-ahead-dir'], '--read-ahead-dir') } : {}),
+      wholeFileBytes: a['read-ahead-file'] === '0' ? 0 : parseSize(a['read-ahead-file'], '--read-ahead-file'),
+      ...(a['read-ahead-dir'] !== undefined ? { wholeDirBytes: a['read-ahead-dir'] === '0' ? 0 : parseSize(a['read-ahead-dir'], '--read-ahead-dir') } : {}),
       onWarning: a.quiet ? undefined : (m) => process.stderr.write(`ocichunk mount: ${m}\n`),
     });
     up = true;
