@@ -131,8 +131,9 @@ export const mount = {
       })
       .option('read-ahead-dir', {
         type: 'string',
+        default: '0',
         describe:
-          "when a second file of a directory is read, fetch the directory's other files in the background if they add up to at most this size (default 8m, or 0 with a prefetch list; 0: off)",
+          "when a second file of a directory is read, fetch the directory's other files in the background if they add up to at most this size (0: off)",
       })
       .option('ready-file', {
         type: 'string',
@@ -152,7 +153,7 @@ export const mount = {
         layers: boolean;
         'memory-cache': string;
         'read-ahead-file': string;
-        'read-ahead-dir'?: string;
+        'read-ahead-dir': string;
         'ready-file'?: string;
       },
   ): Promise<unknown> => {
@@ -178,7 +179,7 @@ export const mount = {
       layers: a.layers,
       memoryCacheBytes: parseSize(a['memory-cache'], '--memory-cache'),
       wholeFileBytes: parseSize(a['read-ahead-file'], '--read-ahead-file'),
-      ...(a['read-ahead-dir'] !== undefined ? { wholeDirBytes: parseSize(a['read-ahead-dir'], '--read-ahead-dir') } : {}),
+      wholeDirBytes: parseSize(a['read-ahead-dir'], '--read-ahead-dir'),
       onWarning: a.quiet ? undefined : (m) => process.stderr.write(`ocichunk mount: ${m}\n`),
     });
     up = true;
