@@ -132,8 +132,7 @@ export const mount = {
       .option('read-ahead-dir', {
         type: 'string',
         default: '0',
-        describe:
-          "when a second file of a directory is read, fetch the directory's other files in the background if they add up to at most this size (0: off)",
+        describe: "when a second file of a directory is read, fetch the directory's other files in the background if they add up to at most this size (0: off)",
       })
       .option('ready-file', {
         type: 'string',
