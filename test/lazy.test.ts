@@ -326,7 +326,7 @@ describe('lazy pull from a registry', () => {
     const [pull, cold, pre, warm] = r.results;
     expect(pull.bytesFetched).toBeGreaterThanOrEqual(r.imageBytes);
     expect(cold.shareOfImage).toBeLessThan(0.15);
-    // prefetched, fewer reads wait for the network (the requests may be more: the list is fetched in
+    // prefetched, fewer reads wait for a fetch (the requests may be more: the list is fetched in
     // batches of about 1 MiB, several at once)
     expect(pre.waits).toBeLessThan(cold.waits!);
     expect(warm.bytesFetched).toBeLessThan(cold.bytesFetched / 5);
@@ -411,7 +411,7 @@ describe('lazy pull from a registry', () => {
     }
   });
 
-  it('reads ahead: a first read fetches the rest of the file, a second file of a directory its other files, in the background', async () => {
+  it('reads ahead: a first read fetches the rest of the file, a second file of a directory its other files (if asked), in the background', async () => {
     const { MountedImage } = (await import(path.join(REPO, 'dist', 'lazy', 'mounted.js'))) as typeof import('../src/lazy/mounted.js');
     const libc = '/usr/lib/x86_64-linux-gnu/libc.so.6'; // 1.9 MB: more than a read and the 1 MiB fetched past it
     const dir = '/usr/lib/python3.11/__pycache__'; // ~170 files, ~6 MB in several frames

@@ -132,8 +132,8 @@ export const mount = {
       })
       .option('read-ahead-dir', {
         type: 'string',
-        describe:
-          "when a second file of a directory is read, fetch the directory's other files in the background if they add up to at most this size (e.g. 8m; default 0: off)",
+        default: '0',
+        describe: "when a second file of a directory is read, fetch the directory's other files in the background if they add up to at most this size (e.g. 8m; 0: off)",
       })
       .option('ready-file', {
         type: 'string',
@@ -153,7 +153,7 @@ export const mount = {
         layers: boolean;
         'memory-cache': string;
         'read-ahead-file': string;
-        'read-ahead-dir'?: string;
+        'read-ahead-dir': string;
         'ready-file'?: string;
       },
   ): Promise<unknown> => {
@@ -178,8 +178,8 @@ export const mount = {
       allowDev: a['allow-dev'],
       layers: a.layers,
       memoryCacheBytes: parseSize(a['memory-cache'], '--memory-cache'),
-      wholeFileBytes: a['read-ahead-file'] === '0' ? 0 : parseSize(a['read-ahead-file'], '--read-ahead-file'),
-      ...(a['read-ahead-dir'] !== undefined ? { wholeDirBytes: a['read-ahead-dir'] === '0' ? 0 : parseSize(a['read-ahead-dir'], '--read-ahead-dir') } : {}),
+      wholeFileBytes: parseSize(a['read-ahead-file'], '--read-ahead-file'),
+      wholeDirBytes: parseSize(a['read-ahead-dir'], '--read-ahead-dir'),
       onWarning: a.quiet ? undefined : (m) => process.stderr.write(`ocichunk mount: ${m}\n`),
     });
     up = true;

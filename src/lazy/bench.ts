@@ -58,7 +58,10 @@ export interface ScenarioResult {
   output: string;
   /** containerd scenarios: peak resident memory (MiB) of containerd, the snapshotter, its mount processes */
   peakRss?: PeakRss;
-  /** mount scenarios: reads that waited for the network (fetches asked for by the mount) */
+  /**
+   * mount scenarios: reads that waited for the mount's fetcher (chunks missing from the cache, or
+   * whose digest table section was not loaded yet: a warm cache loads those from disk)
+   */
   waits?: number;
 }
 

@@ -337,7 +337,7 @@ export interface MountFlags {
   verifiedBytes?: number;
   /** files of at most this many bytes are fetched whole, in the background, when first read (default 16 MiB; 0: off) */
   wholeFileBytes?: number;
-  /** when a second file of a directory is read, its other files are fetched in the background if they add up to at most this (default 8 MiB; 0: off) */
+  /** when a second file of a directory is read, its other files are fetched in the background if they add up to at most this (default 0: off) */
   wholeDirBytes?: number;
 }
 

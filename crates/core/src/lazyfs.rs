@@ -729,7 +729,7 @@ mod tests {
     }
 
     #[test]
-    fn first_reads_hint_at_the_rest_of_the_file_and_a_second_file_at_the_directory() {
+    fn first_reads_hint_at_the_rest_of_the_file_and_if_asked_a_second_file_at_the_directory() {
         // d/a: chunks 0 and 1, d/b: chunk 2, d/c: chunk 3; the cache holds 0 and 2
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<Vec<u8>> = (0..4u8).map(|k| vec![k + 1; 1000]).collect();
@@ -759,7 +759,7 @@ mod tests {
             t.inodes.iter().find(|i| i.ino == d).unwrap().children.iter().find(|(n, _)| n == name).unwrap().1
         };
         let hints = Hints::default();
-        let shared = Shared::new(view(), dir.path().to_path_buf(), Box::new(hints.clone()), false, false).unwrap();
+        let shared = Shared::new(view(), dir.path().to_path_buf(), Box::new(hints.clone()), false, false).unwrap().whole_file(1 << 20).whole_dir(1 << 20);
         assert_eq!(shared.read(ino("a"), 0, 100).unwrap(), data[0][..100]);
         // the rest of a; one file of d read so far
         assert_eq!(*hints.0.lock().unwrap(), vec![vec![1]]);
@@ -768,6 +768,20 @@ mod tests {
         // b is cached whole; a second file of d: the files of d not read yet (c)
         assert_eq!(*hints.0.lock().unwrap(), vec![vec![1], vec![3]]);
         assert_eq!(shared.stats.prefetch_hints.load(Ordering::Relaxed), 2);
+
+        // the rest of the file alone, if asked
+        let some = Hints::default();
+        let shared = Shared::new(view(), dir.path().to_path_buf(), Box::new(some.clone()), false, false).unwrap().whole_file(1 << 20);
+        shared.read(ino("a"), 0, 100).unwrap();
+        shared.read(ino("b"), 0, 100).unwrap();
+        assert_eq!(*some.0.lock().unwrap(), vec![vec![1]]);
+
+        // the defaults: no hint (read-ahead is opt-in)
+        let none = Hints::default();
+        let shared = Shared::new(view(), dir.path().to_path_buf(), Box::new(none.clone()), false, false).unwrap();
+        shared.read(ino("a"), 0, 100).unwrap();
+        shared.read(ino("b"), 0, 100).unwrap();
+        assert!(none.0.lock().unwrap().is_empty());
 
         // both off: no hint
         let quiet = Hints::default();

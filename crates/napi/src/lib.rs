@@ -1295,7 +1295,7 @@ pub struct MountFlags {
     /// `lazyfs::WHOLE_FILE_BYTES`, 16 MiB; 0: off)
     pub whole_file_bytes: Option<f64>,
     /// when a second file of a directory is read, its other files are fetched if they add up to at
-    /// most this many bytes (default `lazyfs::WHOLE_DIR_BYTES`, 8 MiB; 0: off)
+    /// most this many bytes (default `lazyfs::WHOLE_DIR_BYTES`: 0, off)
     pub whole_dir_bytes: Option<f64>,
 }
 
