@@ -133,7 +133,8 @@ export const mount = {
       .option('read-ahead-dir', {
         type: 'string',
         default: '0',
-        describe: "when a second file of a directory is read, fetch the directory's other files in the background if they add up to at most this size (e.g. 8m; 0: off)",
+        describe:
+          "when a second file of a directory is read, fetch the directory's other files in the background if they add up to at most this size (e.g. 8m; 0: off)",
       })
       .option('ready-file', {
         type: 'string',
