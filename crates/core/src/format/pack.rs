@@ -528,14 +528,19 @@ mod tests {
 
     /// Place chunks of these lengths (index = content), compress and land; returns the packs' bytes.
     fn run(lens: &[usize], batch_bytes: u64) -> (ChunkDict, Vec<Vec<u8>>, Vec<u32>) {
+        run_with(opts(batch_bytes), lens, chunk)
+    }
+
+    /// [`run`] with these options and chunk contents (`content(n, len)` for the `n`th chunk).
+    fn run_with(o: PackOptions, lens: &[usize], content: impl Fn(usize, usize) -> Vec<u8>) -> (ChunkDict, Vec<Vec<u8>>, Vec<u32>) {
         let mut dict = ChunkDict::new();
-        let mut w = FrameWriter::new(opts(batch_bytes)).unwrap();
+        let mut w = FrameWriter::new(o).unwrap();
         let mut packs: Vec<Vec<u8>> = Vec::new();
         let mut ids = Vec::new();
         w.begin_layer();
         let drain = |w: &mut FrameWriter, dict: &mut ChunkDict, packs: &mut Vec<Vec<u8>>| {
             while let Some(s) = w.take_ready() {
-                let c = compress(s, 3, 1, Some(&w.recycler()), None).unwrap();
+                let c = compress(s, o.level, 2, Some(&w.recycler()), None).unwrap();
                 let data = c.data.clone().unwrap();
                 for wr in w.land(dict, &c.frames).unwrap() {
                     if wr.open {
@@ -547,7 +552,7 @@ mod tests {
             }
         };
         for (n, &len) in lens.iter().enumerate() {
-            let b = chunk(n, len);
+            let b = content(n, len);
             let (id, _) = dict.intern(&Sha256::digest(&b).into(), len as u32);
             ids.push(id);
             w.place(&mut dict, id, &b).unwrap();
@@ -619,36 +624,10 @@ mod tests {
         }
     }
 
-    /// Place chunks of these lengths with a dictionary per layer; returns the packs and locations.
+    /// [`run`] with a dictionary per layer, and contents a dictionary can learn from.
     fn run_dict(lens: &[usize], batch_bytes: u64) -> (ChunkDict, Vec<Vec<u8>>, Vec<u32>) {
-        let mut dict = ChunkDict::new();
         let o = PackOptions { dict_size: 4096, dict_sample: 64 << 10, ..opts(batch_bytes) };
-        let mut w = FrameWriter::new(o).unwrap();
-        let mut packs: Vec<Vec<u8>> = Vec::new();
-        let mut ids = Vec::new();
-        w.begin_layer();
-        let drain = |w: &mut FrameWriter, dict: &mut ChunkDict, packs: &mut Vec<Vec<u8>>| {
-            while let Some(s) = w.take_ready() {
-                let c = compress(s, 3, 2, None, None).unwrap();
-                let data = c.data.clone().unwrap();
-                for wr in w.land(dict, &c.frames).unwrap() {
-                    if wr.open {
-                        packs.push(Vec::new());
-                    }
-                    packs[wr.pack as usize].extend_from_slice(&data[wr.start..wr.start + wr.len]);
-                }
-            }
-        };
-        for (n, &len) in lens.iter().enumerate() {
-            let b: Vec<u8> = format!("def f{}(x):\n    return json.dumps(x) # {}\n", n % 50, n).bytes().cycle().take(len).collect();
-            let (id, _) = dict.intern(&Sha256::digest(&b).into(), len as u32);
-            ids.push(id);
-            w.place(&mut dict, id, &b).unwrap();
-            drain(&mut w, &mut dict, &mut packs);
-        }
-        w.finish_layer().unwrap();
-        drain(&mut w, &mut dict, &mut packs);
-        (dict, packs, ids)
+        run_with(o, lens, |n, len| format!("def f{}(x):\n    return json.dumps(x) # {}\n", n % 50, n).bytes().cycle().take(len).collect())
     }
 
     #[test]
