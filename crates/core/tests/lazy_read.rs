@@ -127,21 +127,22 @@ fn reads_across_chunks_fetch_what_is_missing_and_read_ahead() {
     // bytes 200 KiB..300 KiB: the end of chunk 0, the start of chunk 1
     let got = f.shared.read(big, 200 << 10, 100 << 10).unwrap();
     assert_eq!(got, f.data[200 << 10..300 << 10]);
-    // one request: the read's chunks, then the file's next chunks up to 1 MiB past the read
-    assert_eq!(*f.requests.lock().unwrap(), vec![vec![0, 1, 2, 3, 4, 5]]);
-    // read ahead: no request for chunks 2..=5
-    assert_eq!(f.shared.read(big, 1 << 20, 300 << 10).unwrap(), f.data[1 << 20..(1 << 20) + (300 << 10)]);
+    // one request: the read's chunks, then the file's next chunks up to 256 KiB past the read
+    assert_eq!(*f.requests.lock().unwrap(), vec![vec![0, 1, 2]]);
+    // read ahead: no request for chunk 2
+    assert_eq!(f.shared.read(big, 512 << 10, 200 << 10).unwrap(), f.data[512 << 10..712 << 10]);
     assert_eq!(f.requests.lock().unwrap().len(), 1);
-    // the rest of the file: only what is not cached yet
+    // further on: only what is not cached yet, and what follows
     assert_eq!(f.shared.read(big, 6 * CHUNK as u64 - 1, 2).unwrap(), f.data[6 * CHUNK - 1..6 * CHUNK + 1]);
-    assert_eq!(f.requests.lock().unwrap()[1], vec![6, 7]);
-    // the whole file in the kernel's 128 KiB reads, from the cache
+    assert_eq!(f.requests.lock().unwrap()[1], vec![5, 6, 7]);
+    // the whole file in the kernel's 128 KiB reads: chunk 3 and, read ahead with it, 4; the rest cached
     let mut all = Vec::new();
     for off in (0..f.data.len()).step_by(128 << 10) {
         all.extend(f.shared.read(big, off as u64, 128 << 10).unwrap());
     }
     assert_eq!(all, f.data);
-    assert_eq!(f.requests.lock().unwrap().len(), 2);
+    assert_eq!(f.requests.lock().unwrap()[2], vec![3, 4]);
+    assert_eq!(f.requests.lock().unwrap().len(), 3);
     assert_eq!(cached_files(&f.cache), CHUNKS);
     assert_eq!(f.shared.stats.chunks_hashed.load(Ordering::Relaxed), CHUNKS as u64);
 }
