@@ -119,14 +119,10 @@ thread_local! {
 /// One frame of `src` compressed with `dict` (at the level it was prepared for), content size in
 /// the header, no checksum.
 pub fn compress_frame_with(src: &[u8], dict: &Dictionary) -> Result<Vec<u8>> {
-    let cdict = dict.cdict.as_ref().ok_or_else(|| Error::invalid("dictionary prepared for reading only"))?;
-    DICT_CCTX.with(|c| {
-        let mut c = c.borrow_mut();
-        let cctx = c.get_or_insert_with(zstd::zstd_safe::CCtx::create);
-        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(src.len()));
-        cctx.compress_using_cdict(&mut out, src, cdict).map_err(|e| Error::invalid(format!("zstd: {}", zstd::zstd_safe::get_error_name(e))))?;
-        Ok(out)
-    })
+    let mut out = vec![0u8; zstd::zstd_safe::compress_bound(src.len())];
+    let n = compress_frame_with_into(src, dict, &mut out)?;
+    out.truncate(n);
+    Ok(out)
 }
 
 /// [`compress_frame_with`] into `dst` (room for zstd's bound): the frame's length.

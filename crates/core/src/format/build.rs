@@ -6,7 +6,7 @@
 
 use super::canonical::CanonEntry;
 use super::dict::{ChunkDict, PackName};
-use super::digests;
+use super::digests::{self, hex};
 use super::toc::{self, order_key, Kind, PrefetchRange};
 use crate::{Error, Result};
 use sha2::{Digest as _, Sha256};
@@ -445,14 +445,6 @@ impl LayerDigest {
     pub fn finish(self) -> String {
         format!("sha256:{}", hex(&self.h.finalize()))
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        let _ = write!(s, "{x:02x}");
-    }
-    s
 }
 
 /// The image's content digest: SHA-256 over its layers' content digests, one per line. It names
