@@ -60,8 +60,10 @@ python3 "$here/retar.py" "$OUT/plain" img "$OUT/sorted" img
 cat "$OUT"/sorted/blobs/sha256/* > /dev/null
 
 zstd_t=$(t zstd -q -3 -T0 -f "$raw" -o "$OUT/layers.tar.zst")
-# the work itself, each part alone on the same bytes (verify, parse, chunk, hash; compress; hash packs)
-node "$here/floor.mjs" "$raw" > "$OUT/floor.json"
+# the work itself, each part alone on the same bytes (verify, parse, chunk, hash; compress; hash
+# packs); the scan reads each uncompressed layer (a tar scan stops at its layer's end-of-archive)
+plain_layers=$(python3 -c "import json,sys;d=sys.argv[1];i=json.load(open(d+'/index.json'));m=json.load(open(d+'/blobs/sha256/'+i['manifests'][0]['digest'][7:]));print(' '.join(d+'/blobs/sha256/'+l['digest'][7:] for l in m['layers']))" "$OUT/plain")
+node "$here/floor.mjs" "$raw" $plain_layers > "$OUT/floor.json"
 # ... and with the layers as stored (the scan then inflates them too)
 node "$here/floor.mjs" "$raw" $(for l in $layers; do echo "$dir/blobs/sha256/$l"; done) > "$OUT/floor-stored.json"
 gzip_t=$(t sh -c "gzip -6 -c '$raw' > '$OUT/layers.tar.gz'")

@@ -1,12 +1,14 @@
 // The work any conversion must do, measured alone on the same bytes with ocichunk's own native
 // code: reading and verifying the layer (SHA-256), parsing the tar, cutting (FastCDC) and hashing
 // (SHA-256) chunks; compressing them into zstd frames of convert's default size and level (64 KiB,
-// level 6; convert also uses a per-layer dictionary, which costs about what the level does);
+// level 6: convert's group frames; its run frames of up to 256 KiB cost about the same per byte;
+// convert also uses a per-layer dictionary, which costs about what the level does);
 // hashing the pack bytes. Their CPU
 // time over the machine's cores (or the scan's own time, if longer) is the best a pipeline of these
 // parts can do on this machine.
 // Usage: node benchmarks/floor.mjs LAYERS.tar [BLOB...] -> one JSON line on stdout. The scan reads
-// the BLOBs (e.g. the gzip'd layers as stored: then it includes inflating them) or else LAYERS.tar;
+// the BLOBs (the layers one by one, uncompressed, or gzip'd as stored: then it includes inflating
+// them) or else LAYERS.tar (whose scan stops at the first layer's end-of-archive);
 // compression always works on LAYERS.tar (the uncompressed layers). OCICHUNK_LEVEL: zstd level (6),
 // OCICHUNK_FRAME: frame bytes (65536).
 import fs from 'node:fs';

@@ -97,6 +97,55 @@ with tarfile.open(sys.argv[2],'w',format=tarfile.USTAR_FORMAT) as t:
     expect(results[2].packs).toEqual(results[0].packs);
   });
 
+  it("puts a file's big chunks into shared run frames, never two files in one; --run-frame-size 0 gives each its own frame", async () => {
+    const tarFile = path.join(work, 'runs.tar');
+    must('tar', ['--sort=name', '--format=pax', '-cf', tarFile, '-C', src, '.']);
+    const inDir = path.join(work, 'in-runs');
+    writeLayout(inDir, 'x', [plainLayer(fs.readFileSync(tarFile))]);
+    const frameRows = async (out: string, opts: { runTarget?: number }) => {
+      await convert(`oci:${inDir}:x`, `oci:${out}:x`, opts);
+      const c = chunkedOf(out);
+      const toc = JSON.parse(native.decompressSync(blob(out, c.toc), 64 << 20).toString()) as {
+        frames: number[][];
+        chunks: number[][];
+        layers: Array<{ entries: Array<{ path: string; type: string; chunks?: number[] }> }>;
+      };
+      const stored = c.packs.reduce((n, d) => n + blob(out, d).length, 0);
+      return { toc, stored };
+    };
+    const runs = await frameRows(path.join(work, 'out-runs'), {});
+    const single = await frameRows(path.join(work, 'out-single'), { runTarget: 0 });
+    const big = (t: typeof runs.toc) => t.chunks.filter((c) => c[2] >= 32 << 10);
+    // the same chunks either way
+    expect(big(runs.toc).length).toBe(big(single.toc).length);
+    expect(big(runs.toc).length).toBeGreaterThan(20);
+    // frames of one big chunk each, or shared by several (at most 256 KiB of them)
+    const perFrame = (t: typeof runs.toc) => {
+      const m = new Map<number, number>();
+      for (const c of big(t)) m.set(c[0], (m.get(c[0]) ?? 0) + 1);
+      return [...m.values()];
+    };
+    expect(Math.max(...perFrame(single.toc))).toBe(1);
+    expect(Math.max(...perFrame(runs.toc))).toBeGreaterThan(1);
+    for (const c of big(runs.toc)) expect(runs.toc.frames[c[0]][3]).toBeLessThanOrEqual(256 << 10);
+    // no run frame holds big chunks of two files (each chunk placed by the first file holding it)
+    const owner = new Map<number, string>();
+    const placed = new Set<number>();
+    for (const e of runs.toc.layers[0].entries) {
+      for (const ci of e.chunks ?? []) {
+        const c = runs.toc.chunks[ci];
+        if (c[2] < 32 << 10 || placed.has(ci)) continue;
+        placed.add(ci);
+        const was = owner.get(c[0]);
+        if (was !== undefined) expect(was, `frame ${c[0]}`).toBe(e.path);
+        owner.set(c[0], e.path);
+      }
+    }
+    // fewer, larger frames store less
+    expect(runs.toc.frames.length).toBeLessThan(single.toc.frames.length);
+    expect(runs.stored).toBeLessThan(single.stored);
+  });
+
   it('keeps mtimes by default; --source-date-epoch clamps them (another TOC), the packs stay the same', async () => {
     const tarFile = path.join(work, 'mt.tar');
     must('tar', ['--sort=name', '--format=pax', '-cf', tarFile, '-C', src, '.']);

@@ -79,28 +79,50 @@ describe('restore reproduces the original tree', () => {
   });
 
   it.each([
-    { name: 'every chunk grouped into 1 MiB frames (--group-below 256k --frame-size 1m)', slug: 'big-frames', groupBelow: 256 << 10, groupTarget: 1 << 20 },
     {
-      name: 'small frames, chunks >= 32 KiB alone in theirs (--group-below 32k --frame-size 64k)',
+      name: 'every chunk grouped into 1 MiB frames (--group-below 256k --frame-size 1m)',
+      slug: 'big-frames',
+      groupBelow: 256 << 10,
+      groupTarget: 1 << 20,
+      runTarget: 0,
+    },
+    {
+      name: 'small frames, chunks >= 32 KiB alone in theirs (--group-below 32k --frame-size 64k --run-frame-size 0)',
       slug: 'small-frames',
       groupBelow: 32 << 10,
       groupTarget: 64 << 10,
+      runTarget: 0,
     },
-  ])('round-trips with $name', async ({ slug, groupBelow, groupTarget }) => {
+    {
+      name: "the defaults: small frames, a file's chunks >= 32 KiB in run frames of up to 256 KiB",
+      slug: 'run-frames',
+      groupBelow: 32 << 10,
+      groupTarget: 64 << 10,
+      runTarget: 256 << 10,
+    },
+  ])('round-trips with $name', async ({ slug, groupBelow, groupTarget, runTarget }) => {
     const out = path.join(work, `out-${slug}`);
-    const r = await convert(`oci:${image('app')}:latest`, `oci:${out}:app`, { groupBelow, groupTarget });
+    const r = await convert(`oci:${image('app')}:latest`, `oci:${out}:app`, { groupBelow, groupTarget, runTarget });
     const src = await openSource(`oci:${out}:app`);
     const { toc } = await openChunked(await resolveImage(src));
     await src.close();
-    // a frame holds either one chunk >= groupBelow, or chunks below it up to about groupTarget
+    // a frame holds either chunks >= groupBelow (one, or up to runTarget bytes of them), or chunks
+    // below it up to about groupTarget
     const members = new Map<number, number[]>();
     for (const { frame: fi, length: len } of toc.chunks) members.set(fi, [...(members.get(fi) ?? []), len]);
     for (const [fi, lens] of members) {
-      if (lens.some((l) => l >= groupBelow)) expect(lens).toHaveLength(1);
-      else expect(toc.frames[fi].length).toBeLessThan(groupTarget + groupBelow);
+      if (lens.some((l) => l >= groupBelow)) {
+        expect(lens.every((l) => l >= groupBelow)).toBe(true);
+        if (runTarget < groupBelow) expect(lens).toHaveLength(1);
+        else expect(toc.frames[fi].length).toBeLessThanOrEqual(runTarget);
+      } else expect(toc.frames[fi].length).toBeLessThan(groupTarget + groupBelow);
     }
+    const alone = [...members.values()].filter((l) => l.length === 1 && l[0] >= groupBelow).length;
+    const shared = [...members.values()].filter((l) => l.length > 1 && l[0] >= groupBelow).length;
     if (groupTarget >= 1 << 20) expect(toc.frames.length).toBeLessThan(toc.chunks.length / 8);
-    else expect([...members.values()].filter((l) => l.length === 1 && l[0] >= groupBelow).length).toBeGreaterThan(100);
+    else if (runTarget < groupBelow) expect([alone, shared]).toEqual([expect.any(Number), 0]);
+    else expect(shared).toBeGreaterThan(50);
+    if (groupTarget < 1 << 20 && runTarget < groupBelow) expect(alone).toBeGreaterThan(100);
     expect(r.uniqueChunks).toBe(toc.chunks.length);
     const rootfs = path.join(work, `rootfs-${slug}`);
     await restore(`oci:${out}:app`, rootfs);

@@ -113,6 +113,7 @@ export interface AnalyzeOptions {
   /** Frame grouping and dictionaries, as `convert` takes them. */
   groupBelow?: number;
   groupTarget?: number;
+  runTarget?: number;
   dictSize?: number;
   onProgress?: (p: { strategy: string; image: string; index: number; images: number }) => void;
 }
@@ -225,6 +226,7 @@ async function chunkStrategy(
         platform: opts.platform,
         groupBelow: opts.groupBelow,
         groupTarget: opts.groupTarget,
+        runTarget: opts.runTarget,
         dictSize: opts.dictSize,
         chunkIndex,
       };

@@ -1,7 +1,7 @@
 /** Options shared by several commands, and their translation into library options. */
 import type { Argv } from 'yargs';
 import { OcichunkError } from '../errors.js';
-import { DEFAULT_DICT_SIZE, DEFAULT_FRAME_SIZE, DEFAULT_GROUP_BELOW, DEFAULT_ZSTD_LEVEL } from '../convert/convert.js';
+import { DEFAULT_DICT_SIZE, DEFAULT_FRAME_SIZE, DEFAULT_GROUP_BELOW, DEFAULT_RUN_FRAME_SIZE, DEFAULT_ZSTD_LEVEL } from '../convert/convert.js';
 import type { ChunkerSpec } from '../native/index.js';
 import { parsePlatform, type Platform } from '../oci/types.js';
 import type { TransportOptions } from '../ref.js';
@@ -125,6 +125,7 @@ export function sourceDateEpoch(a: { 'source-date-epoch'?: number; 'keep-mtime'?
 export interface FrameArgs {
   'frame-size'?: string;
   'group-below'?: string;
+  'run-frame-size'?: string;
   'zstd-level'?: number;
   'dict-size'?: string;
 }
@@ -140,7 +141,12 @@ export function frameOptions<T>(y: Argv<T>) {
     .option('group-below', {
       type: 'string',
       default: `${DEFAULT_GROUP_BELOW >> 10}k`,
-      describe: 'chunks smaller than this are grouped into shared frames; larger ones get a frame each',
+      describe: 'chunks smaller than this are grouped into shared frames; larger ones go into run frames',
+    })
+    .option('run-frame-size', {
+      type: 'string',
+      default: `${DEFAULT_RUN_FRAME_SIZE >> 10}k`,
+      describe: "a file's consecutive chunks of --group-below or more share zstd frames of up to this size (0: a frame each)",
     })
     .option('zstd-level', { type: 'number', default: DEFAULT_ZSTD_LEVEL, describe: 'zstd level of chunk frames (1-22)' })
     .option('dict-size', {
@@ -151,12 +157,13 @@ export function frameOptions<T>(y: Argv<T>) {
 }
 
 /** The library's frame options; absent flags leave the library defaults. */
-export function framesOf(a: FrameArgs): { groupTarget?: number; groupBelow?: number; zstdLevel?: number; dictSize?: number } {
+export function framesOf(a: FrameArgs): { groupTarget?: number; groupBelow?: number; runTarget?: number; zstdLevel?: number; dictSize?: number } {
   return {
     ...(a['zstd-level'] !== undefined ? { zstdLevel: a['zstd-level'] } : {}),
     ...(a['dict-size'] !== undefined ? { dictSize: a['dict-size'] === '0' ? 0 : parseSize(a['dict-size'], '--dict-size') } : {}),
     ...(a['frame-size'] !== undefined ? { groupTarget: parseSize(a['frame-size'], '--frame-size') } : {}),
     ...(a['group-below'] !== undefined ? { groupBelow: parseSize(a['group-below'], '--group-below') } : {}),
+    ...(a['run-frame-size'] !== undefined ? { runTarget: a['run-frame-size'] === '0' ? 0 : parseSize(a['run-frame-size'], '--run-frame-size') } : {}),
   };
 }
 

@@ -44,12 +44,14 @@ import { throwIfAborted } from '../util/abort.js';
 import { canonOf, DEFAULT_BATCH_BYTES, LayerScanner, OutOfOrder, Spool, type LayerInput } from './scan.js';
 
 /**
- * Chunks below DEFAULT_GROUP_BELOW share zstd frames of about DEFAULT_FRAME_SIZE bytes (with the
- * default chunker that is every chunk: a big file's chunks share frames too). Chosen by
- * benchmarks/frames.sh: storage against the bytes a lazy reader fetches per read.
+ * Chunks below DEFAULT_GROUP_BELOW (small files, file tails) share zstd frames of about
+ * DEFAULT_FRAME_SIZE bytes; the larger chunks of one file share run frames of up to
+ * DEFAULT_RUN_FRAME_SIZE bytes. Chosen by benchmarks/frames.sh and benchmarks/peers.sh: storage
+ * and convert time against the bytes a lazy reader fetches per read.
  */
 export const DEFAULT_FRAME_SIZE = 64 << 10;
 export const DEFAULT_GROUP_BELOW = 32 << 10;
+export const DEFAULT_RUN_FRAME_SIZE = 256 << 10;
 /** zstd level of frames. */
 export const DEFAULT_ZSTD_LEVEL = 6;
 /**
@@ -87,6 +89,8 @@ export interface ConvertOptions {
   tmpDir?: string;
   groupBelow?: number;
   groupTarget?: number;
+  /** Bytes of a run frame (a file's consecutive chunks of groupBelow bytes or more); default DEFAULT_RUN_FRAME_SIZE, 0: a frame per chunk. */
+  runTarget?: number;
   /** Bytes of each layer's zstd dictionary (0: none); default DEFAULT_DICT_SIZE. */
   dictSize?: number;
   /**
@@ -481,6 +485,8 @@ async function conversionContext(src: ImageSource, sink: ImageSink, opts: Conver
   if (dictSize !== 0 && (dictSize < 1024 || dictSize > 1 << 20)) throw new OcichunkError('EUSAGE', `dictionary size ${dictSize}: 0 (none) or 1 KiB to 1 MiB`);
   const threads = opts.threads ?? 0;
   if ((opts.groupTarget ?? 0) > FRAME_MAX) throw new OcichunkError('EUSAGE', `frame size ${opts.groupTarget} is over the format's limit of ${FRAME_MAX} bytes`);
+  const runTarget = opts.runTarget ?? DEFAULT_RUN_FRAME_SIZE;
+  if (runTarget > FRAME_MAX) throw new OcichunkError('EUSAGE', `run frame size ${runTarget} is over the format's limit of ${FRAME_MAX} bytes`);
   // a caller converting many images into one sink (analyze) keeps the chunk index between calls
   const chunkIndex = opts.chunkIndex ?? new ChunkIndex();
   if (!opts.chunkIndex) await chunkIndex.loadFromSink(sink);
@@ -493,6 +499,7 @@ async function conversionContext(src: ImageSource, sink: ImageSink, opts: Conver
     threads,
     groupBelow,
     groupTarget: opts.groupTarget ?? DEFAULT_FRAME_SIZE,
+    runTarget,
     packTarget: opts.packTarget ?? 64 << 20,
     batchBytes,
     dictSize,
@@ -504,8 +511,9 @@ async function conversionContext(src: ImageSource, sink: ImageSink, opts: Conver
     batchBytes,
     level,
     groupBelow,
-    // a frame compressed in the scan would lack the layer's dictionary: spooled raw instead
-    precompress: dictSize === 0,
+    // a big chunk's frame of its own, compressed in the scan: not with a dictionary (trained
+    // later) nor where big chunks share run frames; spooled raw then
+    precompress: dictSize === 0 && runTarget < groupBelow,
     ...canonOf(opts.sourceDateEpoch),
     signal: opts.signal,
   };
@@ -718,7 +726,7 @@ async function convertLayers(img: ResolvedImage, ctx: Ctx, progress: (p: Convert
       count(draft.stats);
       const ordered = toc.addDraft(draft);
       progress({ phase: 'pack', layer: i, layers: manifest.layers.length });
-      await packer.placeFromSpool(ordered, spool);
+      await packer.placeFromSpool(ordered.chunks, ordered.fileStarts, spool);
     }
     await packer.finishLayer();
     native.releaseFreeMemory();

@@ -57,20 +57,27 @@ export class Packer {
     this.w.beginLayer();
   }
 
-  /** Place the chunks `ids` whose bytes start at `positions` in `src` (those not placed yet). */
-  async placeAll(ids: Uint32Array, positions: Uint32Array, src: Uint8Array): Promise<void> {
-    await this.submit(this.w.place(this.chunkIndex.dict, src, ids, positions));
+  /**
+   * Place the chunks `ids` whose bytes start at `positions` in `src` (those not placed yet), a file
+   * boundary before each chunk whose index is in `starts`.
+   */
+  async placeAll(ids: Uint32Array, positions: Uint32Array, src: Uint8Array, starts: Uint32Array): Promise<void> {
+    await this.submit(this.w.place(this.chunkIndex.dict, src, ids, positions, starts));
   }
 
   /**
    * Pass 2 of unsorted layers: place the layer's chunks in canonical order from the spool (those
-   * not placed yet). Raw chunks are read in runs of about a batch (adjacent spool ranges in one
-   * read), into one buffer dropped at the end.
+   * not placed yet); each file's begin at the index `fileStarts` gives. Raw chunks are read in runs
+   * of about a batch (adjacent spool ranges in one read), into one buffer dropped at the end.
    */
-  async placeFromSpool(chunks: Uint32Array, spool: Spool): Promise<void> {
+  async placeFromSpool(chunks: Uint32Array, fileStarts: Uint32Array, spool: Spool): Promise<void> {
     const { dict } = this.chunkIndex;
     const seen = new Set<number>();
     let ids: number[] = [];
+    /** indices into `ids` of chunks placed first after a file boundary */
+    let starts: number[] = [];
+    let boundary = false;
+    let nextFile = 0;
     /** [spool offset, length] of each id in `ids` */
     let where: number[] = [];
     let bytes = 0;
@@ -101,12 +108,18 @@ export class Packer {
         k = j;
       }
       const list = Uint32Array.from(ids);
+      const startList = Uint32Array.from(starts);
       ids = [];
       where = [];
+      starts = [];
       bytes = 0;
-      await this.placeAll(list, positions, buf);
+      await this.placeAll(list, positions, buf, startList);
     };
-    for (const id of chunks) {
+    for (const [i, id] of chunks.entries()) {
+      if (nextFile < fileStarts.length && fileStarts[nextFile] === i) {
+        boundary = true;
+        nextFile++;
+      }
       if (seen.has(id)) continue;
       seen.add(id);
       if (!dict.unplaced(id)) continue;
@@ -115,6 +128,8 @@ export class Packer {
       const [off, clen] = sp;
       if (clen < 0) {
         const len = dict.length(id);
+        if (boundary) starts.push(ids.length);
+        boundary = false;
         ids.push(id);
         where.push(off, len);
         bytes += len;

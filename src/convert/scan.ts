@@ -37,6 +37,8 @@ interface Seg {
   header: number;
   start: number;
   len: number;
+  /** the file's content ends here */
+  eof: boolean;
 }
 
 /** A scan batch's chunks: how many per segment, their lengths and binary SHA-256s, in order. */
@@ -117,6 +119,8 @@ export class LayerScanner {
   private frames: PageBuffers | undefined;
   /** the layer's entries and their chunks (canonical order checked in sorted mode) */
   readonly draft: NativeLayerDraft;
+  /** sorted mode: the last segment absorbed ended its file (the next chunk begins another) */
+  private fileEnded = false;
 
   /**
    * sorted mode (packer given): the layer is expected in canonical order, new chunks go straight to
@@ -148,7 +152,7 @@ export class LayerScanner {
       const late = this.draft.addEntries(b.headers, b.entries);
       if (late !== null) throw new OutOfOrder(late);
       const segs: Seg[] = [];
-      for (let i = 0; i < b.segs.length; i += 4) segs.push({ header: b.segs[i], start: b.segs[i + 1], len: b.segs[i + 2] });
+      for (let i = 0; i < b.segs.length; i += 4) segs.push({ header: b.segs[i], start: b.segs[i + 1], len: b.segs[i + 2], eof: b.segs[i + 3] === 1 });
       const buf = scanner.bytes(b);
       const batch: Batch = { buf, segs };
       const done = this.placed.then(() => this.absorb(batch, b)).then(() => scanner.done(b));
@@ -315,10 +319,17 @@ export class LayerScanner {
   private async absorbSorted(b: Batch, r: ChunkRows): Promise<void> {
     const { ids, fresh } = this.intern(b, r);
     const positions = new Uint32Array(ids.length);
+    const starts: number[] = [];
     let ci = 0;
     for (let si = 0; si < b.segs.length; si++) {
       const s = b.segs[si];
       let pos = s.start;
+      // a file's first chunk (a segment after one that ended its file) follows a file boundary
+      if (this.fileEnded && r.counts[si] > 0) {
+        starts.push(ci);
+        this.fileEnded = false;
+      }
+      if (s.eof) this.fileEnded = true;
       for (let k = 0; k < r.counts[si]; k++, ci++) {
         const len = r.lengths[ci];
         if (fresh(ci)) {
@@ -330,6 +341,6 @@ export class LayerScanner {
       }
     }
     // the pack writer takes the chunks it has not placed yet, in order
-    await this.packer!.placeAll(ids, positions, b.buf);
+    await this.packer!.placeAll(ids, positions, b.buf, Uint32Array.from(starts));
   }
 }

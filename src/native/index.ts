@@ -177,8 +177,8 @@ export interface BuiltToc {
 
 /** A TOC being assembled: layers in order, then build (crates/core/src/format/build.rs TocBuilder). */
 export interface NativeTocBuilder {
-  /** takes the draft in canonical order; its files' chunk ids in that order */
-  addDraft(draft: NativeLayerDraft): Uint32Array;
+  /** takes the draft in canonical order; its files' chunk ids in that order, and where each file's begin */
+  addDraft(draft: NativeLayerDraft): { chunks: Uint32Array; fileStarts: Uint32Array };
   /** layer `layer` of an earlier conversion's TOC as it is, its chunks interned in `dict` */
   addTocLayer(dict: NativeChunkDict, toc: NativeCheckedToc, layer: number): DraftStats;
   /** `written[n]`: digest of this conversion's pack n; ids below storedBefore count as reused */
@@ -240,8 +240,8 @@ export interface CompressedBatch {
 /** The frame and pack writer (crates/core/src/format/pack.rs). */
 export interface NativePackWriter {
   beginLayer(): void;
-  /** returns how many sealed batches wait for compressNext */
-  place(dict: NativeChunkDict, data: Uint8Array, ids: Uint32Array, positions: Uint32Array): number;
+  /** a file boundary before each chunk whose index is in `starts`; returns how many sealed batches wait for compressNext */
+  place(dict: NativeChunkDict, data: Uint8Array, ids: Uint32Array, positions: Uint32Array, starts: Uint32Array): number;
   placeCompressed(dict: NativeChunkDict, id: number, frame: Uint8Array): number;
   finishLayer(): number;
   /** into `out` when the frames fit (untouched until it resolves) */
@@ -261,6 +261,8 @@ export interface PackSpec {
   groupBelow: number;
   /** A group frame is closed once it reaches this many bytes. */
   groupTarget: number;
+  /** A file's consecutive chunks of groupBelow bytes or more share frames of up to this many bytes (absent or less than groupBelow: a frame each). */
+  runTarget?: number;
   /** Packs are cut before a frame that would take them past this size. */
   packTarget: number;
   /** Uncompressed bytes per compression batch. */

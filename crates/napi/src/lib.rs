@@ -798,6 +798,14 @@ pub struct TocBuilder {
     inner: build::TocBuilder,
 }
 
+/// A layer's chunks in canonical order, file after file: `fileStarts[i]` is the index of file i's
+/// first chunk.
+#[napi(object)]
+pub struct LayerChunks {
+    pub chunks: Uint32Array,
+    pub file_starts: Uint32Array,
+}
+
 #[napi]
 impl TocBuilder {
     /// `prefetch`: paths, and per path `[offset, length]` in `prefetchRanges`.
@@ -815,14 +823,19 @@ impl TocBuilder {
     }
 
     /// Take a converted layer in canonical order; returns its files' chunk ids in that order (what
-    /// a second pass packs).
+    /// a second pass packs) and where each file's chunks start among them.
     #[napi]
-    pub fn add_draft(&mut self, env: Env, draft: &mut LayerDraft) -> Result<Uint32Array> {
+    pub fn add_draft(&mut self, env: Env, draft: &mut LayerDraft) -> Result<LayerChunks> {
         let d = draft.inner.take().ok_or_else(|| err(env, CoreError::invalid("layer draft already taken")))?;
         let entries = d.finish();
-        let ids: Vec<u32> = entries.iter().flat_map(|d| d.chunks.iter().flatten().copied()).collect();
+        let mut chunks = Vec::new();
+        let mut file_starts = Vec::new();
+        for c in entries.iter().filter_map(|d| d.chunks.as_ref()).filter(|c| !c.is_empty()) {
+            file_starts.push(chunks.len() as u32);
+            chunks.extend_from_slice(c);
+        }
         self.inner.add_layer(entries);
-        Ok(ids.into())
+        Ok(LayerChunks { chunks: chunks.into(), file_starts: file_starts.into() })
     }
 
     /// Layer `layer` of an earlier conversion's TOC, as it is; its chunks interned in `dict`.
@@ -1536,6 +1549,9 @@ pub struct PackSpec {
     pub threads: u32,
     pub group_below: u32,
     pub group_target: u32,
+    /// bytes of a run frame: consecutive chunks of `groupBelow` bytes or more of one file share one
+    /// (absent or below `groupBelow`: each such chunk is a frame of its own)
+    pub run_target: Option<u32>,
     pub pack_target: f64,
     pub batch_bytes: f64,
     /// bytes of each layer's zstd dictionary (absent or 0: none), and of the sample it is trained from
@@ -1593,6 +1609,7 @@ impl PackWriter {
             threads: o.threads as usize,
             group_below: o.group_below,
             group_target: o.group_target,
+            run_target: o.run_target.unwrap_or(0),
             pack_target: bytes(o.pack_target)?,
             batch_bytes: bytes(o.batch_bytes)?,
             dict_size: o.dict_size.unwrap_or(0),
@@ -1609,14 +1626,24 @@ impl PackWriter {
         self.inner.begin_layer();
     }
 
-    /// Place chunks `ids` whose bytes start at `positions` in `data` (each unless placed already);
-    /// returns how many sealed batches wait for `compressNext`.
+    /// Place chunks `ids` whose bytes start at `positions` in `data` (each unless placed already),
+    /// with a file boundary before each chunk whose index is in `starts` (ascending); returns how
+    /// many sealed batches wait for `compressNext`.
     #[napi]
-    pub fn place(&mut self, env: Env, dict: &mut ChunkDict, data: &[u8], ids: &[u32], positions: &[u32]) -> Result<u32> {
+    pub fn place(&mut self, env: Env, dict: &mut ChunkDict, data: &[u8], ids: &[u32], positions: &[u32], starts: &[u32]) -> Result<u32> {
         if ids.len() != positions.len() {
             return Err(err(env, CoreError::invalid(format!("{} ids, {} positions", ids.len(), positions.len()))));
         }
-        for (&id, &at) in ids.iter().zip(positions) {
+        let mut next = 0;
+        for (k, (&id, &at)) in ids.iter().zip(positions).enumerate() {
+            let mut boundary = false;
+            while starts.get(next).is_some_and(|&s| s as usize <= k) {
+                next += 1;
+                boundary = true;
+            }
+            if boundary {
+                self.inner.file_boundary();
+            }
             let id = dict.id(env, id)?;
             let len = dict.inner.chunk_len(id) as usize;
             let bytes = data

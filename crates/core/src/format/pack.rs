@@ -1,14 +1,17 @@
 //! The frame and pack writer (docs/format.md §3): new chunks, in the order the converter places them,
 //! become zstd frames and frames become pack blobs.
 //!
-//! - A chunk of `group_below` bytes or more is a frame of its own; smaller ones (small files, file
-//!   tails, and with the default chunker every chunk) share a group frame, closed once it holds
-//!   `group_target` bytes or before a chunk that would take it past that.
+//! - Chunks of `group_below` bytes or more (the body of a large file) go into run frames: the
+//!   consecutive ones of one file share a frame of up to `run_target` bytes, which closes before a
+//!   chunk that would take it past that, when it is full and at the end of the file
+//!   ([`FrameWriter::file_boundary`]). Smaller ones (small files, file tails, and with the default
+//!   chunker every chunk) share a group frame, closed once it holds `group_target` bytes or before
+//!   a chunk that would take it past that.
 //! - Frames go into the current pack in the order they close; a pack is cut before a frame that
 //!   would take a non-empty pack past `pack_target`, and at the end of every layer.
 //!
-//! What the output is depends only on the order and lengths of the chunks placed (and on the zstd
-//! level), never on how placements are batched: closed frames are sealed into batches of about
+//! What the output is depends only on the order and lengths of the chunks placed, the file
+//! boundaries between them (and on the zstd level), never on how placements are batched: closed frames are sealed into batches of about
 //! `batch_bytes`, compressed together on a pool ([`compress`]) and landed in order ([`FrameWriter::land`]),
 //! which gives every chunk its location in the [`ChunkDict`] and tells the caller what to write
 //! where. The caller owns the blob writers (a file, a registry upload): this module never does I/O.
@@ -23,14 +26,14 @@ use std::sync::{Arc, Mutex};
 /// zstd level of a stored dictionary's frame (it is small, and read by every cold reader of its layer).
 pub const DICT_FRAME_LEVEL: i32 = 19;
 
-/// Buffers handed back after compression for the next batches and group frames (fresh buffers
-/// cost page faults every time).
+/// Buffers handed back after compression for the next group and run frames (fresh buffers cost
+/// page faults every time).
 pub type Recycler = Arc<Mutex<Spare>>;
 
 #[derive(Default)]
 pub struct Spare {
-    batches: Vec<Vec<u8>>,
     groups: Vec<Vec<u8>>,
+    runs: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +43,9 @@ pub struct PackOptions {
     pub threads: usize,
     pub group_below: u32,
     pub group_target: u32,
+    /// bytes of a run frame (consecutive chunks of `group_below` bytes or more of one file); below
+    /// `group_below`, each such chunk is a frame of its own
+    pub run_target: u32,
     pub pack_target: u64,
     pub batch_bytes: u64,
     /// bytes of each layer's zstd dictionary (0: none): trained from the layer's first
@@ -48,10 +54,10 @@ pub struct PackOptions {
     pub dict_sample: u64,
 }
 
-/// A closed frame's bytes: in its batch's buffer, a group frame's own buffer, or compressed already.
+/// A closed frame's bytes: its own buffer (a group or a run frame), or compressed already.
 enum Bytes {
-    Raw { start: usize },
     Group(Vec<u8>),
+    Run(Vec<u8>),
     Pre(Vec<u8>),
 }
 
@@ -62,11 +68,10 @@ struct FrameSpec {
     ids: Vec<u32>,
 }
 
-/// Closed frames waiting to be compressed, in order; big chunks' bytes are in `raw`. With `dict`,
-/// every frame is compressed with the layer's dictionary.
+/// Closed frames waiting to be compressed, in order. With `dict`, every frame is compressed with
+/// the layer's dictionary.
 #[derive(Default)]
 pub struct Sealed {
-    raw: Vec<u8>,
     frames: Vec<FrameSpec>,
     dict: Option<Arc<Dictionary>>,
 }
@@ -100,8 +105,7 @@ pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler
         .frames
         .iter()
         .map(|f| match &f.bytes {
-            Bytes::Raw { start } => (Some(&s.raw[*start..*start + f.len as usize]), zstd::zstd_safe::compress_bound(f.len as usize)),
-            Bytes::Group(g) => (Some(&g[..]), zstd::zstd_safe::compress_bound(g.len())),
+            Bytes::Group(g) | Bytes::Run(g) => (Some(&g[..]), zstd::zstd_safe::compress_bound(g.len())),
             Bytes::Pre(p) => (None, p.len()),
         })
         .collect();
@@ -144,21 +148,19 @@ pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler
     let (mut at, mut from) = (0usize, 0usize);
     let mut frames = Vec::with_capacity(s.frames.len());
     let with_dict = dict.is_some();
-    let Sealed { raw, frames: specs, .. } = s;
+    let Sealed { frames: specs, .. } = s;
     let mut spare = Spare::default();
-    if recycle.is_some() {
-        spare.batches.push(raw);
-    }
     for (f, &n) in specs.into_iter().zip(&lens) {
         let room = match &f.bytes {
-            Bytes::Raw { .. } => zstd::zstd_safe::compress_bound(f.len as usize),
-            Bytes::Group(g) => zstd::zstd_safe::compress_bound(g.len()),
+            Bytes::Group(g) | Bytes::Run(g) => zstd::zstd_safe::compress_bound(g.len()),
             Bytes::Pre(p) => p.len(),
         };
         dst.copy_within(from..from + n, at);
         let clen = u32::try_from(n).map_err(|_| Error::invalid(format!("a frame of {n} compressed bytes")))?;
-        if let (Bytes::Group(g), true) = (f.bytes, recycle.is_some()) {
-            spare.groups.push(g);
+        match (f.bytes, recycle.is_some()) {
+            (Bytes::Group(g), true) => spare.groups.push(g),
+            (Bytes::Run(r), true) => spare.runs.push(r),
+            _ => {}
         }
         let dict = with_dict && !f.ids.is_empty();
         frames.push(Landing { compressed_len: clen, len: f.len, ids: f.ids, dict });
@@ -167,11 +169,11 @@ pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler
     }
     if let Some(r) = recycle {
         let mut pool = r.lock().unwrap_or_else(|p| p.into_inner());
-        for b in spare.batches.into_iter().take(4usize.saturating_sub(pool.batches.len())) {
-            pool.batches.push(b);
-        }
         for g in spare.groups.into_iter().take(64usize.saturating_sub(pool.groups.len())) {
             pool.groups.push(g);
+        }
+        for r in spare.runs.into_iter().take(16usize.saturating_sub(pool.runs.len())) {
+            pool.runs.push(r);
         }
     }
     let data = if into_out {
@@ -202,6 +204,9 @@ pub struct FrameWriter {
     /// the open group frame's bytes and chunks (empty: none open)
     group: Vec<u8>,
     group_ids: Vec<u32>,
+    /// the open run frame's bytes and chunks (empty: none open)
+    run: Vec<u8>,
+    run_ids: Vec<u32>,
     ready: VecDeque<Sealed>,
     /// ids claimed in this layer (a rollback unclaims them)
     placed: Vec<u32>,
@@ -240,6 +245,8 @@ impl FrameWriter {
             cur_bytes: 0,
             group: Vec::with_capacity(o.group_target as usize),
             group_ids: Vec::new(),
+            run: Vec::new(),
+            run_ids: Vec::new(),
             ready: VecDeque::new(),
             placed: Vec::new(),
             open: None,
@@ -333,16 +340,7 @@ impl FrameWriter {
 
     fn seal(&mut self) {
         if !self.cur.frames.is_empty() {
-            let reused = self.pool.lock().unwrap_or_else(|p| p.into_inner()).batches.pop();
-            let raw = match reused {
-                Some(mut v) => {
-                    v.clear();
-                    v
-                }
-                None => Vec::with_capacity(self.cur.raw.capacity()),
-            };
-            let next = Sealed { raw, frames: Vec::new(), dict: None };
-            self.ready.push_back(std::mem::replace(&mut self.cur, next));
+            self.ready.push_back(std::mem::take(&mut self.cur));
         }
         self.cur_bytes = 0;
     }
@@ -363,6 +361,28 @@ impl FrameWriter {
         }
     }
 
+    fn close_run(&mut self) {
+        if !self.run_ids.is_empty() {
+            let next = match self.pool.lock().unwrap_or_else(|p| p.into_inner()).runs.pop() {
+                Some(mut v) => {
+                    v.clear();
+                    v
+                }
+                None => Vec::new(),
+            };
+            let bytes = std::mem::replace(&mut self.run, next);
+            let len = bytes.len() as u32;
+            let ids = std::mem::take(&mut self.run_ids);
+            self.close_frame(FrameSpec { bytes: Bytes::Run(bytes), len, ids });
+        }
+    }
+
+    /// A file ends (or begins) here: the open run frame closes, so that a run frame never holds
+    /// two files. Between two placements, one boundary or several are the same.
+    pub fn file_boundary(&mut self) {
+        self.close_run();
+    }
+
     /// Place chunk `id` (its bytes given) unless it is placed already; claims it.
     pub fn place(&mut self, dict: &mut ChunkDict, id: u32, bytes: &[u8]) -> Result<()> {
         if !dict.unplaced(id) {
@@ -376,9 +396,14 @@ impl FrameWriter {
         self.placed.push(id);
         self.sample(bytes)?;
         if len >= self.o.group_below {
-            let start = self.cur.raw.len();
-            self.cur.raw.extend_from_slice(bytes);
-            self.close_frame(FrameSpec { bytes: Bytes::Raw { start }, len, ids: vec![id] });
+            if !self.run_ids.is_empty() && self.run.len() as u64 + u64::from(len) > u64::from(self.o.run_target) {
+                self.close_run();
+            }
+            self.run.extend_from_slice(bytes);
+            self.run_ids.push(id);
+            if self.run.len() as u64 >= u64::from(self.o.run_target) {
+                self.close_run();
+            }
             return Ok(());
         }
         if !self.group_ids.is_empty() && self.group.len() as u64 + u64::from(len) > u64::from(self.o.group_target) {
@@ -407,6 +432,9 @@ impl FrameWriter {
             let raw = crate::frame::decompress_frame(&frame, len as usize)?;
             return self.place(dict, id, &raw);
         }
+        if self.o.run_target >= self.o.group_below {
+            return Err(Error::invalid("a precompressed chunk where big chunks share run frames"));
+        }
         dict.claim(id);
         self.placed.push(id);
         self.close_frame(FrameSpec { bytes: Bytes::Pre(frame), len, ids: vec![id] });
@@ -416,6 +444,7 @@ impl FrameWriter {
     /// End of a layer's placements: the group frame closes, what is left is sealed (and the
     /// dictionary trained from what the sample holds, if it is not yet).
     pub fn finish_layer(&mut self) -> Result<()> {
+        self.close_run();
         self.close_group();
         self.seal();
         self.train()
@@ -506,6 +535,8 @@ impl FrameWriter {
         self.cur_bytes = 0;
         self.group.clear();
         self.group_ids.clear();
+        self.run.clear();
+        self.run_ids.clear();
         self.ready.clear();
         self.open = None;
         self.next_pack = self.layer_first_pack;
@@ -519,7 +550,17 @@ mod tests {
     use sha2::{Digest as _, Sha256};
 
     fn opts(batch_bytes: u64) -> PackOptions {
-        PackOptions { level: 3, threads: 1, group_below: 1000, group_target: 3000, pack_target: 10_000, batch_bytes, dict_size: 0, dict_sample: 0 }
+        PackOptions {
+            level: 3,
+            threads: 1,
+            group_below: 1000,
+            group_target: 3000,
+            run_target: 0,
+            pack_target: 10_000,
+            batch_bytes,
+            dict_size: 0,
+            dict_sample: 0,
+        }
     }
 
     fn chunk(n: usize, len: usize) -> Vec<u8> {
@@ -528,11 +569,12 @@ mod tests {
 
     /// Place chunks of these lengths (index = content), compress and land; returns the packs' bytes.
     fn run(lens: &[usize], batch_bytes: u64) -> (ChunkDict, Vec<Vec<u8>>, Vec<u32>) {
-        run_with(opts(batch_bytes), lens, chunk)
+        run_with(opts(batch_bytes), lens, &[], chunk)
     }
 
-    /// [`run`] with these options and chunk contents (`content(n, len)` for the `n`th chunk).
-    fn run_with(o: PackOptions, lens: &[usize], content: impl Fn(usize, usize) -> Vec<u8>) -> (ChunkDict, Vec<Vec<u8>>, Vec<u32>) {
+    /// [`run`] with these options, file boundaries before the chunks `bounds` and chunk contents
+    /// (`content(n, len)` for the `n`th chunk).
+    fn run_with(o: PackOptions, lens: &[usize], bounds: &[usize], content: impl Fn(usize, usize) -> Vec<u8>) -> (ChunkDict, Vec<Vec<u8>>, Vec<u32>) {
         let mut dict = ChunkDict::new();
         let mut w = FrameWriter::new(o).unwrap();
         let mut packs: Vec<Vec<u8>> = Vec::new();
@@ -555,6 +597,9 @@ mod tests {
             let b = content(n, len);
             let (id, _) = dict.intern(&Sha256::digest(&b).into(), len as u32);
             ids.push(id);
+            if bounds.contains(&n) {
+                w.file_boundary();
+            }
             w.place(&mut dict, id, &b).unwrap();
             drain(&mut w, &mut dict, &mut packs);
         }
@@ -610,6 +655,44 @@ mod tests {
     }
 
     #[test]
+    fn the_big_chunks_of_one_file_share_run_frames() {
+        let o = |batch_bytes| PackOptions { run_target: 5000, ..opts(batch_bytes) };
+        // file A: 1500 1500 1500 400; file B: 1200 3000 2000 1100; file C: 1600
+        let lens = [1500, 1500, 1500, 400, 1200, 3000, 2000, 1100, 1600];
+        let bounds = [4, 8];
+        let (dict, packs, ids) = run_with(o(1 << 20), &lens, &bounds, chunk);
+        let loc = |k: usize| dict.location(ids[k]).unwrap();
+        // A's big chunks share a frame; its tail goes to the group frame
+        for (k, inner) in [(0, 0), (1, 1500), (2, 3000)] {
+            assert_eq!((loc(k).offset, loc(k).inner, loc(k).len), (loc(0).offset, inner, 4500), "chunk {k}");
+        }
+        // B: a run closes before a chunk that would take it past the target, and at the file's end
+        assert_eq!((loc(4).len, loc(5).inner), (4200, 1200));
+        assert_eq!((loc(6).len, loc(6).inner, loc(7).inner), (3100, 0, 2000));
+        assert_ne!(loc(6).offset, loc(4).offset);
+        // C: a file of its own, never in B's run frame
+        assert_eq!((loc(8).len, loc(8).inner), (1600, 0));
+        assert_ne!(loc(8).offset, loc(6).offset);
+        assert_eq!((loc(3).len, loc(3).inner), (400, 0), "the tail is grouped");
+        // the same bytes whatever the batching; every chunk reads back
+        let (_, again, _) = run_with(o(1), &lens, &bounds, chunk);
+        assert_eq!(again, packs);
+        for (k, &len) in lens.iter().enumerate() {
+            let l = loc(k);
+            let PackName::Written(p) = dict.pack_name(l.pack).clone() else { panic!("a stored pack") };
+            let f = &packs[p as usize][l.offset as usize..(l.offset + u64::from(l.compressed_len)) as usize];
+            let raw = crate::frame::decompress_frame(f, l.len as usize).unwrap();
+            assert_eq!(&raw[l.inner as usize..l.inner as usize + len], &chunk(k, len)[..], "chunk {k}");
+        }
+        // a run that reaches the target closes at once
+        let (dict, _, ids) = run_with(o(1 << 20), &[2500, 2500, 1000], &[], chunk);
+        assert_eq!((dict.location(ids[1]).unwrap().len, dict.location(ids[2]).unwrap().inner), (5000, 0));
+        // no boundaries given: one file's chunks, runs cut by size only
+        let (dict, _, ids) = run_with(o(1 << 20), &lens, &[], chunk);
+        assert_eq!(dict.location(ids[8]).unwrap().offset, dict.location(ids[7]).unwrap().offset);
+    }
+
+    #[test]
     fn output_does_not_depend_on_batching_and_packs_are_cut_at_frames() {
         let lens: Vec<usize> = (0..300).map(|i| [40, 700, 1500, 2900, 90, 4000][i % 6] + i).collect();
         let (d1, a, _) = run(&lens, 1);
@@ -627,7 +710,7 @@ mod tests {
     /// [`run`] with a dictionary per layer, and contents a dictionary can learn from.
     fn run_dict(lens: &[usize], batch_bytes: u64) -> (ChunkDict, Vec<Vec<u8>>, Vec<u32>) {
         let o = PackOptions { dict_size: 4096, dict_sample: 64 << 10, ..opts(batch_bytes) };
-        run_with(o, lens, |n, len| format!("def f{}(x):\n    return json.dumps(x) # {}\n", n % 50, n).bytes().cycle().take(len).collect())
+        run_with(o, lens, &[], |n, len| format!("def f{}(x):\n    return json.dumps(x) # {}\n", n % 50, n).bytes().cycle().take(len).collect())
     }
 
     #[test]
