@@ -11,6 +11,7 @@
 #   LAZY_JSON=1: lazy-bench's JSON (bytes and requests of each scenario) instead of its table
 #   OCICHUNK_REPO: the build to measure (default this checkout; an A/B runs it once per build, e.g.
 #   with the worktree benchmarks/ab.sh made for a revision)
+#   CONVERT_OPTS: options of the conversion (e.g. "--run-frame-size 0"; default: convert's defaults)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -36,5 +37,6 @@ for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/v2/" > /dev/null && brea
 ref=docker://127.0.0.1:$port/bench/py:1
 skopeo copy --quiet --dest-tls-verify=false "oci:$cache/layouts/py:latest" "$ref"
 bin=${OCICHUNK_REPO:-$repo}/bin/ocichunk.js
-node "$bin" convert "$ref" "$ref" --quiet > /dev/null
+# shellcheck disable=SC2086 # CONVERT_OPTS: words, split on purpose
+node "$bin" convert "$ref" "$ref" --quiet ${CONVERT_OPTS:-} > /dev/null
 node "$bin" lazy-bench "$ref" --run "$cmd" --link "$link" --scenarios "$scenarios" --quiet ${LAZY_JSON:+--json}

@@ -75,29 +75,35 @@ with tarfile.open(sys.argv[2],'w',format=tarfile.USTAR_FORMAT) as t:
       src,
       path.join(tars, 'py.tar'),
     ]);
-    const results = [];
-    for (const [name, layer] of [
-      ['gnu', plainLayer(fs.readFileSync(path.join(tars, 'gnu.tar')))],
-      ['pax', gzipLayer(fs.readFileSync(path.join(tars, 'pax.tar')))],
-      ['py', plainLayer(fs.readFileSync(path.join(tars, 'py.tar')))],
-    ] as const) {
-      const inDir = path.join(work, `in-${name}`);
-      writeLayout(inDir, 'x', [layer]);
-      const out = path.join(work, `out-${name}`);
-      const r = await convert(`oci:${inDir}:x`, `oci:${out}:x`, {});
-      expect(r.files).toBeGreaterThan(100);
-      results.push(chunkedOf(out));
-    }
     // the three tars really differ
     const digests = ['gnu', 'pax', 'py'].map((n) => fs.readFileSync(path.join(tars, `${n}.tar`)).toString('base64').length);
     expect(new Set(digests).size).toBeGreaterThan(1);
-    expect(results[1].toc).toBe(results[0].toc);
-    expect(results[2].toc).toBe(results[0].toc);
-    expect(results[1].packs).toEqual(results[0].packs);
-    expect(results[2].packs).toEqual(results[0].packs);
+    // with the default frames, and with run frames (a file's big chunks sharing frames)
+    for (const [variant, opts] of [
+      ['default', {}],
+      ['runs', { runTarget: 256 << 10 }],
+    ] as const) {
+      const results = [];
+      for (const [name, layer] of [
+        ['gnu', plainLayer(fs.readFileSync(path.join(tars, 'gnu.tar')))],
+        ['pax', gzipLayer(fs.readFileSync(path.join(tars, 'pax.tar')))],
+        ['py', plainLayer(fs.readFileSync(path.join(tars, 'py.tar')))],
+      ] as const) {
+        const inDir = path.join(work, `in-${name}`);
+        if (!fs.existsSync(inDir)) writeLayout(inDir, 'x', [layer]);
+        const out = path.join(work, `out-${name}-${variant}`);
+        const r = await convert(`oci:${inDir}:x`, `oci:${out}:x`, opts);
+        expect(r.files).toBeGreaterThan(100);
+        results.push(chunkedOf(out));
+      }
+      expect(results[1].toc, variant).toBe(results[0].toc);
+      expect(results[2].toc, variant).toBe(results[0].toc);
+      expect(results[1].packs, variant).toEqual(results[0].packs);
+      expect(results[2].packs, variant).toEqual(results[0].packs);
+    }
   });
 
-  it("puts a file's big chunks into shared run frames, never two files in one; --run-frame-size 0 gives each its own frame", async () => {
+  it("--run-frame-size 256k puts a file's big chunks into shared run frames, never two files in one; by default each has its own frame", async () => {
     const tarFile = path.join(work, 'runs.tar');
     must('tar', ['--sort=name', '--format=pax', '-cf', tarFile, '-C', src, '.']);
     const inDir = path.join(work, 'in-runs');
@@ -113,8 +119,8 @@ with tarfile.open(sys.argv[2],'w',format=tarfile.USTAR_FORMAT) as t:
       const stored = c.packs.reduce((n, d) => n + blob(out, d).length, 0);
       return { toc, stored };
     };
-    const runs = await frameRows(path.join(work, 'out-runs'), {});
-    const single = await frameRows(path.join(work, 'out-single'), { runTarget: 0 });
+    const runs = await frameRows(path.join(work, 'out-runs'), { runTarget: 256 << 10 });
+    const single = await frameRows(path.join(work, 'out-single'), {});
     const big = (t: typeof runs.toc) => t.chunks.filter((c) => c[2] >= 32 << 10);
     // the same chunks either way
     expect(big(runs.toc).length).toBe(big(single.toc).length);

@@ -94,7 +94,7 @@ describe('restore reproduces the original tree', () => {
       runTarget: 0,
     },
     {
-      name: "the defaults: small frames, a file's chunks >= 32 KiB in run frames of up to 256 KiB",
+      name: "small frames, a file's chunks >= 32 KiB in run frames of up to 256 KiB (--run-frame-size 256k)",
       slug: 'run-frames',
       groupBelow: 32 << 10,
       groupTarget: 64 << 10,

@@ -23,7 +23,7 @@ describe('frame options', () => {
       dictSize: 0,
     });
     expect(framesOf({ 'run-frame-size': '0' })).toEqual({ runTarget: 0 });
-    expect(DEFAULT_RUN_FRAME_SIZE).toBe(256 << 10);
+    expect(DEFAULT_RUN_FRAME_SIZE).toBe(0);
     expect(() => framesOf({ 'run-frame-size': 'big' })).toThrow(/--run-frame-size: invalid size/);
   });
 
