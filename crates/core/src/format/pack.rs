@@ -197,16 +197,26 @@ pub struct Write {
     pub len: usize,
 }
 
+/// A frame being filled: its bytes and chunks (none: no frame open).
+#[derive(Default)]
+struct Filling {
+    bytes: Vec<u8>,
+    ids: Vec<u32>,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Group,
+    Run,
+}
+
 pub struct FrameWriter {
     o: PackOptions,
     cur: Sealed,
     cur_bytes: u64,
-    /// the open group frame's bytes and chunks (empty: none open)
-    group: Vec<u8>,
-    group_ids: Vec<u32>,
-    /// the open run frame's bytes and chunks (empty: none open)
-    run: Vec<u8>,
-    run_ids: Vec<u32>,
+    /// the open group frame and the open run frame
+    group: Filling,
+    run: Filling,
     ready: VecDeque<Sealed>,
     /// ids claimed in this layer (a rollback unclaims them)
     placed: Vec<u32>,
@@ -243,10 +253,8 @@ impl FrameWriter {
             o,
             cur: Sealed::default(),
             cur_bytes: 0,
-            group: Vec::with_capacity(o.group_target as usize),
-            group_ids: Vec::new(),
-            run: Vec::new(),
-            run_ids: Vec::new(),
+            group: Filling::default(),
+            run: Filling::default(),
             ready: VecDeque::new(),
             placed: Vec::new(),
             open: None,
@@ -346,34 +354,58 @@ impl FrameWriter {
     }
 
     fn close_group(&mut self) {
-        if !self.group_ids.is_empty() {
-            let next = match self.pool.lock().unwrap_or_else(|p| p.into_inner()).groups.pop() {
-                Some(mut v) => {
-                    v.clear();
-                    v
-                }
-                None => Vec::with_capacity(self.o.group_target as usize),
-            };
-            let bytes = std::mem::replace(&mut self.group, next);
-            let len = bytes.len() as u32;
-            let ids = std::mem::take(&mut self.group_ids);
-            self.close_frame(FrameSpec { bytes: Bytes::Group(bytes), len, ids });
-        }
+        self.close(Kind::Group);
     }
 
     fn close_run(&mut self) {
-        if !self.run_ids.is_empty() {
-            let next = match self.pool.lock().unwrap_or_else(|p| p.into_inner()).runs.pop() {
-                Some(mut v) => {
-                    v.clear();
-                    v
-                }
-                None => Vec::new(),
-            };
-            let bytes = std::mem::replace(&mut self.run, next);
-            let len = bytes.len() as u32;
-            let ids = std::mem::take(&mut self.run_ids);
-            self.close_frame(FrameSpec { bytes: Bytes::Run(bytes), len, ids });
+        self.close(Kind::Run);
+    }
+
+    /// Close the open frame of this kind, if any; its buffer goes on in a recycled one.
+    fn close(&mut self, kind: Kind) {
+        let open = match kind {
+            Kind::Group => &mut self.group,
+            Kind::Run => &mut self.run,
+        };
+        if open.ids.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut open.ids);
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = match kind {
+            Kind::Group => pool.groups.pop(),
+            Kind::Run => pool.runs.pop(),
+        }
+        .unwrap_or_default();
+        drop(pool);
+        next.clear();
+        let bytes = std::mem::replace(&mut open.bytes, next);
+        let len = bytes.len() as u32;
+        let bytes = match kind {
+            Kind::Group => Bytes::Group(bytes),
+            Kind::Run => Bytes::Run(bytes),
+        };
+        self.close_frame(FrameSpec { bytes, len, ids });
+    }
+
+    /// Add a chunk to the open frame of this kind, which closes first if the chunk would take it
+    /// past `target` bytes, and after, once it holds `target` bytes.
+    fn fill(&mut self, kind: Kind, id: u32, bytes: &[u8], target: u32) {
+        let open = match kind {
+            Kind::Group => &self.group,
+            Kind::Run => &self.run,
+        };
+        if !open.ids.is_empty() && open.bytes.len() as u64 + bytes.len() as u64 > u64::from(target) {
+            self.close(kind);
+        }
+        let open = match kind {
+            Kind::Group => &mut self.group,
+            Kind::Run => &mut self.run,
+        };
+        open.bytes.extend_from_slice(bytes);
+        open.ids.push(id);
+        if open.bytes.len() as u64 >= u64::from(target) {
+            self.close(kind);
         }
     }
 
@@ -396,23 +428,9 @@ impl FrameWriter {
         self.placed.push(id);
         self.sample(bytes)?;
         if len >= self.o.group_below {
-            if !self.run_ids.is_empty() && self.run.len() as u64 + u64::from(len) > u64::from(self.o.run_target) {
-                self.close_run();
-            }
-            self.run.extend_from_slice(bytes);
-            self.run_ids.push(id);
-            if self.run.len() as u64 >= u64::from(self.o.run_target) {
-                self.close_run();
-            }
-            return Ok(());
-        }
-        if !self.group_ids.is_empty() && self.group.len() as u64 + u64::from(len) > u64::from(self.o.group_target) {
-            self.close_group();
-        }
-        self.group.extend_from_slice(bytes);
-        self.group_ids.push(id);
-        if self.group.len() as u64 >= u64::from(self.o.group_target) {
-            self.close_group();
+            self.fill(Kind::Run, id, bytes, self.o.run_target);
+        } else {
+            self.fill(Kind::Group, id, bytes, self.o.group_target);
         }
         Ok(())
     }
@@ -533,10 +551,8 @@ impl FrameWriter {
         self.placed.clear();
         self.cur = Sealed::default();
         self.cur_bytes = 0;
-        self.group.clear();
-        self.group_ids.clear();
-        self.run.clear();
-        self.run_ids.clear();
+        self.group = Filling::default();
+        self.run = Filling::default();
         self.ready.clear();
         self.open = None;
         self.next_pack = self.layer_first_pack;
@@ -609,6 +625,17 @@ mod tests {
         (dict, packs, ids)
     }
 
+    /// Every chunk (the `k`th of `lens`, [`chunk`]`(k, len)`) reads back from its pack.
+    fn reads_back(dict: &ChunkDict, packs: &[Vec<u8>], ids: &[u32], lens: &[usize]) {
+        for (k, &len) in lens.iter().enumerate() {
+            let l = dict.location(ids[k]).unwrap();
+            let PackName::Written(p) = dict.pack_name(l.pack).clone() else { panic!("a stored pack") };
+            let f = &packs[p as usize][l.offset as usize..(l.offset + u64::from(l.compressed_len)) as usize];
+            let raw = crate::frame::decompress_frame(f, l.len as usize).unwrap();
+            assert_eq!(&raw[l.inner as usize..l.inner as usize + len], &chunk(k, len)[..], "chunk {k}");
+        }
+    }
+
     #[test]
     fn groups_small_chunks_and_gives_big_ones_frames_of_their_own() {
         let lens = [400, 500, 2500, 900, 1200, 300, 2999, 10, 5000, 100];
@@ -632,13 +659,7 @@ mod tests {
         }
         assert!(loc(0).offset > loc(8).offset);
         // every chunk reads back from its pack
-        for (k, &len) in lens.iter().enumerate() {
-            let l = loc(k);
-            let PackName::Written(p) = dict.pack_name(l.pack).clone() else { panic!("a stored pack") };
-            let f = &packs[p as usize][l.offset as usize..(l.offset + u64::from(l.compressed_len)) as usize];
-            let raw = crate::frame::decompress_frame(f, l.len as usize).unwrap();
-            assert_eq!(&raw[l.inner as usize..l.inner as usize + len], &chunk(k, len)[..], "chunk {k}");
-        }
+        reads_back(&dict, &packs, &ids, &lens);
     }
 
     #[test]
@@ -677,13 +698,7 @@ mod tests {
         // the same bytes whatever the batching; every chunk reads back
         let (_, again, _) = run_with(o(1), &lens, &bounds, chunk);
         assert_eq!(again, packs);
-        for (k, &len) in lens.iter().enumerate() {
-            let l = loc(k);
-            let PackName::Written(p) = dict.pack_name(l.pack).clone() else { panic!("a stored pack") };
-            let f = &packs[p as usize][l.offset as usize..(l.offset + u64::from(l.compressed_len)) as usize];
-            let raw = crate::frame::decompress_frame(f, l.len as usize).unwrap();
-            assert_eq!(&raw[l.inner as usize..l.inner as usize + len], &chunk(k, len)[..], "chunk {k}");
-        }
+        reads_back(&dict, &packs, &ids, &lens);
         // a run that reaches the target closes at once
         let (dict, _, ids) = run_with(o(1 << 20), &[2500, 2500, 1000], &[], chunk);
         assert_eq!((dict.location(ids[1]).unwrap().len, dict.location(ids[2]).unwrap().inner), (5000, 0));
