@@ -146,7 +146,7 @@ export function frameOptions<T>(y: Argv<T>) {
     .option('run-frame-size', {
       type: 'string',
       default: DEFAULT_RUN_FRAME_SIZE === 0 ? '0' : `${DEFAULT_RUN_FRAME_SIZE >> 10}k`,
-      describe: "a file's consecutive chunks of --group-below or more share zstd frames of up to this size (0: a frame each; 256k stores ~0.5% less, cold lazy reads fetch 5-10% more)",
+      describe: "a file's consecutive chunks of --group-below or more share frames of up to this size (0: a frame each)",
     })
     .option('zstd-level', { type: 'number', default: DEFAULT_ZSTD_LEVEL, describe: 'zstd level of chunk frames (1-22)' })
     .option('dict-size', {
