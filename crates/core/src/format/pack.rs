@@ -361,25 +361,29 @@ impl FrameWriter {
         self.close(Kind::Run);
     }
 
-    /// Close the open frame of this kind, if any; its buffer goes on in a recycled one.
-    fn close(&mut self, kind: Kind) {
-        let open = match kind {
+    fn filling(&mut self, kind: Kind) -> &mut Filling {
+        match kind {
             Kind::Group => &mut self.group,
             Kind::Run => &mut self.run,
-        };
-        if open.ids.is_empty() {
+        }
+    }
+
+    /// Close the open frame of this kind, if any; the next one fills a recycled buffer.
+    fn close(&mut self, kind: Kind) {
+        if self.filling(kind).ids.is_empty() {
             return;
         }
+        let spare = {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            match kind {
+                Kind::Group => pool.groups.pop(),
+                Kind::Run => pool.runs.pop(),
+            }
+        };
+        let open = self.filling(kind);
         let ids = std::mem::take(&mut open.ids);
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = match kind {
-            Kind::Group => pool.groups.pop(),
-            Kind::Run => pool.runs.pop(),
-        }
-        .unwrap_or_default();
-        drop(pool);
-        next.clear();
-        let bytes = std::mem::replace(&mut open.bytes, next);
+        let bytes = std::mem::replace(&mut open.bytes, spare.unwrap_or_default());
+        open.bytes.clear();
         let len = bytes.len() as u32;
         let bytes = match kind {
             Kind::Group => Bytes::Group(bytes),
@@ -391,17 +395,11 @@ impl FrameWriter {
     /// Add a chunk to the open frame of this kind, which closes first if the chunk would take it
     /// past `target` bytes, and after, once it holds `target` bytes.
     fn fill(&mut self, kind: Kind, id: u32, bytes: &[u8], target: u32) {
-        let open = match kind {
-            Kind::Group => &self.group,
-            Kind::Run => &self.run,
-        };
+        let open = self.filling(kind);
         if !open.ids.is_empty() && open.bytes.len() as u64 + bytes.len() as u64 > u64::from(target) {
             self.close(kind);
         }
-        let open = match kind {
-            Kind::Group => &mut self.group,
-            Kind::Run => &mut self.run,
-        };
+        let open = self.filling(kind);
         open.bytes.extend_from_slice(bytes);
         open.ids.push(id);
         if open.bytes.len() as u64 >= u64::from(target) {
