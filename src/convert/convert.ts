@@ -410,6 +410,8 @@ async function scanLayer(src: ImageSource, sink: ImageSink, layer: Descriptor, w
 }
 
 export async function convert(srcRef: string, dstRef: string, opts: ConvertOptions = {}): Promise<ConvertResult> {
+  // a usage error is told before anything is opened or created
+  checkFrameOptions(opts);
   const src = await openSource(srcRef, opts.transport);
   try {
     const sink = await openSink(dstRef, opts.transport);
@@ -478,16 +480,22 @@ async function imagesToConvert(src: ImageSource, opts: ConvertOptions): Promise<
   return { images, ...found };
 }
 
+/** The frame options within their limits (EUSAGE otherwise), with their defaults. */
+function checkFrameOptions(opts: ConvertOptions): { dictSize: number; runTarget: number } {
+  const dictSize = opts.dictSize ?? DEFAULT_DICT_SIZE;
+  if (dictSize !== 0 && (dictSize < 1024 || dictSize > 1 << 20)) throw new OcichunkError('EUSAGE', `dictionary size ${dictSize}: 0 (none) or 1 KiB to 1 MiB`);
+  if ((opts.groupTarget ?? 0) > FRAME_MAX) throw new OcichunkError('EUSAGE', `frame size ${opts.groupTarget} is over the format's limit of ${FRAME_MAX} bytes`);
+  const runTarget = opts.runTarget ?? DEFAULT_RUN_FRAME_SIZE;
+  if (runTarget > FRAME_MAX) throw new OcichunkError('EUSAGE', `run frame size ${runTarget} is over the format's limit of ${FRAME_MAX} bytes`);
+  return { dictSize, runTarget };
+}
+
 /** The conversion's context: the chunk index of the sink, the packer, the spool, the options that shape entries. */
 async function conversionContext(src: ImageSource, sink: ImageSink, opts: ConvertOptions, progress: (p: ConvertProgress) => void): Promise<Ctx> {
   const chunker = opts.chunker ?? DEFAULT_CHUNKER;
   const level = opts.zstdLevel ?? DEFAULT_ZSTD_LEVEL;
-  const dictSize = opts.dictSize ?? DEFAULT_DICT_SIZE;
-  if (dictSize !== 0 && (dictSize < 1024 || dictSize > 1 << 20)) throw new OcichunkError('EUSAGE', `dictionary size ${dictSize}: 0 (none) or 1 KiB to 1 MiB`);
+  const { dictSize, runTarget } = checkFrameOptions(opts);
   const threads = opts.threads ?? 0;
-  if ((opts.groupTarget ?? 0) > FRAME_MAX) throw new OcichunkError('EUSAGE', `frame size ${opts.groupTarget} is over the format's limit of ${FRAME_MAX} bytes`);
-  const runTarget = opts.runTarget ?? DEFAULT_RUN_FRAME_SIZE;
-  if (runTarget > FRAME_MAX) throw new OcichunkError('EUSAGE', `run frame size ${runTarget} is over the format's limit of ${FRAME_MAX} bytes`);
   // a caller converting many images into one sink (analyze) keeps the chunk index between calls
   const chunkIndex = opts.chunkIndex ?? new ChunkIndex();
   if (!opts.chunkIndex) await chunkIndex.loadFromSink(sink);

@@ -3,6 +3,7 @@
  * --run-frame-size, --zstd-level, --dict-size) as the library receives them, and the limits the
  * library puts on them (an OCI layout written here, no test images).
  */
+import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { framesOf } from '../../src/cli/options.js';
@@ -27,11 +28,18 @@ describe('frame options', () => {
     expect(() => framesOf({ 'run-frame-size': 'big' })).toThrow(/--run-frame-size: invalid size/);
   });
 
-  it('refuses a run frame size over the format limit, before reading anything', async () => {
+  it('refuses frame options over their limits before it opens or creates anything', async () => {
     const dir = tmpdir('frame-options');
     writeLayout(path.join(dir, 'in'), 'x', [plainLayer(tarOf({ a: 'hello' }))]);
-    const err = (await convert(`oci:${dir}/in:x`, `oci:${dir}/out:x`, { runTarget: 128 << 20 }).catch((e: unknown) => e)) as OcichunkError;
-    expect(err.code).toBe('EUSAGE');
-    expect(err.message).toMatch(/run frame size 134217728 is over the format's limit/);
+    for (const [opts, message] of [
+      [{ runTarget: 128 << 20 }, /run frame size 134217728 is over the format's limit/],
+      [{ groupTarget: 65 << 20 }, /frame size 68157440 is over the format's limit/],
+      [{ dictSize: 100 }, /dictionary size 100: 0 \(none\) or 1 KiB to 1 MiB/],
+    ] as const) {
+      const err = (await convert(`oci:${dir}/in:x`, `oci:${dir}/out:x`, opts).catch((e: unknown) => e)) as OcichunkError;
+      expect(err.code).toBe('EUSAGE');
+      expect(err.message).toMatch(message);
+      expect(fs.existsSync(path.join(dir, 'out'))).toBe(false);
+    }
   });
 });
