@@ -8,7 +8,9 @@ import fs from 'node:fs';
 import { afterAll } from 'vitest';
 import { madeDirs } from './env.js';
 
-afterAll(() => {
+// Removal runs off the event loop (fs.promises): removing gigabytes synchronously can block the
+// test worker past vitest's 60 s RPC timeout ("Timeout calling onTaskUpdate") on a slow disk.
+afterAll(async () => {
   if (process.env.OCICHUNK_KEEP_TMP) return;
   const dirs = madeDirs.splice(0);
   const mounts = fs
@@ -17,5 +19,5 @@ afterAll(() => {
     .map((l) => l.split(' ')[1])
     .filter(Boolean);
   for (const m of mounts) if (dirs.some((d) => m.startsWith(d + '/'))) spawnSync('umount', ['-l', m]);
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+  for (const d of dirs) await fs.promises.rm(d, { recursive: true, force: true });
 });
