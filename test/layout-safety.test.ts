@@ -182,7 +182,7 @@ describe('concurrent converts into one layout', () => {
 });
 
 describe('kill -9 during convert', () => {
-  it('leaves a layout that verifies; the next run cleans up and writes the same index (20 random kills)', async () => {
+  it('leaves a layout that verifies; the next run cleans up and writes the same index (12 random kills)', async () => {
     const work = tmpdir('safety-crash');
     const spool = path.join(work, 'spool');
     fs.mkdirSync(spool);
@@ -202,7 +202,8 @@ describe('kill -9 during convert', () => {
     const rand = prng(seed);
     let left = 0;
     let finished = 0;
-    for (let i = 0; i < 20; i++) {
+    const kills = 12;
+    for (let i = 0; i < kills; i++) {
       const layout = path.join(work, `l${i}`);
       copyOfStart(layout);
       const delay = Math.round(100 + rand() * span);
@@ -223,8 +224,8 @@ describe('kill -9 during convert', () => {
       if (i % 5 === 4) await verifyAll(layout);
       fs.rmSync(layout, { recursive: true, force: true });
     }
-    console.log(`kill -9: seed ${seed}, ${20 - finished} killed mid-run, ${finished} finished first, ${left} leftover files cleaned by the next runs`);
-    expect(finished).toBeLessThan(10);
+    console.log(`kill -9: seed ${seed}, ${kills - finished} killed mid-run, ${finished} finished first, ${left} leftover files cleaned by the next runs`);
+    expect(finished).toBeLessThan(kills / 2);
     expect(left).toBeGreaterThan(0); // the kills did leave something to clean
   });
 });
