@@ -34,6 +34,42 @@ describe('ChunkCache', () => {
     expect(fs.readdirSync(path.join(c.dir, 'tmp'))).toEqual([]);
   });
 
+  it('stores many chunks in one native call: each once, counted, bounded, and a failure is a typed error', async () => {
+    const c = await ChunkCache.open(tmpdir('cache'), 1 << 30);
+    const xs = Array.from({ length: 50 }, (_, i) => chunk(i, 1000 + i));
+    expect(
+      await c.putMany(
+        xs.map((x) => x.hex),
+        xs.map((x) => x.bytes),
+      ),
+    ).toEqual(xs.map(() => true));
+    expect(c.stats.stored).toBe(50);
+    expect(c.stats.storedBytes).toBe(xs.reduce((a, x) => a + x.bytes.length, 0));
+    for (const x of xs) expect((await c.get(x.hex))!.equals(x.bytes)).toBe(true);
+    // stored once: a second call (or one mixing old and new) says which it stored
+    const y = chunk(99);
+    expect(await c.putMany([xs[0].hex, y.hex], [xs[0].bytes, y.bytes])).toEqual([false, true]);
+    expect(c.stats.stored).toBe(51);
+    expect(fs.readdirSync(path.join(c.dir, 'tmp'))).toEqual([]);
+    // a name that is not a digest never becomes a path
+    await expect(c.putMany(['../../escape'], [Buffer.from('x')])).rejects.toMatchObject({ code: 'EIO' });
+    // the cache's temp area gone: an error with a code, nothing stored
+    fs.rmSync(path.join(c.dir, 'tmp'), { recursive: true });
+    const z = chunk(100);
+    await expect(c.putMany([z.hex], [z.bytes])).rejects.toMatchObject({ code: 'EIO' });
+    expect(fs.existsSync(c.pathOf(z.hex))).toBe(false);
+    // the bound holds for chunks stored many at once too
+    const small = await ChunkCache.open(tmpdir('cache'), 100_000);
+    const many = Array.from({ length: 20 }, (_, i) => chunk(200 + i));
+    for (let i = 0; i < 20; i += 5)
+      await small.putMany(
+        many.slice(i, i + 5).map((x) => x.hex),
+        many.slice(i, i + 5).map((x) => x.bytes),
+      );
+    expect((await small.usage()).bytes).toBeLessThanOrEqual(100_000);
+    expect(small.stats.evicted).toBeGreaterThan(0);
+  });
+
   it('stays under its bound, evicting the least recently used chunks first', async () => {
     const c = await ChunkCache.open(tmpdir('cache'), 100_000);
     const all = Array.from({ length: 20 }, (_, i) => chunk(i));
@@ -62,7 +98,9 @@ describe('ChunkCache', () => {
       for (let i = 0; i < 200; i++) {
         const b = Buffer.alloc(50_000, i);
         const hex = createHash('sha256').update(b).digest('hex');
-        await c.put(hex, b);
+        // one at a time and many at once, racing each other
+        if (i % 2) await c.put(hex, b);
+        else await c.putMany([hex], [b]);
         const back = await c.get(hex);
         if (!back || !back.equals(b)) { console.error('bad read of', hex); process.exit(1); }
       }`;

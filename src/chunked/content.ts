@@ -19,8 +19,11 @@ export interface SectionCache {
 export class ChunkReader {
   private readers = new Map<number, Promise<RangeReader>>();
   private digestReader: Promise<RangeReader> | undefined;
-  /** sections being loaded: a second read of the same section waits for the first */
-  private sectionsLoading = new Map<number, Promise<void>>();
+  /**
+   * sections being loaded: a second read of the same section waits for the first; `local` settles
+   * once the section cache was asked, `done` once the section is loaded (or fetched)
+   */
+  private sectionsLoading = new Map<number, { local: Promise<void>; done: Promise<void> }>();
   bytesRead = 0;
   framesRead = 0;
   /** digest table bytes fetched (sections; a lazy reader's) */
@@ -108,18 +111,19 @@ export class ChunkReader {
       const todo: number[] = [];
       for (const i of checked.missingDigestSections(chunks)) {
         const p = this.sectionsLoading.get(i);
-        if (p) others.push(p);
+        // a local look-up never waits for a fetch: its caller fetches the chunks (and waits there)
+        if (p) others.push(localOnly ? p.local : p.done);
         else todo.push(i);
       }
       const waits = [...others];
       if (todo.length) {
-        const work = this.loadSections(todo, localOnly);
+        const { local, done } = this.loadSections(todo, localOnly);
         for (const i of todo) {
-          const p = work.then(() => {});
+          const p = { local: local.catch(() => {}), done: done.then(() => {}) };
           this.sectionsLoading.set(i, p);
-          p.catch(() => {}).finally(() => this.sectionsLoading.delete(i));
+          p.done.catch(() => {}).finally(() => this.sectionsLoading.delete(i));
         }
-        waits.push(work);
+        waits.push(done);
       }
       await Promise.all(waits);
       // a load this one waited for may have looked in the section cache only: fetch what it left
@@ -128,16 +132,26 @@ export class ChunkReader {
     return localOnly ? [...chunks].filter((c) => !this.img.toc.chunks[c].digest) : [];
   }
 
-  private async loadSections(sections: number[], localOnly: boolean): Promise<void> {
+  private loadSections(sections: number[], localOnly: boolean): { local: Promise<void>; done: Promise<void> } {
     const img = this.img;
     const opened = { checked: img.checked, toc: img.toc };
-    const fetch: number[] = [];
-    for (const i of sections) {
-      const kept = await this.sectionCache?.get(img.checked.digestSectionHash(i));
-      if (kept) addDigestSection(opened, i, kept);
-      else fetch.push(i);
-    }
-    if (!fetch.length || localOnly) return;
+    const local = (async () => {
+      const cache = this.sectionCache;
+      const kept = cache ? await Promise.all(sections.map((i) => cache.get(img.checked.digestSectionHash(i)))) : [];
+      const fetch: number[] = [];
+      sections.forEach((i, k) => {
+        if (kept[k]) addDigestSection(opened, i, kept[k]);
+        else fetch.push(i);
+      });
+      return fetch;
+    })();
+    const done = local.then((fetch) => (fetch.length && !localOnly ? this.fetchSections(fetch) : undefined));
+    return { local: local.then(() => {}), done };
+  }
+
+  private async fetchSections(fetch: number[]): Promise<void> {
+    const img = this.img;
+    const opened = { checked: img.checked, toc: img.toc };
     if (!img.digestsDesc) throw new OcichunkError('EINTERNAL', `${img.image.source.name}: chunk digests missing and no digest table`);
     this.digestReader ??= img.image.source.openRanges(img.digestsDesc);
     const reader = await this.digestReader;

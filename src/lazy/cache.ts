@@ -114,6 +114,29 @@ export class ChunkCache {
     return true;
   }
 
+  /**
+   * Store verified chunks (the caller checked their digests), written off this thread by the
+   * native core; per chunk, whether it was stored now (false: it was there already).
+   */
+  async putMany(hexes: string[], chunks: Buffer[]): Promise<boolean[]> {
+    if (!hexes.length) return [];
+    let flags: Uint8Array;
+    try {
+      flags = await native.cachePutMany(this.dir, hexes, chunks);
+    } catch (e) {
+      throw new OcichunkError('EIO', `chunk cache ${this.dir}: ${(e as Error).message}`, { cause: e });
+    }
+    const stored = [...flags].map((f) => f === 1);
+    stored.forEach((s, i) => {
+      if (!s) return;
+      this.stats.stored++;
+      this.stats.storedBytes += chunks[i].length;
+      if (this.approxBytes >= 0) this.approxBytes += chunks[i].length;
+    });
+    await this.maybeEvict();
+    return stored;
+  }
+
   private async maybeEvict(): Promise<void> {
     if (this.approxBytes < 0) this.approxBytes = (await this.list()).reduce((a, f) => a + f.size, 0);
     if (this.approxBytes <= this.maxBytes) return;

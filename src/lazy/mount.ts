@@ -343,6 +343,9 @@ export class MountCore {
     }
     // the mount serves everything from the native tree: this one was only for planning
     this.image.releaseTree();
+    // the digests of the whole list first, in as few ranges as its sections allow: the batches'
+    // frames go out beside them and check their chunks once they are in
+    this.image.chunkDigests([...want]).catch(() => {});
     // in the background, in batches: reads arriving meanwhile are not queued behind one huge
     // fetch, and a batch's buffers (its frames, fetched and decompressed whole) stay small
     await this.background.prefetch([...want]);

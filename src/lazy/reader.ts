@@ -9,7 +9,6 @@ import { ChunkReader } from '../chunked/content.js';
 import { openChunked, resolveImage, type ChunkedImage } from '../chunked/image.js';
 import { OcichunkError } from '../errors.js';
 import { throwIfAborted } from '../util/abort.js';
-import { mapLimit } from '../util/limit.js';
 import type { Platform } from '../oci/types.js';
 import { openSource, type TransportOptions } from '../ref.js';
 import type { ImageSource, TransferReport } from '../transports/types.js';
@@ -46,8 +45,6 @@ export interface LazyStats {
 }
 
 const MAX_LINKS = 40;
-/** Chunks written to the cache at once (a fetched frame of small files may bring hundreds). */
-const STORE_CONCURRENCY = 8;
 /** Bytes of verified chunks kept in memory (at least the last one, whatever its size). */
 const VERIFIED_BYTES = 64 << 20;
 
@@ -300,16 +297,28 @@ export class LazyImage {
     const stored = new Map(order.map((c) => [c, deferred<Buffer>()]));
     batch.then(
       async (got) => {
-        await mapLimit(order, STORE_CONCURRENCY, async (c) => {
-          const b = got.get(c)!;
-          try {
-            // counted: chunks that were fetched and were not cached before
-            if (!cache ? missing.has(c) : await cache.put(toc.chunks[c].digest, b)) this.chunksFetched++;
-            stored.get(c)!.resolve(b);
-          } catch (e) {
-            stored.get(c)!.reject(e);
+        if (!cache) {
+          for (const c of order) {
+            if (missing.has(c)) this.chunksFetched++;
+            stored.get(c)!.resolve(got.get(c)!);
           }
-        });
+          return;
+        }
+        // written off this thread, those asked for first, then what came along
+        for (const part of [[...missing], order.slice(missing.size)]) {
+          try {
+            const bufs = part.map((c) => got.get(c)!);
+            const fresh = await cache.putMany(
+              part.map((c) => toc.chunks[c].digest),
+              bufs,
+            );
+            // counted: chunks that were fetched and were not cached before
+            this.chunksFetched += fresh.filter(Boolean).length;
+            part.forEach((c, k) => stored.get(c)!.resolve(bufs[k]));
+          } catch (e) {
+            for (const c of part) stored.get(c)!.reject(e);
+          }
+        }
       },
       (e) => {
         for (const d of stored.values()) d.reject(e);

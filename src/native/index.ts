@@ -285,6 +285,7 @@ interface Binding {
   LayerDraft: new (sorted: boolean) => NativeLayerDraft;
   TocBuilder: new (version: number, chunker: ChunkerSpec, prefetchPaths?: string[] | null, prefetchRanges?: Float64Array | null) => NativeTocBuilder;
   chunkCachePath(dir: string, hex: string): string;
+  cachePutMany(dir: string, hexes: string[], chunks: Buffer[]): Promise<Uint8Array>;
   imageContentDigest(layerDigests: string[]): string;
   checkToc(blob: Buffer): {
     json?: Buffer | null;
@@ -527,6 +528,8 @@ export const native = {
   imageContentDigest: (layerDigests: string[]) => load().imageContentDigest(layerDigests),
   /** The cache file of a chunk (crates/core/src/cache.rs owns the layout). */
   chunkCachePath: (dir: string, hex: string) => wrapSync('chunk cache', () => load().chunkCachePath(dir, hex)),
+  /** Store verified chunks in the cache at `dir` off this thread; 1 per chunk this call stored. */
+  cachePutMany: (dir: string, hexes: string[], chunks: Buffer[]) => wrapAsync('chunk cache', () => load().cachePutMany(dir, hexes, chunks)),
   /** Write a checked TOC's tree into an empty or absent `target` (made now; the rest by the writer). */
   restoreWriter: (target: string, toc: NativeCheckedToc): NativeRestoreWriter => {
     const w = wrapSync(`restore into ${target}`, () => new (load().RestoreWriter)(target, raw(toc)));

@@ -878,6 +878,36 @@ pub fn chunk_cache_path(env: Env, dir: String, hex: String) -> Result<String> {
     Ok(ocichunk_core::cache::chunk_path(Path::new(&dir), &hex).to_string_lossy().into_owned())
 }
 
+// ---- cachePutMany ----
+
+pub struct CachePutTask {
+    dir: String,
+    hexes: Vec<String>,
+    chunks: Vec<Buffer>,
+}
+
+impl Work for CachePutTask {
+    type Output = Vec<u8>;
+    type JsValue = Uint8Array;
+    fn compute(&mut self) -> CoreResult<Self::Output> {
+        let items: Vec<(&str, &[u8])> = self.hexes.iter().map(|h| h.as_str()).zip(self.chunks.iter().map(|b| &b[..])).collect();
+        Ok(ocichunk_core::cache::put_many(Path::new(&self.dir), &items)?.into_iter().map(u8::from).collect())
+    }
+    fn resolve(&mut self, _env: Env, o: Self::Output) -> Result<Self::JsValue> {
+        Ok(o.into())
+    }
+}
+
+/// Store verified chunks in the chunk cache (`ocichunk_core::cache::put_many`), off the JavaScript
+/// thread; resolves to one byte per chunk, 1 where this call stored it.
+#[napi(ts_return_type = "Promise<Uint8Array>")]
+pub fn cache_put_many(env: Env, dir: String, hexes: Vec<String>, chunks: Vec<Buffer>) -> Result<AsyncTask<Coded<CachePutTask>>> {
+    if hexes.len() != chunks.len() {
+        return Err(err(env, CoreError::invalid(format!("{} digests for {} chunks", hexes.len(), chunks.len()))));
+    }
+    Ok(Coded::task(CachePutTask { dir, hexes, chunks }))
+}
+
 #[napi(object)]
 pub struct RestoreSummary {
     pub entries: f64,
