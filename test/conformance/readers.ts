@@ -4,7 +4,6 @@
  * and how to get the tree it shows. A new reader (a snapshotter, say) is one more entry here; the
  * suite runs every fixture through it and compares it with umoci's tree.
  */
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -13,6 +12,7 @@ import { mapLimit } from '../../src/util/limit.js';
 import { REPO } from '../helpers/env.js';
 import { mounted } from '../helpers/mount.js';
 import { must } from '../helpers/run.js';
+import { runWatched, type WatchedRun } from '../helpers/hang.js';
 import { snapshot } from '../helpers/tree.js';
 import { FIELDS, type Field, type Node, setGroups, type Tree } from './listing.js';
 
@@ -69,41 +69,28 @@ async function libraryTree(ref: string): Promise<Tree> {
   return out;
 }
 
-/** The CLI, as a user runs it; stdout as bytes. */
 /** A CLI run that has not ended after this long is killed (and run once more, said on stderr). */
 const HUNG_MS = 120_000;
 
-function cliOnce(args: string[]): Promise<{ code: number; stdout: Buffer; stderr: string; hung: boolean }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(REPO, 'bin', 'ocichunk.js'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    let stderr = '';
-    let hung = false;
-    const timer = setTimeout(() => {
-      hung = true;
-      child.kill('SIGKILL');
-    }, HUNG_MS);
-    child.stdout.on('data', (d: Buffer) => out.push(d));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? -1, stdout: Buffer.concat(out), stderr, hung });
-    });
-  });
+/** The CLI, as a user runs it; stdout as bytes; given up (stacks captured, killed) after HUNG_MS. */
+function cliOnce(args: string[]): Promise<WatchedRun> {
+  return runWatched(process.execPath, [path.join(REPO, 'bin', 'ocichunk.js'), ...args], HUNG_MS, `ocichunk ${args.join(' ')}`);
 }
 
 /**
  * One CLI run; a run that hangs is killed after HUNG_MS and run once more, loudly (one `cat` of a
  * fresh clone's CI hung for 10 minutes once, 2026-12-04, not reproduced in 134 runs since: a bug to
- * find, not to hide, hence the line on stderr).
+ * find, not to hide, hence the line on stderr, and the stacks captured before the kill).
  */
 async function cliBytes(args: string[]): Promise<{ code: number; stdout: Buffer; stderr: string }> {
   const r = await cliOnce(args);
   if (!r.hung) return r;
-  process.stderr.write(`conformance: ocichunk ${args.join(' ')} hung for ${HUNG_MS / 1000} s (stderr: ${r.stderr.trim()}); killed, running it again\n`);
+  const how = r.exitedButOpen
+    ? `exited ${r.code}, but its stdout/stderr stayed open (held by another process)`
+    : `hung for ${HUNG_MS / 1000} s; threads and stacks in ${r.evidence}`;
+  process.stderr.write(`conformance: ocichunk ${args.join(' ')} ${how} (stderr: ${r.stderr.trim()}); running it again\n`);
   const again = await cliOnce(args);
-  if (again.hung) throw new Error(`ocichunk ${args.join(' ')} hung twice for ${HUNG_MS / 1000} s`);
+  if (again.hung) throw new Error(`ocichunk ${args.join(' ')} hung twice for ${HUNG_MS / 1000} s (${again.evidence ?? 'exited, pipes left open'})`);
   return again;
 }
 
