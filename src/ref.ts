@@ -1,9 +1,10 @@
-/** skopeo-style image references -> transports. */
+/**
+ * skopeo-style image references -> transports. Each transport's module is loaded when a reference
+ * names it (a mount of a registry image starts without the archive and layout code).
+ */
 import { OcichunkError } from './errors.js';
-import { DockerArchiveSource, OciArchiveSource } from './transports/archive.js';
-import { OciArchiveSink } from './transports/oci-archive-sink.js';
-import { OciLayoutSink, OciLayoutSource } from './transports/oci-layout.js';
-import { RegistrySink, RegistrySource, formatDockerRef, parseDockerRef, type RegistryTransportOptions } from './transports/registry.js';
+import { formatDockerRef, parseDockerRef } from './transports/docker-ref.js';
+import type { RegistryTransportOptions } from './transports/registry.js';
 import type { ImageSink, ImageSource } from './transports/types.js';
 
 /** Options for transports that need them (registries); local transports ignore them. */
@@ -57,13 +58,13 @@ export async function openSource(s: string | ImageRef, opts: TransportOptions = 
   const r = typeof s === 'string' ? parseRef(s) : s;
   switch (r.transport) {
     case 'oci':
-      return new OciLayoutSource(r.path, r.ref);
+      return new (await import('./transports/oci-layout.js')).OciLayoutSource(r.path, r.ref);
     case 'oci-archive':
-      return OciArchiveSource.open(r.path, r.ref);
+      return (await import('./transports/archive.js')).OciArchiveSource.open(r.path, r.ref);
     case 'docker-archive':
-      return DockerArchiveSource.open(r.path, r.ref);
+      return (await import('./transports/archive.js')).DockerArchiveSource.open(r.path, r.ref);
     case 'docker':
-      return new RegistrySource(parseDockerRef(r.path), opts);
+      return new (await import('./transports/registry.js')).RegistrySource(parseDockerRef(r.path), opts);
   }
 }
 
@@ -71,15 +72,15 @@ export async function openSink(s: string | ImageRef, opts: TransportOptions = {}
   const r = typeof s === 'string' ? parseRef(s) : s;
   switch (r.transport) {
     case 'oci': {
-      const sink = new OciLayoutSink(r.path, r.ref ?? 'latest');
+      const sink = new (await import('./transports/oci-layout.js')).OciLayoutSink(r.path, r.ref ?? 'latest');
       await sink.init();
       return sink;
     }
     case 'oci-archive':
-      return OciArchiveSink.create(r.path, r.ref ?? 'latest');
+      return (await import('./transports/oci-archive-sink.js')).OciArchiveSink.create(r.path, r.ref ?? 'latest');
     case 'docker-archive':
       throw new OcichunkError('EUNSUPPORTED', `${formatRef(r)}: docker-archive cannot hold an image index; write to oci: or oci-archive:`);
     case 'docker':
-      return new RegistrySink(parseDockerRef(r.path), opts);
+      return new (await import('./transports/registry.js')).RegistrySink(parseDockerRef(r.path), opts);
   }
 }

@@ -18,7 +18,7 @@ import { openChunked, resolveImage } from '../chunked/image.js';
 import { OcichunkError } from '../errors.js';
 import type { Platform } from '../oci/types.js';
 import { openSource, parseRef, type TransportOptions } from '../ref.js';
-import { formatDockerRef, parseDockerRef } from '../transports/registry.js';
+import { formatDockerRef, parseDockerRef } from '../transports/docker-ref.js';
 import { type PeakRss, runInContainerd } from './containerd.js';
 import { LinkProxy, type LinkSpec } from './link.js';
 import { MountedImage } from './mounted.js';
@@ -169,7 +169,9 @@ export async function lazyBench(ref: string, opts: LazyBenchOptions): Promise<La
         await m.unmount();
         throw e;
       }
-      return { ...ran, waits: (await m.unmount()).fetchRequests };
+      // the command's end; the unmount after it (cache files still being written) is not timed
+      const endAt = performance.now();
+      return { ...ran, endAt, waits: (await m.unmount()).fetchRequests };
     };
     const viaRef = via.replace(/^docker:\/\//, '');
     let runs = 0;

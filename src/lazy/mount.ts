@@ -249,6 +249,25 @@ export class MountCore {
       () => this.collectSoon(),
       (msg) => opts.onWarning?.(msg),
     );
+    // fetched chunks go to the mount's memory at once: reads never wait for cache files
+    image.onVerified = (chunks, bufs) => this.provide(chunks, bufs);
+    image.onCacheError = (e) => opts.onWarning?.(`chunk cache: ${e.message}`);
+  }
+
+  /** Chunks fetched before the mount's handle existed (the prefetch list goes out first). */
+  private earlyChunks: Array<[number[], Buffer[]]> | undefined = [];
+
+  private provide(chunks: number[], bufs: Buffer[]): void {
+    if (!this.handle) {
+      this.earlyChunks?.push([chunks, bufs]);
+      return;
+    }
+    try {
+      this.handle.provide(Uint32Array.from(chunks), bufs);
+    } catch (e) {
+      // the mount then reads them from the cache, once written
+      this.opts.onWarning?.(`mount: ${(e as Error).message}`);
+    }
   }
 
   static async mount(ref: string, mountpoint: string, opts: MountOptions = {}): Promise<MountCore> {
@@ -279,15 +298,38 @@ export class MountCore {
         ...(opts.wholeFileBytes !== undefined ? { wholeFileBytes: opts.wholeFileBytes } : {}),
         ...(opts.wholeDirBytes !== undefined ? { wholeDirBytes: opts.wholeDirBytes } : {}),
       };
+      // the prefetch list's requests go out first: they are in flight while the native tree is
+      // built and mounted (off this thread)
+      if (reads.length) m.prefetchDone = m.prefetchReads(reads).catch((e) => opts.onWarning?.(`prefetch: ${(e as Error).message}`));
       // the addon merges the TOC with the format module itself (the same tree ls and cat read)
-      m.handle = native.mountLazy(image.image.checked, path.resolve(mountpoint), image.cache!.dir, !!opts.recordTrace, flags, (msg) => m.onFetch(msg));
+      m.handle = await native.mountLazy(image.image.checked, path.resolve(mountpoint), image.cache!.dir, !!opts.recordTrace, flags, (msg) => m.onFetch(msg));
+      m.flushCompletions();
     } catch (e) {
+      await m.background.close();
+      await m.prefetchDone;
       await image.close();
       if (tmpCache) await fs.rm(tmpCache, { recursive: true, force: true });
       throw e;
     }
-    if (reads.length) m.prefetchDone = m.prefetchReads(reads).catch((e) => opts.onWarning?.(`prefetch: ${(e as Error).message}`));
     return m;
+  }
+
+  /** Answers to fetch requests that came before the mount's handle (a read during mounting). */
+  private early: Array<[number, string | undefined]> | undefined = [];
+
+  private complete(id: number, error?: string): void {
+    if (this.handle) this.handle.complete(id, error);
+    // (after an unmount nobody waits any more)
+    else this.early?.push([id, error]);
+  }
+
+  private flushCompletions(): void {
+    const chunks = this.earlyChunks ?? [];
+    this.earlyChunks = undefined;
+    for (const [c, b] of chunks) this.provide(c, b);
+    const early = this.early ?? [];
+    this.early = undefined;
+    for (const [id, error] of early) this.handle!.complete(id, error);
   }
 
   /** A path of every inode (its first name), for the trace. */
@@ -311,8 +353,8 @@ export class MountCore {
     this.image
       .cacheChunks(chunks)
       .then(
-        () => this.handle?.complete(id),
-        (e: Error) => this.handle?.complete(id, e.message),
+        () => this.complete(id),
+        (e: Error) => this.complete(id, e.message),
       )
       .finally(() => this.collectSoon());
   }
@@ -334,15 +376,12 @@ export class MountCore {
   }
 
   private async prefetchReads(reads: TraceRead[]): Promise<void> {
-    const tree = this.image.tree;
-    const want = new Set<number>();
-    for (const r of reads) {
-      const n = tree.lookup(r.path);
-      if (n?.type !== 'reg' || !n.chunks!.length) continue;
-      for (const p of tree.plan(n, r.offset, r.length)) want.add(p.chunk);
-    }
-    // the mount serves everything from the native tree: this one was only for planning
-    this.image.releaseTree();
+    // planned by the format module (no JavaScript tree: the requests go out sooner)
+    const want = this.image.image.checked.planReads(
+      reads.map((r) => r.path),
+      Float64Array.from(reads, (r) => r.offset),
+      Float64Array.from(reads, (r) => r.length),
+    );
     // the digests of the whole list first, in as few ranges as its sections allow: the batches'
     // frames go out beside them and check their chunks once they are in
     this.image.chunkDigests([...want]).catch(() => {});
@@ -389,6 +428,8 @@ export class MountCore {
     // the figures include what the background fetches in flight brought
     await this.background.close();
     await this.prefetchDone;
+    // and the cache files of what was fetched (a warm cache holds them all)
+    await this.image.settle();
     const stats = this.stats();
     if (detached) stats.detached = true;
     if (this.opts.recordTrace) {

@@ -62,6 +62,16 @@ export class LazyImage {
   private merged: MergedTree | undefined;
   private readonly chunks: ChunkReader;
   private readonly inflight = new Map<number, Promise<Buffer>>();
+  /**
+   * Verified chunks are handed here as soon as they are (the mount keeps them in memory) and then
+   * written to the cache in the background; unset, a fetch is done once its chunks are in the cache.
+   */
+  onVerified: ((chunks: number[], bufs: Buffer[]) => void) | undefined;
+  /** A background cache write failed (the chunks stay usable; a later run fetches them again). */
+  onCacheError: ((e: Error) => void) | undefined;
+  /** chunks handed to onVerified whose cache files are not written yet */
+  private readonly unwritten = new Map<number, Buffer>();
+  private readonly writes = new Set<Promise<void>>();
   /** verified chunks, least recently used first: pieces of one chunk read one after another hash it once */
   private readonly verified = new Map<number, Buffer>();
   private verifiedBytes = 0;
@@ -232,7 +242,8 @@ export class LazyImage {
    * Make sure chunks are in the cache, for the mount, which reads (and verifies) them from there:
    * those whose cache file is missing are fetched and written to it. Never answered from the
    * chunks kept in memory (a chunk evicted from the cache since would stay missing for the mount),
-   * and keeps nothing in memory (the mount keeps what it verified).
+   * and keeps nothing in memory (the mount keeps what it verified). With `onVerified`, resolves
+   * once each chunk was handed to it (again, for one whose cache file is still being written).
    */
   async cacheChunks(idxs: number[]): Promise<void> {
     throwIfAborted(this.signal, this.name);
@@ -243,12 +254,19 @@ export class LazyImage {
     const missing = new Set<number>();
     const wanted = new Set(idxs);
     await this.chunks.loadDigests(wanted, true);
+    const again: number[] = [];
     for (const c of wanted) {
       const p = this.inflight.get(c);
       const hex = toc.chunks[c].digest;
       if (p) waits.push(p);
+      else if (this.onVerified && this.unwritten.has(c)) again.push(c);
       else if (!hex || !fs.existsSync(cache.pathOf(hex))) missing.add(c);
     }
+    if (again.length)
+      this.onVerified?.(
+        again,
+        again.map((c) => this.unwritten.get(c)!),
+      );
     if (missing.size) {
       this.fetchMissing(missing);
       for (const c of missing) waits.push(this.inflight.get(c)!);
@@ -271,7 +289,7 @@ export class LazyImage {
     const missing = new Set<number>();
     for (const c of wanted) {
       const hex = toc.chunks[c].digest;
-      if (!this.inflight.has(c) && (!hex || !fs.existsSync(cache.pathOf(hex)))) missing.add(c);
+      if (!this.inflight.has(c) && !this.unwritten.has(c) && (!hex || !fs.existsSync(cache.pathOf(hex)))) missing.add(c);
     }
     if (!missing.size) return 0;
     this.fetchMissing(missing);
@@ -288,7 +306,8 @@ export class LazyImage {
     // the other chunks of the frames fetched come along (same bytes over the wire): small files
     // share frames with their neighbours in the directory, which are likely read next
     const want = new Set(missing);
-    if (this.cache) for (const c of missing) for (const s of this.frameChunks(toc.chunks[c].frame)) if (!this.inflight.has(s)) want.add(s);
+    if (this.cache)
+      for (const c of missing) for (const s of this.frameChunks(toc.chunks[c].frame)) if (!this.inflight.has(s) && !this.unwritten.has(s)) want.add(s);
     const batch = this.chunks.fetch(want);
     const cache = this.cache;
     // each chunk is ready once it is in the cache: those asked for are stored first (a frame of
@@ -302,6 +321,32 @@ export class LazyImage {
             if (missing.has(c)) this.chunksFetched++;
             stored.get(c)!.resolve(got.get(c)!);
           }
+          return;
+        }
+        if (this.onVerified) {
+          // usable at once (the mount keeps them in memory); the cache files follow
+          const bufs = order.map((c) => got.get(c)!);
+          this.onVerified(order, bufs);
+          order.forEach((c, k) => {
+            this.unwritten.set(c, bufs[k]);
+            stored.get(c)!.resolve(bufs[k]);
+          });
+          const w = cache
+            .putMany(
+              order.map((c) => toc.chunks[c].digest),
+              bufs,
+            )
+            .then(
+              (fresh) => {
+                this.chunksFetched += fresh.filter(Boolean).length;
+              },
+              (e: Error) => this.onCacheError?.(e),
+            )
+            .finally(() => {
+              for (const c of order) this.unwritten.delete(c);
+              this.writes.delete(w);
+            });
+          this.writes.add(w);
           return;
         }
         // written off this thread, those asked for first, then what came along
@@ -368,7 +413,13 @@ export class LazyImage {
     };
   }
 
+  /** Wait for the background cache writes (see onVerified) under way. */
+  async settle(): Promise<void> {
+    while (this.writes.size) await Promise.all(this.writes);
+  }
+
   async close(): Promise<void> {
+    await this.settle();
     await this.chunks.close();
     await this.src.close();
   }

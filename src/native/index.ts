@@ -14,6 +14,8 @@ export interface ChunkerSpec {
 
 export interface NativeLazyMount {
   complete(id: number, error?: string): void;
+  /** Chunks fetched and verified against their digests: kept in the mount's memory (no cache file needed). */
+  provide(chunks: Uint32Array, data: Buffer[]): void;
   stats(): {
     reads: number;
     bytesRead: number;
@@ -101,6 +103,8 @@ export interface NativeCheckedToc {
   /** the merged view (crates/core/src/format/tree.rs TreeOut) as JSON */
   view(): Buffer;
   /** rows of [chunk, fromInChunk, toInChunk, atInOutput] for a read of a regular file */
+  /** TOC chunks the reads (path, offset, length) of the merged tree need, in the order read, each once */
+  planReads(paths: string[], offsets: Float64Array, lengths: Float64Array): Uint32Array;
   plan(ino: number, offset: number, length: number): Float64Array;
   /** the content digest of each layer: its entries with chunk digests for indices (crates/core/src/format/build.rs); needs every digest loaded */
   layerDigests(): string[];
@@ -323,7 +327,14 @@ interface Binding {
   tuneAllocator(): void;
   releaseFreeMemory(): void;
   PageBuffers: new (count: number, size: number) => { buffers(): Buffer[]; release(): void };
-  mountLazy(toc: NativeCheckedToc, mountpoint: string, cacheDir: string, record: boolean, flags: MountFlags, fetch: (msg: number[]) => void): NativeLazyMount;
+  mountLazy(
+    toc: NativeCheckedToc,
+    mountpoint: string,
+    cacheDir: string,
+    record: boolean,
+    flags: MountFlags,
+    fetch: (msg: number[]) => void,
+  ): Promise<NativeLazyMount>;
 }
 
 /** What a mount lets an image do beyond being read; each trusts the image, none is on by default. */
@@ -473,6 +484,7 @@ export const native = {
     return {
       takeJson: () => t.takeJson() ?? undefined,
       view: () => wrapSync(what, () => t.view()),
+      planReads: (paths: string[], offsets: Float64Array, lengths: Float64Array) => wrapSync(what, () => t.planReads(paths, offsets, lengths)),
       plan: (ino: number, offset: number, length: number) => wrapSync(what, () => t.plan(ino, offset, length)),
       layerDigests: () => wrapSync(what, () => t.layerDigests()),
       contentDigest: () => wrapSync(what, () => t.contentDigest()),
@@ -545,7 +557,10 @@ export const native = {
       finish: () => wrapSync('restore', () => w.finish()),
     };
   },
-  /** Mount a TOC's merged tree read-only with FUSE; `fetch([id, ...chunks])` is called for chunks missing from the cache. */
+  /**
+   * Mount a TOC's merged tree read-only with FUSE (the tree is built and mounted off this thread);
+   * `fetch([id, ...chunks])` is called for chunks missing from the cache.
+   */
   mountLazy: (
     toc: NativeCheckedToc,
     mountpoint: string,
@@ -553,5 +568,5 @@ export const native = {
     record: boolean,
     flags: MountFlags,
     fetch: (msg: number[]) => void,
-  ): NativeLazyMount => wrapSync(`mount ${mountpoint}`, () => load().mountLazy(raw(toc), mountpoint, cacheDir, record, flags, fetch)),
+  ): Promise<NativeLazyMount> => wrapAsync(`mount ${mountpoint}`, () => load().mountLazy(raw(toc), mountpoint, cacheDir, record, flags, fetch)),
 };

@@ -40,7 +40,7 @@ import type { LayerUsage } from '../lazy/mounted.js';
 import { ANN } from '../oci/chunked-media.js';
 import { platformString, type Platform } from '../oci/types.js';
 import { openSource, type TransportOptions } from '../ref.js';
-import { parseDockerRef } from '../transports/registry.js';
+import { parseDockerRef } from '../transports/docker-ref.js';
 import type { LayerProvider, PrepareRequest, RemoteLayer } from './layers.js';
 
 const run = promisify(execFile);

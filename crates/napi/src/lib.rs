@@ -575,6 +575,28 @@ impl CheckedToc {
         serde_json::to_vec(&c.tree.view(&c.toc)).map(Into::into).map_err(|e| err(env, CoreError::new(Code::Io, format!("merged view: {e}"))))
     }
 
+    /// The TOC chunks the reads `paths[i]`, `[offsets[i], +lengths[i])` of the merged tree need, in
+    /// the order read, each once (`format::Checked::plan_reads`: a prefetch list's plan).
+    #[napi]
+    pub fn plan_reads(&self, env: Env, paths: Vec<String>, offsets: Float64Array, lengths: Float64Array) -> Result<Uint32Array> {
+        if paths.len() != offsets.len() || paths.len() != lengths.len() {
+            return Err(err(env, CoreError::invalid(format!("{} paths, {} offsets, {} lengths", paths.len(), offsets.len(), lengths.len()))));
+        }
+        // a length beyond 2^53 (a trace's "to the end") is clipped to the file anyway
+        let num = |v: f64| {
+            if v >= 0.0 {
+                Ok(if v >= u64::MAX as f64 { u64::MAX } else { v as u64 })
+            } else {
+                Err(err(env, CoreError::invalid(format!("read offset or length {v}"))))
+            }
+        };
+        let mut reads = Vec::with_capacity(paths.len());
+        for (i, p) in paths.iter().enumerate() {
+            reads.push((p.as_str(), num(offsets[i])?, num(lengths[i])?));
+        }
+        Ok(self.inner.plan_reads(reads).into())
+    }
+
     /// Where the bytes `[offset, offset + length)` of regular file `ino` are: one row per chunk,
     /// `[chunk, fromInChunk, toInChunk, atInOutput]` (the format's one offset -> chunk lookup).
     #[napi]
@@ -1301,6 +1323,20 @@ impl LazyMount {
         }
     }
 
+    /// Chunks fetched and verified (against their digests) by the caller: kept in the mount's
+    /// memory with the chunks it verified itself, so reads need not wait for their cache files.
+    #[napi]
+    pub fn provide(&self, env: Env, chunks: Uint32Array, data: Vec<Buffer>) -> Result<()> {
+        let Some(m) = self.mount.as_ref() else { return Ok(()) };
+        if chunks.len() != data.len() {
+            return Err(err(env, CoreError::invalid(format!("{} chunks, {} buffers", chunks.len(), data.len()))));
+        }
+        for (&c, b) in chunks.iter().zip(data.iter()) {
+            m.shared.provide(c, b.to_vec()).map_err(|e| err(env, e))?;
+        }
+        Ok(())
+    }
+
     /// The reads recorded since the last call, as [ino, offset, length, ...].
     #[napi]
     pub fn take_trace(&self) -> Vec<f64> {
@@ -1342,20 +1378,54 @@ pub struct MountFlags {
     pub whole_dir_bytes: Option<f64>,
 }
 
+pub struct MountTask {
+    toc: Arc<format::Checked>,
+    mountpoint: String,
+    cache_dir: String,
+    record: bool,
+    layers: bool,
+    budget: usize,
+    whole_file: u64,
+    whole_dir: u64,
+    flags: lazyfs::MountFlags,
+    pending: Arc<Mutex<Pending>>,
+    tsfn: Option<ThreadsafeFunction<Vec<u32>, ErrorStrategy::Fatal>>,
+}
+
+impl Work for MountTask {
+    type Output = lazyfs::Mount;
+    type JsValue = LazyMount;
+    /// The merged tree is built and the filesystem mounted here, off the JavaScript thread: fetches
+    /// (a prefetch list) started before run meanwhile.
+    fn compute(&mut self) -> CoreResult<Self::Output> {
+        let Some(tsfn) = self.tsfn.clone() else { return Err(CoreError::invalid("mounted already")) };
+        let fetcher = JsFetcher { tsfn, pending: self.pending.clone() };
+        let shared = lazyfs::Shared::new(self.toc.clone(), self.cache_dir.clone().into(), Box::new(fetcher), self.record, self.layers)?;
+        let shared = Arc::new(shared.verified_budget(self.budget).whole_file(self.whole_file).whole_dir(self.whole_dir));
+        lazyfs::mount(shared, Path::new(&self.mountpoint), self.flags)
+    }
+    fn resolve(&mut self, _env: Env, mount: Self::Output) -> Result<Self::JsValue> {
+        Ok(LazyMount { mount: Some(mount), pending: self.pending.clone(), tsfn: self.tsfn.take() })
+    }
+}
+
 /// Mount a chunked image's merged tree (or its layers) read-only at `mountpoint`, reading chunks
-/// from `cache_dir` and asking `fetch` for missing ones.
-#[napi]
-pub fn mount_lazy(env: Env, toc: &CheckedToc, mountpoint: String, cache_dir: String, record: bool, flags: MountFlags, fetch: JsFunction) -> Result<LazyMount> {
-    let tsfn: ThreadsafeFunction<Vec<u32>, ErrorStrategy::Fatal> =
-        fetch.create_threadsafe_function(0, |ctx: ThreadSafeCallContext<Vec<u32>>| Ok(vec![ctx.value]))?;
-    let pending = Arc::new(Mutex::new(Pending::default()));
-    let fetcher = JsFetcher { tsfn: tsfn.clone(), pending: pending.clone() };
+/// from `cache_dir` and asking `fetch` for missing ones; resolves once mounted.
+#[napi(ts_return_type = "Promise<LazyMount>")]
+pub fn mount_lazy(
+    env: Env,
+    toc: &CheckedToc,
+    mountpoint: String,
+    cache_dir: String,
+    record: bool,
+    flags: MountFlags,
+    fetch: JsFunction,
+) -> Result<AsyncTask<Coded<MountTask>>> {
     let budget = match flags.verified_bytes {
         None => lazyfs::VERIFIED_BYTES,
         Some(b) if b >= 0.0 && b <= usize::MAX as f64 => b as usize,
         Some(b) => return Err(err(env, CoreError::invalid(format!("verified chunk budget of {b} bytes")))),
     };
-    let shared = lazyfs::Shared::new(toc.inner.clone(), cache_dir.into(), Box::new(fetcher), record, flags.layers.unwrap_or(false)).map_err(|e| err(env, e))?;
     let limit = |v: Option<f64>, default: u64, what: &str| match v {
         None => Ok(default),
         Some(b) if b >= 0.0 && b <= (1u64 << 53) as f64 => Ok(b as u64),
@@ -1363,10 +1433,21 @@ pub fn mount_lazy(env: Env, toc: &CheckedToc, mountpoint: String, cache_dir: Str
     };
     let whole_file = limit(flags.whole_file_bytes, lazyfs::WHOLE_FILE_BYTES, "whole-file read-ahead")?;
     let whole_dir = limit(flags.whole_dir_bytes, lazyfs::WHOLE_DIR_BYTES, "directory read-ahead")?;
-    let shared = Arc::new(shared.verified_budget(budget).whole_file(whole_file).whole_dir(whole_dir));
-    let flags = lazyfs::MountFlags { allow_other: flags.allow_other, allow_suid: flags.allow_suid, allow_dev: flags.allow_dev };
-    let mount = lazyfs::mount(shared, Path::new(&mountpoint), flags).map_err(|e| err(env, e))?;
-    Ok(LazyMount { mount: Some(mount), pending, tsfn: Some(tsfn) })
+    let tsfn: ThreadsafeFunction<Vec<u32>, ErrorStrategy::Fatal> =
+        fetch.create_threadsafe_function(0, |ctx: ThreadSafeCallContext<Vec<u32>>| Ok(vec![ctx.value]))?;
+    Ok(Coded::task(MountTask {
+        toc: toc.inner.clone(),
+        mountpoint,
+        cache_dir,
+        record,
+        layers: flags.layers.unwrap_or(false),
+        budget,
+        whole_file,
+        whole_dir,
+        flags: lazyfs::MountFlags { allow_other: flags.allow_other, allow_suid: flags.allow_suid, allow_dev: flags.allow_dev },
+        pending: Arc::new(Mutex::new(Pending::default())),
+        tsfn: Some(tsfn),
+    }))
 }
 
 /// A chunk's location in `ChunkDict` (`format::dict::Location`); `pack` is a stored pack's digest or

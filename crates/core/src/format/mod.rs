@@ -217,6 +217,39 @@ impl Checked {
         self.file_of(tree::NodeId::try_from(ino.checked_sub(1)?).ok()?)
     }
 
+    /// The node at `path` of the merged tree (leading '/' allowed; symlinks on the way are not
+    /// followed, `..` is refused): what a read trace names.
+    pub fn lookup(&self, path: &str) -> Option<tree::NodeId> {
+        let mut id = tree::ROOT;
+        for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            if c == ".." {
+                return None;
+            }
+            let n = self.tree.nodes.get(id as usize)?;
+            if n.kind != tree::NodeKind::Dir {
+                return None;
+            }
+            id = *n.children.get(c)?;
+        }
+        Some(id)
+    }
+
+    /// The TOC chunks reads `(path, offset, length)` of the merged tree need, in the order read,
+    /// each once (a prefetch list's plan); paths that are not regular files are passed over.
+    pub fn plan_reads<'a>(&self, reads: impl IntoIterator<Item = (&'a str, u64, u64)>) -> Vec<u32> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (path, offset, length) in reads {
+            let Some(f) = self.lookup(path).and_then(|id| self.file_of(id)) else { continue };
+            for pos in f.span(offset, length) {
+                if seen.insert(f.chunks[pos]) {
+                    out.push(f.chunks[pos]);
+                }
+            }
+        }
+        out
+    }
+
     /// The chunk map of the merged tree's regular file `id`; None for any other node.
     pub fn file_of(&self, id: tree::NodeId) -> Option<Arc<FileMap>> {
         if self.tree.nodes.get(id as usize)?.kind != tree::NodeKind::Reg {

@@ -624,3 +624,21 @@ fn layer_cases() -> Vec<Value> {
     ];
     cases
 }
+
+#[test]
+fn plan_reads_names_the_chunks_of_a_trace_in_order_each_once() {
+    let big = json!({ "path": "b", "type": "reg", "mode": 0o644, "size": 10, "chunks": [1, 0] });
+    let v = toc(vec![vec![big, dir("d"), file("d/a"), file("gone"), link("l", "d")], vec![wh("gone")]]);
+    assert_eq!(messages(&v), Vec::<String>::new());
+    let Ok(c) = Checked::open(&blob(&v)) else { panic!("the TOC is valid") };
+    assert_eq!(c.lookup("/d/a"), c.lookup("d/./a"));
+    assert!(c.lookup("/d/a").is_some());
+    // symlinks are not followed, `..` is refused, a whiteout removes
+    assert_eq!(c.lookup("/l/a"), None);
+    assert_eq!(c.lookup("/d/../b"), None);
+    assert_eq!(c.lookup("/gone"), None);
+    // b's second half is chunk 0, its first chunk 1; a directory, a missing path, a read past the end: nothing
+    let reads = [("/b", 5, 5), ("/d/a", 0, 1), ("/b", 0, u64::MAX), ("/d", 0, 1), ("/nope", 0, 1), ("/d/a", 5, 1)];
+    assert_eq!(c.plan_reads(reads), vec![0, 1]);
+    assert_eq!(c.plan_reads([("/b", 0, 1), ("/b", 4, 2)]), vec![1, 0]);
+}
