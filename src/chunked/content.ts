@@ -16,6 +16,9 @@ export interface SectionCache {
   put(hex: string, bytes: Buffer): Promise<boolean>;
 }
 
+/** Digest table sections that may lie between two wanted ones in one range (read and used too). */
+const SECTION_GAP = 2;
+
 export class ChunkReader {
   private readers = new Map<number, Promise<RangeReader>>();
   private digestReader: Promise<RangeReader> | undefined;
@@ -155,21 +158,24 @@ export class ChunkReader {
     if (!img.digestsDesc) throw new OcichunkError('EINTERNAL', `${img.image.source.name}: chunk digests missing and no digest table`);
     this.digestReader ??= img.image.source.openRanges(img.digestsDesc);
     const reader = await this.digestReader;
-    // adjacent sections in one range
-    const runs: number[][] = [];
-    for (const i of fetch) {
+    // sections in one range where at most SECTION_GAP others lie between them (read and dropped:
+    // a section is 1 KiB, and every chunk of a batch waits for its section); all ranges at once
+    const sorted = [...fetch].sort((a, b) => a - b);
+    const runs: Array<[number, number]> = [];
+    for (const i of sorted) {
       const last = runs[runs.length - 1];
-      if (last && last[last.length - 1] === i - 1) last.push(i);
-      else runs.push([i]);
+      if (last && i - last[1] <= SECTION_GAP + 1) last[1] = i;
+      else runs.push([i, i]);
     }
-    await mapLimit(runs, this.concurrency, async (run) => {
-      const [off] = img.checked.digestSectionSpan(run[0]);
-      const [lastOff, lastLen] = img.checked.digestSectionSpan(run[run.length - 1]);
+    await mapLimit(runs, Math.max(this.concurrency, 32), async ([first, lastSection]) => {
+      const [off] = img.checked.digestSectionSpan(first);
+      const [lastOff, lastLen] = img.checked.digestSectionSpan(lastSection);
       const data = await reader.read(off, lastOff + lastLen - off);
       this.digestBytesRead += data.length;
-      for (const i of run) {
+      for (let i = first; i <= lastSection; i++) {
         const [o, l] = img.checked.digestSectionSpan(i);
         const bytes = data.subarray(o - off, o - off + l);
+        // every section read is checked and kept (those between came with the range)
         addDigestSection(opened, i, bytes);
         await this.sectionCache?.put(img.checked.digestSectionHash(i), Buffer.from(bytes));
       }

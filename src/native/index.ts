@@ -23,6 +23,7 @@ export interface NativeLazyMount {
     chunksRequested: number;
     cacheReads: number;
     chunksHashed: number;
+    chunksProvided: number;
     errors: number;
     prefetchHints: number;
     chunksHinted: number;

@@ -51,6 +51,8 @@ pub struct FsStats {
     pub cache_reads: AtomicU64,
     /// chunks read from the cache and hashed (once per chunk while it stays in the verified set)
     pub chunks_hashed: AtomicU64,
+    /// chunks handed over verified by the fetcher ([`Shared::provide`]): kept in memory, not hashed here
+    pub chunks_provided: AtomicU64,
     pub errors: AtomicU64,
     /// background fetches asked for (a file's first read: the rest of it), and their chunks
     pub prefetch_hints: AtomicU64,
@@ -349,6 +351,7 @@ impl Shared {
             return Err(Error::invalid(format!("chunk {c}: {} bytes provided, its length is {}", bytes.len(), want.len)));
         }
         self.verified.lock().unwrap().put(c, Arc::new(bytes));
+        self.stats.chunks_provided.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -1280,6 +1280,8 @@ pub struct MountStats {
     pub chunks_requested: f64,
     pub cache_reads: f64,
     pub chunks_hashed: f64,
+    /// chunks the fetcher handed over verified (kept in memory, not hashed by the mount)
+    pub chunks_provided: f64,
     pub errors: f64,
     /// background fetches asked for by first reads of files, and their chunks
     pub prefetch_hints: f64,
@@ -1317,6 +1319,7 @@ impl LazyMount {
             chunks_requested: g(|s| &s.chunks_requested),
             cache_reads: g(|s| &s.cache_reads),
             chunks_hashed: g(|s| &s.chunks_hashed),
+            chunks_provided: g(|s| &s.chunks_provided),
             errors: g(|s| &s.errors),
             prefetch_hints: g(|s| &s.prefetch_hints),
             chunks_hinted: g(|s| &s.chunks_hinted),
