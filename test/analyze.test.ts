@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { image, tmpdir } from './helpers/env.js';
-import { cli, cliJson, cliJsonAsync, must } from './helpers/run.js';
+import { cli, cliJson, must } from './helpers/run.js';
 
 interface StrategyResult {
   strategy: string;
@@ -60,7 +60,7 @@ const layouts = () => [image('app'), image('app2')];
 
 beforeAll(async () => {
   work = tmpdir('analyze');
-  a = await cliJsonAsync<Analysis>([
+  a = await cliJson<Analysis>([
     'analyze',
     ...layouts().map((l) => `oci:${l}:latest`),
     '--chunker',
@@ -77,8 +77,8 @@ beforeAll(async () => {
 const strat = (name: string) => a.strategies.find((s) => s.strategy === name)!;
 
 describe('ocichunk analyze', () => {
-  it('file level: unique bytes are the distinct file contents (Python over the layer tars)', () => {
-    const py = JSON.parse(must('python3', ['-c', PY, ...layouts()]).stdout);
+  it('file level: unique bytes are the distinct file contents (Python over the layer tars)', async () => {
+    const py = JSON.parse((await must('python3', ['-c', PY, ...layouts()])).stdout);
     expect(strat('file').uniqueBytes).toBe(py.unique);
     expect(strat('file').units).toBe(py.distinct);
     expect(a.topDuplicates[0].size).toBe(py.top.size);
@@ -109,11 +109,11 @@ describe('ocichunk analyze', () => {
     expect(marginal[1]).toBeGreaterThan(marginal[0] * 0.9);
   });
 
-  it('the strategy convert uses predicts what convert stores', () => {
+  it('the strategy convert uses predicts what convert stores', async () => {
     const out = path.join(work, 'layout');
     let stored = 0;
     for (const [i, l] of layouts().entries()) {
-      const r = cliJson<{ bytesStored: number; tocBytes: number; digestTableBytes: number }>(['convert', `oci:${l}:latest`, `oci:${out}:img${i}`]);
+      const r = await cliJson<{ bytesStored: number; tocBytes: number; digestTableBytes: number }>(['convert', `oci:${l}:latest`, `oci:${out}:img${i}`]);
       stored += r.bytesStored + r.tocBytes + r.digestTableBytes;
     }
     const cdc = strat('cdc:16k/64k/256k');
@@ -147,25 +147,27 @@ describe('ocichunk analyze', () => {
     expect(rows.slice(1).map((r) => r.split(',')[0])).toEqual(a.strategies.map((s) => s.strategy));
   });
 
-  it('writes an HTML report whose charts render in headless Chromium, offline', () => {
+  it('writes an HTML report whose charts render in headless Chromium, offline', async () => {
     const file = path.join(work, 'out', 'report.html');
     const html = fs.readFileSync(file, 'utf8');
     // nothing to fetch: no external scripts, styles, images or fonts
     expect(html).not.toMatch(/\b(src|href)\s*=\s*["']?(https?:|\/\/)/i);
     expect(html).not.toMatch(/@import|url\(/);
-    const dom = must('chromium', [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      `--user-data-dir=${path.join(work, 'chromium-profile')}`,
-      '--dump-dom',
-      `file://${file}`,
-    ]).stdout;
+    const dom = (
+      await must('chromium', [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+        `--user-data-dir=${path.join(work, 'chromium-profile')}`,
+        '--dump-dom',
+        `file://${file}`,
+      ])
+    ).stdout;
     // the drawing code ran: each chart marked itself and drew its marks
     for (const id of ['chart-stored', 'chart-marginal', 'chart-sharing']) expect(dom).toMatch(new RegExp(`id="${id}"[^>]*data-rendered="true"`));
     const n = a.images.length;
@@ -225,21 +227,21 @@ describe('ocichunk analyze', () => {
     const refs = layouts().map((l) => `oci:${l}:latest`);
     const args = ['analyze', ...refs, '--chunker', 'cdc:512/2k/8k', '--tmpdir', tmpdir('analyze-spill')];
     const strip = (r: Analysis & { seconds?: number }) => ({ ...r, seconds: 0, strategies: r.strategies.map((s) => ({ ...s, seconds: 0 })) });
-    const free = strip(await cliJsonAsync<Analysis>(args));
-    const tight = strip(await cliJsonAsync<Analysis>([...args, '--memory-limit', '64MB']));
+    const free = strip(await cliJson<Analysis>(args));
+    const tight = strip(await cliJson<Analysis>([...args, '--memory-limit', '64MB']));
     expect(free.rows).toBeGreaterThan(150_000);
     expect(tight).toEqual(free);
-    const starved = cli([...args, '--memory-limit', '16MB']);
+    const starved = await cli([...args, '--memory-limit', '16MB']);
     expect(starved.code).toBe(8);
     expect(starved.stderr).toMatch(/chunk table ran out of memory \(--memory-limit 16MB\)/);
   });
 
-  it('prints a readable table and refuses unknown strategies', () => {
-    const r = cli(['analyze', `oci:${image('base')}:latest`, '--chunker', 'layer,cdc:16k/64k/256k']);
+  it('prints a readable table and refuses unknown strategies', async () => {
+    const r = await cli(['analyze', `oci:${image('base')}:latest`, '--chunker', 'layer,cdc:16k/64k/256k']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/strategy\s+logical\s+unique\s+stored/);
     expect(r.stdout).toMatch(/cdc:16k\/64k\/256k/);
-    const bad = cli(['analyze', `oci:${image('base')}:latest`, '--chunker', 'cdc:64k']);
+    const bad = await cli(['analyze', `oci:${image('base')}:latest`, '--chunker', 'cdc:64k']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/cdc:MIN\/AVG\/MAX/);
   });

@@ -69,7 +69,7 @@ describe('corrupt layers', () => {
   it('refuses a truncated zstd stream', async () => {
     const tarFile = path.join(work, 'z.tar');
     fs.writeFileSync(tarFile, goodTar);
-    must('zstd', ['-q', '-f', '-3', tarFile, '-o', `${tarFile}.zst`]);
+    await must('zstd', ['-q', '-f', '-3', tarFile, '-o', `${tarFile}.zst`]);
     const z = fs.readFileSync(`${tarFile}.zst`);
     const dir = path.join(work, 'trunc-zst');
     writeLayout(dir, 'x', [{ blob: z.subarray(0, z.length - 20), mediaType: 'application/vnd.oci.image.layer.v1.tar+zstd' }]);
@@ -94,7 +94,7 @@ describe('corrupt layers', () => {
     // the gzip header's mtime: decompression does not notice, the digest check does
     const digest = damagedLayout(dir, (b) => void (b[4] ^= 1));
     const out = path.join(work, 'out-bad-digest');
-    const r = cli(['convert', `oci:${dir}:x`, `oci:${out}:x`]);
+    const r = await cli(['convert', `oci:${dir}:x`, `oci:${out}:x`]);
     expect(r.code).toBe(6);
     expect(r.stderr).toContain(digest);
     expect(r.stderr).toMatch(/digest mismatch/);
@@ -108,7 +108,7 @@ describe('corrupt layers', () => {
       for (let i = 30; i < b.length - 30; i += 7) b[i] ^= 0xa5;
     });
     const out = path.join(work, 'out-damaged-blob');
-    const r = cli(['convert', `oci:${dir}:x`, `oci:${out}:x`]);
+    const r = await cli(['convert', `oci:${dir}:x`, `oci:${out}:x`]);
     expect(r.code).toBe(6);
     expect(r.stderr).toMatch(/digest mismatch/);
     assertNothingPublished(out);
@@ -151,7 +151,7 @@ describe('corrupt layers', () => {
   it('refuses unknown layer media types', async () => {
     const dir = path.join(work, 'unknown-mt');
     writeLayout(dir, 'x', [{ blob: goodTar, mediaType: 'application/vnd.example.layer.v1.tar+bzip2' }]);
-    const r = cli(['convert', `oci:${dir}:x`, `oci:${work}/out-unknown:x`]);
+    const r = await cli(['convert', `oci:${dir}:x`, `oci:${work}/out-unknown:x`]);
     expect(r.code).toBe(4);
     expect(r.stderr).toMatch(/unsupported media type application\/vnd\.example\.layer\.v1\.tar\+bzip2/);
   });
@@ -166,7 +166,7 @@ describe('hostile paths', () => {
     const dir = path.join(work, `hostile-${Math.random().toString(36).slice(2)}`);
     writeLayout(dir, 'x', [plainLayer(pyTar(members as never))]);
     const out = path.join(work, `out-${path.basename(dir)}`);
-    const r = cli(['convert', `oci:${dir}:x`, `oci:${out}:x`]);
+    const r = await cli(['convert', `oci:${dir}:x`, `oci:${out}:x`]);
     expect(r.code).toBe(7);
     expect(r.stderr).toMatch(msg);
     assertNothingPublished(out);
@@ -181,7 +181,7 @@ describe('hostile paths', () => {
     const out = path.join(work, 'out-symlink-escape');
     await convert(`oci:${dir}:x`, `oci:${out}:x`); // a symlink is legitimate content
     const target = path.join(work, 'rootfs-escape');
-    const r = cli(['restore', `oci:${out}:x`, target]);
+    const r = await cli(['restore', `oci:${out}:x`, target]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     // '..' stops at the root: the file lands at the same path below the target
@@ -208,9 +208,9 @@ describe('hostile paths', () => {
     expect(fs.readFileSync(path.join(target, 'real', 'file'), 'utf8')).toBe('inside');
     // every reader shows the same merged tree
     const env = { ...process.env, XDG_CACHE_HOME: path.join(work, 'xdg') };
-    expect(cli(['cat', `oci:${out}:x`, '/real/file'], { env }).stdout).toBe('inside');
-    expect(cli(['cat', `oci:${out}:x`, '/lib/file'], { env }).stdout).toBe('inside');
-    const ls = cli(['ls', `oci:${out}:x`, '/real', '--json'], { env });
+    expect((await cli(['cat', `oci:${out}:x`, '/real/file'], { env })).stdout).toBe('inside');
+    expect((await cli(['cat', `oci:${out}:x`, '/lib/file'], { env })).stdout).toBe('inside');
+    const ls = await cli(['ls', `oci:${out}:x`, '/real', '--json'], { env });
     expect(ls.code, ls.stderr).toBe(0);
     expect(JSON.stringify(JSON.parse(ls.stdout))).toMatch(/"file"/);
   });
@@ -238,7 +238,7 @@ describe('hostile paths', () => {
       { compress: (j) => native.compressSync(j, 3), decompress: (b) => native.decompressSync(b, 1 << 20) },
     );
     const target = path.join(work, 'rootfs-toc');
-    const r = cli(['restore', `oci:${out}:x`, target]);
+    const r = await cli(['restore', `oci:${out}:x`, target]);
     expect(r.code).toBe(7);
     expect(r.stderr).toMatch(/layer 0 entry "b": hardlink target "\.\.\/\.\.\/\.\.\/etc\/passwd": path is not a normalized relative path/);
     expect(fs.existsSync(target)).toBe(false);
@@ -257,10 +257,10 @@ describe('hostile paths', () => {
     const b = fs.readFileSync(pack);
     b[b.length >> 1] ^= 0xff;
     fs.writeFileSync(pack, b);
-    const v = cli(['verify', `oci:${out}:x`]);
+    const v = await cli(['verify', `oci:${out}:x`]);
     expect(v.code).not.toBe(0);
     expect(v.stderr).toMatch(/sha256:[a-f0-9]{64}/);
-    const r = cli(['restore', `oci:${out}:x`, path.join(work, 'rootfs-tamper')]);
+    const r = await cli(['restore', `oci:${out}:x`, path.join(work, 'rootfs-tamper')]);
     expect([5, 6]).toContain(r.code);
   });
 });

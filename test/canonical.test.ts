@@ -21,16 +21,16 @@ function chunkedOf(layout: string) {
   return { toc: m.layers[0].digest as string, packs: m.layers.slice(1).map((l: { digest: string }) => l.digest) as string[], manifest: m };
 }
 
-beforeAll(() => {
+beforeAll(async () => {
   work = tmpdir('canon');
   // Real files: a slice of the Debian base image's root filesystem, unpacked by umoci.
   const bundle = path.join(work, 'bundle');
-  must('umoci', ['unpack', '--image', `${image('base')}:latest`, bundle]);
+  await must('umoci', ['unpack', '--image', `${image('base')}:latest`, bundle]);
   src = path.join(work, 'src');
   fs.mkdirSync(src);
   for (const d of ['etc', 'usr/bin', 'usr/share/perl5', 'usr/lib/x86_64-linux-gnu/perl-base']) {
     const from = path.join(bundle, 'rootfs', d);
-    if (fs.existsSync(from)) must('cp', ['-a', '--parents', d, src], { cwd: path.join(bundle, 'rootfs') });
+    if (fs.existsSync(from)) await must('cp', ['-a', '--parents', d, src], { cwd: path.join(bundle, 'rootfs') });
   }
   // and the kinds of entries a tar can hold
   fs.mkdirSync(path.join(src, 'special'));
@@ -49,16 +49,16 @@ describe('canonical conversion', () => {
     const tars = path.join(work, 'tars');
     fs.mkdirSync(tars);
     // 1. GNU tar, sorted, GNU format
-    must('tar', ['--sort=name', '--format=gnu', '--numeric-owner', '-cf', path.join(tars, 'gnu.tar'), '-C', src, '.']);
+    await must('tar', ['--sort=name', '--format=gnu', '--numeric-owner', '-cf', path.join(tars, 'gnu.tar'), '-C', src, '.']);
     // 2. GNU tar, PAX format (sub-second mtimes), reverse order, owner names, './' prefixes
     const names = fs
       .readdirSync(src)
       .sort()
       .reverse()
       .map((n) => `./${n}`);
-    must('tar', ['--format=pax', '-cf', path.join(tars, 'pax.tar'), '-C', src, '--no-recursion', '.', '--recursion', ...names]);
+    await must('tar', ['--format=pax', '-cf', path.join(tars, 'pax.tar'), '-C', src, '--no-recursion', '.', '--recursion', ...names]);
     // 3. Python's tarfile, directory walk order, other owner names
-    must('python3', [
+    await must('python3', [
       '-c',
       `import tarfile,os,sys
 src=sys.argv[1]
@@ -105,7 +105,7 @@ with tarfile.open(sys.argv[2],'w',format=tarfile.USTAR_FORMAT) as t:
 
   it("--run-frame-size 256k puts a file's big chunks into shared run frames, never two files in one; by default each has its own frame", async () => {
     const tarFile = path.join(work, 'runs.tar');
-    must('tar', ['--sort=name', '--format=pax', '-cf', tarFile, '-C', src, '.']);
+    await must('tar', ['--sort=name', '--format=pax', '-cf', tarFile, '-C', src, '.']);
     const inDir = path.join(work, 'in-runs');
     writeLayout(inDir, 'x', [plainLayer(fs.readFileSync(tarFile))]);
     const frameRows = async (out: string, opts: { runTarget?: number }) => {
@@ -154,7 +154,7 @@ with tarfile.open(sys.argv[2],'w',format=tarfile.USTAR_FORMAT) as t:
 
   it('keeps mtimes by default; --source-date-epoch clamps them (another TOC), the packs stay the same', async () => {
     const tarFile = path.join(work, 'mt.tar');
-    must('tar', ['--sort=name', '--format=pax', '-cf', tarFile, '-C', src, '.']);
+    await must('tar', ['--sort=name', '--format=pax', '-cf', tarFile, '-C', src, '.']);
     const inDir = path.join(work, 'in-mt');
     writeLayout(inDir, 'x', [plainLayer(fs.readFileSync(tarFile))]);
     await convert(`oci:${inDir}:x`, `oci:${work}/out-mt-a:x`, {});

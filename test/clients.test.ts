@@ -27,7 +27,7 @@ describe('skopeo', () => {
   it.each(['app', 'app-docker-v2s2'])('copies the original manifest of %s byte-identical', async (name) => {
     const c = converted[name];
     const dest = path.join(work, `skopeo-dir-${name}`);
-    must('skopeo', ['copy', '--quiet', `oci:${c.out}:app`, `dir:${dest}`]);
+    await must('skopeo', ['copy', '--quiet', `oci:${c.out}:app`, `dir:${dest}`]);
     const m = fs.readFileSync(path.join(dest, 'manifest.json'));
     expect('sha256:' + createHash('sha256').update(m).digest('hex')).toBe(c.original);
     // and it is the very manifest of the source image
@@ -36,7 +36,7 @@ describe('skopeo', () => {
     await src.close();
     expect(m.equals(orig.original!.bytes)).toBe(true);
     // skopeo can also read the converted tag as an image and sees the original's layers
-    const info = JSON.parse(must('skopeo', ['inspect', `oci:${c.out}:app`]).stdout);
+    const info = JSON.parse((await must('skopeo', ['inspect', `oci:${c.out}:app`])).stdout);
     expect(info.Layers).toEqual(orig.original!.manifest.layers.map((l) => l.digest));
   });
 });
@@ -52,20 +52,20 @@ describe('containerd', () => {
     await ctrd?.stop();
   });
 
-  it.each(['app', 'app-docker-v2s2'])('imports %s, unpacks only the original layers and runs a program', (name) => {
+  it.each(['app', 'app-docker-v2s2'])('imports %s, unpacks only the original layers and runs a program', async (name) => {
     const c = converted[name];
     const archive = path.join(work, `${name}.oci.tar`);
-    must('tar', ['-C', c.out, '-cf', archive, '.']);
+    await must('tar', ['-C', c.out, '-cf', archive, '.']);
     const imgName = `localhost/ocichunk-${name}:app`;
-    const imp = ctrd.ctr(['images', 'import', '--snapshotter', 'native', '--base-name', `localhost/ocichunk-${name}`, archive]);
+    const imp = await ctrd.ctr(['images', 'import', '--snapshotter', 'native', '--base-name', `localhost/ocichunk-${name}`, archive]);
     expect(imp.code, imp.stderr).toBe(0);
-    const ls = ctrd.ctr(['images', 'ls', '-q']);
+    const ls = await ctrd.ctr(['images', 'ls', '-q']);
     expect(ls.stdout.split('\n')).toContain(imgName);
-    const run = ctrd.ctr(['run', '--rm', '--snapshotter', 'native', imgName, `t-${name}`, '/bin/sh', '-c', 'cat /etc/debian_version; echo ran-ok']);
+    const run = await ctrd.ctr(['run', '--rm', '--snapshotter', 'native', imgName, `t-${name}`, '/bin/sh', '-c', 'cat /etc/debian_version; echo ran-ok']);
     expect(run.code, run.stderr).toBe(0);
     expect(run.stdout).toContain('ran-ok');
     // the snapshot chain is exactly the original layers (one committed snapshot per diff_id)
-    const snaps = ctrd.ctr(['snapshots', '--snapshotter', 'native', 'ls']);
+    const snaps = await ctrd.ctr(['snapshots', '--snapshotter', 'native', 'ls']);
     const committed = snaps.stdout.split('\n').filter((l) => /\bCommitted\b/.test(l));
     expect(committed.length).toBe(c.layers);
   });

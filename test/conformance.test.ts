@@ -76,14 +76,14 @@ describe('conformance: every reader shows the tree umoci unpacks', () => {
   const work = tmpdir('conformance');
   const built = new Map<string, { ref: string; oracle: Tree }>();
 
-  beforeAll(() => {
+  beforeAll(async () => {
     for (const name of NAMES) {
       const dir = path.join(work, name);
       const layout = buildFixture(name, dir);
-      const oracle = umociTree(layout, dir);
+      const oracle = await umociTree(layout, dir);
       if (WRITE) fs.writeFileSync(path.join(EXPECTED, `${name}.txt`), formatListing(oracle, header(name)));
       // mtimes kept (the default clamps them to 0, docs/format.md §4): readers are compared on them too
-      const r = cli(['convert', `oci:${layout}:orig`, `oci:${layout}:chunked`, '--quiet']);
+      const r = await cli(['convert', `oci:${layout}:orig`, `oci:${layout}:chunked`, '--quiet']);
       expect(r.code, `convert ${name}: ${r.stderr}`).toBe(0);
       built.set(name, { ref: `oci:${layout}:chunked`, oracle });
     }
@@ -186,10 +186,10 @@ describe('conformance: every reader shows the tree umoci unpacks', () => {
     // the original image imported into containerd, its top snapshot viewed through overlayfs as a
     // container's root: the tree every reader shows (ocichunk's deliberate differences from umoci
     // are containerd's behaviour)
-    it.each(NAMES)('%s: containerd (its applier, native snapshotter)', (name) => {
+    it.each(NAMES)('%s: containerd (its applier, native snapshotter)', async (name) => {
       const dir = fs.mkdtempSync(path.join(work, `${name}-ctrd-`));
       const since = Math.floor(Date.now() / 1000) - 1;
-      const got = containerdTree(ctrd, path.join(work, name, 'layout'), name, dir);
+      const got = await containerdTree(ctrd, path.join(work, name, 'layout'), name, dir);
       const until = Math.ceil(Date.now() / 1000) + 1;
       const cut = project(readersExpected(name), got, FIELDS);
       // containerd gives some nodes the time of the unpack: shown as such
@@ -202,8 +202,8 @@ describe('conformance: every reader shows the tree umoci unpacks', () => {
     });
   });
 
-  it.each(NAMES)('%s: ocichunk verify accepts it', (name) => {
-    const r = cli(['verify', built.get(name)!.ref]);
+  it.each(NAMES)('%s: ocichunk verify accepts it', async (name) => {
+    const r = await cli(['verify', built.get(name)!.ref]);
     expect(r.code, r.stderr).toBe(0);
   });
 });

@@ -44,8 +44,8 @@ describe('content digest', () => {
     const shared = await convert(`oci:${image('py')}:latest`, `oci:${work}/shared:py`);
     expect(shared.reusedChunks).toBeGreaterThan(0);
     // into a registry repository holding others
-    reg.push(`oci:${image('app2')}:latest`, 'c/repo:app2');
-    reg.push(`oci:${image('py')}:latest`, 'c/repo:py');
+    await reg.push(`oci:${image('app2')}:latest`, 'c/repo:app2');
+    await reg.push(`oci:${image('py')}:latest`, 'c/repo:py');
     const app2 = `docker://${reg.host}/c/repo:app2`;
     const py = `docker://${reg.host}/c/repo:py`;
     await convert(app2, app2);
@@ -101,14 +101,14 @@ describe('content digest', () => {
       zstd,
     );
     expect(victim).not.toBe('');
-    const plain = cli(['verify', `oci:${dir}:py`, '--json']);
+    const plain = await cli(['verify', `oci:${dir}:py`, '--json']);
     expect(plain.code, plain.stderr).toBe(0);
-    const against = cli(['verify', `oci:${dir}:py`, '--against-original']);
+    const against = await cli(['verify', `oci:${dir}:py`, '--against-original']);
     expect(against.code).toBe(6);
     expect(against.stderr).toMatch(/layer \d+ \(sha256:[0-9a-f]{64}\): the TOC's files \(content digest sha256:[0-9a-f]{64}\) are not the original layer's/);
     // a manifest whose statement does not match its TOC is refused by plain verify
     forgeChunked(dir, 'py', { manifest: (m) => (m.annotations[ANN.contentDigest] = `sha256:${'0'.repeat(64)}`) }, zstd);
-    const wrong = cli(['verify', `oci:${dir}:py`]);
+    const wrong = await cli(['verify', `oci:${dir}:py`]);
     expect(wrong.code).toBe(6);
     expect(wrong.stderr).toMatch(/states content digest sha256:0{64}, its TOC holds files of content digest/);
   });

@@ -26,7 +26,7 @@ describe('dedup across images', () => {
     const alone = await convert(`oci:${image('app2')}:latest`, `oci:${path.join(work, 'alone')}:app2`);
     expect(b.bytesStored).toBeLessThan(alone.bytesStored * 0.5);
 
-    const layout = cliJson<any>(['inspect', `oci:${shared}`]);
+    const layout = await cliJson<any>(['inspect', `oci:${shared}`]);
     expect(layout.totals.images).toBe(2);
     expect(layout.totals.sharedChunks).toBeGreaterThan(0);
     expect(layout.totals.sharedChunkBytes).toBeGreaterThan(layout.totals.uniqueChunkBytes * 0.3);

@@ -4,7 +4,6 @@
  * (restore, ls, cat, inspect, verify) refuses them with a clear error and a stable exit code, or
  * reads them inside the root; nothing outside the target changes; peak memory stays bounded.
  */
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -14,7 +13,7 @@ import { native } from '../src/native/index.js';
 import { REPO, tmpdir } from './helpers/env.js';
 import { blob, forgeChunked, plainLayer, putRaw, readIndex, writeLayout } from './helpers/layout.js';
 import { mounted, mountLine } from './helpers/mount.js';
-import { mustAsync, sh } from './helpers/run.js';
+import { must, sh } from './helpers/run.js';
 import { pyTar, pyTarFileAsync, type Member } from './helpers/tars.js';
 
 let work: string;
@@ -56,35 +55,17 @@ const zstd = { compress: (j: Buffer) => native.compressSync(j, 3), decompress: (
 const forge = (out: string, edit: (toc: any, text: string) => unknown) => forgeChunked(out, 'x', { toc: edit }, zstd);
 
 /** The CLI under /usr/bin/time: exit code, output and peak RSS in MiB. */
-function run(args: string[]): { code: number; stdout: string; stderr: string; rssMiB: number } {
-  const r = sh('/usr/bin/time', ['-f', 'peak-rss-kib %M', process.execPath, path.join(REPO, 'bin', 'ocichunk.js'), ...args], {
+async function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string; rssMiB: number }> {
+  const r = await sh('/usr/bin/time', ['-f', 'peak-rss-kib %M', process.execPath, path.join(REPO, 'bin', 'ocichunk.js'), ...args], {
     env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'xdg') },
   });
   const m = /peak-rss-kib (\d+)\s*$/.exec(r.stderr);
   return { code: r.code, stdout: r.stdout, stderr: r.stderr.replace(/peak-rss-kib \d+\s*$/, ''), rssMiB: m ? Number(m[1]) / 1024 : NaN };
 }
 
-/** run() without blocking this worker (long runs: vitest's RPC times out after 60 s). */
-function runAsync(args: string[]): Promise<{ code: number; stdout: string; stderr: string; rssMiB: number }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('/usr/bin/time', ['-f', 'peak-rss-kib %M', process.execPath, path.join(REPO, 'bin', 'ocichunk.js'), ...args], {
-      env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'xdg') },
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const m = /peak-rss-kib (\d+)\s*$/.exec(stderr);
-      resolve({ code: code ?? -1, stdout, stderr: stderr.replace(/peak-rss-kib \d+\s*$/, ''), rssMiB: m ? Number(m[1]) / 1024 : NaN });
-    });
-  });
-}
-
-function restoreInto(out: string): { code: number; stderr: string; target: string; rssMiB: number } {
+async function restoreInto(out: string): Promise<{ code: number; stderr: string; target: string; rssMiB: number }> {
   const target = path.join(work, `rootfs-${n++}`);
-  return { ...run(['restore', `oci:${out}:x`, target]), target };
+  return { ...(await run(['restore', `oci:${out}:x`, target])), target };
 }
 
 beforeAll(() => {
@@ -102,7 +83,7 @@ describe('writes outside the target', () => {
 
   it('an opaque marker under a symlink to a host directory empties nothing outside (plain tar image)', async () => {
     const out = await chunked([[['a', 'symlink', canary]], [['a/.wh..wh..opq', 'file', '']]]);
-    const r = restoreInto(out);
+    const r = await restoreInto(out);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     unchanged();
@@ -126,7 +107,7 @@ describe('writes outside the target', () => {
         ['d/sub', 'dir', null, { mode: 0o700 }],
       ],
     ]);
-    const r = restoreInto(out);
+    const r = await restoreInto(out);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     unchanged();
@@ -147,7 +128,7 @@ describe('writes outside the target', () => {
     const target = path.join(work, 'prefilled');
     fs.mkdirSync(target);
     fs.symlinkSync(canary, path.join(target, 'x'));
-    const r = run(['restore', `oci:${out}:x`, target]);
+    const r = await run(['restore', `oci:${out}:x`, target]);
     expect(r.code).toBe(7);
     expect(r.stderr).toMatch(/must be empty or absent/);
     unchanged();
@@ -170,7 +151,7 @@ describe('writes outside the target', () => {
       ].sort((x, y) => (x.path < y.path ? -1 : 1));
       toc.layers[1].entries.sort((x: any, y: any) => (x.path === y.path ? (x.type === 'whiteout' ? -1 : 1) : x.path < y.path ? -1 : 1));
     });
-    const r = restoreInto(out);
+    const r = await restoreInto(out);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     unchanged();
@@ -272,7 +253,7 @@ describe('crafted TOCs with valid digests', () => {
     ],
   ];
 
-  it.each(cases)('%s: every reader refuses it with a clear error', (_name, edit, code, msg) => {
+  it.each(cases)('%s: every reader refuses it with a clear error', async (_name, edit, code, msg) => {
     const out = forged(edit);
     const ref = `oci:${out}:x`;
     for (const args of [
@@ -282,7 +263,7 @@ describe('crafted TOCs with valid digests', () => {
       ['inspect', ref],
       ['verify', ref],
     ]) {
-      const r = run(args);
+      const r = await run(args);
       if (process.env.SHOW) console.log(`${_name} | ${args[0]} | ${r.code} | ${r.rssMiB.toFixed(0)} MiB | ${r.stderr.trim().slice(0, 300)}`);
       expect(r.code, `${args[0]}: ${r.stderr}`).toBe(code);
       expect(r.stderr, args[0]).toMatch(msg);
@@ -331,7 +312,7 @@ describe('crafted TOCs with valid digests', () => {
     return out;
   }
 
-  it("a digest table that is not the TOC's, or that names other bytes: every reader refuses it", () => {
+  it("a digest table that is not the TOC's, or that names other bytes: every reader refuses it", async () => {
     const flip = (t: Buffer) => {
       const c = Buffer.from(t);
       for (let o = 5; o < c.length; o += 32) c[o] ^= 1;
@@ -356,7 +337,7 @@ describe('crafted TOCs with valid digests', () => {
     ] as Array<[string, number[], RegExp]>) {
       const target = path.join(work, `r-${n++}`);
       for (const args of readers(`oci:${out}:x`, target)) {
-        const r = run(args);
+        const r = await run(args);
         expect(codes, `${args[0]}: ${r.stderr}`).toContain(r.code);
         expect(r.stderr, args[0]).toMatch(msg);
         expect(r.stderr, args[0]).not.toMatch(/EINTERNAL|\n\s+at /);
@@ -373,23 +354,23 @@ describe('crafted TOCs with valid digests', () => {
     forgeChunked(out, 'x', { manifest: (m) => m.layers.splice(1, 1) }, zstd);
     const target = path.join(work, `r-${n++}`);
     for (const args of readers(`oci:${out}:x`, target)) {
-      const r = run(args);
+      const r = await run(args);
       expect(r.code, `${args[0]}: ${r.stderr}`).toBe(5);
       expect(r.stderr).toMatch(/must be the TOC's digest table sha256:[0-9a-f]{64} of \d+ bytes/);
     }
     expect(fs.existsSync(target)).toBe(false);
   });
 
-  it('verify lists every violation it finds, not only the first', () => {
+  it('verify lists every violation it finds, not only the first', async () => {
     const out = forged((t) => {
       entry(t, 'etc/hostname').mode = 0o17777;
       entry(t, 'etc/big').size = 5;
       t.layers[0].entries.push({ path: 'etc/zz', type: 'hardlink', link: '../x' });
     });
-    const r = run(['verify', `oci:${out}:x`, '--json']);
+    const r = await run(['verify', `oci:${out}:x`, '--json']);
     expect(r.code).toBe(5);
     expect(r.stderr).toMatch(/and 2 more/);
-    const listed = run(['verify', `oci:${out}:x`]);
+    const listed = await run(['verify', `oci:${out}:x`]);
     for (const m of [/mode 0o17777/, /size is 5/, /hardlink target "\.\.\/x"/]) expect(listed.stdout + listed.stderr).toMatch(m);
   });
 });
@@ -421,21 +402,21 @@ describe('conversions that cannot be poisoned', () => {
     const trustDir = path.join(work, 'victim-trust');
     await convert(`oci:${evil}:x`, `oci:${victim}:x`, { trustDir: path.join(work, 'attacker-trust') });
     forgeChunked(victim, 'x', { manifest: (m) => void (m.annotations['org.ocichunk.source.layers'] = JSON.stringify([cleanLayer])) }, zstd);
-    const check = (ref: string) => {
-      const r = run(['ls', ref, '/etc']);
+    const check = async (ref: string) => {
+      const r = await run(['ls', ref, '/etc']);
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout).toMatch(/hostname/);
       expect(r.stdout).not.toMatch(/zz-backdoor/);
-      expect(run(['verify', ref]).code).toBe(0);
+      expect((await run(['verify', ref])).code).toBe(0);
     };
     // a victim who never converted the clean image: its layer is read, not taken from the layout
     const first = await convert(`oci:${clean}:x`, `oci:${victim}:clean`, { trustDir });
     expect(first.reusedLayers).toBe(0);
-    check(`oci:${victim}:clean`);
+    await check(`oci:${victim}:clean`);
     // ... and after converting it elsewhere (its own record of the layer): the forged layer still differs
     await convert(`oci:${clean}:x`, `oci:${path.join(work, 'elsewhere')}:clean`, { trustDir });
     const again = await convert(`oci:${clean}:x`, `oci:${victim}:clean2`, { trustDir });
-    check(`oci:${victim}:clean2`);
+    await check(`oci:${victim}:clean2`);
     // the victim's own conversion in that layout is reused (the speed-up stays for what can be trusted)
     const mine = await convert(`oci:${clean}:x`, `oci:${victim}:clean3`, { trustDir });
     expect(mine.reusedLayers).toBe(1);
@@ -489,7 +470,7 @@ describe('chunk locations a destination claims', () => {
     expect(first.newChunks).toBe(0);
     const again = await convert(`oci:${victim}:x`, `oci:${honest}:victim2`, { trustDir });
     expect(again.chunksVerified).toBe(0);
-    expect(run(['cat', `oci:${honest}:victim`, '/etc/motd']).stdout).toBe(a);
+    expect((await run(['cat', `oci:${honest}:victim`, '/etc/motd'])).stdout).toBe(a);
   });
 });
 
@@ -511,15 +492,15 @@ describe('mounting an untrusted image', () => {
       `oci:${out}:x`,
       mnt,
       ['--allow-other'],
-      () => {
+      async () => {
         expect(mountLine(mnt)).toMatch(/\bnosuid,nodev\b/);
         expect(fs.statSync(path.join(mnt, 'bin', 'id')).mode & 0o7777).toBe(0o4755);
-        const id = asNobody([path.join(mnt, 'bin', 'id')]);
+        const id = await asNobody([path.join(mnt, 'bin', 'id')]);
         expect(id.stdout).toMatch(/^uid=65534\b/);
         expect(id.stdout).not.toMatch(/euid=0/);
         // a device node of the image does not open the host's device, for root neither
-        expect(sh('cat', [path.join(mnt, 'dev', 'null')]).stderr).toMatch(/Permission denied/);
-        expect(asNobody(['cat', path.join(mnt, 'dev', 'null')]).stderr).toMatch(/Permission denied/);
+        expect((await sh('cat', [path.join(mnt, 'dev', 'null')])).stderr).toMatch(/Permission denied/);
+        expect((await asNobody(['cat', path.join(mnt, 'dev', 'null')])).stderr).toMatch(/Permission denied/);
       },
       'SIGTERM',
       env,
@@ -529,9 +510,9 @@ describe('mounting an untrusted image', () => {
       `oci:${out}:x`,
       mnt,
       ['--allow-other', '--allow-suid', '--allow-dev'],
-      () => {
-        expect(asNobody([path.join(mnt, 'bin', 'id')]).stdout).toMatch(/euid=0\(root\)/);
-        expect(sh('cat', [path.join(mnt, 'dev', 'null')]).code).toBe(0);
+      async () => {
+        expect((await asNobody([path.join(mnt, 'bin', 'id')])).stdout).toMatch(/euid=0\(root\)/);
+        expect((await sh('cat', [path.join(mnt, 'dev', 'null')])).code).toBe(0);
       },
       'SIGTERM',
       env,
@@ -541,8 +522,8 @@ describe('mounting an untrusted image', () => {
       `oci:${out}:x`,
       mnt,
       [],
-      () => {
-        expect(asNobody(['ls', mnt]).stderr).toMatch(/Permission denied/);
+      async () => {
+        expect((await asNobody(['ls', mnt])).stderr).toMatch(/Permission denied/);
       },
       'SIGTERM',
       env,
@@ -560,7 +541,7 @@ describe('terminal-safe output', () => {
         ['d/plain', 'symlink', '\x1b]0;title\x07'],
       ],
     ]);
-    const r = run(['ls', `oci:${out}:x`, '/d']);
+    const r = await run(['ls', `oci:${out}:x`, '/d']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).not.toMatch(/\x1b|\x07/);
     const lines = r.stdout.trim().split('\n');
@@ -568,7 +549,7 @@ describe('terminal-safe output', () => {
     expect(r.stdout).toContain(`$'a\\nb'`);
     expect(r.stdout).toContain(`$'\\E[31mred'`);
     expect(r.stdout).toContain(`plain -> $'\\E]0;title\\a'`);
-    const j = JSON.parse(run(['ls', `oci:${out}:x`, '/d', '--json']).stdout);
+    const j = JSON.parse((await run(['ls', `oci:${out}:x`, '/d', '--json'])).stdout);
     expect(j.entries.map((e: { name: string }) => e.name).sort()).toEqual(['\x1b[31mred', 'a\nb', 'plain'].sort());
   });
 });
@@ -585,15 +566,15 @@ describe('reads of big chunks', () => {
     const src = path.join(work, 'bigchunk-src');
     writeLayout(src, 'x', [plainLayer(pyTar(work, [['big', 'file', null, { from: blobFile }]]))]);
     const out = path.join(work, 'bigchunk-out');
-    const c = run(['convert', `oci:${src}:x`, `oci:${out}:x`, '--chunker', 'file', '--quiet']);
+    const c = await run(['convert', `oci:${src}:x`, `oci:${out}:x`, '--chunker', 'file', '--quiet']);
     expect(c.code, c.stderr).toBe(0);
-    const first = JSON.parse(run(['cat', `oci:${out}:x`, '/big', '--json']).stdout);
+    const first = JSON.parse((await run(['cat', `oci:${out}:x`, '/big', '--json'])).stdout);
     expect(first.chunksFetched).toBe(1);
-    const again = JSON.parse(run(['cat', `oci:${out}:x`, '/big', '--json']).stdout);
+    const again = JSON.parse((await run(['cat', `oci:${out}:x`, '/big', '--json'])).stdout);
     expect(again.chunksFetched).toBe(0);
     expect(again.cacheHits).toBe(1);
     const env = { ...process.env, XDG_CACHE_HOME: path.join(work, 'xdg') };
-    const piped = sh('bash', ['-c', `"${process.execPath}" "${path.join(REPO, 'bin', 'ocichunk.js')}" cat oci:${out}:x /big | sha256sum`], { env });
+    const piped = await sh('bash', ['-c', `"${process.execPath}" "${path.join(REPO, 'bin', 'ocichunk.js')}" cat oci:${out}:x /big | sha256sum`], { env });
     expect(piped.stdout.split(' ')[0]).toBe(createHash('sha256').update(fs.readFileSync(blobFile)).digest('hex'));
   });
 });
@@ -607,7 +588,7 @@ describe('a valid image with a 5 GiB file', () => {
     ]);
     fs.mkdirSync(path.join(src, 'blobs', 'sha256'), { recursive: true });
     // write the layout around the tar without reading it into memory
-    const digest = (await mustAsync('sha256sum', [tar])).stdout.split(' ')[0];
+    const digest = (await must('sha256sum', [tar])).stdout.split(' ')[0];
     fs.renameSync(tar, path.join(src, 'blobs', 'sha256', digest));
     const size = fs.statSync(path.join(src, 'blobs', 'sha256', digest)).size;
     writeLayout(src, 'x', [], {
@@ -616,11 +597,11 @@ describe('a valid image with a 5 GiB file', () => {
       },
     });
     const out = path.join(work, 'huge-out');
-    const c = await runAsync(['convert', `oci:${src}:x`, `oci:${out}:x`, '--quiet']);
+    const c = await run(['convert', `oci:${src}:x`, `oci:${out}:x`, '--quiet']);
     expect(c.code, c.stderr).toBe(0);
     fs.rmSync(src, { recursive: true });
     const target = path.join(work, 'rootfs-huge');
-    const r = await runAsync(['restore', `oci:${out}:x`, target]);
+    const r = await run(['restore', `oci:${out}:x`, target]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(fs.statSync(path.join(target, 'big')).size).toBe(5 * 2 ** 30);

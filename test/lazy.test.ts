@@ -13,7 +13,7 @@ import { image, REPO, tmpdir } from './helpers/env.js';
 import { FaultProxy } from './helpers/fault-proxy.js';
 import { plainLayer, writeLayout } from './helpers/layout.js';
 import { Registry } from './helpers/registry.js';
-import { cli, cliAsync, cliJson, cliJsonAsync, must } from './helpers/run.js';
+import { cli, cliJson, must } from './helpers/run.js';
 import { mounted, mountLine } from './helpers/mount.js';
 import { pyTar } from './helpers/tars.js';
 import { diffTrees, snapshot, type Node } from './helpers/tree.js';
@@ -39,9 +39,9 @@ let py: string;
 let app: string;
 
 /** Bytes of a file in the original image, from its layer tars (Python, last layer wins). */
-function originalFile(layout: string, p: string): Buffer {
+async function originalFile(layout: string, p: string): Promise<Buffer> {
   const out = path.join(work, 'orig-' + p.replace(/\//g, '_'));
-  must('python3', [
+  await must('python3', [
     '-c',
     `
 import json, os, sys, tarfile
@@ -67,12 +67,12 @@ open(out, 'wb').write(data)
 beforeAll(async () => {
   work = tmpdir('lazy');
   reg = await new Registry(path.join(work, 'reg')).start();
-  reg.push(`oci:${image('py')}:latest`, 'lazy/py:1');
-  reg.push(`oci:${image('app')}:latest`, 'lazy/app:1');
+  await reg.push(`oci:${image('py')}:latest`, 'lazy/py:1');
+  await reg.push(`oci:${image('app')}:latest`, 'lazy/app:1');
   py = `docker://${reg.host}/lazy/py:1`;
   app = `docker://${reg.host}/lazy/app:1`;
-  await cliJsonAsync(['convert', py, py]);
-  await cliJsonAsync(['convert', app, app]);
+  await cliJson(['convert', py, py]);
+  await cliJson(['convert', app, app]);
 });
 
 afterAll(async () => {
@@ -81,7 +81,7 @@ afterAll(async () => {
 
 describe('lazy pull from a registry', () => {
   it('ls lists a directory and cat reads a file, fetching the TOC and only the frame holding it', async () => {
-    const ls = cliJson<{ entries: Array<{ name: string; type: string; size: number }>; stats: MountStats }>([
+    const ls = await cliJson<{ entries: Array<{ name: string; type: string; size: number }>; stats: MountStats }>([
       'ls',
       py,
       '/usr/lib/python3.11/json',
@@ -90,14 +90,14 @@ describe('lazy pull from a registry', () => {
     expect(ls.entries.map((e) => e.name)).toContain('decoder.py');
     expect(ls.stats.packBytesFetched).toBe(0);
     expect(ls.stats.digestBytesFetched).toBe(0);
-    const text = cli(['ls', py, '/usr/bin', '--no-cache']);
+    const text = await cli(['ls', py, '/usr/bin', '--no-cache']);
     expect(text.stdout).toMatch(/^lrwxrwxrwx .* python3 -> python3\.11$/m);
 
-    const want = originalFile(image('py'), 'usr/lib/python3.11/json/decoder.py');
-    const cat = cli(['cat', py, '/usr/lib/python3.11/json/decoder.py', '--no-cache', '--stats']);
+    const want = await originalFile(image('py'), 'usr/lib/python3.11/json/decoder.py');
+    const cat = await cli(['cat', py, '/usr/lib/python3.11/json/decoder.py', '--no-cache', '--stats']);
     expect(cat.code, cat.stderr).toBe(0);
     expect(Buffer.from(cat.stdout, 'latin1').equals(want) || cat.stdout === want.toString()).toBe(true);
-    const stats = cliJson<MountStats & { size: number }>(['cat', py, '/usr/lib/python3.11/json/decoder.py', '--no-cache', '--json']);
+    const stats = await cliJson<MountStats & { size: number }>(['cat', py, '/usr/lib/python3.11/json/decoder.py', '--no-cache', '--json']);
     expect(stats.size).toBe(want.length);
     // exactly the compressed frame(s) holding the file's chunks, as the TOC lists them
     const img = await LazyImage.open(py, { cacheDir: false });
@@ -125,8 +125,8 @@ describe('lazy pull from a registry', () => {
     expect(stats.digestBytesFetched).toBe(digestBytes);
     expect(stats.packBytesFetched).toBeLessThan(DEFAULT_FRAME_SIZE);
     // a symlink followed inside the image (/etc/os-release -> ../usr/lib/os-release)
-    expect(cli(['cat', py, '/etc/os-release', '--no-cache']).stdout).toBe(originalFile(image('py'), 'usr/lib/os-release').toString());
-    const missing = cli(['cat', py, '/no/such/file', '--no-cache']);
+    expect((await cli(['cat', py, '/etc/os-release', '--no-cache'])).stdout).toBe((await originalFile(image('py'), 'usr/lib/os-release')).toString());
+    const missing = await cli(['cat', py, '/no/such/file', '--no-cache']);
     expect(missing.code).toBe(3);
     expect(missing.stderr).toMatch(/no such file or directory/);
   });
@@ -135,11 +135,11 @@ describe('lazy pull from a registry', () => {
     const cache = path.join(work, 'cache');
     const trace = path.join(work, 'trace.txt');
     let output = '';
-    const s = await mounted(py, path.join(work, 'mnt-py'), ['--cache', cache, '--record-trace', trace], () => {
+    const s = await mounted(py, path.join(work, 'mnt-py'), ['--cache', cache, '--record-trace', trace], async () => {
       // an untrusted image: its setuid bits and device nodes are inert, and only we may enter
       expect(mountLine(path.join(work, 'mnt-py'))).toMatch(/\bro,nosuid,nodev\b/);
       expect(mountLine(path.join(work, 'mnt-py'))).not.toMatch(/allow_other/);
-      output = must('chroot', [path.join(work, 'mnt-py'), '/usr/bin/python3', '-c', 'import json; print(json.dumps([1]))']).stdout;
+      output = (await must('chroot', [path.join(work, 'mnt-py'), '/usr/bin/python3', '-c', 'import json; print(json.dumps([1]))'])).stdout;
     });
     expect(output).toBe('[1]\n');
     // what was read: the files of the trace, each up to its size
@@ -161,10 +161,10 @@ describe('lazy pull from a registry', () => {
       await img.close();
     }
     const fetched = s.packBytesFetched + s.tocBytes + s.digestBytesFetched;
-    const imageBytes = cliJson<{ packBytes: number }>(['inspect', py]).packBytes;
-    const original = JSON.parse(must('skopeo', ['inspect', '--tls-verify=false', '--raw', py]).stdout) as { manifests: Array<{ digest: string }> };
+    const imageBytes = (await cliJson<{ packBytes: number }>(['inspect', py])).packBytes;
+    const original = JSON.parse((await must('skopeo', ['inspect', '--tls-verify=false', '--raw', py])).stdout) as { manifests: Array<{ digest: string }> };
     const origManifest = JSON.parse(
-      must('skopeo', ['inspect', '--tls-verify=false', '--raw', `docker://${reg.host}/lazy/py@${original.manifests[0].digest}`]).stdout,
+      (await must('skopeo', ['inspect', '--tls-verify=false', '--raw', `docker://${reg.host}/lazy/py@${original.manifests[0].digest}`])).stdout,
     ) as { layers: Array<{ size: number }> };
     const compressed = Math.min(
       imageBytes,
@@ -186,7 +186,7 @@ describe('lazy pull from a registry', () => {
 
   it('the mounted tree is the one umoci unpacks from the original: types, modes, owners, contents, links, hardlinks, xattrs, devices', async () => {
     const bundle = path.join(work, 'umoci-app');
-    must('umoci', ['unpack', '--image', `${image('app')}:latest`, bundle]);
+    await must('umoci', ['unpack', '--image', `${image('app')}:latest`, bundle]);
     const reference = snapshot(path.join(bundle, 'rootfs'));
     const mnt = path.join(work, 'mnt-tree');
     let got = new Map<string, Node>();
@@ -203,7 +203,7 @@ describe('lazy pull from a registry', () => {
 
   it('mount --layers: overlayfs stacking the layer directories shows that tree too, and runs python3', async () => {
     const bundle = path.join(work, 'umoci-app-layers');
-    must('umoci', ['unpack', '--image', `${image('app')}:latest`, bundle]);
+    await must('umoci', ['unpack', '--image', `${image('app')}:latest`, bundle]);
     const reference = snapshot(path.join(bundle, 'rootfs'));
     const mnt = path.join(work, 'mnt-layers');
     const merged = path.join(work, 'merged-layers');
@@ -211,7 +211,7 @@ describe('lazy pull from a registry', () => {
     let got = new Map<string, Node>();
     let dirs: string[] = [];
     let whiteouts = 0;
-    await mounted(app, mnt, ['--layers', '--cache', path.join(work, 'cache-tree')], () => {
+    await mounted(app, mnt, ['--layers', '--cache', path.join(work, 'cache-tree')], async () => {
       dirs = fs.readdirSync(mnt).sort();
       // the second layer of app removes files of the base: overlay whiteouts (0/0 devices)
       const walk = (d: string) => {
@@ -222,12 +222,12 @@ describe('lazy pull from a registry', () => {
       };
       walk(path.join(mnt, '1'));
       const lower = [...dirs].reverse().map((d) => path.join(mnt, d));
-      must('mount', ['-t', 'overlay', 'overlay', '-o', `ro,lowerdir=${lower.join(':')}`, merged]);
+      await must('mount', ['-t', 'overlay', 'overlay', '-o', `ro,lowerdir=${lower.join(':')}`, merged]);
       try {
         got = snapshot(merged);
-        expect(must('chroot', [merged, '/bin/sh', '-c', 'ls /etc/os-release && echo ok']).stdout).toContain('ok');
+        expect((await must('chroot', [merged, '/bin/sh', '-c', 'ls /etc/os-release && echo ok'])).stdout).toContain('ok');
       } finally {
-        must('umount', [merged]);
+        await must('umount', [merged]);
       }
     });
     expect(dirs).toEqual(['0', '1']);
@@ -246,8 +246,8 @@ describe('lazy pull from a registry', () => {
         : [];
     const before = new Set(files(path.join(cache, 'sha256')));
     const trace = path.join(work, 'trace-app.txt');
-    const s = await mounted(app, path.join(work, 'mnt-app'), ['--cache', cache, '--record-trace', trace], () => {
-      expect(must('chroot', [path.join(work, 'mnt-app'), '/usr/bin/python3', '-c', 'import sys; print(sys.version_info[0])']).stdout).toBe('3\n');
+    const s = await mounted(app, path.join(work, 'mnt-app'), ['--cache', cache, '--record-trace', trace], async () => {
+      expect((await must('chroot', [path.join(work, 'mnt-app'), '/usr/bin/python3', '-c', 'import sys; print(sys.version_info[0])'])).stdout).toBe('3\n');
     });
     // the chunks the reads needed, from the TOC
     const img = await LazyImage.open(app, { cacheDir: false });
@@ -283,7 +283,7 @@ describe('lazy pull from a registry', () => {
   it('convert --prefetch-list stores a trace in the TOC, and mounts prefetch it by default', async () => {
     const trace = path.join(work, 'trace.txt');
     const dst = `docker://${reg.host}/lazy/py-prefetch:1`;
-    cliJson(['convert', py, dst, '--prefetch-list', trace]);
+    await cliJson(['convert', py, dst, '--prefetch-list', trace]);
     const img = await LazyImage.open(dst, { cacheDir: false });
     const lines = fs
       .readFileSync(trace, 'utf8')
@@ -294,8 +294,8 @@ describe('lazy pull from a registry', () => {
     } finally {
       await img.close();
     }
-    const s = await mounted(dst, path.join(work, 'mnt-prefetch'), ['--cache', path.join(work, 'cache-prefetch')], () => {
-      expect(must('chroot', [path.join(work, 'mnt-prefetch'), '/usr/bin/python3', '-c', 'import json; print(json.dumps([1]))']).stdout).toBe('[1]\n');
+    const s = await mounted(dst, path.join(work, 'mnt-prefetch'), ['--cache', path.join(work, 'cache-prefetch')], async () => {
+      expect((await must('chroot', [path.join(work, 'mnt-prefetch'), '/usr/bin/python3', '-c', 'import json; print(json.dumps([1]))'])).stdout).toBe('[1]\n');
     });
     expect(s.prefetchedChunks).toBeGreaterThan(20);
     // nothing prefetched with --no-prefetch
@@ -305,7 +305,7 @@ describe('lazy pull from a registry', () => {
   });
 
   it('lazy-bench runs the command after a full pull and on cold, prefetched and warm mounts, through a simulated link', async () => {
-    const r = await cliJsonAsync<{
+    const r = await cliJson<{
       imageBytes: number;
       results: Array<{
         scenario: string;
@@ -333,7 +333,7 @@ describe('lazy pull from a registry', () => {
   });
 
   it('lazy-bench in containerd: ctr run after a full pull, and on the ocichunk snapshotter with a cold, prefetched and warm cache', async () => {
-    const r = await cliJsonAsync<{ imageBytes: number; results: ScenarioResult[] }>([
+    const r = await cliJson<{ imageBytes: number; results: ScenarioResult[] }>([
       'lazy-bench',
       py,
       '--run',
@@ -382,10 +382,10 @@ describe('lazy pull from a registry', () => {
       py,
       mnt,
       ['--cache', path.join(work, 'cache')],
-      () => {
+      async () => {
         inside = spawn('chroot', [mnt, '/bin/sleep', '5'], { stdio: 'ignore' });
         // it has the mount busy once sleep has started
-        must('sh', [
+        await must('sh', [
           '-c',
           `for i in $(seq 50); do grep -qs '/bin/sleep' /proc/${inside!.pid}/cmdline 2>/dev/null && ls -l /proc/*/root 2>/dev/null | grep -q '${mnt}' && exit 0; sleep 0.1; done; exit 1`,
         ]);
@@ -402,8 +402,9 @@ describe('lazy pull from a registry', () => {
     fs.mkdirSync(mnt);
     const m = await MountedImage.mount(py, mnt, { cacheDir: path.join(work, 'cache-blocked') });
     try {
-      // synchronous: this thread's event loop is stopped while python reads (cold cache: every chunk fetched)
-      const out = execFileSync('chroot', [mnt, '/usr/bin/python3', '-c', 'import json; print(json.dumps([1]))'], { timeout: 60_000 }).toString();
+      // synchronous: this thread's event loop is stopped while python reads (cold cache: every chunk
+      // fetched); killed well before vitest's worker RPC gives up on a blocked worker (60 s)
+      const out = execFileSync('chroot', [mnt, '/usr/bin/python3', '-c', 'import json; print(json.dumps([1]))'], { timeout: 40_000 }).toString();
       expect(out).toBe('[1]\n');
       expect((await m.stats()).chunksFetched).toBeGreaterThan(20);
     } finally {
@@ -440,7 +441,7 @@ describe('lazy pull from a registry', () => {
         }
         expect(s.readAheadPending).toBe(0);
         const before = s.fetchRequests;
-        expect(fs.readFileSync(path.join(mnt, libc)).equals(originalFile(image('py'), libc.slice(1)))).toBe(true);
+        expect(fs.readFileSync(path.join(mnt, libc)).equals(await originalFile(image('py'), libc.slice(1)))).toBe(true);
         for (const f of pycs) fs.readFileSync(path.join(mnt, dir, f));
         const after = await m.stats();
         return { readAhead: s.readAheadChunks, libcAndDirFetches: after.fetchRequests - before };
@@ -462,21 +463,21 @@ describe('lazy pull from a registry', () => {
     try {
       const ref = `docker://${proxy.host}/lazy/py:1`;
       // async: the proxy runs in this process
-      const r = await cliAsync(['cat', ref, '/usr/lib/python3.11/json/decoder.py', '--no-cache', '--quiet']);
+      const r = await cli(['cat', ref, '/usr/lib/python3.11/json/decoder.py', '--no-cache', '--quiet']);
       expect(r.code, r.stderr).toBe(0);
-      expect(r.stdout).toBe(originalFile(image('py'), 'usr/lib/python3.11/json/decoder.py').toString());
+      expect(r.stdout).toBe((await originalFile(image('py'), 'usr/lib/python3.11/json/decoder.py')).toString());
       expect(proxy.faults.norange ?? 0).toBeGreaterThan(0);
     } finally {
       await proxy.stop();
     }
   });
   // last: same image, same packs, and the registry stores a blob once for all repositories
-  it('refuses a chunk whose bytes were tampered with in the registry', () => {
+  it('refuses a chunk whose bytes were tampered with in the registry', async () => {
     const work2 = path.join(work, 'tamper');
     fs.mkdirSync(work2);
-    reg.push(`oci:${image('py')}:latest`, 'tamper/py:1');
+    await reg.push(`oci:${image('py')}:latest`, 'tamper/py:1');
     const ref = `docker://${reg.host}/tamper/py:1`;
-    cliJson(['convert', ref, ref]);
+    await cliJson(['convert', ref, ref]);
     const target = '/usr/lib/python3.11/json/decoder.py';
     // the pack and frame holding the file
     const code = `
@@ -487,10 +488,10 @@ describe('lazy pull from a registry', () => {
       const { pack: pi, offset: off, compressedLength: clen } = img.image.toc.frames[fi];
       console.log(JSON.stringify({ pack: img.image.toc.packs[pi], off, clen }));
       await img.close();`;
-    const where = JSON.parse(must(process.execPath, ['--input-type=module', '-e', code]).stdout) as { pack: string; off: number; clen: number };
+    const where = JSON.parse((await must(process.execPath, ['--input-type=module', '-e', code])).stdout) as { pack: string; off: number; clen: number };
     // flip bytes in the middle of the frame's compressed data
     reg.flipBytes(where.pack, where.off + Math.floor(where.clen / 2));
-    const r = cli(['cat', ref, target, '--no-cache']);
+    const r = await cli(['cat', ref, target, '--no-cache']);
     expect([5, 6]).toContain(r.code);
     expect(r.stderr).toMatch(new RegExp(`${where.pack}|does not match its digest|zstd`));
     expect(r.stdout).toBe('');
@@ -506,7 +507,7 @@ describe('reads of big chunks through the mount', () => {
     fs.writeFileSync(file, data);
     writeLayout(path.join(dir, 'src'), 'x', [plainLayer(pyTar(dir, [['big', 'file', null, { from: file }]]))]);
     const ref = `oci:${path.join(dir, 'out')}:x`;
-    const c = cli(['convert', `oci:${path.join(dir, 'src')}:x`, ref, '--chunker', 'fixed', '--chunk-size', '256k', '--quiet']);
+    const c = await cli(['convert', `oci:${path.join(dir, 'src')}:x`, ref, '--chunker', 'fixed', '--chunk-size', '256k', '--quiet']);
     expect(c.code, c.stderr).toBe(0);
     const want = createHash('sha256').update(data).digest('hex');
     const mnt = path.join(dir, 'mnt');
@@ -514,8 +515,8 @@ describe('reads of big chunks through the mount', () => {
     // before they are read; the mount must fetch them again, not be told they are there
     for (const extra of [[], ['--cache-max', '1m']]) {
       let sum = '';
-      const s = await mounted(ref, mnt, ['--cache', path.join(dir, `cache${extra.length}`), ...extra], () => {
-        sum = must('sh', ['-c', `dd if='${mnt}/big' bs=128k status=none | sha256sum`]).stdout.split(' ')[0];
+      const s = await mounted(ref, mnt, ['--cache', path.join(dir, `cache${extra.length}`), ...extra], async () => {
+        sum = (await must('sh', ['-c', `dd if='${mnt}/big' bs=128k status=none | sha256sum`])).stdout.split(' ')[0];
       });
       expect(sum, extra.join(' ')).toBe(want);
       expect(s.fileBytesServed).toBe(data.length);

@@ -20,8 +20,8 @@ beforeAll(() => {
 });
 
 /** What `python3 -v -c 'import json'` says about the bytecode of the modules it imports. */
-function pythonImports(root: string): { fromBytecode: number; stale: string[] } {
-  const r = must('chroot', [root, '/usr/bin/python3', '-v', '-c', 'import json']);
+async function pythonImports(root: string): Promise<{ fromBytecode: number; stale: string[] }> {
+  const r = await must('chroot', [root, '/usr/bin/python3', '-v', '-c', 'import json']);
   const lines = r.stderr.split('\n');
   return {
     fromBytecode: lines.filter((l) => /^# code object from '.*\.pyc'$/.test(l)).length,
@@ -33,7 +33,7 @@ describe('mtimes are kept by default', () => {
   // (the largest test image, big, is compared the same way, mtimes included, by benchmarks/restore.sh)
   it.each(['base', 'py', 'app2'])('restore of %s gives the tree umoci unpacks, mtimes included', async (name) => {
     const bundle = path.join(work, `umoci-${name}`);
-    must('umoci', ['unpack', '--image', `${image(name)}:latest`, bundle]);
+    await must('umoci', ['unpack', '--image', `${image(name)}:latest`, bundle]);
     const reference = snapshot(path.join(bundle, 'rootfs'));
     fs.rmSync(bundle, { recursive: true, force: true });
     const out = path.join(work, `out-${name}`);
@@ -55,15 +55,15 @@ describe('mtimes are kept by default', () => {
     await convert(`oci:${image('py')}:latest`, `oci:${out}:x`);
     const rootfs = path.join(work, 'py-rootfs');
     await restore(`oci:${out}:x`, rootfs);
-    const restored = pythonImports(rootfs);
+    const restored = await pythonImports(rootfs);
     expect(restored.stale).toEqual([]);
     expect(restored.fromBytecode).toBeGreaterThan(10);
     fs.rmSync(rootfs, { recursive: true, force: true });
 
     const mnt = path.join(work, 'py-mnt');
-    let mountedRun: ReturnType<typeof pythonImports> | undefined;
-    await mounted(`oci:${out}:x`, mnt, ['--cache', path.join(work, 'cache')], () => {
-      mountedRun = pythonImports(mnt);
+    let mountedRun: Awaited<ReturnType<typeof pythonImports>> | undefined;
+    await mounted(`oci:${out}:x`, mnt, ['--cache', path.join(work, 'cache')], async () => {
+      mountedRun = await pythonImports(mnt);
     });
     expect(mountedRun!.stale).toEqual([]);
     expect(mountedRun!.fromBytecode).toBeGreaterThan(10);
@@ -73,7 +73,7 @@ describe('mtimes are kept by default', () => {
     await convert(`oci:${image('py')}:latest`, `oci:${clamped}:x`, { sourceDateEpoch: 0 });
     const rootfs0 = path.join(work, 'py-rootfs-0');
     await restore(`oci:${clamped}:x`, rootfs0);
-    expect(pythonImports(rootfs0).stale.length).toBeGreaterThan(10);
+    expect((await pythonImports(rootfs0)).stale.length).toBeGreaterThan(10);
     fs.rmSync(rootfs0, { recursive: true, force: true });
   });
 

@@ -13,10 +13,10 @@ import { diffTrees, snapshot, type Node } from './helpers/tree.js';
 let work: string;
 let reference: Map<string, Node>;
 
-beforeAll(() => {
+beforeAll(async () => {
   work = tmpdir('roundtrip');
   const bundle = path.join(work, 'umoci');
-  must('umoci', ['unpack', '--image', `${image('app')}:latest`, bundle]);
+  await must('umoci', ['unpack', '--image', `${image('app')}:latest`, bundle]);
   reference = snapshot(path.join(bundle, 'rootfs'));
   reference.delete('.');
 });

@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Containerd } from './helpers/containerd.js';
 import { image, REPO, tmpdir } from './helpers/env.js';
 import { Registry, type AccessEntry } from './helpers/registry.js';
-import { cliAsync, must } from './helpers/run.js';
+import { cli, must } from './helpers/run.js';
 import { CtrSession, mountsUnder, SnapshotterProc, settled, snapshotState } from './helpers/snapshotter.js';
 
 let work: string;
@@ -46,7 +46,7 @@ const stateOf = (root: string) => snapshotState<{ id: string; kind: string; remo
 
 /** After a restart: containerd's calls fail (unavailable) until its reconnect backoff reaches the new process. */
 async function reconnected(): Promise<void> {
-  await settled(async () => (await ctrd.ctrAsync(['snapshots', '--snapshotter', 'ocichunk', 'ls'])).code === 0, 150);
+  await settled(async () => (await ctrd.ctr(['snapshots', '--snapshotter', 'ocichunk', 'ls'])).code === 0, 150);
 }
 
 /** Blob GETs in an access log slice, and the bytes they sent. */
@@ -75,11 +75,11 @@ beforeAll(async () => {
   work = tmpdir('snapshotter-lazy');
   cache = path.join(work, 'cache');
   reg = await new Registry(path.join(work, 'registry')).start();
-  reg.push(`oci:${image('py')}:latest`, 'py:1');
-  reg.push(`oci:${image('app')}:latest`, 'app:1');
-  reg.push(`oci:${image('app2')}:latest`, 'plain:1');
+  await reg.push(`oci:${image('py')}:latest`, 'py:1');
+  await reg.push(`oci:${image('app')}:latest`, 'app:1');
+  await reg.push(`oci:${image('app2')}:latest`, 'plain:1');
   for (const name of ['py:1', 'app:1']) {
-    const conv = await cliAsync(['convert', `docker://${reg.host}/${name}`, `docker://${reg.host}/${name}`, '--quiet']);
+    const conv = await cli(['convert', `docker://${reg.host}/${name}`, `docker://${reg.host}/${name}`, '--quiet']);
     if (conv.code !== 0) throw new Error(conv.stderr);
   }
   py = `${reg.host}/py:1`;
@@ -244,7 +244,7 @@ describe('containerd with the ocichunk snapshotter: lazy layers', () => {
       const chunks = await img.chunkDigests(ids);
       console.log(JSON.stringify({ pack: img.image.toc.packs[pi], off, clen, chunks }));
       await img.close();`;
-    const where = JSON.parse(must(process.execPath, ['--input-type=module', '-e', code]).stdout) as {
+    const where = JSON.parse((await must(process.execPath, ['--input-type=module', '-e', code])).stdout) as {
       pack: string;
       off: number;
       clen: number;

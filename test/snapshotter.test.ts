@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Containerd } from './helpers/containerd.js';
 import { image, tmpdir } from './helpers/env.js';
 import { Registry } from './helpers/registry.js';
-import { cliAsync } from './helpers/run.js';
+import { cli } from './helpers/run.js';
 import { CtrSession, mountsUnder, SnapshotterProc, settled, snapshotState } from './helpers/snapshotter.js';
 import { SnapshotsClient } from './helpers/snapshots-client.js';
 
@@ -37,11 +37,11 @@ const stateOf = (root: string) => snapshotState(root);
 beforeAll(async () => {
   work = tmpdir('snapshotter');
   reg = await new Registry(path.join(work, 'registry')).start();
-  reg.push(`oci:${image('app')}:latest`, 'apps:app');
-  const conv = await cliAsync(['convert', `docker://${reg.host}/apps:app`, `docker://${reg.host}/apps:app`, '--quiet']);
+  await reg.push(`oci:${image('app')}:latest`, 'apps:app');
+  const conv = await cli(['convert', `docker://${reg.host}/apps:app`, `docker://${reg.host}/apps:app`, '--quiet']);
   if (conv.code !== 0) throw new Error(conv.stderr);
   converted = `${reg.host}/apps:app`;
-  reg.push(`oci:${image('app2')}:latest`, 'apps:plain');
+  await reg.push(`oci:${image('app2')}:latest`, 'apps:plain');
   plain = `${reg.host}/apps:plain`;
   snap = new SnapshotterProc(path.join(work, 'snap-root'), path.join(work, 'snap.sock'), work);
   await snap.start();
@@ -111,7 +111,7 @@ describe('containerd with the ocichunk snapshotter (ordinary layers)', () => {
     // containerd's connection to the killed server broke without a goodbye: its calls fail
     // (Unavailable) until its reconnect backoff (at most a few seconds) dials the new one
     const t0 = Date.now();
-    await settled(async () => (await ctrd.ctrAsync(['snapshots', '--snapshotter', 'ocichunk', 'ls'])).code === 0);
+    await settled(async () => (await ctrd.ctr(['snapshots', '--snapshotter', 'ocichunk', 'ls'])).code === 0);
     expect(Date.now() - t0).toBeLessThan(8000);
     expect(await snapshotList()).toEqual(beforeKill);
     expect(await ctrOk(['run', '--rm', '--snapshotter', 'ocichunk', converted, cid('c3'), ...CMD])).toMatch(/hello\n$/);

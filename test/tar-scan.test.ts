@@ -180,7 +180,7 @@ async function scanned(file: string, piece?: number): Promise<{ seen: Seen[]; ch
 let work: string;
 const layers: Array<[string, string]> = [];
 
-beforeAll(() => {
+beforeAll(async () => {
   work = tmpdir('tarscan');
   // the real layers of the test images as buildah wrote them (gzip), and one as zstd
   for (const name of ['base', 'app']) {
@@ -193,20 +193,20 @@ beforeAll(() => {
   }
   // GNU tar over the same files: gnu and pax formats (long names, xattrs, hardlinks, a fifo)
   const bundle = path.join(work, 'bundle');
-  must('umoci', ['unpack', '--image', `${image('base')}:latest`, bundle]);
+  await must('umoci', ['unpack', '--image', `${image('base')}:latest`, bundle]);
   const root = path.join(bundle, 'rootfs');
   const deep = path.join(root, 'deep', 'x'.repeat(90), 'y'.repeat(90));
   fs.mkdirSync(deep, { recursive: true });
   fs.writeFileSync(path.join(deep, `${'z'.repeat(120)}.txt`), 'long name\n');
   fs.linkSync(path.join(root, 'etc', 'os-release'), path.join(root, 'deep', 'os-release-link'));
-  must('mkfifo', [path.join(root, 'deep', 'fifo')]);
-  must('setfattr', ['-n', 'user.ocichunk', '-v', '0sAAECAwT/', path.join(root, 'etc', 'hostname')]);
+  await must('mkfifo', [path.join(root, 'deep', 'fifo')]);
+  await must('setfattr', ['-n', 'user.ocichunk', '-v', '0sAAECAwT/', path.join(root, 'etc', 'hostname')]);
   for (const fmt of ['gnu', 'pax']) {
     const out = path.join(work, `rootfs-${fmt}.tar`);
-    must('tar', ['-C', root, `--format=${fmt}`, '--xattrs', '--numeric-owner', '-cf', out, '.']);
+    await must('tar', ['-C', root, `--format=${fmt}`, '--xattrs', '--numeric-owner', '-cf', out, '.']);
     layers.push([`GNU tar --format=${fmt}`, out]);
   }
-  must('zstd', ['-q', '-3', path.join(work, 'rootfs-pax.tar'), '-o', path.join(work, 'rootfs-pax.tar.zst')]);
+  await must('zstd', ['-q', '-3', path.join(work, 'rootfs-pax.tar'), '-o', path.join(work, 'rootfs-pax.tar.zst')]);
 });
 
 describe('native layer scan', () => {

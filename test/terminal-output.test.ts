@@ -16,7 +16,7 @@ const EVIL = '\x1b[31mred\nforged line';
 let work: string;
 let out: string;
 
-beforeAll(() => {
+beforeAll(async () => {
   work = tmpdir('terminal');
   const src = path.join(work, 'src');
   writeLayout(src, 'x', [
@@ -31,7 +31,7 @@ beforeAll(() => {
   ]);
   out = path.join(work, 'out');
   for (const tag of ['a', 'b']) {
-    const r = cli(['convert', `oci:${src}:x`, `oci:${out}:${tag}`, '--quiet']);
+    const r = await cli(['convert', `oci:${src}:x`, `oci:${out}:${tag}`, '--quiet']);
     expect(r.code, r.stderr).toBe(0);
   }
   // a layout from elsewhere: one of its tags holds an escape sequence and a newline
@@ -54,35 +54,35 @@ describe('terminal-safe output', () => {
     expect(quoteName('')).toBe("''");
   });
 
-  it('ls: one line per entry, no raw control characters; --json gives the exact names', () => {
-    const r = cli(['ls', `oci:${out}:a`, '/d', '--no-cache']);
+  it('ls: one line per entry, no raw control characters; --json gives the exact names', async () => {
+    const r = await cli(['ls', `oci:${out}:a`, '/d', '--no-cache']);
     expect(r.code, r.stderr).toBe(0);
     noControl(r.stdout);
     const lines = r.stdout.trimEnd().split('\n');
     expect(lines).toHaveLength(3);
     expect(lines.map((l) => l.slice(l.lastIndexOf(' ') + 1))).toEqual([`$'\\E[31mred'`, `$'a\\nb'`, 'ok']);
-    const j = JSON.parse(cli(['ls', `oci:${out}:a`, '/d', '--no-cache', '--json']).stdout);
+    const j = JSON.parse((await cli(['ls', `oci:${out}:a`, '/d', '--no-cache', '--json'])).stdout);
     expect(j.entries.map((e: { name: string }) => e.name)).toEqual(['\x1b[31mred', 'a\nb', 'ok']);
   });
 
-  it('inspect of a layout quotes its tags; --json keeps them exact', () => {
-    const r = cli(['inspect', `oci:${out}`]);
+  it('inspect of a layout quotes its tags; --json keeps them exact', async () => {
+    const r = await cli(['inspect', `oci:${out}`]);
     expect(r.code, r.stderr).toBe(0);
     noControl(r.stdout);
     expect(r.stdout).toContain(`$'oci:${out}:\\E[31mred\\nforged line'`);
     expect(r.stdout.split('\n').some((l) => l.startsWith('forged line'))).toBe(false);
-    const j = JSON.parse(cli(['inspect', `oci:${out}`, '--json']).stdout);
+    const j = JSON.parse((await cli(['inspect', `oci:${out}`, '--json'])).stdout);
     expect(j.images.map((i: { reference: string }) => i.reference)).toContain(`oci:${out}:${EVIL}`);
   });
 
-  it('error messages quoting the image escape its control characters', () => {
-    const r = cli(['ls', `oci:${out}:nope`, '/']);
+  it('error messages quoting the image escape its control characters', async () => {
+    const r = await cli(['ls', `oci:${out}:nope`, '/']);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain('\\x1b[31mred\\nforged line');
     noControl(r.stderr);
     expect(r.stderr.split('\n').some((l) => l.startsWith('forged line'))).toBe(false);
     // --json: the message as it is
-    const j = JSON.parse(cli(['ls', `oci:${out}:nope`, '/', '--json']).stdout);
+    const j = JSON.parse((await cli(['ls', `oci:${out}:nope`, '/', '--json'])).stdout);
     expect(j.error.message).toContain(EVIL);
   });
 

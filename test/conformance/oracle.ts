@@ -30,10 +30,10 @@ export function buildFixture(name: string, dir: string): string {
 }
 
 /** What `umoci unpack` of the layout's `orig` makes, as a listing (mtimes umoci made up left out). */
-export function umociTree(layout: string, dir: string): Tree {
+export async function umociTree(layout: string, dir: string): Promise<Tree> {
   const bundle = path.join(dir, 'umoci');
   const since = Math.floor(Date.now() / 1000) - 1;
-  must('sh', ['-c', 'umask 022 && exec umoci unpack --image "$1" "$2"', 'sh', `${layout}:orig`, bundle]);
+  await must('sh', ['-c', 'umask 022 && exec umoci unpack --image "$1" "$2"', 'sh', `${layout}:orig`, bundle]);
   const until = Math.ceil(Date.now() / 1000) + 1;
   const t = diskTree(path.join(bundle, 'rootfs'));
   for (const n of t.values()) if (n.mtime !== undefined && n.mtime >= since && n.mtime <= until) delete n.mtime;
@@ -47,15 +47,15 @@ export function umociTree(layout: string, dir: string): Tree {
  * of the top snapshot mounted as overlayfs, as a container would see its root.
  */
 const SNAP = process.env.OCICHUNK_SNAP ?? 'native';
-export function containerdTree(ctrd: Containerd, layout: string, name: string, dir: string): Tree {
-  const ctr = (args: string[]) => {
-    const r = ctrd.ctr(args);
+export async function containerdTree(ctrd: Containerd, layout: string, name: string, dir: string): Promise<Tree> {
+  const ctr = async (args: string[]) => {
+    const r = await ctrd.ctr(args);
     if (r.code !== 0) throw new Error(`ctr ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
     return r.stdout;
   };
   const archive = path.join(dir, 'orig.oci.tar');
-  must('tar', ['-cf', archive, '-C', layout, '.']);
-  ctr(['images', 'import', '--base-name', `conformance/${name}`, '--snapshotter', SNAP, archive]);
+  await must('tar', ['-cf', archive, '-C', layout, '.']);
+  await ctr(['images', 'import', '--base-name', `conformance/${name}`, '--snapshotter', SNAP, archive]);
   // the top snapshot is named by the chain ID of the image's diff IDs
   const blob = (d: string) => fs.readFileSync(path.join(layout, 'blobs', 'sha256', d.slice(7)));
   const index = JSON.parse(fs.readFileSync(path.join(layout, 'index.json'), 'utf8'));
@@ -66,12 +66,12 @@ export function containerdTree(ctrd: Containerd, layout: string, name: string, d
   const target = path.join(dir, 'containerd-view');
   fs.mkdirSync(target);
   // the mount command comes with the view (a view no lease holds may be collected at any time)
-  const mount = ctr(['snapshots', '--snapshotter', SNAP, 'view', '--target', target, key, chain]);
-  must('sh', ['-c', mount]);
+  const mount = await ctr(['snapshots', '--snapshotter', SNAP, 'view', '--target', target, key, chain]);
+  await must('sh', ['-c', mount]);
   try {
     return diskTree(target);
   } finally {
-    must('umount', [target]);
-    ctrd.ctr(['snapshots', '--snapshotter', SNAP, 'rm', key]);
+    await must('umount', [target]);
+    await ctrd.ctr(['snapshots', '--snapshotter', SNAP, 'rm', key]);
   }
 }

@@ -185,17 +185,17 @@ export const READERS: Reader[] = [
       const empty = path.join(work, 'empty');
       fs.mkdirSync(merged);
       fs.mkdirSync(empty);
-      await mounted(ref, mnt, ['--layers', '--cache', path.join(work, 'cache')], () => {
+      await mounted(ref, mnt, ['--layers', '--cache', path.join(work, 'cache')], async () => {
         const layers = fs
           .readdirSync(mnt)
           .map(Number)
           .sort((a, b) => b - a)
           .map((n) => path.join(mnt, String(n)));
-        must('mount', ['-t', 'overlay', 'overlay', '-o', `ro,lowerdir=${[...layers, empty].join(':')}`, merged]);
+        await must('mount', ['-t', 'overlay', 'overlay', '-o', `ro,lowerdir=${[...layers, empty].join(':')}`, merged]);
         try {
           t = diskTree(merged);
         } finally {
-          must('umount', [merged]);
+          await must('umount', [merged]);
         }
       });
       return t;

@@ -2,7 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { sh, shAsync, stopProcess } from './run.js';
+import { type Ran, sh, stopProcess } from './run.js';
 
 export class Containerd {
   readonly sock: string;
@@ -38,30 +38,25 @@ export class Containerd {
     const out = fs.openSync(this.log, 'a');
     this.proc = spawn('containerd', ['--config', cfg], { stdio: ['ignore', out, out] });
     for (let i = 0; i < 100; i++) {
-      if (fs.existsSync(this.sock) && this.ctr(['version']).code === 0) return;
+      if (fs.existsSync(this.sock) && (await this.ctr(['version'])).code === 0) return;
       if (this.proc.exitCode !== null) break;
       await new Promise((r) => setTimeout(r, 100));
     }
     throw new Error(`containerd did not start:\n${fs.readFileSync(this.log, 'utf8').slice(-3000)}`);
   }
 
-  ctr(args: string[]) {
+  ctr(args: string[]): Promise<Ran> {
     return sh('ctr', ['--address', this.sock, '--namespace', 'ocichunk-test', ...args]);
   }
 
-  /** ctr without blocking this process (pulls and runs that take a while). */
-  ctrAsync(args: string[]) {
-    return shAsync('ctr', ['--address', this.sock, '--namespace', 'ocichunk-test', ...args]);
-  }
-
   /** ctr-remote (stargz-snapshotter's client: `image rpull` passes the layers' image and digest as labels). */
-  ctrRemoteAsync(args: string[]) {
-    return shAsync('ctr-remote', ['--address', this.sock, '--namespace', 'ocichunk-test', ...args]);
+  ctrRemote(args: string[]): Promise<Ran> {
+    return sh('ctr-remote', ['--address', this.sock, '--namespace', 'ocichunk-test', ...args]);
   }
 
   async stop(): Promise<void> {
     await stopProcess(this.proc);
     // leave no mounts behind
-    sh('sh', ['-c', `grep -o '${this.dir}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l`]);
+    await sh('sh', ['-c', `grep -o '${this.dir}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l`]);
   }
 }

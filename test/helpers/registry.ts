@@ -81,7 +81,7 @@ export class Registry {
     if (this.authConfig) cfg.push(...this.authConfig);
     else if (this.auth) {
       const htpasswd = path.join(this.dir, 'htpasswd');
-      fs.writeFileSync(htpasswd, must('htpasswd', ['-Bbn', this.auth.user, this.auth.password]).stdout);
+      fs.writeFileSync(htpasswd, (await must('htpasswd', ['-Bbn', this.auth.user, this.auth.password])).stdout);
       cfg.push('auth:', '  htpasswd:', '    realm: ocichunk-test', `    path: ${htpasswd}`);
     }
     const file = path.join(this.dir, 'config.yml');
@@ -104,16 +104,16 @@ export class Registry {
   }
 
   /** skopeo copy (a third-party client puts the test images there). */
-  push(src: string, repoTag: string): void {
+  async push(src: string, repoTag: string): Promise<void> {
     const creds = this.auth ? ['--dest-creds', `${this.auth.user}:${this.auth.password}`] : [];
-    must('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', ...creds, src, `docker://${this.host}/${repoTag}`]);
+    await must('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', ...creds, src, `docker://${this.host}/${repoTag}`]);
   }
 
   /** The digest a tag points to, as skopeo sees it (undefined if the tag does not exist). */
-  tagDigest(repoTag: string): string | undefined {
+  async tagDigest(repoTag: string): Promise<string | undefined> {
     const creds = this.auth ? ['--creds', `${this.auth.user}:${this.auth.password}`] : [];
     try {
-      const raw = must('skopeo', ['inspect', '--raw', '--tls-verify=false', ...creds, `docker://${this.host}/${repoTag}`]).stdout;
+      const raw = (await must('skopeo', ['inspect', '--raw', '--tls-verify=false', ...creds, `docker://${this.host}/${repoTag}`])).stdout;
       return 'sha256:' + createHash('sha256').update(raw).digest('hex');
     } catch {
       return undefined;

@@ -91,7 +91,7 @@ export class CtrSession {
   /** `ctr` (or `ctr-remote`) that must succeed; its stdout. */
   async ok(args: string[], remote = false): Promise<string> {
     const c = this.ctrd();
-    const r = remote ? await c.ctrRemoteAsync(args) : await c.ctrAsync(args);
+    const r = remote ? await c.ctrRemote(args) : await c.ctr(args);
     if (r.code !== 0)
       throw new Error(
         `${remote ? 'ctr-remote' : 'ctr'} ${args.join(' ')} exited ${r.code}\n${r.stderr}\n${r.stdout}\n--- snapshotter log ---\n${this.snap().logText().slice(-5000)}`,
@@ -113,18 +113,18 @@ export class CtrSession {
   /** Kill a container's task and remove it and the container. */
   async removeContainer(id: string): Promise<void> {
     await this.ok(['task', 'kill', '--signal', 'SIGKILL', id]);
-    await settled(async () => (await this.ctrd().ctrAsync(['task', 'rm', id])).code === 0);
+    await settled(async () => (await this.ctrd().ctr(['task', 'rm', id])).code === 0);
     await this.ok(['containers', 'rm', id]);
   }
 
   /** Every task and container a failed test may have left (a running shim would outlive containerd). */
   async removeAll(): Promise<void> {
     const c = this.ctrd();
-    for (const t of (await c.ctrAsync(['task', 'ls', '-q'])).stdout.split('\n').filter(Boolean)) {
-      await c.ctrAsync(['task', 'kill', '--signal', 'SIGKILL', t]);
-      await settled(async () => (await c.ctrAsync(['task', 'rm', t])).code === 0);
+    for (const t of (await c.ctr(['task', 'ls', '-q'])).stdout.split('\n').filter(Boolean)) {
+      await c.ctr(['task', 'kill', '--signal', 'SIGKILL', t]);
+      await settled(async () => (await c.ctr(['task', 'rm', t])).code === 0);
     }
-    for (const id of (await c.ctrAsync(['containers', 'ls', '-q'])).stdout.split('\n').filter(Boolean)) await c.ctrAsync(['containers', 'rm', id]);
+    for (const id of (await c.ctr(['containers', 'ls', '-q'])).stdout.split('\n').filter(Boolean)) await c.ctr(['containers', 'rm', id]);
   }
 }
 

@@ -1,7 +1,8 @@
 /** Tar layers made by Python's tarfile (a real tar writer) from a list of members, for synthetic and hostile images. */
 import fs from 'node:fs';
 import path from 'node:path';
-import { must, mustAsync } from './run.js';
+import { spawnSync } from 'node:child_process';
+import { must } from './run.js';
 
 export type Kind = 'file' | 'dir' | 'symlink' | 'hardlink' | 'char' | 'block' | 'fifo';
 /** [name, kind, data (file) or target (links)], with options: mode, owner, mtime, `zeros` (a file of that many zero bytes, streamed), `from` (a host file's bytes), device numbers, xattrs (PAX SCHILY.xattr records) */
@@ -56,15 +57,20 @@ with tarfile.open(sys.argv[1],'w',format=tarfile.PAX_FORMAT) as t:
 
 const membersJson = (members: Member[]) => JSON.stringify(members.map((m) => [m[0], m[1], m[2] ?? null, m[3] ?? {}]));
 
-/** Write the tar to `out` (PAX format) and return its path. */
+/**
+ * Write a small tar to `out` (PAX format) and return its path. Synchronous, for the few members a
+ * unit test writes; a big tar goes through pyTarFileAsync (a worker blocked for 60 s fails the run).
+ */
 export function pyTarFile(out: string, members: Member[]): string {
-  must('python3', ['-c', PY_TAR, out], { input: membersJson(members) });
+  const r = spawnSync('python3', ['-c', PY_TAR, out], { input: membersJson(members), encoding: 'utf8' });
+  if (r.error) throw r.error;
+  if (r.status !== 0) throw new Error(`python3 tarfile exited ${r.status}\n${r.stderr}`);
   return out;
 }
 
-/** pyTarFile without blocking this process (big tars: vitest's worker must stay responsive). */
+/** Write a tar of any size to `out` without blocking this process. */
 export async function pyTarFileAsync(out: string, members: Member[]): Promise<string> {
-  await mustAsync('python3', ['-c', PY_TAR, out], { input: membersJson(members) });
+  await must('python3', ['-c', PY_TAR, out], { input: membersJson(members) });
   return out;
 }
 

@@ -29,7 +29,21 @@ export class TokenServer {
   async start(): Promise<this> {
     fs.mkdirSync(this.dir, { recursive: true });
     const keyFile = path.join(this.dir, 'token-key.pem');
-    must('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', keyFile, '-out', this.cert, '-days', '2', '-subj', '/CN=ocichunk-test-token']);
+    await must('openssl', [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      keyFile,
+      '-out',
+      this.cert,
+      '-days',
+      '2',
+      '-subj',
+      '/CN=ocichunk-test-token',
+    ]);
     const usersFile = path.join(this.dir, 'users.json');
     fs.writeFileSync(usersFile, JSON.stringify({ ...this.users, __refresh: this.refreshTokens }));
     fs.writeFileSync(this.log, '');

@@ -384,9 +384,10 @@ impl Shared {
         self
     }
 
-    /// Whether chunk `c` is in the cache (false while its digest is not loaded).
+    /// Whether chunk `c` is at hand: verified in memory (provided by the fetcher, its cache file
+    /// perhaps still being written), or in the cache (false while its digest is not loaded).
     fn is_cached(&self, c: u32) -> bool {
-        self.chunk_path(c).is_some_and(|p| p.exists())
+        self.verified.lock().unwrap().map.contains_key(&c) || self.chunk_path(c).is_some_and(|p| p.exists())
     }
 
     /// A file's first read: the rest of the file (if at most `whole_file` bytes) is asked for in the
@@ -782,6 +783,14 @@ mod tests {
         // b is cached whole; a second file of d: the files of d not read yet (c)
         assert_eq!(*hints.0.lock().unwrap(), vec![vec![1], vec![3]]);
         assert_eq!(shared.stats.prefetch_hints.load(Ordering::Relaxed), 2);
+
+        // a chunk handed over in memory, its cache file not written yet, is not asked for again
+        let held = Hints::default();
+        let shared = Shared::new(view(), dir.path().to_path_buf(), Box::new(held.clone()), false, false).unwrap().whole_file(1 << 20);
+        shared.provide(1, data[1].clone()).unwrap();
+        assert_eq!(shared.read(ino("a"), 0, 2000).unwrap(), [&data[0][..], &data[1][..]].concat());
+        assert!(held.0.lock().unwrap().is_empty());
+        assert_eq!(shared.stats.chunks_provided.load(Ordering::Relaxed), 1);
 
         // the rest of the file alone, if asked
         let some = Hints::default();
