@@ -256,14 +256,17 @@ describe('crafted TOCs with valid digests', () => {
   it.each(cases)('%s: every reader refuses it with a clear error', async (_name, edit, code, msg) => {
     const out = forged(edit);
     const ref = `oci:${out}:x`;
-    for (const args of [
+    const readers = [
       ['restore', ref, path.join(work, `r-${n++}`)],
       ['ls', ref, '/etc'],
       ['cat', ref, '/etc/hostname'],
       ['inspect', ref],
       ['verify', ref],
-    ]) {
-      const r = await run(args);
+    ];
+    // the readers run side by side (each is its own process; the checks below are per reader)
+    const results = await Promise.all(readers.map((args) => run(args)));
+    for (const [k, args] of readers.entries()) {
+      const r = results[k];
       if (process.env.SHOW) console.log(`${_name} | ${args[0]} | ${r.code} | ${r.rssMiB.toFixed(0)} MiB | ${r.stderr.trim().slice(0, 300)}`);
       expect(r.code, `${args[0]}: ${r.stderr}`).toBe(code);
       expect(r.stderr, args[0]).toMatch(msg);
@@ -336,8 +339,10 @@ describe('crafted TOCs with valid digests', () => {
       [forgedTable((t) => t.subarray(0, t.length - 32), 'all'), [5], /digest table/],
     ] as Array<[string, number[], RegExp]>) {
       const target = path.join(work, `r-${n++}`);
-      for (const args of readers(`oci:${out}:x`, target)) {
-        const r = await run(args);
+      const all = readers(`oci:${out}:x`, target);
+      const results = await Promise.all(all.map((args) => run(args)));
+      for (const [k, args] of all.entries()) {
+        const r = results[k];
         expect(codes, `${args[0]}: ${r.stderr}`).toContain(r.code);
         expect(r.stderr, args[0]).toMatch(msg);
         expect(r.stderr, args[0]).not.toMatch(/EINTERNAL|\n\s+at /);
@@ -353,8 +358,10 @@ describe('crafted TOCs with valid digests', () => {
     fs.cpSync(base, out, { recursive: true });
     forgeChunked(out, 'x', { manifest: (m) => m.layers.splice(1, 1) }, zstd);
     const target = path.join(work, `r-${n++}`);
-    for (const args of readers(`oci:${out}:x`, target)) {
-      const r = await run(args);
+    const all = readers(`oci:${out}:x`, target);
+    const results = await Promise.all(all.map((args) => run(args)));
+    for (const [k, args] of all.entries()) {
+      const r = results[k];
       expect(r.code, `${args[0]}: ${r.stderr}`).toBe(5);
       expect(r.stderr).toMatch(/must be the TOC's digest table sha256:[0-9a-f]{64} of \d+ bytes/);
     }

@@ -119,7 +119,7 @@ function prng(seed: number): () => number {
 }
 
 describe('concurrent converts into one layout', () => {
-  it('keep every tag, 3 rounds of 8 parallel converts, and every tag verifies', async () => {
+  it('keep every tag, 2 rounds of 8 parallel converts, and every tag verifies', async () => {
     const work = tmpdir('safety-conc');
     const layout = path.join(work, 'layout');
     const spool = path.join(work, 'spool');
@@ -135,7 +135,7 @@ describe('concurrent converts into one layout', () => {
       ['mini-d', MINI],
     ];
     const expected: string[] = [];
-    for (let round = 0; round < 3; round++) {
+    for (let round = 0; round < 2; round++) {
       const runs = await Promise.all(
         sources.map(([name, src]) => {
           expected.push(`r${round}-${name}`);
@@ -145,7 +145,7 @@ describe('concurrent converts into one layout', () => {
       for (const r of runs) expect(r.code, r.stderr).toBe(0);
       expect(tags(layout).sort()).toEqual([...expected].sort());
     }
-    expect(new Set(tags(layout)).size).toBe(sources.length * 3);
+    expect(new Set(tags(layout)).size).toBe(sources.length * 2);
     expect(leftovers(layout, spool)).toEqual([]);
     await verifyAll(layout);
   });
@@ -182,7 +182,7 @@ describe('concurrent converts into one layout', () => {
 });
 
 describe('kill -9 during convert', () => {
-  it('leaves a layout that verifies; the next run cleans up and writes the same index (12 random kills)', async () => {
+  it('leaves a layout that verifies; the next run cleans up and writes the same index (random kills)', async () => {
     const work = tmpdir('safety-crash');
     const spool = path.join(work, 'spool');
     fs.mkdirSync(spool);
@@ -202,7 +202,8 @@ describe('kill -9 during convert', () => {
     const rand = prng(seed);
     let left = 0;
     let finished = 0;
-    const kills = 12;
+    // 6 per run (the seed changes from run to run); more with OCICHUNK_CRASH_KILLS
+    const kills = Number(process.env.OCICHUNK_CRASH_KILLS ?? 6);
     for (let i = 0; i < kills; i++) {
       const layout = path.join(work, `l${i}`);
       copyOfStart(layout);
@@ -221,7 +222,7 @@ describe('kill -9 during convert', () => {
       expect(again.index.digest, ctx).toBe(refRun.index.digest);
       expect(sha256File(path.join(layout, 'index.json')), ctx).toBe(refIndexJson);
       expect(leftovers(layout, spool), ctx).toEqual([]);
-      if (i % 5 === 4) await verifyAll(layout);
+      if (i % 3 === 2) await verifyAll(layout);
       fs.rmSync(layout, { recursive: true, force: true });
     }
     console.log(`kill -9: seed ${seed}, ${kills - finished} killed mid-run, ${finished} finished first, ${left} leftover files cleaned by the next runs`);

@@ -687,6 +687,8 @@ export class RegistryClient {
         }
         let off = 0;
         let stalls = 0;
+        // why the last chunk failed (a status or a network error), for the error that ends it
+        let why = '';
         while (off < size) {
           const end = Math.min(size, off + this.uploadChunkSize) - 1;
           let res: IncomingMessage | undefined;
@@ -702,6 +704,7 @@ export class RegistryClient {
             });
           } catch (e) {
             if (!isRetriableError(e)) throw e;
+            why = (e as Error).message;
           }
           if (res && res.statusCode === 202) {
             await drain(res);
@@ -711,9 +714,12 @@ export class RegistryClient {
             continue;
           }
           if (res && !RETRY_STATUS.has(res.statusCode ?? 0) && res.statusCode !== 416) await this.fail(res, what, repo);
-          if (res) await drain(res);
+          if (res) {
+            const t = await errorText(res);
+            why = `HTTP ${res.statusCode}${t ? ` (${t})` : ''}`;
+          }
           // ask the registry where the upload stands and go on from there
-          if (stalls >= this.retries) throw netError(`${what}: ${this.host}/${repo}: upload stalled at ${off} of ${size} bytes`, true);
+          if (stalls >= this.retries) throw netError(`${what}: ${this.host}/${repo}: upload stalled at ${off} of ${size} bytes: ${why}`, true);
           await this.wait(stalls++, what, `chunk ${off}-${end} failed`);
           const at = await this.uploadOffset(repo, loc, what);
           if (at === undefined) throw netError(`${what}: ${this.host}/${repo} lost the upload session`, true);

@@ -131,6 +131,14 @@ describe('registry protocol against an in-process registry', () => {
     expect(calls).toEqual(['POST', 'PATCH', 'PATCH', 'PATCH', 'GET', 'PATCH', 'PATCH', 'PUT']);
   });
 
+  it('gives up on a chunked upload the registry keeps refusing, saying what it answered', async () => {
+    const c = client({ retries: 1, uploadChunkSize: 64 << 10 });
+    reg.faults.push({ method: 'PATCH', path: /\/v2\/p\/refused\/blobs\/uploads\//, times: 100, status: 500 });
+    const up = c.uploadFile('p/refused', path.join(dir, 'blob'), { digest: DIGEST, size: BLOB.length }, 'upload');
+    await expect(up).rejects.toMatchObject({ code: 'ENETWORK', message: expect.stringMatching(/upload stalled at 0 of \d+ bytes: HTTP 500 \(/) });
+    expect(reg.blobs.has(DIGEST) && reg.holders(DIGEST).includes('p/refused')).toBe(false);
+  });
+
   it('refuses content that does not match its digest', async () => {
     const c = client();
     const m = await c.getManifest('p/base', 'v1', 'get');
