@@ -14,7 +14,7 @@ import { image, tmpdir } from './helpers/env.js';
 import { FaultProxy, type Fault } from './helpers/fault-proxy.js';
 import { Registry } from './helpers/registry.js';
 import { TokenServer } from './helpers/token-server.js';
-import { cli, cliJson, must } from './helpers/run.js';
+import { cli, cliJson, must, selfSignedCert } from './helpers/run.js';
 import { diffTrees, snapshot, type Node } from './helpers/tree.js';
 
 interface Transfer {
@@ -481,23 +481,7 @@ describe('registries off localhost: TLS and plain HTTP', () => {
     fs.mkdirSync(dir, { recursive: true });
     const cert = path.join(dir, 'cert.pem');
     const key = path.join(dir, 'key.pem');
-    await must('openssl', [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-      '-days',
-      '2',
-      '-subj',
-      '/CN=127.0.0.2',
-      '-addext',
-      'subjectAltName=IP:127.0.0.2',
-    ]);
+    await selfSignedCert(key, cert, '/CN=127.0.0.2', '-addext', 'subjectAltName=IP:127.0.0.2');
     tls = await new Registry(path.join(dir, 'reg'), undefined, undefined, { address: '127.0.0.2', tls: { cert, key } }).start();
     plain = await new Registry(path.join(work, 'plain-reg'), undefined, undefined, { address: '127.0.0.2' }).start();
     await tls.push(`oci:${image('base')}:latest`, 'base:1');

@@ -63,6 +63,11 @@ export async function cliJson<T = Record<string, unknown>>(args: string[], opts:
   return JSON.parse(r.stdout) as T;
 }
 
+/** A self-signed certificate and its key (openssl), valid two days, for test servers. */
+export async function selfSignedCert(key: string, cert: string, subject: string, ...extra: string[]): Promise<void> {
+  await must('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', subject, ...extra]);
+}
+
 /** SIGTERM a helper daemon, SIGKILL it if it is still there after 5 s. */
 export async function stopProcess(proc: ChildProcess | undefined): Promise<void> {
   if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;

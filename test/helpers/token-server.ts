@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { must, stopProcess } from './run.js';
+import { selfSignedCert, stopProcess } from './run.js';
 
 export class TokenServer {
   realm = '';
@@ -29,21 +29,7 @@ export class TokenServer {
   async start(): Promise<this> {
     fs.mkdirSync(this.dir, { recursive: true });
     const keyFile = path.join(this.dir, 'token-key.pem');
-    await must('openssl', [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-keyout',
-      keyFile,
-      '-out',
-      this.cert,
-      '-days',
-      '2',
-      '-subj',
-      '/CN=ocichunk-test-token',
-    ]);
+    await selfSignedCert(keyFile, this.cert, '/CN=ocichunk-test-token');
     const usersFile = path.join(this.dir, 'users.json');
     fs.writeFileSync(usersFile, JSON.stringify({ ...this.users, __refresh: this.refreshTokens }));
     fs.writeFileSync(this.log, '');
