@@ -44,11 +44,6 @@ const run = (ref: string, name: string, cmd: string[]) => ctrOk(['run', '--snaps
 const snapshotList = () => session.snapshotList();
 const stateOf = (root: string) => snapshotState<{ id: string; kind: string; remote?: { chunked: string; layer: number } }>(root);
 
-/** After a restart: containerd's calls fail (unavailable) until its reconnect backoff reaches the new process. */
-async function reconnected(): Promise<void> {
-  await settled(async () => (await ctrd.ctr(['snapshots', '--snapshotter', 'ocichunk', 'ls'])).code === 0, 150);
-}
-
 /** Blob GETs in an access log slice, and the bytes they sent. */
 function blobGets(log: AccessEntry[]): { digests: string[]; bytes: number } {
   const gets = log.filter((e) => e.method === 'GET' && /\/blobs\/sha256:/.test(e.path) && e.status < 300);
@@ -195,7 +190,7 @@ describe('containerd with the ocichunk snapshotter: lazy layers', () => {
     expect(await snap.stop('SIGTERM')).toBe(0);
     expect(mountsUnder(images)).toEqual(fuse); // the mount processes outlive the snapshotter
     await snap.start(['--cache', cache]);
-    await reconnected();
+    await session.reconnected();
     expect(snap.logText()).toMatch(/adopted 2 running image mount\(s\)/);
     expect(await snapshotList()).toEqual(withLong);
     expect(await run(py, 'c3', PY)).toBe('[1]\n');
@@ -204,7 +199,7 @@ describe('containerd with the ocichunk snapshotter: lazy layers', () => {
 
     expect(await snap.stop('SIGKILL')).toBe('SIGKILL');
     await snap.start(['--cache', cache]);
-    await reconnected();
+    await session.reconnected();
     expect(await snapshotList()).toEqual(withLong);
     expect(mountsUnder(images)).toEqual(fuse);
     expect(await run(py, 'c4', PY)).toBe('[1]\n');
@@ -220,7 +215,7 @@ describe('containerd with the ocichunk snapshotter: lazy layers', () => {
     await settled(() => !fs.existsSync(`/proc/${pids[0]}`));
     expect(await snap.stop('SIGTERM')).toBe(0);
     await snap.start(['--cache', cache]);
-    await reconnected();
+    await session.reconnected();
     expect(snap.logText()).toMatch(/detached \d+ mount\(s\) left under .* by mount processes that are gone/);
     expect(await run(py, 'c5', PY)).toBe('[1]\n');
     expect(await run(app, 'c6', PY_MIN)).toBe('[1]\n');

@@ -110,6 +110,14 @@ export class CtrSession {
       .sort();
   }
 
+  /**
+   * After a snapshotter restart: containerd's calls to it fail (unavailable) until its gRPC
+   * reconnect backoff dials the new process (a few seconds at most, longer on a loaded machine).
+   */
+  async reconnected(): Promise<void> {
+    await settled(async () => (await this.ctrd().ctr(['snapshots', '--snapshotter', 'ocichunk', 'ls'])).code === 0, 150);
+  }
+
   /** Kill a container's task and remove it and the container. */
   async removeContainer(id: string): Promise<void> {
     await this.ok(['task', 'kill', '--signal', 'SIGKILL', id]);
