@@ -720,7 +720,7 @@ export class RegistryClient {
           }
           // ask the registry where the upload stands and go on from there
           if (stalls >= this.retries) throw netError(`${what}: ${this.host}/${repo}: upload stalled at ${off} of ${size} bytes: ${why}`, true);
-          await this.wait(stalls++, what, `chunk ${off}-${end} failed`);
+          await this.wait(stalls++, what, `chunk ${off}-${end} failed: ${why}`);
           const at = await this.uploadOffset(repo, loc, what);
           if (at === undefined) throw netError(`${what}: ${this.host}/${repo} lost the upload session`, true);
           off = at.offset;

@@ -386,7 +386,7 @@ impl Shared {
 
     /// Whether chunk `c` is at hand: verified in memory (provided by the fetcher, its cache file
     /// perhaps still being written), or in the cache (false while its digest is not loaded).
-    fn is_cached(&self, c: u32) -> bool {
+    fn at_hand(&self, c: u32) -> bool {
         self.verified.lock().unwrap().map.contains_key(&c) || self.chunk_path(c).is_some_and(|p| p.exists())
     }
 
@@ -398,7 +398,7 @@ impl Shared {
         }
         let mut seen: std::collections::HashSet<u32> = asked.iter().copied().collect();
         if n.attr.size <= self.whole_file {
-            let rest: Vec<u32> = file.chunks.iter().copied().filter(|&c| seen.insert(c) && !self.is_cached(c)).collect();
+            let rest: Vec<u32> = file.chunks.iter().copied().filter(|&c| seen.insert(c) && !self.at_hand(c)).collect();
             self.hint(rest);
         }
         self.hint_dir(ino, &mut seen);
@@ -417,7 +417,7 @@ impl Shared {
             return;
         }
         let rest: Vec<u32> =
-            files.iter().flat_map(|c| c.file.as_ref().unwrap().chunks.iter().copied()).filter(|&c| seen.insert(c) && !self.is_cached(c)).collect();
+            files.iter().flat_map(|c| c.file.as_ref().unwrap().chunks.iter().copied()).filter(|&c| seen.insert(c) && !self.at_hand(c)).collect();
         self.hint(rest);
     }
 
@@ -466,7 +466,7 @@ impl Shared {
                     if pieces.last().is_some_and(|p| p.pos >= pos) {
                         continue; // the read's own last chunk
                     }
-                    if !self.is_cached(c) {
+                    if !self.at_hand(c) {
                         want.push(c);
                     }
                 }
