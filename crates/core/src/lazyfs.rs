@@ -51,7 +51,7 @@ pub struct FsStats {
     pub cache_reads: AtomicU64,
     /// chunks read from the cache and hashed (once per chunk while it stays in the verified set)
     pub chunks_hashed: AtomicU64,
-    /// chunks handed over verified by the fetcher ([`Shared::provide`]): kept in memory, not hashed here
+    /// chunks handed over verified by the fetcher ([`Shared::provide`]) and not held already: kept in memory, not hashed here
     pub chunks_provided: AtomicU64,
     pub errors: AtomicU64,
     /// background fetches asked for (a file's first read: the rest of it), and their chunks
@@ -350,8 +350,12 @@ impl Shared {
         if bytes.len() as u64 != want.len {
             return Err(Error::invalid(format!("chunk {c}: {} bytes provided, its length is {}", bytes.len(), want.len)));
         }
-        self.verified.lock().unwrap().put(c, Arc::new(bytes));
-        self.stats.chunks_provided.fetch_add(1, Ordering::Relaxed);
+        let mut verified = self.verified.lock().unwrap();
+        // held already (handed over twice: a read asked for it while it was on its way): kept, not counted again
+        if verified.get(c).is_none() {
+            verified.put(c, Arc::new(bytes));
+            self.stats.chunks_provided.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -447,6 +451,12 @@ impl Shared {
         let pieces: Vec<_> = file.pieces(off, size as u64).collect();
         let mut got: Vec<Option<Arc<Vec<u8>>>> = pieces.iter().map(|p| self.cached(p.chunk)).collect();
         for attempt in 0..3 {
+            // handed over meanwhile (a fetch already under way)? then not asked for again
+            for (k, p) in pieces.iter().enumerate() {
+                if got[k].is_none() {
+                    got[k] = self.verified.lock().unwrap().get(p.chunk);
+                }
+            }
             let missing: Vec<u32> = pieces.iter().zip(&got).filter(|(_, g)| g.is_none()).map(|(p, _)| p.chunk).collect();
             if missing.is_empty() {
                 if attempt == 0 {
@@ -790,6 +800,10 @@ mod tests {
         shared.provide(1, data[1].clone()).unwrap();
         assert_eq!(shared.read(ino("a"), 0, 2000).unwrap(), [&data[0][..], &data[1][..]].concat());
         assert!(held.0.lock().unwrap().is_empty());
+        assert_eq!(shared.stats.chunks_provided.load(Ordering::Relaxed), 1);
+        // handed over again (asked for by a read while it was on its way, or fetched again after its
+        // cache file was evicted): still one chunk verified, not two
+        shared.provide(1, data[1].clone()).unwrap();
         assert_eq!(shared.stats.chunks_provided.load(Ordering::Relaxed), 1);
 
         // the rest of the file alone, if asked
