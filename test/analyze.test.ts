@@ -225,7 +225,7 @@ describe('ocichunk analyze', () => {
 
   it('streams: fine chunks under a tight memory limit for the chunk table give the same figures (DuckDB spills)', async () => {
     const refs = layouts().map((l) => `oci:${l}:latest`);
-    const args = ['analyze', ...refs, '--chunker', 'cdc:512/2k/8k', '--tmpdir', tmpdir('analyze-spill')];
+    const args = ['analyze', ...refs, '--chunker', 'cdc:256/1k/4k', '--tmpdir', tmpdir('analyze-spill')];
     const strip = (r: Analysis & { seconds?: number }) => ({ ...r, seconds: 0, strategies: r.strategies.map((s) => ({ ...s, seconds: 0 })) });
     const free = strip(await cliJson<Analysis>(args));
     const tight = strip(await cliJson<Analysis>([...args, '--memory-limit', '64MB']));

@@ -36,49 +36,50 @@ function chunkedManifest(dir: string, tag: string) {
 
 describe('content digest', () => {
   it('is the same whatever the destination holds; the TOCs differ', async () => {
+    // app (python3-minimal over the slim base: app2, a rebuild of it, and base share files with it),
     // into an empty layout
-    const alone = await convert(`oci:${image('py')}:latest`, `oci:${work}/alone:py`);
+    const alone = await convert(`oci:${image('app')}:latest`, `oci:${work}/alone:app`);
     // into a layout that already holds images sharing files with it
     await convert(`oci:${image('app2')}:latest`, `oci:${work}/shared:app2`);
     await convert(`oci:${image('base')}:latest`, `oci:${work}/shared:base`);
-    const shared = await convert(`oci:${image('py')}:latest`, `oci:${work}/shared:py`);
+    const shared = await convert(`oci:${image('app')}:latest`, `oci:${work}/shared:app`);
     expect(shared.reusedChunks).toBeGreaterThan(0);
     // into a registry repository holding others
     await reg.push(`oci:${image('app2')}:latest`, 'c/repo:app2');
-    await reg.push(`oci:${image('py')}:latest`, 'c/repo:py');
+    await reg.push(`oci:${image('app')}:latest`, 'c/repo:app');
     const app2 = `docker://${reg.host}/c/repo:app2`;
-    const py = `docker://${reg.host}/c/repo:py`;
+    const app = `docker://${reg.host}/c/repo:app`;
     await convert(app2, app2);
-    const remote = await convert(py, py);
+    const remote = await convert(app, app);
     expect(remote.reusedChunks).toBeGreaterThan(0);
 
     expect(alone.contentDigest).toMatch(/^sha256:[0-9a-f]{64}$/);
     expect(shared.contentDigest).toBe(alone.contentDigest);
     expect(remote.contentDigest).toBe(alone.contentDigest);
     const tocOf = (dir: string, tag: string) => chunkedManifest(dir, tag).layers[0].digest;
-    expect(tocOf(`${work}/shared`, 'py')).not.toBe(tocOf(`${work}/alone`, 'py'));
-    expect(chunkedManifest(`${work}/alone`, 'py').annotations[ANN.contentDigest]).toBe(alone.contentDigest);
+    expect(tocOf(`${work}/shared`, 'app')).not.toBe(tocOf(`${work}/alone`, 'app'));
+    expect(chunkedManifest(`${work}/alone`, 'app').annotations[ANN.contentDigest]).toBe(alone.contentDigest);
 
     // verify states it, and derives it again from the original's layers
-    for (const ref of [`oci:${work}/alone:py`, `oci:${work}/shared:py`, py]) {
+    for (const ref of [`oci:${work}/alone:app`, `oci:${work}/shared:app`, app]) {
       const v = await verify(ref, { againstOriginal: true });
       expect(v).toMatchObject({ contentDigest: alone.contentDigest, contentDigestStated: true, matchesOriginal: true });
     }
     // another image: another digest; clamped mtimes: another digest (the files differ)
     expect((await verify(`oci:${work}/shared:app2`)).contentDigest).not.toBe(alone.contentDigest);
-    const clamped = await convert(`oci:${image('py')}:latest`, `oci:${work}/clamped:py`, { sourceDateEpoch: 0 });
+    const clamped = await convert(`oci:${image('app')}:latest`, `oci:${work}/clamped:app`, { sourceDateEpoch: 0 });
     expect(clamped.contentDigest).not.toBe(alone.contentDigest);
-    expect(chunkedManifest(`${work}/clamped`, 'py').annotations[ANN.sourceDateEpoch]).toBe('0');
-    expect(await verify(`oci:${work}/clamped:py`, { againstOriginal: true })).toMatchObject({ matchesOriginal: true });
+    expect(chunkedManifest(`${work}/clamped`, 'app').annotations[ANN.sourceDateEpoch]).toBe('0');
+    expect(await verify(`oci:${work}/clamped:app`, { againstOriginal: true })).toMatchObject({ matchesOriginal: true });
   });
 
   it('a TOC changed by an author who recomputed every digest passes plain verify, not --against-original', async () => {
     const dir = path.join(work, 'forged');
-    await convert(`oci:${image('py')}:latest`, `oci:${dir}:py`);
+    await convert(`oci:${image('app')}:latest`, `oci:${dir}:app`);
     let victim = '';
     forgeChunked(
       dir,
-      'py',
+      'app',
       {
         // one file's content becomes another's: its chunk list and size are replaced
         toc: (toc) => {
@@ -101,14 +102,14 @@ describe('content digest', () => {
       zstd,
     );
     expect(victim).not.toBe('');
-    const plain = await cli(['verify', `oci:${dir}:py`, '--json']);
+    const plain = await cli(['verify', `oci:${dir}:app`, '--json']);
     expect(plain.code, plain.stderr).toBe(0);
-    const against = await cli(['verify', `oci:${dir}:py`, '--against-original']);
+    const against = await cli(['verify', `oci:${dir}:app`, '--against-original']);
     expect(against.code).toBe(6);
     expect(against.stderr).toMatch(/layer \d+ \(sha256:[0-9a-f]{64}\): the TOC's files \(content digest sha256:[0-9a-f]{64}\) are not the original layer's/);
     // a manifest whose statement does not match its TOC is refused by plain verify
-    forgeChunked(dir, 'py', { manifest: (m) => (m.annotations[ANN.contentDigest] = `sha256:${'0'.repeat(64)}`) }, zstd);
-    const wrong = await cli(['verify', `oci:${dir}:py`]);
+    forgeChunked(dir, 'app', { manifest: (m) => (m.annotations[ANN.contentDigest] = `sha256:${'0'.repeat(64)}`) }, zstd);
+    const wrong = await cli(['verify', `oci:${dir}:app`]);
     expect(wrong.code).toBe(6);
     expect(wrong.stderr).toMatch(/states content digest sha256:0{64}, its TOC holds files of content digest/);
   });

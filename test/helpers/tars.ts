@@ -32,7 +32,8 @@ class Zeros(io.RawIOBase):
     def readinto(self,b):
         k=min(len(b),self.n); b[:k]=bytes(k); self.n-=k; return k
 ms=json.load(sys.stdin)
-with tarfile.open(sys.argv[1],'w',format=tarfile.PAX_FORMAT) as t:
+out=tarfile.open(fileobj=sys.stdout.buffer,mode='w|',format=tarfile.PAX_FORMAT) if sys.argv[1]=='-' else tarfile.open(sys.argv[1],'w',format=tarfile.PAX_FORMAT)
+with out as t:
     for name,kind,arg,o in ms:
         ti=tarfile.TarInfo(name); ti.mode=o.get('mode',0o755 if kind=='dir' else 0o644)
         ti.uid=o.get('uid',0); ti.gid=o.get('gid',0); ti.mtime=o.get('mtime',1700000000)
@@ -59,7 +60,7 @@ const membersJson = (members: Member[]) => JSON.stringify(members.map((m) => [m[
 
 /**
  * Write a small tar to `out` (PAX format) and return its path. Synchronous, for the few members a
- * unit test writes; a big tar goes through pyTarFileAsync (a worker blocked for 60 s fails the run).
+ * unit test writes; a big tar goes through pyTarZstdAsync (a worker blocked for 60 s fails the run).
  */
 export function pyTarFile(out: string, members: Member[]): string {
   const r = spawnSync('python3', ['-c', PY_TAR, out], { input: membersJson(members), encoding: 'utf8' });
@@ -68,9 +69,12 @@ export function pyTarFile(out: string, members: Member[]): string {
   return out;
 }
 
-/** Write a tar of any size to `out` without blocking this process. */
-export async function pyTarFileAsync(out: string, members: Member[]): Promise<string> {
-  await must('python3', ['-c', PY_TAR, out], { input: membersJson(members) });
+/**
+ * Write a tar of any size through `zstd -1` to `out` (a zstd layer): a tar of gigabytes of zeros
+ * becomes a small blob, never written or hashed whole on this disk.
+ */
+export async function pyTarZstdAsync(out: string, members: Member[]): Promise<string> {
+  await must('bash', ['-c', 'set -o pipefail; python3 -c "$0" - | zstd -q -1 -T0 > "$1"', PY_TAR, out], { input: membersJson(members) });
   return out;
 }
 

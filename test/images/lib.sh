@@ -52,3 +52,19 @@ base_image() { # rootfs dest
   commit "$c" "$2"
 }
 
+slim() { # rootfs: what Debian's own container images drop (debuerreotype): apt's package lists and
+  # caches, and as its slim variant does, documentation (but copyright files), man and info pages
+  # and translations, with a dpkg config that keeps packages installed later from adding them back
+  local r=$1
+  log "slim $r (apt lists and caches, docs but copyright, man, info, locale)"
+  rm -rf "$r"/var/lib/apt/lists/* "$r"/var/cache/apt/*.bin "$r"/var/cache/apt/archives/*.deb "$r"/usr/share/man/* "$r"/usr/share/info/* \
+    "$r"/usr/share/groff/* "$r"/usr/share/lintian/* "$r"/usr/share/linda/*
+  find "$r/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+  find "$r/usr/share/doc" -mindepth 1 -type d -empty -delete
+  find "$r/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+  mkdir -p "$r/etc/dpkg/dpkg.cfg.d"
+  printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+    'path-exclude /usr/share/man/*' 'path-exclude /usr/share/groff/*' 'path-exclude /usr/share/info/*' \
+    'path-exclude /usr/share/lintian/*' 'path-exclude /usr/share/linda/*' \
+    'path-exclude /usr/share/locale/*' 'path-include /usr/share/locale/locale.alias' > "$r/etc/dpkg/dpkg.cfg.d/slim"
+}
