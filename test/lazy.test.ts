@@ -129,6 +129,17 @@ describe('lazy pull from a registry', () => {
     const missing = await cli(['cat', py, '/no/such/file', '--no-cache']);
     expect(missing.code).toBe(3);
     expect(missing.stderr).toMatch(/no such file or directory/);
+    // several files, one after another, as cat(1) writes them; a missing or non-regular one among
+    // them: nothing written
+    const three = ['usr/lib/python3.11/json/decoder.py', 'usr/lib/os-release', 'usr/lib/python3.11/json/__init__.py'];
+    const all = await cli(['cat', py, ...three.map((p) => `/${p}`), '--no-cache']);
+    expect(all.code, all.stderr).toBe(0);
+    expect(all.stdout).toBe(Buffer.concat(await Promise.all(three.map((p) => originalFile(image('py'), p)))).toString());
+    for (const bad of ['/no/such/file', '/usr/lib']) {
+      const r = await cli(['cat', py, `/${three[0]}`, bad, '--no-cache']);
+      expect(r.code).not.toBe(0);
+      expect(r.stdout).toBe('');
+    }
   });
 
   it('mounts the image: python3 runs in a chroot of the mount, fetching a small share of the image', async () => {

@@ -61,28 +61,27 @@ export const ls = {
 };
 
 export const cat = {
-  command: 'cat <image> <path>',
-  describe: 'Write a file of a chunked image to stdout, fetching only its chunks',
+  command: 'cat <image> <paths..>',
+  describe: 'Write files of a chunked image to stdout, one after another as cat(1) does, fetching only their chunks',
   builder: (y: Argv) =>
     cacheOptions(common(y))
       .positional('image', { type: 'string', demandOption: true })
-      .positional('path', { type: 'string', demandOption: true })
+      .positional('paths', { type: 'string', array: true, demandOption: true, describe: 'files, written in this order' })
       .option('stats', { type: 'boolean', default: false, describe: 'print what was fetched on stderr (with --json: as JSON on stdout, no content)' }),
-  run: async (a: Common & CacheArgs & { image: string; path: string; stats: boolean }): Promise<unknown> => {
+  run: async (a: Common & CacheArgs & { image: string; paths: string[]; stats: boolean }): Promise<unknown> => {
     const img = await openLazy(a);
     try {
-      const st = img.stat(a.path, { follow: true });
-      const piece = 8 << 20;
-      for (let off = 0; off < st.size || off === 0; off += piece) {
-        const b = await img.read(a.path, off, piece);
+      // every path resolved before the first byte is written: a missing one fails the whole command
+      const files = img.regularFiles(a.paths);
+      for await (const b of img.readFiles(files)) {
         if (!a.json && b.length && !process.stdout.write(b)) await new Promise((r) => process.stdout.once('drain', r));
-        if (off + piece >= st.size) break;
       }
       const s = img.stats();
-      if (a.json) return { image: img.name, path: a.path, size: st.size, ...s };
+      const size = files.reduce((t, f) => t + f.size, 0);
+      if (a.json) return { image: img.name, ...(files.length === 1 ? { path: files[0].path } : { files }), size, ...s };
       if (a.stats) {
         process.stderr.write(
-          `${a.path}: ${bytes(st.size)}; fetched ${bytes(s.packBytesFetched)} of packs (${s.chunksFetched} chunks) + TOC ${bytes(s.tocBytes)} + digests ${bytes(s.digestBytesFetched)}; ${s.cacheHits} chunks from the cache\n`,
+          `${files.length === 1 ? files[0].path : `${files.length} files`}: ${bytes(size)}; fetched ${bytes(s.packBytesFetched)} of packs (${s.chunksFetched} chunks) + TOC ${bytes(s.tocBytes)} + digests ${bytes(s.digestBytesFetched)}; ${s.cacheHits} chunks from the cache\n`,
         );
       }
       return undefined;

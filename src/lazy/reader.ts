@@ -183,6 +183,34 @@ export class LazyImage {
     return v === undefined ? undefined : Buffer.from(v, 'base64');
   }
 
+  /** Regular files (symlinks followed) and their sizes; a path that is none fails them all. */
+  regularFiles(paths: string[]): Array<{ path: string; size: number }> {
+    return paths.map((p) => {
+      const n = this.node(p, true);
+      if (n.type !== 'reg') throw new OcichunkError('EUSAGE', `${this.name}: ${p}: not a regular file`);
+      return { path: p, size: n.size };
+    });
+  }
+
+  /**
+   * The files' bytes one after another (as cat(1) writes them), in pieces of at most 8 MiB, up to
+   * 4 pieces read ahead: the fetches of many small files overlap.
+   */
+  async *readFiles(files: Array<{ path: string; size: number }>): AsyncGenerator<Buffer> {
+    const piece = 8 << 20;
+    const plan = files.flatMap((f) => Array.from({ length: Math.max(1, Math.ceil(f.size / piece)) }, (_, k) => [f.path, k * piece] as const));
+    const ahead: Array<Promise<Buffer>> = [];
+    for (let k = 0; k < plan.length; k++) {
+      while (ahead.length < 4 && k + ahead.length < plan.length) {
+        const [p, off] = plan[k + ahead.length];
+        const r = this.read(p, off, piece);
+        r.catch(() => {}); // awaited in order below
+        ahead.push(r);
+      }
+      yield await ahead.shift()!;
+    }
+  }
+
   /** Bytes [offset, offset+length) of a regular file (symlinks followed); short at end of file. */
   async read(p: string, offset = 0, length = Infinity): Promise<Buffer> {
     const n = this.node(p, true);

@@ -115,7 +115,7 @@ interface LsEntry {
   devMinor?: number;
 }
 
-/** `ocichunk ls --json` of every directory, `ocichunk cat` of every regular file. */
+/** `ocichunk ls --json` of every directory, `ocichunk cat` of the regular files (many in one run). */
 async function lsCatTree(ref: string): Promise<Tree> {
   const out: Tree = new Map();
   const byIno = new Map<number, string[]>();
@@ -142,9 +142,21 @@ async function lsCatTree(ref: string): Promise<Tree> {
       if (e.type === 'dir') dirs.push(e.rel);
     }
   }
-  await mapLimit(files, 4, async (rel) => {
-    const b = await cliOk(['cat', ref, `/${rel}`, '--no-cache']);
-    out.get(rel)!.sha256 = createHash('sha256').update(b).digest('hex');
+  // one cat of many files writes them one after another: cut at the sizes ls gave (a size that
+  // does not match what cat wrote shows as a content difference, or as a length mismatch here)
+  const batches: string[][] = [];
+  for (let k = 0; k < files.length; k += 100) batches.push(files.slice(k, k + 100));
+  await mapLimit(batches, 2, async (batch) => {
+    const b = await cliOk(['cat', ref, ...batch.map((rel) => `/${rel}`), '--no-cache']);
+    let at = 0;
+    for (const rel of batch) {
+      const n = out.get(rel)!;
+      n.sha256 = createHash('sha256')
+        .update(b.subarray(at, at + n.size!))
+        .digest('hex');
+      at += n.size!;
+    }
+    if (at !== b.length) throw new Error(`ocichunk cat of ${batch.length} files wrote ${b.length} bytes, ls listed ${at}`);
   });
   setGroups(out, byIno);
   return out;
