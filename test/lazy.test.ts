@@ -482,13 +482,9 @@ describe('lazy pull from a registry', () => {
       await proxy.stop();
     }
   });
-  // last: same image, same packs, and the registry stores a blob once for all repositories
+  // last of the tests on py: its pack is damaged in the registry's storage
   it('refuses a chunk whose bytes were tampered with in the registry', async () => {
-    const work2 = path.join(work, 'tamper');
-    fs.mkdirSync(work2);
-    await reg.push(`oci:${image('py')}:latest`, 'tamper/py:1');
-    const ref = `docker://${reg.host}/tamper/py:1`;
-    await cliJson(['convert', ref, ref]);
+    const ref = py;
     const target = '/usr/lib/python3.11/json/decoder.py';
     // the pack and frame holding the file
     const code = `
