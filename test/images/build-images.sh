@@ -31,7 +31,7 @@ mkdir -p "$L" "$CACHE/debs" "$CACHE/tmp"
 VERSION=slim-1
 stamp=$CACHE/test-images.version
 if [ "$(cat "$stamp" 2> /dev/null)" != "$VERSION" ]; then
-  log "images of another version of this script: rebuilding base, app and the images made from them"
+  [ -e "$L/base" ] && log "images of another version of this script: rebuilding base, app and the images made from them"
   rm -rf "$L"/base "$L"/app "$L"/app2 "$L"/app-tar "$L"/app-zstd "$L"/app-docker-v2s2 "$CACHE"/app.docker.tar "$CACHE"/app.docker25.tar
 fi
 
