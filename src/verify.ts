@@ -6,7 +6,7 @@
 import { pipeline } from 'node:stream/promises';
 import { Writable } from 'node:stream';
 import { ChunkReader } from './chunked/content.js';
-import { openChunked, resolveImage, type ChunkedImage } from './chunked/image.js';
+import { hintProblems, openChunked, resolveImage, type ChunkedImage } from './chunked/image.js';
 import { OcichunkError } from './errors.js';
 import { TocError } from './chunked/toc.js';
 import { originalContentDigests } from './convert/content.js';
@@ -50,6 +50,8 @@ export async function verify(ref: string, opts: VerifyOptions = {}): Promise<Ver
       // every violation of the format's rules, not only the first
       throw e instanceof TocError ? new TocError(src.name, e.violations, e.more, true) : e;
     });
+    const hints = hintProblems(img);
+    if (hints.length) throw new OcichunkError('ECORRUPT', `${src.name}: ${hints.join('; ')}`);
     let blobs = 0;
     let blobBytes = 0;
     const seen = new Set<string>();

@@ -244,6 +244,39 @@ describe('hostile paths', () => {
     expect(fs.existsSync(target)).toBe(false);
   });
 
+  it('ignores a wrong TOC or config hint of the index entry (readers read what the manifest names); verify reports it', async () => {
+    const dir = path.join(work, 'hint-src');
+    writeLayout(dir, 'x', [plainLayer(goodTar)]);
+    const out = path.join(work, 'out-hint');
+    await convert(`oci:${dir}:x`, `oci:${out}:x`);
+    const zstd = { compress: (j: Buffer) => native.compressSync(j, 3), decompress: (b: Buffer) => native.decompressSync(b, 1 << 20) };
+    const want = await cli(['ls', `oci:${out}:x`, '/', '--json']);
+    expect(want.code, want.stderr).toBe(0);
+    expect((await cli(['verify', `oci:${out}:x`])).code).toBe(0);
+    const edits: Array<[string, RegExp, (d: any) => void]> = [
+      // the TOC hint names the config blob: valid digest, wrong blob
+      [
+        'org.ocichunk.toc',
+        /org\.ocichunk\.toc names sha256:[0-9a-f]{64} \(\d+ bytes\), the manifest sha256:/,
+        (d) => (d.annotations['org.ocichunk.toc'] = d.annotations['org.ocichunk.config']),
+      ],
+      [
+        'org.ocichunk.config',
+        /org\.ocichunk\.config is not \{"digest","size"\}/,
+        (d) => (d.annotations['org.ocichunk.config'] = '{"digest":"sha256:../../etc","size":-1}'),
+      ],
+    ];
+    for (const [key, message, edit] of edits) {
+      forgeChunked(out, 'x', { entry: edit }, zstd);
+      const ls = await cli(['ls', `oci:${out}:x`, '/', '--json']);
+      expect(ls.code, `${key}: ${ls.stderr}`).toBe(0);
+      expect(ls.stdout).toBe(want.stdout);
+      const v = await cli(['verify', `oci:${out}:x`]);
+      expect(v.code, key).toBe(5);
+      expect(v.stderr).toMatch(message);
+    }
+  });
+
   it('refuses a pack whose chunk bytes were tampered with', async () => {
     const dir = path.join(work, 'tamper-src');
     writeLayout(dir, 'x', [plainLayer(goodTar)]);

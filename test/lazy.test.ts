@@ -469,6 +469,35 @@ describe('lazy pull from a registry', () => {
     expect(off.libcAndDirFetches).toBeGreaterThan(2);
   });
 
+  it('reads the TOC and the config along with the manifests: the index entry names them (one round trip fewer)', async () => {
+    const img = await LazyImage.open(py, { cacheDir: false });
+    const chunked = img.image.image.chunked!;
+    const tocDigest = img.image.tocDesc.digest;
+    const configDigest = chunked.manifest.config.digest;
+    await img.close();
+    expect(JSON.parse(chunked.desc.annotations!['org.ocichunk.toc'])).toEqual({ digest: tocDigest, size: img.image.tocDesc.size });
+    // what had been answered when each request came in; manifests are answered 300 ms late
+    const seen: Array<{ url: string; answered: string[] }> = [];
+    const proxy = await new FaultProxy(reg.host, (req) => {
+      seen.push({ url: req.url ?? '', answered: [...proxy.answered] });
+      return /\/manifests\/sha256:/.test(req.url ?? '') ? 'slow' : 'pass';
+    }).start();
+    try {
+      const r = await cli(['ls', `docker://${proxy.host}/lazy/py:1`, '/usr/bin', '--no-cache', '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const manifest = `/v2/lazy/py/manifests/${chunked.desc.digest}`;
+      expect(seen.map((s) => s.url)).toContain(manifest);
+      for (const d of [tocDigest, configDigest]) {
+        const got = seen.filter((s) => s.url === `/v2/lazy/py/blobs/${d}`);
+        // read once, before the chunked manifest was answered
+        expect(got.length, d).toBe(1);
+        expect(got[0].answered).not.toContain(manifest);
+      }
+    } finally {
+      await proxy.stop();
+    }
+  });
+
   it('works with a registry that ignores Range (whole packs, verified)', async () => {
     const proxy = await new FaultProxy(reg.host, () => 'norange').start();
     try {

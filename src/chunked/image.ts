@@ -75,6 +75,7 @@ export async function resolveImage(
   let original: ManifestRef | undefined;
   let chunked: ManifestRef | undefined;
   let platform: Platform | undefined;
+  let early: EarlyReads | undefined;
   if (parsed.kind === 'manifest') {
     const m = { desc: top.desc, bytes: top.bytes, manifest: parsed.doc };
     if (parsed.doc.artifactType === CMT.artifact) chunked = m;
@@ -105,6 +106,9 @@ export async function resolveImage(
     const chunkDesc =
       candidates.find((d) => d.artifactType === CMT.artifact && origDesc && d.annotations?.[ANN.source] === origDesc.digest) ??
       (origDesc ? undefined : pool.find((d) => d.artifactType === CMT.artifact));
+    // a reader that opens the TOC next reads it (and the config) along with the manifests when the
+    // index entry names them; the manifests decide whether those reads are the right ones
+    if (opts.readToc && chunkDesc) early = earlyReads(src, chunkDesc);
     [original, chunked] = await Promise.all([origDesc && loadManifest(src, origDesc), chunkDesc && loadManifest(src, chunkDesc)]);
     platform = origDesc?.platform ?? (chunkDesc ? platformOf(chunkDesc) : undefined);
   }
@@ -117,11 +121,13 @@ export async function resolveImage(
   const tocDesc = chunked?.manifest.layers[0];
   let tocBlob: Promise<Buffer> | undefined;
   if (opts.readToc && tocDesc && isTocType(tocDesc.mediaType) && tocDesc.size <= TOC_MAX_BLOB) {
-    tocBlob = src.readBlob(tocDesc, `${src.name} TOC ${tocDesc.digest}`, TOC_MAX_BLOB);
+    tocBlob = early?.toc && sameBlob(early.toc.desc, tocDesc) ? early.toc.bytes : src.readBlob(tocDesc, `${src.name} TOC ${tocDesc.digest}`, TOC_MAX_BLOB);
     // awaited by openChunked (or nobody, when reading the config fails)
     tocBlob.catch(() => {});
   }
-  const cfgBytes = await src.readBlob(cfgDesc, `${src.name} config ${cfgDesc.digest}`);
+  const cfgBytes = await (early?.config && sameBlob(early.config.desc, cfgDesc)
+    ? early.config.bytes
+    : src.readBlob(cfgDesc, `${src.name} config ${cfgDesc.digest}`));
   const cfg = parseJson(cfgBytes, `${src.name} config`) as ImageConfig;
   return {
     source: src,
@@ -132,6 +138,65 @@ export async function resolveImage(
     config: { desc: cfgDesc, bytes: cfgBytes, parsed: cfg },
     ...(tocBlob ? { tocBlob } : {}),
   };
+}
+
+interface EarlyReads {
+  toc?: { desc: Descriptor; bytes: Promise<Buffer> };
+  config?: { desc: Descriptor; bytes: Promise<Buffer> };
+}
+
+/** A `{"digest","size"}` hint of an index entry (ANN.tocHint, ANN.configHint), or undefined. */
+function blobHint(d: Descriptor, key: string, mediaType: string, max: number): Descriptor | undefined {
+  const raw = d.annotations?.[key];
+  if (typeof raw !== 'string' || raw.length > 200) return undefined;
+  try {
+    const h = JSON.parse(raw) as { digest?: unknown; size?: unknown };
+    if (typeof h.digest !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(h.digest)) return undefined;
+    if (typeof h.size !== 'number' || !Number.isSafeInteger(h.size) || h.size < 0 || h.size > max) return undefined;
+    return { mediaType, digest: h.digest, size: h.size };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Start reading the TOC and config an index entry names (hints: a wrong one costs a read, nothing else). */
+function earlyReads(src: ImageSource, chunkDesc: Descriptor): EarlyReads {
+  const out: EarlyReads = {};
+  const toc = blobHint(chunkDesc, ANN.tocHint, CMT.toc, TOC_MAX_BLOB);
+  const config = blobHint(chunkDesc, ANN.configHint, CMT.config, CONFIG_HINT_MAX);
+  if (toc) out.toc = { desc: toc, bytes: src.readBlob(toc, `${src.name} TOC ${toc.digest}`, TOC_MAX_BLOB) };
+  if (config) out.config = { desc: config, bytes: src.readBlob(config, `${src.name} config ${config.digest}`, CONFIG_HINT_MAX) };
+  // awaited only when the manifests confirm them
+  out.toc?.bytes.catch(() => {});
+  out.config?.bytes.catch(() => {});
+  return out;
+}
+
+/** the largest config read on a hint alone (a real one is a few KiB) */
+const CONFIG_HINT_MAX = 4 << 20;
+
+const sameBlob = (a: Descriptor, b: Descriptor) => a.digest === b.digest && a.size === b.size;
+
+/**
+ * What is wrong with the TOC and config hints of the chunked manifest's index entry (readers ignore
+ * a wrong hint; `verify` reports it): a hint that is present must name the manifest's blob.
+ */
+export function hintProblems(img: ResolvedImage): string[] {
+  const m = img.chunked;
+  if (!m) return [];
+  const out: string[] = [];
+  const check = (key: string, mediaType: string, max: number, want: Descriptor | undefined) => {
+    if (m.desc.annotations?.[key] === undefined) return;
+    const h = blobHint(m.desc, key, mediaType, max);
+    if (!h) out.push(`index entry of ${m.desc.digest}: ${key} is not {"digest","size"} of a blob`);
+    else if (!want || !sameBlob(h, want))
+      out.push(
+        `index entry of ${m.desc.digest}: ${key} names ${h.digest} (${h.size} bytes), the manifest ${want ? `${want.digest} (${want.size} bytes)` : 'nothing'}`,
+      );
+  };
+  check(ANN.tocHint, CMT.toc, TOC_MAX_BLOB, m.manifest.layers[0]);
+  check(ANN.configHint, CMT.config, CONFIG_HINT_MAX, m.manifest.config);
+  return out;
 }
 
 export interface ChunkedImage {

@@ -820,7 +820,12 @@ async function publishPlatform(
       size: chunkedStored.size,
       platform: { ...CHUNKED_PLATFORM },
       artifactType: CMT.artifact,
-      annotations: { [ANN.source]: original.desc.digest, [ANN.platform]: platformString(platform) },
+      annotations: {
+        [ANN.source]: original.desc.digest,
+        [ANN.platform]: platformString(platform),
+        [ANN.tocHint]: JSON.stringify({ digest: tocStored.digest, size: tocStored.size }),
+        [ANN.configHint]: JSON.stringify({ digest: img.config.desc.digest, size: img.config.desc.size }),
+      },
     },
     tocBytes: blob.length,
     tocUncompressedBytes: json.length,

@@ -29,6 +29,13 @@ export const ANN = {
   source: 'org.ocichunk.source.manifest',
   /** On the chunked manifest's index entry: the original's platform, os/arch[/variant]. */
   platform: 'org.ocichunk.platform',
+  /**
+   * On the chunked manifest's index entry: `{"digest","size"}` of its TOC, and of its config. A
+   * hint that lets a reader fetch both along with the manifests (one round trip fewer); what
+   * counts is the manifest, and a hint that differs from it is ignored.
+   */
+  tocHint: 'org.ocichunk.toc',
+  configHint: 'org.ocichunk.config',
   tocUncompressedSize: 'org.ocichunk.toc.uncompressed-size',
   /** JSON array of the original layer digests, in TOC layer order. */
   sourceLayers: 'org.ocichunk.source.layers',

@@ -10,6 +10,8 @@ export type Fault = 'pass' | 'reset' | '500' | '503' | '429' | 'slow' | 'hang' |
 export class FaultProxy {
   host = '';
   requests = 0;
+  /** the URLs of the requests answered so far, in the order their answers ended */
+  readonly answered: string[] = [];
   readonly faults: Partial<Record<Fault, number>> = {};
   private server?: http.Server;
   private readonly sockets = new Set<net.Socket>();
@@ -23,6 +25,7 @@ export class FaultProxy {
     const [thost, tport] = this.target.split(':');
     this.server = http.createServer((req, res) => {
       const n = ++this.requests;
+      res.on('finish', () => this.answered.push(req.url ?? ''));
       let fault = this.plan(req, n);
       const bodyish = req.method === 'GET' && /\/blobs\/sha256:/.test(req.url ?? '');
       if ((fault === 'truncate' || fault === 'corrupt') && !bodyish) fault = 'pass';

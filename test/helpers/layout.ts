@@ -106,7 +106,12 @@ export interface Zstd {
  * (an object edit, or the JSON text itself) and/or its chunked manifest, then re-point the chunked
  * manifest, the index and the tag at the new blobs, so every digest is valid.
  */
-export function forgeChunked(dir: string, tag: string, edits: { toc?: (toc: any, text: string) => unknown; manifest?: (m: any) => void }, zstd: Zstd): void {
+export function forgeChunked(
+  dir: string,
+  tag: string,
+  edits: { toc?: (toc: any, text: string) => unknown; manifest?: (m: any) => void; entry?: (d: any) => void },
+  zstd: Zstd,
+): void {
   const idx = readIndex(dir);
   const slot = idx.manifests.findIndex((m: any) => m.annotations?.['org.opencontainers.image.ref.name'] === tag);
   const top = JSON.parse(blob(dir, idx.manifests[slot].digest).toString());
@@ -120,7 +125,12 @@ export function forgeChunked(dir: string, tag: string, edits: { toc?: (toc: any,
     Object.assign(cm.layers[0], putRaw(dir, zstd.compress(Buffer.from(json))));
   }
   edits.manifest?.(cm);
-  Object.assign(top.manifests[ci], putRaw(dir, Buffer.from(JSON.stringify(cm))));
+  const entry = top.manifests[ci];
+  // the index entry's hints name the forged TOC and config (`entry` may forge them too)
+  if (entry.annotations?.['org.ocichunk.toc']) entry.annotations['org.ocichunk.toc'] = JSON.stringify({ digest: cm.layers[0].digest, size: cm.layers[0].size });
+  if (entry.annotations?.['org.ocichunk.config']) entry.annotations['org.ocichunk.config'] = JSON.stringify({ digest: cm.config.digest, size: cm.config.size });
+  edits.entry?.(entry);
+  Object.assign(entry, putRaw(dir, Buffer.from(JSON.stringify(cm))));
   Object.assign(idx.manifests[slot], putRaw(dir, Buffer.from(JSON.stringify(top))));
   fs.writeFileSync(path.join(dir, 'index.json'), JSON.stringify(idx));
 }
