@@ -34,6 +34,29 @@ describe('ChunkCache', () => {
     expect(fs.readdirSync(path.join(c.dir, 'tmp'))).toEqual([]);
   });
 
+  it('empty when opened: look-ups of chunks it did not store skip the file system; opened with chunks, it looks', async () => {
+    const dir = tmpdir('cache');
+    const cold = await ChunkCache.open(dir, 1 << 30);
+    const [x, y, z] = [chunk(101), chunk(102), chunk(103)];
+    // another process fills the cache meanwhile (a plain instance always looks)
+    await new ChunkCache(dir, 1 << 30).put(x.hex, x.bytes);
+    expect(cold.has(x.hex)).toBe(false);
+    expect(await cold.get(x.hex)).toBeUndefined();
+    // what it stored itself it finds, by either way of storing
+    await cold.put(y.hex, y.bytes);
+    await cold.putMany([z.hex], [z.bytes]);
+    expect(cold.has(y.hex)).toBe(true);
+    expect((await cold.get(y.hex))!.equals(y.bytes)).toBe(true);
+    expect((await cold.get(z.hex))!.equals(z.bytes)).toBe(true);
+    // and a chunk it stored that was evicted (or removed) since is looked for, and missed
+    fs.rmSync(cold.pathOf(y.hex));
+    expect(cold.has(y.hex)).toBe(false);
+    // opened again, the cache holds chunks: every look-up looks
+    const warm = await ChunkCache.open(dir, 1 << 30);
+    expect(warm.has(x.hex)).toBe(true);
+    expect((await warm.get(x.hex))!.equals(x.bytes)).toBe(true);
+  });
+
   it('stores many chunks in one native call: each once, counted, bounded, and a failure is a typed error', async () => {
     const c = await ChunkCache.open(tmpdir('cache'), 1 << 30);
     const xs = Array.from({ length: 50 }, (_, i) => chunk(i, 1000 + i));

@@ -13,7 +13,8 @@ import { addDigestSection } from './toc.js';
 /** Where a lazy reader keeps digest table sections: content-addressed, like chunks (the chunk cache). */
 export interface SectionCache {
   get(hex: string): Promise<Buffer | undefined>;
-  put(hex: string, bytes: Buffer): Promise<boolean>;
+  /** store sections (checked by the caller), off this thread */
+  putMany(hexes: string[], bytes: Buffer[]): Promise<unknown>;
 }
 
 /** Digest table sections that may lie between two wanted ones in one range (read and used too). */
@@ -36,6 +37,10 @@ export class ChunkReader {
   private dictsLoading = new Map<number, Promise<void>>();
   /** where digest table sections are kept between runs (a lazy reader's chunk cache) */
   sectionCache: SectionCache | undefined;
+  /** a section cache write failed (they run in the background: reads never wait for them) */
+  onSectionCacheError: ((e: Error) => void) | undefined;
+  /** section cache writes under way (settle() waits for them) */
+  private readonly sectionWrites = new Set<Promise<unknown>>();
 
   constructor(
     private readonly img: ChunkedImage,
@@ -172,14 +177,31 @@ export class ChunkReader {
       const [lastOff, lastLen] = img.checked.digestSectionSpan(lastSection);
       const data = await reader.read(off, lastOff + lastLen - off);
       this.digestBytesRead += data.length;
+      const hexes: string[] = [];
+      const kept: Buffer[] = [];
       for (let i = first; i <= lastSection; i++) {
         const [o, l] = img.checked.digestSectionSpan(i);
         const bytes = data.subarray(o - off, o - off + l);
         // every section read is checked and kept (those between came with the range)
         addDigestSection(opened, i, bytes);
-        await this.sectionCache?.put(img.checked.digestSectionHash(i), Buffer.from(bytes));
+        hexes.push(img.checked.digestSectionHash(i));
+        kept.push(bytes);
+      }
+      // into the cache in the background: the chunks waiting for these digests do not wait for
+      // the files (one native call, off this thread)
+      if (this.sectionCache) {
+        const w = this.sectionCache
+          .putMany(hexes, kept)
+          .catch((e: Error) => this.onSectionCacheError?.(e))
+          .finally(() => this.sectionWrites.delete(w));
+        this.sectionWrites.add(w);
       }
     });
+  }
+
+  /** Wait for the section cache writes under way. */
+  async settle(): Promise<void> {
+    while (this.sectionWrites.size) await Promise.all(this.sectionWrites);
   }
 
   /**
@@ -273,6 +295,7 @@ export class ChunkReader {
   }
 
   async close(): Promise<void> {
+    await this.settle();
     for (const r of this.readers.values()) await (await r).close();
     this.readers.clear();
     if (this.digestReader) await (await this.digestReader).close();

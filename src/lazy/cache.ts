@@ -25,12 +25,22 @@ export interface CacheStats {
   corrupt: number;
 }
 
+/** chunks and sections stored by this process that a cache empty when opened keeps track of */
+const STORED_HERE_MAX = 16384;
+
 export class ChunkCache {
   readonly stats: CacheStats = { hits: 0, misses: 0, stored: 0, storedBytes: 0, evicted: 0, corrupt: 0 };
   /** bytes in the cache, as last counted plus what this process added since */
   private approxBytes = -1;
   /** directories of the cache made (or found) by this process */
   private readonly dirs = new Set<string>();
+  /**
+   * The cache held no chunk when opened: until then a look-up of a chunk this process did not store
+   * needs no file system call (a cold start's look-ups all miss; another process filling the cache
+   * meanwhile only costs a fetch). Off once this process has stored STORED_HERE_MAX entries.
+   */
+  private emptyAtOpen = false;
+  private readonly storedHere = new Set<string>();
 
   constructor(
     readonly dir: string = DEFAULT_CACHE_DIR,
@@ -44,7 +54,28 @@ export class ChunkCache {
     } catch (e) {
       throw new OcichunkError('EIO', `chunk cache ${dir}: ${(e as Error).message}`, { cause: e });
     }
-    return new ChunkCache(dir, maxBytes);
+    const c = new ChunkCache(dir, maxBytes);
+    c.emptyAtOpen = (await fsp.readdir(path.join(dir, 'sha256'))).length === 0;
+    return c;
+  }
+
+  /** false: surely not in the cache; true: look (see emptyAtOpen) */
+  private mayHold(hex: string): boolean {
+    return !this.emptyAtOpen || this.storedHere.has(hex);
+  }
+
+  private noteStored(hex: string): void {
+    if (!this.emptyAtOpen) return;
+    this.storedHere.add(hex);
+    if (this.storedHere.size > STORED_HERE_MAX) {
+      this.emptyAtOpen = false;
+      this.storedHere.clear();
+    }
+  }
+
+  /** Whether the cache holds the chunk (or section) now. */
+  has(hex: string): boolean {
+    return this.mayHold(hex) && fs.existsSync(this.pathOf(hex));
   }
 
   pathOf(hex: string): string {
@@ -63,9 +94,13 @@ export class ChunkCache {
    * Digest table sections (docs/format.md §3) live here too, under their own digests; reading them
    * is not counted with the chunks.
    */
-  readonly sections = { get: (hex: string) => this.read(hex), put: (hex: string, bytes: Buffer) => this.put(hex, bytes, false) };
+  readonly sections = {
+    get: (hex: string) => this.read(hex),
+    putMany: (hexes: string[], bytes: Buffer[]) => this.putMany(hexes, bytes, false),
+  };
 
   private async read(hex: string): Promise<Buffer | undefined> {
+    if (!this.mayHold(hex)) return undefined;
     let b: Buffer;
     try {
       b = await fsp.readFile(this.pathOf(hex));
@@ -84,8 +119,9 @@ export class ChunkCache {
   }
 
   /** Store verified chunk bytes (the caller checked the digest); false if it was there already. */
-  async put(hex: string, bytes: Buffer, count = true): Promise<boolean> {
+  async put(hex: string, bytes: Buffer): Promise<boolean> {
     const final = this.pathOf(hex);
+    this.noteStored(hex);
     if (fs.existsSync(final)) return false;
     const tmp = path.join(this.dir, 'tmp', `${hex}.${process.pid}.${randomBytes(4).toString('hex')}`);
     try {
@@ -105,10 +141,8 @@ export class ChunkCache {
       await fsp.rm(tmp, { force: true });
       throw new OcichunkError('EIO', `chunk cache ${this.dir}: ${(e as Error).message}`, { cause: e });
     }
-    if (count) {
-      this.stats.stored++;
-      this.stats.storedBytes += bytes.length;
-    }
+    this.stats.stored++;
+    this.stats.storedBytes += bytes.length;
     if (this.approxBytes >= 0) this.approxBytes += bytes.length;
     await this.maybeEvict();
     return true;
@@ -116,10 +150,12 @@ export class ChunkCache {
 
   /**
    * Store verified chunks (the caller checked their digests), written off this thread by the
-   * native core; per chunk, whether it was stored now (false: it was there already).
+   * native core; per chunk, whether it was stored now (false: it was there already). `count`: in
+   * the chunk figures (digest table sections are not).
    */
-  async putMany(hexes: string[], chunks: Buffer[]): Promise<boolean[]> {
+  async putMany(hexes: string[], chunks: Buffer[], count = true): Promise<boolean[]> {
     if (!hexes.length) return [];
+    for (const h of hexes) this.noteStored(h);
     let flags: Uint8Array;
     try {
       flags = await native.cachePutMany(this.dir, hexes, chunks);
@@ -129,9 +165,10 @@ export class ChunkCache {
     const stored = [...flags].map((f) => f === 1);
     stored.forEach((s, i) => {
       if (!s) return;
+      if (this.approxBytes >= 0) this.approxBytes += chunks[i].length;
+      if (!count) return;
       this.stats.stored++;
       this.stats.storedBytes += chunks[i].length;
-      if (this.approxBytes >= 0) this.approxBytes += chunks[i].length;
     });
     await this.maybeEvict();
     return stored;

@@ -5,7 +5,8 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { OcichunkError } from '../errors.js';
-import { type LayerUsage, MountCore, type MountOptions } from './mount.js';
+import { openSource } from '../ref.js';
+import type { LayerUsage, MountOptions } from './mount.js';
 
 export type { LayerUsage } from './mount.js';
 
@@ -22,12 +23,26 @@ const port = parentPort!;
 const send = (m: FromWorker) => port.postMessage(m);
 
 try {
+  const transport = {
+    ...opts.transport,
+    onRetry: retries
+      ? (r: { attempt: number; what: string; reason: string; delayMs: number }) =>
+          send({ type: 'retry', message: `retry ${r.attempt}: ${r.what}: ${r.reason} (waiting ${r.delayMs} ms)` })
+      : undefined,
+  };
+  // the image's top document is on its way while the rest of the mount's modules load: the
+  // registry's answer (a round trip) and the loading overlap
+  const opened = openSource(ref, transport).then((source) => {
+    const top = source.getTop();
+    top.catch(() => {}); // awaited by LazyImage.open
+    return { source, top };
+  });
+  opened.catch(() => {});
+  const { MountCore } = await import('./mount.js');
   const m = await MountCore.mount(ref, mountpoint, {
     ...opts,
-    transport: {
-      ...opts.transport,
-      onRetry: retries ? (r) => send({ type: 'retry', message: `retry ${r.attempt}: ${r.what}: ${r.reason} (waiting ${r.delayMs} ms)` }) : undefined,
-    },
+    transport,
+    opened,
     onWarning: (message) => send({ type: 'warning', message }),
   });
   const layerUsage = m.layerUsage;

@@ -4,12 +4,11 @@
  * read needs (ranges of pack blobs, adjacent frames coalesced, digests verified) through a local
  * chunk cache shared by every image.
  */
-import fs from 'node:fs';
 import { ChunkReader } from '../chunked/content.js';
 import { openChunked, resolveImage, type ChunkedImage } from '../chunked/image.js';
 import { OcichunkError } from '../errors.js';
 import { throwIfAborted } from '../util/abort.js';
-import type { Platform } from '../oci/types.js';
+import type { Descriptor, Platform } from '../oci/types.js';
 import { openSource, type TransportOptions } from '../ref.js';
 import type { ImageSource, TransferReport } from '../transports/types.js';
 import { ChunkCache, DEFAULT_CACHE_DIR, DEFAULT_CACHE_MAX } from './cache.js';
@@ -25,6 +24,11 @@ export interface LazyOpenOptions {
   concurrency?: number;
   /** Cancels the reader: reads after it fail with ECANCELED. */
   signal?: AbortSignal;
+  /**
+   * The source already opened for `ref`, its top document being fetched (the mount worker starts
+   * that before it loads the rest of its modules); closed by the reader.
+   */
+  opened?: Promise<{ source: ImageSource; top: Promise<{ desc: Descriptor; bytes: Buffer }> }>;
 }
 
 /** What stat() tells of a node of the merged tree. */
@@ -88,12 +92,15 @@ export class LazyImage {
     this.chunks = new ChunkReader(image, 0, concurrency);
     // digest table sections are content-addressed: kept in the chunk cache too
     this.chunks.sectionCache = cache?.sections;
+    this.chunks.onSectionCacheError = (e) => this.onCacheError?.(e);
   }
 
   static async open(ref: string, opts: LazyOpenOptions = {}): Promise<LazyImage> {
-    const src = await openSource(ref, opts.transport);
+    const early = await opts.opened;
+    const src = early?.source ?? (await openSource(ref, opts.transport));
     try {
-      const img = await openChunked(await resolveImage(src, opts.platform, undefined, { readToc: true }), { lazyDigests: true });
+      const top = await early?.top;
+      const img = await openChunked(await resolveImage(src, opts.platform, top, { readToc: true }), { lazyDigests: true });
       const cache = opts.cacheDir === false ? undefined : await ChunkCache.open(opts.cacheDir ?? DEFAULT_CACHE_DIR, opts.cacheMaxBytes ?? DEFAULT_CACHE_MAX);
       return new LazyImage(img, src, cache, opts.concurrency ?? 8, opts.signal);
     } catch (e) {
@@ -288,7 +295,7 @@ export class LazyImage {
       const hex = toc.chunks[c].digest;
       if (p) waits.push(p);
       else if (this.onVerified && this.unwritten.has(c)) again.push(c);
-      else if (!hex || !fs.existsSync(cache.pathOf(hex))) missing.add(c);
+      else if (!hex || !cache.has(hex)) missing.add(c);
     }
     if (again.length)
       this.onVerified?.(
@@ -317,7 +324,7 @@ export class LazyImage {
     const missing = new Set<number>();
     for (const c of wanted) {
       const hex = toc.chunks[c].digest;
-      if (!this.inflight.has(c) && !this.unwritten.has(c) && (!hex || !fs.existsSync(cache.pathOf(hex)))) missing.add(c);
+      if (!this.inflight.has(c) && !this.unwritten.has(c) && (!hex || !cache.has(hex))) missing.add(c);
     }
     if (!missing.size) return 0;
     this.fetchMissing(missing);
@@ -444,6 +451,7 @@ export class LazyImage {
   /** Wait for the background cache writes (see onVerified) under way. */
   async settle(): Promise<void> {
     while (this.writes.size) await Promise.all(this.writes);
+    await this.chunks.settle();
   }
 
   async close(): Promise<void> {

@@ -178,8 +178,8 @@ export class RegistryClient {
     this.base = `${plain ? 'http' : 'https'}://${host}`;
     // one agent per scheme: redirects (to blob storage, say) may change it
     // (a mount's prefetch keeps a few MiB of range requests in flight: 32 connections at most)
-    this.httpAgent = new http.Agent({ keepAlive: true, maxSockets: 32 });
-    this.httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 32, rejectUnauthorized: !opts.insecure });
+    this.httpAgent = new http.Agent({ keepAlive: true, maxSockets: 96 });
+    this.httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 96, rejectUnauthorized: !opts.insecure });
     this.retries = opts.retries ?? 5;
     this.backoff = opts.backoffMs ?? 250;
     this.timeout = opts.timeoutMs ?? 60_000;
