@@ -12,6 +12,9 @@
 #   OCICHUNK_REPO: the build to measure (default this checkout; an A/B runs it once per build, e.g.
 #   with the worktree benchmarks/ab.sh made for a revision)
 #   CONVERT_OPTS: options of the conversion (e.g. "--run-frame-size 0"; default: convert's defaults)
+#   OWN_LIST=1: the image carries the command's read trace as its prefetch list (recorded through a
+#   mount, untimed, then `convert --prefetch-list`): run with SCENARIOS mount-prefetch,mount-warm
+#   (no mount-cold, whose trace would be used instead), mount-prefetch is a cold cache using it
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -39,4 +42,18 @@ skopeo copy --quiet --dest-tls-verify=false "oci:$cache/layouts/py:latest" "$ref
 bin=${OCICHUNK_REPO:-$repo}/bin/ocichunk.js
 # shellcheck disable=SC2086 # CONVERT_OPTS: words, split on purpose
 node "$bin" convert "$ref" "$ref" --quiet ${CONVERT_OPTS:-} > /dev/null
+if [ -n "${OWN_LIST:-}" ]; then
+  # the image carries its prefetch list: a trace of the command recorded through a mount (not
+  # timed), stored by converting again with --prefetch-list; mount-prefetch then uses that list
+  mnt=$OUT/mnt-trace
+  mkdir -p "$mnt"
+  node "$bin" mount "$ref" "$mnt" --no-cache --record-trace "$OUT/trace.txt" --ready-file "$OUT/ready" --quiet > /dev/null &
+  m=$!
+  for _ in $(seq 300); do [ -f "$OUT/ready" ] && break; sleep 0.1; done
+  chroot "$mnt" /bin/sh -c "$cmd" > /dev/null
+  kill -TERM $m
+  wait $m
+  # shellcheck disable=SC2086
+  node "$bin" convert "$ref" "$ref" --quiet --prefetch-list "$OUT/trace.txt" ${CONVERT_OPTS:-} > /dev/null
+fi
 node "$bin" lazy-bench "$ref" --run "$cmd" --link "$link" --scenarios "$scenarios" --quiet ${LAZY_JSON:+--json}
