@@ -55,6 +55,13 @@ describe('ChunkCache', () => {
     const warm = await ChunkCache.open(dir, 1 << 30);
     expect(warm.has(x.hex)).toBe(true);
     expect((await warm.get(x.hex))!.equals(x.bytes)).toBe(true);
+    // and an empty one looks again once its first moments are over (a long-lived mount)
+    const dir2 = tmpdir('cache');
+    const brief = await ChunkCache.open(dir2, 1 << 30, 2000);
+    await new ChunkCache(dir2, 1 << 30).put(x.hex, x.bytes);
+    expect(brief.has(x.hex)).toBe(false);
+    await new Promise((r) => setTimeout(r, 2100));
+    expect(brief.has(x.hex)).toBe(true);
   });
 
   it('stores many chunks in one native call: each once, counted, bounded, and a failure is a typed error', async () => {

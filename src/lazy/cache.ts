@@ -27,6 +27,11 @@ export interface CacheStats {
 
 /** chunks and sections stored by this process that a cache empty when opened keeps track of */
 const STORED_HERE_MAX = 16384;
+/**
+ * How long after opening an empty cache its look-ups skip the file system: a cold start's first
+ * seconds; later (a long-lived mount) the chunks other processes stored meanwhile are found again.
+ */
+const COLD_WINDOW_MS = 10_000;
 
 export class ChunkCache {
   readonly stats: CacheStats = { hits: 0, misses: 0, stored: 0, storedBytes: 0, evicted: 0, corrupt: 0 };
@@ -35,11 +40,13 @@ export class ChunkCache {
   /** directories of the cache made (or found) by this process */
   private readonly dirs = new Set<string>();
   /**
-   * The cache held no chunk when opened: until then a look-up of a chunk this process did not store
-   * needs no file system call (a cold start's look-ups all miss; another process filling the cache
-   * meanwhile only costs a fetch). Off once this process has stored STORED_HERE_MAX entries.
+   * The cache held no chunk when opened: for a while a look-up of a chunk this process did not
+   * store needs no file system call (a cold start's look-ups all miss; another process filling the
+   * cache meanwhile only costs a fetch). Off after `coldWindowMs`, or once this process has stored
+   * STORED_HERE_MAX entries.
    */
   private emptyAtOpen = false;
+  private coldUntil = 0;
   private readonly storedHere = new Set<string>();
 
   constructor(
@@ -47,7 +54,7 @@ export class ChunkCache {
     readonly maxBytes: number = DEFAULT_CACHE_MAX,
   ) {}
 
-  static async open(dir = DEFAULT_CACHE_DIR, maxBytes = DEFAULT_CACHE_MAX): Promise<ChunkCache> {
+  static async open(dir = DEFAULT_CACHE_DIR, maxBytes = DEFAULT_CACHE_MAX, coldWindowMs = COLD_WINDOW_MS): Promise<ChunkCache> {
     try {
       await fsp.mkdir(path.join(dir, 'sha256'), { recursive: true });
       await fsp.mkdir(path.join(dir, 'tmp'), { recursive: true });
@@ -56,21 +63,25 @@ export class ChunkCache {
     }
     const c = new ChunkCache(dir, maxBytes);
     c.emptyAtOpen = (await fsp.readdir(path.join(dir, 'sha256'))).length === 0;
+    c.coldUntil = performance.now() + coldWindowMs;
     return c;
   }
 
   /** false: surely not in the cache; true: look (see emptyAtOpen) */
   private mayHold(hex: string): boolean {
+    if (this.emptyAtOpen && performance.now() > this.coldUntil) this.endCold();
     return !this.emptyAtOpen || this.storedHere.has(hex);
+  }
+
+  private endCold(): void {
+    this.emptyAtOpen = false;
+    this.storedHere.clear();
   }
 
   private noteStored(hex: string): void {
     if (!this.emptyAtOpen) return;
     this.storedHere.add(hex);
-    if (this.storedHere.size > STORED_HERE_MAX) {
-      this.emptyAtOpen = false;
-      this.storedHere.clear();
-    }
+    if (this.storedHere.size > STORED_HERE_MAX) this.endCold();
   }
 
   /** Whether the cache holds the chunk (or section) now. */
