@@ -172,8 +172,8 @@ function earlyReads(src: ImageSource, chunkDesc: Descriptor): EarlyReads {
   return out;
 }
 
-/** the largest config read on a hint alone (a real one is a few KiB) */
-const CONFIG_HINT_MAX = 4 << 20;
+/** the largest config read on a hint alone (a real one is a few KiB; convert names none larger) */
+export const CONFIG_HINT_MAX = 4 << 20;
 
 const sameBlob = (a: Descriptor, b: Descriptor) => a.digest === b.digest && a.size === b.size;
 

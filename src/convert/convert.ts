@@ -6,7 +6,7 @@
  */
 import os from 'node:os';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
-import { resolveImage, type ResolvedImage } from '../chunked/image.js';
+import { CONFIG_HINT_MAX, resolveImage, type ResolvedImage } from '../chunked/image.js';
 import { FRAME_MAX } from '../chunked/toc.js';
 import { sha256Digest } from '../store/blobstore.js';
 import { newSpoolPath } from '../store/owner.js';
@@ -824,7 +824,9 @@ async function publishPlatform(
         [ANN.source]: original.desc.digest,
         [ANN.platform]: platformString(platform),
         [ANN.tocHint]: JSON.stringify({ digest: tocStored.digest, size: tocStored.size }),
-        [ANN.configHint]: JSON.stringify({ digest: img.config.desc.digest, size: img.config.desc.size }),
+        ...(img.config.desc.size <= CONFIG_HINT_MAX
+          ? { [ANN.configHint]: JSON.stringify({ digest: img.config.desc.digest, size: img.config.desc.size }) }
+          : {}),
       },
     },
     tocBytes: blob.length,

@@ -208,7 +208,7 @@ class Background {
 
   /** Queue the prefetch list; resolves once it is fetched (or the mount closes). */
   prefetch(chunks: number[]): Promise<void> {
-    this.list.push(...planListBatches(chunks, this.image.image.toc));
+    for (const b of planListBatches(chunks, this.image.image.toc)) this.list.push(b);
     this.listChunks += chunks.length;
     const done = new Promise<void>((resolve) => (this.listDone = resolve));
     this.pump();
