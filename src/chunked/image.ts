@@ -145,6 +145,11 @@ interface EarlyReads {
   config?: { desc: Descriptor; bytes: Promise<Buffer> };
 }
 
+/** The value of a TOC or config hint (ANN.tocHint, ANN.configHint) naming this blob. */
+export function blobHintValue(d: { digest: string; size: number }): string {
+  return JSON.stringify({ digest: d.digest, size: d.size });
+}
+
 /** A `{"digest","size"}` hint of an index entry (ANN.tocHint, ANN.configHint), or undefined. */
 function blobHint(d: Descriptor, key: string, mediaType: string, max: number): Descriptor | undefined {
   const raw = d.annotations?.[key];

@@ -6,7 +6,7 @@
  */
 import os from 'node:os';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
-import { CONFIG_HINT_MAX, resolveImage, type ResolvedImage } from '../chunked/image.js';
+import { blobHintValue, CONFIG_HINT_MAX, resolveImage, type ResolvedImage } from '../chunked/image.js';
 import { FRAME_MAX } from '../chunked/toc.js';
 import { sha256Digest } from '../store/blobstore.js';
 import { newSpoolPath } from '../store/owner.js';
@@ -823,10 +823,8 @@ async function publishPlatform(
       annotations: {
         [ANN.source]: original.desc.digest,
         [ANN.platform]: platformString(platform),
-        [ANN.tocHint]: JSON.stringify({ digest: tocStored.digest, size: tocStored.size }),
-        ...(img.config.desc.size <= CONFIG_HINT_MAX
-          ? { [ANN.configHint]: JSON.stringify({ digest: img.config.desc.digest, size: img.config.desc.size }) }
-          : {}),
+        [ANN.tocHint]: blobHintValue(tocStored),
+        ...(img.config.desc.size <= CONFIG_HINT_MAX ? { [ANN.configHint]: blobHintValue(img.config.desc) } : {}),
       },
     },
     tocBytes: blob.length,
