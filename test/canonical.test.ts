@@ -103,6 +103,48 @@ with tarfile.open(sys.argv[2],'w',format=tarfile.USTAR_FORMAT) as t:
     }
   });
 
+  it('over a layer below with its own dictionary: big chunks take that one, and the packs still do not depend on the order', async () => {
+    // the layer below: other real files (a dictionary of their own)
+    const below = path.join(work, 'below');
+    fs.mkdirSync(below);
+    await must('cp', ['-a', '--parents', 'usr/sbin', 'var/lib/dpkg', below], { cwd: path.join(work, 'bundle', 'rootfs') });
+    await must('tar', ['--sort=name', '--format=gnu', '-cf', path.join(work, 'below.tar'), '-C', below, '.']);
+    const base = gzipLayer(fs.readFileSync(path.join(work, 'below.tar')));
+    const results = [];
+    for (const name of ['gnu', 'pax', 'py']) {
+      const inDir = path.join(work, `in2-${name}`);
+      writeLayout(inDir, 'x', [base, plainLayer(fs.readFileSync(path.join(work, 'tars', `${name}.tar`)))]);
+      const out = path.join(work, `out2-${name}`);
+      const r = await convert(`oci:${inDir}:x`, `oci:${out}:x`);
+      expect(r.onePassLayers).toBe(name === 'gnu' ? 2 : 1);
+      results.push(chunkedOf(out));
+    }
+    expect(results[1].toc).toBe(results[0].toc);
+    expect(results[2].toc).toBe(results[0].toc);
+    expect(results[1].packs).toEqual(results[0].packs);
+    expect(results[2].packs).toEqual(results[0].packs);
+    // two dictionaries; the upper layer's frames use both: its big chunks' frames the one in the
+    // layer below's pack, its group frames its own
+    const out = path.join(work, 'out2-gnu');
+    const toc = JSON.parse(native.decompressSync(blob(out, results[0].toc), 64 << 20).toString()) as {
+      frames: number[][];
+      dicts: number[][];
+    };
+    expect(toc.dicts.length).toBe(2);
+    let carried = 0;
+    let own = 0;
+    for (const f of toc.frames) {
+      if (f[4] === undefined) continue;
+      if (toc.dicts[f[4]][0] === f[0]) own++;
+      else {
+        carried++;
+        expect(f[3], 'only frames of one big chunk take the carried dictionary').toBeGreaterThanOrEqual(32 << 10);
+      }
+    }
+    expect(carried).toBeGreaterThan(10);
+    expect(own).toBeGreaterThan(10);
+  });
+
   it("--run-frame-size 256k puts a file's big chunks into shared run frames, never two files in one; by default each has its own frame", async () => {
     const tarFile = path.join(work, 'runs.tar');
     await must('tar', ['--sort=name', '--format=pax', '-cf', tarFile, '-C', src, '.']);

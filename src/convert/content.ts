@@ -30,10 +30,8 @@ export async function originalContentDigests(src: ImageSource, layers: Descripto
     chunker: opts.chunker,
     threads: opts.threads ?? 0,
     batchBytes: DEFAULT_BATCH_BYTES,
-    level: 3,
     groupBelow: 0,
     ...canonOf(opts.sourceDateEpoch),
-    precompress: false,
     signal: opts.signal,
   };
   const out: string[] = [];

@@ -518,11 +518,7 @@ async function conversionContext(src: ImageSource, sink: ImageSink, opts: Conver
     chunker,
     threads,
     batchBytes,
-    level,
     groupBelow,
-    // a big chunk's frame of its own, compressed in the scan: not with a dictionary (trained
-    // later) nor where big chunks share run frames; spooled raw then
-    precompress: dictSize === 0 && runTarget < groupBelow,
     ...canonOf(opts.sourceDateEpoch),
     signal: opts.signal,
   };
@@ -699,6 +695,7 @@ async function convertLayers(img: ResolvedImage, ctx: Ctx, progress: (p: Convert
   const { src, sink, chunkIndex, packer, spool, scanOpts } = ctx;
   const manifest = img.original!.manifest;
   const toc = native.tocBuilder(FORMAT_VERSION, ctx.chunker, ctx.prefetch);
+  packer.beginImage();
   const out: ConvertedLayers = { toc, reused: new Set(), entries: 0, files: 0, fileBytes: 0, chunkRefs: 0, onePassLayers: 0 };
   const count = (s: { entries: number; files: number; fileBytes: number; chunkRefs: number }) => {
     out.entries += s.entries;
@@ -731,7 +728,9 @@ async function convertLayers(img: ResolvedImage, ctx: Ctx, progress: (p: Convert
       if (!(e instanceof OutOfOrder)) throw e;
       await packer.rollbackLayer();
       chunkIndex.truncate(mark);
-      draft = await scanLayer(src, sink, layer, what, new LayerScanner(scanOpts, chunkIndex, spool));
+      // big chunks compressed in this pass where their frames do not wait for the layer's dictionary
+      const ahead = packer.compressesBigChunksAhead ? packer : undefined;
+      draft = await scanLayer(src, sink, layer, what, new LayerScanner(scanOpts, chunkIndex, spool, undefined, ahead));
       count(draft.stats);
       const ordered = toc.addDraft(draft);
       progress({ phase: 'pack', layer: i, layers: manifest.layers.length });

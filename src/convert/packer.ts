@@ -32,6 +32,8 @@ export class Packer {
   private outs: PageBuffers | undefined;
   private readonly outBytes: number;
   private readonly batchBytes: number;
+  private readonly bigAlone: boolean;
+  private readonly noDict: boolean;
   private submitted = 0;
   /** pass 2: where spooled chunks are read, given back at the end of the pass */
   private spoolRun: PageBuffers | undefined;
@@ -48,8 +50,34 @@ export class Packer {
   ) {
     this.w = native.packWriter(opts);
     this.batchBytes = opts.batchBytes;
+    this.bigAlone = (opts.runTarget ?? 0) < opts.groupBelow;
+    this.noDict = !opts.dictSize;
     // a batch's frames: about batchBytes, plus the frame that closed it, plus zstd's bound
     this.outBytes = opts.batchBytes + (opts.batchBytes >>> 6) + opts.groupTarget + (1 << 20);
+  }
+
+  /**
+   * Whether this layer's big chunks can be compressed before they are placed (`compressAlone`, in
+   * an unsorted layer's first pass): each is a frame of its own, compressed without a dictionary
+   * or with one carried from a lower layer, not with the layer's own (trained once its chunks are
+   * placed).
+   */
+  get compressesBigChunksAhead(): boolean {
+    return this.bigAlone && (this.noDict || this.w.carriesDictionary);
+  }
+
+  /**
+   * Compress `parts` (`[offset, length]` pairs of `src`) each into its own frame as this layer's
+   * run frames are compressed, back to back into `out`; resolves to the frames' lengths, for
+   * `placeCompressed` (pass 2) later.
+   */
+  compressAlone(src: Buffer, parts: Uint32Array, out: Buffer): Promise<Uint32Array> {
+    return this.w.compressAlone(src, parts, out);
+  }
+
+  /** An image's first layer comes next: the dictionary of the image before is not carried to it. */
+  beginImage(): void {
+    this.w.beginImage();
   }
 
   beginLayer(): void {

@@ -57,11 +57,8 @@ export interface ScanOptions extends CanonOptions {
   chunker: ChunkerSpec;
   threads: number;
   batchBytes: number;
-  /** zstd level, and the size from which a chunk is its own frame (spool mode compresses those at once). */
-  level: number;
+  /** the size from which a chunk is its own frame (spool mode may compress those at once) */
   groupBelow: number;
-  /** compress a big chunk at once in spool mode (not when frames use a dictionary trained later) */
-  precompress: boolean;
   /** checked between batches: a canceled scan stops within one batch */
   signal?: AbortSignal;
 }
@@ -133,6 +130,8 @@ export class LayerScanner {
     private readonly chunkIndex: ChunkIndex,
     private readonly spool?: Spool,
     private readonly packer?: Packer,
+    /** spool mode: compresses big chunks at once, as their frames will be (else they are spooled raw) */
+    private readonly ahead?: Pick<Packer, 'compressAlone'>,
   ) {
     this.draft = native.layerDraft(!!packer);
   }
@@ -276,7 +275,7 @@ export class LayerScanner {
       for (let k = 0; k < r.counts[si]; k++, ci++) {
         const len = r.lengths[ci];
         const id = ids[ci];
-        if (fresh(ci) && len >= this.opts.groupBelow && this.opts.precompress) {
+        if (fresh(ci) && len >= this.opts.groupBelow && this.ahead) {
           this.stats.newChunks++;
           this.stats.newChunkBytes += len;
           bigParts.push(pos, len);
@@ -304,13 +303,15 @@ export class LayerScanner {
         this.frames?.release();
         this.frames = native.pageBuffers(1, Math.max(bound, this.opts.batchBytes + (this.opts.batchBytes >>> 7)));
       }
-      const r = await native.compressFrames(b.buf, parts, new Uint32Array(bigIds.length).fill(1), this.opts.level, this.opts.threads, this.frames.buffers[0]);
-      const { at, written } = spool.append(r.data, 0, r.data.length);
+      const out = this.frames.buffers[0];
+      const sizes = await this.ahead!.compressAlone(b.buf, parts, out);
+      const total = sizes.reduce((a, n) => a + n, 0);
+      const { at, written } = spool.append(out, 0, total);
       writes.push(written);
       let o = at;
       bigIds.forEach((id, k) => {
-        this.chunkIndex.setSpool(id, o, r.sizes[k]);
-        o += r.sizes[k];
+        this.chunkIndex.setSpool(id, o, sizes[k]);
+        o += sizes[k];
       });
     }
     await Promise.all(writes);

@@ -244,9 +244,14 @@ export interface CompressedBatch {
 
 /** The frame and pack writer (crates/core/src/format/pack.rs). */
 export interface NativePackWriter {
+  beginImage(): void;
   beginLayer(): void;
   /** a file boundary before each chunk whose index is in `starts`; returns how many sealed batches wait for compressNext */
   place(dict: NativeChunkDict, data: Uint8Array, ids: Uint32Array, positions: Uint32Array, starts: Uint32Array): number;
+  /** whether this layer's run frames use a dictionary carried from a lower layer */
+  readonly carriesDictionary: boolean;
+  /** each `[offset, length]` of `data` a frame of its own, as this layer's run frames are compressed, into `out`; resolves to their lengths */
+  compressAlone(data: Buffer, parts: Uint32Array, out: Buffer): Promise<Uint32Array>;
   placeCompressed(dict: NativeChunkDict, id: number, frame: Uint8Array): number;
   finishLayer(): number;
   /** into `out` when the frames fit (untouched until it resolves) */

@@ -167,7 +167,7 @@ pub fn train_dictionary(data: &[u8], sizes: &[usize], size: usize, level: i32) -
         steps: 0,
         nbThreads: 0,
         splitPoint: 1.0,
-        accel: 1,
+        accel: 10,
         shrinkDict: 0,
         shrinkDictMaxRegression: 0,
         zParams: ZDICT_params_t { compressionLevel: level, notificationLevel: 0, dictID: 0 },

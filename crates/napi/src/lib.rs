@@ -1706,15 +1706,60 @@ impl Work for PackCompressTask {
         pack::compress(self.sealed.take().unwrap_or_default(), self.level, self.threads, Some(&self.recycle), out)
     }
     fn resolve(&mut self, _env: Env, c: Self::Output) -> Result<Self::JsValue> {
-        // the chunk count's top bit: compressed with the layer's dictionary
-        let frames: Vec<u32> = c.frames.iter().flat_map(|f| [f.compressed_len, f.len, f.ids.len() as u32 | (u32::from(f.dict) << 31)]).collect();
+        // the chunk count's top bits: compressed with the layer's dictionary (31), with the carried one (30)
+        let frames: Vec<u32> = c.frames.iter().flat_map(|f| [f.compressed_len, f.len, f.ids.len() as u32 | dict_bits(f.dict)]).collect();
         let ids: Vec<u32> = c.frames.into_iter().flat_map(|f| f.ids).collect();
         Ok(CompressedBatch { data: c.data.map(Into::into), frames: frames.into(), ids: ids.into() })
     }
 }
 
+fn dict_bits(d: pack::FrameDict) -> u32 {
+    match d {
+        pack::FrameDict::None => 0,
+        pack::FrameDict::Layer => 1 << 31,
+        pack::FrameDict::Carried => 1 << 30,
+    }
+}
+
+pub struct AloneTask {
+    data: Buffer,
+    parts: Vec<(usize, usize)>,
+    dict: Option<std::sync::Arc<ocichunk_core::frame::Dictionary>>,
+    level: i32,
+    threads: usize,
+    out: Buffer,
+}
+
+impl Work for AloneTask {
+    type Output = Vec<u32>;
+    type JsValue = Uint32Array;
+    fn compute(&mut self) -> CoreResult<Self::Output> {
+        pack::compress_alone(&self.data, &self.parts, self.dict.as_deref(), self.level, self.threads, self.out.as_mut())
+    }
+    fn resolve(&mut self, _env: Env, sizes: Self::Output) -> Result<Self::JsValue> {
+        Ok(sizes.into())
+    }
+}
+
 #[napi]
 impl PackWriter {
+    /// Whether this layer's run frames use a dictionary carried from a lower layer: then a big
+    /// chunk's frame can be compressed before the layer's chunks are placed (`compressAlone`).
+    #[napi(getter)]
+    pub fn carries_dictionary(&self) -> bool {
+        self.inner.carried().is_some()
+    }
+
+    /// Compress each of `parts` (`[offset, length]` pairs of `data`) into a frame of its own, as
+    /// this layer's run frames are compressed, back to back into `out` (untouched until this
+    /// resolves); resolves to each frame's length. Such frames go to `placeCompressed`.
+    #[napi(ts_return_type = "Promise<Uint32Array>")]
+    pub fn compress_alone(&self, env: Env, data: Buffer, parts: Uint32Array, out: Buffer) -> Result<AsyncTask<Coded<AloneTask>>> {
+        let parts = pairs(&parts, "parts").map_err(|e| err(env, e))?;
+        let o = self.inner.options();
+        Ok(Coded::task(AloneTask { data, parts, dict: self.inner.carried().cloned(), level: o.level, threads: o.threads, out }))
+    }
+
     #[napi(constructor)]
     pub fn new(env: Env, o: PackSpec) -> Result<Self> {
         let bytes = |v: f64| if v >= 1.0 && v.fract() == 0.0 { Ok(v as u64) } else { Err(err(env, CoreError::invalid(format!("pack option {v}")))) };
@@ -1733,6 +1778,12 @@ impl PackWriter {
             },
         };
         Ok(PackWriter { inner: pack::FrameWriter::new(o).map_err(|e| err(env, e))? })
+    }
+
+    /// An image's first layer comes next (no dictionary is carried to it).
+    #[napi]
+    pub fn begin_image(&mut self) {
+        self.inner.begin_image();
     }
 
     #[napi]
@@ -1768,7 +1819,7 @@ impl PackWriter {
         Ok(self.inner.ready() as u32)
     }
 
-    /// Place chunk `id` as `frame`, compressed alone earlier at this level; returns `ready`.
+    /// Place chunk `id` as `frame`, compressed alone earlier by `compressAlone`; returns `ready`.
     #[napi]
     pub fn place_compressed(&mut self, env: Env, dict: &mut ChunkDict, id: u32, frame: &[u8]) -> Result<u32> {
         let id = dict.id(env, id)?;
@@ -1800,9 +1851,15 @@ impl PackWriter {
         let mut list = Vec::with_capacity(frames.len() / 3);
         let mut k = 0usize;
         for f in frames.chunks_exact(3) {
-            let n = (f[2] & 0x7fff_ffff) as usize;
+            let n = (f[2] & 0x3fff_ffff) as usize;
             let chunk_ids = ids.get(k..k + n).ok_or_else(|| err(env, CoreError::invalid("frame chunk counts past the ids given")))?;
-            list.push(pack::Landing { compressed_len: f[0], len: f[1], ids: chunk_ids.to_vec(), dict: f[2] >> 31 == 1 });
+            let dict = match f[2] >> 30 {
+                0 => pack::FrameDict::None,
+                2 => pack::FrameDict::Layer,
+                1 => pack::FrameDict::Carried,
+                _ => return Err(err(env, CoreError::invalid("a frame with two dictionaries"))),
+            };
+            list.push(pack::Landing { compressed_len: f[0], len: f[1], ids: chunk_ids.to_vec(), dict });
             k += n;
         }
         let writes = self.inner.land(&mut dict.inner, &list).map_err(|e| err(env, e))?;

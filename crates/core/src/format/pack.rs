@@ -49,7 +49,8 @@ pub struct PackOptions {
     pub pack_target: u64,
     pub batch_bytes: u64,
     /// bytes of each layer's zstd dictionary (0: none): trained from the layer's first
-    /// `dict_sample` bytes of new chunks, used by every frame of the layer (docs/format.md §5)
+    /// `dict_sample` bytes of new chunks, used by the layer's group frames, and by its run frames
+    /// unless a lower layer's dictionary is carried (docs/format.md §5)
     pub dict_size: u32,
     pub dict_sample: u64,
 }
@@ -66,14 +67,27 @@ struct FrameSpec {
     len: u32,
     /// its chunks; none for a dictionary's frame
     ids: Vec<u32>,
+    /// compressed with the carried dictionary (a lower layer's), not the layer's own
+    carried: bool,
 }
 
-/// Closed frames waiting to be compressed, in order. With `dict`, every frame is compressed with
-/// the layer's dictionary.
+/// Closed frames waiting to be compressed, in order: with `dict`, the layer's dictionary, those
+/// marked `carried` with `carried`, the dictionary carried from a lower layer.
 #[derive(Default)]
 pub struct Sealed {
     frames: Vec<FrameSpec>,
     dict: Option<Arc<Dictionary>>,
+    carried: Option<Arc<Dictionary>>,
+}
+
+/// The dictionary a frame was compressed with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameDict {
+    None,
+    /// the layer's own
+    Layer,
+    /// the one carried from a lower layer ([`FrameWriter::carried`])
+    Carried,
 }
 
 /// A sealed batch compressed: its frames back to back in `data` (None: in the caller's buffer).
@@ -83,14 +97,17 @@ pub struct Compressed {
 }
 
 /// A compressed frame: its lengths and chunks (none: the frame holds the layer's dictionary), and
-/// whether it was compressed with the layer's dictionary.
+/// the dictionary it was compressed with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Landing {
     pub compressed_len: u32,
     pub len: u32,
     pub ids: Vec<u32>,
-    pub dict: bool,
+    pub dict: FrameDict,
 }
+
+/// A frame to compress: its input (None: compressed already), its place in the output, its dictionary.
+type Place<'a> = (Option<&'a [u8]>, &'a mut [u8], Option<&'a Dictionary>);
 
 /// Compress a sealed batch's frames (the ones not compressed already) on `threads`, into `out`
 /// when they fit (else into a new buffer); the batch's buffer goes back to `recycle`
@@ -98,8 +115,8 @@ pub struct Landing {
 /// (room for zstd's bound each, closed up after), so compressing allocates nothing per frame.
 pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler>, out: Option<&mut [u8]>) -> Result<Compressed> {
     crate::frame::check_level(level)?;
-    let dict = s.dict.clone();
-    let dict = dict.as_deref();
+    let (dict, carried) = (s.dict.clone(), s.carried.clone());
+    let (dict, carried) = (dict.as_deref(), carried.as_deref());
     // each frame's input (None: compressed already) and the room it takes in the output
     let inputs: Vec<(Option<&[u8]>, usize)> = s
         .frames
@@ -120,21 +137,23 @@ pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler
         }
     };
     // the frames' places, in order
-    let mut places: Vec<(Option<&[u8]>, &mut [u8])> = Vec::with_capacity(inputs.len());
+    // each frame's input, place and dictionary
+    let mut places: Vec<Place> = Vec::with_capacity(inputs.len());
     let mut rest = &mut dst[..room];
     for (i, (input, n)) in inputs.iter().enumerate() {
         let (here, after) = std::mem::take(&mut rest).split_at_mut(*n);
         if let (None, Bytes::Pre(p)) = (input, &s.frames[i].bytes) {
             here.copy_from_slice(p);
         }
-        places.push((*input, here));
+        let use_dict = if s.frames[i].carried { carried } else { dict };
+        places.push((*input, here, use_dict));
         rest = after;
     }
     let lens: Vec<usize> = batch::run(threads, || {
         places
             .par_iter_mut()
-            .map(|(input, here)| match input {
-                Some(d) => match dict {
+            .map(|(input, here, use_dict)| match input {
+                Some(d) => match use_dict {
                     Some(dict) => crate::frame::compress_frame_with_into(d, dict, here),
                     None => crate::frame::compress_frame_into(d, level, here),
                 },
@@ -147,7 +166,7 @@ pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler
     // close up: frame i moves from its place down to the end of frame i - 1
     let (mut at, mut from) = (0usize, 0usize);
     let mut frames = Vec::with_capacity(s.frames.len());
-    let with_dict = dict.is_some();
+    let (with_dict, with_carried) = (dict.is_some(), carried.is_some());
     let Sealed { frames: specs, .. } = s;
     let mut spare = Spare::default();
     for (f, &n) in specs.into_iter().zip(&lens) {
@@ -162,7 +181,12 @@ pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler
             (Bytes::Run(r), true) => spare.runs.push(r),
             _ => {}
         }
-        let dict = with_dict && !f.ids.is_empty();
+        let dict = match (f.ids.is_empty(), f.carried) {
+            (true, _) => FrameDict::None,
+            (false, true) if with_carried => FrameDict::Carried,
+            (false, false) if with_dict => FrameDict::Layer,
+            _ => FrameDict::None,
+        };
         frames.push(Landing { compressed_len: clen, len: f.len, ids: f.ids, dict });
         at += n;
         from += room;
@@ -183,6 +207,42 @@ pub fn compress(s: Sealed, level: i32, threads: usize, recycle: Option<&Recycler
         Some(own)
     };
     Ok(Compressed { data, frames })
+}
+
+/// Compress each of `parts` (offset, length) of `data` into a frame of its own, as [`compress`]
+/// compresses a run frame of one chunk (at `level`, with `dict`: [`FrameWriter::carried`]), on
+/// `threads`, back to back into `out`; returns each frame's length. For a converter that compresses
+/// big chunks before they are placed (the unsorted layers' first pass).
+pub fn compress_alone(data: &[u8], parts: &[(usize, usize)], dict: Option<&Dictionary>, level: i32, threads: usize, out: &mut [u8]) -> Result<Vec<u32>> {
+    crate::frame::check_level(level)?;
+    let inputs = parts
+        .iter()
+        .map(|&(o, l)| data.get(o..o.saturating_add(l)).ok_or_else(|| Error::invalid(format!("part {o}+{l} is outside the {}-byte buffer", data.len()))))
+        .collect::<Result<Vec<_>>>()?;
+    let frames: Vec<Vec<u8>> = batch::run(threads, || {
+        inputs
+            .par_iter()
+            .map(|d| {
+                let mut f = vec![0u8; zstd::zstd_safe::compress_bound(d.len())];
+                let n = match dict {
+                    Some(dict) => crate::frame::compress_frame_with_into(d, dict, &mut f)?,
+                    None => crate::frame::compress_frame_into(d, level, &mut f)?,
+                };
+                f.truncate(n);
+                Ok(f)
+            })
+            .collect::<Result<Vec<_>>>()
+    })??;
+    let total: usize = frames.iter().map(Vec::len).sum();
+    if total > out.len() {
+        return Err(Error::invalid(format!("{total} bytes of frames do not fit the {}-byte output buffer", out.len())));
+    }
+    let mut at = 0;
+    for f in &frames {
+        out[at..at + f.len()].copy_from_slice(f);
+        at += f.len();
+    }
+    Ok(frames.iter().map(|f| f.len() as u32).collect())
 }
 
 /// What the caller does with a landed frame's bytes, `data[start..start + len]` of its batch.
@@ -235,6 +295,10 @@ pub struct FrameWriter {
     dict_frame: Option<(Vec<u8>, u32)>,
     /// where the layer's dictionary landed (the dictionary table's index)
     landed_dict: Option<u32>,
+    /// the dictionary of the last layer below that had one (and where it landed): run frames
+    /// are compressed with it, so that a big chunk's frame is known before the layer's own
+    /// dictionary is trained (docs/format.md §5)
+    carried: Option<(Arc<Dictionary>, u32)>,
 }
 
 impl FrameWriter {
@@ -267,6 +331,7 @@ impl FrameWriter {
             layer_dict: None,
             dict_frame: None,
             landed_dict: None,
+            carried: None,
         })
     }
 
@@ -284,10 +349,26 @@ impl FrameWriter {
         self.next_pack
     }
 
+    /// An image's first layer comes next: no dictionary is carried to it.
+    pub fn begin_image(&mut self) {
+        self.carried = None;
+        self.reset_dict();
+    }
+
     pub fn begin_layer(&mut self) {
         self.placed.clear();
         self.layer_first_pack = self.next_pack;
+        // the layer before, finished, had a dictionary: it is carried to this one
+        if let (Some(d), Some(at)) = (self.layer_dict.take(), self.landed_dict) {
+            self.carried = Some((d, at));
+        }
         self.reset_dict();
+    }
+
+    /// The dictionary run frames are compressed with in this layer, if a lower layer's is
+    /// carried (else they use the layer's own, or none).
+    pub fn carried(&self) -> Option<&Arc<Dictionary>> {
+        self.carried.as_ref().map(|c| &c.0)
     }
 
     fn reset_dict(&mut self) {
@@ -389,7 +470,8 @@ impl FrameWriter {
             Kind::Group => Bytes::Group(bytes),
             Kind::Run => Bytes::Run(bytes),
         };
-        self.close_frame(FrameSpec { bytes, len, ids });
+        let carried = matches!(kind, Kind::Run) && self.carried.is_some();
+        self.close_frame(FrameSpec { bytes, len, ids, carried });
     }
 
     /// Add a chunk to the open frame of this kind, which closes first if the chunk would take it
@@ -433,8 +515,9 @@ impl FrameWriter {
         Ok(())
     }
 
-    /// Place chunk `id` as `frame`, a zstd frame of it alone compressed earlier at this level
-    /// (the same bytes [`compress`] would make), unless it is placed already.
+    /// Place chunk `id` as `frame`, a zstd frame of it alone compressed earlier by [`compress_alone`]
+    /// with this writer's [`FrameWriter::carried`] dictionary (the same bytes [`compress`] would
+    /// make), unless it is placed already.
     pub fn place_compressed(&mut self, dict: &mut ChunkDict, id: u32, frame: Vec<u8>) -> Result<()> {
         if !dict.unplaced(id) {
             return Ok(());
@@ -443,17 +526,24 @@ impl FrameWriter {
         if len < self.o.group_below {
             return Err(Error::invalid(format!("chunk {id} of {len} bytes belongs in a group frame")));
         }
-        if self.o.dict_size > 0 {
-            // compressed without the layer's dictionary: compressed again with it
-            let raw = crate::frame::decompress_frame(&frame, len as usize)?;
-            return self.place(dict, id, &raw);
-        }
         if self.o.run_target >= self.o.group_below {
             return Err(Error::invalid("a precompressed chunk where big chunks share run frames"));
         }
+        let carried = self.carried.as_ref().map(|c| c.0.clone());
+        if self.o.dict_size > 0 && carried.is_none() {
+            // compressed without a dictionary, where its frame takes the layer's own: compressed again
+            let raw = crate::frame::decompress_frame(&frame, len as usize)?;
+            return self.place(dict, id, &raw);
+        }
+        if self.holding {
+            // the sample takes it as the raw chunk it is
+            let mut raw = vec![0u8; len as usize];
+            crate::frame::decompress_frame_with(&frame, &mut raw, carried.as_deref())?;
+            self.sample(&raw)?;
+        }
         dict.claim(id);
         self.placed.push(id);
-        self.close_frame(FrameSpec { bytes: Bytes::Pre(frame), len, ids: vec![id] });
+        self.close_frame(FrameSpec { bytes: Bytes::Pre(frame), len, ids: vec![id], carried: carried.is_some() });
         Ok(())
     }
 
@@ -481,8 +571,9 @@ impl FrameWriter {
         }
         let mut s = self.ready.pop_front()?;
         s.dict = self.layer_dict.clone();
+        s.carried = self.carried.as_ref().map(|c| c.0.clone());
         if let Some((frame, len)) = self.dict_frame.take() {
-            s.frames.insert(0, FrameSpec { bytes: Bytes::Pre(frame), len, ids: Vec::new() });
+            s.frames.insert(0, FrameSpec { bytes: Bytes::Pre(frame), len, ids: Vec::new(), carried: false });
         }
         Some(s)
     }
@@ -514,10 +605,12 @@ impl FrameWriter {
                 // the layer's dictionary, landing before any frame compressed with it
                 self.landed_dict = Some(dict.add_dict(DictLocation { pack: pref, offset: size, compressed_len: *clen, len: *ulen }));
             }
-            let used = if *with_dict {
-                Some(self.landed_dict.ok_or_else(|| Error::invalid("a frame compressed with a dictionary that has not landed"))?)
-            } else {
-                None
+            let used = match with_dict {
+                FrameDict::None => None,
+                FrameDict::Layer => Some(self.landed_dict.ok_or_else(|| Error::invalid("a frame compressed with a dictionary that has not landed"))?),
+                FrameDict::Carried => {
+                    Some(self.carried.as_ref().ok_or_else(|| Error::invalid("a frame compressed with a carried dictionary where none is"))?.1)
+                }
             };
             let mut inner = 0u32;
             for &id in ids {
@@ -751,6 +844,97 @@ mod tests {
         // a layer too small to learn from has no dictionary
         let (d2, _, ids2) = run_dict(&[500, 600, 700], 1 << 20);
         assert_eq!(d2.location(ids2[0]).unwrap().dict, None);
+    }
+
+    /// Two layers with a dictionary each (contents a dictionary can learn from, other in the second
+    /// layer), `batch_bytes` per batch; with `ahead`, the second layer's big chunks are compressed
+    /// by [`compress_alone`] before they are placed, as an unsorted layer's first pass does.
+    /// Returns the dictionary, every pack's bytes, and the second layer's chunk ids.
+    fn two_layers(lens: &[usize], batch_bytes: u64, ahead: bool) -> (ChunkDict, Vec<Vec<u8>>, Vec<u32>) {
+        let o = PackOptions { dict_size: 4096, dict_sample: 64 << 10, ..opts(batch_bytes) };
+        let content = |layer: usize, n: usize, len: usize| -> Vec<u8> {
+            format!("def f{}_{layer}(x):\n    return json.dumps(x) # {} {layer}\n", n % 50, n).bytes().cycle().take(len).collect()
+        };
+        let mut dict = ChunkDict::new();
+        let mut w = FrameWriter::new(o).unwrap();
+        let mut packs: Vec<Vec<u8>> = Vec::new();
+        let drain = |w: &mut FrameWriter, dict: &mut ChunkDict, packs: &mut Vec<Vec<u8>>| {
+            while let Some(s) = w.take_ready() {
+                let c = compress(s, o.level, 2, Some(&w.recycler()), None).unwrap();
+                let data = c.data.clone().unwrap();
+                for wr in w.land(dict, &c.frames).unwrap() {
+                    if wr.open {
+                        packs.push(Vec::new());
+                    }
+                    packs[wr.pack as usize].extend_from_slice(&data[wr.start..wr.start + wr.len]);
+                }
+            }
+        };
+        let mut ids = Vec::new();
+        for layer in 0..2 {
+            w.begin_layer();
+            assert_eq!(w.carried().is_some(), layer == 1, "layer {layer}");
+            ids.clear();
+            for (n, &len) in lens.iter().enumerate() {
+                let b = content(layer, n, len);
+                let (id, _) = dict.intern(&Sha256::digest(&b).into(), len as u32);
+                ids.push(id);
+                if ahead && layer == 1 && len >= o.group_below as usize {
+                    let mut out = vec![0u8; len + 1024];
+                    let sizes = compress_alone(&b, &[(0, len)], w.carried().map(|d| &**d), o.level, 1, &mut out).unwrap();
+                    w.place_compressed(&mut dict, id, out[..sizes[0] as usize].to_vec()).unwrap();
+                } else {
+                    w.place(&mut dict, id, &b).unwrap();
+                }
+                drain(&mut w, &mut dict, &mut packs);
+            }
+            w.finish_layer().unwrap();
+            drain(&mut w, &mut dict, &mut packs);
+            w.pack_closed();
+        }
+        // the next layer would carry the second's; the next image's first layer carries none
+        w.begin_layer();
+        assert!(w.carried().is_some());
+        w.begin_image();
+        w.begin_layer();
+        assert!(w.carried().is_none(), "an image's first layer");
+        // every chunk of the second layer reads back with the dictionary its frame names
+        for (k, &len) in lens.iter().enumerate() {
+            let l = dict.location(ids[k]).unwrap();
+            let d = dict.dict_location(l.dict.expect("every frame has a dictionary"));
+            let PackName::Written(dp) = dict.pack_name(d.pack).clone() else { panic!("a stored pack") };
+            let raw = crate::frame::decompress_frame(&packs[dp as usize][d.offset as usize..(d.offset + u64::from(d.compressed_len)) as usize], d.len as usize)
+                .unwrap();
+            let PackName::Written(p) = dict.pack_name(l.pack).clone() else { panic!("a stored pack") };
+            let f = &packs[p as usize][l.offset as usize..(l.offset + u64::from(l.compressed_len)) as usize];
+            let mut out = vec![0u8; l.len as usize];
+            crate::frame::decompress_frame_with(f, &mut out, Some(&Dictionary::for_reading(raw))).unwrap();
+            assert_eq!(&out[l.inner as usize..l.inner as usize + len], &content(1, k, len)[..], "chunk {k}");
+        }
+        (dict, packs, ids)
+    }
+
+    #[test]
+    fn big_chunks_take_the_dictionary_of_the_layer_below_and_may_be_compressed_ahead() {
+        let lens: Vec<usize> = (0..400).map(|i| [300, 700, 1500, 90, 2500][i % 5] + i).collect();
+        let (d, packs, ids) = two_layers(&lens, 1 << 20, false);
+        let first = d.location(0).unwrap().dict.expect("the first layer's dictionary");
+        for (k, &len) in lens.iter().enumerate() {
+            let l = d.location(ids[k]).unwrap().dict.unwrap();
+            if len >= 1000 {
+                assert_eq!(l, first, "chunk {k}: a big chunk's frame takes the carried dictionary");
+            } else {
+                assert_ne!(l, first, "chunk {k}: a group frame takes the layer's own");
+            }
+        }
+        // the same bytes whatever the batching, and with big chunks compressed before they are placed
+        assert_eq!(two_layers(&lens, 1, false).1, packs);
+        let (d2, ahead, _) = two_layers(&lens, 1 << 20, true);
+        assert_eq!(ahead, packs);
+        for id in 0..d.len() as u32 {
+            assert_eq!(d2.location(id), d.location(id));
+        }
+        assert_eq!(two_layers(&lens, 1, true).1, packs);
     }
 
     #[test]
