@@ -100,13 +100,17 @@ pub fn compress_frames(data: &[u8], parts: &[(usize, usize)], counts: &[u32], le
 /// [`compress_frames`] into a caller's buffer (reused from call to call: no new memory for the
 /// output); returns the frame sizes, or an error if `out` is too small.
 pub fn compress_frames_into(data: &[u8], parts: &[(usize, usize)], counts: &[u32], level: i32, threads: usize, out: &mut [u8]) -> Result<Vec<u32>> {
-    let frames = compress_each(data, parts, counts, level, threads)?;
+    concat_into(&compress_each(data, parts, counts, level, threads)?, out)
+}
+
+/// Frames back to back into `out`; returns their sizes, or an error if `out` is too small.
+pub fn concat_into(frames: &[Vec<u8>], out: &mut [u8]) -> Result<Vec<u32>> {
     let total: usize = frames.iter().map(|f| f.len()).sum();
     if total > out.len() {
         return Err(Error::invalid(format!("{total} bytes of frames do not fit the {}-byte output buffer", out.len())));
     }
     let mut at = 0;
-    for f in &frames {
+    for f in frames {
         out[at..at + f.len()].copy_from_slice(f);
         at += f.len();
     }

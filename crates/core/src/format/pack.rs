@@ -233,16 +233,7 @@ pub fn compress_alone(data: &[u8], parts: &[(usize, usize)], dict: Option<&Dicti
             })
             .collect::<Result<Vec<_>>>()
     })??;
-    let total: usize = frames.iter().map(Vec::len).sum();
-    if total > out.len() {
-        return Err(Error::invalid(format!("{total} bytes of frames do not fit the {}-byte output buffer", out.len())));
-    }
-    let mut at = 0;
-    for f in &frames {
-        out[at..at + f.len()].copy_from_slice(f);
-        at += f.len();
-    }
-    Ok(frames.iter().map(|f| f.len() as u32).collect())
+    batch::concat_into(&frames, out)
 }
 
 /// What the caller does with a landed frame's bytes, `data[start..start + len]` of its batch.
@@ -674,6 +665,21 @@ mod tests {
         (0..len).map(|i| ((i * 7 + n * 13) % 251) as u8 ^ (i / 97) as u8).collect()
     }
 
+    /// Compress and land every sealed batch, appending the frames to `packs`.
+    fn drain(w: &mut FrameWriter, dict: &mut ChunkDict, packs: &mut Vec<Vec<u8>>) {
+        while let Some(s) = w.take_ready() {
+            let c = compress(s, w.options().level, 2, Some(&w.recycler()), None).unwrap();
+            let data = c.data.clone().unwrap();
+            for wr in w.land(dict, &c.frames).unwrap() {
+                if wr.open {
+                    assert_eq!(wr.pack as usize, packs.len());
+                    packs.push(Vec::new());
+                }
+                packs[wr.pack as usize].extend_from_slice(&data[wr.start..wr.start + wr.len]);
+            }
+        }
+    }
+
     /// Place chunks of these lengths (index = content), compress and land; returns the packs' bytes.
     fn run(lens: &[usize], batch_bytes: u64) -> (ChunkDict, Vec<Vec<u8>>, Vec<u32>) {
         run_with(opts(batch_bytes), lens, &[], chunk)
@@ -687,19 +693,6 @@ mod tests {
         let mut packs: Vec<Vec<u8>> = Vec::new();
         let mut ids = Vec::new();
         w.begin_layer();
-        let drain = |w: &mut FrameWriter, dict: &mut ChunkDict, packs: &mut Vec<Vec<u8>>| {
-            while let Some(s) = w.take_ready() {
-                let c = compress(s, o.level, 2, Some(&w.recycler()), None).unwrap();
-                let data = c.data.clone().unwrap();
-                for wr in w.land(dict, &c.frames).unwrap() {
-                    if wr.open {
-                        assert_eq!(wr.pack as usize, packs.len());
-                        packs.push(Vec::new());
-                    }
-                    packs[wr.pack as usize].extend_from_slice(&data[wr.start..wr.start + wr.len]);
-                }
-            }
-        };
         for (n, &len) in lens.iter().enumerate() {
             let b = content(n, len);
             let (id, _) = dict.intern(&Sha256::digest(&b).into(), len as u32);
@@ -858,18 +851,6 @@ mod tests {
         let mut dict = ChunkDict::new();
         let mut w = FrameWriter::new(o).unwrap();
         let mut packs: Vec<Vec<u8>> = Vec::new();
-        let drain = |w: &mut FrameWriter, dict: &mut ChunkDict, packs: &mut Vec<Vec<u8>>| {
-            while let Some(s) = w.take_ready() {
-                let c = compress(s, o.level, 2, Some(&w.recycler()), None).unwrap();
-                let data = c.data.clone().unwrap();
-                for wr in w.land(dict, &c.frames).unwrap() {
-                    if wr.open {
-                        packs.push(Vec::new());
-                    }
-                    packs[wr.pack as usize].extend_from_slice(&data[wr.start..wr.start + wr.len]);
-                }
-            }
-        };
         let mut ids = Vec::new();
         for layer in 0..2 {
             w.begin_layer();
