@@ -67,14 +67,18 @@ app_image() { # base-layout dest
 in_storage() { "${B[@]}" inspect --type image "localhost/ocichunk-$1:latest" > /dev/null 2>&1; }
 # py and big are made from the whole minbase (localhost/ocichunk-base-full), the rest from its slim copy
 need_full() { { ! have "$L/py" || { [ $BIG = 1 ] && ! have "$L/big"; }; } && ! in_storage base-full; }
-if ! have "$L/base" || { ! have "$L/app" && ! in_storage base; } || need_full; then
+need_base() { ! have "$L/base" || { ! have "$L/app" && ! in_storage base; }; }
+if need_base || need_full; then
   bootstrap "$CACHE/tmp/rootfs-a"
   if need_full; then
     base_image "$CACHE/tmp/rootfs-a" "$CACHE/tmp/base-full"
     rm -rf "$CACHE/tmp/base-full"
   fi
-  slim "$CACHE/tmp/rootfs-a"
-  base_image "$CACHE/tmp/rootfs-a" "$L/base"
+  # a base that app was made from stays: a new one would differ from app's first layer
+  if need_base; then
+    slim "$CACHE/tmp/rootfs-a"
+    base_image "$CACHE/tmp/rootfs-a" "$L/base"
+  fi
   rm -rf "$CACHE/tmp/rootfs-a"
 fi
 if ! have "$L/app"; then app_image "$L/base" "$L/app"; fi
