@@ -7,6 +7,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { image, REPO, tmpdir } from './helpers/env.js';
@@ -420,6 +421,100 @@ describe('lazy pull from a registry', () => {
       expect((await m.stats()).chunksFetched).toBeGreaterThan(20);
     } finally {
       await m.unmount();
+    }
+  });
+
+  it('MountedImage reads the index, manifests, config and TOC on the calling thread while its worker starts: each once, the worker reads only chunks', async () => {
+    const { MountedImage } = (await import(path.join(REPO, 'dist', 'lazy', 'mounted.js'))) as typeof import('../src/lazy/mounted.js');
+    const urls: string[] = [];
+    const proxy = await new FaultProxy(reg.host, (req) => {
+      urls.push(req.url ?? '');
+      return 'pass';
+    }).start();
+    const mnt = path.join(work, 'mnt-documents');
+    fs.mkdirSync(mnt);
+    try {
+      const m = await MountedImage.mount(`docker://${proxy.host}/lazy/py:1`, mnt, { cacheDir: path.join(work, 'cache-documents'), prefetch: false });
+      let stats: Awaited<ReturnType<typeof m.unmount>>;
+      try {
+        // not a synchronous read: the proxy runs on this thread
+        expect(await fs.promises.readFile(path.join(mnt, 'etc/debian_version'), 'utf8')).toMatch(/^12\./);
+      } finally {
+        stats = await m.unmount();
+      }
+      const img = await LazyImage.open(py, { cacheDir: false });
+      const { chunked, original, config } = img.image.image;
+      const docs = [
+        '/v2/lazy/py/manifests/1',
+        `/v2/lazy/py/manifests/${chunked!.desc.digest}`,
+        `/v2/lazy/py/manifests/${original!.desc.digest}`,
+        `/v2/lazy/py/blobs/${config.desc.digest}`,
+        `/v2/lazy/py/blobs/${img.image.tocDesc.digest}`,
+      ];
+      await img.close();
+      for (const d of docs) expect(urls.filter((u) => u === d).length, d).toBe(1);
+      // everything else (digest table sections, packs) was read by the worker, and nothing more
+      expect(stats.transfer!.requests).toBe(urls.length - docs.length);
+      expect(stats.transfer!.requests).toBeGreaterThan(0);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  it('MountedImage of a registry that does not answer fails once, with the network error, and leaves nothing mounted', async () => {
+    const { MountedImage } = (await import(path.join(REPO, 'dist', 'lazy', 'mounted.js'))) as typeof import('../src/lazy/mounted.js');
+    const mnt = path.join(work, 'mnt-unreachable');
+    fs.mkdirSync(mnt);
+    // a port nothing listens on
+    const port = await new Promise<number>((resolve) => {
+      const srv = net.createServer().listen(0, '127.0.0.1', () => {
+        const p = (srv.address() as net.AddressInfo).port;
+        srv.close(() => resolve(p));
+      });
+    });
+    const err = await MountedImage.mount(`docker://127.0.0.1:${port}/lazy/py:1`, mnt, { cacheDir: false, transport: { retries: 0 } }).then(
+      () => undefined,
+      (e: Error & { code?: string }) => e,
+    );
+    expect(err?.code).toBe('ENETWORK');
+    expect(err?.message).toContain(`127.0.0.1:${port}`);
+    expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(mnt);
+  });
+
+  it('documents handed to a mount are checked: one that does not match its digest is read again from the registry', async () => {
+    const { openSource } = await import('../src/ref.js');
+    const { KnownDocumentsSource } = await import('../src/transports/known-documents.js');
+    const { resolveImage } = await import('../src/chunked/image.js');
+    const rec = new KnownDocumentsSource(await openSource(py), undefined, true);
+    const img = await resolveImage(rec, undefined, await rec.getTop(), { readToc: true });
+    const toc = await img.tocBlob!;
+    const tocDesc = img.chunked!.manifest.layers[0];
+    await rec.close();
+    const known = rec.known();
+    expect(known.docs.map((d) => d.digest)).toContain(tocDesc.digest);
+    // the TOC's bytes changed (as a wrong or hostile hand-over would), its digest kept
+    const tampered = {
+      ...known,
+      docs: known.docs.map((d) =>
+        d.digest === tocDesc.digest ? { digest: d.digest, bytes: Buffer.concat([Buffer.from(d.bytes), Buffer.from('x')]).subarray(1) } : d,
+      ),
+    };
+    const urls: string[] = [];
+    const proxy = await new FaultProxy(reg.host, (req) => {
+      urls.push(req.url ?? '');
+      return 'pass';
+    }).start();
+    try {
+      const src = new KnownDocumentsSource(await openSource(`docker://${proxy.host}/lazy/py:1`), tampered);
+      const top = await src.getTop();
+      expect(top.bytes.equals(Buffer.from(known.top!.bytes))).toBe(true);
+      const again = await resolveImage(src, undefined, top, { readToc: true });
+      expect((await again.tocBlob!).equals(toc)).toBe(true);
+      await src.close();
+      // only the tampered TOC was read again
+      expect(urls).toEqual([`/v2/lazy/py/blobs/${tocDesc.digest}`]);
+    } finally {
+      await proxy.stop();
     }
   });
 

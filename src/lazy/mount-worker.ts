@@ -4,13 +4,14 @@
  * mount, however busy or blocked that one is. Talks to MountedImage (mounted.ts) by messages.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { OcichunkError } from '../errors.js';
+import { type ErrorCode, OcichunkError } from '../errors.js';
 import { openSource } from '../ref.js';
+import { type KnownDocuments, KnownDocumentsSource } from '../transports/known-documents.js';
 import type { LayerUsage, MountOptions } from './mount.js';
 
 export type { LayerUsage } from './mount.js';
 
-export type ToWorker = { type: 'stats' } | { type: 'unmount' };
+export type ToWorker = { type: 'stats' } | { type: 'unmount' } | { type: 'known'; known?: KnownDocuments };
 export type FromWorker =
   | { type: 'ready'; name: string; tocBytes: number; layerCount: number; layerUsage: LayerUsage[] }
   | { type: 'error'; code: string; message: string }
@@ -21,6 +22,16 @@ export type FromWorker =
 const { ref, mountpoint, opts, retries } = workerData as { ref: string; mountpoint: string; opts: MountOptions; retries: boolean };
 const port = parentPort!;
 const send = (m: FromWorker) => port.postMessage(m);
+// the image's top document, manifests, config and TOC, read by the thread that asked for the mount
+// while this one started (MountedImage), or the error that stopped those reads
+const fromParent = new Promise<KnownDocuments | undefined>((resolve) => {
+  const first = (m: ToWorker) => {
+    if (m.type !== 'known') return;
+    port.off('message', first);
+    resolve(m.known);
+  };
+  port.on('message', first);
+});
 
 try {
   const transport = {
@@ -30,9 +41,15 @@ try {
           send({ type: 'retry', message: `retry ${r.attempt}: ${r.what}: ${r.reason} (waiting ${r.delayMs} ms)` })
       : undefined,
   };
-  // the image's top document is on its way while the rest of the mount's modules load: the
-  // registry's answer (a round trip) and the loading overlap
-  const opened = openSource(ref, transport).then((source) => {
+  // the documents are on their way (read by the thread that asked for the mount) while the rest
+  // of the mount's modules load
+  const opened = openSource(ref, transport).then(async (base) => {
+    const known = await fromParent;
+    if (known?.error) {
+      await base.close();
+      throw new OcichunkError(known.error.code as ErrorCode, known.error.message);
+    }
+    const source = known ? new KnownDocumentsSource(base, known) : base;
     const top = source.getTop();
     top.catch(() => {}); // awaited by LazyImage.open
     return { source, top };
@@ -48,6 +65,7 @@ try {
   const layerUsage = m.layerUsage;
   send({ type: 'ready', name: m.image.name, tocBytes: m.image.image.tocBytes, layerCount: m.layerUsage.length, layerUsage });
   port.on('message', async (msg: ToWorker) => {
+    if (msg.type === 'known') return;
     try {
       if (msg.type === 'stats') send({ type: 'stats', stats: m.stats() });
       else {

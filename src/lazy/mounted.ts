@@ -7,7 +7,11 @@
 import { Worker } from 'node:worker_threads';
 import { OcichunkError, type ErrorCode } from '../errors.js';
 import { type LayerUsage, MountCore, type MountOptions, type MountStats } from './mount.js';
-import type { FromWorker } from './mount-worker.js';
+import { resolveImage } from '../chunked/image.js';
+import type { Platform } from '../oci/types.js';
+import { openSource, type TransportOptions } from '../ref.js';
+import { type KnownDocuments, KnownDocumentsSource } from '../transports/known-documents.js';
+import type { FromWorker, ToWorker } from './mount-worker.js';
 
 export type { LayerUsage, MountOptions, MountStats } from './mount.js';
 
@@ -78,6 +82,9 @@ export class MountedImage implements ImageMount {
     const worker = new Worker(new URL('./mount-worker.js', import.meta.url), {
       workerData: { ref, mountpoint, opts: { ...rest, transport: plainTransport }, retries },
     });
+    // the image's top document, manifests, config and TOC are read here while the worker starts
+    // and loads its modules (two round trips that overlap them)
+    void readDocuments(ref, rest.platform, transport).then((known) => worker.postMessage({ type: 'known', known } satisfies ToWorker));
     return new Promise<MountedImage>((resolve, reject) => {
       const onMessage = (m: FromWorker) => {
         if (m.type === 'warning') onWarning?.(m.message);
@@ -112,4 +119,22 @@ export class MountedImage implements ImageMount {
     await this.worker.terminate().catch(() => {});
     return s;
   }
+}
+
+/**
+ * The documents a mount reads before its TOC, for its worker; or why they could not be read (the
+ * worker reports that, rather than trying again: a registry that is down fails once, not twice).
+ */
+async function readDocuments(ref: string, platform: Platform | undefined, transport: TransportOptions | undefined): Promise<KnownDocuments> {
+  let rec: KnownDocumentsSource | undefined;
+  let error: KnownDocuments['error'];
+  try {
+    rec = new KnownDocumentsSource(await openSource(ref, transport), undefined, true);
+    const img = await resolveImage(rec, platform, await rec.getTop(), { readToc: true });
+    await img.tocBlob;
+  } catch (e) {
+    error = { code: e instanceof OcichunkError ? e.code : 'EINTERNAL', message: (e as Error).message };
+  }
+  await rec?.close().catch(() => {});
+  return { ...(rec?.known() ?? { docs: [] }), ...(error ? { error } : {}) };
 }
