@@ -164,6 +164,52 @@ fn hardlinks_share_nodes_across_layers() {
 }
 
 #[test]
+fn versions_are_read_in_one_pass_and_others_named() {
+    // the versions this reader reads decode (one pass of the document)
+    assert!(check(&toc(vec![vec![file("f")]])).is_ok());
+    assert!(check(&toc_v2(vec![vec![file("f")]]).0).is_ok());
+    // a later version is named as such, whether or not its document has this schema
+    let mut v3 = toc(vec![vec![file("f")]]);
+    v3["version"] = json!(3);
+    let mut v3_other = json!({ "version": 3, "entries": {} });
+    v3_other["other"] = json!([1, 2]);
+    for v in [&v3, &v3_other] {
+        let m = messages(v);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(m[0].contains("TOC version 3 is not supported"), "{m:?}");
+    }
+    let mut none = toc(vec![vec![file("f")]]);
+    none.as_object_mut().unwrap().remove("version");
+    assert!(messages(&none).iter().any(|m| m.contains("invalid TOC: no version")), "{:?}", messages(&none));
+    let mut text = toc(vec![vec![file("f")]]);
+    text["version"] = json!("1");
+    assert!(messages(&text).iter().any(|m| m.contains("TOC version \"1\" is not supported")), "{:?}", messages(&text));
+    // a supported version with a broken document: the parse error, with where it is
+    let mut bad = toc(vec![vec![file("f")]]);
+    bad["frames"] = json!("x");
+    assert!(messages(&bad).iter().any(|m| m.contains("invalid TOC at byte")), "{:?}", messages(&bad));
+}
+
+#[test]
+fn the_parents_cache_follows_replacements_and_symlinks() {
+    let both = |v: &Value| {
+        let t = toc::decode(serde_json::to_string(v).unwrap().as_bytes()).unwrap_or_else(|r| panic!("{:?}", r.violations));
+        let (mut a, mut b) = (Report::default(), Report::default());
+        let (cached, plain) = (Tree::build(&t, &mut a), Tree::build_uncached(&t, &mut b));
+        assert_eq!(format!("{:?}", cached.nodes), format!("{:?}", plain.nodes));
+        assert_eq!(format!("{:?}", a.violations), format!("{:?}", b.violations));
+        a.violations.iter().map(|v| v.to_string()).collect::<Vec<_>>()
+    };
+    // neighbours through a symlink land in its target; a replaced target is seen by the next path
+    let ok = toc(vec![vec![link("s", "t"), dir("t")], vec![file("s/f1"), file("s/f2"), file("s/g/h"), file("s/g/i"), file("t/j")]]);
+    assert!(both(&ok).is_empty());
+    assert_eq!(listing(&ok), ["s -> t", "t dir", "t/f1 reg", "t/f2 reg", "t/g dir (implied)", "t/g/h reg", "t/g/i reg", "t/j reg"].map(String::from).to_vec());
+    let replaced = toc(vec![vec![link("s", "t"), dir("t"), link("u", "t")], vec![file("s/f1"), file("s/f2"), file("t"), file("u/f")]]);
+    let m = both(&replaced);
+    assert!(m.iter().any(|x| x.contains("\"t\" on the way is not a directory")), "{m:?}");
+}
+
+#[test]
 fn rules_are_enforced() {
     let cases: Vec<(Value, &str)> = vec![
         (toc(vec![vec![hard("h", "d"), dir("d")]]), "out of canonical order"),
@@ -316,6 +362,7 @@ fn fuzz_toc_check() {
     let (v2, table) = toc_v2(vec![vec![dir("a"), file("a/x"), link("l", "/a"), hard("h", "a/x")], vec![wh("a/x"), file("l/y")]]);
     seeds.push(v2);
     let mut passed = 0;
+    let mut compared = 0;
     let atoms: Vec<Value> = vec![
         json!(null),
         json!(-1),
@@ -385,6 +432,19 @@ fn fuzz_toc_check() {
             *cur = atoms[next(atoms.len())].clone();
         }
         let b = blob(&v);
+        // the parents' cache changes nothing: the same nodes and violations as resolving every
+        // path from the root
+        if let Ok(t) = toc::decode(serde_json::to_string(&v).unwrap().as_bytes()) {
+            let mut r = Report::default();
+            t.validate(&mut r);
+            if r.is_empty() {
+                let (mut a, mut b) = (Report::default(), Report::default());
+                let (cached, plain) = (Tree::build(&t, &mut a), Tree::build_uncached(&t, &mut b));
+                assert_eq!(format!("{:?}", a.violations), format!("{:?}", b.violations), "{v}");
+                assert_eq!(format!("{:?}", cached.nodes), format!("{:?}", plain.nodes), "{v}");
+                compared += 1;
+            }
+        }
         if let Ok((t, tree, _)) = check_toc(&b) {
             let mut names = 0;
             tree.walk(|p, _, _, _, _| {
@@ -406,7 +466,7 @@ fn fuzz_toc_check() {
         }
         runs += 1;
     }
-    eprintln!("fuzz_toc_check: {runs} mutated TOCs in {secs} s, {passed} valid (their layer views checked)");
+    eprintln!("fuzz_toc_check: {runs} mutated TOCs in {secs} s, {passed} valid (their layer views checked), {compared} trees built with and without the parents' cache");
     assert!(runs > 10, "{runs} runs");
 }
 

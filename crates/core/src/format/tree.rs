@@ -133,13 +133,26 @@ impl Tree {
 
     /// [`Tree::build`], calling `f(layer index, tree so far)` after each layer applied without
     /// violations.
-    pub fn build_each(toc: &Toc, r: &mut Report, mut f: impl FnMut(u32, &Tree)) -> Tree {
+    pub fn build_each(toc: &Toc, r: &mut Report, f: impl FnMut(u32, &Tree)) -> Tree {
+        Tree::build_with(toc, r, f, true)
+    }
+
+    /// [`Tree::build`] resolving every entry's parent from the root (no cache): what the cache must
+    /// not change, for tests.
+    #[cfg(test)]
+    pub(crate) fn build_uncached(toc: &Toc, r: &mut Report) -> Tree {
+        Tree::build_with(toc, r, |_, _| {}, false)
+    }
+
+    fn build_with(toc: &Toc, r: &mut Report, mut f: impl FnMut(u32, &Tree), cache: bool) -> Tree {
         let n = toc.entry_count() + 1;
-        let mut b = Builder { toc, t: Tree { nodes: Vec::with_capacity(n) }, layer: 0, stamp: Vec::with_capacity(n), links: HashSet::new() };
+        let mut b =
+            Builder { toc, t: Tree { nodes: Vec::with_capacity(n) }, layer: 0, stamp: Vec::with_capacity(n), links: HashSet::new(), parent: None, cache };
         b.new_node(NodeKind::Dir, None);
         for (li, layer) in toc.layers.iter().enumerate() {
             b.layer = li as u32 + 1;
             b.links.clear();
+            b.parent = None;
             for (ei, e) in layer.entries.iter().enumerate() {
                 if let Err((class, m)) = b.apply(e, (li as u32, ei as u32)) {
                     r.push(class, Some(li as u32), Some(&e.path), m);
@@ -293,6 +306,12 @@ struct Builder<'t> {
     stamp: Vec<u32>,
     /// The names this layer gave nodes it did not make (hardlink entries), as (directory, name).
     links: HashSet<(NodeId, &'t str)>,
+    /// The directory an entry's parent path last resolved to in this layer (entries come sorted:
+    /// neighbours share parents); forgotten when a layer starts or a name is removed, the only
+    /// changes to the tree that can change where a path leads.
+    parent: Option<(&'t str, NodeId)>,
+    /// use `parent` (always, but in a test that compares with a build without)
+    cache: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -335,11 +354,12 @@ impl<'t> Builder<'t> {
     /// Resolve the directory `comps` lead to, inside the root. `make`: create what is missing
     /// (`Make::Entry`: an entry goes there, so every directory on the way holds something of this
     /// layer; `Make::Marker`: a whiteout or opaque marker, which writes nothing).
-    fn resolve_dir(&mut self, comps: &[&str], make: Make) -> Result<Resolved, Fail> {
+    fn resolve_dir(&mut self, comps: &[&'t str], make: Make) -> Result<Resolved, Fail> {
         let (make, mark) = (make != Make::No, make == Make::Entry);
         // (directory, byte length of its resolved path)
         let mut stack: Vec<(NodeId, usize)> = vec![(ROOT, 0)];
-        let mut todo: Vec<String> = comps.iter().rev().map(|s| s.to_string()).collect();
+        // the names still to walk, last first: the entry's path, then symlink targets (all the TOC's)
+        let mut todo: Vec<&'t str> = comps.iter().rev().copied().collect();
         let mut links = 0;
         while let Some(c) = todo.pop() {
             if c.is_empty() || c == "." {
@@ -355,11 +375,11 @@ impl<'t> Builder<'t> {
                 return Err((Class::Unsafe, format!("a symlink on the way leads to a name of {} bytes", c.len())));
             }
             let (cur, len) = *stack.last().unwrap();
-            let next = match self.t.nodes[cur as usize].children.get(&c) {
+            let next = match self.t.nodes[cur as usize].children.get(c) {
                 Some(&n) => n,
                 None if make => {
                     let n = self.new_node(NodeKind::Dir, None);
-                    self.kids(cur).insert(c.clone(), n);
+                    self.kids(cur).insert(c.to_string(), n);
                     n
                 }
                 None => return Ok(Resolved::Missing),
@@ -377,11 +397,12 @@ impl<'t> Builder<'t> {
                     if links > limits::SYMLINKS {
                         return Err((Class::Unsafe, "too many levels of symbolic links".into()));
                     }
-                    let target = self.t.entry(self.toc, next).and_then(|e| e.link.as_deref()).unwrap_or("");
+                    let toc: &'t Toc = self.toc;
+                    let target = self.t.entry(toc, next).and_then(|e| e.link.as_deref()).unwrap_or("");
                     if target.starts_with('/') {
                         stack.truncate(1);
                     }
-                    todo.extend(target.split('/').rev().map(str::to_string));
+                    todo.extend(target.split('/').rev());
                 }
                 _ => return Err((Class::Corrupt, format!("{c:?} on the way is not a directory"))),
             }
@@ -394,8 +415,26 @@ impl<'t> Builder<'t> {
         Ok(Resolved::Dir(stack.last().unwrap().0))
     }
 
+    /// The directory an entry at `path` goes in (`parents`: its components before the name),
+    /// made where missing and stamped with this layer ([`Builder::resolve_dir`] with
+    /// `Make::Entry`).
+    fn entry_dir(&mut self, path: &'t str, parents: &[&'t str]) -> Result<NodeId, Fail> {
+        let parent = &path[..path.rfind('/').unwrap_or(0)];
+        if let Some((p, d)) = self.parent {
+            if p == parent {
+                return Ok(d);
+            }
+        }
+        let Resolved::Dir(d) = self.resolve_dir(parents, Make::Entry)? else { unreachable!("directories are made") };
+        if self.cache {
+            self.parent = Some((parent, d));
+        }
+        Ok(d)
+    }
+
     fn unlink(&mut self, dir: NodeId, name: &str) {
         if let Some(old) = self.kids(dir).remove(name) {
+            self.parent = None;
             self.detach(old);
         }
     }
@@ -437,6 +476,7 @@ impl<'t> Builder<'t> {
     /// An opaque directory: everything the layers below left in it goes, what this layer wrote
     /// stays (and directories it wrote into are emptied of the rest the same way).
     fn make_opaque(&mut self, d: NodeId) {
+        self.parent = None;
         let mut todo = vec![d];
         while let Some(d) = todo.pop() {
             let kids = std::mem::take(&mut self.t.nodes[d as usize].children);
@@ -498,7 +538,7 @@ impl<'t> Builder<'t> {
                 if self.t.nodes[target as usize].kind == NodeKind::Dir {
                     return Err((Class::Unsafe, format!("hardlink target {link:?} is a directory")));
                 }
-                let Resolved::Dir(dir) = self.resolve_dir(parents, Make::Entry)? else { unreachable!() };
+                let dir = self.entry_dir(&e.path, parents)?;
                 self.links.insert((dir, name));
                 if e.mode.is_some() {
                     // the link's metadata goes to the inode, as containerd applies a link header's
@@ -521,7 +561,7 @@ impl<'t> Builder<'t> {
             }
             k => {
                 let kind = node_kind(k).unwrap();
-                let Resolved::Dir(dir) = self.resolve_dir(parents, Make::Entry)? else { unreachable!() };
+                let dir = self.entry_dir(&e.path, parents)?;
                 let old = self.t.nodes[dir as usize].children.get(*name).copied();
                 if kind == NodeKind::Dir {
                     if let Some(o) = old.filter(|&o| self.t.nodes[o as usize].kind == NodeKind::Dir) {
