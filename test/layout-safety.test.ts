@@ -207,7 +207,9 @@ describe('kill -9 during convert', () => {
     // of them hit mid-run even when the first run was slowed by a cold cache or a busy machine
     // (narrowed by every whole run below: a machine that gets faster must not let kills land
     // after the end)
-    let span = Math.max(Math.min(refProc.ms, warmProc.ms) * 0.85 - 100, 200);
+    let span = Infinity;
+    const narrow = (wholeRunMs: number) => (span = Math.max(Math.min(span, wholeRunMs * 0.85 - 100), 200));
+    narrow(Math.min(refProc.ms, warmProc.ms));
     const seed = Number(process.env.OCICHUNK_CRASH_SEED ?? Date.now() % 100000);
     const rand = prng(seed);
     let left = 0;
@@ -222,7 +224,7 @@ describe('kill -9 during convert', () => {
       const killed = await ocichunk(['convert', src, `oci:${layout}:base`, '--quiet'], { env, killAfterMs: delay });
       if (killed.code === 0) {
         finished++;
-        span = Math.max(Math.min(span, killed.ms * 0.85 - 100), 200);
+        narrow(killed.ms);
       } else expect(killed.signal, `${ctx}: ${killed.stderr}`).toBe('SIGKILL');
       // whatever index.json says now is whole and verifies
       const now = tags(layout);
@@ -237,7 +239,7 @@ describe('kill -9 during convert', () => {
       expect(leftovers(layout, spool), ctx).toEqual([]);
       if (i % 3 === 2) await verifyAll(layout);
       // the next kills within 85% of the fastest whole run seen so far
-      span = Math.max(Math.min(span, againProc.ms * 0.85 - 100), 200);
+      narrow(againProc.ms);
       fs.rmSync(layout, { recursive: true, force: true });
     }
     console.log(`kill -9: seed ${seed}, ${kills - finished} killed mid-run, ${finished} finished first, ${left} leftover files cleaned by the next runs`);

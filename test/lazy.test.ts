@@ -485,12 +485,14 @@ describe('lazy pull from a registry', () => {
     const { openSource } = await import('../src/ref.js');
     const { KnownDocumentsSource } = await import('../src/transports/known-documents.js');
     const { resolveImage } = await import('../src/chunked/image.js');
-    const rec = new KnownDocumentsSource(await openSource(py), undefined, true);
-    const img = await resolveImage(rec, undefined, await rec.getTop(), { readToc: true });
+    const { readDocuments } = await import('../src/lazy/mounted.js');
+    const known = await readDocuments(py, undefined, undefined);
+    expect(known.error).toBeUndefined();
+    const ref = await openSource(py);
+    const img = await resolveImage(ref, undefined, undefined, { readToc: true });
     const toc = await img.tocBlob!;
     const tocDesc = img.chunked!.manifest.layers[0];
-    await rec.close();
-    const known = rec.known();
+    await ref.close();
     expect(known.docs.map((d) => d.digest)).toContain(tocDesc.digest);
     // the TOC's bytes changed (as a wrong or hostile hand-over would), its digest kept
     const tampered = {

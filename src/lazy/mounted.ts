@@ -10,7 +10,8 @@ import { type LayerUsage, MountCore, type MountOptions, type MountStats } from '
 import { resolveImage } from '../chunked/image.js';
 import type { Platform } from '../oci/types.js';
 import { openSource, type TransportOptions } from '../ref.js';
-import { type KnownDocuments, KnownDocumentsSource } from '../transports/known-documents.js';
+import type { KnownDocuments } from '../transports/known-documents.js';
+import type { ImageSource } from '../transports/types.js';
 import type { FromWorker, ToWorker } from './mount-worker.js';
 
 export type { LayerUsage, MountOptions, MountStats } from './mount.js';
@@ -122,19 +123,23 @@ export class MountedImage implements ImageMount {
 }
 
 /**
- * The documents a mount reads before its TOC, for its worker; or why they could not be read (the
- * worker reports that, rather than trying again: a registry that is down fails once, not twice).
+ * The documents a mount reads before its TOC (the top document, the manifests, the config, the
+ * TOC), for its worker; or why they could not be read (the worker reports that, rather than
+ * trying again: a registry that is down fails once, not twice).
  */
-async function readDocuments(ref: string, platform: Platform | undefined, transport: TransportOptions | undefined): Promise<KnownDocuments> {
-  let rec: KnownDocumentsSource | undefined;
-  let error: KnownDocuments['error'];
+export async function readDocuments(ref: string, platform: Platform | undefined, transport: TransportOptions | undefined): Promise<KnownDocuments> {
+  let src: ImageSource | undefined;
   try {
-    rec = new KnownDocumentsSource(await openSource(ref, transport), undefined, true);
-    const img = await resolveImage(rec, platform, await rec.getTop(), { readToc: true });
-    await img.tocBlob;
+    src = await openSource(ref, transport);
+    const top = await src.getTop();
+    const img = await resolveImage(src, platform, top, { readToc: true });
+    const docs = [img.original, img.chunked, img.config].flatMap((d) => (d ? [{ digest: d.desc.digest, bytes: d.bytes }] : []));
+    const tocDesc = img.chunked?.manifest.layers[0];
+    if (img.tocBlob && tocDesc) docs.push({ digest: tocDesc.digest, bytes: await img.tocBlob });
+    return { top, docs };
   } catch (e) {
-    error = { code: e instanceof OcichunkError ? e.code : 'EINTERNAL', message: (e as Error).message };
+    return { docs: [], error: { code: e instanceof OcichunkError ? e.code : 'EINTERNAL', message: (e as Error).message } };
+  } finally {
+    await src?.close().catch(() => {});
   }
-  await rec?.close().catch(() => {});
-  return { ...(rec?.known() ?? { docs: [] }), ...(error ? { error } : {}) };
 }

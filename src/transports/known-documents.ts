@@ -3,7 +3,7 @@
  * before, by another source for the same reference (another thread's: MountedImage fetches them
  * while its mount worker starts), and sends everything else to the source it wraps. Each document
  * is checked against the descriptor asked for (size and SHA-256), as a transport checks what it
- * reads; one that does not match is read again. Recording: the reads of a source, kept for another.
+ * reads; one that does not match is read again.
  */
 import type { Readable } from 'node:stream';
 import type { Descriptor } from '../oci/types.js';
@@ -22,19 +22,17 @@ const asBuffer = (u: Uint8Array) => (Buffer.isBuffer(u) ? u : Buffer.from(u.buff
 
 export class KnownDocumentsSource implements ImageSource {
   private readonly docs = new Map<string, Buffer>();
-  private top?: { desc: Descriptor; bytes: Buffer };
+  private readonly top?: { desc: Descriptor; bytes: Buffer };
   readonly blobFile?: (desc: Descriptor) => string | undefined;
   readonly referrers?: (digest: string) => Promise<Descriptor[]>;
   readonly transferReport?: () => TransferReport;
 
-  /** `known`: documents to answer from; `record`: keep what this source reads (`known()`) instead */
   constructor(
     private readonly src: ImageSource,
-    known?: KnownDocuments,
-    private readonly record = false,
+    known: KnownDocuments,
   ) {
-    for (const d of known?.docs ?? []) this.docs.set(d.digest, asBuffer(d.bytes));
-    if (known?.top) this.top = { desc: known.top.desc, bytes: asBuffer(known.top.bytes) };
+    for (const d of known.docs) this.docs.set(d.digest, asBuffer(d.bytes));
+    if (known.top) this.top = { desc: known.top.desc, bytes: asBuffer(known.top.bytes) };
     if (src.blobFile) this.blobFile = (d) => src.blobFile!(d);
     if (src.referrers) this.referrers = (d) => src.referrers!(d);
     if (src.transferReport) this.transferReport = () => src.transferReport!();
@@ -47,24 +45,14 @@ export class KnownDocumentsSource implements ImageSource {
     return this.src.remote;
   }
 
-  /** What this source has read (recording), to hand to another. */
-  known(): KnownDocuments {
-    return { ...(this.top ? { top: this.top } : {}), docs: [...this.docs].map(([digest, bytes]) => ({ digest, bytes })) };
+  getTop(): Promise<{ desc: Descriptor; bytes: Buffer }> {
+    return this.top ? Promise.resolve(this.top) : this.src.getTop();
   }
 
-  async getTop(): Promise<{ desc: Descriptor; bytes: Buffer }> {
-    if (this.top && !this.record) return this.top;
-    const t = await this.src.getTop();
-    if (this.record) this.top = t;
-    return t;
-  }
-
-  async readBlob(desc: Descriptor, what: string, max?: number): Promise<Buffer> {
-    const b = this.record ? undefined : this.docs.get(desc.digest);
-    if (b && b.length === desc.size && (max === undefined || b.length <= max) && sha256Digest(b) === desc.digest) return b;
-    const read = await this.src.readBlob(desc, what, max);
-    if (this.record) this.docs.set(desc.digest, read);
-    return read;
+  readBlob(desc: Descriptor, what: string, max?: number): Promise<Buffer> {
+    const b = this.docs.get(desc.digest);
+    if (b && b.length === desc.size && (max === undefined || b.length <= max) && sha256Digest(b) === desc.digest) return Promise.resolve(b);
+    return this.src.readBlob(desc, what, max);
   }
 
   openBlob(desc: Descriptor, what: string): Promise<Readable> {
