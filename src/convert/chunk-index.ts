@@ -90,6 +90,18 @@ export class ChunkIndex {
     return this.dict.isForeign(id);
   }
 
+  /** How trust records name its location (one owner: crates/core/src/format/dict.rs `location_key`). */
+  locationKey(id: number): string {
+    const k = this.dict.locationKey(id);
+    if (k === null) throw new OcichunkError('EINTERNAL', `chunk ${this.hex(id)} is not placed`);
+    return k;
+  }
+
+  /** The trust record lines of the chunks from `from` on placed in stored packs, by pack. */
+  locationKeysFrom(from: number): Array<{ pack: string; keys: string[] }> {
+    return this.dict.locationKeysFrom(from);
+  }
+
   /** Its location is known good now. */
   trustLoc(id: number): void {
     this.dict.trust(id);

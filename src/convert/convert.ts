@@ -38,7 +38,7 @@ import type { BlobWriter } from '../store/blobstore.js';
 import type { ImageSink, ImageSource, TransferReport } from '../transports/types.js';
 import type { TransportOptions } from '../ref.js';
 import { Packer } from './packer.js';
-import { ConvertTrust, locationKey } from './trust.js';
+import { ConvertTrust } from './trust.js';
 import { ChunkIndex } from './chunk-index.js';
 import { throwIfAborted } from '../util/abort.js';
 import { canonOf, DEFAULT_BATCH_BYTES, LayerScanner, OutOfOrder, Spool, type LayerInput } from './scan.js';
@@ -209,7 +209,7 @@ async function checkForeignLocations(ctx: Ctx, ids: number[]): Promise<number> {
   for (const id of ids) {
     const loc = chunkIndex.loc(id)!;
     const pack = loc.pack as string;
-    if (await trust.knowsLocation(pack, locationKey(loc.off, loc.inner, chunkIndex.length(id), chunkIndex.hex(id), loc.dict))) chunkIndex.trustLoc(id);
+    if (await trust.knowsLocation(pack, chunkIndex.locationKey(id))) chunkIndex.trustLoc(id);
     else byPack.set(pack, [...(byPack.get(pack) ?? []), id]);
   }
   let verified = 0;
@@ -290,8 +290,7 @@ async function checkForeignLocations(ctx: Ctx, ids: number[]): Promise<number> {
               `${what} does not hold chunk sha256:${hex} where a chunked manifest there claims it is; remove that image (ocichunk gc) or convert into another destination`,
             );
           }
-          const l = chunkIndex.loc(id)!;
-          good.push(locationKey(l.off, l.inner, chunkIndex.length(id), hex, l.dict));
+          good.push(chunkIndex.locationKey(id));
           chunkIndex.trustLoc(id);
         });
         verified += part.length;
@@ -306,16 +305,7 @@ async function checkForeignLocations(ctx: Ctx, ids: number[]): Promise<number> {
 
 /** Record the chunk locations this conversion wrote (ids from `firstNew` on; packs have digests now). */
 async function recordWritten(ctx: Ctx, firstNew: number): Promise<void> {
-  const { chunkIndex } = ctx;
-  const byPack = new Map<string, string[]>();
-  for (let id = firstNew; id < chunkIndex.size; id++) {
-    const l = chunkIndex.loc(id);
-    if (!l || typeof l.pack !== 'string') continue;
-    const keys = byPack.get(l.pack) ?? [];
-    keys.push(locationKey(l.off, l.inner, chunkIndex.length(id), chunkIndex.hex(id), l.dict));
-    byPack.set(l.pack, keys);
-  }
-  for (const [pack, keys] of byPack) await ctx.trust.recordLocations(pack, keys);
+  for (const { pack, keys } of ctx.chunkIndex.locationKeysFrom(firstNew)) await ctx.trust.recordLocations(pack, keys);
 }
 
 /** Whether the sink holds the blob, or got it from the source without a copy (a registry mount). */

@@ -100,12 +100,9 @@ export class Packer {
    */
   async placeFromSpool(chunks: Uint32Array, fileStarts: Uint32Array, spool: Spool): Promise<void> {
     const { dict } = this.chunkIndex;
-    const seen = new Set<number>();
     let ids: number[] = [];
     /** indices into `ids` of chunks placed first after a file boundary */
     let starts: number[] = [];
-    let boundary = false;
-    let nextFile = 0;
     /** [spool offset, length] of each id in `ids` */
     let where: number[] = [];
     let bytes = 0;
@@ -143,21 +140,11 @@ export class Packer {
       bytes = 0;
       await this.placeAll(list, positions, buf, startList);
     };
-    for (const [i, id] of chunks.entries()) {
-      if (nextFile < fileStarts.length && fileStarts[nextFile] === i) {
-        boundary = true;
-        nextFile++;
-      }
-      if (seen.has(id)) continue;
-      seen.add(id);
-      if (!dict.unplaced(id)) continue;
-      const sp = dict.spooled(id);
-      if (!sp) throw new OcichunkError('EINTERNAL', `chunk ${dict.hex(id)} has no bytes to place`);
-      const [off, clen] = sp;
-      if (clen < 0) {
-        const len = dict.length(id);
-        if (boundary) starts.push(ids.length);
-        boundary = false;
+    const plan = dict.spoolPlan(chunks, fileStarts);
+    for (let k = 0; k < plan.ids.length; k++) {
+      const [id, off, len] = [plan.ids[k], plan.offsets[k], plan.lens[k]];
+      if (plan.raw[k]) {
+        if (plan.starts[k]) starts.push(ids.length);
         ids.push(id);
         where.push(off, len);
         bytes += len;
@@ -166,8 +153,8 @@ export class Packer {
       }
       // a large chunk, compressed into its own frame during the scan: the same bytes as here
       await flush();
-      const frame = room(clen).subarray(0, clen);
-      spool.readInto(frame, 0, clen, off);
+      const frame = room(len).subarray(0, len);
+      spool.readInto(frame, 0, len, off);
       await this.submit(this.w.placeCompressed(dict, id, frame));
     }
     await flush();

@@ -19,7 +19,8 @@
  *   reader checks every chunk).
  *
  * Records live under `$XDG_CACHE_HOME/ocichunk/trust` (~/.cache/ocichunk/trust): `layers/<options>/<layer hex>`
- * and `packs/<pack hex>` (one line per chunk: offset, offset in frame, length, digest).
+ * and `packs/<pack hex>` (one line per chunk: offset, offset in frame, length, digest, and where the
+ * frame's dictionary is; the lines are made by crates/core/src/format/dict.rs `location_key`).
  */
 import fsp from 'node:fs/promises';
 import os from 'node:os';
@@ -27,18 +28,6 @@ import path from 'node:path';
 import { tempName } from '../store/owner.js';
 
 export const DEFAULT_TRUST_DIR = path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'ocichunk', 'trust');
-
-/** A chunk's place in a pack, as a record line: frame offset, offset in the frame, length, digest. */
-export function locationKey(
-  off: number,
-  inner: number,
-  length: number,
-  hex: string,
-  dict?: { pack: string | number; offset: number; compressedLen: number; len: number },
-): string {
-  // a frame compressed with a dictionary holds its chunk only with that dictionary
-  return dict ? `${off} ${inner} ${length} ${hex} ${dict.pack}@${dict.offset}+${dict.compressedLen}:${dict.len}` : `${off} ${inner} ${length} ${hex}`;
-}
 
 const hexOf = (digest: string) => /^sha256:([a-f0-9]{64})$/.exec(digest)?.[1];
 

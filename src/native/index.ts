@@ -225,11 +225,17 @@ export interface NativeChunkDict {
   setForeign(id: number, at: ChunkLocation): void;
   location(id: number): ChunkLocation | null;
   isForeign(id: number): boolean;
+  /** the trust record line of its location (crates/core/src/format/dict.rs `location_key`), null if not placed */
+  locationKey(id: number): string | null;
+  /** the trust record lines of the chunks from `from` on placed in stored packs, by pack */
+  locationKeysFrom(from: number): Array<{ pack: string; keys: string[] }>;
   trust(id: number): void;
   /** compressedLength -1: raw bytes */
   setSpooled(id: number, offset: number, compressedLength: number): void;
   /** [offset, compressedLength or -1] */
   spooled(id: number): number[] | null;
+  /** pass 2 of an unsorted layer: the chunks to place in order, where the spool holds them (crates/core/src/format/dict.rs `spool_plan`) */
+  spoolPlan(chunks: Uint32Array, fileStarts: Uint32Array): { ids: Uint32Array; offsets: Float64Array; lens: Uint32Array; raw: Uint8Array; starts: Uint8Array };
   truncate(mark: number): void;
   /** pack `number` of the conversion under way was committed as `digest` */
   resolveWritten(number: number, digest: string): void;

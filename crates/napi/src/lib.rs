@@ -1455,6 +1455,23 @@ pub fn mount_lazy(
 
 /// A chunk's location in `ChunkDict` (`format::dict::Location`); `pack` is a stored pack's digest or
 /// the number of a pack the conversion under way writes.
+/// Rows of `ChunkDict::spool_plan`: ids, spool offsets, byte counts (compressed where `raw` is 0),
+/// and 1 where a file begins before the chunk.
+#[napi(object)]
+pub struct SpoolPlanRows {
+    pub ids: Uint32Array,
+    pub offsets: Float64Array,
+    pub lens: Uint32Array,
+    pub raw: Uint8Array,
+    pub starts: Uint8Array,
+}
+
+#[napi(object)]
+pub struct PackLocationKeys {
+    pub pack: String,
+    pub keys: Vec<String>,
+}
+
 #[napi(object)]
 pub struct ChunkLocation {
     pub pack: Either<String, u32>,
@@ -1614,6 +1631,18 @@ impl ChunkDict {
         }))
     }
 
+    /// The trust record line of the chunk's location (`ChunkDict::location_key`), if it is placed.
+    #[napi]
+    pub fn location_key(&self, env: Env, id: u32) -> Result<Option<String>> {
+        Ok(self.inner.location_key(self.id(env, id)?).map(|(_, line)| line))
+    }
+
+    /// The trust record lines of the chunks from `from` on placed in stored packs, by pack.
+    #[napi]
+    pub fn location_keys_from(&self, from: u32) -> Vec<PackLocationKeys> {
+        self.inner.location_keys_from(from).into_iter().map(|(pack, keys)| PackLocationKeys { pack, keys }).collect()
+    }
+
     #[napi]
     pub fn is_foreign(&self, env: Env, id: u32) -> Result<bool> {
         Ok(self.inner.is_foreign(self.id(env, id)?))
@@ -1642,6 +1671,20 @@ impl ChunkDict {
     #[napi]
     pub fn spooled(&self, env: Env, id: u32) -> Result<Option<Vec<f64>>> {
         Ok(self.inner.spooled(self.id(env, id)?).map(|s| vec![s.offset as f64, s.compressed_len.map_or(-1.0, f64::from)]))
+    }
+
+    /// Pass 2 of an unsorted layer: which of `chunks` (canonical order, files beginning at
+    /// `fileStarts`) to place, and where the spool holds them (`ChunkDict::spool_plan`).
+    #[napi]
+    pub fn spool_plan(&self, env: Env, chunks: Uint32Array, file_starts: Uint32Array) -> Result<SpoolPlanRows> {
+        let p = self.inner.spool_plan(&chunks, &file_starts).map_err(|e| err(env, e))?;
+        Ok(SpoolPlanRows {
+            ids: p.ids.into(),
+            offsets: Float64Array::new(p.offsets.iter().map(|&o| o as f64).collect()),
+            lens: p.lens.into(),
+            raw: Uint8Array::new(p.raw.iter().map(|&r| r as u8).collect()),
+            starts: Uint8Array::new(p.starts.iter().map(|&r| r as u8).collect()),
+        })
     }
 
     /// Pack `number` of the conversion under way was committed as `digest`.

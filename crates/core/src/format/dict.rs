@@ -9,6 +9,7 @@
 //! and still has to be verified. About 90 bytes a chunk: millions of chunks (`analyze` over a corpus)
 //! fit in a few hundred MiB.
 
+use crate::{Error, Result};
 use hashbrown::HashTable;
 use std::collections::HashMap;
 
@@ -61,6 +62,17 @@ enum Place {
 pub struct Spooled {
     pub offset: u64,
     pub compressed_len: Option<u32>,
+}
+
+/// What [`ChunkDict::spool_plan`] places, one row per chunk: its id, where its bytes are in the
+/// spool and how many (compressed ones when `raw` is false), and whether a file begins before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpoolPlan {
+    pub ids: Vec<u32>,
+    pub offsets: Vec<u64>,
+    pub lens: Vec<u32>,
+    pub raw: Vec<bool>,
+    pub starts: Vec<bool>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -189,6 +201,35 @@ impl ChunkDict {
         self.recs[id as usize].spool
     }
 
+    /// Pass 2 of an unsorted layer: of `chunks` (the layer's chunks in canonical order, a file
+    /// beginning at each index `file_starts` lists, ascending), the ones to place, in order: each
+    /// chunk's first occurrence, if it is unplaced, with where the spool holds it. A file boundary
+    /// is marked at the next chunk placed from raw bytes (a chunk compressed alone is a frame of its
+    /// own, which no boundary changes). An unplaced chunk with nothing spooled is an error.
+    pub fn spool_plan(&self, chunks: &[u32], file_starts: &[u32]) -> Result<SpoolPlan> {
+        let mut plan = SpoolPlan::default();
+        let mut seen = vec![false; self.recs.len()];
+        let (mut next_file, mut boundary) = (0usize, false);
+        for (i, &id) in chunks.iter().enumerate() {
+            while next_file < file_starts.len() && file_starts[next_file] as usize <= i {
+                boundary |= file_starts[next_file] as usize == i;
+                next_file += 1;
+            }
+            let rec = self.recs.get(id as usize).ok_or_else(|| Error::invalid(format!("chunk id {id} of {}", self.recs.len())))?;
+            if std::mem::replace(&mut seen[id as usize], true) || rec.place != Place::Unplaced {
+                continue;
+            }
+            let sp = rec.spool.ok_or_else(|| Error::invalid(format!("chunk {} has no bytes to place", super::digests::hex(self.digest(id)))))?;
+            let raw = sp.compressed_len.is_none();
+            plan.ids.push(id);
+            plan.offsets.push(sp.offset);
+            plan.lens.push(sp.compressed_len.unwrap_or(rec.len));
+            plan.raw.push(raw);
+            plan.starts.push(raw && std::mem::take(&mut boundary));
+        }
+        Ok(plan)
+    }
+
     /// The pack table's index of a pack (added when new).
     pub fn pack_ref(&mut self, p: PackName) -> u32 {
         if let Some(&r) = self.pack_refs.get(&p) {
@@ -225,6 +266,41 @@ impl ChunkDict {
 
     pub fn pack_name(&self, r: u32) -> &PackName {
         &self.packs[r as usize]
+    }
+
+    /// How trust records (src/convert/trust.ts) name chunk `id`'s location, one line each: the
+    /// frame's offset, the offset in the frame, the chunk's length, its hex digest, and for a frame
+    /// compressed with a dictionary, where that dictionary is (a frame holds its chunk only with
+    /// it): `pack@offset+compressed_len:len`. With the pack its frame is in; None if not placed.
+    pub fn location_key(&self, id: u32) -> Option<(&PackName, String)> {
+        use std::fmt::Write as _;
+        let l = self.location(id)?;
+        let mut line = format!("{} {} {} {}", l.offset, l.inner, self.chunk_len(id), super::digests::hex(self.digest(id)));
+        if let Some(r) = l.dict {
+            let d = self.dict_location(r);
+            let _ = match self.pack_name(d.pack) {
+                PackName::Stored(p) => write!(line, " {p}@{}+{}:{}", d.offset, d.compressed_len, d.len),
+                PackName::Written(n) => write!(line, " {n}@{}+{}:{}", d.offset, d.compressed_len, d.len),
+            };
+        }
+        Some((self.pack_name(l.pack), line))
+    }
+
+    /// [`ChunkDict::location_key`] of every chunk from `from` on that is placed in a stored pack,
+    /// by pack (in order of first appearance), the lines of a pack in id order.
+    pub fn location_keys_from(&self, from: u32) -> Vec<(String, Vec<String>)> {
+        let mut by: Vec<(String, Vec<String>)> = Vec::new();
+        let mut at: HashMap<&str, usize> = HashMap::new();
+        for id in from..self.digests.len() as u32 {
+            if let Some((PackName::Stored(p), line)) = self.location_key(id) {
+                let i = *at.entry(p.as_str()).or_insert_with(|| {
+                    by.push((p.clone(), Vec::new()));
+                    by.len() - 1
+                });
+                by[i].1.push(line);
+            }
+        }
+        by
     }
 
     /// Pack `n` of the conversion under way was committed as `digest`: locations in it name the
@@ -322,6 +398,52 @@ mod tests {
         assert_eq!(d.spooled(id), None);
         d.set_spooled(id, Spooled { offset: 5, compressed_len: Some(4) });
         assert_eq!(d.spooled(id), Some(Spooled { offset: 5, compressed_len: Some(4) }));
+    }
+
+    #[test]
+    fn location_keys_name_frame_chunk_and_dictionary() {
+        let mut d = ChunkDict::new();
+        let p = d.pack_ref(PackName::Written(0));
+        let q = d.pack_ref(PackName::Stored("sha256:bb".into()));
+        let r = d.add_dict(DictLocation { pack: q, offset: 9, compressed_len: 40, len: 112 });
+        let ids: Vec<u32> = (1..=4).map(|n| d.intern(&dig(n), 10 * n as u32).0).collect();
+        d.set_location(ids[0], Location { pack: p, offset: 1 << 33, compressed_len: 5, len: 10, inner: 0, dict: None });
+        d.set_location(ids[1], Location { pack: q, offset: 7, compressed_len: 5, len: 30, inner: 10, dict: Some(r) });
+        d.set_location(ids[3], Location { pack: p, offset: 70, compressed_len: 5, len: 40, inner: 0, dict: Some(r) });
+        let h = |n: u64| super::super::digests::hex(&dig(n));
+        assert_eq!(d.location_key(ids[0]).unwrap(), (&PackName::Written(0), format!("8589934592 0 10 {}", h(1))));
+        assert_eq!(d.location_key(ids[1]).unwrap().1, format!("7 10 20 {} sha256:bb@9+40:112", h(2)));
+        assert_eq!(d.location_key(ids[2]), None, "not placed");
+        // only stored packs are recorded: pack 0 of this conversion once it has its digest
+        assert_eq!(d.location_keys_from(0), vec![("sha256:bb".to_string(), vec![format!("7 10 20 {} sha256:bb@9+40:112", h(2))])]);
+        d.resolve_written(0, "sha256:aa");
+        let all = d.location_keys_from(0);
+        assert_eq!(all.iter().map(|(p, k)| (p.as_str(), k.len())).collect::<Vec<_>>(), vec![("sha256:aa", 2), ("sha256:bb", 1)]);
+        assert_eq!(all[0].1[1], format!("70 0 40 {} sha256:bb@9+40:112", h(4)));
+        assert_eq!(d.location_keys_from(2).len(), 1, "from an id on");
+    }
+
+    #[test]
+    fn the_spool_plan_places_first_occurrences_of_unplaced_chunks() {
+        let mut d = ChunkDict::new();
+        let ids: Vec<u32> = (0..6).map(|n| d.intern(&dig(n), 100 + n as u32).0).collect();
+        for (k, &id) in ids.iter().enumerate() {
+            let compressed_len = if k == 2 { Some(33) } else { None };
+            d.set_spooled(id, Spooled { offset: 1000 * k as u64, compressed_len });
+        }
+        d.claim(ids[4]);
+        // files begin at 0, 2 (chunk 2: compressed alone; the boundary waits for chunk 3) and 5
+        // (chunk 4, placed already: the boundary goes to chunk 5)
+        let order = [ids[0], ids[1], ids[2], ids[0], ids[3], ids[4], ids[5], ids[1]];
+        let plan = d.spool_plan(&order, &[0, 2, 5]).unwrap();
+        assert_eq!(plan.ids, vec![ids[0], ids[1], ids[2], ids[3], ids[5]]);
+        assert_eq!(plan.offsets, vec![0, 1000, 2000, 3000, 5000]);
+        assert_eq!(plan.lens, vec![100, 101, 33, 103, 105]);
+        assert_eq!(plan.raw, vec![true, true, false, true, true]);
+        assert_eq!(plan.starts, vec![true, false, false, true, true]);
+        let lost = d.intern(&dig(9), 5).0;
+        assert!(d.spool_plan(&[lost], &[0]).is_err(), "an unplaced chunk with no bytes spooled");
+        assert!(d.spool_plan(&[99], &[]).is_err(), "an unknown id");
     }
 
     #[test]
