@@ -123,36 +123,49 @@ impl Dictionary {
 struct PrefixCompressor {
     id: u64,
     dict_len: usize,
-    /// the dictionary's bytes, then room for a source; never moved while `cdict` lives
-    buf: Box<[u8]>,
+    /// an allocation of `len` bytes: the dictionary's, then room for a source. Only ever reached
+    /// through this pointer (never through a Rust reference, which would claim the bytes zstd
+    /// reads through the CDict); freed in Drop, after the CDict.
+    base: *mut u8,
+    len: usize,
     cdict: *mut zstd_sys::ZSTD_CDict,
 }
 
 impl PrefixCompressor {
     fn new(dict: &Dictionary, level: i32, id: u64, room: usize) -> Result<PrefixCompressor> {
         let dict_len = dict.raw.len();
-        let mut buf = vec![0u8; dict_len + room].into_boxed_slice();
-        buf[..dict_len].copy_from_slice(&dict.raw);
-        // SAFETY: the CDict refers to buf[..dict_len] (by reference), which lives, unmoved and
-        // unchanged, as long as the CDict: both are freed together in Drop, the CDict first.
-        let cdict = unsafe { zstd_sys::ZSTD_createCDict_byReference(buf.as_ptr().cast(), dict_len, level) };
-        if cdict.is_null() {
+        let len = dict_len.checked_add(room).ok_or_else(|| Error::invalid("zstd: a source too large for a frame"))?;
+        let base = Box::into_raw(vec![0u8; len].into_boxed_slice()).cast::<u8>();
+        let mut c = PrefixCompressor { id, dict_len, base, len, cdict: std::ptr::null_mut() };
+        // SAFETY: `base` holds `len` >= `dict_len` bytes, apart from `dict.raw`. The CDict refers
+        // to base[..dict_len] (by reference), which is never written again and lives as long as
+        // the CDict (Drop frees the CDict first).
+        unsafe {
+            std::ptr::copy_nonoverlapping(dict.raw.as_ptr(), base, dict_len);
+            c.cdict = zstd_sys::ZSTD_createCDict_byReference(base.cast(), dict_len, level);
+        }
+        if c.cdict.is_null() {
             return Err(Error::invalid("zstd: cannot prepare the dictionary for compressing"));
         }
-        Ok(PrefixCompressor { id, dict_len, buf, cdict })
+        Ok(c)
     }
 
     fn room(&self) -> usize {
-        self.buf.len() - self.dict_len
+        self.len - self.dict_len
     }
 
     fn compress(&mut self, cctx: &RawCCtx, src: &[u8], dst: &mut [u8]) -> Result<usize> {
-        let at = self.dict_len;
-        self.buf[at..at + src.len()].copy_from_slice(src);
-        // SAFETY: the source is buf[at..at + src.len()], right after the dictionary's bytes; dst
-        // is a valid writable slice; the CDict and the context are live.
-        let n =
-            unsafe { zstd_sys::ZSTD_compress_usingCDict(cctx.0, dst.as_mut_ptr().cast(), dst.len(), self.buf[at..].as_ptr().cast(), src.len(), self.cdict) };
+        if src.len() > self.room() {
+            return Err(Error::invalid(format!("zstd: a {}-byte source where {} fit", src.len(), self.room())));
+        }
+        // SAFETY: base[dict_len..dict_len + src.len()] lies inside the allocation (checked above)
+        // and apart from `src`; zstd reads the source there, right after the dictionary's bytes,
+        // and writes at most dst.len() bytes into dst; the CDict and the context are live.
+        let n = unsafe {
+            let at = self.base.add(self.dict_len);
+            std::ptr::copy_nonoverlapping(src.as_ptr(), at, src.len());
+            zstd_sys::ZSTD_compress_usingCDict(cctx.0, dst.as_mut_ptr().cast(), dst.len(), at.cast(), src.len(), self.cdict)
+        };
         if unsafe { zstd_sys::ZSTD_isError(n) } != 0 {
             return Err(Error::invalid(format!("zstd: {}", zstd::zstd_safe::get_error_name(n))));
         }
@@ -162,8 +175,12 @@ impl PrefixCompressor {
 
 impl Drop for PrefixCompressor {
     fn drop(&mut self) {
-        // SAFETY: created by ZSTD_createCDict_byReference, freed once, before `buf`.
-        unsafe { zstd_sys::ZSTD_freeCDict(self.cdict) };
+        // SAFETY: the CDict (possibly null, which zstd ignores) is freed once, before the bytes it
+        // refers to; `base` came from Box::into_raw of a boxed slice of `len` bytes.
+        unsafe {
+            zstd_sys::ZSTD_freeCDict(self.cdict);
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.base, self.len)));
+        }
     }
 }
 
