@@ -28,7 +28,6 @@ for (const r of reads) {
   readBytes += (await img.read(r.path, r.offset, len)).length;
 }
 const trace = { reads: reads.length, readBytes, fetched: img.stats().packBytesFetched, tocBytes: img.stats().tocBytes };
-fs.rmSync(cacheDir, { recursive: true, force: true });
 
 // small files: a seeded walk of the tree
 /** @type {string[]} */
@@ -44,7 +43,9 @@ const walk = (dir) => {
 };
 walk('/');
 files.sort();
+// removed once the reader is closed: chunks it fetched may still be on their way into the cache
 await img.close();
+fs.rmSync(cacheDir, { recursive: true, force: true });
 let seed = 42;
 const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
 const n = Math.min(Number(smallArg ?? 200), files.length);
