@@ -224,22 +224,19 @@ pub fn compress_frame_with_into(src: &[u8], dict: &Dictionary, dst: &mut [u8]) -
     PREFIX.with(|p| {
         let mut guard = p.borrow_mut();
         let Prefixes { cctx, kept: p } = &mut *guard;
-        let at = match p.iter().position(|c| c.id == id) {
-            Some(i) if p[i].room() >= src.len() => i,
-            found => {
-                if let Some(i) = found {
-                    p.remove(i);
-                }
-                // room for a frame of most sizes at once; a bigger source prepares it again
-                let c = PrefixCompressor::new(dict, level, id, src.len().max(1 << 20))?;
-                p.insert(0, c);
-                p.truncate(PREFIX_KEEP);
-                0
-            }
-        };
-        if at != 0 {
-            let c = p.remove(at);
+        // this dictionary's compressor goes first; prepared (again) when missing or too small
+        let found = p.iter().position(|c| c.id == id);
+        if let Some(i) = found {
+            let c = p.remove(i);
             p.insert(0, c);
+        }
+        if found.is_none() || p[0].room() < src.len() {
+            if found.is_some() {
+                p.remove(0);
+            }
+            // room for a frame of most sizes at once
+            p.insert(0, PrefixCompressor::new(dict, level, id, src.len().max(1 << 20))?);
+            p.truncate(PREFIX_KEEP);
         }
         if cctx.is_none() {
             // SAFETY: a plain allocation; null (out of memory) is checked.
