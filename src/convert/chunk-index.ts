@@ -7,9 +7,9 @@
  * heap); this class adds what is the converter's business: pack sizes, the layers converted before,
  * and reading what a destination already stores.
  */
-import { decodeToc, TOC_MAX_BLOB, type Toc } from '../chunked/toc.js';
+import { TOC_MAX_BLOB } from '../chunked/toc.js';
 import { OcichunkError } from '../errors.js';
-import { native, type DictFrameLocation, type NativeChunkDict } from '../native/index.js';
+import { native, type DictFrameLocation, type NativeCheckedToc, type NativeChunkDict } from '../native/index.js';
 import { ANN, CMT, isTocType } from '../oci/chunked-media.js';
 import { parseManifestDoc } from '../oci/types.js';
 import type { ImageSink } from '../transports/types.js';
@@ -34,6 +34,16 @@ function digestBytes(hexes: string[]): Buffer {
   return out;
 }
 
+/** A TOC a conversion wrote or found, kept for the layers it converted. */
+export interface ConvertedToc {
+  blob: Buffer;
+  digestTable?: Buffer;
+  what: string;
+}
+
+/** How many opened TOCs a chunk index keeps (the layers of one image mostly come from one). */
+const OPENED_TOCS = 4;
+
 export class ChunkIndex {
   /** the native dictionary (the pack writer places chunks in it) */
   readonly dict: NativeChunkDict = native.chunkDict();
@@ -46,7 +56,23 @@ export class ChunkIndex {
    * (the TOC blob, compressed and decoded only when the layer comes again, and the layer's index in
    * it), the ones this process derived first.
    */
-  readonly layerCache = new Map<string, Array<{ tocBlob: Buffer; digestTable?: Buffer; layer: number; what: string; trusted: boolean }>>();
+  readonly layerCache = new Map<string, Array<{ toc: ConvertedToc; layer: number; trusted: boolean }>>();
+
+  private readonly opened = new Map<ConvertedToc, NativeCheckedToc>();
+
+  /** The TOC checked, merged and its digest table loaded; the last few opened are kept. */
+  openToc(c: ConvertedToc): NativeCheckedToc {
+    let t = this.opened.get(c);
+    if (t) {
+      this.opened.delete(c);
+    } else {
+      t = native.openToc(c.blob, c.what);
+      if (c.digestTable) t.loadDigests(c.digestTable);
+      if (this.opened.size >= OPENED_TOCS) this.opened.delete(this.opened.keys().next().value!);
+    }
+    this.opened.set(c, t);
+    return t;
+  }
 
   get size(): number {
     return this.dict.size;
@@ -139,10 +165,10 @@ export class ChunkIndex {
    * Remember a converted layer, so that the same layer digest need not be read again. `trusted`:
    * this process derived it from the layer (else a converter checks it first: layer-trust.ts).
    */
-  rememberLayers(layerDigests: string[], entryOptions: string, toc: { tocBlob: Buffer; digestTable?: Buffer }, what: string, trusted: boolean): void {
+  rememberLayers(layerDigests: string[], entryOptions: string, toc: ConvertedToc, trusted: boolean): void {
     layerDigests.forEach((d, j) => {
       const key = `${d} ${entryOptions}`;
-      const c = { ...toc, layer: j, what, trusted };
+      const c = { toc, layer: j, trusted };
       const list = this.layerCache.get(key);
       if (!list) this.layerCache.set(key, [c]);
       else if (trusted) list.unshift(c);
@@ -168,35 +194,25 @@ export class ChunkIndex {
       if (tocDesc.size > TOC_MAX_BLOB || (tableDesc && tableDesc.size > TOC_MAX_BLOB)) continue;
       const tocBlob = await src.readBlob(tocDesc, `${what} TOC`, TOC_MAX_BLOB);
       const digestTable = tableDesc ? await src.readBlob(tableDesc, `${what} digest table`, TOC_MAX_BLOB) : undefined;
-      let toc: Toc;
+      let toc: NativeCheckedToc;
       try {
-        // a version 2 TOC needs its digest table: the chunks are known by their digests
-        toc = decodeToc(tocBlob, `${what} TOC`, digestTable);
-        if (toc.chunks.some((c) => !c.digest)) continue;
+        // every rule of the format checked; a version 2 TOC needs its digest table: the chunks are
+        // known by their digests
+        toc = native.openToc(tocBlob, `${what} TOC`);
+        if (digestTable) toc.loadDigests(digestTable);
+        this.storedChunks += toc.addStoredChunks(this.dict);
       } catch {
         continue; // a TOC that breaks the format's rules contributes nothing
       }
       const ann = parsed.doc.annotations ?? {};
       try {
         const layers = JSON.parse(ann[ANN.sourceLayers] ?? '[]') as string[];
-        if (Array.isArray(layers) && layers.length === toc.layers.length && ann[ANN.entryOptions] && layers.every((d) => typeof d === 'string')) {
-          this.rememberLayers(layers, ann[ANN.entryOptions], { tocBlob, ...(digestTable ? { digestTable } : {}) }, `${what} TOC`, false);
+        if (Array.isArray(layers) && layers.length === toc.layerCount && ann[ANN.entryOptions] && layers.every((d) => typeof d === 'string')) {
+          this.rememberLayers(layers, ann[ANN.entryOptions], { blob: tocBlob, ...(digestTable ? { digestTable } : {}), what: `${what} TOC` }, false);
         }
       } catch {
         // a manifest without a usable layer list only contributes its chunks
       }
-      const { ids, fresh } = this.internHex(
-        toc.chunks.map((c) => c.digest),
-        toc.chunks.map((c) => c.length),
-      );
-      toc.chunks.forEach(({ frame: fi, offset: inner }, k) => {
-        if (!fresh(k)) return;
-        const { pack: pi, offset, compressedLength: compressedLen, length: len, dict: di } = toc.frames[fi];
-        const d = di === undefined ? undefined : toc.dicts![di];
-        const dict = d ? { pack: toc.packs[d.pack], offset: d.offset, compressedLen: d.compressedLength, len: d.length } : undefined;
-        this.dict.setForeign(ids[k], { pack: toc.packs[pi], offset, compressedLen, len, inner, ...(dict ? { dict } : {}) });
-        this.storedChunks++;
-      });
     }
     return this.storedChunks;
   }

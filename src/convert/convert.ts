@@ -190,8 +190,7 @@ function teeInto(writer: BlobWriter): Transform {
  */
 async function trustedLayer(ctx: Ctx, layerDigest: string): Promise<{ toc: NativeCheckedToc; layer: number } | undefined> {
   for (const c of ctx.chunkIndex.layerCache.get(`${layerDigest} ${ctx.entryOptions}`) ?? []) {
-    const toc = native.openToc(c.tocBlob, c.what);
-    if (c.digestTable) toc.loadDigests(c.digestTable);
+    const toc = ctx.chunkIndex.openToc(c.toc);
     if (c.trusted || (await ctx.trust.trustsLayer(layerDigest, ctx.entryOptions, toc.layerDigests()[c.layer]))) return { toc, layer: c.layer };
   }
   return undefined;
@@ -755,8 +754,7 @@ async function publishPlatform(
   chunkIndex.rememberLayers(
     manifest.layers.map((l) => l.digest),
     entryOptions,
-    { tocBlob: blob, digestTable: built.digestTable },
-    `${src.name} chunked TOC ${tocStored.digest}`,
+    { blob, digestTable: built.digestTable, what: `${src.name} chunked TOC ${tocStored.digest}` },
     true,
   );
   for (const [i, l] of manifest.layers.entries()) {

@@ -115,6 +115,9 @@ export interface NativeCheckedToc {
   digestInfo(): DigestInfo;
   /** load the whole digest table (its blob digest checked by the caller); throws ECORRUPT if it is not the TOC's */
   loadDigests(table: Buffer): void;
+  readonly layerCount: number;
+  /** a stored image's TOC (digests loaded): its chunks not in `dict` yet, with the locations it claims, foreign until trusted; how many */
+  addStoredChunks(dict: NativeChunkDict): number;
   /** load section `i` of the digest table, checked against the TOC (ECORRUPT if not); false if loaded before */
   addDigestSection(i: number, bytes: Buffer): boolean;
   /** the digest table sections, in order, holding digests of these chunks not loaded yet */
@@ -505,6 +508,8 @@ export const native = {
         return { ...d, blob: d.blob ?? undefined };
       },
       loadDigests: (table: Buffer) => wrapSync(`${what}: digest table`, () => t.loadDigests(table)),
+      layerCount: t.layerCount,
+      addStoredChunks: (dict: NativeChunkDict) => wrapSync(what, () => t.addStoredChunks(dict)),
       addDigestSection: (i: number, bytes: Buffer) => wrapSync(`${what}: digest table`, () => t.addDigestSection(i, bytes)),
       missingDigestSections: (chunks: Uint32Array) => t.missingDigestSections(chunks),
       digestSectionSpan: (i: number) => t.digestSectionSpan(i) as [number, number],

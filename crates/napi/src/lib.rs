@@ -612,6 +612,19 @@ impl CheckedToc {
 
 #[napi]
 impl CheckedToc {
+    /// This stored TOC's chunks not in `dict` yet (its digests loaded), added with the locations
+    /// it claims, foreign until trusted (`ChunkDict::add_stored`); how many.
+    #[napi]
+    pub fn add_stored_chunks(&self, env: Env, dict: &mut ChunkDict) -> Result<u32> {
+        dict.inner.add_stored(&self.inner.toc).map_err(|e| err(env, e))
+    }
+
+    /// How many layers the TOC has.
+    #[napi(getter)]
+    pub fn layer_count(&self) -> u32 {
+        self.inner.toc.layers.len() as u32
+    }
+
     /// The content digest of each layer (`format::build::LayerDigest`); needs every chunk digest.
     #[napi]
     pub fn layer_digests(&self, env: Env) -> Result<Vec<String>> {

@@ -303,6 +303,63 @@ impl ChunkDict {
         by
     }
 
+    /// The chunks of a stored chunked image (its TOC checked, every chunk digest loaded): each
+    /// chunk not known yet is added with the location the TOC claims, foreign until verified
+    /// ([`Self::trust`]); a chunk known already keeps its place (the first location given wins).
+    /// Returns how many chunks were added.
+    pub fn add_stored(&mut self, t: &super::Toc) -> Result<u32> {
+        if !t.digests.complete() {
+            return Err(Error::invalid("the TOC's chunk digests are not loaded"));
+        }
+        let bad = |m: String| Error::corrupt(format!("TOC: {m}"));
+        let small = |v: u64, what: &str| u32::try_from(v).map_err(|_| bad(format!("{what} {v} is too large")));
+        let mut packs: Vec<Option<u32>> = vec![None; t.packs.len()];
+        let mut pack = |d: &mut Self, i: u32| -> Result<u32> {
+            let slot = packs.get_mut(i as usize).ok_or_else(|| bad(format!("pack {i} does not exist")))?;
+            Ok(*slot.get_or_insert_with(|| d.pack_ref(PackName::Stored(t.packs[i as usize].clone()))))
+        };
+        let mut dicts: Vec<Option<u32>> = vec![None; t.dicts.len()];
+        let mut added = 0;
+        for (c, ch) in t.chunks.iter().enumerate() {
+            let digest = t.digests.get(c as u32).ok_or_else(|| bad(format!("chunk {c} has no digest")))?;
+            let (id, fresh) = self.intern(&digest, small(ch.len, "chunk length")?);
+            if !fresh {
+                continue;
+            }
+            let f = t.frames.get(ch.frame as usize).ok_or_else(|| bad(format!("frame {} does not exist", ch.frame)))?;
+            let dict = match f.dict {
+                None => None,
+                Some(di) => {
+                    let slot = dicts.get_mut(di as usize).ok_or_else(|| bad(format!("dictionary {di} does not exist")))?;
+                    Some(match *slot {
+                        Some(r) => r,
+                        None => {
+                            let d = t.dicts[di as usize];
+                            let at = DictLocation {
+                                pack: pack(self, d.pack)?,
+                                offset: d.offset,
+                                compressed_len: small(d.compressed_len, "dictionary frame length")?,
+                                len: small(d.len, "dictionary length")?,
+                            };
+                            *slot.insert(self.dict_ref(at))
+                        }
+                    })
+                }
+            };
+            let at = Location {
+                pack: pack(self, f.pack)?,
+                offset: f.offset,
+                compressed_len: small(f.compressed_len, "frame length")?,
+                len: small(f.len, "frame length")?,
+                inner: small(ch.offset, "offset in frame")?,
+                dict,
+            };
+            self.set_foreign(id, at);
+            added += 1;
+        }
+        Ok(added)
+    }
+
     /// Pack `n` of the conversion under way was committed as `digest`: locations in it name the
     /// digest from now on, and the next conversion's pack `n` is another pack.
     pub fn resolve_written(&mut self, n: u32, digest: &str) {

@@ -702,3 +702,34 @@ fn plan_reads_names_the_chunks_of_a_trace_in_order_each_once() {
     assert_eq!(c.plan_reads(reads), vec![0, 1]);
     assert_eq!(c.plan_reads([("/b", 0, 1), ("/b", 4, 2)]), vec![1, 0]);
 }
+
+#[test]
+fn a_stored_tocs_chunks_enter_the_dictionary_as_foreign_once() {
+    use dict::{DictLocation, Location, PackName};
+    let (mut v, table) = toc_v2(vec![vec![file("f")]]);
+    v["dicts"] = json!([[0, 100, 50, 1000]]);
+    v["frames"] = json!([[0, 0, 20, 5, 0], [0, 20, 20, 5]]);
+    v["chunks"] = json!([[0, 0, 5], [1, 0, 5]]);
+    let (t, _) = check(&v).unwrap();
+    let mut d = ChunkDict::new();
+    assert!(d.add_stored(&t).is_err(), "digests not loaded");
+    assert_eq!(d.len(), 0);
+    t.digests.load(&table).unwrap();
+    // a chunk known before keeps its place
+    let hex2 = toc::parse_hex32(HEX2).unwrap().0;
+    let (known, _) = d.intern(&hex2, 5);
+    let mine = Location { pack: d.pack_ref(PackName::Written(0)), offset: 7, compressed_len: 3, len: 5, inner: 0, dict: None };
+    d.set_location(known, mine);
+    assert_eq!(d.add_stored(&t).unwrap(), 1);
+    let id = d.get(&toc::parse_hex32(HEX).unwrap().0).unwrap();
+    assert!(d.is_foreign(id) && !d.is_foreign(known));
+    assert_eq!(d.location(known), Some(mine));
+    let at = d.location(id).unwrap();
+    assert_eq!((at.offset, at.compressed_len, at.len, at.inner), (0, 20, 5, 0));
+    assert_eq!(d.pack_name(at.pack), &PackName::Stored(format!("sha256:{HEX}")));
+    let dl = d.dict_location(at.dict.unwrap());
+    assert_eq!(dl, DictLocation { pack: at.pack, offset: 100, compressed_len: 50, len: 1000 });
+    // the same TOC again adds nothing
+    assert_eq!(d.add_stored(&t).unwrap(), 0);
+    assert_eq!(d.len(), 2);
+}
