@@ -83,9 +83,10 @@ for img in "${IMAGES[@]}" corpus; do
   log "$img: ocichunk convert"
   rm -rf "$OUT/ocichunk/$img"; mkdir -p "$OUT/ocichunk"
   if [ "$img" = corpus ]; then
-    refs=(); for l in "${corpus[@]}"; do refs+=("oci:$l:latest"); done
-    timed ocichunk-$img bash -c 'i=0; for r in "${@:2}"; do i=$((i + 1)); node "$1/bin/ocichunk.js" convert "$r" "oci:'"$OUT"'/ocichunk/corpus:img$i" --json --quiet \
-      | python3 -c "import json,sys;print(json.dumps(json.load(sys.stdin)))"; done' _ "$repo" "${refs[@]}" > "$OUT/ocichunk/$img.jsonl"
+    # the whole corpus in one process (convert --batch), as the peers below take all its layers at once
+    i=0; for l in "${corpus[@]}"; do i=$((i + 1)); echo "oci:$l:latest oci:$OUT/ocichunk/corpus:img$i"; done > "$OUT/ocichunk/corpus.batch"
+    timed ocichunk-$img node "$repo/bin/ocichunk.js" convert --batch "$OUT/ocichunk/corpus.batch" --json --quiet \
+      | python3 -c "import json,sys;[print(json.dumps(r)) for r in json.load(sys.stdin)]" > "$OUT/ocichunk/$img.jsonl"
   else
     timed ocichunk-$img node "$repo/bin/ocichunk.js" convert "oci:$cache/layouts/$img:latest" "oci:$OUT/ocichunk/$img:$img" --json --quiet \
       | python3 -c "import json,sys;print(json.dumps(json.load(sys.stdin)))" > "$OUT/ocichunk/$img.jsonl"

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { convert } from '../src/index.js';
 import { image, tmpdir } from './helpers/env.js';
-import { cliJson } from './helpers/run.js';
+import { cli, cliJson } from './helpers/run.js';
 
 function dirBytes(dir: string): number {
   return fs.readdirSync(dir).reduce((a, n) => a + fs.statSync(path.join(dir, n)).size, 0);
@@ -41,5 +41,64 @@ describe('dedup across images', () => {
     const onDisk = [...packFiles].reduce((s, h) => s + fs.statSync(path.join(blobs, h)).size, 0);
     expect(onDisk).toBe(layout.totals.packBytes);
     expect(dirBytes(blobs)).toBeGreaterThan(onDisk);
+  });
+
+  it('converts a batch in one process: the bytes of one conversion at a time, trust recorded, the first failure named', async () => {
+    const work = tmpdir('batch');
+    const env = { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') };
+    const one = path.join(work, 'one');
+    const many = path.join(work, 'many');
+    const other = path.join(work, 'other');
+    const runs: Array<[string, string]> = [
+      ['app', 'app'],
+      ['app2', 'app2'],
+      ['app', 'again'],
+    ];
+    const alone: any[] = [];
+    for (const [img, tag] of runs) alone.push(await cliJson<any>(['convert', `oci:${image(img)}:latest`, `oci:${one}:${tag}`]));
+    const list = [
+      '# images of one stack into one layout, another elsewhere',
+      '',
+      `oci:${image('app')}:latest oci:${many}:app`,
+      `  oci:${image('py')}:latest\toci:${other}:py  `,
+      `oci:${image('app2')}:latest oci:${many}:app2`,
+      `oci:${image('app')}:latest oci:${many}:again`,
+    ].join('\n');
+    const rs = await cliJson<any[]>(['convert', '--batch', '-'], { env, input: list });
+    expect(rs.map((r) => r.destination)).toEqual([`oci:${many}:app`, `oci:${other}:py`, `oci:${many}:app2`, `oci:${many}:again`]);
+    // the same bytes as one process per image: the same indexes, the same blobs and nothing more
+    expect([rs[0], rs[2], rs[3]].map((r) => r.index.digest)).toEqual(alone.map((r) => r.index.digest));
+    const blobs = (d: string) => fs.readdirSync(path.join(d, 'blobs', 'sha256')).sort();
+    expect(blobs(many)).toEqual(blobs(one));
+    expect(rs[2].reusedChunks).toBeGreaterThan(rs[2].uniqueChunks * 0.5);
+    expect(rs[3].reusedLayers).toBe(rs[3].layers);
+    expect(rs[3].bytesStored).toBe(0);
+    expect((await cliJson<any>(['inspect', `oci:${other}:py`])).files).toBe(rs[1].files);
+    // what the batch wrote is recorded as this user's own: a later process takes it without reading it
+    const later = await cliJson<any>(['convert', `oci:${image('app2')}:latest`, `oci:${many}:later`], { env });
+    expect(later.reusedLayers).toBe(later.layers);
+    expect(later.chunksVerified).toBe(0);
+    const stranger = await cliJson<any>(['convert', `oci:${image('app2')}:latest`, `oci:${many}:stranger`], {
+      env: { ...env, XDG_CACHE_HOME: path.join(work, 'cache2') },
+    });
+    expect(stranger.chunksVerified).toBeGreaterThan(0);
+
+    // a malformed line: nothing is converted
+    const bad = await cli(['convert', '--batch', '-'], { input: `oci:${image('app')}:latest oci:${work}/bad:x\noci:${image('app')}:latest\n` });
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/the batch on stdin line 2: expected SOURCE DESTINATION, found 1 field/);
+    expect(fs.existsSync(path.join(work, 'bad'))).toBe(false);
+    expect((await cli(['convert', `oci:${image('app')}:latest`, `oci:${work}/x:x`, '--batch', '-'])).code).toBe(2);
+    expect((await cli(['convert', '--batch', path.join(work, 'missing.txt')])).code).toBe(3);
+    // the first failure stops the batch and is named; what came before it stays converted
+    const fail = await cli(['convert', '--batch', '-'], {
+      input: `oci:${image('app')}:latest oci:${work}/f:first\noci:${image('app')}:nope oci:${work}/f:second\noci:${image('app2')}:latest oci:${work}/f:third\n`,
+    });
+    expect(fail.code).toBe(3);
+    expect(fail.stderr).toMatch(/conversion 2 of 3 \(oci:.*:nope -> oci:.*f:second\): .*no image tagged "nope"/);
+    const tags = JSON.parse(fs.readFileSync(path.join(work, 'f', 'index.json'), 'utf8')).manifests.map(
+      (m: any) => m.annotations['org.opencontainers.image.ref.name'],
+    );
+    expect(tags).toEqual(['first']);
   });
 });

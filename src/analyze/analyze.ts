@@ -229,6 +229,7 @@ async function chunkStrategy(
         runTarget: opts.runTarget,
         dictSize: opts.dictSize,
         chunkIndex,
+        recordTrust: false,
       };
       r = await convertImage(src, sink, co);
     } finally {

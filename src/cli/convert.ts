@@ -1,6 +1,9 @@
 import type { Argv } from 'yargs';
 import { readTrace } from '../lazy/mount.js';
+import fsp from 'node:fs/promises';
+import { convertBatch, parseBatch } from '../convert/batch.js';
 import { convert, type ConvertProgress, type ConvertResult } from '../convert/convert.js';
+import { OcichunkError, withContext } from '../errors.js';
 import type { TransferEvent } from '../transports/types.js';
 import { bar, bytes, ratio, table, ProgressLine } from './format.js';
 import {
@@ -17,18 +20,30 @@ import {
   type Common,
 } from './options.js';
 
-export const command = 'convert <source> <destination>';
+export const command = 'convert [source] [destination]';
 export const describe = 'Convert an image into a chunked, deduplicated image next to the original manifest';
 
 const REFS = 'oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:REF], docker://HOST/REPO[:TAG]';
 
 export function builder(y: Argv) {
   return frameOptions(common(y))
-    .positional('source', { type: 'string', demandOption: true, describe: REFS })
+    .positional('source', { type: 'string', describe: REFS })
     .positional('destination', {
       type: 'string',
-      demandOption: true,
       describe: 'oci:DIR[:REF], oci-archive:FILE[:REF] or docker://HOST/REPO[:TAG] (may be the source itself)',
+    })
+    .option('batch', {
+      type: 'string',
+      describe:
+        'convert every "SOURCE DESTINATION" line of this file (- : stdin) in one process, in order; conversions into one layout or repository read what it stores once',
+    })
+    .check((a) => {
+      const pair = a.source !== undefined || a.destination !== undefined;
+      if (a.batch !== undefined && pair) throw new OcichunkError('EUSAGE', 'give either SOURCE DESTINATION or --batch FILE, not both');
+      if (a.batch === undefined && (a.source === undefined || a.destination === undefined))
+        throw new OcichunkError('EUSAGE', 'convert needs SOURCE and DESTINATION (or --batch FILE)');
+      if (a.batch !== undefined && a['prefetch-list'] !== undefined) throw new OcichunkError('EUSAGE', '--prefetch-list names one image: not with --batch');
+      return true;
     })
     .option('all-platforms', { type: 'boolean', default: false, describe: 'convert every platform of a multi-platform image into one index' })
     .option('attach', {
@@ -54,8 +69,9 @@ export function builder(y: Argv) {
 
 type Args = Common &
   FrameArgs & {
-    source: string;
-    destination: string;
+    source?: string;
+    destination?: string;
+    batch?: string;
     chunker: string;
     'all-platforms': boolean;
     attach: 'index' | 'referrer';
@@ -70,8 +86,8 @@ type Args = Common &
 export async function run(a: Args): Promise<unknown> {
   const line = new ProgressLine(a);
   let lastPhase = '';
-  const onProgress = (p: ConvertProgress) => {
-    const where = p.platform ? `${p.platform} ` : '';
+  const onProgress = (p: ConvertProgress, item: string) => {
+    const where = `${item}${p.platform ? `${p.platform} ` : ''}`;
     const text = p.phase === 'scan' || p.phase === 'pack' ? `${where}${p.phase} layer ${p.layer! + 1}/${p.layers}` : `${where}${p.phase}`;
     if (text !== lastPhase) line.event(text);
     lastPhase = text;
@@ -90,7 +106,7 @@ export async function run(a: Args): Promise<unknown> {
       line.event(`uploaded ${e.digest.slice(0, 19)} ${bytes(e.size)} ${bar(up.bytes, up.total)} ${up.done}/${up.started}`);
     } else if (e.kind === 'mount') line.event(`mounted ${e.digest.slice(0, 19)} ${bytes(e.size)}`);
   };
-  const r = await convert(a.source, a.destination, {
+  const opts = {
     platform: platformOf(a),
     allPlatforms: a['all-platforms'],
     attach: a.attach,
@@ -108,11 +124,43 @@ export async function run(a: Args): Promise<unknown> {
       : {}),
     tmpDir: a.tmpdir,
     transport: transportOf(a, { concurrency: a.concurrency, tmpDir: a.tmpdir, onTransfer }),
-    onProgress,
     signal: cancelOnSignals('the conversion'),
-  }).finally(() => line.done());
+  };
+  if (a.batch !== undefined) {
+    const what = a.batch === '-' ? 'the batch on stdin' : `batch file ${a.batch}`;
+    const text = await (a.batch === '-' ? readAll(process.stdin) : fsp.readFile(a.batch, 'utf8')).catch((e: unknown) => {
+      throw withContext(e, what);
+    });
+    const items = parseBatch(text, what);
+    const rs = await convertBatch(items, {
+      ...opts,
+      onProgress: (p) => onProgress(p, `${p.item + 1}/${p.items} `),
+    }).finally(() => line.done());
+    if (a.json) return rs;
+    return [...rs.map(summary), batchTotals(rs)].join('\n\n');
+  }
+  const r = await convert(a.source!, a.destination!, { ...opts, onProgress: (p) => onProgress(p, '') }).finally(() => line.done());
   if (a.json) return r;
   return summary(r);
+}
+
+async function readAll(s: NodeJS.ReadableStream): Promise<string> {
+  const parts: Buffer[] = [];
+  for await (const c of s) parts.push(Buffer.from(c as Buffer));
+  return Buffer.concat(parts).toString('utf8');
+}
+
+function batchTotals(rs: ConvertResult[]): string {
+  const sum = (k: 'bytesIn' | 'bytesStored' | 'tocBytes' | 'digestTableBytes' | 'seconds') => rs.reduce((a, r) => a + r[k], 0);
+  const stored = sum('bytesStored') + sum('tocBytes') + sum('digestTableBytes');
+  return [
+    `${rs.length} conversions`,
+    table([
+      ['bytes in (original layers, summed over the images)', bytes(sum('bytesIn'))],
+      ['bytes stored (new packs + TOCs + digest tables)', `${bytes(stored)} (${(stored / Math.max(sum('bytesIn'), 1)).toFixed(3)}x those)`],
+      ['time', `${sum('seconds').toFixed(2)} s`],
+    ]),
+  ].join('\n');
 }
 
 function summary(r: ConvertResult): string {

@@ -35,9 +35,13 @@ async function commands(argv: string[]): Promise<Cmd[]> {
   return (await Promise.all((named ? [named] : COMMANDS).map(([, load]) => load()))) as Cmd[];
 }
 
-export async function main(argv: string[]): Promise<number> {
+/** Options that take `-` for stdin: yargs reads a lone `-` after an option as something else. */
+const STDIN_OPTIONS = new Set(['--batch']);
+
+export async function main(args: string[]): Promise<number> {
   let output: unknown;
   let json = false;
+  const argv = args.flatMap((a, i) => (a === '-' && STDIN_OPTIONS.has(args[i - 1]) ? [] : STDIN_OPTIONS.has(a) && args[i + 1] === '-' ? [`${a}=-`] : [a]));
   let y = yargs(argv)
     .scriptName('ocichunk')
     .strict()

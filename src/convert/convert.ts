@@ -99,6 +99,11 @@ export interface ConvertOptions {
    * analyze): the sink's TOCs are then not read again. It must describe everything the sink stores.
    */
   chunkIndex?: ChunkIndex;
+  /**
+   * Record the chunk locations this conversion wrote in the trust directory (default true; analyze's
+   * in-memory sink, whose packs are stored nowhere, turns it off).
+   */
+  recordTrust?: boolean;
   /** Reads to store in the TOC for lazy readers to fetch first: [path, offset, length] (a mount's --record-trace). */
   prefetch?: Array<[string, number, number]>;
   packTarget?: number;
@@ -470,7 +475,7 @@ async function imagesToConvert(src: ImageSource, opts: ConvertOptions): Promise<
 }
 
 /** The frame options within their limits (EUSAGE otherwise), with their defaults. */
-function checkFrameOptions(opts: ConvertOptions): { dictSize: number; runTarget: number } {
+export function checkFrameOptions(opts: ConvertOptions): { dictSize: number; runTarget: number } {
   const dictSize = opts.dictSize ?? DEFAULT_DICT_SIZE;
   if (dictSize !== 0 && (dictSize < 1024 || dictSize > 1 << 20)) throw new OcichunkError('EUSAGE', `dictionary size ${dictSize}: 0 (none) or 1 KiB to 1 MiB`);
   if ((opts.groupTarget ?? 0) > FRAME_MAX) throw new OcichunkError('EUSAGE', `frame size ${opts.groupTarget} is over the format's limit of ${FRAME_MAX} bytes`);
@@ -634,7 +639,7 @@ export async function convertImage(src: ImageSource, sink: ImageSink, opts: Conv
   throwIfAborted(opts.signal, `convert ${src.name}`); // last chance: after this the tag is written
   ctx.chunkIndex.resolvePacks(ctx.packer.packs);
   // what this conversion wrote is known good: later conversions reuse it without reading it
-  if (!opts.chunkIndex) await recordWritten(ctx, firstNew);
+  if (opts.recordTrust !== false) await recordWritten(ctx, firstNew);
   progress({ phase: 'upload' });
   const { tag, attachedVia } = await assembleIndex(ctx, found, results);
   // the tag is written last, after every blob and manifest it leads to

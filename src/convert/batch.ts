@@ -1,0 +1,103 @@
+/**
+ * Many conversions in one go (`ocichunk convert --batch FILE`): each is an ordinary conversion, but
+ * conversions into the same store share one chunk index, so that store's TOCs are read once, not
+ * once per image, and the layers converted before are at hand without being read again.
+ */
+import path from 'node:path';
+import { OcichunkError, withContext } from '../errors.js';
+import { openSink, openSource, parseRef } from '../ref.js';
+import { parseDockerRef } from '../transports/docker-ref.js';
+import { ChunkIndex } from './chunk-index.js';
+import { checkFrameOptions, convertImage, type ConvertOptions, type ConvertProgress, type ConvertResult } from './convert.js';
+
+/** One conversion of a batch: references as `convert` takes them. */
+export interface BatchItem {
+  source: string;
+  destination: string;
+}
+
+export interface BatchOptions extends Omit<ConvertOptions, 'chunkIndex' | 'onProgress'> {
+  /** Progress of the conversion under way: `item` counts from 0. */
+  onProgress?: (p: ConvertProgress & { item: number; items: number }) => void;
+}
+
+/**
+ * The store a destination writes into, where two destinations share one (an OCI layout directory,
+ * a registry repository); undefined where none is shared (an archive is written whole).
+ */
+export function storeOf(destination: string): string | undefined {
+  const r = parseRef(destination);
+  if (r.transport === 'oci') return `oci:${path.resolve(r.path)}`;
+  if (r.transport === 'docker') {
+    const d = parseDockerRef(r.path);
+    return `docker://${d.host}/${d.repo}`;
+  }
+  return undefined;
+}
+
+/**
+ * Parse a batch file: one conversion per line, `SOURCE DESTINATION` apart by white space; blank
+ * lines and lines starting with `#` are skipped. `what` names the file in errors.
+ */
+export function parseBatch(text: string, what: string): BatchItem[] {
+  const items: BatchItem[] = [];
+  text.split('\n').forEach((line, i) => {
+    const t = line.trim();
+    if (!t || t.startsWith('#')) return;
+    const f = t.split(/\s+/);
+    if (f.length !== 2) {
+      throw new OcichunkError('EUSAGE', `${what} line ${i + 1}: expected SOURCE DESTINATION, found ${f.length} field(s)`);
+    }
+    items.push({ source: f[0], destination: f[1] });
+  });
+  if (!items.length) throw new OcichunkError('EUSAGE', `${what}: no conversion listed`);
+  return items;
+}
+
+/**
+ * Convert each item in order; the first failure stops the batch (the conversions before it stay
+ * done, with their tags) and is thrown naming the item. Every reference is checked before anything
+ * is opened.
+ */
+export async function convertBatch(items: BatchItem[], { onProgress, ...opts }: BatchOptions = {}): Promise<ConvertResult[]> {
+  checkFrameOptions(opts);
+  const stores = items.map(({ source, destination }) => {
+    parseRef(source);
+    return storeOf(destination);
+  });
+  const indexes = new Map<string, ChunkIndex>();
+  const results: ConvertResult[] = [];
+  for (const [i, { source, destination }] of items.entries()) {
+    const what = `conversion ${i + 1} of ${items.length} (${source} -> ${destination})`;
+    try {
+      const src = await openSource(source, opts.transport);
+      try {
+        const sink = await openSink(destination, opts.transport);
+        const store = stores[i];
+        let chunkIndex = store === undefined ? undefined : indexes.get(store);
+        if (store !== undefined && !chunkIndex) {
+          chunkIndex = new ChunkIndex();
+          await chunkIndex.loadFromSink(sink);
+          indexes.set(store, chunkIndex);
+        }
+        try {
+          results.push(
+            await convertImage(src, sink, {
+              ...opts,
+              ...(chunkIndex ? { chunkIndex } : {}),
+              onProgress: onProgress && ((p) => onProgress({ ...p, item: i, items: items.length })),
+            }),
+          );
+        } catch (e) {
+          await sink.abort?.();
+          throw e;
+        }
+      } finally {
+        await src.close();
+      }
+    } catch (e) {
+      throw withContext(e, what);
+    }
+  }
+  return results;
+}
