@@ -25,15 +25,6 @@ export interface Location {
   dict?: DictFrameLocation;
 }
 
-/** Binary SHA-256s of hex digests, back to back (ECORRUPT for one that is not 64 hex digits). */
-function digestBytes(hexes: string[]): Buffer {
-  const out = Buffer.allocUnsafe(hexes.length * 32);
-  hexes.forEach((h, i) => {
-    if (h.length !== 64 || out.write(h, i * 32, 'hex') !== 32) throw new OcichunkError('ECORRUPT', `invalid chunk digest ${JSON.stringify(h)}`);
-  });
-  return out;
-}
-
 /** A TOC a conversion wrote or found, kept for the layers it converted. */
 export interface ConvertedToc {
   blob: Buffer;
@@ -94,26 +85,12 @@ export class ChunkIndex {
     return { ids, fresh: (k) => fresh[k] === 1 };
   }
 
-  /** Ids of chunks given by hex digest (added with their lengths when unknown), and which were unknown. */
-  internHex(hexes: string[], lengths: number[]): { ids: Uint32Array; fresh: (k: number) => boolean } {
-    return this.internAll(digestBytes(hexes), Uint32Array.from(lengths));
-  }
-
   hex(id: number): string {
     return this.dict.hex(id);
   }
 
   length(id: number): number {
     return this.dict.length(id);
-  }
-
-  setLoc(id: number, loc: Location): void {
-    this.dict.setLocation(id, { pack: loc.pack, offset: loc.off, compressedLen: loc.clen, len: loc.ulen, inner: loc.inner });
-  }
-
-  /** The chunk's location came from a destination's TOC and was not verified yet. */
-  isForeign(id: number): boolean {
-    return this.dict.isForeign(id);
   }
 
   /** How trust records name its location (one owner: crates/core/src/format/dict.rs `location_key`). */

@@ -23,8 +23,9 @@ use rayon::prelude::*;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-/// zstd level of a stored dictionary's frame (it is small, and read by every cold reader of its layer).
-pub const DICT_FRAME_LEVEL: i32 = 19;
+/// zstd level of a stored dictionary's frame (it is small, and read by every cold reader of its
+/// layer). Level 19 made it ~1% smaller in 26 ms instead of 10, while the layer's batches wait.
+pub const DICT_FRAME_LEVEL: i32 = 15;
 
 /// Buffers handed back after compression for the next group and run frames (fresh buffers cost
 /// page faults every time).
