@@ -132,6 +132,16 @@ describe('docker:// on a registry', () => {
     expect(b.transfer.blobsUploaded).toBeGreaterThanOrEqual(b.layers + b.newPacks + 1);
   });
 
+  it('converts a batch into one repository: the second image stores only its new chunks', async () => {
+    const list = [`oci:${image('app')}:latest docker://${reg.host}/batch/stack:app`, `oci:${image('app2')}:latest docker://${reg.host}/batch/stack:app2`];
+    const [a, b] = await cliJson<Converted[]>(['convert', '--batch', '-'], { input: list.join('\n') });
+    expect(a.index.digest).toBe(first.index.digest); // the bytes of a conversion of its own
+    expect(b.newChunks).toBeLessThan(b.uniqueChunks * 0.05);
+    expect(b.bytesStored).toBeLessThan(a.bytesStored * 0.05);
+    expect(await reg.tagDigest('batch/stack:app')).toBe(a.index.digest);
+    expect(await reg.tagDigest('batch/stack:app2')).toBe(b.index.digest);
+  });
+
   it('converts every platform of a multi-platform index into one index (--all-platforms)', async () => {
     const b = path.join(work, 'buildah');
     const bah = (args: string[]) => must('buildah', ['--root', `${b}/root`, '--runroot', `${b}/run`, '--storage-driver', 'vfs', ...args]);
