@@ -3,7 +3,8 @@
 #   convert   each tool converts the test images py, app and big (OCI layouts, gzip layers) and the
 #             unique layers of the corpus (benchmarks/corpus.sh): wall and CPU seconds, peak RSS
 #             (/usr/bin/time), bytes stored (one image; the corpus together, identical layers once,
-#             and ocichunk converting all of it into one layout, where it dedups chunks), TOC/index
+#             and ocichunk converting all of it into one layout in one process, `convert --batch`, where it
+#             dedups chunks), TOC/index
 #             bytes; the registry's reference is gzip -6 of the corpus's unique layers (as in
 #             benchmarks/compare.sh) and the gzip layers as built
 #   lazy      cold start of recorded workload traces (py: python3 -c 'import json', app:
