@@ -73,14 +73,14 @@ export async function convertBatch(items: BatchItem[], { onProgress, ...opts }: 
       const src = await openSource(source, opts.transport);
       try {
         const sink = await openSink(destination, opts.transport);
-        const store = stores[i];
-        let chunkIndex = store === undefined ? undefined : indexes.get(store);
-        if (store !== undefined && !chunkIndex) {
-          chunkIndex = new ChunkIndex();
-          await chunkIndex.loadFromSink(sink);
-          indexes.set(store, chunkIndex);
-        }
         try {
+          const store = stores[i];
+          let chunkIndex = store === undefined ? undefined : indexes.get(store);
+          if (store !== undefined && !chunkIndex) {
+            chunkIndex = new ChunkIndex();
+            await chunkIndex.loadFromSink(sink);
+            indexes.set(store, chunkIndex);
+          }
           results.push(
             await convertImage(src, sink, {
               ...opts,
