@@ -54,13 +54,16 @@ export class ChunkIndex {
   /** The TOC checked, merged and its digest table loaded; the last few opened are kept. */
   openToc(c: ConvertedToc): NativeCheckedToc {
     let t = this.opened.get(c);
-    if (t) {
-      this.opened.delete(c);
-    } else {
+    if (!t) {
       t = native.openToc(c.blob, c.what);
       if (c.digestTable) t.loadDigests(c.digestTable);
-      if (this.opened.size >= OPENED_TOCS) this.opened.delete(this.opened.keys().next().value!);
     }
+    return this.keepOpened(c, t);
+  }
+
+  private keepOpened(c: ConvertedToc, t: NativeCheckedToc): NativeCheckedToc {
+    this.opened.delete(c);
+    if (this.opened.size >= OPENED_TOCS) this.opened.delete(this.opened.keys().next().value!);
     this.opened.set(c, t);
     return t;
   }
@@ -185,7 +188,9 @@ export class ChunkIndex {
       try {
         const layers = JSON.parse(ann[ANN.sourceLayers] ?? '[]') as string[];
         if (Array.isArray(layers) && layers.length === toc.layerCount && ann[ANN.entryOptions] && layers.every((d) => typeof d === 'string')) {
-          this.rememberLayers(layers, ann[ANN.entryOptions], { blob: tocBlob, ...(digestTable ? { digestTable } : {}), what: `${what} TOC` }, false);
+          const converted = { blob: tocBlob, ...(digestTable ? { digestTable } : {}), what: `${what} TOC` };
+          this.rememberLayers(layers, ann[ANN.entryOptions], converted, false);
+          this.keepOpened(converted, toc);
         }
       } catch {
         // a manifest without a usable layer list only contributes its chunks
