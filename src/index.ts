@@ -1,6 +1,6 @@
 /** ocichunk's library API. Nothing here prints or exits; errors carry a stable `code`. */
 export { convert, convertImage, DEFAULT_CHUNKER, type ConvertOptions, type ConvertResult, type ConvertProgress } from './convert/convert.js';
-export { convertBatch, parseBatch, type BatchItem, type BatchOptions } from './convert/batch.js';
+export { convertBatch, isBatchFailure, parseBatch, type BatchFailure, type BatchItem, type BatchOptions } from './convert/batch.js';
 export { restore, restoreChunked, type RestoreOptions, type RestoreResult } from './restore/restore.js';
 export { verify, type VerifyResult } from './verify.js';
 export { gc, type GcOptions, type GcResult } from './gc.js';

@@ -101,4 +101,39 @@ describe('dedup across images', () => {
     );
     expect(tags).toEqual(['first']);
   });
+
+  it('--keep-going: a failure mid-layer is reported, and the next conversion into the same layout still stores what it needs', async () => {
+    const work = tmpdir('batch-keep-going');
+    // py with its last layer cut short: its first pass places chunks, then the blob is found truncated
+    const bad = path.join(work, 'bad');
+    fs.cpSync(image('py'), bad, { recursive: true });
+    const blob = (d: string) => path.join(bad, 'blobs', 'sha256', d.slice(7));
+    const index = JSON.parse(fs.readFileSync(path.join(bad, 'index.json'), 'utf8'));
+    const manifest = JSON.parse(fs.readFileSync(blob(index.manifests[0].digest), 'utf8'));
+    const last = blob(manifest.layers.at(-1).digest);
+    fs.truncateSync(last, Math.floor((fs.statSync(last).size * 3) / 4));
+    const out = path.join(work, 'out');
+    const list = [`oci:${image('app')}:latest oci:${out}:app`, `oci:${bad}:latest oci:${out}:bad`, `oci:${image('py')}:latest oci:${out}:py`].join('\n');
+    const r = await cli(['convert', '--batch', '-', '--keep-going', '--json'], { input: list });
+    expect(r.code).toBe(6); // the first failure's code: EDIGEST
+    const rs = JSON.parse(r.stdout);
+    expect(rs.map((x: any) => x.error?.code ?? 'ok')).toEqual(['ok', 'EDIGEST', 'ok']);
+    expect(rs[1].error.message).toMatch(/conversion 2 of 3 .* is truncated/);
+    expect(r.stderr).toMatch(/1 of 3 conversions failed/);
+    // the failed conversion had claimed chunks it never wrote: the next one reads the layout again
+    expect(rs[2].reusedChunks).toBeGreaterThan(0);
+    expect((await cliJson<any>(['verify', `oci:${out}:py`])).ok).toBe(true);
+    const tags = JSON.parse(fs.readFileSync(path.join(out, 'index.json'), 'utf8')).manifests.map(
+      (m: any) => m.annotations['org.opencontainers.image.ref.name'],
+    );
+    expect(tags.sort()).toEqual(['app', 'py']);
+    // human output names the failure (into a new layout: the one above holds py's layers now, and a
+    // layer converted there is taken without reading its blob again); without --batch the option is
+    // a usage error
+    const text = await cli(['convert', '--batch', '-', '--keep-going'], { input: list.replaceAll(`oci:${out}:`, `oci:${out}2:`) });
+    expect(text.code).toBe(6);
+    expect(text.stdout).toMatch(/failed oci:.*bad:latest -> oci:.*out2:bad/);
+    expect(text.stdout).toMatch(/2 conversions, 1 failed/);
+    expect((await cli(['convert', `oci:${image('app')}:latest`, `oci:${work}/x:x`, '--keep-going'])).code).toBe(2);
+  });
 });

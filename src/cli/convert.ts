@@ -1,11 +1,11 @@
 import type { Argv } from 'yargs';
 import { readTrace } from '../lazy/mount.js';
 import fsp from 'node:fs/promises';
-import { convertBatch, parseBatch } from '../convert/batch.js';
+import { convertBatch, isBatchFailure, parseBatch, type BatchFailure } from '../convert/batch.js';
 import { convert, type ConvertProgress, type ConvertResult } from '../convert/convert.js';
 import { OcichunkError, withContext } from '../errors.js';
 import type { TransferEvent } from '../transports/types.js';
-import { bar, bytes, ratio, table, ProgressLine } from './format.js';
+import { bar, bytes, ratio, table, PartialFailure, ProgressLine } from './format.js';
 import {
   cancelOnSignals,
   chunkerOf,
@@ -32,6 +32,11 @@ export function builder(y: Argv) {
       type: 'string',
       describe: 'oci:DIR[:REF], oci-archive:FILE[:REF] or docker://HOST/REPO[:TAG] (may be the source itself)',
     })
+    .option('keep-going', {
+      type: 'boolean',
+      default: false,
+      describe: "with --batch: a conversion that fails is reported and the batch goes on (exit code: the first failure's)",
+    })
     .option('batch', {
       type: 'string',
       describe:
@@ -43,6 +48,7 @@ export function builder(y: Argv) {
       if (a.batch === undefined && (a.source === undefined || a.destination === undefined))
         throw new OcichunkError('EUSAGE', 'convert needs SOURCE and DESTINATION (or --batch FILE)');
       if (a.batch !== undefined && a['prefetch-list'] !== undefined) throw new OcichunkError('EUSAGE', '--prefetch-list names one image: not with --batch');
+      if (a.batch === undefined && a['keep-going']) throw new OcichunkError('EUSAGE', '--keep-going goes with --batch');
       return true;
     })
     .option('all-platforms', { type: 'boolean', default: false, describe: 'convert every platform of a multi-platform image into one index' })
@@ -72,6 +78,7 @@ type Args = Common &
     source?: string;
     destination?: string;
     batch?: string;
+    'keep-going'?: boolean;
     chunker: string;
     'all-platforms': boolean;
     attach: 'index' | 'referrer';
@@ -134,10 +141,19 @@ export async function run(a: Args): Promise<unknown> {
     const items = parseBatch(text, what);
     const rs = await convertBatch(items, {
       ...opts,
+      keepGoing: !!a['keep-going'],
       onProgress: (p) => onProgress(p, `${p.item + 1}/${p.items} `),
     }).finally(() => line.done());
-    if (a.json) return rs;
-    return [...rs.map(summary), batchTotals(rs)].join('\n\n');
+    const failures = rs.filter(isBatchFailure);
+    const out = a.json
+      ? rs.map((r) => (isBatchFailure(r) ? { source: r.source, destination: r.destination, error: { code: r.error.code, message: r.error.message } } : r))
+      : [...rs.map((r) => (isBatchFailure(r) ? `failed ${r.source} -> ${r.destination}` : summary(r))), batchTotals(rs)].join('\n\n');
+    if (!failures.length) return out;
+    const first = failures[0].error;
+    return new PartialFailure(
+      out,
+      new OcichunkError(first.code, `${failures.length} of ${items.length} conversions failed`, { details: failures.map((f) => f.error.message) }),
+    );
   }
   const r = await convert(a.source!, a.destination!, { ...opts, onProgress: (p) => onProgress(p, '') }).finally(() => line.done());
   if (a.json) return r;
@@ -150,11 +166,12 @@ async function readAll(s: NodeJS.ReadableStream): Promise<string> {
   return Buffer.concat(parts).toString('utf8');
 }
 
-function batchTotals(rs: ConvertResult[]): string {
+function batchTotals(all: Array<ConvertResult | BatchFailure>): string {
+  const rs = all.filter((r): r is ConvertResult => !isBatchFailure(r));
   const sum = (k: 'bytesIn' | 'bytesStored' | 'tocBytes' | 'digestTableBytes' | 'seconds') => rs.reduce((a, r) => a + r[k], 0);
   const stored = sum('bytesStored') + sum('tocBytes') + sum('digestTableBytes');
   return [
-    `${rs.length} conversions`,
+    `${rs.length} conversions${rs.length < all.length ? `, ${all.length - rs.length} failed` : ''}`,
     table([
       ['bytes in (original layers, summed over the images)', bytes(sum('bytesIn'))],
       ['bytes stored (new packs + TOCs + digest tables)', `${bytes(stored)} (${(stored / Math.max(sum('bytesIn'), 1)).toFixed(3)}x those)`],

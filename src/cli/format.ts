@@ -1,4 +1,5 @@
 /** Human-readable output helpers for the CLI. */
+import type { OcichunkError } from '../errors.js';
 export { bytes } from '../format.js';
 
 export function ratio(r: number): string {
@@ -96,4 +97,15 @@ export function terminalText(s: string, lines = false): string {
     const code = ch.charCodeAt(0);
     return code < 0x100 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
   });
+}
+
+/**
+ * What a command returns when it printed results and still failed (`convert --batch --keep-going`):
+ * the CLI prints `output` as any result, then `error` as any error, and exits with its code.
+ */
+export class PartialFailure {
+  constructor(
+    readonly output: unknown,
+    readonly error: OcichunkError,
+  ) {}
 }

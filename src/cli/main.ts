@@ -1,7 +1,7 @@
 /** The CLI: parse options, call the library, print results on stdout, map error codes to exit codes. */
 import yargs, { type Argv, type CommandModule } from 'yargs';
 import { EXIT_CODES, OcichunkError } from '../errors.js';
-import { terminalText } from './format.js';
+import { PartialFailure, terminalText } from './format.js';
 
 interface Cmd {
   command: string;
@@ -64,11 +64,16 @@ export async function main(args: string[]): Promise<number> {
     };
     y = y.command(mod);
   }
+  const print = (out: unknown) => process.stdout.write(typeof out === 'string' ? out + '\n' : JSON.stringify(out, null, 2) + '\n');
   try {
     await y.parseAsync();
+    if (output instanceof PartialFailure) {
+      print(output.output);
+      throw output.error;
+    }
   } catch (e) {
     const err = e instanceof OcichunkError ? e : new OcichunkError('EINTERNAL', (e as Error)?.stack ?? String(e), { cause: e });
-    if (json)
+    if (json && !(output instanceof PartialFailure))
       process.stdout.write(
         JSON.stringify({ error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) } }, null, 2) + '\n',
       );
@@ -80,8 +85,6 @@ export async function main(args: string[]): Promise<number> {
     if (err.code === 'EUSAGE') process.stderr.write('run "ocichunk --help" for usage\n');
     return EXIT_CODES[err.code];
   }
-  if (output !== undefined) {
-    process.stdout.write(typeof output === 'string' ? output + '\n' : JSON.stringify(output, null, 2) + '\n');
-  }
+  if (output !== undefined) print(output);
   return 0;
 }

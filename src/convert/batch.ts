@@ -19,6 +19,19 @@ export interface BatchItem {
 export interface BatchOptions extends Omit<ConvertOptions, 'chunkIndex' | 'onProgress'> {
   /** Progress of the conversion under way: `item` counts from 0. */
   onProgress?: (p: ConvertProgress & { item: number; items: number }) => void;
+  /** Go on after a conversion fails (it is given as a BatchFailure); default: stop and throw. */
+  keepGoing?: boolean;
+}
+
+/** A conversion of a batch that failed (with `keepGoing`); the error names the item. */
+export interface BatchFailure {
+  source: string;
+  destination: string;
+  error: OcichunkError;
+}
+
+export function isBatchFailure(r: ConvertResult | BatchFailure): r is BatchFailure {
+  return 'error' in r && r.error instanceof OcichunkError;
 }
 
 /**
@@ -56,25 +69,25 @@ export function parseBatch(text: string, what: string): BatchItem[] {
 
 /**
  * Convert each item in order; the first failure stops the batch (the conversions before it stay
- * done, with their tags) and is thrown naming the item. Every reference is checked before anything
- * is opened.
+ * done, with their tags) and is thrown naming the item, or with `keepGoing` takes its place in the
+ * results and the batch goes on. Every reference is checked before anything is opened.
  */
-export async function convertBatch(items: BatchItem[], { onProgress, ...opts }: BatchOptions = {}): Promise<ConvertResult[]> {
+export async function convertBatch(items: BatchItem[], { onProgress, keepGoing, ...opts }: BatchOptions = {}): Promise<Array<ConvertResult | BatchFailure>> {
   checkFrameOptions(opts);
   const stores = items.map(({ source, destination }) => {
     parseRef(source);
     return storeOf(destination);
   });
   const indexes = new Map<string, ChunkIndex>();
-  const results: ConvertResult[] = [];
+  const results: Array<ConvertResult | BatchFailure> = [];
   for (const [i, { source, destination }] of items.entries()) {
     const what = `conversion ${i + 1} of ${items.length} (${source} -> ${destination})`;
     try {
       const src = await openSource(source, opts.transport);
       try {
         const sink = await openSink(destination, opts.transport);
+        const store = stores[i];
         try {
-          const store = stores[i];
           let chunkIndex = store === undefined ? undefined : indexes.get(store);
           if (store !== undefined && !chunkIndex) {
             chunkIndex = new ChunkIndex();
@@ -89,6 +102,9 @@ export async function convertBatch(items: BatchItem[], { onProgress, ...opts }: 
             }),
           );
         } catch (e) {
+          // the shared index may hold chunks this conversion claimed and never wrote: read the
+          // store again for the next conversion into it
+          if (store !== undefined) indexes.delete(store);
           await sink.abort?.();
           throw e;
         }
@@ -96,7 +112,9 @@ export async function convertBatch(items: BatchItem[], { onProgress, ...opts }: 
         await src.close();
       }
     } catch (e) {
-      throw withContext(e, what);
+      const error = withContext(e, what);
+      if (!keepGoing || error.code === 'ECANCELED') throw error;
+      results.push({ source, destination, error });
     }
   }
   return results;
