@@ -5,10 +5,10 @@
  */
 import path from 'node:path';
 import { OcichunkError, withContext } from '../errors.js';
-import { openSink, openSource, parseRef } from '../ref.js';
+import { parseRef } from '../ref.js';
 import { parseDockerRef } from '../transports/docker-ref.js';
 import { ChunkIndex } from './chunk-index.js';
-import { checkFrameOptions, convertImage, type ConvertOptions, type ConvertProgress, type ConvertResult } from './convert.js';
+import { checkFrameOptions, convert, type ConvertOptions, type ConvertProgress, type ConvertResult } from './convert.js';
 
 /** One conversion of a batch: references as `convert` takes them. */
 export interface BatchItem {
@@ -81,38 +81,25 @@ export async function convertBatch(items: BatchItem[], { onProgress, keepGoing, 
   const indexes = new Map<string, ChunkIndex>();
   const results: Array<ConvertResult | BatchFailure> = [];
   for (const [i, { source, destination }] of items.entries()) {
-    const what = `conversion ${i + 1} of ${items.length} (${source} -> ${destination})`;
+    const store = stores[i];
+    let chunkIndex: ChunkIndex | undefined;
+    if (store !== undefined) {
+      chunkIndex = indexes.get(store) ?? new ChunkIndex();
+      indexes.set(store, chunkIndex);
+    }
     try {
-      const src = await openSource(source, opts.transport);
-      try {
-        const sink = await openSink(destination, opts.transport);
-        const store = stores[i];
-        try {
-          let chunkIndex = store === undefined ? undefined : indexes.get(store);
-          if (store !== undefined && !chunkIndex) {
-            chunkIndex = new ChunkIndex();
-            await chunkIndex.loadFromSink(sink);
-            indexes.set(store, chunkIndex);
-          }
-          results.push(
-            await convertImage(src, sink, {
-              ...opts,
-              ...(chunkIndex ? { chunkIndex } : {}),
-              onProgress: onProgress && ((p) => onProgress({ ...p, item: i, items: items.length })),
-            }),
-          );
-        } catch (e) {
-          // the shared index may hold chunks this conversion claimed and never wrote: read the
-          // store again for the next conversion into it
-          if (store !== undefined) indexes.delete(store);
-          await sink.abort?.();
-          throw e;
-        }
-      } finally {
-        await src.close();
-      }
+      results.push(
+        await convert(source, destination, {
+          ...opts,
+          ...(chunkIndex ? { chunkIndex } : {}),
+          onProgress: onProgress && ((p) => onProgress({ ...p, item: i, items: items.length })),
+        }),
+      );
     } catch (e) {
-      const error = withContext(e, what);
+      // the shared index may hold chunks this conversion claimed and never wrote: the next
+      // conversion into that store reads it again
+      if (store !== undefined) indexes.delete(store);
+      const error = withContext(e, `conversion ${i + 1} of ${items.length} (${source} -> ${destination})`);
       if (!keepGoing || error.code === 'ECANCELED') throw error;
       results.push({ source, destination, error });
     }

@@ -41,7 +41,8 @@ export class ChunkIndex {
 
   /** Sizes of stored packs, by digest. */
   readonly packSizes = new Map<string, number>();
-  storedChunks = 0;
+  /** What the sink stores was read into this index (loadFromSink): later conversions into it add to it. */
+  loaded = false;
   /**
    * Layers converted before with the same entry options: "<layer digest> <options>" -> candidates
    * (the TOC blob, compressed and decoded only when the layer comes again, and the layer's index in
@@ -157,7 +158,8 @@ export class ChunkIndex {
   }
 
   /** Load the chunks of every chunked image already in the sink (first location wins). */
-  async loadFromSink(sink: ImageSink): Promise<number> {
+  async loadFromSink(sink: ImageSink): Promise<void> {
+    this.loaded = true;
     const src = sink.asSource();
     for (const desc of await sink.chunkedManifests()) {
       const what = `chunked manifest ${desc.digest}`;
@@ -180,7 +182,7 @@ export class ChunkIndex {
         // known by their digests
         toc = native.openToc(tocBlob, `${what} TOC`);
         if (digestTable) toc.loadDigests(digestTable);
-        this.storedChunks += toc.addStoredChunks(this.dict);
+        toc.addStoredChunks(this.dict);
       } catch {
         continue; // a TOC that breaks the format's rules contributes nothing
       }
@@ -196,6 +198,5 @@ export class ChunkIndex {
         // a manifest without a usable layer list only contributes its chunks
       }
     }
-    return this.storedChunks;
   }
 }

@@ -95,8 +95,9 @@ export interface ConvertOptions {
   /** Bytes of each layer's zstd dictionary (0: none); default DEFAULT_DICT_SIZE. */
   dictSize?: number;
   /**
-   * The chunk index of `sink`, kept by a caller that converts many images into one sink (e.g.
-   * analyze): the sink's TOCs are then not read again. It must describe everything the sink stores.
+   * The chunk index of `sink`, kept by a caller that converts many images into one sink (analyze,
+   * convert --batch): the sink's TOCs are read into it once, by the first conversion. It must
+   * describe everything the sink stores; after a failed conversion, start a new one.
    */
   chunkIndex?: ChunkIndex;
   /**
@@ -492,7 +493,7 @@ async function conversionContext(src: ImageSource, sink: ImageSink, opts: Conver
   const threads = opts.threads ?? 0;
   // a caller converting many images into one sink (analyze) keeps the chunk index between calls
   const chunkIndex = opts.chunkIndex ?? new ChunkIndex();
-  if (!opts.chunkIndex) await chunkIndex.loadFromSink(sink);
+  if (!chunkIndex.loaded) await chunkIndex.loadFromSink(sink);
   // named for its owner; spools dead processes left in the temp dir are removed first (store/owner.ts)
   const spool = new Spool(await newSpoolPath(opts.tmpDir ?? os.tmpdir()));
   const batchBytes = opts.batchBytes ?? DEFAULT_BATCH_BYTES;
