@@ -4,6 +4,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { convert } from '../src/index.js';
 import { image, tmpdir } from './helpers/env.js';
@@ -42,7 +43,40 @@ beforeAll(async () => {
   native.mknod(path.join(src, 'special', 'null'), 'char', 0o666, 1, 3);
   fs.writeFileSync(path.join(src, 'special', 'empty'), '');
   fs.chownSync(path.join(src, 'special', 'a.txt'), 1234, 5678);
+  // a directory and siblings whose names go on with a byte below '/': in the byte order of whole
+  // paths they come before its children, in canonical order after them (held in one pass)
+  const text = (seed: number, n: number) => Array.from({ length: n }, (_, i) => `line ${(i * 7919 + seed) % 100003} of ${seed}\n`).join('');
+  fs.mkdirSync(path.join(src, 'special', 'dir', 'sub'), { recursive: true });
+  fs.mkdirSync(path.join(src, 'special', 'dir.d'));
+  fs.writeFileSync(path.join(src, 'special', 'dir', 'a'), text(1, 20000));
+  fs.writeFileSync(path.join(src, 'special', 'dir', 'sub', 'b'), text(2, 300));
+  fs.writeFileSync(path.join(src, 'special', 'dir.d', 'c'), text(3, 30000));
+  fs.writeFileSync(path.join(src, 'special', 'dir.d', 'd'), text(4, 200));
+  fs.writeFileSync(path.join(src, 'special', 'dir-x'), text(5, 400));
 });
+
+/** A tar of `dir`'s tree in the byte order of whole paths (what sorting a diff's paths gives). */
+async function byteOrderTar(dir: string, out: string): Promise<void> {
+  await must('python3', [
+    '-c',
+    `import tarfile,os,sys
+src=sys.argv[1]
+paths=['.']
+for root,dirs,files in os.walk(src):
+    for n in dirs+files:
+        paths.append(os.path.relpath(os.path.join(root,n),src))
+paths[1:]=sorted(paths[1:],key=lambda p: p.encode())
+with tarfile.open(sys.argv[2],'w',format=tarfile.PAX_FORMAT) as t:
+    for p in paths:
+        full=os.path.join(src,p)
+        ti=t.gettarinfo(full,arcname=p)
+        if ti.isreg():
+            with open(full,'rb') as f: t.addfile(ti,f)
+        else: t.addfile(ti)`,
+    dir,
+    out,
+  ]);
+}
 
 describe('canonical conversion', () => {
   it('gives the same TOC and packs for GNU tar sorted, PAX unsorted and Python tarfile inputs', async () => {
@@ -75,8 +109,10 @@ with tarfile.open(sys.argv[2],'w',format=tarfile.USTAR_FORMAT) as t:
       src,
       path.join(tars, 'py.tar'),
     ]);
-    // the three tars really differ
-    const digests = ['gnu', 'pax', 'py'].map((n) => fs.readFileSync(path.join(tars, `${n}.tar`)).toString('base64').length);
+    // 4. the byte order of whole paths (special/dir-x and special/dir.d before special/dir/a)
+    await byteOrderTar(src, path.join(tars, 'bytes.tar'));
+    // the tars really differ
+    const digests = ['gnu', 'pax', 'py', 'bytes'].map((n) => fs.readFileSync(path.join(tars, `${n}.tar`)).toString('base64').length);
     expect(new Set(digests).size).toBeGreaterThan(1);
     // with the default frames, and with run frames (a file's big chunks sharing frames)
     for (const [variant, opts] of [
@@ -88,19 +124,58 @@ with tarfile.open(sys.argv[2],'w',format=tarfile.USTAR_FORMAT) as t:
         ['gnu', plainLayer(fs.readFileSync(path.join(tars, 'gnu.tar')))],
         ['pax', gzipLayer(fs.readFileSync(path.join(tars, 'pax.tar')))],
         ['py', plainLayer(fs.readFileSync(path.join(tars, 'py.tar')))],
+        ['bytes', plainLayer(fs.readFileSync(path.join(tars, 'bytes.tar')))],
       ] as const) {
         const inDir = path.join(work, `in-${name}`);
         if (!fs.existsSync(inDir)) writeLayout(inDir, 'x', [layer]);
         const out = path.join(work, `out-${name}-${variant}`);
         const r = await convert(`oci:${inDir}:x`, `oci:${out}:x`, opts);
         expect(r.files).toBeGreaterThan(100);
+        // sorted and byte-ordered tars in one pass (the latter holding special/dir-x and
+        // special/dir.d until special/dir's children are placed), the others in two
+        expect(r.onePassLayers, `${name} ${variant}`).toBe(name === 'gnu' || name === 'bytes' ? 1 : 0);
         results.push(chunkedOf(out));
       }
-      expect(results[1].toc, variant).toBe(results[0].toc);
-      expect(results[2].toc, variant).toBe(results[0].toc);
-      expect(results[1].packs, variant).toEqual(results[0].packs);
-      expect(results[2].packs, variant).toEqual(results[0].packs);
+      for (const k of [1, 2, 3]) {
+        expect(results[k].toc, variant).toBe(results[0].toc);
+        expect(results[k].packs, variant).toEqual(results[0].packs);
+      }
     }
+  });
+
+  it("a real layer in the byte order of whole paths (buildah's diffs) converts in one pass, to the TOC and packs of two", async () => {
+    // the py test image's upper layer (apt-get install python3 in buildah, committed): python3.11
+    // directories come before python3's children there
+    const py = image('py');
+    const top = JSON.parse(fs.readFileSync(path.join(py, 'index.json'), 'utf8')).manifests[0].digest as string;
+    const m = JSON.parse(blob(py, top).toString());
+    const upper = blob(py, m.layers[1].digest);
+    const asIs = path.join(work, 'in-py-upper');
+    writeLayout(asIs, 'x', [{ blob: upper, tar: zlib.gunzipSync(upper), mediaType: m.layers[1].mediaType }]);
+    // the same entries in reverse order: two passes
+    const reversed = path.join(work, 'py-upper-reversed.tar');
+    await must('python3', [
+      '-c',
+      `import tarfile,sys
+src=tarfile.open(sys.argv[1],'r:gz')
+ms=[(m, src.extractfile(m).read() if m.isreg() else None) for m in src]
+with tarfile.open(sys.argv[2],'w',format=tarfile.PAX_FORMAT) as t:
+    for m,data in reversed(ms):
+        if data is not None:
+            import io; t.addfile(m, io.BytesIO(data))
+        else: t.addfile(m)`,
+      path.join(py, 'blobs', 'sha256', m.layers[1].digest.slice(7)),
+      reversed,
+    ]);
+    const rev = path.join(work, 'in-py-reversed');
+    writeLayout(rev, 'x', [plainLayer(fs.readFileSync(reversed))]);
+    const one = await convert(`oci:${asIs}:x`, `oci:${path.join(work, 'out-py-one')}:x`);
+    const two = await convert(`oci:${rev}:x`, `oci:${path.join(work, 'out-py-two')}:x`);
+    expect([one.onePassLayers, two.onePassLayers]).toEqual([1, 0]);
+    expect(one.files).toBeGreaterThan(1000);
+    const [a, b] = [chunkedOf(path.join(work, 'out-py-one')), chunkedOf(path.join(work, 'out-py-two'))];
+    expect(a.toc).toBe(b.toc);
+    expect(a.packs).toEqual(b.packs);
   });
 
   it('over a layer below with its own dictionary: big chunks take that one, and the packs still do not depend on the order', async () => {

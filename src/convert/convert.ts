@@ -709,12 +709,16 @@ async function convertLayers(img: ResolvedImage, ctx: Ctx, progress: (p: Convert
       await copyBlob(src, sink, layer, what);
       continue;
     }
-    // Most layers arrive in canonical order (tar --sort=name, directory walks): chunks are packed
-    // as they stream by. If an entry breaks the order, the layer is read again with a spool.
+    // Most layers arrive in canonical order (tar --sort=name, directory walks) or in the byte order
+    // of whole paths (sorted diffs): chunks are packed as they stream by, those of files that come
+    // before canonically smaller ones held in the spool until their turn. If an entry breaks the
+    // order even so, the layer is read again with a spool.
     const mark = chunkIndex.mark();
     packer.beginLayer();
     let draft: NativeLayerDraft;
     try {
+      // (held files' big chunks are spooled raw: compressing them ahead measured no faster and
+      // peaked 12 MiB higher on `big`)
       draft = await scanLayer(src, sink, layer, what, new LayerScanner(scanOpts, chunkIndex, spool, packer));
       count(draft.stats);
       toc.addDraft(draft);

@@ -2,14 +2,15 @@
  * Pass 1 over a layer: the native scan (crates/core/src/tarscan.rs) undoes compression, parses the
  * tar into canonical entries and cuts and hashes file contents in batches; the layer's draft
  * (crates/core/src/format/build.rs) collects entries and chunks, and here chunks are deduplicated.
- * In sorted mode new chunks go straight to the packer; otherwise they go to a spool file and pass 2
- * packs them in canonical order.
+ * In sorted mode (one pass) new chunks go straight to the packer, but those of files the layer's
+ * order puts before canonically smaller ones wait in the spool until their turn; otherwise they go
+ * to a spool file and pass 2 packs them in canonical order.
  */
 import fs from 'node:fs';
 import { OcichunkError } from '../errors.js';
 import type { Readable } from 'node:stream';
 import type { CanonOptions } from '../layer/entry.js';
-import { native, type ChunkerSpec, type NativeLayerDraft, type PageBuffers, type ScanBatch, type ScanStep } from '../native/index.js';
+import { native, type ChunkerSpec, type NativeLayerDraft, type PageBuffers, type Routing, type ScanBatch, type ScanStep } from '../native/index.js';
 import type { Packer } from './packer.js';
 import type { ChunkIndex } from './chunk-index.js';
 import { throwIfAborted } from '../util/abort.js';
@@ -22,7 +23,7 @@ import { throwIfAborted } from '../util/abort.js';
  */
 export const DEFAULT_BATCH_BYTES = 2 << 20;
 
-/** Thrown in sorted mode when an entry arrives out of canonical order. */
+/** Thrown in sorted mode when an entry arrives that one pass cannot place in canonical order. */
 export class OutOfOrder extends Error {
   constructor(readonly path: string) {
     super(`entry ${path} is out of canonical order`);
@@ -118,12 +119,17 @@ export class LayerScanner {
   readonly draft: NativeLayerDraft;
   /** sorted mode: the last segment absorbed ended its file (the next chunk begins another) */
   private fileEnded = false;
+  /** sorted mode: the tar header of the last segment absorbed, and whether its content is held */
+  private current = -1;
+  private heldNow = false;
 
   /**
-   * sorted mode (packer given): the layer is expected in canonical order, new chunks go straight to
-   * the packer and OutOfOrder is thrown at the first entry that breaks the order. spool mode (no
-   * packer): new chunks are spooled for a second pass in canonical order. Neither: chunks are only
-   * hashed and named (what a content digest needs).
+   * sorted mode (packer and spool given): the layer is expected in canonical order or in the byte
+   * order of whole paths; new chunks go straight to the packer or wait in the spool until the draft
+   * releases them (crates/core/src/format/sequence.rs), and OutOfOrder is thrown at the first entry
+   * one pass cannot place in canonical order. spool mode (no packer): new chunks are spooled for a
+   * second pass in canonical order. Neither: chunks are only hashed and named (what a content
+   * digest needs).
    */
   constructor(
     private readonly opts: ScanOptions,
@@ -148,8 +154,7 @@ export class LayerScanner {
       keepMtime: this.opts.keepMtime,
     });
     const take = (b: ScanBatch) => {
-      const late = this.draft.addEntries(b.headers, b.entries);
-      if (late !== null) throw new OutOfOrder(late);
+      this.draft.addEntries(b.headers, b.entries);
       const segs: Seg[] = [];
       for (let i = 0; i < b.segs.length; i += 4) segs.push({ header: b.segs[i], start: b.segs[i + 1], len: b.segs[i + 2], eof: b.segs[i + 3] === 1 });
       const buf = scanner.bytes(b);
@@ -208,6 +213,12 @@ export class LayerScanner {
       }
       for (const b of (await scanner.finish()).batches) take(b);
       await this.placed;
+      if (this.packer) {
+        // one pass: what is still held leaves at the layer's end
+        const rest = this.draft.releaseRest();
+        if (rest.late !== undefined) throw new OutOfOrder(rest.late);
+        await this.release(rest, 0, rest.fileStarts.length);
+      }
       return this.draft;
     } catch (e) {
       await this.placed.catch(() => {});
@@ -244,18 +255,31 @@ export class LayerScanner {
       this.intern(b, r);
       return;
     }
-    const spool = this.spool;
     const { ids, fresh } = this.intern(b, r);
-    let ci = 0;
+    const all: Array<[number, number]> = [];
+    for (let si = 0, ci = 0; si < b.segs.length; ci += r.counts[si], si++) all.push([si, ci]);
+    await this.spoolSegs(b, r, ids, fresh, all);
+  }
+
+  /**
+   * Spool the new chunks of segments `segs` (`[segment, index of its first chunk]`): large ones
+   * become frames of their own whatever the order, so they are compressed now (while the scan goes
+   * on) when `ahead` is given, and their frames spooled; small ones are spooled raw, to be grouped
+   * when they are placed.
+   */
+  private async spoolSegs(b: Batch, r: ChunkRows, ids: Uint32Array, fresh: (ci: number) => boolean, segs: Array<[number, number]>): Promise<void> {
+    if (!segs.length) return;
+    const spool = this.spool!;
     const writes: Array<Promise<void>> = [];
-    // large new chunks become frames of their own whatever the order: compress them now, while the
-    // scan goes on, and spool the frames; small ones are spooled raw and grouped in pass 2
     const bigParts: number[] = [];
     const bigIds: number[] = [];
-    b.segs.forEach((s, si) => {
+    for (const [si, first] of segs) {
+      const s = b.segs[si];
+      let ci = first;
       let pos = s.start;
       let runStart = -1;
       let runLen = 0;
+      const pendingIds: number[] = [];
       const flushRun = () => {
         if (runLen > 0) {
           const { at, written } = spool.append(b.buf, runStart, runLen);
@@ -271,7 +295,6 @@ export class LayerScanner {
         runStart = -1;
         runLen = 0;
       };
-      const pendingIds: number[] = [];
       for (let k = 0; k < r.counts[si]; k++, ci++) {
         const len = r.lengths[ci];
         const id = ids[ci];
@@ -293,7 +316,7 @@ export class LayerScanner {
         pos += len;
       }
       flushRun();
-    });
+    }
     if (bigIds.length) {
       const parts = new Uint32Array(bigParts);
       // zstd's bound for each frame, with room to spare
@@ -317,31 +340,86 @@ export class LayerScanner {
     await Promise.all(writes);
   }
 
+  /**
+   * One pass: a batch's chunks are placed as they come, but those of files the layer's order puts
+   * before canonically smaller ones are held in the spool until the draft releases them
+   * (crates/core/src/format/sequence.rs), then placed from there, so that placements follow
+   * canonical order.
+   */
   private async absorbSorted(b: Batch, r: ChunkRows): Promise<void> {
     const { ids, fresh } = this.intern(b, r);
-    const positions = new Uint32Array(ids.length);
-    const starts: number[] = [];
+    // the headers whose contents begin in this batch (not a file continued from the batch before)
+    const begun: number[] = [];
+    for (let si = 0, prev = this.current; si < b.segs.length; si++) {
+      if (b.segs[si].header !== prev) begun.push((prev = b.segs[si].header));
+    }
+    const routing = this.draft.route(Uint32Array.from(begun));
+    if (routing.late !== undefined) throw new OutOfOrder(routing.late);
+    // placed now: chunk ids, their positions in the batch, the indices of files' first chunks
+    let now: number[] = [];
+    let positions: number[] = [];
+    let starts: number[] = [];
+    const placeNow = async () => {
+      if (!now.length) return;
+      const [a, p, st] = [Uint32Array.from(now), Uint32Array.from(positions), Uint32Array.from(starts)];
+      now = [];
+      positions = [];
+      starts = [];
+      await this.packer!.placeAll(a, p, b.buf, st);
+    };
+    const held: Array<[number, number]> = [];
+    let released = 0;
     let ci = 0;
-    for (let si = 0; si < b.segs.length; si++) {
+    for (let si = 0, ni = -1; si < b.segs.length; ci += r.counts[si], si++) {
       const s = b.segs[si];
+      if (s.header !== this.current) {
+        ni++;
+        this.current = s.header;
+        this.heldNow = routing.routes[ni] === 1;
+        const upTo = routing.releasedBefore[ni];
+        if (upTo > released) {
+          // what this batch held so far goes to the spool first: a release may take it
+          await placeNow();
+          await this.spoolSegs(b, r, ids, fresh, held.splice(0));
+          await this.release(routing, released, upTo);
+          released = upTo;
+        }
+      }
+      if (this.heldNow) {
+        held.push([si, ci]);
+        continue;
+      }
       let pos = s.start;
       // a file's first chunk (a segment after one that ended its file) follows a file boundary
       if (this.fileEnded && r.counts[si] > 0) {
-        starts.push(ci);
+        starts.push(now.length);
         this.fileEnded = false;
       }
       if (s.eof) this.fileEnded = true;
-      for (let k = 0; k < r.counts[si]; k++, ci++) {
-        const len = r.lengths[ci];
-        if (fresh(ci)) {
+      for (let k = 0, c = ci; k < r.counts[si]; k++, c++) {
+        const len = r.lengths[c];
+        if (fresh(c)) {
           this.stats.newChunks++;
           this.stats.newChunkBytes += len;
         }
-        positions[ci] = pos;
+        now.push(ids[c]);
+        positions.push(pos);
         pos += len;
       }
     }
     // the pack writer takes the chunks it has not placed yet, in order
-    await this.packer!.placeAll(ids, positions, b.buf, Uint32Array.from(starts));
+    await placeNow();
+    await this.spoolSegs(b, r, ids, fresh, held);
+  }
+
+  /** One pass: place released files `from` to `to` of `routing` from the spool. */
+  private async release(routing: Routing, from: number, to: number): Promise<void> {
+    if (to <= from) return;
+    const base = routing.fileStarts[from];
+    const end = to < routing.fileStarts.length ? routing.fileStarts[to] : routing.chunks.length;
+    const starts = routing.fileStarts.slice(from, to).map((x) => x - base);
+    await this.packer!.placeFromSpool(routing.chunks.subarray(base, end), starts, this.spool!);
+    // the next file placed as it comes follows a boundary
+    this.fileEnded = true;
   }
 }

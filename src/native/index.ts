@@ -154,10 +154,28 @@ export interface DraftStats {
   chunkRefs: number;
 }
 
+/**
+ * One pass over a layer (crates/core/src/format/sequence.rs): the routes of a batch's tar headers
+ * (0: placed now, 1: held) and, before each, how many held files are released (counted from the
+ * batch's start); the released files' chunks in canonical order and where each file starts among
+ * them. `late`: an entry one pass cannot place in canonical order (the layer takes two passes).
+ */
+export interface Routing {
+  routes: Uint8Array;
+  releasedBefore: Uint32Array;
+  chunks: Uint32Array;
+  fileStarts: Uint32Array;
+  late?: string;
+}
+
 /** One layer being converted (crates/core/src/format/build.rs LayerDraft). */
 export interface NativeLayerDraft {
-  /** a scan batch's entries; in sorted mode the path of the first entry out of canonical order, else null */
-  addEntries(encoded: Buffer, count: number): string | null;
+  /** a scan batch's entries */
+  addEntries(encoded: Buffer, count: number): void;
+  /** one pass: routes of tar headers whose contents begin in the batch being placed (increasing) */
+  route(headers: Uint32Array): Routing;
+  /** one pass, at the layer's end: the files still held */
+  releaseRest(): Routing;
   /** `counts[k]` ids of `ids`, in order, are chunks of tar header `headers[k]` */
   addChunks(headers: Uint32Array, counts: Uint32Array, ids: Uint32Array): void;
   readonly stats: DraftStats;
@@ -301,7 +319,7 @@ interface Binding {
   ChunkDict: new () => NativeChunkDict;
   PackWriter: new (o: PackSpec) => NativePackWriter;
   CheckedToc: new (blob: Buffer) => NativeCheckedToc;
-  LayerDraft: new (sorted: boolean) => NativeLayerDraft;
+  LayerDraft: new (onePass: boolean) => NativeLayerDraft;
   TocBuilder: new (version: number, chunker: ChunkerSpec, prefetchPaths?: string[] | null, prefetchRanges?: Float64Array | null) => NativeTocBuilder;
   chunkCachePath(dir: string, hex: string): string;
   cachePutMany(dir: string, hexes: string[], chunks: Buffer[]): Promise<Uint8Array>;
@@ -522,10 +540,12 @@ export const native = {
     } as NativeCheckedToc;
   },
   /** One layer being converted: the scan's entries and chunks, in canonical order for a TocBuilder. */
-  layerDraft: (sorted: boolean): NativeLayerDraft => {
-    const d = new (load().LayerDraft)(sorted);
+  layerDraft: (onePass: boolean): NativeLayerDraft => {
+    const d = new (load().LayerDraft)(onePass);
     return {
       addEntries: (encoded: Buffer, count: number) => wrapSync('layer entries', () => d.addEntries(encoded, count)),
+      route: (headers: Uint32Array) => wrapSync('layer routes', () => d.route(headers)),
+      releaseRest: () => wrapSync('layer routes', () => d.releaseRest()),
       addChunks: (headers: Uint32Array, counts: Uint32Array, ids: Uint32Array) => wrapSync('layer chunks', () => d.addChunks(headers, counts, ids)),
       get stats() {
         return d.stats;

@@ -761,17 +761,30 @@ impl LayerDraft {
 
 #[napi]
 impl LayerDraft {
-    /// `sorted`: the layer is expected in canonical order (`addEntries` reports the first entry that is not).
+    /// `onePass`: the layer's contents are placed as they arrive (`route` says which wait).
     #[napi(constructor)]
-    pub fn new(sorted: bool) -> Self {
-        LayerDraft { inner: Some(build::LayerDraft::new(sorted)) }
+    pub fn new(one_pass: bool) -> Self {
+        LayerDraft { inner: Some(build::LayerDraft::new(one_pass)) }
     }
 
-    /// The next `count` tar headers' entries as a scan batch encodes them; in sorted mode the path
-    /// of the first entry out of canonical order (nothing after it is taken), else null.
+    /// The next `count` tar headers' entries as a scan batch encodes them.
     #[napi]
-    pub fn add_entries(&mut self, env: Env, encoded: &[u8], count: u32) -> Result<Option<String>> {
+    pub fn add_entries(&mut self, env: Env, encoded: &[u8], count: u32) -> Result<()> {
         self.draft(env)?.add_entries(encoded, count as usize).map_err(|e| err(env, e))
+    }
+
+    /// One pass: the routes of tar headers `headers` (increasing; the chunks of every header before
+    /// them added), whose contents begin in the batch being placed, and the files released before
+    /// each (`format::sequence`); `late` names an entry one pass cannot place in canonical order.
+    #[napi]
+    pub fn route(&mut self, env: Env, headers: &[u32]) -> Result<Routing> {
+        self.draft(env)?.route(headers).map(routing).map_err(|e| err(env, e))
+    }
+
+    /// One pass, at the layer's end: the files still held, in canonical order.
+    #[napi]
+    pub fn release_rest(&mut self, env: Env) -> Result<Routing> {
+        self.draft(env)?.release_rest().map(routing).map_err(|e| err(env, e))
     }
 
     /// Chunks of a batch: `counts[k]` chunk ids of `ids`, in order, belong to tar header `headers[k]`.
@@ -831,6 +844,38 @@ pub fn image_content_digest(layer_digests: Vec<String>) -> String {
 #[napi]
 pub struct TocBuilder {
     inner: build::TocBuilder,
+}
+
+/// Routes of a batch's tar headers in one pass (0: placed now, 1: held), and before each, how many
+/// held files are released (`releasedBefore`, counted from the batch's start); the released files'
+/// chunks in canonical order, `fileStarts[i]` the index of file i's first chunk. `late`: the path
+/// of an entry one pass cannot place in canonical order (the rest is then empty).
+#[napi(object)]
+pub struct Routing {
+    pub routes: Uint8Array,
+    pub released_before: Uint32Array,
+    pub chunks: Uint32Array,
+    pub file_starts: Uint32Array,
+    pub late: Option<String>,
+}
+
+fn routing(r: std::result::Result<build::Routing, String>) -> Routing {
+    match r {
+        Ok(r) => Routing {
+            routes: r.routes.iter().map(|&x| x as u8).collect::<Vec<u8>>().into(),
+            released_before: r.released_before.into(),
+            chunks: r.chunks.into(),
+            file_starts: r.file_starts.into(),
+            late: None,
+        },
+        Err(late) => Routing {
+            routes: Vec::<u8>::new().into(),
+            released_before: Vec::<u32>::new().into(),
+            chunks: Vec::<u32>::new().into(),
+            file_starts: Vec::<u32>::new().into(),
+            late: Some(late),
+        },
+    }
 }
 
 /// A layer's chunks in canonical order, file after file: `fileStarts[i]` is the index of file i's

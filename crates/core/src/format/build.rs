@@ -7,6 +7,7 @@
 use super::canonical::CanonEntry;
 use super::dict::{ChunkDict, PackName};
 use super::digests::{self, hex};
+use super::sequence::{Late, Route, Sequencer};
 use super::toc::{self, order_key, Kind, PrefetchRange};
 use crate::{Error, Result};
 use sha2::{Digest as _, Sha256};
@@ -124,48 +125,116 @@ pub fn decode_entries(buf: &[u8], count: usize) -> Result<Vec<Option<CanonEntry>
 /// chunks as they are cut; [`LayerDraft::finish`] puts them in canonical order.
 #[derive(Default)]
 pub struct LayerDraft {
-    /// Expect canonical order and report the first entry that breaks it.
-    sorted: bool,
-    last: Option<(Vec<u8>, u8)>,
+    /// one pass: which contents are placed as they come and which wait ([`Sequencer`])
+    seq: Option<Sequencer>,
     /// per tar header of the layer: the index of its regular file in `drafts`
     files: Vec<Option<u32>>,
+    /// per tar header of the layer: the index of its entry in `drafts`
+    headers: Vec<Option<u32>>,
+    /// headers [`LayerDraft::route`] went through
+    routed: usize,
     drafts: Vec<Draft>,
     pub stats: DraftStats,
 }
 
+/// What [`LayerDraft::route`] says about a batch's headers: each one's route, and the files that
+/// leave the hold before each (their chunks in canonical order, where each file starts among them).
+#[derive(Debug, Default, PartialEq)]
+pub struct Routing {
+    pub routes: Vec<Route>,
+    /// per header asked about: how many of the released files (those with chunks) come before it
+    pub released_before: Vec<u32>,
+    pub chunks: Vec<u32>,
+    pub file_starts: Vec<u32>,
+}
+
 impl LayerDraft {
-    pub fn new(sorted: bool) -> Self {
-        LayerDraft { sorted, ..Default::default() }
+    /// `one_pass`: the layer's contents are placed as they arrive ([`LayerDraft::route`]).
+    pub fn new(one_pass: bool) -> Self {
+        LayerDraft { seq: one_pass.then(Sequencer::default), ..Default::default() }
     }
 
-    /// The next tar headers' entries (encoded by the scan). In sorted mode: the path of the first
-    /// entry out of canonical order, if any (the layer must then be converted again, unsorted).
-    pub fn add_entries(&mut self, encoded: &[u8], count: usize) -> Result<Option<String>> {
+    /// The next tar headers' entries (encoded by the scan).
+    pub fn add_entries(&mut self, encoded: &[u8], count: usize) -> Result<()> {
         for e in decode_entries(encoded, count)? {
             let Some(e) = e else {
                 self.files.push(None);
+                self.headers.push(None);
                 continue;
             };
             self.stats.entries += 1;
-            if self.sorted {
-                let key = order_key(&e.path);
-                let r = rank(e.kind);
-                if let Some((k, lr)) = &self.last {
-                    if key < *k || (key == *k && r <= *lr) {
-                        return Ok(Some(e.path));
-                    }
-                }
-                self.last = Some((key, r));
-            }
             let reg = e.kind == Kind::Reg;
             if reg {
                 self.stats.files += 1;
                 self.stats.file_bytes += e.size;
             }
             self.files.push(reg.then_some(self.drafts.len() as u32));
+            self.headers.push(Some(self.drafts.len() as u32));
             self.drafts.push(Draft { chunks: reg.then(Vec::new), entry: e });
         }
-        Ok(None)
+        Ok(())
+    }
+
+    /// One pass: the routes of tar headers `hs` (increasing, their entries added, the chunks of
+    /// every header before them too), whose contents begin in the batch being placed; the entries
+    /// up to them go through the [`Sequencer`]. Err: the path of an entry one pass cannot place in
+    /// canonical order (the layer must be converted again in two passes).
+    pub fn route(&mut self, hs: &[u32]) -> Result<std::result::Result<Routing, Late>> {
+        let Some(seq) = self.seq.as_mut() else { return Err(Error::invalid("routes of a layer taken in two passes")) };
+        let mut out = Routing::default();
+        let mut released = Vec::new();
+        for &h in hs {
+            let h = h as usize;
+            if h < self.routed || h >= self.headers.len() {
+                return Err(Error::invalid(format!("route of tar header {h}: headers up to {} routed, {} known", self.routed, self.headers.len())));
+            }
+            let mut route = Route::Now;
+            for k in self.routed..=h {
+                if let Some(i) = self.headers[k] {
+                    match seq.arrive(i, &self.drafts[i as usize].entry, &mut released) {
+                        Ok(r) => route = r,
+                        Err(late) => return Ok(Err(late)),
+                    }
+                }
+                if k < h {
+                    route = Route::Now;
+                }
+            }
+            self.routed = h + 1;
+            Self::take_released(&self.drafts, &mut released, &mut out);
+            out.released_before.push(out.file_starts.len() as u32);
+            out.routes.push(route);
+        }
+        Ok(Ok(out))
+    }
+
+    /// One pass, at the layer's end: what is still held, in canonical order.
+    pub fn release_rest(&mut self) -> Result<std::result::Result<Routing, Late>> {
+        let Some(seq) = self.seq.as_mut() else { return Err(Error::invalid("routes of a layer taken in two passes")) };
+        let mut released = Vec::new();
+        for k in self.routed..self.headers.len() {
+            if let Some(i) = self.headers[k] {
+                if let Err(late) = seq.arrive(i, &self.drafts[i as usize].entry, &mut released) {
+                    return Ok(Err(late));
+                }
+            }
+        }
+        self.routed = self.headers.len();
+        if let Err(late) = seq.finish(&mut released) {
+            return Ok(Err(late));
+        }
+        let mut out = Routing::default();
+        Self::take_released(&self.drafts, &mut released, &mut out);
+        Ok(Ok(out))
+    }
+
+    fn take_released(drafts: &[Draft], released: &mut Vec<u32>, out: &mut Routing) {
+        for i in released.drain(..) {
+            if let Some(c) = drafts[i as usize].chunks.as_ref().filter(|c| !c.is_empty()) {
+                out.file_starts.push(out.chunks.len() as u32);
+                out.chunks.extend_from_slice(c);
+            }
+        }
     }
 
     /// Chunks of tar header `header`'s content, in file order (dropped if the header is not a
@@ -861,17 +930,29 @@ mod tests {
     }
 
     #[test]
-    fn sorted_drafts_report_the_first_entry_out_of_order() {
+    fn one_pass_drafts_route_contents_and_report_what_breaks_the_order() {
         let enc = |es: &[CanonEntry]| {
             let mut b = Vec::new();
             es.iter().for_each(|e| encode_entry(&mut b, Some(e)));
             b
         };
         let mut d = LayerDraft::new(true);
-        assert_eq!(d.add_entries(&enc(&[ent(Kind::Dir, "a", None), ent(Kind::Reg, "a/b", None), ent(Kind::Reg, "a.b", None)]), 3).unwrap(), None);
-        assert_eq!(d.add_entries(&enc(&[ent(Kind::Reg, "a/c", None)]), 1).unwrap(), Some("a/c".into()));
+        // byte order of whole paths: a.b waits for a's children
+        d.add_entries(&enc(&[ent(Kind::Dir, "a", None), ent(Kind::Reg, "a.b", None), ent(Kind::Reg, "a/c", None)]), 3).unwrap();
+        d.add_chunks(1, &[1, 2]).unwrap();
+        d.add_chunks(2, &[3]).unwrap();
+        let r = d.route(&[1, 2]).unwrap().unwrap();
+        assert_eq!(r, Routing { routes: vec![Route::Held, Route::Now], released_before: vec![0, 0], chunks: vec![], file_starts: vec![] });
+        assert!(d.route(&[2]).is_err(), "a header routed twice");
+        d.add_entries(&enc(&[ent(Kind::Reg, "b", None), ent(Kind::Reg, "a/d", None)]), 2).unwrap();
+        d.add_chunks(3, &[4]).unwrap();
+        let r = d.route(&[3]).unwrap().unwrap();
+        assert_eq!(r, Routing { routes: vec![Route::Now], released_before: vec![1], chunks: vec![1, 2], file_starts: vec![0] });
+        // a/d after b: two passes needed
+        assert_eq!(d.release_rest().unwrap(), Err("a/d".into()));
         let mut d = LayerDraft::new(false);
-        assert_eq!(d.add_entries(&enc(&[ent(Kind::Reg, "b", None), ent(Kind::Dir, "a", None)]), 2).unwrap(), None);
+        d.add_entries(&enc(&[ent(Kind::Reg, "b", None), ent(Kind::Dir, "a", None)]), 2).unwrap();
+        assert!(d.route(&[0]).is_err(), "no routes in two passes");
         d.add_chunks(0, &[7, 8]).unwrap();
         d.add_chunks(1, &[9]).unwrap(); // a directory's "content": dropped
         assert!(d.add_chunks(2, &[1]).is_err());

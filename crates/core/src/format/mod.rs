@@ -10,6 +10,7 @@ pub mod digests;
 pub mod file;
 pub mod layers;
 pub mod pack;
+pub mod sequence;
 pub mod toc;
 pub mod tree;
 

@@ -1,0 +1,266 @@
+//! The order a layer's file contents are placed in (docs/format.md §4, §5), taken in one pass over
+//! a layer that is nearly in canonical order.
+//!
+//! Frames hold chunks in canonical order. Most layers come in one of two orders: a directory walk's
+//! (component by component, which is canonical order) or the byte order of whole paths (what sorting
+//! a diff's list of changed paths gives: `etc/python3.11/x` before `etc/python3/y`, since `.` sorts
+//! below `/`). In the second, an entry can only be followed by a canonically smaller one where its
+//! path has a byte below `/` right after the path of a directory `D` whose children have not come yet:
+//! `D/...` follows `D.x` in byte order. Such an entry is **held** (its chunks wait in the spool) until
+//! the scan is past `D`'s children (a path at or above `D` + `"0"` in byte order), then **released**
+//! in canonical order; every other entry is placed as it comes.
+//!
+//! Whatever the layer's real order, what is placed is checked: regular files and hardlinks leave in
+//! strictly increasing canonical order, no later entry replaces one of them (the last entry per path
+//! wins), and a hardlink group's content stays at its member first in canonical order. When a check
+//! fails the layer is converted again in two passes. So the placement is canonical order's either
+//! way, and the frames the same bytes.
+
+use super::canonical::CanonEntry;
+use super::toc::{order_key, Kind};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+
+/// What becomes of one entry's content as it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// placed as it comes (also a header with no file: its content is placed as it comes, as it
+    /// always was)
+    Now = 0,
+    /// spooled until released
+    Held = 1,
+}
+
+/// Entries in arrival order in; their routes, and what leaves the hold when, out.
+#[derive(Default)]
+pub struct Sequencer {
+    /// directories of this layer seen so far
+    dirs: HashSet<String>,
+    /// directories that something of this layer was seen in
+    parents: HashSet<String>,
+    /// paths of the regular files and hardlinks taken so far
+    content: HashSet<String>,
+    /// hardlink targets not seen (yet) in this layer
+    link_targets: HashSet<String>,
+    /// held entries by canonical key: (key, their index among the drafts)
+    held: BinaryHeap<Reverse<(Vec<u8>, u32)>>,
+    /// per held draft: the directories whose children it waits for
+    blockers: HashMap<u32, Vec<String>>,
+    /// the canonical key of the last content entry that left (placed or released)
+    last: Option<Vec<u8>>,
+}
+
+/// An entry that breaks what one pass can do: the path to name (the layer is then read again).
+pub type Late = String;
+
+/// The name an entry had in the tar, as far as order goes (whiteouts and opaque markers are named
+/// for what they hide).
+fn tar_name(e: &CanonEntry) -> String {
+    let (dir, base) = match e.path.rfind('/') {
+        Some(i) => (&e.path[..=i], &e.path[i + 1..]),
+        None => ("", e.path.as_str()),
+    };
+    match e.kind {
+        Kind::Whiteout => format!("{dir}.wh.{base}"),
+        Kind::Opaque => format!("{}/.wh..wh..opq", e.path),
+        _ => e.path.clone(),
+    }
+}
+
+fn parent(p: &str) -> &str {
+    p.rfind('/').map_or("", |i| &p[..i])
+}
+
+/// Past `D`'s children, in byte order: at or above `D` followed by `0`, the byte after `/`.
+fn past(name: &[u8], d: &str) -> bool {
+    let mut end = d.as_bytes().to_vec();
+    end.push(b'0');
+    name >= &end[..]
+}
+
+impl Sequencer {
+    /// The next entry (draft `idx`) arrives. `released` gets the drafts that leave the hold before
+    /// it, in canonical order; returns the entry's route.
+    pub fn arrive(&mut self, idx: u32, e: &CanonEntry, released: &mut Vec<u32>) -> Result<Route, Late> {
+        let name = tar_name(e);
+        self.parents.insert(parent(&e.path).to_string());
+        if e.kind == Kind::Dir {
+            self.dirs.insert(e.path.clone());
+        }
+        // what waited for directories this entry is past leaves first
+        while let Some(Reverse((key, i))) = self.held.peek() {
+            let free = self.blockers.get(i).is_none_or(|bs| bs.iter().all(|d| past(name.as_bytes(), d)));
+            if !free {
+                break;
+            }
+            let (key, i) = (key.clone(), *i);
+            self.held.pop();
+            self.blockers.remove(&i);
+            self.leave(key, &e.path)?;
+            released.push(i);
+        }
+        let rank1 = !matches!(e.kind, Kind::Whiteout | Kind::Opaque);
+        if rank1 && self.content.contains(&e.path) {
+            // a later entry of the same path replaces a file whose chunks are placed or held
+            return Err(e.path.clone());
+        }
+        match e.kind {
+            Kind::Reg => {
+                if self.link_targets.contains(&e.path) {
+                    // a hardlink came before its target: its group's content may belong elsewhere
+                    return Err(e.path.clone());
+                }
+            }
+            Kind::Hardlink => {
+                let t = e.link.clone().unwrap_or_default();
+                if self.content.contains(&t) {
+                    if order_key(&t) >= order_key(&e.path) {
+                        // the group's content goes to this link, canonically first
+                        return Err(e.path.clone());
+                    }
+                } else {
+                    self.link_targets.insert(t);
+                }
+            }
+            _ => return Ok(Route::Now),
+        }
+        self.content.insert(e.path.clone());
+        let key = order_key(&e.path);
+        let p = e.path.as_bytes();
+        let blockers: Vec<String> = (1..p.len())
+            .filter(|&i| p[i] < b'/' && p[i - 1] != b'/' && e.path.is_char_boundary(i))
+            .map(|i| &e.path[..i])
+            .filter(|d| self.dirs.contains(*d) && !self.parents.contains(*d))
+            .map(str::to_string)
+            .collect();
+        let behind = self.held.peek().is_some_and(|Reverse((k, _))| *k < key);
+        if blockers.is_empty() && !behind {
+            self.leave(key, &e.path)?;
+            return Ok(Route::Now);
+        }
+        if !blockers.is_empty() {
+            self.blockers.insert(idx, blockers);
+        }
+        self.held.push(Reverse((key, idx)));
+        Ok(Route::Held)
+    }
+
+    /// The layer's end: everything still held leaves, in canonical order.
+    pub fn finish(&mut self, released: &mut Vec<u32>) -> Result<(), Late> {
+        while let Some(Reverse((key, i))) = self.held.pop() {
+            self.leave(key, "")?;
+            released.push(i);
+        }
+        self.blockers.clear();
+        Ok(())
+    }
+
+    /// A content entry leaves (placed or released): strictly after the one before, canonically.
+    fn leave(&mut self, key: Vec<u8>, arriving: &str) -> Result<(), Late> {
+        if self.last.as_ref().is_some_and(|l| *l >= key) {
+            return Err(if arriving.is_empty() { String::from_utf8_lossy(&key).replace('\0', "/") } else { arriving.to_string() });
+        }
+        self.last = Some(key);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ent(kind: Kind, path: &str, link: Option<&str>) -> CanonEntry {
+        CanonEntry {
+            kind,
+            path: path.into(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 0,
+            link: link.map(Into::into),
+            dev: None,
+            xattrs: Vec::new(),
+            link_meta: false,
+        }
+    }
+
+    /// Routes and release points of entries in arrival order: `name` placed, `(name)` held,
+    /// `>name` released before the next entry (or at the end); Err with the path that broke it.
+    fn run(es: &[CanonEntry]) -> Result<Vec<String>, String> {
+        let mut s = Sequencer::default();
+        let mut out = Vec::new();
+        let mut rel = Vec::new();
+        for (i, e) in es.iter().enumerate() {
+            let r = s.arrive(i as u32, e, &mut rel)?;
+            out.extend(rel.drain(..).map(|j| format!(">{}", es[j as usize].path)));
+            if matches!(e.kind, Kind::Reg | Kind::Hardlink) {
+                out.push(if r == Route::Held { format!("({})", e.path) } else { e.path.clone() });
+            }
+        }
+        s.finish(&mut rel)?;
+        out.extend(rel.drain(..).map(|j| format!(">{}", es[j as usize].path)));
+        Ok(out)
+    }
+
+    #[test]
+    fn byte_order_of_whole_paths_is_taken_in_one_pass() {
+        use Kind::*;
+        // what sorting a diff's paths gives: python3.11 before python3's children
+        let es = [
+            ent(Dir, "etc", None),
+            ent(Reg, "etc/a", None),
+            ent(Dir, "etc/python3", None),
+            ent(Dir, "etc/python3.11", None),
+            ent(Reg, "etc/python3.11/site.py", None),
+            ent(Reg, "etc/python3.11/z", None),
+            ent(Reg, "etc/python3/debian_config", None),
+            ent(Reg, "etc/python3/x.cfg", None),
+            ent(Reg, "etc/rc.local", None),
+        ];
+        assert_eq!(
+            run(&es).unwrap(),
+            [
+                "etc/a",
+                "(etc/python3.11/site.py)",
+                "(etc/python3.11/z)",
+                "etc/python3/debian_config",
+                "etc/python3/x.cfg",
+                ">etc/python3.11/site.py",
+                ">etc/python3.11/z",
+                "etc/rc.local"
+            ]
+        );
+        // a directory walk's order (canonical) holds nothing: python3's children came first
+        let walk = [0, 1, 2, 6, 7, 3, 4, 5, 8].map(|i| es[i].clone());
+        assert_eq!(
+            run(&walk).unwrap(),
+            ["etc/a", "etc/python3/debian_config", "etc/python3/x.cfg", "etc/python3.11/site.py", "etc/python3.11/z", "etc/rc.local"]
+        );
+        // held until the end when nothing comes after python3's children
+        assert_eq!(run(&es[..8]).unwrap()[5..], [">etc/python3.11/site.py", ">etc/python3.11/z"]);
+        // no directory `etc/python3` in the layer: nothing to wait for
+        let es2 = [ent(Reg, "etc/python3.11/x", None), ent(Reg, "etc/rc", None)];
+        assert_eq!(run(&es2).unwrap(), ["etc/python3.11/x", "etc/rc"]);
+    }
+
+    #[test]
+    fn what_one_pass_cannot_place_in_canonical_order_is_refused() {
+        use Kind::*;
+        // a child of a directory the layer does not name, after a sibling that sorts above it
+        assert_eq!(run(&[ent(Reg, "a.b", None), ent(Reg, "a/c", None)]), Err("a/c".into()));
+        // plain disorder
+        assert_eq!(run(&[ent(Reg, "b", None), ent(Reg, "a", None)]), Err("a".into()));
+        // the same path twice: the last wins, the first's chunks would be placed for nothing
+        assert_eq!(run(&[ent(Reg, "a", None), ent(Reg, "a", None)]), Err("a".into()));
+        assert_eq!(run(&[ent(Reg, "a", None), ent(Symlink, "a", Some("b"))]), Err("a".into()));
+        // a hardlink canonically before its target holds the group's content
+        assert_eq!(run(&[ent(Reg, "b5", None), ent(Hardlink, "b", Some("b5"))]), Err("b".into()));
+        assert_eq!(run(&[ent(Hardlink, "b", Some("c")), ent(Reg, "c", None)]), Err("c".into()));
+        // ... after it, the target keeps it; a link to what the layer does not hold is no content
+        assert_eq!(run(&[ent(Reg, "a", None), ent(Hardlink, "b", Some("a"))]).unwrap(), ["a", "b"]);
+        assert_eq!(run(&[ent(Hardlink, "b", Some("lower")), ent(Reg, "c", None)]).unwrap(), ["b", "c"]);
+        // entries without content never break the order; a whiteout beside the file it hides is fine
+        assert_eq!(run(&[ent(Dir, "z", None), ent(Reg, "a", None), ent(Whiteout, "a", None), ent(Symlink, "0", Some("a"))]).unwrap(), ["a"]);
+    }
+}
