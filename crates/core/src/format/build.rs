@@ -811,12 +811,13 @@ impl TocBuilder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::format::canonical::encode_entry;
     use crate::format::dict::Location;
 
-    fn ent(kind: Kind, path: &str, link: Option<&str>) -> CanonEntry {
+    /// An entry of `kind` at `path` (mode 644, owned by root, at time 0).
+    pub(crate) fn ent(kind: Kind, path: &str, link: Option<&str>) -> CanonEntry {
         CanonEntry {
             kind,
             path: path.into(),
