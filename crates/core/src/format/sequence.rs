@@ -168,22 +168,7 @@ impl Sequencer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ent(kind: Kind, path: &str, link: Option<&str>) -> CanonEntry {
-        CanonEntry {
-            kind,
-            path: path.into(),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            mtime: 0,
-            link: link.map(Into::into),
-            dev: None,
-            xattrs: Vec::new(),
-            link_meta: false,
-        }
-    }
+    use crate::format::build::tests::ent;
 
     /// Routes and release points of entries in arrival order: `name` placed, `(name)` held,
     /// `>name` released before the next entry (or at the end); Err with the path that broke it.
