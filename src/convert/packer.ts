@@ -10,7 +10,7 @@ import { native, type CompressedBatch, type NativePackWriter, type PackSpec, typ
 import type { BlobWriter } from '../store/blobstore.js';
 import type { ImageSink } from '../transports/types.js';
 import type { ChunkIndex } from './chunk-index.js';
-import type { Spool } from './scan.js';
+import { PIPELINE_BATCHES, type Spool } from './scan.js';
 
 /** The writer's options (docs/format.md §5: frame grouping, pack size, compression). */
 export type PackOptions = PackSpec;
@@ -163,16 +163,16 @@ export class Packer {
 
   /**
    * Start compressing the sealed batches at once; their frames are written in order, each batch
-   * after the one before it. At most two batches are outstanding (compressing or being written)
-   * while the next is placed.
+   * after the one before it. At most PIPELINE_BATCHES batches are outstanding (compressing or
+   * being written) while the next is placed.
    */
   private async submit(ready: number): Promise<void> {
     for (let i = 0; i < ready; i++) {
-      while (this.outstanding.length >= 2) await this.outstanding.shift();
-      // two batches at most are outstanding, so the one before the last is written: its output
-      // buffer is free again (fresh buffers per batch cost page faults and GC time)
-      this.outs ??= native.pageBuffers(2, this.outBytes);
-      const out = this.outs.buffers[this.submitted++ % 2];
+      while (this.outstanding.length >= PIPELINE_BATCHES) await this.outstanding.shift();
+      // fewer than PIPELINE_BATCHES are outstanding now, so the batch that used this output buffer
+      // last is written: it is free again (fresh buffers per batch cost page faults and GC time)
+      this.outs ??= native.pageBuffers(PIPELINE_BATCHES, this.outBytes);
+      const out = this.outs.buffers[this.submitted++ % PIPELINE_BATCHES];
       const work = this.w.compressNext(out);
       work.catch(() => {}); // surfaced through inflight
       const before = this.inflight;
