@@ -127,9 +127,7 @@ pub fn decode_entries(buf: &[u8], count: usize) -> Result<Vec<Option<CanonEntry>
 pub struct LayerDraft {
     /// one pass: which contents are placed as they come and which wait ([`Sequencer`])
     seq: Option<Sequencer>,
-    /// per tar header of the layer: the index of its regular file in `drafts`
-    files: Vec<Option<u32>>,
-    /// per tar header of the layer: the index of its entry in `drafts`
+    /// per tar header of the layer: the index of its entry in `drafts` (a regular file's has chunks)
     headers: Vec<Option<u32>>,
     /// headers [`LayerDraft::route`] went through
     routed: usize,
@@ -158,7 +156,6 @@ impl LayerDraft {
     pub fn add_entries(&mut self, encoded: &[u8], count: usize) -> Result<()> {
         for e in decode_entries(encoded, count)? {
             let Some(e) = e else {
-                self.files.push(None);
                 self.headers.push(None);
                 continue;
             };
@@ -168,7 +165,6 @@ impl LayerDraft {
                 self.stats.files += 1;
                 self.stats.file_bytes += e.size;
             }
-            self.files.push(reg.then_some(self.drafts.len() as u32));
             self.headers.push(Some(self.drafts.len() as u32));
             self.drafts.push(Draft { chunks: reg.then(Vec::new), entry: e });
         }
@@ -240,7 +236,7 @@ impl LayerDraft {
     /// Chunks of tar header `header`'s content, in file order (dropped if the header is not a
     /// regular file: content nobody keeps).
     pub fn add_chunks(&mut self, header: u32, ids: &[u32]) -> Result<()> {
-        let f = *self.files.get(header as usize).ok_or_else(|| Error::invalid(format!("chunks for tar header {header} before its entry")))?;
+        let f = *self.headers.get(header as usize).ok_or_else(|| Error::invalid(format!("chunks for tar header {header} before its entry")))?;
         self.stats.chunk_refs += ids.len() as u64;
         if let Some(f) = f {
             if let Some(c) = self.drafts[f as usize].chunks.as_mut() {
