@@ -176,7 +176,6 @@ impl LayerDraft {
     /// up to them go through the [`Sequencer`]. Err: the path of an entry one pass cannot place in
     /// canonical order (the layer must be converted again in two passes).
     pub fn route(&mut self, hs: &[u32]) -> Result<std::result::Result<Routing, Late>> {
-        let Some(seq) = self.seq.as_mut() else { return Err(Error::invalid("routes of a layer taken in two passes")) };
         let mut out = Routing::default();
         let mut released = Vec::new();
         for &h in hs {
@@ -184,19 +183,10 @@ impl LayerDraft {
             if h < self.routed || h >= self.headers.len() {
                 return Err(Error::invalid(format!("route of tar header {h}: headers up to {} routed, {} known", self.routed, self.headers.len())));
             }
-            let mut route = Route::Now;
-            for k in self.routed..=h {
-                if let Some(i) = self.headers[k] {
-                    match seq.arrive(i, &self.drafts[i as usize].entry, &mut released) {
-                        Ok(r) => route = r,
-                        Err(late) => return Ok(Err(late)),
-                    }
-                }
-                if k < h {
-                    route = Route::Now;
-                }
-            }
-            self.routed = h + 1;
+            let route = match self.arrive_until(h + 1, &mut released)? {
+                Ok(r) => r,
+                Err(late) => return Ok(Err(late)),
+            };
             Self::take_released(&self.drafts, &mut released, &mut out);
             out.released_before.push(out.file_starts.len() as u32);
             out.routes.push(route);
@@ -206,22 +196,34 @@ impl LayerDraft {
 
     /// One pass, at the layer's end: what is still held, in canonical order.
     pub fn release_rest(&mut self) -> Result<std::result::Result<Routing, Late>> {
-        let Some(seq) = self.seq.as_mut() else { return Err(Error::invalid("routes of a layer taken in two passes")) };
         let mut released = Vec::new();
-        for k in self.routed..self.headers.len() {
-            if let Some(i) = self.headers[k] {
-                if let Err(late) = seq.arrive(i, &self.drafts[i as usize].entry, &mut released) {
-                    return Ok(Err(late));
-                }
-            }
+        if let Err(late) = self.arrive_until(self.headers.len(), &mut released)? {
+            return Ok(Err(late));
         }
-        self.routed = self.headers.len();
-        if let Err(late) = seq.finish(&mut released) {
+        if let Err(late) = self.seq.as_mut().map_or(Ok(()), |s| s.finish(&mut released)) {
             return Ok(Err(late));
         }
         let mut out = Routing::default();
         Self::take_released(&self.drafts, &mut released, &mut out);
         Ok(Ok(out))
+    }
+
+    /// The entries of the headers not routed yet, up to `end`, arrive at the [`Sequencer`]: the
+    /// route of the last one's content (placed now when that header has no entry).
+    fn arrive_until(&mut self, end: usize, released: &mut Vec<u32>) -> Result<std::result::Result<Route, Late>> {
+        let Some(seq) = self.seq.as_mut() else { return Err(Error::invalid("routes of a layer taken in two passes")) };
+        let mut last = Route::Now;
+        for k in self.routed..end {
+            last = match self.headers[k] {
+                Some(i) => match seq.arrive(i, &self.drafts[i as usize].entry, released) {
+                    Ok(r) => r,
+                    Err(late) => return Ok(Err(late)),
+                },
+                None => Route::Now,
+            };
+        }
+        self.routed = end;
+        Ok(Ok(last))
     }
 
     fn take_released(drafts: &[Draft], released: &mut Vec<u32>, out: &mut Routing) {
