@@ -21,3 +21,18 @@ append_uncompressed() {
     *) cat "$1" >> "$2" ;;
   esac
 }
+
+# layers LAYOUT...: the layer blobs of the layouts' images, each distinct digest once, in order
+layers() {
+  python3 - "$@" <<'PY'
+import json, os, sys
+seen = {}
+for l in sys.argv[1:]:
+    b = lambda d: os.path.join(l, 'blobs', 'sha256', d.split(':')[1])
+    top = json.load(open(b(json.load(open(os.path.join(l, 'index.json')))['manifests'][0]['digest'])))
+    m = json.load(open(b(top['manifests'][0]['digest']))) if 'manifests' in top else top
+    for x in m['layers']:
+        seen.setdefault(x['digest'], b(x['digest']))
+print('\n'.join(seen.values()))
+PY
+}

@@ -55,20 +55,6 @@ SOCI=$PEERS/bin/soci
 [ -d "$cache/layouts/py" ] && [ -d "$cache/layouts/app" ] || bash "$repo/test/images/build-images.sh" >&2
 mapfile -t corpus < <(bash "$here/corpus.sh")
 [ -n "${PEERS_SMOKE:-}" ] && corpus=("${corpus[@]:0:2}")
-# layers NAME LAYOUT...: the layer blobs of the layouts' images, each distinct digest once, in order
-layers() {
-  python3 - "$@" <<'PY'
-import json, os, sys
-seen = {}
-for l in sys.argv[1:]:
-    b = lambda d: os.path.join(l, 'blobs', 'sha256', d.split(':')[1])
-    top = json.load(open(b(json.load(open(os.path.join(l, 'index.json')))['manifests'][0]['digest'])))
-    m = json.load(open(b(top['manifests'][0]['digest']))) if 'manifests' in top else top
-    for x in m['layers']:
-        seen.setdefault(x['digest'], b(x['digest']))
-print('\n'.join(seen.values()))
-PY
-}
 declare -A LAYERS
 for img in "${IMAGES[@]}"; do LAYERS[$img]=$(layers "$cache/layouts/$img"); done
 LAYERS[corpus]=$(layers "${corpus[@]}")
