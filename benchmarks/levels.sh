@@ -22,7 +22,8 @@ ROUNDS=${ROUNDS:-3}
 log() { echo "[levels] $*" >&2; }
 [ -x "$SOCI" ] || { echo "levels.sh needs SOCI: run bash benchmarks/peers.sh once" >&2; exit 1; }
 [ -d "$cache/layouts/py" ] && [ -d "$cache/layouts/app" ] || bash "$repo/test/images/build-images.sh" >&2
-mapfile -t corpus < <(bash "$here/corpus.sh")
+corpus=()
+[[ " ${IMAGES[*]} " = *" corpus "* ]] && mapfile -t corpus < <(bash "$here/corpus.sh")
 mkdir -p "$OUT/time"
 trap 'rm -rf "$OUT"/out' EXIT
 
