@@ -38,7 +38,7 @@ export function isBatchFailure(r: ConvertResult | BatchFailure): r is BatchFailu
  * The store a destination writes into, where two destinations share one (an OCI layout directory,
  * a registry repository); undefined where none is shared (an archive is written whole).
  */
-export function storeOf(destination: string): string | undefined {
+function storeOf(destination: string): string | undefined {
   const r = parseRef(destination);
   if (r.transport === 'oci') return `oci:${path.resolve(r.path)}`;
   if (r.transport === 'docker') {

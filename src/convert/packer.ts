@@ -106,7 +106,8 @@ export class Packer {
     /** [spool offset, length] of each id in `ids` */
     let where: number[] = [];
     let bytes = 0;
-    // one buffer for every run and frame read (the writer copies what it takes before place() returns)
+    // one buffer for every run and frame read (the writer copies what it takes before place() returns),
+    // kept for the layer's later releases and given back when the layer ends
     const room = (n: number): Buffer => {
       if (!this.spoolRun || this.spoolRun.buffers[0].length < n) {
         this.spoolRun?.release();
@@ -158,7 +159,6 @@ export class Packer {
       await this.submit(this.w.placeCompressed(dict, id, frame));
     }
     await flush();
-    this.spoolRun?.release();
   }
 
   /**
@@ -217,7 +217,7 @@ export class Packer {
     await this.submit(this.w.finishLayer());
     await this.inflight;
     this.outstanding = [];
-    this.outs?.release();
+    this.releaseBuffers();
     await this.closePack();
     this.w.packClosed();
   }
@@ -225,7 +225,7 @@ export class Packer {
   /** Forget everything placed in this layer (its packs stay as unreferenced blobs). */
   async rollbackLayer(): Promise<void> {
     await this.inflight.catch(() => {});
-    this.outs?.release();
+    this.releaseBuffers();
     await this.writer?.abort();
     this.writer = undefined;
     this.w.rollbackLayer(this.chunkIndex.dict);
@@ -236,9 +236,15 @@ export class Packer {
 
   async abort(): Promise<void> {
     await this.inflight.catch(() => {});
-    this.outs?.release();
+    this.releaseBuffers();
     await this.writer?.abort();
     this.writer = undefined;
+  }
+
+  /** The output buffers and the spool read buffer give their memory back (they stay usable). */
+  private releaseBuffers(): void {
+    this.outs?.release();
+    this.spoolRun?.release();
   }
 
   private async closePack(): Promise<void> {

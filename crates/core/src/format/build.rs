@@ -8,7 +8,7 @@ use super::canonical::CanonEntry;
 use super::dict::{ChunkDict, PackName};
 use super::digests::{self, hex};
 use super::sequence::{Late, Route, Sequencer};
-use super::toc::{self, order_key, Kind, PrefetchRange};
+use super::toc::{self, order_key, rank, Kind, PrefetchRange};
 use crate::{Error, Result};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
@@ -32,14 +32,6 @@ pub struct DraftStats {
 }
 
 /// For one path: whiteout < the entry < opaque (the order docs/format.md §4 gives a layer's entries).
-fn rank(k: Kind) -> u8 {
-    match k {
-        Kind::Whiteout => 0,
-        Kind::Opaque => 2,
-        _ => 1,
-    }
-}
-
 const KINDS: [Option<Kind>; 10] = [
     None,
     Some(Kind::Reg),

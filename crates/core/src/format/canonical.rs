@@ -45,8 +45,8 @@ pub struct CanonEntry {
     pub link_meta: bool,
 }
 
-const WH: &str = ".wh.";
-const OPAQUE: &str = ".wh..wh..opq";
+pub(crate) const WH: &str = ".wh.";
+pub(crate) const OPAQUE: &str = ".wh..wh..opq";
 const XATTR: &[u8] = b"SCHILY.xattr.";
 /// Largest integer a JavaScript number holds exactly.
 const SAFE: f64 = 9_007_199_254_740_991.0;

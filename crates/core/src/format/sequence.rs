@@ -16,8 +16,8 @@
 //! fails the layer is converted again in two passes. So the placement is canonical order's either
 //! way, and the frames the same bytes.
 
-use super::canonical::CanonEntry;
-use super::toc::{order_key, Kind};
+use super::canonical::{CanonEntry, OPAQUE, WH};
+use super::toc::{order_key, rank, Kind};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
@@ -64,8 +64,8 @@ fn tar_name(e: &CanonEntry) -> String {
         None => ("", e.path.as_str()),
     };
     match e.kind {
-        Kind::Whiteout => format!("{dir}.wh.{base}"),
-        Kind::Opaque => format!("{}/.wh..wh..opq", e.path),
+        Kind::Whiteout => format!("{dir}{WH}{base}"),
+        Kind::Opaque => format!("{}/{OPAQUE}", e.path),
         _ => e.path.clone(),
     }
 }
@@ -86,7 +86,10 @@ impl Sequencer {
     /// it, in canonical order; returns the entry's route.
     pub fn arrive(&mut self, idx: u32, e: &CanonEntry, released: &mut Vec<u32>) -> Result<Route, Late> {
         let name = tar_name(e);
-        self.parents.insert(parent(&e.path).to_string());
+        let p = parent(&e.path);
+        if !self.parents.contains(p) {
+            self.parents.insert(p.to_string());
+        }
         if e.kind == Kind::Dir {
             self.dirs.insert(e.path.clone());
         }
@@ -102,8 +105,7 @@ impl Sequencer {
             self.leave(key, &e.path)?;
             released.push(i);
         }
-        let rank1 = !matches!(e.kind, Kind::Whiteout | Kind::Opaque);
-        if rank1 && self.content.contains(&e.path) {
+        if rank(e.kind) == 1 && self.content.contains(&e.path) {
             // a later entry of the same path replaces a file whose chunks are placed or held
             return Err(e.path.clone());
         }

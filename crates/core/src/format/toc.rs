@@ -808,7 +808,7 @@ pub fn order_key(p: &str) -> Vec<u8> {
 }
 
 /// For one path: whiteout < the entry < opaque.
-fn rank(k: Kind) -> u8 {
+pub(crate) fn rank(k: Kind) -> u8 {
     match k {
         Kind::Whiteout => 0,
         Kind::Opaque => 2,
