@@ -19,7 +19,7 @@
 use super::canonical::{CanonEntry, OPAQUE, WH};
 use super::toc::{order_key, rank, Kind};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashSet};
 
 /// Places in a path looked at for a directory it may wait for (real paths have a few: `-`, `.`).
 const MAX_CANDIDATES: usize = 32;
@@ -45,13 +45,15 @@ pub struct Sequencer {
     content: HashSet<String>,
     /// hardlink targets not seen (yet) in this layer
     link_targets: HashSet<String>,
-    /// held entries by canonical key: (key, their index among the drafts)
-    held: BinaryHeap<Reverse<(Vec<u8>, u32)>>,
-    /// per held draft: the directories whose children it waits for
-    blockers: HashMap<u32, Vec<String>>,
+    /// held entries by canonical key (each path holds once)
+    held: BinaryHeap<Reverse<Held>>,
     /// the canonical key of the last content entry that left (placed or released)
     last: Option<Vec<u8>>,
 }
+
+/// A held entry: its canonical key, its index among the drafts, and where the children of the
+/// directories it waits for end (`children_end`).
+type Held = (Vec<u8>, u32, Vec<Vec<u8>>);
 
 /// An entry that breaks what one pass can do: the path to name (the layer is then read again).
 pub type Late = String;
@@ -74,18 +76,18 @@ fn parent(p: &str) -> &str {
     p.rfind('/').map_or("", |i| &p[..i])
 }
 
-/// Past `D`'s children, in byte order: at or above `D` followed by `0`, the byte after `/`.
-fn past(name: &[u8], d: &str) -> bool {
+/// Where `D`'s children end in byte order: `D` followed by `0`, the byte after `/`. A name at or
+/// above it is past them.
+fn children_end(d: &str) -> Vec<u8> {
     let mut end = d.as_bytes().to_vec();
     end.push(b'0');
-    name >= &end[..]
+    end
 }
 
 impl Sequencer {
     /// The next entry (draft `idx`) arrives. `released` gets the drafts that leave the hold before
     /// it, in canonical order; returns the entry's route.
     pub fn arrive(&mut self, idx: u32, e: &CanonEntry, released: &mut Vec<u32>) -> Result<Route, Late> {
-        let name = tar_name(e);
         let p = parent(&e.path);
         if !self.parents.contains(p) {
             self.parents.insert(p.to_string());
@@ -94,16 +96,13 @@ impl Sequencer {
             self.dirs.insert(e.path.clone());
         }
         // what waited for directories this entry is past leaves first
-        while let Some(Reverse((key, i))) = self.held.peek() {
-            let free = self.blockers.get(i).is_none_or(|bs| bs.iter().all(|d| past(name.as_bytes(), d)));
-            if !free {
-                break;
+        if !self.held.is_empty() {
+            let name = tar_name(e);
+            while self.held.peek().is_some_and(|Reverse((_, _, ends))| ends.iter().all(|end| name.as_bytes() >= &end[..])) {
+                let Some(Reverse((key, i, _))) = self.held.pop() else { break };
+                self.leave(key, &e.path)?;
+                released.push(i);
             }
-            let (key, i) = (key.clone(), *i);
-            self.held.pop();
-            self.blockers.remove(&i);
-            self.leave(key, &e.path)?;
-            released.push(i);
         }
         if rank(e.kind) == 1 && self.content.contains(&e.path) {
             // a later entry of the same path replaces a file whose chunks are placed or held
@@ -134,32 +133,28 @@ impl Sequencer {
         let p = e.path.as_bytes();
         // (the first MAX_CANDIDATES places only: a hostile path of thousands of such bytes costs no
         // more; a blocker missed makes the order check fail later, and the layer takes two passes)
-        let blockers: Vec<String> = (1..p.len())
+        let ends: Vec<Vec<u8>> = (1..p.len())
             .filter(|&i| p[i] < b'/' && p[i - 1] != b'/' && e.path.is_char_boundary(i))
             .take(MAX_CANDIDATES)
             .map(|i| &e.path[..i])
             .filter(|d| self.dirs.contains(*d) && !self.parents.contains(*d))
-            .map(str::to_string)
+            .map(children_end)
             .collect();
-        let behind = self.held.peek().is_some_and(|Reverse((k, _))| *k < key);
-        if blockers.is_empty() && !behind {
+        let behind = self.held.peek().is_some_and(|Reverse((k, _, _))| *k < key);
+        if ends.is_empty() && !behind {
             self.leave(key, &e.path)?;
             return Ok(Route::Now);
         }
-        if !blockers.is_empty() {
-            self.blockers.insert(idx, blockers);
-        }
-        self.held.push(Reverse((key, idx)));
+        self.held.push(Reverse((key, idx, ends)));
         Ok(Route::Held)
     }
 
     /// The layer's end: everything still held leaves, in canonical order.
     pub fn finish(&mut self, released: &mut Vec<u32>) -> Result<(), Late> {
-        while let Some(Reverse((key, i))) = self.held.pop() {
+        while let Some(Reverse((key, i, _))) = self.held.pop() {
             self.leave(key, "")?;
             released.push(i);
         }
-        self.blockers.clear();
         Ok(())
     }
 
