@@ -14,6 +14,7 @@
 //! before ([`Writer::write_batch`]); batch buffers are reused, so no memory is faulted in anew.
 
 use crate::batch::run;
+use crate::format::toc::parent_and_name;
 use crate::format::tree::{Meta, NodeId, NodeKind, ROOT};
 use crate::format::{Checked, Entry, Report};
 use crate::{Error, Result};
@@ -99,13 +100,6 @@ pub struct Writer {
     as_root: bool,
     skeleton_done: bool,
     summary: Summary,
-}
-
-fn parent_and_name(p: &str) -> (&str, &str) {
-    match p.rfind('/') {
-        Some(i) => (&p[..i], &p[i + 1..]),
-        None => ("", p),
-    }
 }
 
 impl Writer {

@@ -910,9 +910,8 @@ impl TocBuilder {
         let entries = d.finish();
         let mut chunks = Vec::new();
         let mut file_starts = Vec::new();
-        for c in entries.iter().filter_map(|d| d.chunks.as_ref()).filter(|c| !c.is_empty()) {
-            file_starts.push(chunks.len() as u32);
-            chunks.extend_from_slice(c);
+        for d in &entries {
+            build::append_file(&mut chunks, &mut file_starts, d.chunks.as_ref());
         }
         self.inner.add_layer(entries);
         Ok(LayerChunks { chunks: chunks.into(), file_starts: file_starts.into() })

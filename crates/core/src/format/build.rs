@@ -138,6 +138,15 @@ pub struct Routing {
     pub file_starts: Vec<u32>,
 }
 
+/// Appends a file's chunks to those of the files before it, as a pass places them: `file_starts`
+/// gets the index of its first chunk among `chunks`. A file without chunks is left out.
+pub fn append_file(chunks: &mut Vec<u32>, file_starts: &mut Vec<u32>, file: Option<&Vec<u32>>) {
+    if let Some(c) = file.filter(|c| !c.is_empty()) {
+        file_starts.push(chunks.len() as u32);
+        chunks.extend_from_slice(c);
+    }
+}
+
 impl LayerDraft {
     /// `one_pass`: the layer's contents are placed as they arrive ([`LayerDraft::route`]).
     pub fn new(one_pass: bool) -> Self {
@@ -220,10 +229,7 @@ impl LayerDraft {
 
     fn take_released(drafts: &[Draft], released: &mut Vec<u32>, out: &mut Routing) {
         for i in released.drain(..) {
-            if let Some(c) = drafts[i as usize].chunks.as_ref().filter(|c| !c.is_empty()) {
-                out.file_starts.push(out.chunks.len() as u32);
-                out.chunks.extend_from_slice(c);
-            }
+            append_file(&mut out.chunks, &mut out.file_starts, drafts[i as usize].chunks.as_ref());
         }
     }
 

@@ -17,7 +17,7 @@
 //! way, and the frames the same bytes.
 
 use super::canonical::{CanonEntry, OPAQUE, WH};
-use super::toc::{order_key, rank, Kind};
+use super::toc::{order_key, parent_and_name, rank, Kind};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 
@@ -61,19 +61,14 @@ pub type Late = String;
 /// The name an entry had in the tar, as far as order goes (whiteouts and opaque markers are named
 /// for what they hide).
 fn tar_name(e: &CanonEntry) -> String {
-    let (dir, base) = match e.path.rfind('/') {
-        Some(i) => (&e.path[..=i], &e.path[i + 1..]),
-        None => ("", e.path.as_str()),
-    };
     match e.kind {
-        Kind::Whiteout => format!("{dir}{WH}{base}"),
+        Kind::Whiteout => match parent_and_name(&e.path) {
+            ("", base) => format!("{WH}{base}"),
+            (dir, base) => format!("{dir}/{WH}{base}"),
+        },
         Kind::Opaque => format!("{}/{OPAQUE}", e.path),
         _ => e.path.clone(),
     }
-}
-
-fn parent(p: &str) -> &str {
-    p.rfind('/').map_or("", |i| &p[..i])
 }
 
 /// Where `D`'s children end in byte order: `D` followed by `0`, the byte after `/`. A name at or
@@ -88,7 +83,7 @@ impl Sequencer {
     /// The next entry (draft `idx`) arrives. `released` gets the drafts that leave the hold before
     /// it, in canonical order; returns the entry's route.
     pub fn arrive(&mut self, idx: u32, e: &CanonEntry, released: &mut Vec<u32>) -> Result<Route, Late> {
-        let p = parent(&e.path);
+        let (p, _) = parent_and_name(&e.path);
         if !self.parents.contains(p) {
             self.parents.insert(p.to_string());
         }

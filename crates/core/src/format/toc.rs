@@ -799,6 +799,14 @@ pub fn check_path(p: &str, root_ok: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// A path's parent and last component (`""` for the parent of a path with one component).
+pub fn parent_and_name(p: &str) -> (&str, &str) {
+    match p.rfind('/') {
+        Some(i) => (&p[..i], &p[i + 1..]),
+        None => ("", p),
+    }
+}
+
 /// Canonical order (§4): bytewise, component by component — `/` sorts below every byte (paths hold no NUL).
 pub fn order_key(p: &str) -> Vec<u8> {
     if p == "." {
