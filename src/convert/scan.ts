@@ -359,15 +359,17 @@ export class LayerScanner {
     }
     const routing = this.draft.route(Uint32Array.from(begun));
     if (routing.late !== undefined) throw new OutOfOrder(routing.late);
-    // placed now: chunk ids, their positions in the batch, the indices of files' first chunks
-    let now: number[] = [];
-    let positions: number[] = [];
+    // placed now: chunk ids and their positions in the batch (`from` to `n` not placed yet), and
+    // the indices of files' first chunks among those
+    const now = new Uint32Array(ids.length);
+    const positions = new Uint32Array(ids.length);
+    let from = 0;
+    let n = 0;
     let starts: number[] = [];
     const placeNow = async () => {
-      if (!now.length) return;
-      const [a, p, st] = [Uint32Array.from(now), Uint32Array.from(positions), Uint32Array.from(starts)];
-      now = [];
-      positions = [];
+      if (n === from) return;
+      const [a, p, st] = [now.subarray(from, n), positions.subarray(from, n), Uint32Array.from(starts)];
+      from = n;
       starts = [];
       await this.packer!.placeAll(a, p, b.buf, st);
     };
@@ -396,7 +398,7 @@ export class LayerScanner {
       let pos = s.start;
       // a file's first chunk (a segment after one that ended its file) follows a file boundary
       if (this.fileEnded && r.counts[si] > 0) {
-        starts.push(now.length);
+        starts.push(n - from);
         this.fileEnded = false;
       }
       if (s.eof) this.fileEnded = true;
@@ -406,8 +408,8 @@ export class LayerScanner {
           this.stats.newChunks++;
           this.stats.newChunkBytes += len;
         }
-        now.push(ids[c]);
-        positions.push(pos);
+        now[n] = ids[c];
+        positions[n++] = pos;
         pos += len;
       }
     }
